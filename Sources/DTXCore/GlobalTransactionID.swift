@@ -1,0 +1,58 @@
+/// DTXCore: the pure model of global transactions and the protocols' state machines.
+/// No IO, no clocks, no threads: events in, actions out.
+
+/// The four protocols a global transaction can run.
+public enum TransactionProtocol: String, Sendable, Codable, CaseIterable {
+    case twoPhaseCommit = "2pc"
+    case threePhaseCommit = "3pc"
+    case tcc
+    case saga
+}
+
+/// A global transaction id. Clients may choose their own; it travels in URLs, log
+/// records and PostgreSQL prepared-transaction names (< 200 bytes with a prefix and
+/// a branch id), so it is short and made of URL-safe characters.
+public struct GlobalTransactionID: Hashable, Sendable, Codable, CustomStringConvertible {
+    public static let maxLength = 128
+
+    public let rawValue: String
+
+    public enum Problem: Error, Equatable, CustomStringConvertible {
+        case empty
+        case tooLong(Int)
+        case invalidCharacter(Character)
+
+        public var description: String {
+            switch self {
+            case .empty: return "gid is empty"
+            case let .tooLong(count): return "gid is \(count) bytes long; the limit is \(GlobalTransactionID.maxLength)"
+            case let .invalidCharacter(c): return "gid contains '\(c)'; use letters, digits, '-', '_', '.' and ':' only"
+            }
+        }
+    }
+
+    public init(validating text: String) throws(Problem) {
+        guard !text.isEmpty else { throw .empty }
+        guard text.utf8.count <= Self.maxLength else { throw .tooLong(text.utf8.count) }
+        if let bad = text.first(where: { !($0.isASCII && ($0.isLetter || $0.isNumber || "-_.:".contains($0))) }) {
+            throw .invalidCharacter(bad)
+        }
+        rawValue = text
+    }
+
+    public var description: String { rawValue }
+
+    public init(from decoder: Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        do {
+            try self.init(validating: text)
+        } catch {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: error.description))
+        }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(rawValue)
+    }
+}

@@ -1,0 +1,123 @@
+import DTXLog
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Testing
+
+@Suite struct DaemonTests {
+    @Test func dtxdServesHealthRefusesASecondDaemonAndShutsDownCleanlyOnSIGTERM() async throws {
+        let dir = makeTemporaryDirectory("dtxd")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let daemon = try ChildProcess("dtxd", ["--data-dir", dir + "/data", "--listen", "127.0.0.1:0"])
+        let port = try await daemon.waitForOutput { text -> Int? in
+            guard let range = text.range(of: "listening on http://127.0.0.1:") else { return nil }
+            return Int(text[range.upperBound...].prefix { $0.isNumber })
+        }
+
+        let (body, response) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/healthz")!)
+        #expect((response as? HTTPURLResponse)?.statusCode == 200)
+        let health = try JSONSerialization.jsonObject(with: body) as? [String: Any]
+        #expect(health?["status"] as? String == "ok")
+
+        // A second daemon on the same directory is refused, naming the holder.
+        let second = try await run("dtxd", ["--data-dir", dir + "/data", "--listen", "127.0.0.1:0"])
+        #expect(second.status == 1)
+        #expect(second.err.contains("in use by process \(daemon.process.processIdentifier)"))
+        // So is the offline CLI.
+        let verifyWhileRunning = try await run("dtx", ["wal", "verify", dir + "/data"])
+        #expect(verifyWhileRunning.status == 2)
+        #expect(verifyWhileRunning.err.contains("locked by a running process \(daemon.process.processIdentifier)"))
+
+        daemon.kill(SIGTERM)
+        #expect(try await daemon.waitForExit(seconds: 20) == 0)
+        #expect(daemon.process.terminationReason == .exit)
+        let verify = try await run("dtx", ["wal", "verify", dir + "/data"])
+        #expect(verify.status == 0)
+        #expect(verify.out.contains("is intact"))
+    }
+
+    @Test func dtxdRejectsBadConfigurationWithAClearMessage() async throws {
+        let badListen = try await run("dtxd", ["--listen", "nonsense"])
+        #expect(badListen.status != 0)
+        #expect(badListen.err.contains("write it as host:port"))
+        let help = try await run("dtxd", ["--help"])
+        #expect(help.out.contains("DTXD_DATA_DIR") && help.out.contains("DTXD_LISTEN"))
+    }
+}
+
+@Suite struct WALCommandTests {
+    private func makeLog(_ dir: String, records: Int) async throws -> [LocatedRecord] {
+        let (log, _) = try WriteAheadLog.open(directory: dir, configuration: .init(segmentSize: 4096))
+        for i in 0..<records {
+            try await log.append(type: UInt16(i % 3 + 1), payload: Array("{\"n\":\(i),\"pad\":\"\(String(repeating: "p", count: 100))\"}".utf8), forced: i % 5 == 0)
+        }
+        try await log.close()
+        return try LogScan.read(directory: dir).records
+    }
+
+    @Test func verifyAndDumpReportAnIntactLog() async throws {
+        let dir = makeTemporaryDirectory("walcli")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let records = try await makeLog(dir, records: 80)
+
+        let verify = try await run("dtx", ["wal", "verify", dir])
+        #expect(verify.status == 0)
+        #expect(verify.out.contains("is intact") && verify.out.contains("80 records, LSN 1…80"))
+
+        let dump = try await run("dtx", ["wal", "dump", dir, "--json"])
+        #expect(dump.status == 0)
+        let lines = dump.out.split(separator: "\n")
+        #expect(lines.count == 80)
+        let first = try JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as? [String: Any]
+        #expect(first?["lsn"] as? Int == 1)
+        #expect(first?["segment"] as? String == "0000000000000000.wal")
+        #expect(first?["offset"] as? Int == records[0].offset)
+        #expect(first?["type"] as? Int == 1)
+        #expect((first?["summary"] as? String)?.hasPrefix("{\"n\":0") == true)
+
+        let text = try await run("dtx", ["wal", "dump", dir])
+        #expect(text.out.split(separator: "\n").first?.hasPrefix("lsn=1 segment=0000000000000000.wal offset=64 type=1") == true)
+    }
+
+    @Test func verifyNamesCorruptionAndRepairFixesIt() async throws {
+        let dir = makeTemporaryDirectory("walcli")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let records = try await makeLog(dir, records: 80)
+        let victim = records[10]
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: victim.segment))
+        try handle.seek(toOffset: UInt64(victim.offset + 30))
+        try handle.write(contentsOf: Data([0xFF]))
+        try handle.close()
+
+        let verify = try await run("dtx", ["wal", "verify", dir])
+        #expect(verify.status == 1)
+        #expect(verify.err.contains("\(victim.segment) at byte offset \(victim.offset)"))
+        let dump = try await run("dtx", ["wal", "dump", dir])
+        #expect(dump.status == 1)
+        #expect(dump.out.split(separator: "\n").count == 10)
+
+        let repair = try await run("dtx", ["wal", "repair", dir])
+        #expect(repair.status == 0)
+        #expect(repair.out.contains("truncated \(victim.segment) at byte offset \(victim.offset)"))
+        let after = try await run("dtx", ["wal", "verify", dir])
+        #expect(after.status == 0)
+        #expect(after.out.contains("10 records, LSN 1…10"))
+    }
+
+    @Test func verifyAcceptsATornTailAndSaysSo() async throws {
+        let dir = makeTemporaryDirectory("walcli")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let records = try await makeLog(dir, records: 30)
+        let last = records.last!
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: last.segment))
+        try handle.truncate(atOffset: UInt64(last.offset + 5))
+        try handle.close()
+        let verify = try await run("dtx", ["wal", "verify", dir])
+        #expect(verify.status == 0)
+        #expect(verify.out.contains("torn tail in \(last.segment) at byte offset \(last.offset)"))
+        let missing = try await run("dtx", ["wal", "verify", dir + "/nope"])
+        #expect(missing.status == 2)
+        #expect(missing.err.contains("No such file or directory"))
+    }
+}
