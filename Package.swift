@@ -77,12 +77,13 @@ let package = Package(
             path: "Tests/Fixtures/WALCrashWriter"
         ),
 
+        .target(name: "DTXTestSupport", path: "Tests/DTXTestSupport"),
         .testTarget(name: "DTXCoreTests", dependencies: ["DTXCore"]),
-        .testTarget(name: "DTXLogTests", dependencies: ["DTXLog"]),
+        .testTarget(name: "DTXLogTests", dependencies: ["DTXLog", "DTXTestSupport"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CSQLite", "CLibPQ"]),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["DTXLog", "dtxd", "dtx", "wal-crash-writer"]
+            dependencies: ["DTXLog", "DTXTestSupport", "dtxd", "dtx", "wal-crash-writer"]
         ),
     ],
     swiftLanguageModes: [.v6]

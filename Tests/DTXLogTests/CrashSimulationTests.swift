@@ -1,4 +1,5 @@
 import Foundation
+import DTXTestSupport
 import Testing
 @testable import DTXLog
 

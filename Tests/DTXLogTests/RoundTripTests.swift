@@ -1,3 +1,4 @@
+import DTXTestSupport
 import Testing
 @testable import DTXLog
 

@@ -1,3 +1,4 @@
+import DTXTestSupport
 import Foundation
 @testable import DTXLog
 
@@ -23,19 +24,6 @@ final class TemporaryDirectory {
         for name in try FileManager.default.contentsOfDirectory(atPath: path) where name.hasSuffix(".wal") {
             try FileManager.default.copyItem(atPath: file(name), toPath: other.file(name))
         }
-    }
-}
-
-/// SplitMix64: deterministic, seedable, so any failure replays from its seed.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 

@@ -1,4 +1,5 @@
 import DTXLog
+import DTXTestSupport
 import Foundation
 import Testing
 
@@ -9,7 +10,7 @@ import Testing
     func everyAcknowledgedRecordSurvivesSIGKILL(seed: UInt64) async throws {
         let dir = makeTemporaryDirectory("walcrash")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        var rng = SplitMix(seed: seed)
+        var rng = SeededGenerator(seed: seed)
         let writer = try ChildProcess("wal-crash-writer", [dir, "\(seed)"])
         // Wait for the first acknowledgements, then kill at a random later moment.
         _ = try await writer.waitForOutput { $0.contains("\n") ? true : nil }
@@ -31,17 +32,5 @@ import Testing
         // Whatever survived is a gap-free prefix of the LSN sequence.
         #expect(recovery.records.map(\.lsn) == Array(1...UInt64(max(recovery.records.count, 1))).prefix(recovery.records.count).map { $0 })
         try await log.close()
-    }
-}
-
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
