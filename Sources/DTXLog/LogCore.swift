@@ -65,6 +65,8 @@ final class LogCore: @unchecked Sendable {
     private var failure: LogError?
     private var state = State.open
     private var closeWaiters: [CheckedContinuation<Void, Error>] = []
+    /// File-system work that must not run on the cooperative pool (unlink + fsync).
+    private var jobs: [(work: @Sendable () throws -> Void, continuation: CheckedContinuation<Void, Error>)] = []
     private var checkpointRunning = false
     private var stats = WriteAheadLog.Statistics()
 
@@ -203,6 +205,22 @@ final class LogCore: @unchecked Sendable {
         lock.withLock { oldestSequence = boundary }
     }
 
+    /// Runs `work` on the flusher thread and waits for it.
+    func runOnFlusher(_ work: @escaping @Sendable () throws -> Void) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
+            lock.lock()
+            if failure != nil || state != .open {
+                let error = failure ?? .closed
+                lock.unlock()
+                continuation.resume(throwing: error)
+                return
+            }
+            jobs.append((work, continuation))
+            lock.signal()
+            lock.unlock()
+        }
+    }
+
     // MARK: Flusher thread
 
     func startFlusher() {
@@ -221,6 +239,21 @@ final class LogCore: @unchecked Sendable {
         lock.lock()
         var lazyWaited = false
         while true {
+            if !jobs.isEmpty {
+                let batch = jobs
+                jobs = []
+                lock.unlock()
+                for job in batch {
+                    do {
+                        try job.work()
+                        job.continuation.resume()
+                    } catch {
+                        job.continuation.resume(throwing: error)
+                    }
+                }
+                lock.lock()
+                continue
+            }
             let mustSync = syncRequestedTicket > durableTicket
             if !mustSync && state == .open {
                 if pending.isEmpty {

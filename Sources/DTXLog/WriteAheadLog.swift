@@ -203,10 +203,13 @@ public final class WriteAheadLog: Sendable {
                                  payload: located.record.payload, forced: false)
         }
         try await core.waitDurable(ticket: nil)
-        for sequence in oldest..<boundary {
-            try System.unlink(directory + "/" + LogFormat.segmentFileName(sequence))
+        let directory = directory
+        try await core.runOnFlusher {
+            for sequence in oldest..<boundary {
+                try System.unlink(directory + "/" + LogFormat.segmentFileName(sequence))
+            }
+            try System.fsyncDirectory(directory)
         }
-        try System.fsyncDirectory(directory)
         core.segmentsRemoved(upTo: boundary)
         return CheckpointResult(segmentsRemoved: Int(boundary - oldest), recordsRead: read, recordsKept: kept.count)
     }
