@@ -1,0 +1,154 @@
+/// Index of a branch within its global transaction (0-based, in submission order).
+public typealias BranchID = Int
+
+/// What one branch of a global transaction asks of one participant.
+public struct BranchSpec: Sendable, Codable, Equatable {
+    public var participant: String
+    public var operation: String
+    /// Opaque JSON text handed to the participant.
+    public var payload: String?
+
+    public init(participant: String, operation: String, payload: String? = nil) {
+        self.participant = participant
+        self.operation = operation
+        self.payload = payload
+    }
+}
+
+public enum Decision: String, Sendable, Codable, Equatable {
+    case commit
+    case abort
+}
+
+/// A participant's answer to PREPARE.
+public enum Vote: Sendable, Equatable {
+    case yes
+    /// Nothing was written: the branch drops out of phase two.
+    case readOnly
+    /// A definitive business refusal, with the participant's reason.
+    case no(String)
+}
+
+public enum BranchState: String, Sendable, Codable, Equatable {
+    case pending
+    case preparing
+    case prepared
+    case readOnly = "read_only"
+    case votedNo = "voted_no"
+    case committing
+    case committed
+    case rollingBack = "rolling_back"
+    case rolledBack = "rolled_back"
+}
+
+public struct Branch: Sendable, Equatable {
+    public var id: BranchID
+    public var spec: BranchSpec
+    public var state: BranchState
+    /// Deliveries tried for the current step (reset when the step changes).
+    public var attempts: Int
+    public var lastError: String?
+
+    public init(id: BranchID, spec: BranchSpec, state: BranchState = .pending) {
+        self.id = id
+        self.spec = spec
+        self.state = state
+        self.attempts = 0
+    }
+}
+
+/// Where a global transaction stands, as the API and the CLI show it.
+public enum TransactionStatus: String, Sendable, Codable, Equatable {
+    case created
+    case preparing
+    case committing
+    case aborting
+    case committed
+    case aborted
+
+    public var isFinal: Bool { self == .committed || self == .aborted }
+}
+
+/// The messages the coordinator sends to participants (architecture §6).
+public enum ParticipantMessage: String, Sendable, Equatable {
+    case prepare
+    case commit
+    case rollback
+    /// Single-participant optimisation: do the work and commit in one step.
+    case commitOnePhase = "commit_one_phase"
+}
+
+/// Timers a state machine asks the engine to run; the engine turns them into delays
+/// (the transaction timeout, or `RetryPolicy` with jitter) and feeds `timedOut` back.
+public enum TimerID: Hashable, Sendable {
+    case phaseOne
+    case retry(BranchID)
+}
+
+/// What a protocol wants logged; the engine encodes it into a DTXLog record.
+public enum LogEntry: Sendable, Equatable {
+    case begin(gid: GlobalTransactionID, protocol: TransactionProtocol, branches: [BranchSpec])
+    /// `targets` are the branches phase two must reach (read-only voters excluded).
+    case decision(gid: GlobalTransactionID, Decision, targets: [BranchID])
+    case end(gid: GlobalTransactionID)
+}
+
+/// What the engine must do, in order. A forced log action completes (is durable)
+/// before any later action of the same batch is performed.
+public enum TransactionAction: Sendable, Equatable {
+    case log(LogEntry, forced: Bool)
+    case send(ParticipantMessage, to: BranchID)
+    case schedule(TimerID, attempt: Int)
+    case cancel(TimerID)
+    /// The outcome is decided (and durable where the protocol requires): waiters may be told.
+    case decided(Decision)
+    /// Every branch has acknowledged; the transaction is over.
+    case finish(TransactionStatus)
+}
+
+/// The shape every protocol's state machine has: a pure value that takes an event and
+/// returns the actions to perform. No IO, no clocks, no randomness.
+public protocol TransactionStateMachine: Sendable {
+    associatedtype Event: Sendable
+    var gid: GlobalTransactionID { get }
+    var status: TransactionStatus { get }
+    var branches: [Branch] { get }
+    mutating func handle(_ event: Event) -> [TransactionAction]
+}
+
+/// Capped exponential backoff; the engine supplies the jitter (a value in 0..<1) so
+/// that this stays a pure function.
+public struct RetryPolicy: Sendable, Equatable {
+    public var initialDelay: Duration
+    public var maximumDelay: Duration
+    public var multiplier: Double
+    /// Fraction of the delay that jitter may remove (0 = none, 1 = full jitter).
+    public var jitter: Double
+
+    public init(initialDelay: Duration = .milliseconds(100), maximumDelay: Duration = .seconds(30), multiplier: Double = 2, jitter: Double = 0.5) {
+        self.initialDelay = initialDelay
+        self.maximumDelay = maximumDelay
+        self.multiplier = multiplier
+        self.jitter = jitter
+    }
+
+    /// The delay before retry number `attempt` (1-based), given a random `unit` in 0..<1.
+    public func delay(attempt: Int, unit: Double) -> Duration {
+        let base = initialDelay.seconds * pow(multiplier, Double(max(attempt - 1, 0)))
+        let capped = min(base, maximumDelay.seconds)
+        return .nanoseconds(Int64(capped * (1 - jitter * unit) * 1e9))
+    }
+}
+
+extension Duration {
+    var seconds: Double {
+        let (s, atto) = components
+        return Double(s) + Double(atto) / 1e18
+    }
+}
+
+private func pow(_ base: Double, _ exponent: Double) -> Double {
+    var result = 1.0
+    for _ in 0..<Int(exponent) { result *= base }
+    return result
+}

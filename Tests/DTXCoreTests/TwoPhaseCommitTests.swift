@@ -1,0 +1,231 @@
+import DTXCore
+import Testing
+
+private let gid = try! GlobalTransactionID(validating: "tx-1")
+
+private func machine(_ count: Int) -> TwoPhaseCommit {
+    TwoPhaseCommit(gid: gid, branches: (0..<count).map { BranchSpec(participant: "p\($0)", operation: "op") })
+}
+
+/// A machine with every branch in `preparing`.
+private func started(_ count: Int) -> TwoPhaseCommit {
+    var m = machine(count)
+    _ = m.handle(.start)
+    return m
+}
+
+private func forcedWrites(_ actions: [TransactionAction]) -> Int {
+    actions.filter { if case .log(_, forced: true) = $0 { return true } else { return false } }.count
+}
+
+@Suite struct TwoPhaseCommitTests {
+    @Test func startLogsBeginLazilyPreparesEveryBranchAndArmsTheTimeout() {
+        var m = machine(3)
+        let actions = m.handle(.start)
+        #expect(actions == [
+            .log(.begin(gid: gid, protocol: .twoPhaseCommit, branches: m.branches.map(\.spec)), forced: false),
+            .send(.prepare, to: 0), .send(.prepare, to: 1), .send(.prepare, to: 2),
+            .schedule(.phaseOne, attempt: 1),
+        ])
+        #expect(m.status == .preparing)
+        #expect(m.branches.allSatisfy { $0.state == .preparing })
+    }
+
+    @Test func allYesForcesTheCommitDecisionBeforeSendingCommit() {
+        var m = started(2)
+        #expect(m.handle(.voted(0, .yes)) == [])
+        let actions = m.handle(.voted(1, .yes))
+        #expect(actions == [
+            .cancel(.phaseOne),
+            .log(.decision(gid: gid, .commit, targets: [0, 1]), forced: true),
+            .decided(.commit),
+            .send(.commit, to: 0), .send(.commit, to: 1),
+        ])
+        #expect(m.status == .committing)
+        #expect(m.handle(.acknowledged(1)) == [.cancel(.retry(1))])
+        #expect(m.handle(.acknowledged(0)) == [.cancel(.retry(0)), .log(.end(gid: gid), forced: false), .finish(.committed)])
+        #expect(m.status == .committed)
+        #expect(m.branches.allSatisfy { $0.state == .committed })
+    }
+
+    @Test func aCommittedTransactionForcesExactlyOneWriteAndAnAbortedOneNone() {
+        var commit = machine(3)
+        var all = commit.handle(.start)
+        for id in 0..<3 { all += commit.handle(.voted(id, .yes)) }
+        for id in 0..<3 { all += commit.handle(.acknowledged(id)) }
+        #expect(forcedWrites(all) == 1)
+
+        var abort = machine(3)
+        all = abort.handle(.start)
+        all += abort.handle(.voted(0, .yes))
+        all += abort.handle(.voted(1, .no("insufficient funds")))
+        all += abort.handle(.acknowledged(0))
+        all += abort.handle(.acknowledged(2))
+        #expect(forcedWrites(all) == 0)
+        #expect(abort.status == .aborted)
+    }
+
+    @Test func aNoVoteAbortsAndRollsBackEveryBranchThatMayHavePrepared() {
+        var m = started(3)
+        _ = m.handle(.voted(0, .yes))
+        let actions = m.handle(.voted(1, .no("insufficient funds")))
+        // Branch 2 has not answered: it may prepare later, so it gets ROLLBACK too.
+        #expect(actions == [
+            .cancel(.phaseOne),
+            .log(.decision(gid: gid, .abort, targets: [0, 2]), forced: false),
+            .decided(.abort),
+            .send(.rollback, to: 0), .send(.rollback, to: 2),
+        ])
+        #expect(m.branches[1].state == .votedNo)
+        #expect(m.branches[1].lastError == "insufficient funds")
+        _ = m.handle(.acknowledged(2))
+        #expect(m.handle(.acknowledged(0)) == [.cancel(.retry(0)), .log(.end(gid: gid), forced: false), .finish(.aborted)])
+    }
+
+    @Test func readOnlyVotersDropOutOfPhaseTwo() {
+        var m = started(3)
+        _ = m.handle(.voted(0, .readOnly))
+        _ = m.handle(.voted(1, .yes))
+        let actions = m.handle(.voted(2, .readOnly))
+        #expect(actions == [
+            .cancel(.phaseOne),
+            .log(.decision(gid: gid, .commit, targets: [1]), forced: true),
+            .decided(.commit),
+            .send(.commit, to: 1),
+        ])
+        #expect(m.handle(.acknowledged(1)) == [.cancel(.retry(1)), .log(.end(gid: gid), forced: false), .finish(.committed)])
+    }
+
+    @Test func allReadOnlyCommitsWithoutAnyForcedWriteOrPhaseTwo() {
+        var m = started(2)
+        _ = m.handle(.voted(0, .readOnly))
+        #expect(m.handle(.voted(1, .readOnly)) == [.cancel(.phaseOne), .decided(.commit), .log(.end(gid: gid), forced: false), .finish(.committed)])
+    }
+
+    @Test func aSingleBranchCommitsInOnePhase() {
+        var m = machine(1)
+        #expect(m.handle(.start) == [.log(.begin(gid: gid, protocol: .twoPhaseCommit, branches: m.branches.map(\.spec)), forced: false), .send(.commitOnePhase, to: 0)])
+        // Delivery failures are retried: the participant owns the decision.
+        #expect(m.handle(.deliveryFailed(0, "connection refused")) == [.schedule(.retry(0), attempt: 1)])
+        #expect(m.handle(.timedOut(.retry(0))) == [.send(.commitOnePhase, to: 0)])
+        #expect(m.handle(.timedOut(.phaseOne)) == [])
+        #expect(m.handle(.voted(0, .yes)) == [.cancel(.retry(0)), .decided(.commit), .log(.end(gid: gid), forced: false), .finish(.committed)])
+
+        var refused = machine(1)
+        _ = refused.handle(.start)
+        #expect(refused.handle(.voted(0, .no("out of stock"))) == [.cancel(.phaseOne), .log(.decision(gid: gid, .abort, targets: []), forced: false), .decided(.abort), .log(.end(gid: gid), forced: false), .finish(.aborted)])
+    }
+
+    @Test func anUnreachableParticipantInPhaseOneAborts() {
+        var m = started(2)
+        _ = m.handle(.voted(0, .yes))
+        let actions = m.handle(.deliveryFailed(1, "connection refused"))
+        #expect(actions.contains(.decided(.abort)))
+        #expect(actions.contains(.send(.rollback, to: 0)) && actions.contains(.send(.rollback, to: 1)))
+        #expect(m.branches[1].lastError == "connection refused")
+    }
+
+    @Test func thePhaseOneTimeoutAborts() {
+        var m = started(2)
+        _ = m.handle(.voted(0, .yes))
+        let actions = m.handle(.timedOut(.phaseOne))
+        #expect(actions.contains(.decided(.abort)))
+        #expect(m.status == .aborting)
+    }
+
+    @Test func phaseTwoFailuresAreRetriedWithGrowingAttemptsUntilAcknowledged() {
+        var m = started(2)
+        _ = m.handle(.voted(0, .yes))
+        _ = m.handle(.voted(1, .yes))
+        #expect(m.handle(.deliveryFailed(1, "503")) == [.schedule(.retry(1), attempt: 1)])
+        #expect(m.handle(.timedOut(.retry(1))) == [.send(.commit, to: 1)])
+        #expect(m.handle(.deliveryFailed(1, "503")) == [.schedule(.retry(1), attempt: 2)])
+        #expect(m.branches[1].attempts == 3 && m.branches[1].lastError == "503")
+        // A timeout of phase one after the decision changes nothing.
+        #expect(m.handle(.timedOut(.phaseOne)) == [])
+        _ = m.handle(.acknowledged(0))
+        #expect(m.handle(.acknowledged(1)).last == .finish(.committed))
+    }
+
+    @Test func rollbackFailuresAreRetriedToo() {
+        var m = started(2)
+        _ = m.handle(.voted(0, .no("no")))
+        #expect(m.handle(.deliveryFailed(1, "timeout")) == [.schedule(.retry(1), attempt: 1)])
+        #expect(m.handle(.timedOut(.retry(1))) == [.send(.rollback, to: 1)])
+        #expect(m.handle(.acknowledged(1)).last == .finish(.aborted))
+    }
+
+    @Test func lateDuplicateAndOutOfOrderMessagesChangeNothing() {
+        var m = started(2)
+        _ = m.handle(.voted(0, .yes))
+        #expect(m.handle(.voted(0, .yes)) == [])              // duplicate vote
+        #expect(m.handle(.voted(0, .no("changed mind"))) == []) // a vote cannot change
+        #expect(m.handle(.acknowledged(0)) == [])             // ack before any decision
+        #expect(m.handle(.voted(7, .yes)) == [])              // unknown branch
+        _ = m.handle(.voted(1, .yes))
+        let snapshot = m
+        #expect(m.handle(.voted(1, .no("late"))) == [])       // late vote after the decision
+        #expect(m.handle(.timedOut(.retry(0))) == [.send(.commit, to: 0)])
+        _ = m.handle(.acknowledged(0))
+        #expect(m.handle(.acknowledged(0)) == [])             // duplicate ack
+        #expect(m.handle(.deliveryFailed(0, "late failure")) == [])  // failure after its ack
+        #expect(m.handle(.start) == [])                        // restart of a running transaction
+        #expect(snapshot.status == .committing)
+
+        var aborted = started(2)
+        _ = aborted.handle(.voted(0, .no("no")))
+        #expect(aborted.handle(.voted(1, .yes)) == [])        // late yes after abort: its rollback is already out
+        _ = aborted.handle(.acknowledged(1))
+        #expect(aborted.status == .aborted)
+        #expect(aborted.handle(.acknowledged(1)) == [])
+        #expect(aborted.handle(.timedOut(.phaseOne)) == [])
+    }
+
+    @Test func recoveryWithoutADecisionPresumesAbortAndRollsBackEveryBranch() {
+        var m = machine(3)
+        let actions = m.handle(.recovered(.undecided))
+        #expect(actions == [
+            .cancel(.phaseOne),
+            .log(.decision(gid: gid, .abort, targets: [0, 1, 2]), forced: false),
+            .decided(.abort),
+            .send(.rollback, to: 0), .send(.rollback, to: 1), .send(.rollback, to: 2),
+        ])
+        #expect(forcedWrites(actions) == 0)
+    }
+
+    @Test func recoveryAfterACommitDecisionDrivesPhaseTwoToTheLoggedTargets() {
+        var m = machine(3)
+        #expect(m.handle(.recovered(.decided(.commit, targets: [0, 2]))) == [.decided(.commit), .send(.commit, to: 0), .send(.commit, to: 2)])
+        #expect(m.branches[1].state == .readOnly)
+        #expect(m.handle(.deliveryFailed(2, "down")) == [.schedule(.retry(2), attempt: 1)])
+        _ = m.handle(.acknowledged(0))
+        _ = m.handle(.timedOut(.retry(2)))
+        #expect(m.handle(.acknowledged(2)) == [.cancel(.retry(2)), .log(.end(gid: gid), forced: false), .finish(.committed)])
+    }
+
+    @Test func recoveryAfterAnAbortDecisionRollsBack() {
+        var m = machine(2)
+        #expect(m.handle(.recovered(.decided(.abort, targets: [1]))) == [.decided(.abort), .send(.rollback, to: 1)])
+        #expect(m.handle(.acknowledged(1)).last == .finish(.aborted))
+
+        var empty = machine(2)
+        #expect(empty.handle(.recovered(.decided(.commit, targets: []))) == [.decided(.commit), .log(.end(gid: gid), forced: false), .finish(.committed)])
+    }
+
+    @Test func recoveryIsOnlyAcceptedBeforeAnythingElseHappened() {
+        var m = started(2)
+        #expect(m.handle(.recovered(.undecided)) == [])
+    }
+}
+
+@Suite struct RetryPolicyTests {
+    @Test func backoffGrowsExponentiallyUpToTheCapAndJitterOnlyShortens() {
+        let policy = RetryPolicy(initialDelay: .milliseconds(100), maximumDelay: .seconds(2), multiplier: 2, jitter: 0.5)
+        #expect(policy.delay(attempt: 1, unit: 0) == .milliseconds(100))
+        #expect(policy.delay(attempt: 2, unit: 0) == .milliseconds(200))
+        #expect(policy.delay(attempt: 4, unit: 0) == .milliseconds(800))
+        #expect(policy.delay(attempt: 10, unit: 0) == .seconds(2))
+        #expect(policy.delay(attempt: 10, unit: 0.999_999) > .seconds(1))
+        #expect(policy.delay(attempt: 3, unit: 0.5) == .milliseconds(300))
+    }
+}
