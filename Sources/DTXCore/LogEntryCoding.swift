@@ -115,12 +115,6 @@ public struct TransactionLogReplay: Sendable {
         }
     }
 
-    /// What the 2PC state machine is told on restart for an unfinished transaction.
-    public static func recovered(_ transaction: Unfinished) -> TwoPhaseCommit.Recovered {
-        guard let decision = transaction.decision else { return .undecided }
-        return .decided(decision, targets: transaction.targets)
-    }
-
     /// A record is live while its transaction has not ended.
     public func isLive(_ entry: LogEntry) -> Bool {
         !ended.contains(entry.gid)

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Index of a branch within its global transaction (0-based, in submission order).
 public typealias BranchID = Int
 
@@ -65,8 +67,6 @@ public enum TransactionStatus: String, Sendable, Codable, Equatable {
     case aborting
     case committed
     case aborted
-
-    public var isFinal: Bool { self == .committed || self == .aborted }
 }
 
 /// The messages the coordinator sends to participants (architecture §6).
@@ -145,10 +145,4 @@ extension Duration {
         let (s, atto) = components
         return Double(s) + Double(atto) / 1e18
     }
-}
-
-private func pow(_ base: Double, _ exponent: Double) -> Double {
-    var result = 1.0
-    for _ in 0..<Int(exponent) { result *= base }
-    return result
 }

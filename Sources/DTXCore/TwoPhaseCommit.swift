@@ -65,23 +65,26 @@ public struct TwoPhaseCommit: TransactionStateMachine {
         case (.committing, .acknowledged(let id)), (.aborting, .acknowledged(let id)):
             return acknowledged(id)
         case (.committing, .deliveryFailed(let id, let error)):
-            guard branches[id].state == .committing else { return [] }
-            return retry(id, error: error)
+            return state(of: id) == .committing ? retry(id, error: error) : []
         case (.aborting, .deliveryFailed(let id, let error)):
-            guard branches[id].state == .rollingBack else { return [] }
-            return retry(id, error: error)
+            return state(of: id) == .rollingBack ? retry(id, error: error) : []
         case (.committing, .timedOut(.retry(let id))):
-            return branches[id].state == .committing ? [.send(.commit, to: id)] : []
+            return state(of: id) == .committing ? [.send(.commit, to: id)] : []
         case (.aborting, .timedOut(.retry(let id))):
-            return branches[id].state == .rollingBack ? [.send(.rollback, to: id)] : []
+            return state(of: id) == .rollingBack ? [.send(.rollback, to: id)] : []
         default:
             // Late, duplicate and out-of-order messages change nothing.
             return []
         }
     }
 
+    /// nil for an id no branch has (a confused or hostile message).
+    private func state(of id: BranchID) -> BranchState? {
+        branches.indices.contains(id) ? branches[id].state : nil
+    }
+
     private func isPending(_ id: BranchID) -> Bool {
-        branches.indices.contains(id) && branches[id].state == .preparing
+        state(of: id) == .preparing
     }
 
     private mutating func start() -> [TransactionAction] {
@@ -155,8 +158,7 @@ public struct TwoPhaseCommit: TransactionStateMachine {
     }
 
     private mutating func acknowledged(_ id: BranchID) -> [TransactionAction] {
-        guard branches.indices.contains(id) else { return [] }
-        switch branches[id].state {
+        switch state(of: id) {
         case .committing: branches[id].state = .committed
         case .rollingBack: branches[id].state = .rolledBack
         default: return []  // duplicate or unexpected
@@ -200,6 +202,17 @@ public struct TwoPhaseCommit: TransactionStateMachine {
                 actions += [.log(.end(gid: gid), forced: false), .finish(status)]
             }
             return actions
+        }
+    }
+}
+
+extension TwoPhaseCommit.Recovered {
+    /// What a restart tells the machine about a transaction the log left unfinished.
+    public init(_ unfinished: TransactionLogReplay.Unfinished) {
+        if let decision = unfinished.decision {
+            self = .decided(decision, targets: unfinished.targets)
+        } else {
+            self = .undecided
         }
     }
 }

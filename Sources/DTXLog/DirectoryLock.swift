@@ -13,9 +13,19 @@ final class DirectoryLock: Sendable {
         self.directory = directory
         let path = directory + "/LOCK"
         let fd = try System.open(path, O_RDWR | O_CREAT)
-        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+        // A hold by no live pid is transient: an owner between flock and writing its pid
+        // or releasing, or a child forked by the owner and not yet exec'd (it shares the
+        // open file until exec closes it). Wait that out briefly; a live owner is named at once.
+        var tries = 0
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
             let code = errno
             let holder = Self.readPID(fd)
+            let holderAlive = holder.map { kill($0, 0) == 0 || errno != ESRCH } ?? false
+            if code == EWOULDBLOCK, !holderAlive, tries < 100 {
+                tries += 1
+                usleep(10_000)
+                continue
+            }
             Glibc.close(fd)
             if code == EWOULDBLOCK {
                 throw LogError.directoryInUse(directory: directory, pid: holder)
@@ -38,17 +48,6 @@ final class DirectoryLock: Sendable {
         var buffer = [UInt8](repeating: 0, count: 32)
         let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
         guard n > 0 else { return nil }
-        let text = String(decoding: buffer[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        return Int32(text)
+        return Int32(String(decoding: buffer[0..<n].prefix { $0 >= 0x30 && $0 <= 0x39 }, as: UTF8.self))
     }
-}
-
-private extension String {
-    func trimmingCharacters(in set: Set<Character>) -> String {
-        String(drop(while: set.contains).reversed().drop(while: set.contains).reversed())
-    }
-}
-
-private extension Set where Element == Character {
-    static let whitespacesAndNewlines: Set<Character> = [" ", "\n", "\t", "\r"]
 }

@@ -313,8 +313,8 @@ final class LogCore: @unchecked Sendable {
                 let covered = waiters.prefix { $0.ticket <= target }.count
                 resumed = Array(waiters.prefix(covered))
                 waiters.removeFirst(covered)
+                // Sync waiters carry LSN 0; only forced appends count as the group.
                 let group = resumed.reduce(0) { $0 + ($1.lsn != 0 ? 1 : 0) }
-                stats.lastGroupSize = group
                 stats.largestGroupSize = max(stats.largestGroupSize, group)
             }
             if !resumed.isEmpty {

@@ -31,7 +31,7 @@ public struct LogRepair: Sendable, Equatable {
         }
         var repair = LogRepair(savedTo: savedTo, truncatedFile: nil, truncatedAt: nil, movedSegments: [], remainingRecords: 0)
 
-        if offset > LogFormat.segmentHeaderSize - 1 {
+        if offset >= LogFormat.segmentHeaderSize {
             // Keep the cut bytes (up to the last non-zero one), then cut the segment.
             let bytes = try System.readFile(file)
             let last = bytes.lastIndex { $0 != 0 }.map { $0 + 1 } ?? offset

@@ -141,9 +141,9 @@ public struct LogScan: Sendable {
                 if !rewritten { nextLSN = lsn + 1 }
                 offset = next
                 segments[segments.count - 1].end = offset
-            case .end, .invalid:
-                let reason: String
-                if case let .invalid(why) = LogFormat.decodeFrame(bytes, at: offset) { reason = why } else { reason = "" }
+            case let stop:
+                var reason = ""
+                if case let .invalid(why) = stop { reason = why }
                 if !isNewest {
                     // An older segment was synced before the next one received a byte:
                     // everything after its last frame must still be zeros.

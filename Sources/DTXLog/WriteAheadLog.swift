@@ -39,8 +39,7 @@ public final class WriteAheadLog: Sendable {
         public var appends: UInt64 = 0
         public var forcedAppends: UInt64 = 0
         public var fsyncs: UInt64 = 0
-        /// Forced appends released by the latest fdatasync, and the largest such group.
-        public var lastGroupSize: Int = 0
+        /// The most forced appends one fdatasync has released.
         public var largestGroupSize: Int = 0
         public var bytesWritten: UInt64 = 0
         public var segmentsCreated: UInt64 = 0

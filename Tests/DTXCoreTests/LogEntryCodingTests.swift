@@ -41,8 +41,8 @@ private let specs = [BranchSpec(participant: "accounts-eu", operation: "debit", 
             replay.apply(entry)
         }
         #expect(Set(replay.unfinished.keys) == [a, b])
-        #expect(TransactionLogReplay.recovered(replay.unfinished[a]!) == .undecided)
-        #expect(TransactionLogReplay.recovered(replay.unfinished[b]!) == .decided(.commit, targets: [1]))
+        #expect(TwoPhaseCommit.Recovered(replay.unfinished[a]!) == .undecided)
+        #expect(TwoPhaseCommit.Recovered(replay.unfinished[b]!) == .decided(.commit, targets: [1]))
         #expect(replay.isLive(.decision(gid: b, .commit, targets: [1])))
         #expect(!replay.isLive(.begin(gid: c, protocol: .twoPhaseCommit, branches: specs)))
     }

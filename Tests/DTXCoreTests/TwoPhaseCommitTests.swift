@@ -170,6 +170,9 @@ private func forcedWrites(_ actions: [TransactionAction]) -> Int {
         #expect(m.handle(.acknowledged(0)) == [])             // duplicate ack
         #expect(m.handle(.deliveryFailed(0, "late failure")) == [])  // failure after its ack
         #expect(m.handle(.start) == [])                        // restart of a running transaction
+        #expect(m.handle(.deliveryFailed(9, "who?")) == [])    // unknown branch in phase two
+        #expect(m.handle(.timedOut(.retry(9))) == [])
+        #expect(m.handle(.acknowledged(-1)) == [])
         #expect(snapshot.status == .committing)
 
         var aborted = started(2)
