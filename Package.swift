@@ -3,19 +3,24 @@ import PackageDescription
 
 let package = Package(
     name: "dtx",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "dtxd", targets: ["dtxd"]),
         .executable(name: "dtx", targets: ["dtx"]),
         .executable(name: "dtx-bench", targets: ["dtx-bench"]),
         .library(name: "DTXCore", targets: ["DTXCore"]),
         .library(name: "DTXLog", targets: ["DTXLog"]),
+        .library(name: "DTXClient", targets: ["DTXClient"]),
+        .library(name: "DTXParticipant", targets: ["DTXParticipant"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // C libraries, called directly (no Swift database drivers).
@@ -34,11 +39,42 @@ let package = Package(
         .target(name: "DTXCore"),
         // The durable write-ahead log: depends on the system only.
         .target(name: "DTXLog"),
+        // JSON bodies of the coordinator API and the participant protocol.
+        .target(name: "DTXAPI", dependencies: ["DTXCore"]),
+        // The engine: runs the state machines, logs, talks to participants, recovers.
+        .target(
+            name: "DTXCoordinator",
+            dependencies: [
+                "DTXCore", "DTXAPI", "DTXLog",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
         // HTTP API of the daemon.
         .target(
             name: "DTXServer",
             dependencies: [
-                "DTXLog",
+                "DTXCoordinator", "DTXAPI", "DTXLog",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        // Swift client of the coordinator API.
+        .target(
+            name: "DTXClient",
+            dependencies: [
+                "DTXAPI",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ]
+        ),
+        // Participant kit: serves the participant protocol, registers, recovers in-doubt branches.
+        .target(
+            name: "DTXParticipant",
+            dependencies: [
+                "DTXAPI", "DTXClient",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -47,7 +83,7 @@ let package = Package(
         .executableTarget(
             name: "dtxd",
             dependencies: [
-                "DTXServer", "DTXLog",
+                "DTXServer", "DTXCoordinator", "DTXLog",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -56,14 +92,15 @@ let package = Package(
         .executableTarget(
             name: "dtx",
             dependencies: [
-                "DTXLog",
+                "DTXLog", "DTXClient", "DTXAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(
             name: "dtx-bench",
             dependencies: [
-                "DTXLog",
+                "DTXLog", "DTXClient", "DTXAPI",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/dtx-bench"
@@ -77,13 +114,26 @@ let package = Package(
             path: "Tests/Fixtures/WALCrashWriter"
         ),
 
+        // A participant service on the kit with an in-memory (file-journalled) resource
+        // manager; tests and benchmarks tell it to vote no, stall or crash at a point.
+        .executableTarget(
+            name: "memory-participant",
+            dependencies: [
+                "DTXParticipant",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Examples/MemoryParticipant"
+        ),
+
         .target(name: "DTXTestSupport", path: "Tests/DTXTestSupport"),
         .testTarget(name: "DTXCoreTests", dependencies: ["DTXCore"]),
         .testTarget(name: "DTXLogTests", dependencies: ["DTXLog", "DTXTestSupport"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CSQLite", "CLibPQ"]),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["DTXLog", "DTXTestSupport", "dtxd", "dtx", "wal-crash-writer"]
+            dependencies: ["DTXLog", "DTXAPI", "DTXClient", "DTXTestSupport", "dtxd", "dtx", "wal-crash-writer", "memory-participant"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -7,10 +7,10 @@ public typealias BranchID = Int
 public struct BranchSpec: Sendable, Codable, Equatable {
     public var participant: String
     public var operation: String
-    /// Opaque JSON text handed to the participant.
-    public var payload: String?
+    /// Opaque JSON handed to the participant.
+    public var payload: JSONValue?
 
-    public init(participant: String, operation: String, payload: String? = nil) {
+    public init(participant: String, operation: String, payload: JSONValue? = nil) {
         self.participant = participant
         self.operation = operation
         self.payload = payload

@@ -4,7 +4,7 @@ import Testing
 private let a = try! GlobalTransactionID(validating: "a")
 private let b = try! GlobalTransactionID(validating: "b")
 private let c = try! GlobalTransactionID(validating: "c")
-private let specs = [BranchSpec(participant: "accounts-eu", operation: "debit", payload: #"{"amount":5}"#), BranchSpec(participant: "accounts-us", operation: "credit")]
+private let specs = [BranchSpec(participant: "accounts-eu", operation: "debit", payload: .object(["amount": .number(5)])), BranchSpec(participant: "accounts-us", operation: "credit")]
 
 @Suite struct LogEntryCodingTests {
     @Test(arguments: [

@@ -1,0 +1,292 @@
+/// DTXAPI: the JSON bodies of the coordinator API and of the participant protocol,
+/// shared by the daemon, the client, the CLI and the participant kit. The OpenAPI
+/// documents in Schemas/ are the contract; these types follow them.
+import DTXCore
+import Foundation
+
+// MARK: - Errors
+
+/// Every 4xx answer: `{ "error": { "code": ..., "message": ... } }`.
+public struct APIErrorBody: Codable, Sendable, Equatable, Error {
+    public struct Detail: Codable, Sendable, Equatable {
+        public var code: String
+        public var message: String
+    }
+
+    public var error: Detail
+
+    public init(code: String, message: String) {
+        error = Detail(code: code, message: message)
+    }
+}
+
+// MARK: - Participants
+
+public struct ParticipantRegistration: Codable, Sendable, Equatable {
+    /// Stable service name, e.g. `accounts-eu`: 1–64 of [A-Za-z0-9-_.].
+    public var name: String
+    /// Base URL the coordinator calls, e.g. `http://127.0.0.1:8081`.
+    public var url: String
+    /// Protocols the participant serves; defaults to `["2pc"]`.
+    public var protocols: [TransactionProtocol]?
+    /// Bearer token the coordinator sends on its calls to this participant.
+    public var token: String?
+
+    public init(name: String, url: String, protocols: [TransactionProtocol]? = nil, token: String? = nil) {
+        self.name = name
+        self.url = url
+        self.protocols = protocols
+        self.token = token
+    }
+}
+
+public struct ParticipantInfo: Codable, Sendable, Equatable {
+    public var name: String
+    public var url: String
+    public var protocols: [TransactionProtocol]
+    public var hasToken: Bool
+    public var registeredAt: Date
+    /// Last registration, heartbeat or successful call; nil after a coordinator restart
+    /// until the participant is heard from again.
+    public var lastSeen: Date?
+    /// Branches of unfinished transactions on this participant.
+    public var unfinishedBranches: Int
+
+    public init(name: String, url: String, protocols: [TransactionProtocol], hasToken: Bool, registeredAt: Date, lastSeen: Date?, unfinishedBranches: Int) {
+        self.name = name
+        self.url = url
+        self.protocols = protocols
+        self.hasToken = hasToken
+        self.registeredAt = registeredAt
+        self.lastSeen = lastSeen
+        self.unfinishedBranches = unfinishedBranches
+    }
+}
+
+public struct ParticipantList: Codable, Sendable, Equatable {
+    public var participants: [ParticipantInfo]
+
+    public init(participants: [ParticipantInfo]) {
+        self.participants = participants
+    }
+}
+
+// MARK: - Transactions
+
+/// `POST /v1/transactions`: a whole transaction (submit-and-run), or with
+/// `interactive: true` and no branches, the begin of an XA-style transaction.
+public struct TransactionSubmission: Codable, Sendable, Equatable {
+    /// Client-chosen id; submitting the same gid and spec again returns the same transaction.
+    public var gid: String?
+    public var `protocol`: TransactionProtocol
+    public var branches: [BranchSpec]?
+    /// Seconds phase one (or an interactive transaction) may take before it aborts. Default 30.
+    public var timeout: Double?
+    /// Wait for the outcome before answering (at most `timeout` + 30 s).
+    public var wait: Bool?
+    public var interactive: Bool?
+
+    public init(gid: String? = nil, protocol: TransactionProtocol = .twoPhaseCommit, branches: [BranchSpec]? = nil, timeout: Double? = nil, wait: Bool? = nil, interactive: Bool? = nil) {
+        self.gid = gid
+        self.protocol = `protocol`
+        self.branches = branches
+        self.timeout = timeout
+        self.wait = wait
+        self.interactive = interactive
+    }
+}
+
+public struct BranchView: Codable, Sendable, Equatable {
+    public var id: BranchID
+    public var participant: String
+    public var operation: String
+    public var state: String
+    public var attempts: Int
+    public var lastError: String?
+    /// What the participant answered (its result, or its business error).
+    public var result: JSONValue?
+
+    public init(id: BranchID, participant: String, operation: String, state: String, attempts: Int, lastError: String?, result: JSONValue?) {
+        self.id = id
+        self.participant = participant
+        self.operation = operation
+        self.state = state
+        self.attempts = attempts
+        self.lastError = lastError
+        self.result = result
+    }
+}
+
+public struct TimelineEntry: Codable, Sendable, Equatable {
+    public var at: Date
+    public var event: String
+    public var branch: BranchID?
+    public var detail: String?
+
+    public init(at: Date, event: String, branch: BranchID? = nil, detail: String? = nil) {
+        self.at = at
+        self.event = event
+        self.branch = branch
+        self.detail = detail
+    }
+}
+
+/// Status strings: `active` (interactive, open for enlistment), `preparing`,
+/// `committing`, `aborting`, `committed`, `aborted`.
+public struct TransactionView: Codable, Sendable, Equatable {
+    public var gid: String
+    public var `protocol`: TransactionProtocol
+    public var status: String
+    /// `commit` or `abort` once decided.
+    public var decision: Decision?
+    public var interactive: Bool
+    /// An operator forced an outcome that overrode a logged decision.
+    public var heuristic: Bool
+    /// Phase two has kept failing (see the branches' lastError).
+    public var stuck: Bool
+    public var createdAt: Date
+    public var updatedAt: Date
+    public var timeout: Double
+    /// The first business error or the operator's reason.
+    public var error: String?
+    public var branches: [BranchView]
+    public var timeline: [TimelineEntry]
+
+    public init(gid: String, protocol: TransactionProtocol, status: String, decision: Decision?, interactive: Bool, heuristic: Bool, stuck: Bool, createdAt: Date, updatedAt: Date, timeout: Double, error: String?, branches: [BranchView], timeline: [TimelineEntry]) {
+        self.gid = gid
+        self.protocol = `protocol`
+        self.status = status
+        self.decision = decision
+        self.interactive = interactive
+        self.heuristic = heuristic
+        self.stuck = stuck
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+        self.timeout = timeout
+        self.error = error
+        self.branches = branches
+        self.timeline = timeline
+    }
+}
+
+public struct TransactionSummary: Codable, Sendable, Equatable {
+    public var gid: String
+    public var `protocol`: TransactionProtocol
+    public var status: String
+    public var stuck: Bool
+    public var heuristic: Bool
+    public var createdAt: Date
+    public var participants: [String]
+
+    public init(gid: String, protocol: TransactionProtocol, status: String, stuck: Bool, heuristic: Bool, createdAt: Date, participants: [String]) {
+        self.gid = gid
+        self.protocol = `protocol`
+        self.status = status
+        self.stuck = stuck
+        self.heuristic = heuristic
+        self.createdAt = createdAt
+        self.participants = participants
+    }
+}
+
+public struct TransactionList: Codable, Sendable, Equatable {
+    public var transactions: [TransactionSummary]
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    public var nextCursor: String?
+
+    public init(transactions: [TransactionSummary], nextCursor: String?) {
+        self.transactions = transactions
+        self.nextCursor = nextCursor
+    }
+}
+
+/// `GET /v1/transactions/{gid}/outcome`: `committed`, `aborted` (also for an unknown
+/// gid: presumed abort) or `pending` (not decided yet: ask again later).
+public struct OutcomeAnswer: Codable, Sendable, Equatable {
+    public var gid: String
+    public var outcome: String
+
+    public init(gid: String, outcome: String) {
+        self.gid = gid
+        self.outcome = outcome
+    }
+}
+
+/// `POST /v1/transactions/{gid}/branches`: a service enlists a branch it has prepared
+/// in an interactive transaction.
+public struct EnlistRequest: Codable, Sendable, Equatable {
+    public var participant: String
+    public var operation: String
+    public var payload: JSONValue?
+
+    public init(participant: String, operation: String, payload: JSONValue? = nil) {
+        self.participant = participant
+        self.operation = operation
+        self.payload = payload
+    }
+}
+
+public struct EnlistAnswer: Codable, Sendable, Equatable {
+    public var gid: String
+    public var branch: BranchID
+
+    public init(gid: String, branch: BranchID) {
+        self.gid = gid
+        self.branch = branch
+    }
+}
+
+/// `POST /v1/transactions/{gid}/commit|abort`. For an interactive transaction that is
+/// still open this is the application's commit or abort; for any other unfinished
+/// transaction it is an operator forcing the outcome, and `reason` is required.
+public struct ResolveRequest: Codable, Sendable, Equatable {
+    public var reason: String?
+    /// Wait for the outcome before answering.
+    public var wait: Bool?
+
+    public init(reason: String? = nil, wait: Bool? = nil) {
+        self.reason = reason
+        self.wait = wait
+    }
+}
+
+public struct RecoveryReport: Codable, Sendable, Equatable {
+    /// Unfinished transactions whose pending deliveries were retried now.
+    public var transactions: Int
+    public var deliveries: Int
+
+    public init(transactions: Int, deliveries: Int) {
+        self.transactions = transactions
+        self.deliveries = deliveries
+    }
+}
+
+public struct HealthAnswer: Codable, Sendable, Equatable {
+    public var status: String
+    public var unfinishedTransactions: Int
+    public var participants: Int
+
+    public init(status: String, unfinishedTransactions: Int, participants: Int) {
+        self.status = status
+        self.unfinishedTransactions = unfinishedTransactions
+        self.participants = participants
+    }
+}
+
+extension JSONEncoder {
+    /// How every dtx component writes API JSON: ISO 8601 dates, sorted keys.
+    public static func dtx() -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return encoder
+    }
+}
+
+extension JSONDecoder {
+    public static func dtx() -> JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return decoder
+    }
+}

@@ -1,0 +1,1 @@
+// DTXCoordinator: the engine.

@@ -1,0 +1,1 @@
+// DTXParticipant: the participant kit.
