@@ -85,6 +85,8 @@ let package = Package(
             dependencies: [
                 "DTXServer", "DTXCoordinator", "DTXLog",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -92,7 +94,7 @@ let package = Package(
         .executableTarget(
             name: "dtx",
             dependencies: [
-                "DTXLog", "DTXClient", "DTXAPI",
+                "DTXLog", "DTXClient", "DTXAPI", "DTXCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -9,7 +9,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dtx-bench",
         abstract: "Benchmarks for dtx (build with -c release).",
-        subcommands: [WALBench.self]
+        subcommands: [WALBench.self, TwoPhaseBench.self]
     )
 }
 

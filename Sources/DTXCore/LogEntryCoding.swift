@@ -7,12 +7,18 @@ extension LogEntry {
         case begin = 1
         case decision = 2
         case end = 3
+        case open = 4
+        case enlist = 5
+        case resolution = 6
 
         public var name: String {
             switch self {
             case .begin: return "begin"
             case .decision: return "decision"
             case .end: return "end"
+            case .open: return "open"
+            case .enlist: return "enlist"
+            case .resolution: return "resolution"
             }
         }
     }
@@ -27,7 +33,9 @@ extension LogEntry {
 
     public var gid: GlobalTransactionID {
         switch self {
-        case let .begin(gid, _, _), let .decision(gid, _, _), let .end(gid): return gid
+        case let .begin(gid, _, _), let .decision(gid, _, _), let .end(gid), let .open(gid, _),
+             let .enlist(gid, _, _), let .resolution(gid, _, _, _, _):
+            return gid
         }
     }
 
@@ -37,6 +45,10 @@ extension LogEntry {
         var branches: [BranchSpec]?
         var decision: Decision?
         var targets: [BranchID]?
+        var branch: BranchID?
+        var spec: BranchSpec?
+        var reason: String?
+        var heuristic: Bool?
     }
 
     public func encoded() -> (type: UInt16, payload: [UInt8]) {
@@ -50,6 +62,12 @@ extension LogEntry {
             (type, body) = (.decision, Body(gid: gid, decision: decision, targets: targets))
         case let .end(gid):
             (type, body) = (.end, Body(gid: gid))
+        case let .open(gid, proto):
+            (type, body) = (.open, Body(gid: gid, protocol: proto))
+        case let .enlist(gid, branch, spec):
+            (type, body) = (.enlist, Body(gid: gid, branch: branch, spec: spec))
+        case let .resolution(gid, decision, targets, reason, heuristic):
+            (type, body) = (.resolution, Body(gid: gid, decision: decision, targets: targets, reason: reason, heuristic: heuristic))
         }
         // Encoding plain Codable values into JSON cannot fail.
         return (type.rawValue, Array(try! encoder.encode(body)))
@@ -65,58 +83,94 @@ extension LogEntry {
         } catch {
             throw DecodingProblem(description: "unreadable \(recordType.name) record: \(error)")
         }
+        func missing(_ what: String) -> DecodingProblem {
+            DecodingProblem(description: "\(recordType.name) record of \(body.gid) lacks its \(what)")
+        }
         switch recordType {
         case .begin:
-            guard let proto = body.protocol, let branches = body.branches, !branches.isEmpty else {
-                throw DecodingProblem(description: "begin record of \(body.gid) lacks its protocol or branches")
-            }
+            guard let proto = body.protocol, let branches = body.branches, !branches.isEmpty else { throw missing("protocol or branches") }
             self = .begin(gid: body.gid, protocol: proto, branches: branches)
         case .decision:
-            guard let decision = body.decision, let targets = body.targets else {
-                throw DecodingProblem(description: "decision record of \(body.gid) lacks its decision or targets")
-            }
+            guard let decision = body.decision, let targets = body.targets else { throw missing("decision or targets") }
             self = .decision(gid: body.gid, decision, targets: targets)
         case .end:
             self = .end(gid: body.gid)
+        case .open:
+            guard let proto = body.protocol else { throw missing("protocol") }
+            self = .open(gid: body.gid, protocol: proto)
+        case .enlist:
+            guard let branch = body.branch, let spec = body.spec else { throw missing("branch or spec") }
+            self = .enlist(gid: body.gid, branch: branch, spec: spec)
+        case .resolution:
+            guard let decision = body.decision, let targets = body.targets, let reason = body.reason, let heuristic = body.heuristic else {
+                throw missing("decision, targets, reason or heuristic flag")
+            }
+            self = .resolution(gid: body.gid, decision, targets: targets, reason: reason, heuristic: heuristic)
         }
     }
 }
 
-/// Folds log entries, in LSN order, into what recovery must do for each transaction
-/// that has not ended. Also answers a checkpoint's question: is this record still live?
+/// Folds log entries, in LSN order, into what the log says about each transaction:
+/// what recovery must do for those that have not ended, and what is known of those
+/// that have. Also answers a checkpoint's question: is this record still live?
 public struct TransactionLogReplay: Sendable {
-    public struct Unfinished: Sendable, Equatable {
+    public struct Replayed: Sendable, Equatable {
         public var gid: GlobalTransactionID
         public var `protocol`: TransactionProtocol
         public var branches: [BranchSpec]
+        public var interactive: Bool
         /// nil: begun but undecided.
         public var decision: Decision?
+        /// Branches phase two must reach.
         public var targets: [BranchID]
+        /// The latest operator reason, when an operator forced the outcome.
+        public var reason: String?
+        public var heuristic: Bool
+        public var ended: Bool
     }
 
-    public private(set) var unfinished: [GlobalTransactionID: Unfinished] = [:]
-    /// Gids that reached `end` (kept so that a late duplicate record is recognised).
-    public private(set) var ended: Set<GlobalTransactionID> = []
+    /// Kept for the checkpoint's and the history's sake, in the order they appeared.
+    public private(set) var transactions: [GlobalTransactionID: Replayed] = [:]
+    public private(set) var order: [GlobalTransactionID] = []
 
     public init() {}
+
+    /// Transactions that have not ended: recovery drives each to its end.
+    public var unfinished: [GlobalTransactionID: Replayed] {
+        transactions.filter { !$0.value.ended }
+    }
 
     public mutating func apply(_ entry: LogEntry) {
         switch entry {
         case let .begin(gid, proto, branches):
-            guard !ended.contains(gid), unfinished[gid] == nil else { return }
-            unfinished[gid] = Unfinished(gid: gid, protocol: proto, branches: branches, decision: nil, targets: [])
+            insert(Replayed(gid: gid, protocol: proto, branches: branches, interactive: false, decision: nil, targets: [], heuristic: false, ended: false))
+        case let .open(gid, proto):
+            insert(Replayed(gid: gid, protocol: proto, branches: [], interactive: true, decision: nil, targets: [], heuristic: false, ended: false))
+        case let .enlist(gid, branch, spec):
+            // Enlistments are logged in branch order; a duplicate (checkpoint copy) is skipped.
+            guard var replayed = transactions[gid], !replayed.ended, branch == replayed.branches.count else { return }
+            replayed.branches.append(spec)
+            transactions[gid] = replayed
         case let .decision(gid, decision, targets):
-            guard unfinished[gid] != nil else { return }
-            unfinished[gid]!.decision = decision
-            unfinished[gid]!.targets = targets
+            guard var replayed = transactions[gid], !replayed.ended else { return }
+            replayed.decision = decision
+            replayed.targets = targets
+            transactions[gid] = replayed
+        case let .resolution(gid, decision, targets, reason, heuristic):
+            guard var replayed = transactions[gid], !replayed.ended else { return }
+            replayed.decision = decision
+            replayed.targets = targets
+            replayed.reason = reason
+            replayed.heuristic = replayed.heuristic || heuristic
+            transactions[gid] = replayed
         case let .end(gid):
-            unfinished[gid] = nil
-            ended.insert(gid)
+            transactions[gid]?.ended = true
         }
     }
 
-    /// A record is live while its transaction has not ended.
-    public func isLive(_ entry: LogEntry) -> Bool {
-        !ended.contains(entry.gid)
+    private mutating func insert(_ replayed: Replayed) {
+        guard transactions[replayed.gid] == nil else { return }  // a checkpoint copy
+        transactions[replayed.gid] = replayed
+        order.append(replayed.gid)
     }
 }

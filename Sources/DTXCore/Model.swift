@@ -62,6 +62,8 @@ public struct Branch: Sendable, Equatable {
 /// Where a global transaction stands, as the API and the CLI show it.
 public enum TransactionStatus: String, Sendable, Codable, Equatable {
     case created
+    /// Interactive: open, services enlist their prepared branches until commit or abort.
+    case active
     case preparing
     case committing
     case aborting
@@ -91,6 +93,13 @@ public enum LogEntry: Sendable, Equatable {
     /// `targets` are the branches phase two must reach (read-only voters excluded).
     case decision(gid: GlobalTransactionID, Decision, targets: [BranchID])
     case end(gid: GlobalTransactionID)
+    /// An interactive transaction opened, with no branches yet.
+    case open(gid: GlobalTransactionID, protocol: TransactionProtocol)
+    /// A service enlisted a branch it has prepared in an interactive transaction.
+    case enlist(gid: GlobalTransactionID, branch: BranchID, spec: BranchSpec)
+    /// An operator forced the outcome. `heuristic` when it overrides a logged decision;
+    /// `targets` are the branches that must now receive it.
+    case resolution(gid: GlobalTransactionID, Decision, targets: [BranchID], reason: String, heuristic: Bool)
 }
 
 /// What the engine must do, in order. A forced log action completes (is durable)
@@ -106,6 +115,31 @@ public enum TransactionAction: Sendable, Equatable {
     case finish(TransactionStatus)
 }
 
+/// How a participant answered one message, as the engine reports it to a machine.
+public enum ParticipantResponse: Sendable, Equatable {
+    /// 200: done; `status` is the participant's word for it (e.g. `read_only`).
+    case done(status: String, result: JSONValue?)
+    /// 409: a definitive business failure (a NO vote, a failed action).
+    case refused(code: String, message: String)
+    /// No usable answer: unreachable, timed out, 425/503, or any other status.
+    case failed(String)
+}
+
+/// The events the engine feeds every protocol, whatever the protocol. A machine
+/// translates each into its own `Event` (or ignores one that means nothing to it).
+public enum CommonEvent: Sendable, Equatable {
+    case start
+    /// Interactive: open the transaction for enlistment.
+    case open
+    case enlisted(BranchSpec)
+    case commitRequested
+    case abortRequested(reason: String)
+    /// An operator forces the outcome.
+    case forced(Decision, reason: String)
+    case replied(BranchID, ParticipantMessage, ParticipantResponse)
+    case timedOut(TimerID)
+}
+
 /// The shape every protocol's state machine has: a pure value that takes an event and
 /// returns the actions to perform. No IO, no clocks, no randomness.
 public protocol TransactionStateMachine: Sendable {
@@ -113,7 +147,16 @@ public protocol TransactionStateMachine: Sendable {
     var gid: GlobalTransactionID { get }
     var status: TransactionStatus { get }
     var branches: [Branch] { get }
+    /// An operator overrode a logged decision.
+    var heuristic: Bool { get }
     mutating func handle(_ event: Event) -> [TransactionAction]
+
+    /// The machine's own event for a common one; nil when it means nothing here.
+    static func translate(_ event: CommonEvent) -> Event?
+    /// Why a request (enlist, commit, abort, force) cannot be honoured now, or nil.
+    func rejection(of event: CommonEvent) -> String?
+    /// The machine a restart rebuilds from the log, and the event that resumes it.
+    static func recovering(_ replayed: TransactionLogReplay.Replayed) -> (Self, Event)
 }
 
 /// Capped exponential backoff; the engine supplies the jitter (a value in 0..<1) so

@@ -6,9 +6,27 @@
 /// So a committed transaction costs one forced write and an aborted one none; a gid
 /// the log does not know is aborted. Read-only voters drop out of phase two; a single
 /// branch commits in one phase.
+///
+/// Interactive (XA style): `open` (lazy) → services enlist branches they have already
+/// prepared (`enlist`, lazy) → the application's commit forces the decision and phase
+/// two runs as above; its abort, or the timeout, aborts.
+///
+/// An operator may force an outcome with a reason: abort of an undecided transaction
+/// is an ordinary abort; the opposite of a logged decision is a heuristic override,
+/// logged (forced) and sent to every branch that has not acknowledged yet.
 public struct TwoPhaseCommit: TransactionStateMachine {
     public enum Event: Sendable, Equatable {
         case start
+        /// Interactive: open the transaction for enlistment.
+        case open
+        /// Interactive: a service enlisted a branch it has prepared.
+        case enlisted(BranchSpec)
+        /// Interactive: the application asks to commit.
+        case commitRequested
+        /// The application or an operator asks to abort.
+        case abortRequested(reason: String)
+        /// An operator forces the outcome (see `forceRejection`).
+        case forced(Decision, reason: String)
         case voted(BranchID, Vote)
         /// The participant confirmed COMMIT or ROLLBACK (or, in one phase, its commit).
         case acknowledged(BranchID)
@@ -23,29 +41,74 @@ public struct TwoPhaseCommit: TransactionStateMachine {
     public enum Recovered: Sendable, Equatable {
         /// `begin` without a decision: presumed abort.
         case undecided
-        case decided(Decision, targets: [BranchID])
+        case decided(Decision, targets: [BranchID], heuristic: Bool = false)
     }
 
     public let gid: GlobalTransactionID
+    public let interactive: Bool
     public private(set) var status: TransactionStatus = .created
     public private(set) var branches: [Branch]
     /// Branches phase two must reach.
     public private(set) var targets: Set<BranchID> = []
+    /// An operator overrode a logged decision: branches may have ended differently.
+    public private(set) var heuristic = false
 
+    /// A submitted transaction: the coordinator runs both phases.
     public init(gid: GlobalTransactionID, branches: [BranchSpec]) {
         precondition(!branches.isEmpty, "a transaction has at least one branch")
         self.gid = gid
+        self.interactive = false
         self.branches = branches.enumerated().map { Branch(id: $0.offset, spec: $0.element) }
     }
 
-    private var isOnePhase: Bool { branches.count == 1 }
+    /// An interactive transaction; after a restart, `enlisted` are the branches the log holds.
+    public init(interactive gid: GlobalTransactionID, enlisted: [BranchSpec] = []) {
+        self.gid = gid
+        self.interactive = true
+        self.branches = enlisted.enumerated().map { Branch(id: $0.offset, spec: $0.element, state: .prepared) }
+    }
+
+    private var isOnePhase: Bool { branches.count == 1 && !interactive }
+
+    /// Why an operator may not force `decision` now, or nil when it may.
+    public func forceRejection(_ decision: Decision) -> String? {
+        switch (status, decision) {
+        case (.created, _):
+            return "the transaction has not started"
+        case (.committed, _), (.aborted, _):
+            return "the transaction is already \(status.rawValue)"
+        case (.active, .commit), (.preparing, .commit):
+            return "the transaction is undecided and not every branch has voted yes; only abort can be forced"
+        case (.committing, .commit), (.aborting, .abort):
+            return "the transaction is already decided (\(decision.rawValue)); phase two retries until every branch acknowledges — bring the participant back, or run `dtx recover` to retry now"
+        case (.active, .abort), (.preparing, .abort), (.committing, .abort), (.aborting, .commit):
+            return nil
+        }
+    }
 
     public mutating func handle(_ event: Event) -> [TransactionAction] {
         switch (status, event) {
-        case (.created, .start):
+        case (.created, .start) where !interactive:
             return start()
+        case (.created, .open) where interactive:
+            status = .active
+            return [.log(.open(gid: gid, protocol: .twoPhaseCommit), forced: false), .schedule(.phaseOne, attempt: 1)]
         case (.created, .recovered(let recovered)):
             return recover(recovered)
+        case (.active, .enlisted(let spec)):
+            let id = branches.count
+            branches.append(Branch(id: id, spec: spec, state: .prepared))
+            return [.log(.enlist(gid: gid, branch: id, spec: spec), forced: false)]
+        case (.active, .commitRequested):
+            return voted(nil, .yes)
+        case (.active, .abortRequested(let reason)), (.preparing, .abortRequested(let reason)):
+            return abort(reason: reason)
+        case (.active, .timedOut(.phaseOne)):
+            return abort(reason: "timed out before commit")
+        case (_, .forced(let decision, let reason)):
+            guard forceRejection(decision) == nil else { return [] }
+            if status == .active || status == .preparing { return abort(reason: reason) }
+            return override(decision, reason: reason)
         case (.preparing, .voted(let id, let vote)):
             return voted(id, vote)
         case (.preparing, .deliveryFailed(let id, let error)):
@@ -55,11 +118,11 @@ public struct TwoPhaseCommit: TransactionStateMachine {
                 return retry(id, error: error)
             }
             branches[id].lastError = error
-            return abort()
+            return abort(reason: nil)
         case (.preparing, .acknowledged(let id)) where isOnePhase && isPending(id):
             return voted(id, .yes)
         case (.preparing, .timedOut(.phaseOne)) where !isOnePhase:
-            return abort()
+            return abort(reason: "phase one timed out")
         case (.preparing, .timedOut(.retry(let id))) where isOnePhase && isPending(id):
             return [.send(.commitOnePhase, to: id)]
         case (.committing, .acknowledged(let id)), (.aborting, .acknowledged(let id)):
@@ -100,7 +163,10 @@ public struct TwoPhaseCommit: TransactionStateMachine {
         return actions
     }
 
-    private mutating func voted(_ id: BranchID, _ vote: Vote) -> [TransactionAction] {
+    /// A vote from branch `id`; nil is the interactive commit request (every enlisted
+    /// branch has already prepared).
+    private mutating func voted(_ id: BranchID?, _ vote: Vote) -> [TransactionAction] {
+        guard let id else { return decideAfterVotes() }
         guard isPending(id) else { return [] }  // duplicate or unknown branch
         switch vote {
         case .yes:
@@ -110,7 +176,7 @@ public struct TwoPhaseCommit: TransactionStateMachine {
         case .no(let reason):
             branches[id].state = .votedNo
             branches[id].lastError = reason
-            return abort()
+            return abort(reason: nil)
         }
         if isOnePhase {
             // The participant committed (or found nothing to do) on its own.
@@ -119,7 +185,10 @@ public struct TwoPhaseCommit: TransactionStateMachine {
             return [.cancel(.retry(id)), .decided(.commit), .log(.end(gid: gid), forced: false), .finish(.committed)]
         }
         guard branches.allSatisfy({ $0.state == .prepared || $0.state == .readOnly }) else { return [] }
+        return decideAfterVotes()
+    }
 
+    private mutating func decideAfterVotes() -> [TransactionAction] {
         let commitTargets = branches.filter { $0.state == .prepared }.map(\.id)
         targets = Set(commitTargets)
         var actions: [TransactionAction] = [.cancel(.phaseOne)]
@@ -139,12 +208,15 @@ public struct TwoPhaseCommit: TransactionStateMachine {
         return actions
     }
 
-    /// Abort from phase one: every branch that may have prepared gets ROLLBACK.
-    private mutating func abort() -> [TransactionAction] {
+    /// Abort before a decision: every branch that may have prepared gets ROLLBACK.
+    /// `reason` is an application's or operator's, logged with the decision.
+    private mutating func abort(reason: String?) -> [TransactionAction] {
         status = .aborting
         let rollbackTargets = branches.filter { $0.state == .prepared || $0.state == .preparing }.map(\.id)
         targets = Set(rollbackTargets)
-        var actions: [TransactionAction] = [.cancel(.phaseOne), .log(.decision(gid: gid, .abort, targets: rollbackTargets), forced: false), .decided(.abort)]
+        let entry: LogEntry = reason.map { .resolution(gid: gid, .abort, targets: rollbackTargets, reason: $0, heuristic: false) }
+            ?? .decision(gid: gid, .abort, targets: rollbackTargets)
+        var actions: [TransactionAction] = [.cancel(.phaseOne), .log(entry, forced: false), .decided(.abort)]
         for target in rollbackTargets {
             branches[target].state = .rollingBack
             branches[target].attempts = 1
@@ -172,6 +244,28 @@ public struct TwoPhaseCommit: TransactionStateMachine {
         return actions
     }
 
+    /// An operator reverses a logged decision: the branches that have not acknowledged
+    /// the old one get the new one, and the transaction is marked heuristic.
+    private mutating func override(_ decision: Decision, reason: String) -> [TransactionAction] {
+        let unacknowledged = targets.filter { branches[$0].state == .committing || branches[$0].state == .rollingBack }.sorted()
+        heuristic = true
+        targets = Set(unacknowledged)
+        status = decision == .commit ? .committing : .aborting
+        var actions: [TransactionAction] = [.log(.resolution(gid: gid, decision, targets: unacknowledged, reason: reason, heuristic: true), forced: true), .decided(decision)]
+        for id in unacknowledged {
+            actions.append(.cancel(.retry(id)))
+            branches[id].state = decision == .commit ? .committing : .rollingBack
+            branches[id].attempts = 1
+            branches[id].lastError = nil
+            actions.append(.send(decision == .commit ? .commit : .rollback, to: id))
+        }
+        if unacknowledged.isEmpty {
+            status = decision == .commit ? .committed : .aborted
+            actions += [.log(.end(gid: gid), forced: false), .finish(status)]
+        }
+        return actions
+    }
+
     private mutating func retry(_ id: BranchID, error: String) -> [TransactionAction] {
         branches[id].lastError = error
         branches[id].attempts += 1
@@ -184,8 +278,9 @@ public struct TwoPhaseCommit: TransactionStateMachine {
             // Presumed abort: we cannot know who prepared, so every branch gets ROLLBACK
             // (which a participant that never prepared acknowledges as a no-op).
             for id in branches.indices { branches[id].state = .preparing }
-            return abort()
-        case let .decided(decision, decidedTargets):
+            return abort(reason: nil)
+        case let .decided(decision, decidedTargets, wasHeuristic):
+            heuristic = wasHeuristic
             targets = Set(decidedTargets)
             status = decision == .commit ? .committing : .aborting
             let message: ParticipantMessage = decision == .commit ? .commit : .rollback
@@ -208,11 +303,55 @@ public struct TwoPhaseCommit: TransactionStateMachine {
 
 extension TwoPhaseCommit.Recovered {
     /// What a restart tells the machine about a transaction the log left unfinished.
-    public init(_ unfinished: TransactionLogReplay.Unfinished) {
+    public init(_ unfinished: TransactionLogReplay.Replayed) {
         if let decision = unfinished.decision {
-            self = .decided(decision, targets: unfinished.targets)
+            self = .decided(decision, targets: unfinished.targets, heuristic: unfinished.heuristic)
         } else {
             self = .undecided
         }
+    }
+}
+
+extension TwoPhaseCommit {
+    public static func translate(_ event: CommonEvent) -> Event? {
+        switch event {
+        case .start: return .start
+        case .open: return .open
+        case .enlisted(let spec): return .enlisted(spec)
+        case .commitRequested: return .commitRequested
+        case .abortRequested(let reason): return .abortRequested(reason: reason)
+        case let .forced(decision, reason): return .forced(decision, reason: reason)
+        case .timedOut(let timer): return .timedOut(timer)
+        case let .replied(id, message, response):
+            switch (message, response) {
+            case (.prepare, .done(let status, _)): return .voted(id, status == "read_only" ? .readOnly : .yes)
+            case (.prepare, .refused(_, let message)), (.commitOnePhase, .refused(_, let message)): return .voted(id, .no(message))
+            case (.commitOnePhase, .done(let status, _)): return status == "read_only" ? .voted(id, .readOnly) : .acknowledged(id)
+            case (.commit, .done), (.rollback, .done): return .acknowledged(id)
+            case (_, .refused(let code, let message)): return .deliveryFailed(id, "\(code): \(message)")
+            case (_, .failed(let error)): return .deliveryFailed(id, error)
+            }
+        }
+    }
+
+    public func rejection(of event: CommonEvent) -> String? {
+        switch event {
+        case .enlisted, .commitRequested:
+            guard interactive else { return "the transaction was submitted whole; only interactive transactions take enlistments and commit requests" }
+            return status == .active ? nil : "the transaction is \(status.rawValue), no longer open"
+        case .abortRequested:
+            return status == .active || status == .preparing ? nil : "the transaction is \(status.rawValue); an abort now needs an operator's force with a reason"
+        case .forced(let decision, _):
+            return forceRejection(decision)
+        default:
+            return nil
+        }
+    }
+
+    public static func recovering(_ replayed: TransactionLogReplay.Replayed) -> (TwoPhaseCommit, Event) {
+        let machine = replayed.interactive
+            ? TwoPhaseCommit(interactive: replayed.gid, enlisted: replayed.branches)
+            : TwoPhaseCommit(gid: replayed.gid, branches: replayed.branches)
+        return (machine, .recovered(Recovered(replayed)))
     }
 }

@@ -1,31 +1,49 @@
-/// DTXServer: the daemon's HTTP API (routes, and later auth, limits and metrics).
-import DTXLog
+/// DTXServer: the daemon's HTTP API (routes, auth, limits, metrics) over the engine.
+import DTXAPI
+import DTXCoordinator
+import DTXCore
+import Foundation
 import Hummingbird
 import Logging
+import Prometheus
 
 public struct ServerConfiguration: Sendable {
     public var host: String
     public var port: Int
+    /// When set, every request but `/healthz` must carry `Authorization: Bearer <token>`.
+    public var token: String?
+    /// Largest request body accepted, in bytes.
+    public var maxBodySize: Int
 
-    public init(host: String, port: Int) {
+    public init(host: String, port: Int, token: String? = nil, maxBodySize: Int = 1 << 20) {
         self.host = host
         self.port = port
+        self.token = token
+        self.maxBodySize = maxBodySize
+    }
+
+    /// Loopback addresses need no token; any other address does.
+    public var isLoopback: Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
     }
 }
 
-/// Builds the daemon's HTTP application. `onListening` receives the bound port
-/// (useful when `port` is 0).
+/// Builds the daemon's HTTP application. `onListening` receives the bound port (useful
+/// when `port` is 0). `metrics` is the registry the daemon bootstrapped swift-metrics with.
 public func makeCoordinatorApplication(
     configuration: ServerConfiguration,
-    log: WriteAheadLog,
+    coordinator: Coordinator,
+    metrics: PrometheusCollectorRegistry,
     logger: Logger,
     onListening: @escaping @Sendable (Int) async -> Void
 ) -> some ApplicationProtocol {
     let router = Router()
-    router.get("/healthz") { _, _ -> Health in
-        let stats = log.statistics
-        return Health(status: "ok", log: .init(directory: log.directory, nextLSN: log.nextLSN, fsyncs: stats.fsyncs, appends: stats.appends))
+    router.add(middleware: JSONErrorMiddleware(logger: logger))
+    if let token = configuration.token {
+        router.add(middleware: BearerTokenMiddleware(token: token))
     }
+    let api = CoordinatorRoutes(coordinator: coordinator, maxBodySize: configuration.maxBodySize, metrics: LogMetrics(registry: metrics, coordinator: coordinator))
+    api.register(on: router)
     return Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "dtxd"),
@@ -34,14 +52,78 @@ public func makeCoordinatorApplication(
     )
 }
 
-struct Health: ResponseEncodable {
-    struct LogState: Encodable {
-        var directory: String
-        var nextLSN: UInt64
-        var fsyncs: UInt64
-        var appends: UInt64
-    }
+/// Turns every error into the JSON error body of quality-bar.md.
+struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    let logger: Logger
 
-    var status: String
-    var log: LogState
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as CoordinatorError {
+            return jsonError(status: error.status, code: error.code, message: error.message)
+        } catch let error as HTTPResponseError {
+            let status = error.status
+            switch status {
+            case .notFound:
+                return jsonError(status: 404, code: "not_found", message: "no route \(request.method) \(request.uri.path); see Schemas/coordinator-api.yaml")
+            case .contentTooLarge:
+                return jsonError(status: 413, code: "body_too_large", message: "the request body is larger than the limit; send less (see dtxd --max-body-size)")
+            case .methodNotAllowed:
+                return jsonError(status: 405, code: "method_not_allowed", message: "\(request.method) is not allowed on \(request.uri.path)")
+            default:
+                let message = (error as? HTTPError)?.body ?? status.reasonPhrase
+                return jsonError(status: Int(status.code), code: status.code < 500 ? "bad_request" : "internal", message: message)
+            }
+        } catch {
+            logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
+            return jsonError(status: 500, code: "internal", message: "internal error: \(error)")
+        }
+    }
+}
+
+struct BearerTokenMiddleware<Context: RequestContext>: RouterMiddleware {
+    let token: String
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        if request.uri.path == "/healthz" { return try await next(request, context) }
+        guard let header = request.headers[.authorization], header == "Bearer \(token)" else {
+            throw CoordinatorError(401, "unauthorized", "this dtxd requires a bearer token: send Authorization: Bearer <token> (dtx --token or DTX_TOKEN)")
+        }
+        return try await next(request, context)
+    }
+}
+
+func jsonError(status: Int, code: String, message: String) -> Response {
+    jsonResponse(APIErrorBody(code: code, message: message), status: status)
+}
+
+func jsonResponse<Body: Encodable>(_ body: Body, status: Int = 200) -> Response {
+    let data = (try? JSONEncoder.dtx().encode(body)) ?? Data()
+    return Response(
+        status: HTTPResponse.Status(code: status),
+        headers: [.contentType: "application/json"],
+        body: ResponseBody(byteBuffer: ByteBuffer(bytes: data))
+    )
+}
+
+/// Publishes the log's own counters and the engine's gauges at scrape time.
+struct LogMetrics: Sendable {
+    let registry: PrometheusCollectorRegistry
+    let coordinator: Coordinator
+
+    func render() -> String {
+        let stats = coordinator.logStatistics
+        registry.makeGauge(name: "dtx_log_appends", help: "Records appended to the log since start").set(Double(stats.appends))
+        registry.makeGauge(name: "dtx_log_forced_appends", help: "Forced (durable before return) appends since start").set(Double(stats.forcedAppends))
+        registry.makeGauge(name: "dtx_log_fsyncs", help: "fdatasync/fsync calls on the log since start").set(Double(stats.fsyncs))
+        registry.makeGauge(name: "dtx_log_group_commit_largest", help: "Largest number of forced appends covered by one fdatasync").set(Double(stats.largestGroupSize))
+        registry.makeGauge(name: "dtx_log_group_commit_average", help: "Forced appends per fdatasync since start")
+            .set(stats.fsyncs == 0 ? 0 : Double(stats.forcedAppends) / Double(stats.fsyncs))
+        let gauges = coordinator.gauges()
+        registry.makeGauge(name: "dtx_unfinished_transactions", help: "Transactions not yet finished").set(Double(gauges.unfinished))
+        registry.makeGauge(name: "dtx_in_doubt_transactions", help: "Unfinished transactions whose branches may hold prepared work").set(Double(gauges.inDoubt))
+        registry.makeGauge(name: "dtx_stuck_transactions", help: "Unfinished transactions whose deliveries keep failing").set(Double(gauges.stuck))
+        registry.makeGauge(name: "dtx_participants", help: "Registered participants").set(Double(gauges.participants))
+        return registry.emitToString()
+    }
 }

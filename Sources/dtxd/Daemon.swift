@@ -1,8 +1,11 @@
 import ArgumentParser
+import DTXCoordinator
 import DTXLog
 import DTXServer
 import Foundation
 import Logging
+import Metrics
+import Prometheus
 import ServiceLifecycle
 
 /// `dtxd`: parses configuration and wires the log and the HTTP server together.
@@ -15,7 +18,12 @@ struct Daemon: AsyncParsableCommand {
         Every option can also be set through the environment variable named in its \
         help; a flag wins over the variable. With no configuration the daemon keeps \
         its log in ./dtx-data and listens on 127.0.0.1:7070. SIGTERM or SIGINT shut \
-        it down cleanly: it stops accepting requests, then syncs and closes the log.
+        it down cleanly: it stops accepting requests, stops driving transactions (every \
+        unfinished one resumes from the log at the next start), then syncs and closes \
+        the log. On a non-loopback address a bearer token is required (--token).
+
+        Tests only: DTXD_FAILPOINTS=name[,name] kills the daemon with SIGKILL at a named \
+        point (before-commit-decision, after-commit-decision, after-prepare-sent).
         """
     )
 
@@ -27,6 +35,24 @@ struct Daemon: AsyncParsableCommand {
 
     @Option(name: .customLong("segment-size"), help: "Size of each log segment in MiB. (env DTXD_SEGMENT_SIZE_MB, default 64)")
     var segmentSizeMB: Int?
+
+    @Option(help: "Bearer token every API request must carry (all but /healthz). Required on a non-loopback address. (env DTXD_TOKEN)")
+    var token: String?
+
+    @Option(name: .customLong("max-body-size"), help: "Largest request body accepted, in KiB. (env DTXD_MAX_BODY_KB, default 1024)")
+    var maxBodyKB: Int?
+
+    @Option(name: .customLong("default-timeout"), help: "Seconds phase one may take when a submission names no timeout. (env DTXD_DEFAULT_TIMEOUT, default 30)")
+    var defaultTimeout: Double?
+
+    @Option(name: .customLong("request-timeout"), help: "Seconds to wait for a participant's answer to one message. (env DTXD_REQUEST_TIMEOUT, default 10)")
+    var requestTimeout: Double?
+
+    @Option(name: .customLong("checkpoint-interval"), help: "Seconds between log checkpoints. (env DTXD_CHECKPOINT_INTERVAL, default 30)")
+    var checkpointInterval: Double?
+
+    @Option(name: .customLong("history"), help: "Finished transactions kept for queries and idempotent resubmission. (env DTXD_HISTORY, default 10000)")
+    var history: Int?
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (env DTXD_LOG_LEVEL, default info)")
     var logLevel: String?
@@ -42,12 +68,39 @@ struct Daemon: AsyncParsableCommand {
         guard let (host, port) = Self.parseAddress(address) else {
             throw ValidationError("cannot read listen address '\(address)'; write it as host:port, e.g. 127.0.0.1:7070")
         }
-        let segmentMB = try segmentSizeMB ?? env["DTXD_SEGMENT_SIZE_MB"].map { value in
-            guard let mb = Int(value) else { throw ValidationError("DTXD_SEGMENT_SIZE_MB must be a whole number of MiB, not '\(value)'") }
-            return mb
-        } ?? 64
-        guard (1...1024).contains(segmentMB) else {
-            throw ValidationError("segment size must be between 1 and 1024 MiB, not \(segmentMB)")
+        func number<T: LosslessStringConvertible>(_ flag: T?, _ variable: String, _ fallback: T, _ valid: (T) -> Bool, _ rule: String) throws -> T {
+            let value: T
+            if let flag {
+                value = flag
+            } else if let text = env[variable] {
+                guard let parsed = T(text) else { throw ValidationError("\(variable) must be \(rule), not '\(text)'") }
+                value = parsed
+            } else {
+                value = fallback
+            }
+            guard valid(value) else { throw ValidationError("\(variable.lowercased()) must be \(rule), not \(value)") }
+            return value
+        }
+        let segmentMB = try number(segmentSizeMB, "DTXD_SEGMENT_SIZE_MB", 64, { (1...1024).contains($0) }, "a whole number of MiB from 1 to 1024")
+        let bodyKB = try number(maxBodyKB, "DTXD_MAX_BODY_KB", 1024, { (1...65536).contains($0) }, "a whole number of KiB from 1 to 65536")
+        let timeoutSeconds = try number(defaultTimeout, "DTXD_DEFAULT_TIMEOUT", 30, { $0 > 0 && $0 <= 3600 }, "seconds above 0, at most 3600")
+        let requestSeconds = try number(requestTimeout, "DTXD_REQUEST_TIMEOUT", 10, { $0 > 0 && $0 <= 600 }, "seconds above 0, at most 600")
+        let checkpointSeconds = try number(checkpointInterval, "DTXD_CHECKPOINT_INTERVAL", 30, { $0 >= 1 && $0 <= 86400 }, "seconds from 1 to 86400")
+        let historyLimit = try number(history, "DTXD_HISTORY", 10_000, { (0...10_000_000).contains($0) }, "a whole number from 0 to 10000000")
+        let bearer = token ?? env["DTXD_TOKEN"]
+        var server = ServerConfiguration(host: host, port: port, token: bearer, maxBodySize: bodyKB << 10)
+        if !server.isLoopback, bearer == nil {
+            throw ValidationError("listening on \(host), which is not a loopback address, needs a bearer token: pass --token or set DTXD_TOKEN")
+        }
+        if bearer?.isEmpty == true { server.token = nil }
+        var engine = CoordinatorConfiguration()
+        engine.defaultTimeout = .milliseconds(Int64(timeoutSeconds * 1000))
+        engine.checkpointInterval = .milliseconds(Int64(checkpointSeconds * 1000))
+        engine.historyLimit = historyLimit
+        do {
+            engine.failpoints = try Failpoints(parsing: env["DTXD_FAILPOINTS"] ?? "")
+        } catch {
+            throw ValidationError("DTXD_FAILPOINTS: \(error)")
         }
 
         LoggingSystem.bootstrap { label in
@@ -56,8 +109,11 @@ struct Daemon: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "dtxd")
+        let metrics = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics))
 
         let log: WriteAheadLog
+        let coordinator: Coordinator
         do {
             let opened = try WriteAheadLog.open(directory: directory, configuration: .init(segmentSize: segmentMB << 20))
             log = opened.log
@@ -65,23 +121,29 @@ struct Daemon: AsyncParsableCommand {
                 logger.notice("truncated a torn log tail", metadata: ["file": "\(torn.file)", "offset": "\(torn.offset)"])
             }
             logger.info("log open", metadata: ["directory": "\(directory)", "records": "\(opened.recovery.records.count)", "nextLSN": "\(log.nextLSN)"])
+            coordinator = try Coordinator(log: log, records: opened.recovery.records,
+                                          transport: HTTPTransport(requestTimeout: .milliseconds(Int64(requestSeconds * 1000))),
+                                          configuration: engine, logger: logger)
         } catch let error as LogError {
             FileHandle.standardError.write(Data("dtxd: \(error)\n".utf8))
             throw ExitCode(1)
+        } catch let error as CoordinatorError {
+            FileHandle.standardError.write(Data("dtxd: \(error.message)\n".utf8))
+            throw ExitCode(1)
         }
 
-        let server = makeCoordinatorApplication(
-            configuration: .init(host: host, port: port), log: log, logger: logger,
+        let app = makeCoordinatorApplication(
+            configuration: server, coordinator: coordinator, metrics: metrics, logger: logger,
             onListening: { port in
                 // Written unbuffered: scripts and tests wait for this line.
                 FileHandle.standardOutput.write(Data("dtxd listening on http://\(host):\(port) (data directory \(directory))\n".utf8))
             }
         )
-        // Services shut down in reverse order: the server stops accepting first, then
-        // the log is synced and closed.
+        // Services shut down in reverse order: the server stops accepting first, then the
+        // engine stops driving transactions, then the log is synced and closed.
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: LogService(log: log)), .init(service: server)],
+                services: [.init(service: LogService(log: log)), .init(service: EngineService(coordinator: coordinator)), .init(service: app)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )
@@ -105,5 +167,17 @@ struct LogService: Service {
     func run() async throws {
         try? await gracefulShutdown()
         try await log.close()
+    }
+}
+
+/// Runs the engine's maintenance (checkpoints) and stops it on shutdown.
+struct EngineService: Service {
+    let coordinator: Coordinator
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await coordinator.runMaintenance()
+        }
+        await coordinator.shutdown()
     }
 }

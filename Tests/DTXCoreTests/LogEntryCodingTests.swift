@@ -43,7 +43,7 @@ private let specs = [BranchSpec(participant: "accounts-eu", operation: "debit", 
         #expect(Set(replay.unfinished.keys) == [a, b])
         #expect(TwoPhaseCommit.Recovered(replay.unfinished[a]!) == .undecided)
         #expect(TwoPhaseCommit.Recovered(replay.unfinished[b]!) == .decided(.commit, targets: [1]))
-        #expect(replay.isLive(.decision(gid: b, .commit, targets: [1])))
-        #expect(!replay.isLive(.begin(gid: c, protocol: .twoPhaseCommit, branches: specs)))
+        #expect(replay.transactions[c]?.ended == true)
+        #expect(replay.order == [a, b, c])
     }
 }

@@ -232,3 +232,92 @@ private func forcedWrites(_ actions: [TransactionAction]) -> Int {
         #expect(policy.delay(attempt: 3, unit: 0.5) == .milliseconds(300))
     }
 }
+
+@Suite struct InteractiveAndOperatorTests {
+    private let spec = BranchSpec(participant: "p", operation: "reserve")
+
+    @Test func interactiveOpensLazilyEnlistsAndCommitsWithOneForcedWrite() {
+        var m = TwoPhaseCommit(interactive: gid)
+        #expect(m.handle(.open) == [.log(.open(gid: gid, protocol: .twoPhaseCommit), forced: false), .schedule(.phaseOne, attempt: 1)])
+        #expect(m.status == .active)
+        #expect(m.handle(.enlisted(spec)) == [.log(.enlist(gid: gid, branch: 0, spec: spec), forced: false)])
+        #expect(m.handle(.enlisted(spec)) == [.log(.enlist(gid: gid, branch: 1, spec: spec), forced: false)])
+        let actions = m.handle(.commitRequested)
+        #expect(actions == [.cancel(.phaseOne), .log(.decision(gid: gid, .commit, targets: [0, 1]), forced: true), .decided(.commit), .send(.commit, to: 0), .send(.commit, to: 1)])
+        #expect(m.rejection(of: .enlisted(spec)) != nil)
+        #expect(m.rejection(of: .commitRequested) != nil)
+    }
+
+    @Test func anEmptyInteractiveCommitFinishesWithoutForcing() {
+        var m = TwoPhaseCommit(interactive: gid)
+        _ = m.handle(.open)
+        #expect(m.handle(.commitRequested) == [.cancel(.phaseOne), .decided(.commit), .log(.end(gid: gid), forced: false), .finish(.committed)])
+    }
+
+    @Test func interactiveTimeoutAndAbortRollBackEnlistedBranchesWithTheReasonLogged() {
+        var timedOut = TwoPhaseCommit(interactive: gid)
+        _ = timedOut.handle(.open)
+        _ = timedOut.handle(.enlisted(spec))
+        let actions = timedOut.handle(.timedOut(.phaseOne))
+        #expect(actions.contains(.send(.rollback, to: 0)))
+        #expect(actions.contains(.log(.resolution(gid: gid, .abort, targets: [0], reason: "timed out before commit", heuristic: false), forced: false)))
+
+        var aborted = TwoPhaseCommit(interactive: gid)
+        _ = aborted.handle(.open)
+        _ = aborted.handle(.enlisted(spec))
+        #expect(aborted.handle(.abortRequested(reason: "cancelled")).contains(.send(.rollback, to: 0)))
+        #expect(aborted.status == .aborting)
+    }
+
+    @Test func aSubmittedTransactionRefusesEnlistmentAndCommitRequests() {
+        var m = started(2)
+        #expect(m.rejection(of: .enlisted(spec)) != nil)
+        #expect(m.rejection(of: .commitRequested) != nil)
+        #expect(m.rejection(of: .abortRequested(reason: "x")) == nil)
+        #expect(m.handle(.abortRequested(reason: "x")).contains(.send(.rollback, to: 1)))
+    }
+
+    @Test func operatorsMayForceAbortOfAnUndecidedTransactionButNotCommit() {
+        var m = started(2)
+        #expect(m.forceRejection(.commit) != nil)
+        #expect(m.forceRejection(.abort) == nil)
+        let actions = m.handle(.forced(.abort, reason: "stuck prepare"))
+        #expect(actions.contains(.log(.resolution(gid: gid, .abort, targets: [0, 1], reason: "stuck prepare", heuristic: false), forced: false)))
+        #expect(!m.heuristic)
+    }
+
+    @Test func forcingTheOppositeOfALoggedCommitIsAHeuristicOverrideOfTheUnacknowledgedBranches() {
+        var m = started(3)
+        for id in 0..<3 { _ = m.handle(.voted(id, .yes)) }
+        _ = m.handle(.acknowledged(0))
+        #expect(m.forceRejection(.commit) != nil, "the same decision cannot be forced; phase two keeps retrying")
+        let actions = m.handle(.forced(.abort, reason: "participant lost its disk"))
+        #expect(actions.first == .log(.resolution(gid: gid, .abort, targets: [1, 2], reason: "participant lost its disk", heuristic: true), forced: true))
+        #expect(actions.contains(.send(.rollback, to: 1)) && actions.contains(.send(.rollback, to: 2)))
+        #expect(!actions.contains(.send(.rollback, to: 0)))
+        #expect(m.heuristic)
+        #expect(m.branches[0].state == .committed)
+        _ = m.handle(.acknowledged(1))
+        #expect(m.handle(.acknowledged(2)).last == .finish(.aborted))
+    }
+
+    @Test func participantAnswersTranslateIntoVotesAndAcknowledgements() {
+        #expect(TwoPhaseCommit.translate(.replied(0, .prepare, .done(status: "prepared", result: nil))) == .voted(0, .yes))
+        #expect(TwoPhaseCommit.translate(.replied(0, .prepare, .done(status: "read_only", result: nil))) == .voted(0, .readOnly))
+        #expect(TwoPhaseCommit.translate(.replied(0, .prepare, .refused(code: "voted_no", message: "no funds"))) == .voted(0, .no("no funds")))
+        #expect(TwoPhaseCommit.translate(.replied(1, .commit, .done(status: "committed", result: nil))) == .acknowledged(1))
+        #expect(TwoPhaseCommit.translate(.replied(1, .commit, .refused(code: "unknown_branch", message: "?"))) == .deliveryFailed(1, "unknown_branch: ?"))
+        #expect(TwoPhaseCommit.translate(.replied(1, .rollback, .failed("down"))) == .deliveryFailed(1, "down"))
+    }
+
+    @Test func recoveryRebuildsInteractiveTransactionsFromTheirEnlistments() {
+        var replay = TransactionLogReplay()
+        replay.apply(.open(gid: gid, protocol: .twoPhaseCommit))
+        replay.apply(.enlist(gid: gid, branch: 0, spec: spec))
+        replay.apply(.enlist(gid: gid, branch: 0, spec: spec))  // a checkpoint's copy
+        let (machine, event) = TwoPhaseCommit.recovering(replay.unfinished[gid]!)
+        var m = machine
+        #expect(m.branches.count == 1)
+        #expect(m.handle(event).contains(.send(.rollback, to: 0)))
+    }
+}

@@ -1,0 +1,265 @@
+import ArgumentParser
+import AsyncHTTPClient
+import DTXAPI
+import DTXCore
+import Foundation
+import NIOCore
+
+/// Submit-and-wait 2PC transactions through a real dtxd to no-op participant processes on
+/// loopback, against — in the same run — a bare HTTP round trip to one participant (the
+/// ceiling: a transaction costs a submit plus two round trips per participant).
+struct TwoPhaseBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "2pc",
+        abstract: "Committed 2PC transactions/s, latency and coordinator fsyncs per transaction, vs a bare HTTP round trip."
+    )
+
+    @Option(help: "Number of no-op participant processes (each transaction has one branch on each).")
+    var participants: Int = 2
+
+    @Option(help: "Comma-separated numbers of concurrent clients.")
+    var concurrency: String = "1,16,64"
+
+    @Option(help: "Seconds per measured run.")
+    var duration: Double = 10
+
+    @Option(help: "Seconds of warm-up before each run (not measured).")
+    var warmup: Double = 2
+
+    @Option(help: "Write the results as JSON to this file.")
+    var json: String?
+
+    struct Run: Codable {
+        var concurrency: Int
+        var transactions: Int
+        var failures: Int
+        var transactionsPerSecond: Double
+        var p50Milliseconds: Double
+        var p99Milliseconds: Double
+        var fsyncsPerTransaction: Double
+        var forcedWritesPerTransaction: Double
+        var bareRoundTripsPerSecond: Double
+
+        enum CodingKeys: String, CodingKey {
+            case concurrency, transactions, failures
+            case transactionsPerSecond = "tx_per_s"
+            case p50Milliseconds = "p50_ms"
+            case p99Milliseconds = "p99_ms"
+            case fsyncsPerTransaction = "fsyncs_per_tx"
+            case forcedWritesPerTransaction = "forced_writes_per_tx"
+            case bareRoundTripsPerSecond = "bare_round_trips_per_s"
+        }
+    }
+
+    struct Report: Codable {
+        var benchmark = "2pc"
+        var machine: Machine
+        var participants: Int
+        var durationSeconds: Double
+        var committed: [Run]
+        /// Transactions where one participant votes no.
+        var aborted: Run
+
+        enum CodingKeys: String, CodingKey {
+            case benchmark, machine, participants, committed, aborted
+            case durationSeconds = "duration_s"
+        }
+    }
+
+    func validate() throws {
+        guard (1...16).contains(participants) else { throw ValidationError("--participants must be 1 to 16") }
+        guard duration > 0, warmup >= 0 else { throw ValidationError("--duration must be above 0 and --warmup 0 or more") }
+        guard !levels.isEmpty, levels.allSatisfy({ (1...1024).contains($0) }) else { throw ValidationError("--concurrency takes numbers from 1 to 1024, e.g. 1,16,64") }
+    }
+
+    private var levels: [Int] { concurrency.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+
+    func run() async throws {
+        let directory = NSTemporaryDirectory() + "dtx-bench-2pc-\(getpid())"
+        try? FileManager.default.removeItem(atPath: directory)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var processes: [Process] = []
+        defer {
+            for process in processes where process.isRunning { process.terminate() }
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+
+        let (daemon, daemonURL) = try startProcess("dtxd", ["--data-dir", directory + "/data", "--listen", "127.0.0.1:0", "--log-level", "error", "--checkpoint-interval", "3600"], marker: "dtxd listening on ")
+        processes.append(daemon)
+        var participantURLs: [String] = []
+        for index in 0..<participants {
+            let (process, url) = try startProcess("memory-participant", ["--name", "p\(index)", "--coordinator", daemonURL, "--listen", "127.0.0.1:0", "--log-level", "error", "--heartbeat", "5", "--recovery-interval", "60"],
+                                                  marker: "memory-participant p\(index) listening on ")
+            processes.append(process)
+            participantURLs.append(url)
+        }
+
+        var configuration = HTTPClient.Configuration()
+        configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 1024
+        let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        try await waitForRegistrations(http, daemonURL)
+
+        let machine = Machine.current()
+        print("2pc: \(participants) no-op participants, \(duration)s per run, \(machine.cpus) cpus, \(machine.build) build")
+        print("  conc       tx/s    p50 ms    p99 ms   fsync/tx  forced/tx    bare rt/s    ratio")
+        var runs: [Run] = []
+        for level in levels {
+            let bare = try await measureBare(http, participantURLs[0], concurrency: level)
+            var run = try await measureTransactions(http, daemonURL, concurrency: level, voteNo: false)
+            run.bareRoundTripsPerSecond = bare
+            runs.append(run)
+            printRun(run)
+        }
+        let aborted = try await measureTransactions(http, daemonURL, concurrency: levels.max() ?? 16, voteNo: true)
+        print("aborted (one participant votes no):")
+        printRun(aborted)
+
+        try await http.shutdown()
+        if let json {
+            try writeJSON(Report(machine: machine, participants: participants, durationSeconds: duration, committed: runs, aborted: aborted), to: json)
+            print("wrote \(json)")
+        }
+    }
+
+    private func printRun(_ run: Run) {
+        let ratio = run.bareRoundTripsPerSecond > 0 ? run.transactionsPerSecond / run.bareRoundTripsPerSecond : 0
+        print(String(format: "%6d %10.0f %9.2f %9.2f %10.4f %10.4f %12.0f %8.3f", run.concurrency, run.transactionsPerSecond, run.p50Milliseconds, run.p99Milliseconds,
+                     run.fsyncsPerTransaction, run.forcedWritesPerTransaction, run.bareRoundTripsPerSecond, ratio))
+        if run.failures > 0 { print("       \(run.failures) transactions did not end as expected") }
+    }
+
+    // MARK: Processes
+
+    /// Starts a sibling executable and waits for its "listening on URL" line.
+    private func startProcess(_ name: String, _ arguments: [String], marker: String) throws -> (Process, String) {
+        let executable = (CommandLine.arguments[0] as NSString).deletingLastPathComponent + "/" + name
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: FileManager.default.fileExists(atPath: executable) ? executable : (try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") as NSString).deletingLastPathComponent + "/" + name)
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        var text = ""
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            let data = output.fileHandleForReading.availableData
+            if data.isEmpty { break }
+            text += String(decoding: data, as: UTF8.self)
+            if let range = text.range(of: marker), let end = text[range.upperBound...].firstIndex(of: "\n") {
+                let line = String(text[range.upperBound..<end])
+                return (process, String(line.split(separator: " ").first ?? ""))
+            }
+        }
+        process.terminate()
+        throw ValidationError("\(name) did not start: \(text)")
+    }
+
+    private func waitForRegistrations(_ http: HTTPClient, _ daemonURL: String) async throws {
+        for _ in 0..<200 {
+            let response = try await http.execute(HTTPClientRequest(url: daemonURL + "/v1/participants"), timeout: .seconds(5))
+            let body = try await response.body.collect(upTo: 1 << 20)
+            if let list = try? JSONDecoder.dtx().decode(ParticipantList.self, from: Data(body.readableBytesView)), list.participants.count == participants { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw ValidationError("participants did not register with dtxd")
+    }
+
+    // MARK: Measurements
+
+    private func metric(_ http: HTTPClient, _ daemonURL: String, _ name: String) async throws -> Double {
+        let response = try await http.execute(HTTPClientRequest(url: daemonURL + "/metrics"), timeout: .seconds(5))
+        let text = String(buffer: try await response.body.collect(upTo: 16 << 20))
+        for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
+            return Double(line.split(separator: " ")[1]) ?? 0
+        }
+        return 0
+    }
+
+    private func measureTransactions(_ http: HTTPClient, _ daemonURL: String, concurrency: Int, voteNo: Bool) async throws -> Run {
+        let branches = (0..<participants).map { index in
+            BranchSpec(participant: "p\(index)", operation: "noop", payload: voteNo && index == 0 ? .object(["vote": .string("no")]) : nil)
+        }
+        let body = try JSONEncoder().encode(TransactionSubmission(protocol: .twoPhaseCommit, branches: branches, timeout: 30, wait: true))
+        let expected = voteNo ? "aborted" : "committed"
+        _ = try await load(concurrency: concurrency, seconds: warmup) { try await self.submit(http, daemonURL, body, expected: expected) }
+        let fsyncsBefore = try await metric(http, daemonURL, "dtx_log_fsyncs")
+        let forcedBefore = try await metric(http, daemonURL, "dtx_log_forced_appends")
+        let result = try await load(concurrency: concurrency, seconds: duration) { try await self.submit(http, daemonURL, body, expected: expected) }
+        let fsyncs = try await metric(http, daemonURL, "dtx_log_fsyncs") - fsyncsBefore
+        let forced = try await metric(http, daemonURL, "dtx_log_forced_appends") - forcedBefore
+        let done = max(result.successes, 1)
+        return Run(concurrency: concurrency, transactions: result.successes, failures: result.failures,
+                   transactionsPerSecond: Double(result.successes) / result.elapsed,
+                   p50Milliseconds: percentile(result.latencies, 50) * 1000, p99Milliseconds: percentile(result.latencies, 99) * 1000,
+                   fsyncsPerTransaction: fsyncs / Double(done), forcedWritesPerTransaction: forced / Double(done), bareRoundTripsPerSecond: 0)
+    }
+
+    private func submit(_ http: HTTPClient, _ daemonURL: String, _ body: Data, expected: String) async throws -> Bool {
+        var request = HTTPClientRequest(url: daemonURL + "/v1/transactions")
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.body = .bytes(ByteBuffer(bytes: body))
+        let response = try await http.execute(request, timeout: .seconds(60))
+        let answer = try await response.body.collect(upTo: 1 << 20)
+        guard response.status.code == 201 else { return false }
+        // Only the status matters: look for it without decoding the whole view.
+        return String(buffer: answer).contains("\"status\":\"\(expected)\"")
+    }
+
+    /// A bare HTTP round trip to one participant: ROLLBACK of a branch it never saw (a no-op 200).
+    private func measureBare(_ http: HTTPClient, _ participantURL: String, concurrency: Int) async throws -> Double {
+        let body = Data(#"{"gid":"bench-bare","branch":0,"operation":"noop"}"#.utf8)
+        let call: @Sendable () async throws -> Bool = {
+            var request = HTTPClientRequest(url: participantURL + "/dtx/2pc/rollback")
+            request.method = .POST
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(bytes: body))
+            let response = try await http.execute(request, timeout: .seconds(30))
+            _ = try await response.body.collect(upTo: 1 << 20)
+            return response.status.code == 200
+        }
+        _ = try await load(concurrency: concurrency, seconds: warmup, call)
+        let result = try await load(concurrency: concurrency, seconds: duration, call)
+        return Double(result.successes) / result.elapsed
+    }
+
+    private struct LoadResult {
+        var successes = 0
+        var failures = 0
+        var latencies: [Double] = []
+        var elapsed: Double = 0
+    }
+
+    /// `concurrency` workers call `operation` back to back for `seconds`.
+    private func load(concurrency: Int, seconds: Double, _ operation: @escaping @Sendable () async throws -> Bool) async throws -> LoadResult {
+        let clock = ContinuousClock()
+        let start = clock.now
+        let deadline = start + .milliseconds(Int64(seconds * 1000))
+        var total = LoadResult()
+        try await withThrowingTaskGroup(of: LoadResult.self) { group in
+            for _ in 0..<concurrency {
+                group.addTask {
+                    var result = LoadResult()
+                    while clock.now < deadline {
+                        let begun = clock.now
+                        if try await operation() {
+                            result.successes += 1
+                            result.latencies.append((clock.now - begun).seconds)
+                        } else {
+                            result.failures += 1
+                        }
+                    }
+                    return result
+                }
+            }
+            for try await result in group {
+                total.successes += result.successes
+                total.failures += result.failures
+                total.latencies += result.latencies
+            }
+        }
+        total.elapsed = (clock.now - start).seconds
+        total.latencies.sort()
+        return total
+    }
+}

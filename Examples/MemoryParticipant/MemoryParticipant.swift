@@ -1,0 +1,172 @@
+import ArgumentParser
+import DTXParticipant
+import Foundation
+import Hummingbird
+import Logging
+
+/// `memory-participant`: a participant service on the participant kit with a no-op,
+/// optionally journalled resource manager, and failpoints that tests arm to make it
+/// vote no, fail, stall or crash at chosen points.
+@main
+struct MemoryParticipant: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "memory-participant",
+        abstract: "A no-op dtx participant service for tests, examples and benchmarks.",
+        discussion: """
+        Every option can also be set through the environment variable named in its \
+        help; a flag wins over the variable. Once listening it prints one line, \
+        'memory-participant NAME listening on http://HOST:PORT', then registers with \
+        the coordinator (retrying until it answers) and keeps the registration alive.
+
+        A branch's payload steers its vote: {"vote": "no"} refuses it, \
+        {"readOnly": true} votes read-only.
+
+        Failpoints (env DTX_PARTICIPANT_FAILPOINTS, e.g. "prepare=no,commit=unavailable", \
+        or at run time: PUT /test/failpoints {"name": ..., "action": ...}, DELETE \
+        /test/failpoints to clear). Names: prepare, commit, rollback, commit_one_phase \
+        (when that request arrives), after-prepare (once the prepare is durable, before \
+        answering), before-commit (before any commit, including one-phase and \
+        recovery). Actions: no (409 voted_no), unavailable (503), stall:SECONDS (sleep, \
+        then go on), crash (SIGKILL itself). GET /test/state lists the branches.
+        """
+    )
+
+    @Option(help: "Participant name registered with the coordinator. (env DTX_PARTICIPANT_NAME, required)")
+    var name: String?
+
+    @Option(help: "Base URL of dtxd. (env DTX_URL, default http://127.0.0.1:7070)")
+    var coordinator: String?
+
+    @Option(name: .customLong("coordinator-token"), help: "Bearer token for calls to dtxd. (env DTX_TOKEN)")
+    var coordinatorToken: String?
+
+    @Option(help: "Address to listen on as host:port; port 0 picks a free port. (env DTX_PARTICIPANT_LISTEN, default 127.0.0.1:0)")
+    var listen: String?
+
+    @Option(help: "Journal file that makes branch states durable; without it they live in memory only. (env DTX_PARTICIPANT_JOURNAL)")
+    var journal: String?
+
+    @Option(name: .customLong("callback-token"), help: "Bearer token the coordinator must send on its calls. (env DTX_PARTICIPANT_CALLBACK_TOKEN)")
+    var callbackToken: String?
+
+    @Option(help: "Seconds between heartbeats to the coordinator. (env DTX_PARTICIPANT_HEARTBEAT, default 5)")
+    var heartbeat: Double?
+
+    @Option(name: .customLong("recovery-interval"), help: "Seconds between in-doubt recovery passes. (env DTX_PARTICIPANT_RECOVERY_INTERVAL, default 5)")
+    var recoveryInterval: Double?
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (env DTX_PARTICIPANT_LOG_LEVEL, default info)")
+    var logLevel: String?
+
+    func run() async throws {
+        let env = ProcessInfo.processInfo.environment
+        guard let name = name ?? env["DTX_PARTICIPANT_NAME"], !name.isEmpty else {
+            throw ValidationError("a participant name is required: pass --name NAME or set DTX_PARTICIPANT_NAME")
+        }
+        let coordinatorURL = coordinator ?? env["DTX_URL"] ?? "http://127.0.0.1:7070"
+        let address = listen ?? env["DTX_PARTICIPANT_LISTEN"] ?? "127.0.0.1:0"
+        guard let (host, port) = Self.parseAddress(address) else {
+            throw ValidationError("cannot read listen address '\(address)'; write it as host:port, e.g. 127.0.0.1:8081")
+        }
+        let levelName = logLevel ?? env["DTX_PARTICIPANT_LOG_LEVEL"] ?? "info"
+        guard let level = Logger.Level(rawValue: levelName) else {
+            throw ValidationError("unknown log level '\(levelName)'; use trace, debug, info, notice, warning, error or critical")
+        }
+        let heartbeatInterval = try Self.seconds(heartbeat, env: "DTX_PARTICIPANT_HEARTBEAT", option: "--heartbeat")
+        let recoveryInterval = try Self.seconds(recoveryInterval, env: "DTX_PARTICIPANT_RECOVERY_INTERVAL", option: "--recovery-interval")
+
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "memory-participant")
+
+        let failpoints = Failpoints(logger: logger)
+        do {
+            try failpoints.arm(specification: env["DTX_PARTICIPANT_FAILPOINTS"] ?? "")
+        } catch {
+            throw ValidationError("DTX_PARTICIPANT_FAILPOINTS: \(error)")
+        }
+        let store: InMemoryResourceManager
+        do {
+            store = try InMemoryResourceManager(name: name, journal: journal ?? env["DTX_PARTICIPANT_JOURNAL"])
+        } catch let error as JournalError {
+            FileHandle.standardError.write(Data("memory-participant: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        let service: ParticipantService
+        do {
+            service = try ParticipantService(
+                configuration: .init(
+                    name: name,
+                    advertisedURL: Self.url(host: host, port: port),
+                    coordinatorURL: coordinatorURL,
+                    coordinatorToken: coordinatorToken ?? env["DTX_TOKEN"],
+                    callbackToken: callbackToken ?? env["DTX_PARTICIPANT_CALLBACK_TOKEN"],
+                    heartbeatInterval: heartbeatInterval,
+                    recoveryInterval: recoveryInterval
+                ),
+                resourceManager: FailpointResourceManager(base: store, failpoints: failpoints),
+                logger: logger
+            )
+        } catch {
+            throw ValidationError("invalid coordinator URL: \(error)")
+        }
+
+        let router = Router()
+        service.addRoutes(to: router.group().add(middleware: RequestFailpointMiddleware(failpoints: failpoints)))
+        addTestRoutes(to: router, store: store, failpoints: failpoints)
+
+        let (boundPorts, boundPort) = AsyncStream.makeStream(of: Int.self)
+        let app = Application(
+            router: router,
+            configuration: .init(address: .hostname(host, port: port), serverName: "memory-participant"),
+            onServerRunning: { channel in
+                let bound = channel.localAddress?.port ?? port
+                // Written unbuffered: tests wait for this line and read the port from it.
+                FileHandle.standardOutput.write(Data("memory-participant \(name) listening on \(Self.url(host: host, port: bound))\n".utf8))
+                boundPort.yield(bound)
+                boundPort.finish()
+            },
+            logger: logger
+        )
+        // The server stops gracefully on SIGTERM or SIGINT; registration stops with it.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await app.runService() }
+            group.addTask {
+                for await bound in boundPorts {
+                    try await service.run(advertisedURL: Self.url(host: host, port: bound))
+                }
+            }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    static func url(host: String, port: Int) -> String {
+        host.contains(":") ? "http://[\(host)]:\(port)" : "http://\(host):\(port)"
+    }
+
+    static func parseAddress(_ text: String) -> (String, Int)? {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return host.isEmpty ? nil : (host, port)
+    }
+
+    /// An interval from its option or environment variable; 5 seconds by default.
+    static func seconds(_ option: Double?, env variable: String, option flag: String) throws -> Duration {
+        let environment = ProcessInfo.processInfo.environment[variable]
+        guard let seconds = try option ?? environment.map({ text in
+            guard let value = Double(text) else { throw ValidationError("\(variable) must be a number of seconds, not '\(text)'") }
+            return value
+        }) else {
+            return .seconds(5)
+        }
+        guard seconds > 0, seconds.isFinite else {
+            throw ValidationError("\(flag) must be a positive number of seconds, not \(seconds)")
+        }
+        return .seconds(seconds)
+    }
+}

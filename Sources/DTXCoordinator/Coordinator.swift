@@ -1,0 +1,470 @@
+/// DTXCoordinator: the engine. It owns the table of transactions (a cache of what the
+/// log says), runs each through its protocol's state machine, keeps the participant
+/// registry, recovers at start and checkpoints the log.
+import DTXAPI
+import DTXCore
+import DTXLog
+import Foundation
+import Logging
+import Synchronization
+
+/// A request the coordinator refuses: the HTTP status, a stable code and a message
+/// that says what was wrong and what to do.
+public struct CoordinatorError: Error, Equatable, CustomStringConvertible {
+    public var status: Int
+    public var code: String
+    public var message: String
+
+    public init(_ status: Int, _ code: String, _ message: String) {
+        self.status = status
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { message }
+}
+
+public struct CoordinatorConfiguration: Sendable {
+    /// Phase one (or an open interactive transaction) aborts after this long, unless the submission says otherwise.
+    public var defaultTimeout: Duration = .seconds(30)
+    public var maximumTimeout: Duration = .seconds(3600)
+    public var retryPolicy = RetryPolicy()
+    public var stuckAfterAttempts = 5
+    /// Finished transactions kept (in memory and through checkpoints) for queries and idempotent resubmission.
+    public var historyLimit = 10_000
+    public var checkpointInterval: Duration = .seconds(30)
+    public var maximumBranches = 100
+    /// How long a waiting caller waits for phase two after the decision.
+    public var phaseTwoWait: Duration = .seconds(5)
+    public var failpoints = Failpoints()
+
+    public init() {}
+}
+
+public final class Coordinator: Sendable {
+    private struct Table: Sendable {
+        var live: [GlobalTransactionID: any TransactionDriving] = [:]
+        var finished: [GlobalTransactionID: any TransactionDriving] = [:]
+        /// Finished gids, oldest first, from `finishedHead` on.
+        var finishedOrder: [GlobalTransactionID] = []
+        var finishedHead = 0
+        var nextSequence: UInt64 = 1
+
+        func driver(_ gid: GlobalTransactionID) -> (any TransactionDriving)? {
+            live[gid] ?? finished[gid]
+        }
+    }
+
+    private let log: WriteAheadLog
+    private let transport: any Transport
+    private let configuration: CoordinatorConfiguration
+    private let logger: Logger
+    private let registry = ParticipantRegistry()
+    private let table = Mutex(Table())
+    private let context: EngineContext
+
+    /// Rebuilds the coordinator from the log's records (registry and transactions) and
+    /// resumes every unfinished transaction: undecided ones abort, decided ones drive
+    /// phase two until every branch acknowledges.
+    public init(log: WriteAheadLog, records: [LogRecord], transport: any Transport, configuration: CoordinatorConfiguration = .init(), logger: Logger) throws {
+        self.log = log
+        self.transport = transport
+        self.configuration = configuration
+        self.logger = logger
+        context = EngineContext(log: log, transport: transport, registry: registry, failpoints: configuration.failpoints,
+                                retryPolicy: configuration.retryPolicy, stuckAfterAttempts: configuration.stuckAfterAttempts,
+                                metrics: EngineMetrics(), logger: logger)
+
+        var replay = TransactionLogReplay()
+        for record in records {
+            do {
+                if try registry.replay(type: record.type, payload: record.payload, lsn: record.lsn) { continue }
+                replay.apply(try LogEntry(type: record.type, payload: record.payload))
+            } catch {
+                throw CoordinatorError(500, "unreadable_log", "log record \(record.lsn) cannot be read: \(error); run `dtx wal dump` on the data directory")
+            }
+        }
+        var resumed = 0
+        for gid in replay.order {
+            guard let replayed = replay.transactions[gid] else { continue }
+            if replayed.ended {
+                insertFinished(FinishedTransaction(replayed, sequence: nextSequence()))
+                continue
+            }
+            switch replayed.protocol {
+            case .twoPhaseCommit:
+                let (machine, event) = TwoPhaseCommit.recovering(replayed)
+                let driver = makeDriver(machine, proto: .twoPhaseCommit, createdAt: Date(), timeout: configuration.defaultTimeout,
+                                        spec: SubmittedSpec(proto: .twoPhaseCommit, branches: replayed.branches, interactive: replayed.interactive))
+                table.withLock { $0.live[gid] = driver }
+                driver.resume(with: event)
+                resumed += 1
+            case .threePhaseCommit, .tcc, .saga:
+                throw CoordinatorError(500, "unsupported_protocol", "the log holds a \(replayed.protocol.rawValue) transaction (\(gid)), which this version cannot run")
+            }
+        }
+        if resumed > 0 { logger.notice("recovering unfinished transactions", metadata: ["count": "\(resumed)"]) }
+    }
+
+    private func nextSequence() -> UInt64 {
+        table.withLock { t in
+            defer { t.nextSequence += 1 }
+            return t.nextSequence
+        }
+    }
+
+    private func makeDriver<M: TransactionStateMachine>(_ machine: M, proto: TransactionProtocol, createdAt: Date, timeout: Duration, spec: SubmittedSpec) -> TransactionDriver<M> {
+        TransactionDriver(machine: machine, proto: proto, sequence: nextSequence(), createdAt: createdAt, spec: spec, timeout: timeout, context: context) { [weak self] gid in
+            self?.moveToHistory(gid)
+        }
+    }
+
+    private func moveToHistory(_ gid: GlobalTransactionID) {
+        table.withLock { t in
+            guard let driver = t.live.removeValue(forKey: gid) else { return }
+            Self.remember(driver, in: &t, limit: configuration.historyLimit)
+        }
+    }
+
+    private func insertFinished(_ driver: any TransactionDriving) {
+        table.withLock { Self.remember(driver, in: &$0, limit: configuration.historyLimit) }
+    }
+
+    private static func remember(_ driver: any TransactionDriving, in t: inout Table, limit: Int) {
+        t.finished[driver.gid] = driver
+        t.finishedOrder.append(driver.gid)
+        while t.finishedOrder.count - t.finishedHead > limit {
+            t.finished.removeValue(forKey: t.finishedOrder[t.finishedHead])
+            t.finishedHead += 1
+        }
+        if t.finishedHead > 4096, t.finishedHead * 2 > t.finishedOrder.count {
+            t.finishedOrder.removeFirst(t.finishedHead)
+            t.finishedHead = 0
+        }
+    }
+
+    // MARK: Maintenance
+
+    /// Checkpoints the log every `checkpointInterval` until cancelled: keeps the records of
+    /// unfinished and remembered transactions and the current registrations.
+    public func runMaintenance() async {
+        var checkpointedAt = log.nextLSN
+        while !Task.isCancelled {
+            try? await Task.sleep(for: configuration.checkpointInterval)
+            guard !Task.isCancelled, log.nextLSN != checkpointedAt else { continue }
+            do {
+                let result = try await checkpoint()
+                checkpointedAt = log.nextLSN
+                logger.debug("checkpoint", metadata: ["read": "\(result.recordsRead)", "kept": "\(result.recordsKept)", "segmentsRemoved": "\(result.segmentsRemoved)"])
+            } catch {
+                logger.error("checkpoint failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    @discardableResult
+    public func checkpoint() async throws -> WriteAheadLog.CheckpointResult {
+        try await log.checkpoint { record in
+            if let live = registry.isLive(type: record.type, lsn: record.lsn) { return live }
+            let entry = try LogEntry(type: record.type, payload: record.payload)
+            return table.withLock { $0.driver(entry.gid) != nil }
+        }
+    }
+
+    /// Stops every transaction's timers and loop. Whatever is unfinished resumes from the
+    /// log at the next start; nothing is decided here.
+    public func shutdown() async {
+        let drivers = table.withLock { Array($0.live.values) }
+        drivers.forEach { $0.stop() }
+        await transport.shutdown()
+    }
+
+    // MARK: Transactions
+
+    /// Runs a submitted transaction, or opens an interactive one. `created` is false when
+    /// the same gid and spec was submitted before (the existing transaction is returned).
+    public func submit(_ submission: TransactionSubmission) async throws(CoordinatorError) -> (TransactionView, created: Bool) {
+        let gid: GlobalTransactionID
+        do {
+            gid = try GlobalTransactionID(validating: submission.gid ?? "dtx-\(UUID().uuidString.lowercased())")
+        } catch {
+            throw CoordinatorError(400, "invalid_gid", error.description)
+        }
+        guard submission.protocol == .twoPhaseCommit else {
+            throw CoordinatorError(422, "unsupported_protocol", "protocol \(submission.protocol.rawValue) is not available in this version of dtxd; use 2pc")
+        }
+        let interactive = submission.interactive ?? false
+        let branches = submission.branches ?? []
+        if interactive {
+            guard branches.isEmpty else {
+                throw CoordinatorError(400, "invalid_branches", "an interactive transaction starts without branches: services enlist them with POST /v1/transactions/{gid}/branches")
+            }
+        } else {
+            guard !branches.isEmpty else { throw CoordinatorError(400, "invalid_branches", "branches: at least one branch is required (or set interactive: true)") }
+            guard branches.count <= configuration.maximumBranches else {
+                throw CoordinatorError(400, "invalid_branches", "branches: \(branches.count) branches; the limit is \(configuration.maximumBranches)")
+            }
+            for (index, branch) in branches.enumerated() {
+                try validate(branch, at: "branches[\(index)]", proto: submission.protocol)
+            }
+        }
+        let timeout = try timeout(submission.timeout)
+        let spec = SubmittedSpec(proto: submission.protocol, branches: branches, interactive: interactive)
+        let machine = interactive ? TwoPhaseCommit(interactive: gid) : TwoPhaseCommit(gid: gid, branches: branches)
+
+        let driver = makeDriver(machine, proto: submission.protocol, createdAt: Date(), timeout: timeout, spec: spec)
+        let existing: (any TransactionDriving)? = table.withLock { t in
+            if let existing = t.driver(gid) { return existing }
+            t.live[gid] = driver
+            return nil
+        }
+        if let existing {
+            guard existing.spec == spec else {
+                throw CoordinatorError(409, "gid_conflict", "transaction \(gid) already exists with a different protocol or branches; choose another gid")
+            }
+            if submission.wait == true { await existing.waitForOutcome(decisionLimit: timeout + .seconds(30), phaseTwoLimit: configuration.phaseTwoWait) }
+            return (existing.view(), false)
+        }
+        driver.start(with: interactive ? .open : .start)
+        if submission.wait == true, !interactive { await driver.waitForOutcome(decisionLimit: timeout + .seconds(30), phaseTwoLimit: configuration.phaseTwoWait) }
+        return (driver.view(), true)
+    }
+
+    private func validate(_ branch: BranchSpec, at path: String, proto: TransactionProtocol) throws(CoordinatorError) {
+        guard !branch.operation.isEmpty, branch.operation.utf8.count <= 128 else {
+            throw CoordinatorError(400, "invalid_branches", "\(path).operation must be 1 to 128 characters")
+        }
+        guard let participant = registry.entry(branch.participant) else {
+            throw CoordinatorError(422, "unknown_participant", "\(path).participant: no participant named '\(branch.participant)' is registered; see GET /v1/participants")
+        }
+        guard participant.protocols.contains(proto) else {
+            throw CoordinatorError(422, "protocol_not_served", "\(path).participant: '\(branch.participant)' does not serve \(proto.rawValue) (it serves \(participant.protocols.map(\.rawValue).joined(separator: ", ")))")
+        }
+    }
+
+    private func timeout(_ seconds: Double?) throws(CoordinatorError) -> Duration {
+        guard let seconds else { return configuration.defaultTimeout }
+        guard seconds.isFinite, seconds > 0, seconds <= configuration.maximumTimeout.secondsValue else {
+            throw CoordinatorError(400, "invalid_timeout", "timeout must be a number of seconds above 0 and at most \(Int(configuration.maximumTimeout.secondsValue))")
+        }
+        return .milliseconds(Int64(seconds * 1000))
+    }
+
+    private func driver(_ gidText: String) throws(CoordinatorError) -> any TransactionDriving {
+        guard let gid = try? GlobalTransactionID(validating: gidText), let driver = table.withLock({ $0.driver(gid) }) else {
+            throw CoordinatorError(404, "unknown_transaction", "no transaction '\(gidText)' is known (it may never have existed, or be older than the kept history)")
+        }
+        return driver
+    }
+
+    public func transaction(_ gid: String) throws(CoordinatorError) -> TransactionView {
+        try driver(gid).view()
+    }
+
+    /// The outcome a participant acts on: unknown gids are aborted (presumed abort).
+    public func outcome(gid: String, branch: BranchID?) -> OutcomeAnswer {
+        guard let id = try? GlobalTransactionID(validating: gid), let driver = table.withLock({ $0.driver(id) }) else {
+            return OutcomeAnswer(gid: gid, outcome: "aborted")
+        }
+        return OutcomeAnswer(gid: gid, outcome: driver.outcome(branch: branch))
+    }
+
+    public func enlist(gid: String, _ request: EnlistRequest) async throws(CoordinatorError) -> EnlistAnswer {
+        let driver = try driver(gid)
+        let spec = BranchSpec(participant: request.participant, operation: request.operation, payload: request.payload)
+        try validate(spec, at: "enlistment", proto: driver.proto)
+        switch await driver.request(.enlisted(spec)) {
+        case .accepted(let count): return EnlistAnswer(gid: gid, branch: count - 1)
+        case .rejected(let why): throw CoordinatorError(409, "not_open", "cannot enlist in \(gid): \(why)")
+        }
+    }
+
+    /// The application's commit of an interactive transaction, or (with a reason) an
+    /// operator forcing commit.
+    public func commit(gid: String, reason: String?, wait: Bool) async throws(CoordinatorError) -> TransactionView {
+        try await resolve(gid: gid, .commit, reason: reason, wait: wait)
+    }
+
+    /// The application's abort, or (with a reason, once decided) an operator forcing abort.
+    public func abort(gid: String, reason: String?, wait: Bool) async throws(CoordinatorError) -> TransactionView {
+        try await resolve(gid: gid, .abort, reason: reason, wait: wait)
+    }
+
+    private func resolve(gid: String, _ decision: Decision, reason: String?, wait: Bool) async throws(CoordinatorError) -> TransactionView {
+        let driver = try driver(gid)
+        if let reason, reason.trimmingCharacters(in: .whitespaces).isEmpty || reason.utf8.count > 1000 {
+            throw CoordinatorError(400, "invalid_reason", "reason must be 1 to 1000 characters")
+        }
+        if driver.isFinished {
+            let view = driver.view()
+            guard view.decision == decision else {
+                throw CoordinatorError(409, "already_finished", "transaction \(gid) is already \(view.status); it cannot be \(decision == .commit ? "committed" : "aborted") now")
+            }
+            return view
+        }
+        let plain: CommonEvent = decision == .commit ? .commitRequested : .abortRequested(reason: reason ?? "aborted on request")
+        if case .rejected(let why) = await driver.request(plain) {
+            guard let reason else {
+                if driver.view().decision == decision { return try await finishWaiting(driver, wait) }
+                throw CoordinatorError(409, "reason_required", "\(why). To force the outcome as an operator, give a reason.")
+            }
+            if case .rejected(let why) = await driver.request(.forced(decision, reason: reason)) {
+                throw CoordinatorError(409, "cannot_force", "cannot force \(decision.rawValue) on \(gid): \(why)")
+            }
+            logger.warning("operator forced an outcome", metadata: ["gid": "\(gid)", "decision": "\(decision.rawValue)", "reason": "\(reason)"])
+        }
+        return try await finishWaiting(driver, wait)
+    }
+
+    private func finishWaiting(_ driver: any TransactionDriving, _ wait: Bool) async throws(CoordinatorError) -> TransactionView {
+        if wait { await driver.waitForOutcome(decisionLimit: configuration.defaultTimeout + .seconds(30), phaseTwoLimit: configuration.phaseTwoWait) }
+        return driver.view()
+    }
+
+    public struct ListQuery: Sendable {
+        public var status: String?
+        public var `protocol`: TransactionProtocol?
+        public var participant: String?
+        public var olderThan: Double?
+        public var limit = 100
+        public var cursor: UInt64?
+
+        public init() {}
+    }
+
+    /// Newest first; the cursor is the sequence number of the last one returned.
+    public func list(_ query: ListQuery) -> TransactionList {
+        let drivers = table.withLock { t in Array(t.live.values) + t.finished.values }
+            .filter { query.cursor == nil || $0.sequence < query.cursor! }
+            .sorted { $0.sequence > $1.sequence }
+        let now = Date()
+        var page: [TransactionSummary] = []
+        var last: UInt64?
+        var more = false
+        for driver in drivers {
+            if let protocolFilter = query.protocol, driver.proto != protocolFilter { continue }
+            if let olderThan = query.olderThan, now.timeIntervalSince(driver.createdAt) < olderThan { continue }
+            let summary = driver.summary()
+            if let status = query.status {
+                if status == "stuck" ? !summary.stuck : summary.status != status { continue }
+            }
+            if let participant = query.participant, !summary.participants.contains(participant) { continue }
+            if page.count == query.limit { more = true; break }
+            page.append(summary)
+            last = driver.sequence
+        }
+        return TransactionList(transactions: page, nextCursor: more ? last.map(String.init) : nil)
+    }
+
+    /// Retries every pending delivery now instead of waiting for its backoff.
+    public func recoverNow() -> RecoveryReport {
+        let drivers = table.withLock { Array($0.live.values) }
+        var transactions = 0
+        var deliveries = 0
+        for driver in drivers {
+            let retried = driver.retryNow()
+            if retried > 0 {
+                transactions += 1
+                deliveries += retried
+            }
+        }
+        return RecoveryReport(transactions: transactions, deliveries: deliveries)
+    }
+
+    public struct Gauges: Sendable {
+        public var unfinished: Int
+        public var inDoubt: Int
+        public var stuck: Int
+        public var participants: Int
+    }
+
+    public func gauges() -> Gauges {
+        let drivers = table.withLock { Array($0.live.values) }
+        var gauges = Gauges(unfinished: drivers.count, inDoubt: 0, stuck: 0, participants: registry.count)
+        for driver in drivers {
+            let health = driver.health()
+            if health.stuck { gauges.stuck += 1 }
+            if health.inDoubt { gauges.inDoubt += 1 }
+        }
+        return gauges
+    }
+
+    public var logStatistics: WriteAheadLog.Statistics { log.statistics }
+
+    // MARK: Participants
+
+    public func register(_ registration: ParticipantRegistration) async throws(CoordinatorError) -> (ParticipantInfo, created: Bool) {
+        guard ParticipantRegistry.validName(registration.name) else {
+            throw CoordinatorError(400, "invalid_name", "name must be 1 to 64 characters of letters, digits, '-', '_' and '.'")
+        }
+        var url = registration.url
+        while url.hasSuffix("/") { url.removeLast() }
+        guard let parsed = URL(string: url), let scheme = parsed.scheme, ["http", "https"].contains(scheme), let host = parsed.host, !host.isEmpty,
+              parsed.query == nil, parsed.fragment == nil, url.utf8.count <= 2048 else {
+            throw CoordinatorError(400, "invalid_url", "url must be an http:// or https:// base URL with a host and no query, e.g. http://127.0.0.1:8081")
+        }
+        let protocols = registration.protocols ?? [.twoPhaseCommit]
+        guard !protocols.isEmpty else { throw CoordinatorError(400, "invalid_protocols", "protocols must name at least one of 2pc, 3pc, tcc, saga") }
+        if let token = registration.token, token.isEmpty || token.utf8.count > 512 {
+            throw CoordinatorError(400, "invalid_token", "token must be 1 to 512 characters")
+        }
+        let now = Date()
+        let previous = registry.entry(registration.name)
+        if let previous, previous.url == url, previous.protocols == protocols, previous.token == registration.token {
+            registry.touch(registration.name, at: now)
+            return (info(registry.entry(registration.name) ?? previous), false)
+        }
+        var entry = ParticipantRegistry.Entry(name: registration.name, url: url, protocols: protocols, token: registration.token,
+                                              registeredAt: previous?.registeredAt ?? now, lastSeen: now, lsn: 0)
+        do {
+            entry.lsn = try await log.append(type: ParticipantRegistry.RecordType.registered.rawValue, payload: ParticipantRegistry.registrationRecord(entry), forced: true)
+        } catch {
+            throw CoordinatorError(503, "log_unavailable", "the coordinator's log cannot be written: \(error)")
+        }
+        registry.store(entry)
+        logger.info(previous == nil ? "participant registered" : "participant re-registered", metadata: ["name": "\(entry.name)", "url": "\(entry.url)"])
+        return (info(entry), previous == nil)
+    }
+
+    public func participants() -> [ParticipantInfo] {
+        registry.all().map(info)
+    }
+
+    public func participant(_ name: String) throws(CoordinatorError) -> ParticipantInfo {
+        guard let entry = registry.entry(name) else { throw unknownParticipant(name) }
+        return info(entry)
+    }
+
+    public func heartbeat(_ name: String) throws(CoordinatorError) -> ParticipantInfo {
+        guard registry.touch(name), let entry = registry.entry(name) else { throw unknownParticipant(name) }
+        return info(entry)
+    }
+
+    public func deregister(_ name: String) async throws(CoordinatorError) {
+        guard registry.entry(name) != nil else { throw unknownParticipant(name) }
+        let unfinished = unfinishedBranches(on: name)
+        guard unfinished == 0 else {
+            throw CoordinatorError(409, "participant_busy", "participant '\(name)' has \(unfinished) unfinished branch(es); deregister it once they finish (see dtx list --participant \(name))")
+        }
+        do {
+            _ = try await log.append(type: ParticipantRegistry.RecordType.deregistered.rawValue, payload: ParticipantRegistry.deregistrationRecord(name), forced: true)
+        } catch {
+            throw CoordinatorError(503, "log_unavailable", "the coordinator's log cannot be written: \(error)")
+        }
+        registry.remove(name)
+        logger.info("participant deregistered", metadata: ["name": "\(name)"])
+    }
+
+    private func unknownParticipant(_ name: String) -> CoordinatorError {
+        CoordinatorError(404, "unknown_participant", "no participant named '\(name)' is registered")
+    }
+
+    private func unfinishedBranches(on name: String) -> Int {
+        table.withLock { Array($0.live.values) }.reduce(0) { $0 + $1.unfinishedBranches(on: name) }
+    }
+
+    private func info(_ entry: ParticipantRegistry.Entry) -> ParticipantInfo {
+        ParticipantInfo(name: entry.name, url: entry.url, protocols: entry.protocols, hasToken: entry.token != nil,
+                        registeredAt: entry.registeredAt, lastSeen: entry.lastSeen, unfinishedBranches: unfinishedBranches(on: entry.name))
+    }
+}

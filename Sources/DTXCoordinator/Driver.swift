@@ -1,0 +1,456 @@
+import DTXAPI
+import DTXCore
+import DTXLog
+import Foundation
+import Logging
+import Synchronization
+
+/// What a driver needs from the rest of the engine.
+struct EngineContext: Sendable {
+    var log: WriteAheadLog
+    var transport: any Transport
+    var registry: ParticipantRegistry
+    var failpoints: Failpoints
+    var retryPolicy: RetryPolicy
+    /// A branch that has needed this many deliveries makes its transaction *stuck*.
+    var stuckAfterAttempts: Int
+    var metrics: EngineMetrics
+    var logger: Logger
+}
+
+enum RequestResult: Sendable, Equatable {
+    case accepted(branchCount: Int)
+    case rejected(String)
+}
+
+/// The coordinator's table holds drivers of any protocol through this face.
+protocol TransactionDriving: AnyObject, Sendable {
+    var gid: GlobalTransactionID { get }
+    var sequence: UInt64 { get }
+    var proto: TransactionProtocol { get }
+    var createdAt: Date { get }
+    var spec: SubmittedSpec { get }
+    var isFinished: Bool { get }
+    func start(with event: CommonEvent)
+    func request(_ event: CommonEvent) async -> RequestResult
+    func waitForOutcome(decisionLimit: Duration, phaseTwoLimit: Duration) async
+    func view() -> TransactionView
+    func summary() -> TransactionSummary
+    func outcome(branch: BranchID?) -> String
+    func unfinishedBranches(on participant: String) -> Int
+    /// Stuck (phase two keeps failing) and in doubt (branches may hold prepared work).
+    func health() -> (stuck: Bool, inDoubt: Bool)
+    /// Delivers every pending retry now; returns how many.
+    func retryNow() -> Int
+    func stop()
+}
+
+/// What a submission asked for, to recognise the same gid submitted again.
+struct SubmittedSpec: Sendable, Equatable {
+    var proto: TransactionProtocol
+    var branches: [BranchSpec]
+    var interactive: Bool
+}
+
+/// Runs one transaction: feeds its events, one at a time, to the protocol's pure state
+/// machine and performs the actions that come out, in order. A forced log write
+/// completes before the next action; sends and timers run as child tasks that post
+/// their outcome back as events.
+final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriving {
+    private enum Input: Sendable {
+        case own(Machine.Event)
+        case common(CommonEvent, CheckedContinuation<RequestResult, Never>?)
+    }
+
+    private struct State: Sendable {
+        var machine: Machine
+        var results: [BranchID: JSONValue] = [:]
+        var timeline: [TimelineEntry] = []
+        /// Set by the `decided` action: for a commit, only once it is durable.
+        var decision: Decision?
+        var decidedAt: ContinuousClock.Instant?
+        var updatedAt: Date
+        var error: String?
+        var finished = false
+        /// The log failed: nothing more is performed; a restart recovers from the log.
+        var halted = false
+        var timers: [TimerID: Task<Void, Never>] = [:]
+        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        var nextWaiter: UInt64 = 0
+    }
+
+    static var timelineLimit: Int { 64 }
+
+    let gid: GlobalTransactionID
+    let sequence: UInt64
+    let proto: TransactionProtocol
+    let createdAt: Date
+    let spec: SubmittedSpec
+    let timeout: Duration
+    private let started = ContinuousClock.now
+    private let context: EngineContext
+    private let onFinish: @Sendable (GlobalTransactionID) -> Void
+    private let state: Mutex<State>
+    private let inputs: AsyncStream<Input>.Continuation
+    private let stream: AsyncStream<Input>
+
+    init(machine: Machine, proto: TransactionProtocol, sequence: UInt64, createdAt: Date, spec: SubmittedSpec, timeout: Duration,
+         context: EngineContext, onFinish: @escaping @Sendable (GlobalTransactionID) -> Void) {
+        gid = machine.gid
+        self.sequence = sequence
+        self.proto = proto
+        self.createdAt = createdAt
+        self.spec = spec
+        self.timeout = timeout
+        self.context = context
+        self.onFinish = onFinish
+        state = Mutex(State(machine: machine, updatedAt: createdAt))
+        (stream, inputs) = AsyncStream.makeStream(of: Input.self)
+    }
+
+    var isFinished: Bool { state.withLock { $0.finished } }
+
+    /// Starts the event loop and feeds the first event (`start`/`open`).
+    func start(with event: CommonEvent) {
+        note(event == .open ? "opened" : "submitted")
+        launch()
+        inputs.yield(.common(event, nil))
+    }
+
+    /// Starts the event loop of a transaction rebuilt from the log.
+    func resume(with event: Machine.Event) {
+        note("recovered from the log")
+        launch()
+        inputs.yield(.own(event))
+    }
+
+    private func launch() {
+        Task { await self.run() }
+    }
+
+    func request(_ event: CommonEvent) async -> RequestResult {
+        await withCheckedContinuation { reply in
+            if case .terminated = inputs.yield(.common(event, reply)) {
+                let status = state.withLock { $0.machine.status }
+                reply.resume(returning: .rejected("the transaction is \(status.rawValue)"))
+            }
+        }
+    }
+
+    private func post(_ event: CommonEvent) {
+        inputs.yield(.common(event, nil))
+    }
+
+    // MARK: The loop
+
+    private func run() async {
+        for await input in stream {
+            let (actions, branches, rejection): ([TransactionAction], [Branch], String?) = state.withLock { s in
+                guard !s.halted else { return ([], [], "the coordinator's log failed; the transaction resumes after a restart") }
+                let event: Machine.Event
+                switch input {
+                case .own(let own):
+                    event = own
+                case .common(let common, _):
+                    if let why = s.machine.rejection(of: common) { return ([], [], why) }
+                    record(common, in: &s)
+                    guard let own = Machine.translate(common) else { return ([], [], nil) }
+                    event = own
+                }
+                let actions = s.machine.handle(event)
+                if !actions.isEmpty { s.updatedAt = Date() }
+                return (actions, s.machine.branches, nil)
+            }
+            if case .common(_, let reply?) = input {
+                reply.resume(returning: rejection.map { .rejected($0) } ?? .accepted(branchCount: branches.count))
+            }
+            await perform(actions, branches: branches)
+        }
+    }
+
+    private func perform(_ actions: [TransactionAction], branches: [Branch]) async {
+        var sentPrepare = false
+        for action in actions {
+            switch action {
+            case let .log(entry, forced):
+                let isCommitDecision: Bool
+                if case .decision(_, .commit, _) = entry { isCommitDecision = true } else { isCommitDecision = false }
+                if isCommitDecision { context.failpoints.hit(.beforeCommitDecision) }
+                let (type, payload) = entry.encoded()
+                do {
+                    if forced {
+                        _ = try await context.log.append(type: type, payload: payload, forced: true)
+                    } else {
+                        _ = try context.log.append(type: type, payload: payload)
+                    }
+                } catch {
+                    halt("log write failed: \(error)")
+                    return
+                }
+                if isCommitDecision { context.failpoints.hit(.afterCommitDecision) }
+            case let .send(message, id):
+                guard branches.indices.contains(id) else { continue }
+                if message == .prepare { sentPrepare = true }
+                send(message, to: branches[id], allParticipants: branches.map(\.spec.participant))
+            case let .schedule(timer, attempt):
+                schedule(timer, attempt: attempt)
+            case .cancel(let timer):
+                state.withLock { $0.timers.removeValue(forKey: timer) }?.cancel()
+            case .decided(let decision):
+                let (phaseOne, waiters) = state.withLock { s -> (Duration, [CheckedContinuation<Void, Never>]) in
+                    s.decision = decision
+                    s.decidedAt = .now
+                    record(TimelineEntry(at: Date(), event: "decided \(decision.rawValue)"), in: &s)
+                    defer { s.waiters = [:] }
+                    return (s.decidedAt! - started, Array(s.waiters.values))
+                }
+                waiters.forEach { $0.resume() }
+                context.metrics.phase(proto, "prepare", phaseOne)
+            case .finish(let status):
+                finish(status)
+            }
+        }
+        if sentPrepare { context.failpoints.hit(.afterPrepareSent) }
+    }
+
+    private func send(_ message: ParticipantMessage, to branch: Branch, allParticipants: [String]) {
+        guard let endpoint = context.registry.entry(branch.spec.participant)?.endpoint else {
+            // Deregistration is refused while branches are unfinished, so this is a bug or a
+            // hand-edited log: report it as a failed delivery and let the protocol decide.
+            post(.replied(branch.id, message, .failed("participant \(branch.spec.participant) is not registered")))
+            return
+        }
+        let request = ParticipantRequest(gid: gid.rawValue, branch: branch.id, operation: branch.spec.operation, payload: branch.spec.payload,
+                                         participants: proto == .threePhaseCommit ? allParticipants : nil)
+        let transport = context.transport
+        let registry = context.registry
+        let proto = proto
+        Task {
+            let response = await transport.send(message, protocol: proto, request: request, to: endpoint)
+            if case .failed = response {} else { registry.touch(endpoint.name) }
+            self.post(.replied(branch.id, message, response))
+        }
+    }
+
+    private func schedule(_ timer: TimerID, attempt: Int) {
+        let delay: Duration
+        switch timer {
+        case .phaseOne:
+            delay = timeout
+        case .retry:
+            delay = context.retryPolicy.delay(attempt: attempt, unit: Double.random(in: 0..<1))
+            context.metrics.retry(proto)
+        }
+        let task = Task { [weak self] in
+            try? await Task.sleep(for: delay)
+            guard !Task.isCancelled else { return }
+            self?.post(.timedOut(timer))
+        }
+        state.withLock { $0.timers.updateValue(task, forKey: timer) }?.cancel()
+    }
+
+    private func finish(_ status: TransactionStatus) {
+        let (timers, waiters, decidedAt) = state.withLock { s in
+            s.finished = true
+            s.timeline.append(TimelineEntry(at: Date(), event: "finished \(status.rawValue)"))
+            defer { s.timers = [:]; s.waiters = [:] }
+            return (s.timers.values, s.waiters.values, s.decidedAt)
+        }
+        timers.forEach { $0.cancel() }
+        waiters.forEach { $0.resume() }
+        inputs.finish()
+        if let decidedAt { context.metrics.phase(proto, status == .committed ? "commit" : "rollback", .now - decidedAt) }
+        context.metrics.finished(proto, status)
+        onFinish(gid)
+    }
+
+    private func halt(_ error: String) {
+        context.logger.error("transaction halted; it resumes from the log after a restart", metadata: ["gid": "\(gid)", "error": "\(error)"])
+        let timers = state.withLock { s in
+            s.halted = true
+            s.error = error
+            defer { s.timers = [:] }
+            return s.timers.values
+        }
+        timers.forEach { $0.cancel() }
+    }
+
+    /// Stops timers and the loop at shutdown; what the log holds is recovered at restart.
+    func stop() {
+        let (timers, waiters) = state.withLock { s in
+            s.halted = true
+            defer { s.timers = [:]; s.waiters = [:] }
+            return (s.timers.values, s.waiters.values)
+        }
+        timers.forEach { $0.cancel() }
+        waiters.forEach { $0.resume() }
+        inputs.finish()
+    }
+
+    // MARK: Timeline and results
+
+    private func note(_ event: String, branch: BranchID? = nil, detail: String? = nil) {
+        state.withLock { record(TimelineEntry(at: Date(), event: event, branch: branch, detail: detail), in: &$0) }
+    }
+
+    private func record(_ entry: TimelineEntry, in s: inout State) {
+        if s.timeline.count >= Self.timelineLimit { s.timeline.remove(at: Self.timelineLimit / 2) }
+        s.timeline.append(entry)
+    }
+
+    /// Keeps what a participant answered and writes the timeline.
+    private func record(_ event: CommonEvent, in s: inout State) {
+        let now = Date()
+        switch event {
+        case let .replied(id, message, .done(status, result)):
+            if let result { s.results[id] = result }
+            record(TimelineEntry(at: now, event: "\(message.rawValue): \(status)", branch: id), in: &s)
+        case let .replied(id, message, .refused(code, text)):
+            s.results[id] = .object(["error": .object(["code": .string(code), "message": .string(text)])])
+            if s.error == nil { s.error = text }
+            record(TimelineEntry(at: now, event: "\(message.rawValue): refused", branch: id, detail: "\(code): \(text)"), in: &s)
+        case let .replied(id, message, .failed(error)):
+            record(TimelineEntry(at: now, event: "\(message.rawValue): failed", branch: id, detail: error), in: &s)
+        case .timedOut(.phaseOne):
+            record(TimelineEntry(at: now, event: "timed out"), in: &s)
+        case .timedOut(.retry):
+            break
+        case .enlisted(let spec):
+            record(TimelineEntry(at: now, event: "enlisted", branch: s.machine.branches.count, detail: "\(spec.participant) \(spec.operation)"), in: &s)
+        case .commitRequested:
+            record(TimelineEntry(at: now, event: "commit requested"), in: &s)
+        case .abortRequested(let reason):
+            s.error = s.error ?? reason
+            record(TimelineEntry(at: now, event: "abort requested", detail: reason), in: &s)
+        case let .forced(decision, reason):
+            s.error = reason
+            record(TimelineEntry(at: now, event: "operator forced \(decision.rawValue)", detail: reason), in: &s)
+        case .start, .open:
+            break
+        }
+    }
+
+    // MARK: Views
+
+    func view() -> TransactionView {
+        state.withLock { s in
+            TransactionView(
+                gid: gid.rawValue, protocol: proto, status: displayStatus(s.machine.status), decision: s.decision,
+                interactive: spec.interactive, heuristic: s.machine.heuristic, stuck: isStuck(s),
+                createdAt: createdAt, updatedAt: s.updatedAt, timeout: timeout.secondsValue, error: s.error,
+                branches: s.machine.branches.map {
+                    BranchView(id: $0.id, participant: $0.spec.participant, operation: $0.spec.operation, state: $0.state.rawValue,
+                               attempts: $0.attempts, lastError: $0.lastError, result: s.results[$0.id])
+                },
+                timeline: s.timeline
+            )
+        }
+    }
+
+    func summary() -> TransactionSummary {
+        state.withLock { s in
+            var seen = Set<String>()
+            let participants = s.machine.branches.map(\.spec.participant).filter { seen.insert($0).inserted }
+            return TransactionSummary(gid: gid.rawValue, protocol: proto, status: displayStatus(s.machine.status), stuck: isStuck(s),
+                                      heuristic: s.machine.heuristic, createdAt: createdAt, participants: participants)
+        }
+    }
+
+    /// A transaction whose first event is still queued is shown as what it is about to be.
+    private func displayStatus(_ status: TransactionStatus) -> String {
+        guard status == .created else { return status.rawValue }
+        return spec.interactive ? TransactionStatus.active.rawValue : TransactionStatus.preparing.rawValue
+    }
+
+    private func isStuck(_ s: State) -> Bool {
+        !s.finished && (s.halted || s.machine.branches.contains { $0.attempts >= context.stuckAfterAttempts })
+    }
+
+    func health() -> (stuck: Bool, inDoubt: Bool) {
+        state.withLock { s in
+            let inDoubt = !s.finished && (s.decision != nil || s.machine.branches.contains { $0.state == .prepared })
+            return (isStuck(s), inDoubt)
+        }
+    }
+
+    func outcome(branch: BranchID?) -> String {
+        state.withLock { s in
+            switch s.decision {
+            case nil: return "pending"
+            case .abort?: return "aborted"
+            case .commit?:
+                guard let branch else { return "committed" }
+                guard s.machine.branches.indices.contains(branch) else { return "aborted" }
+                let committed: Set<BranchState> = [.committing, .committed]
+                return committed.contains(s.machine.branches[branch].state) ? "committed" : "aborted"
+            }
+        }
+    }
+
+    func unfinishedBranches(on participant: String) -> Int {
+        state.withLock { s in
+            s.finished ? 0 : s.machine.branches.filter { $0.spec.participant == participant }.count
+        }
+    }
+
+    func retryNow() -> Int {
+        let due = state.withLock { s -> [TimerID] in
+            let retries = s.timers.keys.filter { if case .retry = $0 { return true } else { return false } }
+            for timer in retries { s.timers.removeValue(forKey: timer)?.cancel() }
+            return retries
+        }
+        due.forEach { post(.timedOut($0)) }
+        return due.count
+    }
+
+    /// Waits for the outcome: until the decision (at most `decisionLimit`), then until
+    /// every branch has acknowledged it (at most `phaseTwoLimit` more). A participant that
+    /// is down in phase two does not hold the caller: the view then shows `committing`.
+    func waitForOutcome(decisionLimit: Duration, phaseTwoLimit: Duration) async {
+        let clock = ContinuousClock()
+        let decisionDeadline = clock.now + decisionLimit
+        var finishDeadline: ContinuousClock.Instant?
+        while true {
+            let (finished, decided) = state.withLock { ($0.finished || $0.halted, $0.decision != nil) }
+            if finished { return }
+            if decided, finishDeadline == nil { finishDeadline = clock.now + phaseTwoLimit }
+            let deadline = finishDeadline ?? decisionDeadline
+            guard clock.now < deadline else { return }
+            await waitForChange(until: deadline)
+        }
+    }
+
+    /// Returns at the next decision or finish, or at `deadline`.
+    private func waitForChange(until deadline: ContinuousClock.Instant) async {
+        let id = state.withLock { s -> UInt64 in
+            s.nextWaiter += 1
+            return s.nextWaiter
+        }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { waiter in
+                        let resumeNow = self.state.withLock { s -> Bool in
+                            if s.finished || s.halted || Task.isCancelled { return true }
+                            s.waiters[id] = waiter
+                            return false
+                        }
+                        if resumeNow { waiter.resume() }
+                    }
+                } onCancel: {
+                    self.state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
+                }
+            }
+            group.addTask { try? await Task.sleep(until: deadline, clock: .continuous) }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+}
+
+extension Duration {
+    var secondsValue: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
+}

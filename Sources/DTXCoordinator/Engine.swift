@@ -1,1 +1,0 @@
-// DTXCoordinator: the engine.

@@ -1,0 +1,45 @@
+import Foundation
+
+/// Named points where the daemon kills itself with SIGKILL, so that tests can crash it
+/// exactly there. Armed by `DTXD_FAILPOINTS=name[,name…]`; never armed in production.
+public struct Failpoints: Sendable {
+    public enum Point: String, Sendable, CaseIterable {
+        /// Every vote is in, the commit decision is about to be logged.
+        case beforeCommitDecision = "before-commit-decision"
+        /// The commit decision is durable; no COMMIT has been sent.
+        case afterCommitDecision = "after-commit-decision"
+        /// PREPARE has been sent to every branch; no vote has been counted.
+        case afterPrepareSent = "after-prepare-sent"
+    }
+
+    private let armed: Set<Point>
+
+    public init(armed: Set<Point> = []) {
+        self.armed = armed
+    }
+
+    /// Parses `DTXD_FAILPOINTS`; unknown names are an error so that a typo is not silent.
+    public init(parsing text: String) throws {
+        var points: Set<Point> = []
+        for name in text.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !name.isEmpty {
+            guard let point = Point(rawValue: name) else {
+                throw FailpointError(message: "unknown failpoint '\(name)'; known: \(Point.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            points.insert(point)
+        }
+        armed = points
+    }
+
+    public var isEmpty: Bool { armed.isEmpty }
+
+    func hit(_ point: Point) {
+        guard armed.contains(point) else { return }
+        FileHandle.standardError.write(Data("dtxd: failpoint \(point.rawValue) hit, killing the process\n".utf8))
+        kill(getpid(), SIGKILL)
+    }
+}
+
+public struct FailpointError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}

@@ -1,0 +1,63 @@
+import DTXAPI
+import DTXCore
+import Foundation
+
+/// A transaction the log shows as ended, rebuilt at start for queries, outcome answers
+/// and idempotent resubmission. Its details are what the log holds: no timeline, no results.
+final class FinishedTransaction: TransactionDriving {
+    let gid: GlobalTransactionID
+    let sequence: UInt64
+    let proto: TransactionProtocol
+    let createdAt = Date()
+    let spec: SubmittedSpec
+    private let replayed: TransactionLogReplay.Replayed
+
+    init(_ replayed: TransactionLogReplay.Replayed, sequence: UInt64) {
+        gid = replayed.gid
+        proto = replayed.protocol
+        self.sequence = sequence
+        self.replayed = replayed
+        spec = SubmittedSpec(proto: replayed.protocol, branches: replayed.branches, interactive: replayed.interactive)
+    }
+
+    var isFinished: Bool { true }
+    private var decision: Decision { replayed.decision ?? .abort }
+    private var status: TransactionStatus { decision == .commit ? .committed : .aborted }
+
+    private func state(of branch: BranchID) -> BranchState {
+        guard replayed.targets.contains(branch) else { return decision == .commit ? .readOnly : .rolledBack }
+        return decision == .commit ? .committed : .rolledBack
+    }
+
+    func start(with event: CommonEvent) {}
+    func request(_ event: CommonEvent) async -> RequestResult { .rejected("the transaction is \(status.rawValue)") }
+    func waitForOutcome(decisionLimit: Duration, phaseTwoLimit: Duration) async {}
+    func stop() {}
+    func retryNow() -> Int { 0 }
+    func unfinishedBranches(on participant: String) -> Int { 0 }
+    func health() -> (stuck: Bool, inDoubt: Bool) { (false, false) }
+
+    func outcome(branch: BranchID?) -> String {
+        guard decision == .commit else { return "aborted" }
+        guard let branch else { return "committed" }
+        return replayed.targets.contains(branch) ? "committed" : "aborted"
+    }
+
+    func view() -> TransactionView {
+        TransactionView(
+            gid: gid.rawValue, protocol: proto, status: status.rawValue, decision: decision, interactive: replayed.interactive,
+            heuristic: replayed.heuristic, stuck: false, createdAt: createdAt, updatedAt: createdAt, timeout: 0, error: replayed.reason,
+            branches: replayed.branches.enumerated().map {
+                BranchView(id: $0.offset, participant: $0.element.participant, operation: $0.element.operation,
+                           state: state(of: $0.offset).rawValue, attempts: 0, lastError: nil, result: nil)
+            },
+            timeline: [TimelineEntry(at: createdAt, event: "read from the log at start")]
+        )
+    }
+
+    func summary() -> TransactionSummary {
+        var seen = Set<String>()
+        return TransactionSummary(gid: gid.rawValue, protocol: proto, status: status.rawValue, stuck: false, heuristic: replayed.heuristic,
+                                  createdAt: createdAt, participants: replayed.branches.map(\.participant).filter { seen.insert($0).inserted })
+    }
+}

@@ -1,0 +1,126 @@
+import DTXAPI
+import DTXCore
+import Foundation
+import Synchronization
+
+/// The participant registry. Registrations and deregistrations are logged (forced, they
+/// are rare), so the registry survives restarts; heartbeats only touch memory.
+final class ParticipantRegistry: Sendable {
+    /// Log record types of the registry (protocol records use 1–15).
+    enum RecordType: UInt16 {
+        case registered = 16
+        case deregistered = 17
+    }
+
+    struct Entry: Sendable, Codable, Equatable {
+        var name: String
+        var url: String
+        var protocols: [TransactionProtocol]
+        var token: String?
+        var registeredAt: Date
+        /// Not logged: nil after a restart until the participant is heard from.
+        var lastSeen: Date?
+        /// LSN of the registration record that holds this entry (the checkpoint keeps it).
+        var lsn: UInt64
+
+        private enum CodingKeys: String, CodingKey {
+            case name, url, protocols, token, registeredAt
+        }
+
+        init(name: String, url: String, protocols: [TransactionProtocol], token: String?, registeredAt: Date, lastSeen: Date?, lsn: UInt64) {
+            self.name = name
+            self.url = url
+            self.protocols = protocols
+            self.token = token
+            self.registeredAt = registeredAt
+            self.lastSeen = lastSeen
+            self.lsn = lsn
+        }
+
+        init(from decoder: Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            name = try container.decode(String.self, forKey: .name)
+            url = try container.decode(String.self, forKey: .url)
+            protocols = try container.decode([TransactionProtocol].self, forKey: .protocols)
+            token = try container.decodeIfPresent(String.self, forKey: .token)
+            registeredAt = try container.decode(Date.self, forKey: .registeredAt)
+            lsn = 0
+        }
+
+        var endpoint: ParticipantEndpoint { ParticipantEndpoint(name: name, url: url, token: token) }
+    }
+
+    private struct Deregistration: Codable {
+        var name: String
+    }
+
+    private let entries = Mutex<[String: Entry]>([:])
+
+    // MARK: Replay and checkpoint
+
+    /// Applies a registry record found in the log; false when the type is not the registry's.
+    func replay(type: UInt16, payload: [UInt8], lsn: UInt64) throws -> Bool {
+        switch RecordType(rawValue: type) {
+        case .registered:
+            var entry = try JSONDecoder.dtx().decode(Entry.self, from: Data(payload))
+            entry.lsn = lsn
+            entries.withLock { $0[entry.name] = entry }
+            return true
+        case .deregistered:
+            let gone = try JSONDecoder.dtx().decode(Deregistration.self, from: Data(payload))
+            entries.withLock { _ = $0.removeValue(forKey: gone.name) }
+            return true
+        case nil:
+            return false
+        }
+    }
+
+    /// Whether a registry record is still needed: only the current registration of each participant is.
+    func isLive(type: UInt16, lsn: UInt64) -> Bool? {
+        guard let recordType = RecordType(rawValue: type) else { return nil }
+        guard recordType == .registered else { return false }
+        return entries.withLock { $0.values.contains { $0.lsn == lsn } }
+    }
+
+    // MARK: Operations
+
+    static func registrationRecord(_ entry: Entry) -> [UInt8] {
+        Array((try? JSONEncoder.dtx().encode(entry)) ?? Data())
+    }
+
+    static func deregistrationRecord(_ name: String) -> [UInt8] {
+        Array((try? JSONEncoder.dtx().encode(Deregistration(name: name))) ?? Data())
+    }
+
+    func entry(_ name: String) -> Entry? {
+        entries.withLock { $0[name] }
+    }
+
+    func all() -> [Entry] {
+        entries.withLock { Array($0.values) }.sorted { $0.name < $1.name }
+    }
+
+    var count: Int { entries.withLock { $0.count } }
+
+    func store(_ entry: Entry) {
+        entries.withLock { $0[entry.name] = entry }
+    }
+
+    func remove(_ name: String) {
+        entries.withLock { _ = $0.removeValue(forKey: name) }
+    }
+
+    /// Marks a participant as heard from now; false when it is not registered.
+    @discardableResult
+    func touch(_ name: String, at now: Date = Date()) -> Bool {
+        entries.withLock { entries in
+            guard entries[name] != nil else { return false }
+            entries[name]!.lastSeen = now
+            return true
+        }
+    }
+
+    static func validName(_ name: String) -> Bool {
+        (1...64).contains(name.utf8.count) && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }
+    }
+}

@@ -1,0 +1,83 @@
+import AsyncHTTPClient
+import DTXAPI
+import DTXCore
+import Foundation
+import NIOCore
+import NIOHTTP1
+
+/// Where and how to reach one participant.
+public struct ParticipantEndpoint: Sendable, Equatable {
+    public var name: String
+    public var url: String
+    public var token: String?
+
+    public init(name: String, url: String, token: String?) {
+        self.name = name
+        self.url = url
+        self.token = token
+    }
+}
+
+/// How the engine talks to participants. The engine never retries inside a call: a
+/// failed delivery becomes an event, and the protocol decides.
+public protocol Transport: Sendable {
+    func send(_ message: ParticipantMessage, protocol: TransactionProtocol, request: ParticipantRequest, to endpoint: ParticipantEndpoint) async -> ParticipantResponse
+    func shutdown() async
+}
+
+/// The participant protocol over HTTP/1.1 with pooled keep-alive connections
+/// (async-http-client) and a per-request timeout.
+public final class HTTPTransport: Transport {
+    private let client: HTTPClient
+    private let timeout: TimeAmount
+
+    public init(requestTimeout: Duration = .seconds(10), connectionsPerParticipant: Int = 256) {
+        var configuration = HTTPClient.Configuration()
+        configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = connectionsPerParticipant
+        configuration.timeout.connect = .seconds(2)
+        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        let (seconds, attoseconds) = requestTimeout.components
+        timeout = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+
+    public func send(_ message: ParticipantMessage, protocol proto: TransactionProtocol, request: ParticipantRequest, to endpoint: ParticipantEndpoint) async -> ParticipantResponse {
+        var http = HTTPClientRequest(url: endpoint.url + message.path(for: proto))
+        http.method = .POST
+        http.headers.add(name: "Content-Type", value: "application/json")
+        if let token = endpoint.token { http.headers.add(name: "Authorization", value: "Bearer \(token)") }
+        do {
+            http.body = .bytes(ByteBuffer(bytes: try JSONEncoder().encode(request)))
+            let response = try await client.execute(http, timeout: timeout)
+            let body = try await response.body.collect(upTo: 1 << 20)
+            let data = Data(body.readableBytesView)
+            switch response.status.code {
+            case 200:
+                guard let reply = try? JSONDecoder().decode(ParticipantReply.self, from: data) else {
+                    return .failed("\(endpoint.name) answered 200 with a body that is not a participant reply")
+                }
+                return .done(status: reply.status, result: reply.result)
+            case 409:
+                if let error = try? JSONDecoder().decode(APIErrorBody.self, from: data) {
+                    return .refused(code: error.error.code, message: error.error.message)
+                }
+                return .refused(code: "refused", message: String(decoding: data.prefix(300), as: UTF8.self))
+            case 425, 503:
+                return .failed("\(endpoint.name) asked to retry later (HTTP \(response.status.code))")
+            default:
+                return .failed("\(endpoint.name) answered HTTP \(response.status.code): \(String(decoding: data.prefix(200), as: UTF8.self))")
+            }
+        } catch {
+            return .failed("\(endpoint.name) at \(endpoint.url) unreachable: \(Self.describe(error))")
+        }
+    }
+
+    public func shutdown() async {
+        try? await client.shutdown()
+    }
+
+    private static func describe(_ error: Error) -> String {
+        if let error = error as? HTTPClientError, error == .deadlineExceeded { return "no answer within the request timeout" }
+        let text = String(describing: error)
+        return text.contains("connectionRefused") || text.contains("Connection refused") ? "connection refused" : text
+    }
+}

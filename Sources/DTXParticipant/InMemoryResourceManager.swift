@@ -1,0 +1,223 @@
+import DTXCore
+import Foundation
+import Synchronization
+
+/// A no-op resource manager for tests, examples and benchmarks: it records each
+/// branch's state and does nothing else. A branch's payload steers its vote:
+/// `{"vote": "no"}` refuses PREPARE (and a one-phase commit) with `voted_no`, and
+/// `{"readOnly": true}` votes read-only.
+///
+/// Without a journal everything lives in memory and operations are cheap. With a
+/// journal every state change is written to the file durably (written to a temporary
+/// file, fsynced, renamed over the journal, directory fsynced) before the operation
+/// returns, and the state is loaded from it on start, so prepared branches survive a
+/// crash. The whole state is rewritten on each change: a journal is for crash tests,
+/// not for throughput.
+///
+/// Memory is bounded: only the newest `retainedDecisions` committed or rolled-back
+/// branches are remembered (to answer duplicate messages); prepared branches are
+/// always kept.
+public final class InMemoryResourceManager: ResourceManager {
+    /// What the resource manager knows about one branch.
+    public struct BranchRecord: Codable, Sendable, Equatable {
+        public enum State: String, Codable, Sendable {
+            case prepared
+            case committed
+            case rolledBack = "rolled_back"
+        }
+
+        public var gid: String
+        public var branch: BranchID
+        public var operation: String
+        public var payload: JSONValue?
+        public var state: State
+        public var result: JSONValue?
+
+        public var ref: BranchRef { BranchRef(gid: gid, branch: branch) }
+    }
+
+    /// Participant name put into results.
+    public let name: String
+    private let ledger: Mutex<Ledger>
+    private let journal: Journal?
+
+    /// - Parameters:
+    ///   - name: the participant's name, reported in branch results.
+    ///   - journal: path of a journal file; loaded if it exists, created (empty) if not.
+    ///   - retainedDecisions: how many committed or rolled-back branches to remember.
+    /// - Throws: `JournalError` when the journal cannot be read or created.
+    public init(name: String, journal path: String? = nil, retainedDecisions: Int = 100_000) throws {
+        self.name = name
+        var ledger = Ledger(retainedDecisions: max(retainedDecisions, 1))
+        if let path {
+            let journal = Journal(path: path)
+            for record in try journal.load() { ledger.record(record) }
+            self.journal = journal
+        } else {
+            journal = nil
+        }
+        self.ledger = Mutex(ledger)
+    }
+
+    public func prepare(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> PrepareOutcome {
+        let result = result(of: operation)
+        return try await apply { ledger in
+            if let record = ledger.branches[branch] {
+                switch record.state {
+                case .prepared, .committed: return .prepared(result: record.result)
+                case .rolledBack: throw BusinessError(code: "already_rolled_back", message: "branch \(branch) was already rolled back; it cannot prepare again")
+                }
+            }
+            try Self.checkVote(payload)
+            if payload?["readOnly"] == .bool(true) { return .readOnly(result: result) }
+            ledger.record(BranchRecord(gid: branch.gid, branch: branch.branch, operation: operation, payload: payload, state: .prepared, result: result))
+            return .prepared(result: result)
+        }
+    }
+
+    public func commit(_ branch: BranchRef) async throws {
+        try await apply { ledger in
+            guard var record = ledger.branches[branch] else {
+                throw BusinessError(code: "unknown_branch", message: "no record of branch \(branch): it was never prepared here, or forgotten long ago")
+            }
+            switch record.state {
+            case .committed: return
+            case .rolledBack: throw BusinessError(code: "already_rolled_back", message: "branch \(branch) was already rolled back; it cannot commit")
+            case .prepared:
+                record.state = .committed
+                ledger.record(record)
+            }
+        }
+    }
+
+    public func rollback(_ branch: BranchRef) async throws {
+        try await apply { ledger in
+            guard var record = ledger.branches[branch] else {
+                // Never prepared (presumed abort): remember the rollback, so that a late
+                // PREPARE for this branch refuses instead of preparing.
+                ledger.record(BranchRecord(gid: branch.gid, branch: branch.branch, operation: "", state: .rolledBack))
+                return
+            }
+            switch record.state {
+            case .rolledBack: return
+            case .committed: throw BusinessError(code: "already_committed", message: "branch \(branch) was already committed; it cannot roll back")
+            case .prepared:
+                record.state = .rolledBack
+                ledger.record(record)
+            }
+        }
+    }
+
+    public func commitOnePhase(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+        let result = result(of: operation)
+        return try await apply { ledger in
+            var record = ledger.branches[branch] ?? BranchRecord(gid: branch.gid, branch: branch.branch, operation: operation, payload: payload, state: .prepared, result: result)
+            switch record.state {
+            case .committed: return record.result
+            case .rolledBack: throw BusinessError(code: "already_rolled_back", message: "branch \(branch) was already rolled back; it cannot commit")
+            case .prepared:
+                try Self.checkVote(payload)
+                record.state = .committed
+                ledger.record(record)
+                return record.result
+            }
+        }
+    }
+
+    public func inDoubt() async throws -> [BranchRef] {
+        ledger.withLock { ledger in ledger.branches.values.filter { $0.state == .prepared }.map(\.ref) }
+    }
+
+    /// Every branch remembered, ordered by gid and branch id.
+    public func branches() -> [BranchRecord] {
+        ledger.withLock { ledger in
+            ledger.branches.values.sorted { ($0.gid, $0.branch) < ($1.gid, $1.branch) }
+        }
+    }
+
+    private func result(of operation: String) -> JSONValue {
+        .object(["operation": .string(operation), "participant": .string(name)])
+    }
+
+    private static func checkVote(_ payload: JSONValue?) throws {
+        if payload?["vote"] == .string("no") {
+            throw BusinessError(code: "voted_no", message: "branch refused by its payload")
+        }
+    }
+
+    /// Runs `change` on the ledger. With a journal the change is made on a copy, which
+    /// replaces the ledger only once the journal holds it durably, so a failed write
+    /// changes nothing; changes are serialized on the journal's queue, which also keeps
+    /// fsync off the concurrency pool's threads.
+    private func apply<R: Sendable>(_ change: @escaping @Sendable (inout Ledger) throws -> R) async throws -> R {
+        guard let journal else {
+            return try ledger.withLock { ledger in try change(&ledger) }
+        }
+        return try await journal.serialize {
+            var copy = self.ledger.withLock { $0 }
+            let version = copy.version
+            let result = try change(&copy)
+            if copy.version != version {
+                try journal.store(copy.journalRecords())
+                self.ledger.withLock { $0 = copy }
+            }
+            return result
+        }
+    }
+}
+
+/// The branches an `InMemoryResourceManager` remembers.
+struct Ledger: Sendable {
+    let retainedDecisions: Int
+    private(set) var branches: [BranchRef: InMemoryResourceManager.BranchRecord] = [:]
+    /// Committed and rolled-back branches, oldest decision first: the first to forget.
+    private var decided = Queue<BranchRef>()
+    /// Counts changes, so that a no-op (a duplicate message) skips the journal.
+    private(set) var version: UInt64 = 0
+
+    init(retainedDecisions: Int) {
+        self.retainedDecisions = retainedDecisions
+    }
+
+    /// Stores a new or changed record, forgetting the oldest decisions beyond the limit.
+    mutating func record(_ record: InMemoryResourceManager.BranchRecord) {
+        version &+= 1
+        branches[record.ref] = record
+        guard record.state != .prepared else { return }
+        decided.append(record.ref)
+        while decided.count > retainedDecisions, let oldest = decided.popFirst() {
+            branches[oldest] = nil
+        }
+    }
+
+    /// Decided records in decision order, then the prepared ones: recording them in
+    /// this order rebuilds the ledger.
+    func journalRecords() -> [InMemoryResourceManager.BranchRecord] {
+        decided.elements.compactMap { branches[$0] } + branches.values.filter { $0.state == .prepared }
+    }
+}
+
+/// A first-in first-out queue with amortized O(1) operations.
+struct Queue<Element: Sendable>: Sendable {
+    private var storage: [Element] = []
+    private var head = 0
+
+    var count: Int { storage.count - head }
+    var elements: ArraySlice<Element> { storage[head...] }
+
+    mutating func append(_ element: Element) {
+        storage.append(element)
+    }
+
+    mutating func popFirst() -> Element? {
+        guard head < storage.count else { return nil }
+        let element = storage[head]
+        head += 1
+        // Reclaim the consumed prefix once it is at least half of the storage.
+        if head >= 1024, head * 2 >= storage.count {
+            storage.removeFirst(head)
+            head = 0
+        }
+        return element
+    }
+}

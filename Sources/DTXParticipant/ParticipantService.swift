@@ -1,0 +1,199 @@
+import DTXAPI
+import DTXClient
+import DTXCore
+import Foundation
+import Logging
+import Synchronization
+
+/// Serves the participant protocol for one `ResourceManager`, keeps the service
+/// registered with the coordinator and resolves its in-doubt branches.
+///
+/// Add the protocol's routes to the service's HTTP router with `addRoutes(to:)`, then
+/// call `run()` once the server is listening.
+public final class ParticipantService: Sendable {
+    public struct Configuration: Sendable {
+        /// Name registered with the coordinator; branches name their participant by it.
+        public var name: String
+        /// Base URL the coordinator calls, e.g. `http://127.0.0.1:8081`.
+        public var advertisedURL: String
+        /// Base URL of dtxd, e.g. `http://127.0.0.1:7070`.
+        public var coordinatorURL: String
+        /// Bearer token for this service's calls to dtxd.
+        public var coordinatorToken: String?
+        /// Bearer token the coordinator must send on its calls to this service; requests
+        /// without it are refused with 401. Registered with the coordinator.
+        public var callbackToken: String?
+        /// Time between heartbeats while registered.
+        public var heartbeatInterval: Duration
+        /// Time between two passes over the in-doubt branches.
+        public var recoveryInterval: Duration
+
+        public init(
+            name: String,
+            advertisedURL: String,
+            coordinatorURL: String,
+            coordinatorToken: String? = nil,
+            callbackToken: String? = nil,
+            heartbeatInterval: Duration = .seconds(5),
+            recoveryInterval: Duration = .seconds(5)
+        ) {
+            self.name = name
+            self.advertisedURL = advertisedURL
+            self.coordinatorURL = coordinatorURL
+            self.coordinatorToken = coordinatorToken
+            self.callbackToken = callbackToken
+            self.heartbeatInterval = heartbeatInterval
+            self.recoveryInterval = recoveryInterval
+        }
+    }
+
+    public let configuration: Configuration
+    let resourceManager: any ResourceManager
+    let logger: Logger
+    private let client: CoordinatorClient
+    private let clientIsShutDown = Mutex(false)
+
+    /// Registration retries back off from this delay, doubling up to `maximumBackoff`.
+    private static let initialBackoff: Duration = .milliseconds(200)
+    private static let maximumBackoff: Duration = .seconds(5)
+
+    /// - Throws: `ClientError.invalidURL` when `coordinatorURL` is not an http(s) URL.
+    public init(configuration: Configuration, resourceManager: some ResourceManager, logger: Logger) throws {
+        self.configuration = configuration
+        self.resourceManager = resourceManager
+        var logger = logger
+        logger[metadataKey: "participant"] = .string(configuration.name)
+        self.logger = logger
+        client = try CoordinatorClient(baseURL: configuration.coordinatorURL, token: configuration.coordinatorToken, timeout: .seconds(10))
+    }
+
+    /// Registers with the coordinator (retrying with capped backoff until it answers),
+    /// then sends a heartbeat every `heartbeatInterval` and resolves in-doubt branches
+    /// right after the first registration and every `recoveryInterval`. A failed
+    /// heartbeat (coordinator down, or restarted and no longer knowing this service)
+    /// makes the next contact a full registration again.
+    ///
+    /// Returns when the task is cancelled, after shutting down the coordinator client.
+    ///
+    /// - Parameter advertisedURL: the URL to register instead of
+    ///   `configuration.advertisedURL`, for a server whose port is known only once bound.
+    public func run(advertisedURL: String? = nil) async throws {
+        let registration = ParticipantRegistration(
+            name: configuration.name,
+            url: advertisedURL ?? configuration.advertisedURL,
+            protocols: [.twoPhaseCommit],
+            token: configuration.callbackToken
+        )
+        let clock = ContinuousClock()
+        var registered = false
+        var failures = 0
+        var nextContact = clock.now
+        var nextRecovery = clock.now
+        while !Task.isCancelled {
+            if clock.now >= nextContact {
+                if await contact(registration, registered: &registered, failures: failures) {
+                    failures = 0
+                    nextContact = clock.now + configuration.heartbeatInterval
+                } else {
+                    failures += 1
+                    nextContact = clock.now + Self.backoff(afterFailures: failures)
+                }
+            }
+            if registered, clock.now >= nextRecovery {
+                await recoverInDoubt()
+                nextRecovery = clock.now + configuration.recoveryInterval
+            }
+            let wake = registered ? min(nextContact, nextRecovery) : nextContact
+            try? await Task.sleep(until: wake, clock: clock)
+        }
+        try await shutdown()
+    }
+
+    /// Shuts down the connection pool to the coordinator. `run()` does this when it
+    /// returns; call it yourself when you never call `run()`. Calling it again does nothing.
+    public func shutdown() async throws {
+        let alreadyShutDown = clientIsShutDown.withLock { done in
+            defer { done = true }
+            return done
+        }
+        if !alreadyShutDown { try await client.shutdown() }
+    }
+
+    /// Asks the coordinator for the outcome of every in-doubt branch and commits or rolls
+    /// back those that are decided; branches whose transaction is still pending stay
+    /// prepared. Returns how many branches it resolved.
+    @discardableResult
+    public func recoverInDoubt() async -> Int {
+        let branches: [BranchRef]
+        do {
+            branches = try await resourceManager.inDoubt()
+        } catch {
+            logger.error("cannot list in-doubt branches", metadata: ["error": "\(error)"])
+            return 0
+        }
+        var resolved = 0
+        for ref in branches {
+            let metadata: Logger.Metadata = ["gid": .string(ref.gid), "branch": .stringConvertible(ref.branch)]
+            do {
+                switch try await client.outcome(gid: ref.gid, branch: ref.branch) {
+                case "committed":
+                    try await resourceManager.commit(ref)
+                    resolved += 1
+                    logger.info("committed in-doubt branch", metadata: metadata)
+                case "aborted":
+                    try await resourceManager.rollback(ref)
+                    resolved += 1
+                    logger.info("rolled back in-doubt branch", metadata: metadata)
+                case "pending":
+                    logger.debug("in-doubt branch still pending", metadata: metadata)
+                case let other:
+                    logger.warning("coordinator gave an unknown outcome for an in-doubt branch", metadata: metadata.merging(["outcome": .string(other)]) { $1 })
+                }
+            } catch let error as ClientError where error.status == nil {
+                // The coordinator is unreachable: asking about the other branches would
+                // only wait for the same timeout again. The next pass retries them.
+                logger.warning("cannot ask the coordinator about in-doubt branches", metadata: ["error": "\(error)", "inDoubt": .stringConvertible(branches.count)])
+                break
+            } catch {
+                logger.warning("cannot resolve in-doubt branch", metadata: metadata.merging(["error": "\(error)"]) { $1 })
+            }
+        }
+        if resolved > 0 {
+            logger.info("in-doubt recovery pass", metadata: ["inDoubt": .stringConvertible(branches.count), "resolved": .stringConvertible(resolved)])
+        }
+        return resolved
+    }
+
+    /// One register (when not registered) or heartbeat; true when the coordinator
+    /// accepted it.
+    private func contact(_ registration: ParticipantRegistration, registered: inout Bool, failures: Int) async -> Bool {
+        do {
+            if registered {
+                try await client.heartbeat(registration.name)
+            } else {
+                try await client.register(registration)
+                registered = true
+                logger.info("registered with the coordinator", metadata: ["coordinator": .string(client.baseURL), "url": .string(registration.url)])
+            }
+            return true
+        } catch {
+            // A cancelled call is the service stopping, not the coordinator failing.
+            if Task.isCancelled { return false }
+            let metadata: Logger.Metadata = ["coordinator": .string(client.baseURL), "error": "\(error)"]
+            if registered {
+                registered = false
+                logger.warning("heartbeat failed; will register again", metadata: metadata)
+            } else if failures == 0 {
+                logger.warning("cannot register with the coordinator; retrying", metadata: metadata)
+            } else {
+                logger.debug("cannot register with the coordinator; retrying", metadata: metadata)
+            }
+            return false
+        }
+    }
+
+    private static func backoff(afterFailures failures: Int) -> Duration {
+        let doublings = min(failures - 1, 16)
+        return min(initialBackoff * (1 << doublings), maximumBackoff)
+    }
+}

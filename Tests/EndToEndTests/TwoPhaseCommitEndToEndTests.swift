@@ -1,0 +1,176 @@
+import DTXAPI
+import DTXClient
+import DTXCore
+import Foundation
+import Testing
+
+/// 2PC with a real dtxd and real participant processes, killed with SIGKILL at failpoints.
+@Suite(.serialized) struct TwoPhaseCommitEndToEndTests {
+    private func transfer(_ gid: String, _ names: [String], payloads: [JSONValue?] = [], wait: Bool = true) -> TransactionSubmission {
+        TransactionSubmission(
+            gid: gid, protocol: .twoPhaseCommit,
+            branches: names.enumerated().map { BranchSpec(participant: $0.element, operation: "op\($0.offset)", payload: payloads.indices.contains($0.offset) ? payloads[$0.offset] : nil) },
+            timeout: 10, wait: wait
+        )
+    }
+
+    @Test func allYesCommitsEverywhereAndResubmissionIsIdempotent() async throws {
+        let cluster = try Cluster("e2e-commit")
+        defer { Task { await cluster.shutdown() } }
+        try await cluster.startDaemon()
+        for name in ["a", "b", "c"] { try await cluster.startParticipant(name) }
+
+        let submission = transfer("t-commit", ["a", "b", "c"])
+        let view = try await cluster.client.submit(submission)
+        #expect(view.status == "committed")
+        #expect(view.decision == .commit)
+        #expect(view.branches.map(\.state) == ["committed", "committed", "committed"])
+        #expect(view.branches.allSatisfy { $0.result?["operation"] != nil })
+        #expect(try await cluster.all(["a", "b", "c"], gid: "t-commit", are: "committed", expected: 3))
+
+        // The same gid and spec again: the same transaction, 200 instead of 201, nothing re-run.
+        let again = try await http("POST", cluster.url + "/v1/transactions", body: String(decoding: try JSONEncoder().encode(submission), as: UTF8.self))
+        #expect(again.status == 200)
+        #expect((again.json as? [String: Any])?["status"] as? String == "committed")
+        // The same gid with another spec is a conflict.
+        let other = try await http("POST", cluster.url + "/v1/transactions", body: #"{"gid":"t-commit","protocol":"2pc","branches":[{"participant":"a","operation":"other"}]}"#)
+        #expect(other.status == 409)
+        #expect(other.errorCode == "gid_conflict")
+        #expect(try await cluster.client.outcome(gid: "t-commit", branch: 1) == "committed")
+        #expect(try await cluster.client.outcome(gid: "never-seen") == "aborted")
+    }
+
+    @Test func oneNoVoteRollsBackEverywhere() async throws {
+        let cluster = try Cluster("e2e-no")
+        defer { Task { await cluster.shutdown() } }
+        try await cluster.startDaemon()
+        for name in ["a", "b", "c"] { try await cluster.startParticipant(name) }
+
+        let view = try await cluster.client.submit(transfer("t-no", ["a", "b", "c"], payloads: [nil, .object(["vote": .string("no")]), nil]))
+        #expect(view.decision == .abort)
+        #expect(view.branches[1].state == "voted_no")
+        #expect(view.error != nil)
+        #expect(view.branches[1].result?["error"] != nil)
+        // Every branch that prepared is rolled back; the refusing one never prepared.
+        #expect(try await eventually { try await cluster.all(["a", "c"], gid: "t-no", are: "rolled_back", expected: 2) })
+        #expect(try await cluster.branchStates("b", gid: "t-no").values.allSatisfy { $0 == "rolled_back" })
+        #expect(try await eventually { try await cluster.client.transaction("t-no").status == "aborted" })
+    }
+
+    @Test func aParticipantUnreachableInPhaseOneAbortsAndIsRolledBackWhenItReturns() async throws {
+        let cluster = try Cluster("e2e-unreachable")
+        defer { Task { await cluster.shutdown() } }
+        try await cluster.startDaemon()
+        for name in ["a", "b"] { try await cluster.startParticipant(name) }
+        try await cluster.killParticipant("b")
+
+        let view = try await cluster.client.submit(transfer("t-unreachable", ["a", "b"]))
+        #expect(view.decision == .abort)
+        #expect(try await eventually { try await cluster.all(["a"], gid: "t-unreachable", are: "rolled_back", expected: 1) })
+        // b may have prepared before it died, so the coordinator keeps sending ROLLBACK until it answers.
+        try await cluster.startParticipant("b")
+        #expect(try await eventually(seconds: 40) { try await cluster.client.transaction("t-unreachable").status == "aborted" })
+        #expect(try await cluster.branchStates("b", gid: "t-unreachable").values.allSatisfy { $0 == "rolled_back" })
+    }
+
+    @Test func aParticipantDownInPhaseTwoIsRetriedAndCommitsWhenItReturns() async throws {
+        let cluster = try Cluster("e2e-phase-two")
+        defer { Task { await cluster.shutdown() } }
+        try await cluster.startDaemon()
+        try await cluster.startParticipant("a")
+        try await cluster.startParticipant("b", failpoints: "commit=crash")
+
+        _ = try await cluster.client.submit(transfer("t-phase-two", ["a", "b"]))
+        #expect(try await eventually { try await cluster.client.transaction("t-phase-two").branches[1].attempts >= 2 })
+        let stalled = try await cluster.client.transaction("t-phase-two")
+        #expect(stalled.status == "committing")
+        #expect(stalled.decision == .commit)
+        #expect(stalled.branches[0].state == "committed")
+        #expect(try await cluster.client.outcome(gid: "t-phase-two", branch: 1) == "committed")
+
+        // b comes back (prepared, from its journal) and is committed, by the coordinator's
+        // retry or by its own in-doubt recovery, whichever comes first.
+        try await cluster.startParticipant("b")
+        #expect(try await eventually(seconds: 40) { try await cluster.client.transaction("t-phase-two").status == "committed" })
+        #expect(try await cluster.all(["a", "b"], gid: "t-phase-two", are: "committed", expected: 2))
+    }
+
+    @Test func dtxdKilledAfterTheCommitDecisionCommitsEverywhereAfterRestart() async throws {
+        let cluster = try Cluster("e2e-kill-after")
+        defer { Task { await cluster.shutdown() } }
+        try await cluster.startDaemon(failpoints: "after-commit-decision")
+        for name in ["a", "b"] { try await cluster.startParticipant(name) }
+
+        _ = try? await cluster.client.submit(transfer("t-kill-after", ["a", "b"]))
+        #expect(try await cluster.daemon?.waitForExit() == SIGKILL)
+        // Both voted yes and nobody has been told: in doubt.
+        #expect(try await cluster.all(["a", "b"], gid: "t-kill-after", are: "prepared", expected: 2))
+
+        try await cluster.startDaemon()
+        #expect(try await eventually(seconds: 30) { try await cluster.all(["a", "b"], gid: "t-kill-after", are: "committed", expected: 2) })
+        #expect(try await eventually { try await cluster.client.transaction("t-kill-after").status == "committed" })
+    }
+
+    @Test func dtxdKilledBeforeTheDecisionAbortsEverywhereAfterRestart() async throws {
+        let cluster = try Cluster("e2e-kill-before")
+        defer { Task { await cluster.shutdown() } }
+        try await cluster.startDaemon(failpoints: "before-commit-decision")
+        for name in ["a", "b"] { try await cluster.startParticipant(name) }
+
+        _ = try? await cluster.client.submit(transfer("t-kill-before", ["a", "b"]))
+        #expect(try await cluster.daemon?.waitForExit() == SIGKILL)
+        #expect(try await cluster.all(["a", "b"], gid: "t-kill-before", are: "prepared", expected: 2))
+
+        try await cluster.startDaemon()
+        #expect(try await eventually(seconds: 30) { try await cluster.all(["a", "b"], gid: "t-kill-before", are: "rolled_back", expected: 2) })
+        #expect(try await eventually { try await cluster.client.transaction("t-kill-before").status == "aborted" })
+    }
+
+    @Test func aParticipantKilledAfterVotingYesLearnsTheOutcomeAfterRestart() async throws {
+        let cluster = try Cluster("e2e-participant-crash")
+        defer { Task { await cluster.shutdown() } }
+        try await cluster.startDaemon()
+        try await cluster.startParticipant("a", failpoints: "before-commit=crash")
+        try await cluster.startParticipant("b")
+
+        _ = try await cluster.client.submit(transfer("t-crash", ["a", "b"], wait: false))
+        #expect(try await cluster.participants["a"]?.waitForExit() == SIGKILL)
+        // Restarted from its journal, a holds a prepared branch and asks the coordinator.
+        try await cluster.startParticipant("a")
+        #expect(try await eventually(seconds: 40) { try await cluster.all(["a", "b"], gid: "t-crash", are: "committed", expected: 2) })
+        #expect(try await eventually { try await cluster.client.transaction("t-crash").status == "committed" })
+    }
+
+    @Test func interactiveTransactionsCommitWhatServicesEnlisted() async throws {
+        let cluster = try Cluster("e2e-interactive")
+        defer { Task { await cluster.shutdown() } }
+        try await cluster.startDaemon()
+        for name in ["a", "b"] { try await cluster.startParticipant(name) }
+
+        let begun = try await cluster.client.submit(TransactionSubmission(gid: "t-xa", protocol: .twoPhaseCommit, timeout: 30, interactive: true))
+        #expect(begun.status == "active")
+        // The application has each service do and prepare its work, and each enlists it.
+        for (index, name) in ["a", "b"].enumerated() {
+            let prepared = try await http("POST", cluster.participantURLs[name]! + "/dtx/2pc/prepare", body: #"{"gid":"t-xa","branch":\#(index),"operation":"reserve"}"#)
+            #expect(prepared.status == 200)
+            let enlisted = try await cluster.client.enlist(gid: "t-xa", EnlistRequest(participant: name, operation: "reserve"))
+            #expect(enlisted.branch == index)
+        }
+        let committed = try await cluster.client.commit(gid: "t-xa", wait: true)
+        #expect(committed.status == "committed")
+        #expect(try await cluster.all(["a", "b"], gid: "t-xa", are: "committed", expected: 2))
+
+        // Enlisting after the commit, or aborting a committed transaction, is refused and changes nothing.
+        await #expect(throws: ClientError.self) { try await cluster.client.enlist(gid: "t-xa", EnlistRequest(participant: "a", operation: "late")) }
+        await #expect(throws: ClientError.self) { try await cluster.client.abort(gid: "t-xa", reason: "too late") }
+        #expect(try await cluster.client.transaction("t-xa").status == "committed")
+
+        // An interactive transaction the application aborts rolls back what was enlisted.
+        _ = try await cluster.client.submit(TransactionSubmission(gid: "t-xa-2", protocol: .twoPhaseCommit, timeout: 30, interactive: true))
+        _ = try await http("POST", cluster.participantURLs["a"]! + "/dtx/2pc/prepare", body: #"{"gid":"t-xa-2","branch":0,"operation":"reserve"}"#)
+        _ = try await cluster.client.enlist(gid: "t-xa-2", EnlistRequest(participant: "a", operation: "reserve"))
+        let aborted = try await cluster.client.abort(gid: "t-xa-2", reason: "customer cancelled", wait: true)
+        #expect(aborted.decision == .abort)
+        #expect(try await eventually { try await cluster.all(["a"], gid: "t-xa-2", are: "rolled_back", expected: 1) })
+    }
+}
