@@ -61,6 +61,8 @@ public final class CoordinatorClient: Sendable {
         } else {
             var configuration = HTTPClient.Configuration()
             configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 128
+            // A refused connection is retried until this passes: keep "cannot reach" quick.
+            configuration.timeout.connect = .seconds(1)
             http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
             ownsHTTPClient = true
         }

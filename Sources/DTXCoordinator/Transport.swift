@@ -34,7 +34,7 @@ public final class HTTPTransport: Transport {
     public init(requestTimeout: Duration = .seconds(10), connectionsPerParticipant: Int = 256) {
         var configuration = HTTPClient.Configuration()
         configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = connectionsPerParticipant
-        configuration.timeout.connect = .seconds(2)
+        configuration.timeout.connect = .seconds(1)
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
         let (seconds, attoseconds) = requestTimeout.components
         timeout = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)

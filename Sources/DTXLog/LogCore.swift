@@ -47,6 +47,8 @@ final class LogCore: @unchecked Sendable {
 
     let directory: String
     private let segmentSize: Int
+    private let groupCommitDelayNanos: UInt64
+    private let groupCommitTarget: Int
     private let directoryLock: DirectoryLock
     private let lock = ConditionLock()
 
@@ -77,6 +79,9 @@ final class LogCore: @unchecked Sendable {
     init(directory: String, configuration: WriteAheadLog.Configuration, lock: DirectoryLock, tail: Tail) {
         self.directory = directory
         self.segmentSize = configuration.segmentSize
+        let (seconds, attoseconds) = configuration.groupCommitDelay.components
+        self.groupCommitDelayNanos = UInt64(max(0, seconds * 1_000_000_000 + attoseconds / 1_000_000_000))
+        self.groupCommitTarget = max(1, configuration.groupCommitTarget)
         self.directoryLock = lock
         self.lsnCounter = tail.nextLSN
         self.tailSequence = tail.sequence
@@ -238,6 +243,10 @@ final class LogCore: @unchecked Sendable {
     private func runFlusher() {
         lock.lock()
         var lazyWaited = false
+        /// Forced appends the previous sync covered: more than one means concurrency.
+        var previousGroup = 0
+        /// When the current sync was first wanted (0: not yet), for the group commit window.
+        var syncWantedAt: UInt64 = 0
         while true {
             if !jobs.isEmpty {
                 let batch = jobs
@@ -255,6 +264,15 @@ final class LogCore: @unchecked Sendable {
                 continue
             }
             let mustSync = syncRequestedTicket > durableTicket
+            if mustSync && state == .open && groupCommitDelayNanos > 0 && previousGroup > 1 && waiters.count < groupCommitTarget {
+                let now = System.monotonicNanoseconds()
+                if syncWantedAt == 0 { syncWantedAt = now }
+                let elapsed = now - syncWantedAt
+                if elapsed < groupCommitDelayNanos {
+                    lock.wait(nanoseconds: Int(groupCommitDelayNanos - elapsed))
+                    continue
+                }
+            }
             if !mustSync && state == .open {
                 if pending.isEmpty {
                     lazyWaited = false
@@ -316,6 +334,8 @@ final class LogCore: @unchecked Sendable {
                 // Sync waiters carry LSN 0; only forced appends count as the group.
                 let group = resumed.reduce(0) { $0 + ($1.lsn != 0 ? 1 : 0) }
                 stats.largestGroupSize = max(stats.largestGroupSize, group)
+                previousGroup = group
+                syncWantedAt = 0
             }
             if !resumed.isEmpty {
                 let error = failure

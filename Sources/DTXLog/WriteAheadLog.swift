@@ -15,8 +15,18 @@ public final class WriteAheadLog: Sendable {
         /// Size each new segment is preallocated to.
         public var segmentSize: Int
 
-        public init(segmentSize: Int = 64 << 20) {
+        /// Group commit window: when the previous sync covered more than one forced
+        /// append (there is concurrency), the flusher waits up to this long for more
+        /// forced appends before it syncs, so that one fdatasync covers more of them.
+        /// Zero syncs at once. A lone committer never waits.
+        public var groupCommitDelay: Duration
+        /// The window closes early once this many appends wait for the sync.
+        public var groupCommitTarget: Int
+
+        public init(segmentSize: Int = 64 << 20, groupCommitDelay: Duration = .zero, groupCommitTarget: Int = 64) {
             self.segmentSize = segmentSize
+            self.groupCommitDelay = groupCommitDelay
+            self.groupCommitTarget = groupCommitTarget
         }
 
         /// The largest payload a record can carry with this segment size.

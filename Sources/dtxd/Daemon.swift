@@ -5,6 +5,8 @@ import DTXServer
 import Foundation
 import Logging
 import Metrics
+import NIOCore
+import NIOPosix
 import Prometheus
 import ServiceLifecycle
 
@@ -51,11 +53,21 @@ struct Daemon: AsyncParsableCommand {
     @Option(name: .customLong("checkpoint-interval"), help: "Seconds between log checkpoints. (env DTXD_CHECKPOINT_INTERVAL, default 30)")
     var checkpointInterval: Double?
 
+    @Option(name: .customLong("group-commit-delay"), help: "Milliseconds a forced log write may wait for others to share its fdatasync, when others are committing too (0 turns it off). (env DTXD_GROUP_COMMIT_DELAY_MS, default 4)")
+    var groupCommitDelayMS: Double?
+
     @Option(name: .customLong("history"), help: "Finished transactions kept for queries and idempotent resubmission. (env DTXD_HISTORY, default 10000)")
     var history: Int?
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (env DTXD_LOG_LEVEL, default info)")
     var logLevel: String?
+
+    /// Swift concurrency runs on NIO's event loops: a transaction's tasks and its HTTP
+    /// calls then share threads instead of hopping between two pools.
+    static func main() async {
+        NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+        await main(nil)
+    }
 
     func run() async throws {
         let env = ProcessInfo.processInfo.environment
@@ -86,6 +98,7 @@ struct Daemon: AsyncParsableCommand {
         let timeoutSeconds = try number(defaultTimeout, "DTXD_DEFAULT_TIMEOUT", 30, { $0 > 0 && $0 <= 3600 }, "seconds above 0, at most 3600")
         let requestSeconds = try number(requestTimeout, "DTXD_REQUEST_TIMEOUT", 10, { $0 > 0 && $0 <= 600 }, "seconds above 0, at most 600")
         let checkpointSeconds = try number(checkpointInterval, "DTXD_CHECKPOINT_INTERVAL", 30, { $0 >= 1 && $0 <= 86400 }, "seconds from 1 to 86400")
+        let groupCommitMS = try number(groupCommitDelayMS, "DTXD_GROUP_COMMIT_DELAY_MS", 4, { $0 >= 0 && $0 <= 100 }, "milliseconds from 0 to 100")
         let historyLimit = try number(history, "DTXD_HISTORY", 10_000, { (0...10_000_000).contains($0) }, "a whole number from 0 to 10000000")
         let bearer = token ?? env["DTXD_TOKEN"]
         var server = ServerConfiguration(host: host, port: port, token: bearer, maxBodySize: bodyKB << 10)
@@ -115,7 +128,7 @@ struct Daemon: AsyncParsableCommand {
         let log: WriteAheadLog
         let coordinator: Coordinator
         do {
-            let opened = try WriteAheadLog.open(directory: directory, configuration: .init(segmentSize: segmentMB << 20))
+            let opened = try WriteAheadLog.open(directory: directory, configuration: .init(segmentSize: segmentMB << 20, groupCommitDelay: .microseconds(Int64(groupCommitMS * 1000))))
             log = opened.log
             if let torn = opened.recovery.truncatedTail {
                 logger.notice("truncated a torn log tail", metadata: ["file": "\(torn.file)", "offset": "\(torn.offset)"])

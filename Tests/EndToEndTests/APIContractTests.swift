@@ -22,7 +22,7 @@ import Testing
 
     @Test func badInputGetsAJSONErrorAndChangesNothing() async throws {
         let cluster = try Cluster("e2e-bad-input")
-        defer { Task { await cluster.shutdown() } }
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
         try await cluster.startDaemon(arguments: ["--max-body-size", "16"])
         try await cluster.startParticipant("a")
         _ = try await cluster.client.submit(TransactionSubmission(gid: "done", branches: [.init(participant: "a", operation: "x"), .init(participant: "a", operation: "y"), ], wait: true))
@@ -71,7 +71,7 @@ import Testing
 
     @Test func aTokenIsRequiredWhenConfigured() async throws {
         let cluster = try Cluster("e2e-token")
-        defer { Task { await cluster.shutdown() } }
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
         try await cluster.startDaemon(arguments: ["--token", "s3cret"])
         let denied = try await http("GET", cluster.url + "/v1/participants")
         #expect(denied.status == 401)
@@ -87,7 +87,7 @@ import Testing
 
     @Test func answersMatchTheOpenAPIDocument() async throws {
         let cluster = try Cluster("e2e-contract")
-        defer { Task { await cluster.shutdown() } }
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
         try await cluster.startDaemon()
         for name in ["a", "b"] { try await cluster.startParticipant(name) }
         let u = cluster.url

@@ -147,9 +147,14 @@ final class Cluster: @unchecked Sendable {
         return seen == expected
     }
 
-    func shutdown() async {
+    /// Kills every process at once (a test's `defer`: nothing may outlive the test).
+    func stopProcesses() {
         for child in participants.values where child.process.isRunning { child.kill(SIGKILL) }
         if let daemon, daemon.process.isRunning { daemon.kill(SIGKILL) }
+    }
+
+    func shutdown() async {
+        stopProcesses()
         for child in Array(participants.values) + [daemon].compactMap({ $0 }) { _ = try? await child.waitForExit() }
         try? await client.shutdown()
         try? FileManager.default.removeItem(atPath: directory)

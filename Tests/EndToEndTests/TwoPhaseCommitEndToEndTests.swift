@@ -16,7 +16,7 @@ import Testing
 
     @Test func allYesCommitsEverywhereAndResubmissionIsIdempotent() async throws {
         let cluster = try Cluster("e2e-commit")
-        defer { Task { await cluster.shutdown() } }
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
         try await cluster.startDaemon()
         for name in ["a", "b", "c"] { try await cluster.startParticipant(name) }
 
@@ -42,7 +42,7 @@ import Testing
 
     @Test func oneNoVoteRollsBackEverywhere() async throws {
         let cluster = try Cluster("e2e-no")
-        defer { Task { await cluster.shutdown() } }
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
         try await cluster.startDaemon()
         for name in ["a", "b", "c"] { try await cluster.startParticipant(name) }
 
@@ -59,7 +59,7 @@ import Testing
 
     @Test func aParticipantUnreachableInPhaseOneAbortsAndIsRolledBackWhenItReturns() async throws {
         let cluster = try Cluster("e2e-unreachable")
-        defer { Task { await cluster.shutdown() } }
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
         try await cluster.startDaemon()
         for name in ["a", "b"] { try await cluster.startParticipant(name) }
         try await cluster.killParticipant("b")
@@ -75,7 +75,7 @@ import Testing
 
     @Test func aParticipantDownInPhaseTwoIsRetriedAndCommitsWhenItReturns() async throws {
         let cluster = try Cluster("e2e-phase-two")
-        defer { Task { await cluster.shutdown() } }
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
         try await cluster.startDaemon()
         try await cluster.startParticipant("a")
         try await cluster.startParticipant("b", failpoints: "commit=crash")
@@ -97,7 +97,7 @@ import Testing
 
     @Test func dtxdKilledAfterTheCommitDecisionCommitsEverywhereAfterRestart() async throws {
         let cluster = try Cluster("e2e-kill-after")
-        defer { Task { await cluster.shutdown() } }
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
         try await cluster.startDaemon(failpoints: "after-commit-decision")
         for name in ["a", "b"] { try await cluster.startParticipant(name) }
 
@@ -113,7 +113,7 @@ import Testing
 
     @Test func dtxdKilledBeforeTheDecisionAbortsEverywhereAfterRestart() async throws {
         let cluster = try Cluster("e2e-kill-before")
-        defer { Task { await cluster.shutdown() } }
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
         try await cluster.startDaemon(failpoints: "before-commit-decision")
         for name in ["a", "b"] { try await cluster.startParticipant(name) }
 
@@ -128,7 +128,7 @@ import Testing
 
     @Test func aParticipantKilledAfterVotingYesLearnsTheOutcomeAfterRestart() async throws {
         let cluster = try Cluster("e2e-participant-crash")
-        defer { Task { await cluster.shutdown() } }
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
         try await cluster.startDaemon()
         try await cluster.startParticipant("a", failpoints: "before-commit=crash")
         try await cluster.startParticipant("b")
@@ -143,7 +143,7 @@ import Testing
 
     @Test func interactiveTransactionsCommitWhatServicesEnlisted() async throws {
         let cluster = try Cluster("e2e-interactive")
-        defer { Task { await cluster.shutdown() } }
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
         try await cluster.startDaemon()
         for name in ["a", "b"] { try await cluster.startParticipant(name) }
 
