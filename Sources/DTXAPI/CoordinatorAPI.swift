@@ -212,8 +212,9 @@ public struct OutcomeAnswer: Codable, Sendable, Equatable {
     }
 }
 
-/// `POST /v1/transactions/{gid}/branches`: a service enlists a branch it has prepared
-/// in an interactive transaction.
+/// `POST /v1/transactions/{gid}/branches`: a service enlists its branch of an
+/// interactive transaction, then prepares its work under the branch id it gets back,
+/// then answers the application, which commits only once every service has answered.
 public struct EnlistRequest: Codable, Sendable, Equatable {
     public var participant: String
     public var operation: String

@@ -149,12 +149,12 @@ import Testing
 
         let begun = try await cluster.client.submit(TransactionSubmission(gid: "t-xa", protocol: .twoPhaseCommit, timeout: 30, interactive: true))
         #expect(begun.status == "active")
-        // The application has each service do and prepare its work, and each enlists it.
+        // Each service enlists its branch, then prepares its work under the branch id it got.
         for (index, name) in ["a", "b"].enumerated() {
-            let prepared = try await http("POST", cluster.participantURLs[name]! + "/dtx/2pc/prepare", body: #"{"gid":"t-xa","branch":\#(index),"operation":"reserve"}"#)
-            #expect(prepared.status == 200)
             let enlisted = try await cluster.client.enlist(gid: "t-xa", EnlistRequest(participant: name, operation: "reserve"))
             #expect(enlisted.branch == index)
+            let prepared = try await http("POST", cluster.participantURLs[name]! + "/dtx/2pc/prepare", body: #"{"gid":"t-xa","branch":\#(enlisted.branch),"operation":"reserve"}"#)
+            #expect(prepared.status == 200)
         }
         let committed = try await cluster.client.commit(gid: "t-xa", wait: true)
         #expect(committed.status == "committed")
@@ -167,8 +167,8 @@ import Testing
 
         // An interactive transaction the application aborts rolls back what was enlisted.
         _ = try await cluster.client.submit(TransactionSubmission(gid: "t-xa-2", protocol: .twoPhaseCommit, timeout: 30, interactive: true))
-        _ = try await http("POST", cluster.participantURLs["a"]! + "/dtx/2pc/prepare", body: #"{"gid":"t-xa-2","branch":0,"operation":"reserve"}"#)
-        _ = try await cluster.client.enlist(gid: "t-xa-2", EnlistRequest(participant: "a", operation: "reserve"))
+        let second = try await cluster.client.enlist(gid: "t-xa-2", EnlistRequest(participant: "a", operation: "reserve"))
+        _ = try await http("POST", cluster.participantURLs["a"]! + "/dtx/2pc/prepare", body: #"{"gid":"t-xa-2","branch":\#(second.branch),"operation":"reserve"}"#)
         let aborted = try await cluster.client.abort(gid: "t-xa-2", reason: "customer cancelled", wait: true)
         #expect(aborted.decision == .abort)
         #expect(try await eventually { try await cluster.all(["a"], gid: "t-xa-2", are: "rolled_back", expected: 1) })
