@@ -136,6 +136,7 @@ let package = Package(
 
         .target(name: "DTXTestSupport", path: "Tests/DTXTestSupport"),
         .testTarget(name: "DTXCoreTests", dependencies: ["DTXCore"]),
+        .testTarget(name: "DTXAPITests", dependencies: ["DTXAPI", "DTXCore"]),
         .testTarget(name: "DTXLogTests", dependencies: ["DTXLog", "DTXTestSupport"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CSQLite", "CLibPQ"]),
         .testTarget(

@@ -225,7 +225,7 @@ public final class Coordinator: Sendable {
             if submission.wait == true { await existing.waitForOutcome(decisionLimit: timeout + .seconds(30), phaseTwoLimit: configuration.phaseTwoWait) }
             return (existing.view(), false)
         }
-        driver.start(with: interactive ? .open : .start)
+        await driver.start(with: interactive ? .open : .start)
         if submission.wait == true, !interactive { await driver.waitForOutcome(decisionLimit: timeout + .seconds(30), phaseTwoLimit: configuration.phaseTwoWait) }
         return (driver.view(), true)
     }

@@ -31,7 +31,7 @@ protocol TransactionDriving: AnyObject, Sendable {
     var createdAt: Date { get }
     var spec: SubmittedSpec { get }
     var isFinished: Bool { get }
-    func start(with event: CommonEvent)
+    func start(with event: CommonEvent) async
     func request(_ event: CommonEvent) async -> RequestResult
     func waitForOutcome(decisionLimit: Duration, phaseTwoLimit: Duration) async
     func view() -> TransactionView
@@ -59,7 +59,32 @@ struct SubmittedSpec: Sendable, Equatable {
 final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriving {
     private enum Input: Sendable {
         case own(Machine.Event)
-        case common(CommonEvent, CheckedContinuation<RequestResult, Never>?)
+        case common(CommonEvent, Reply?)
+    }
+
+    /// The answer to a request, set by whichever task processes it.
+    private final class Reply: Sendable {
+        private let slot = Mutex<(result: RequestResult?, waiter: CheckedContinuation<RequestResult, Never>?)>((nil, nil))
+
+        func set(_ result: RequestResult) {
+            let waiter = slot.withLock { s -> CheckedContinuation<RequestResult, Never>? in
+                s.result = result
+                defer { s.waiter = nil }
+                return s.waiter
+            }
+            waiter?.resume(returning: result)
+        }
+
+        func value() async -> RequestResult {
+            await withCheckedContinuation { waiter in
+                let ready = slot.withLock { s -> RequestResult? in
+                    if let result = s.result { return result }
+                    s.waiter = waiter
+                    return nil
+                }
+                if let ready { waiter.resume(returning: ready) }
+            }
+        }
     }
 
     private struct State: Sendable {
@@ -77,6 +102,9 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         var timers: [TimerID: Task<Void, Never>] = [:]
         var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
         var nextWaiter: UInt64 = 0
+        /// Events not yet processed, and whether a task is processing them.
+        var queue: [Input] = []
+        var draining = false
     }
 
     static var timelineLimit: Int { 64 }
@@ -91,8 +119,6 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     private let context: EngineContext
     private let onFinish: @Sendable (GlobalTransactionID) -> Void
     private let state: Mutex<State>
-    private let inputs: AsyncStream<Input>.Continuation
-    private let stream: AsyncStream<Input>
 
     init(machine: Machine, proto: TransactionProtocol, sequence: UInt64, createdAt: Date, spec: SubmittedSpec, timeout: Duration,
          context: EngineContext, onFinish: @escaping @Sendable (GlobalTransactionID) -> Void) {
@@ -105,67 +131,78 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         self.context = context
         self.onFinish = onFinish
         state = Mutex(State(machine: machine, updatedAt: createdAt))
-        (stream, inputs) = AsyncStream.makeStream(of: Input.self)
     }
 
     var isFinished: Bool { state.withLock { $0.finished } }
 
-    /// Starts the event loop and feeds the first event (`start`/`open`).
-    func start(with event: CommonEvent) {
+    /// Feeds the first event (`start`/`open`).
+    func start(with event: CommonEvent) async {
         note(event == .open ? "opened" : "submitted")
-        launch()
-        inputs.yield(.common(event, nil))
+        await enqueue(.common(event, nil))
     }
 
-    /// Starts the event loop of a transaction rebuilt from the log.
+    /// Resumes a transaction rebuilt from the log.
     func resume(with event: Machine.Event) {
         note("recovered from the log")
-        launch()
-        inputs.yield(.own(event))
-    }
-
-    private func launch() {
-        Task { await self.run() }
+        Task { await self.enqueue(.own(event)) }
     }
 
     func request(_ event: CommonEvent) async -> RequestResult {
-        await withCheckedContinuation { reply in
-            if case .terminated = inputs.yield(.common(event, reply)) {
-                let status = state.withLock { $0.machine.status }
-                reply.resume(returning: .rejected("the transaction is \(status.rawValue)"))
-            }
-        }
+        let reply = Reply()
+        await enqueue(.common(event, reply))
+        return await reply.value()
     }
 
-    private func post(_ event: CommonEvent) {
-        inputs.yield(.common(event, nil))
+    private func post(_ event: CommonEvent) async {
+        await enqueue(.common(event, nil))
     }
 
     // MARK: The loop
 
-    private func run() async {
-        for await input in stream {
-            let (actions, branches, rejection): ([TransactionAction], [Branch], String?) = state.withLock { s in
-                guard !s.halted else { return ([], [], "the coordinator's log failed; the transaction resumes after a restart") }
-                let event: Machine.Event
-                switch input {
-                case .own(let own):
-                    event = own
-                case .common(let common, _):
-                    if let why = s.machine.rejection(of: common) { return ([], [], why) }
-                    record(common, in: &s)
-                    guard let own = Machine.translate(common) else { return ([], [], nil) }
-                    event = own
-                }
-                let actions = s.machine.handle(event)
-                if !actions.isEmpty { s.updatedAt = Date() }
-                return (actions, s.machine.branches, nil)
-            }
-            if case .common(_, let reply?) = input {
-                reply.resume(returning: rejection.map { .rejected($0) } ?? .accepted(branchCount: branches.count))
-            }
-            await perform(actions, branches: branches)
+    /// Events are processed one at a time, in arrival order, by whichever task finds
+    /// nobody processing: no task of its own, no hop per event. A task that arrives
+    /// while another drains leaves its event in the queue and returns.
+    private func enqueue(_ input: Input) async {
+        let drain = state.withLock { s -> Bool in
+            s.queue.append(input)
+            guard !s.draining else { return false }
+            s.draining = true
+            return true
         }
+        guard drain else { return }
+        while let next = state.withLock({ s -> Input? in
+            guard !s.queue.isEmpty else {
+                s.draining = false
+                return nil
+            }
+            return s.queue.removeFirst()
+        }) {
+            await process(next)
+        }
+    }
+
+    private func process(_ input: Input) async {
+        let (actions, branches, rejection): ([TransactionAction], [Branch], String?) = state.withLock { s in
+            guard !s.halted else { return ([], [], "the coordinator's log failed or it is shutting down; the transaction resumes after a restart") }
+            guard !s.finished else { return ([], [], "the transaction is \(s.machine.status.rawValue)") }
+            let event: Machine.Event
+            switch input {
+            case .own(let own):
+                event = own
+            case .common(let common, _):
+                if let why = s.machine.rejection(of: common) { return ([], [], why) }
+                record(common, in: &s)
+                guard let own = Machine.translate(common) else { return ([], [], nil) }
+                event = own
+            }
+            let actions = s.machine.handle(event)
+            if !actions.isEmpty { s.updatedAt = Date() }
+            return (actions, s.machine.branches, nil)
+        }
+        if case .common(_, let reply?) = input {
+            reply.set(rejection.map { .rejected($0) } ?? .accepted(branchCount: branches.count))
+        }
+        await perform(actions, branches: branches)
     }
 
     private func perform(_ actions: [TransactionAction], branches: [Branch]) async {
@@ -217,7 +254,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         guard let endpoint = context.registry.entry(branch.spec.participant)?.endpoint else {
             // Deregistration is refused while branches are unfinished, so this is a bug or a
             // hand-edited log: report it as a failed delivery and let the protocol decide.
-            post(.replied(branch.id, message, .failed("participant \(branch.spec.participant) is not registered")))
+            let id = branch.id
+            Task { await self.post(.replied(id, message, .failed("participant \(branch.spec.participant) is not registered"))) }
             return
         }
         let request = ParticipantRequest(gid: gid.rawValue, branch: branch.id, operation: branch.spec.operation, payload: branch.spec.payload,
@@ -228,7 +266,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         Task {
             let response = await transport.send(message, protocol: proto, request: request, to: endpoint)
             if case .failed = response {} else { registry.touch(endpoint.name) }
-            self.post(.replied(branch.id, message, response))
+            await self.post(.replied(branch.id, message, response))
         }
     }
 
@@ -244,7 +282,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         let task = Task { [weak self] in
             try? await Task.sleep(for: delay)
             guard !Task.isCancelled else { return }
-            self?.post(.timedOut(timer))
+            await self?.post(.timedOut(timer))
         }
         state.withLock { $0.timers.updateValue(task, forKey: timer) }?.cancel()
     }
@@ -258,7 +296,6 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         }
         timers.forEach { $0.cancel() }
         waiters.forEach { $0.resume() }
-        inputs.finish()
         if let decidedAt { context.metrics.phase(proto, status == .committed ? "commit" : "rollback", .now - decidedAt) }
         context.metrics.finished(proto, status)
         onFinish(gid)
@@ -284,7 +321,6 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         }
         timers.forEach { $0.cancel() }
         waiters.forEach { $0.resume() }
-        inputs.finish()
     }
 
     // MARK: Timeline and results
@@ -399,7 +435,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             for timer in retries { s.timers.removeValue(forKey: timer)?.cancel() }
             return retries
         }
-        due.forEach { post(.timedOut($0)) }
+        for timer in due { Task { await self.post(.timedOut(timer)) } }
         return due.count
     }
 

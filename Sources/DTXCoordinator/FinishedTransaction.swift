@@ -29,7 +29,7 @@ final class FinishedTransaction: TransactionDriving {
         return decision == .commit ? .committed : .rolledBack
     }
 
-    func start(with event: CommonEvent) {}
+    func start(with event: CommonEvent) async {}
     func request(_ event: CommonEvent) async -> RequestResult { .rejected("the transaction is \(status.rawValue)") }
     func waitForOutcome(decisionLimit: Duration, phaseTwoLimit: Duration) async {}
     func stop() {}

@@ -51,26 +51,69 @@ extension LogEntry {
         var heuristic: Bool?
     }
 
+    /// The record: JSON with sorted keys, written by hand (this is on every transaction's
+    /// path); `init(type:payload:)` reads it back through Codable.
     public func encoded() -> (type: UInt16, payload: [UInt8]) {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
-        let (type, body): (RecordType, Body)
+        var json = JSONWriter()
+        let type: RecordType
         switch self {
         case let .begin(gid, proto, branches):
-            (type, body) = (.begin, Body(gid: gid, protocol: proto, branches: branches))
+            type = .begin
+            json.raw("{\"branches\":[")
+            for (index, branch) in branches.enumerated() {
+                if index > 0 { json.raw(",") }
+                json.branch(branch)
+            }
+            json.raw("],\"gid\":")
+            json.string(gid.rawValue)
+            json.raw(",\"protocol\":")
+            json.string(proto.rawValue)
+            json.raw("}")
         case let .decision(gid, decision, targets):
-            (type, body) = (.decision, Body(gid: gid, decision: decision, targets: targets))
+            type = .decision
+            json.raw("{\"decision\":")
+            json.string(decision.rawValue)
+            json.raw(",\"gid\":")
+            json.string(gid.rawValue)
+            json.raw(",\"targets\":")
+            json.value(.array(targets.map { .number(Double($0)) }))
+            json.raw("}")
         case let .end(gid):
-            (type, body) = (.end, Body(gid: gid))
+            type = .end
+            json.raw("{\"gid\":")
+            json.string(gid.rawValue)
+            json.raw("}")
         case let .open(gid, proto):
-            (type, body) = (.open, Body(gid: gid, protocol: proto))
+            type = .open
+            json.raw("{\"gid\":")
+            json.string(gid.rawValue)
+            json.raw(",\"protocol\":")
+            json.string(proto.rawValue)
+            json.raw("}")
         case let .enlist(gid, branch, spec):
-            (type, body) = (.enlist, Body(gid: gid, branch: branch, spec: spec))
+            type = .enlist
+            json.raw("{\"branch\":")
+            json.int(branch)
+            json.raw(",\"gid\":")
+            json.string(gid.rawValue)
+            json.raw(",\"spec\":")
+            json.branch(spec)
+            json.raw("}")
         case let .resolution(gid, decision, targets, reason, heuristic):
-            (type, body) = (.resolution, Body(gid: gid, decision: decision, targets: targets, reason: reason, heuristic: heuristic))
+            type = .resolution
+            json.raw("{\"decision\":")
+            json.string(decision.rawValue)
+            json.raw(",\"gid\":")
+            json.string(gid.rawValue)
+            json.raw(",\"heuristic\":")
+            json.bool(heuristic)
+            json.raw(",\"reason\":")
+            json.string(reason)
+            json.raw(",\"targets\":")
+            json.value(.array(targets.map { .number(Double($0)) }))
+            json.raw("}")
         }
-        // Encoding plain Codable values into JSON cannot fail.
-        return (type.rawValue, Array(try! encoder.encode(body)))
+        return (type.rawValue, json.bytes)
     }
 
     public init(type: UInt16, payload: [UInt8]) throws {

@@ -99,10 +99,19 @@ func jsonError(status: Int, code: String, message: String) -> Response {
 
 func jsonResponse<Body: Encodable>(_ body: Body, status: Int = 200) -> Response {
     let data = (try? JSONEncoder.dtx().encode(body)) ?? Data()
-    return Response(
+    return jsonResponse(bytes: Array(data), status: status)
+}
+
+/// A transaction view is on every submission's path: written without Codable.
+func jsonResponse(_ view: TransactionView, status: Int = 200) -> Response {
+    jsonResponse(bytes: view.jsonBytes(), status: status)
+}
+
+func jsonResponse(bytes: [UInt8], status: Int) -> Response {
+    Response(
         status: HTTPResponse.Status(code: status),
         headers: [.contentType: "application/json"],
-        body: ResponseBody(byteBuffer: ByteBuffer(bytes: data))
+        body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes))
     )
 }
 

@@ -12,6 +12,9 @@ private let specs = [BranchSpec(participant: "accounts-eu", operation: "debit", 
         LogEntry.decision(gid: a, .commit, targets: [0, 1]),
         LogEntry.decision(gid: a, .abort, targets: []),
         LogEntry.end(gid: a),
+        LogEntry.open(gid: a, protocol: .twoPhaseCommit),
+        LogEntry.enlist(gid: a, branch: 3, spec: BranchSpec(participant: "p", operation: "o\"dd", payload: .array([.string("\n")]))),
+        LogEntry.resolution(gid: a, .abort, targets: [1], reason: "disk \"lost\"", heuristic: true),
     ])
     func entriesRoundTripThroughRecords(_ entry: LogEntry) throws {
         let (type, payload) = entry.encoded()

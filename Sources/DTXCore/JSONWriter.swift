@@ -1,0 +1,268 @@
+/// A small JSON writer and reader for the hot paths (log records, participant messages),
+/// where Foundation's Codable coders cost more than the rest of a transaction. Their
+/// output is ordinary JSON that the Codable types decode; tests check both agree.
+public struct JSONWriter: Sendable {
+    public private(set) var bytes: [UInt8] = []
+
+    public init(capacity: Int = 256) {
+        bytes.reserveCapacity(capacity)
+    }
+
+    public mutating func raw(_ text: StaticString) {
+        text.withUTF8Buffer { bytes.append(contentsOf: $0) }
+    }
+
+    public mutating func string(_ text: String) {
+        bytes.append(UInt8(ascii: "\""))
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): raw("\\\"")
+            case UInt8(ascii: "\\"): raw("\\\\")
+            case 0x0A: raw("\\n")
+            case 0x0D: raw("\\r")
+            case 0x09: raw("\\t")
+            case 0..<0x20:
+                raw("\\u00")
+                let hex: [UInt8] = Array("0123456789abcdef".utf8)
+                bytes.append(hex[Int(byte >> 4)])
+                bytes.append(hex[Int(byte & 0xF)])
+            default: bytes.append(byte)
+            }
+        }
+        bytes.append(UInt8(ascii: "\""))
+    }
+
+    public mutating func int(_ value: Int) {
+        bytes.append(contentsOf: String(value).utf8)
+    }
+
+    public mutating func bool(_ value: Bool) {
+        value ? raw("true") : raw("false")
+    }
+
+    /// `"key":` — the caller writes the commas.
+    public mutating func key(_ name: StaticString) {
+        bytes.append(UInt8(ascii: "\""))
+        raw(name)
+        raw("\":")
+    }
+
+    public mutating func value(_ value: JSONValue) {
+        switch value {
+        case .null: raw("null")
+        case .bool(let flag): bool(flag)
+        case .number(let number):
+            if number.rounded() == number, abs(number) < 9.0e15 {
+                int(Int(number))
+            } else {
+                bytes.append(contentsOf: "\(number)".utf8)
+            }
+        case .string(let text): string(text)
+        case .array(let items):
+            bytes.append(UInt8(ascii: "["))
+            for (index, item) in items.enumerated() {
+                if index > 0 { bytes.append(UInt8(ascii: ",")) }
+                self.value(item)
+            }
+            bytes.append(UInt8(ascii: "]"))
+        case .object(let members):
+            bytes.append(UInt8(ascii: "{"))
+            for (index, name) in members.keys.sorted().enumerated() {
+                if index > 0 { bytes.append(UInt8(ascii: ",")) }
+                string(name)
+                bytes.append(UInt8(ascii: ":"))
+                self.value(members[name]!)
+            }
+            bytes.append(UInt8(ascii: "}"))
+        }
+    }
+
+    /// `{"operation":…,"participant":…,"payload":…}` (payload omitted when nil), as `BranchSpec` encodes.
+    public mutating func branch(_ spec: BranchSpec) {
+        raw("{\"operation\":")
+        string(spec.operation)
+        raw(",\"participant\":")
+        string(spec.participant)
+        if let payload = spec.payload {
+            raw(",\"payload\":")
+            value(payload)
+        }
+        raw("}")
+    }
+}
+
+extension JSONValue {
+    public struct ParseError: Error, Equatable, CustomStringConvertible {
+        public var offset: Int
+        public var description: String { "invalid JSON at byte \(offset)" }
+    }
+
+    /// Parses one JSON document (RFC 8259; surrounding whitespace allowed).
+    public init(parsing bytes: [UInt8]) throws(ParseError) {
+        var parser = JSONParser(bytes: bytes)
+        let value = try parser.parseValue(depth: 0)
+        parser.skipWhitespace()
+        guard parser.index == bytes.count else { throw ParseError(offset: parser.index) }
+        self = value
+    }
+}
+
+private struct JSONParser {
+    let bytes: [UInt8]
+    var index = 0
+
+    init(bytes: [UInt8]) {
+        self.bytes = bytes
+    }
+
+    private func fail() -> JSONValue.ParseError { JSONValue.ParseError(offset: index) }
+
+    mutating func skipWhitespace() {
+        while index < bytes.count, [0x20, 0x0A, 0x0D, 0x09].contains(bytes[index]) { index += 1 }
+    }
+
+    mutating func parseValue(depth: Int) throws(JSONValue.ParseError) -> JSONValue {
+        guard depth < 128 else { throw fail() }
+        skipWhitespace()
+        guard index < bytes.count else { throw fail() }
+        switch bytes[index] {
+        case UInt8(ascii: "{"):
+            index += 1
+            var members: [String: JSONValue] = [:]
+            skipWhitespace()
+            if index < bytes.count, bytes[index] == UInt8(ascii: "}") { index += 1; return .object(members) }
+            while true {
+                skipWhitespace()
+                guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw fail() }
+                let name = try parseString()
+                skipWhitespace()
+                guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw fail() }
+                index += 1
+                members[name] = try parseValue(depth: depth + 1)
+                skipWhitespace()
+                guard index < bytes.count else { throw fail() }
+                if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
+                guard bytes[index] == UInt8(ascii: "}") else { throw fail() }
+                index += 1
+                return .object(members)
+            }
+        case UInt8(ascii: "["):
+            index += 1
+            var items: [JSONValue] = []
+            skipWhitespace()
+            if index < bytes.count, bytes[index] == UInt8(ascii: "]") { index += 1; return .array(items) }
+            while true {
+                items.append(try parseValue(depth: depth + 1))
+                skipWhitespace()
+                guard index < bytes.count else { throw fail() }
+                if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
+                guard bytes[index] == UInt8(ascii: "]") else { throw fail() }
+                index += 1
+                return .array(items)
+            }
+        case UInt8(ascii: "\""):
+            return .string(try parseString())
+        case UInt8(ascii: "t"):
+            try expect("true")
+            return .bool(true)
+        case UInt8(ascii: "f"):
+            try expect("false")
+            return .bool(false)
+        case UInt8(ascii: "n"):
+            try expect("null")
+            return .null
+        default:
+            return .number(try parseNumber())
+        }
+    }
+
+    private mutating func expect(_ word: StaticString) throws(JSONValue.ParseError) {
+        let count = word.utf8CodeUnitCount
+        guard index + count <= bytes.count else { throw fail() }
+        let matches = word.withUTF8Buffer { Array($0) == Array(bytes[index..<index + count]) }
+        guard matches else { throw fail() }
+        index += count
+    }
+
+    private mutating func parseNumber() throws(JSONValue.ParseError) -> Double {
+        let start = index
+        if index < bytes.count, bytes[index] == UInt8(ascii: "-") { index += 1 }
+        let digitsStart = index
+        while index < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[index]) { index += 1 }
+        guard index > digitsStart, !(bytes[digitsStart] == UInt8(ascii: "0") && index - digitsStart > 1) else { throw fail() }
+        if index < bytes.count, bytes[index] == UInt8(ascii: ".") {
+            index += 1
+            let fraction = index
+            while index < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[index]) { index += 1 }
+            guard index > fraction else { throw fail() }
+        }
+        if index < bytes.count, bytes[index] == UInt8(ascii: "e") || bytes[index] == UInt8(ascii: "E") {
+            index += 1
+            if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") { index += 1 }
+            let exponent = index
+            while index < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[index]) { index += 1 }
+            guard index > exponent else { throw fail() }
+        }
+        guard let value = Double(String(decoding: bytes[start..<index], as: UTF8.self)) else { throw fail() }
+        return value
+    }
+
+    private mutating func parseString() throws(JSONValue.ParseError) -> String {
+        index += 1  // the opening quote
+        var scalars: [UInt8] = []
+        while index < bytes.count {
+            let byte = bytes[index]
+            index += 1
+            switch byte {
+            case UInt8(ascii: "\""):
+                return String(decoding: scalars, as: UTF8.self)
+            case UInt8(ascii: "\\"):
+                guard index < bytes.count else { throw fail() }
+                let escaped = bytes[index]
+                index += 1
+                switch escaped {
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): scalars.append(escaped)
+                case UInt8(ascii: "b"): scalars.append(0x08)
+                case UInt8(ascii: "f"): scalars.append(0x0C)
+                case UInt8(ascii: "n"): scalars.append(0x0A)
+                case UInt8(ascii: "r"): scalars.append(0x0D)
+                case UInt8(ascii: "t"): scalars.append(0x09)
+                case UInt8(ascii: "u"):
+                    var code = try hex4()
+                    if (0xD800..<0xDC00).contains(code) {
+                        guard index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u") else { throw fail() }
+                        index += 2
+                        let low = try hex4()
+                        guard (0xDC00..<0xE000).contains(low) else { throw fail() }
+                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                    }
+                    guard let scalar = Unicode.Scalar(code) else { throw fail() }
+                    scalars.append(contentsOf: Array(String(Character(scalar)).utf8))
+                default:
+                    throw fail()
+                }
+            case 0..<0x20:
+                throw fail()
+            default:
+                scalars.append(byte)
+            }
+        }
+        throw fail()
+    }
+
+    private mutating func hex4() throws(JSONValue.ParseError) -> UInt32 {
+        guard index + 4 <= bytes.count else { throw fail() }
+        var code: UInt32 = 0
+        for byte in bytes[index..<index + 4] {
+            code <<= 4
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): code |= UInt32(byte - UInt8(ascii: "0"))
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): code |= UInt32(byte - UInt8(ascii: "a") + 10)
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): code |= UInt32(byte - UInt8(ascii: "A") + 10)
+            default: throw fail()
+            }
+        }
+        index += 4
+        return code
+    }
+}
