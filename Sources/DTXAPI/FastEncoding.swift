@@ -9,69 +9,43 @@ extension TransactionView {
         json.raw("{\"branches\":[")
         for (index, branch) in branches.enumerated() {
             if index > 0 { json.raw(",") }
-            json.raw("{\"attempts\":")
-            json.int(branch.attempts)
-            json.raw(",\"id\":")
-            json.int(branch.id)
+            json.member("{\"attempts\":", branch.attempts)
+            json.member(",\"id\":", branch.id)
             if let lastError = branch.lastError {
-                json.raw(",\"lastError\":")
-                json.string(lastError)
+                json.member(",\"lastError\":", lastError)
             }
-            json.raw(",\"operation\":")
-            json.string(branch.operation)
-            json.raw(",\"participant\":")
-            json.string(branch.participant)
+            json.member(",\"operation\":", branch.operation)
+            json.member(",\"participant\":", branch.participant)
             if let result = branch.result {
-                json.raw(",\"result\":")
-                json.value(result)
+                json.member(",\"result\":", result)
             }
-            json.raw(",\"state\":")
-            json.string(branch.state)
+            json.member(",\"state\":", branch.state)
             json.raw("}")
         }
-        json.raw("],\"createdAt\":")
-        json.string(ISO8601.format(createdAt))
-        if let decision {
-            json.raw(",\"decision\":")
-            json.string(decision.rawValue)
-        }
-        if let error {
-            json.raw(",\"error\":")
-            json.string(error)
-        }
-        json.raw(",\"gid\":")
-        json.string(gid)
-        json.raw(",\"heuristic\":")
-        json.bool(heuristic)
-        json.raw(",\"interactive\":")
-        json.bool(interactive)
-        json.raw(",\"protocol\":")
-        json.string(self.protocol.rawValue)
-        json.raw(",\"status\":")
-        json.string(status)
-        json.raw(",\"stuck\":")
-        json.bool(stuck)
+        json.member("],\"createdAt\":", ISO8601.format(createdAt))
+        if let decision { json.member(",\"decision\":", decision.rawValue) }
+        if let error { json.member(",\"error\":", error) }
+        json.member(",\"gid\":", gid)
+        json.member(",\"heuristic\":", heuristic)
+        json.member(",\"interactive\":", interactive)
+        json.member(",\"protocol\":", self.protocol.rawValue)
+        json.member(",\"status\":", status)
+        json.member(",\"stuck\":", stuck)
         json.raw(",\"timeline\":[")
         for (index, entry) in timeline.enumerated() {
             if index > 0 { json.raw(",") }
-            json.raw("{\"at\":")
-            json.string(ISO8601.format(entry.at))
+            json.member("{\"at\":", ISO8601.format(entry.at))
             if let branch = entry.branch {
-                json.raw(",\"branch\":")
-                json.int(branch)
+                json.member(",\"branch\":", branch)
             }
             if let detail = entry.detail {
-                json.raw(",\"detail\":")
-                json.string(detail)
+                json.member(",\"detail\":", detail)
             }
-            json.raw(",\"event\":")
-            json.string(entry.event)
+            json.member(",\"event\":", entry.event)
             json.raw("}")
         }
-        json.raw("],\"timeout\":")
-        json.value(.number(timeout))
-        json.raw(",\"updatedAt\":")
-        json.string(ISO8601.format(updatedAt))
+        json.member("],\"timeout\":", .number(timeout))
+        json.member(",\"updatedAt\":", ISO8601.format(updatedAt))
         json.raw("}")
         return json.bytes
     }

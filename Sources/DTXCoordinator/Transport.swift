@@ -78,19 +78,14 @@ public final class HTTPTransport: Transport {
     /// The `ParticipantRequest` body, written directly (it is on every message's path).
     static func encode(_ request: ParticipantRequest) -> [UInt8] {
         var json = JSONWriter()
-        json.raw("{\"branch\":")
-        json.int(request.branch)
-        json.raw(",\"gid\":")
-        json.string(request.gid)
-        json.raw(",\"operation\":")
-        json.string(request.operation)
+        json.member("{\"branch\":", request.branch)
+        json.member(",\"gid\":", request.gid)
+        json.member(",\"operation\":", request.operation)
         if let participants = request.participants {
-            json.raw(",\"participants\":")
-            json.value(.array(participants.map { .string($0) }))
+            json.member(",\"participants\":", .array(participants.map { .string($0) }))
         }
         if let payload = request.payload {
-            json.raw(",\"payload\":")
-            json.value(payload)
+            json.member(",\"payload\":", payload)
         }
         json.raw("}")
         return json.bytes

@@ -40,11 +40,25 @@ public struct JSONWriter: Sendable {
         value ? raw("true") : raw("false")
     }
 
-    /// `"key":` — the caller writes the commas.
-    public mutating func key(_ name: StaticString) {
-        bytes.append(UInt8(ascii: "\""))
-        raw(name)
-        raw("\":")
+    /// Raw JSON text (e.g. `,"gid":`) followed by a value: the shape of every member.
+    public mutating func member(_ prefix: StaticString, _ text: String) {
+        raw(prefix)
+        string(text)
+    }
+
+    public mutating func member(_ prefix: StaticString, _ number: Int) {
+        raw(prefix)
+        int(number)
+    }
+
+    public mutating func member(_ prefix: StaticString, _ flag: Bool) {
+        raw(prefix)
+        bool(flag)
+    }
+
+    public mutating func member(_ prefix: StaticString, _ json: JSONValue) {
+        raw(prefix)
+        value(json)
     }
 
     public mutating func value(_ value: JSONValue) {
@@ -79,14 +93,9 @@ public struct JSONWriter: Sendable {
 
     /// `{"operation":…,"participant":…,"payload":…}` (payload omitted when nil), as `BranchSpec` encodes.
     public mutating func branch(_ spec: BranchSpec) {
-        raw("{\"operation\":")
-        string(spec.operation)
-        raw(",\"participant\":")
-        string(spec.participant)
-        if let payload = spec.payload {
-            raw(",\"payload\":")
-            value(payload)
-        }
+        member("{\"operation\":", spec.operation)
+        member(",\"participant\":", spec.participant)
+        if let payload = spec.payload { member(",\"payload\":", payload) }
         raw("}")
     }
 }

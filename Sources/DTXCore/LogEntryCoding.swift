@@ -64,53 +64,38 @@ extension LogEntry {
                 if index > 0 { json.raw(",") }
                 json.branch(branch)
             }
-            json.raw("],\"gid\":")
-            json.string(gid.rawValue)
-            json.raw(",\"protocol\":")
-            json.string(proto.rawValue)
+            json.member("],\"gid\":", gid.rawValue)
+            json.member(",\"protocol\":", proto.rawValue)
             json.raw("}")
         case let .decision(gid, decision, targets):
             type = .decision
-            json.raw("{\"decision\":")
-            json.string(decision.rawValue)
-            json.raw(",\"gid\":")
-            json.string(gid.rawValue)
-            json.raw(",\"targets\":")
-            json.value(.array(targets.map { .number(Double($0)) }))
+            json.member("{\"decision\":", decision.rawValue)
+            json.member(",\"gid\":", gid.rawValue)
+            json.member(",\"targets\":", .array(targets.map { .number(Double($0)) }))
             json.raw("}")
         case let .end(gid):
             type = .end
-            json.raw("{\"gid\":")
-            json.string(gid.rawValue)
+            json.member("{\"gid\":", gid.rawValue)
             json.raw("}")
         case let .open(gid, proto):
             type = .open
-            json.raw("{\"gid\":")
-            json.string(gid.rawValue)
-            json.raw(",\"protocol\":")
-            json.string(proto.rawValue)
+            json.member("{\"gid\":", gid.rawValue)
+            json.member(",\"protocol\":", proto.rawValue)
             json.raw("}")
         case let .enlist(gid, branch, spec):
             type = .enlist
-            json.raw("{\"branch\":")
-            json.int(branch)
-            json.raw(",\"gid\":")
-            json.string(gid.rawValue)
+            json.member("{\"branch\":", branch)
+            json.member(",\"gid\":", gid.rawValue)
             json.raw(",\"spec\":")
             json.branch(spec)
             json.raw("}")
         case let .resolution(gid, decision, targets, reason, heuristic):
             type = .resolution
-            json.raw("{\"decision\":")
-            json.string(decision.rawValue)
-            json.raw(",\"gid\":")
-            json.string(gid.rawValue)
-            json.raw(",\"heuristic\":")
-            json.bool(heuristic)
-            json.raw(",\"reason\":")
-            json.string(reason)
-            json.raw(",\"targets\":")
-            json.value(.array(targets.map { .number(Double($0)) }))
+            json.member("{\"decision\":", decision.rawValue)
+            json.member(",\"gid\":", gid.rawValue)
+            json.member(",\"heuristic\":", heuristic)
+            json.member(",\"reason\":", reason)
+            json.member(",\"targets\":", .array(targets.map { .number(Double($0)) }))
             json.raw("}")
         }
         return (type.rawValue, json.bytes)
