@@ -108,6 +108,8 @@ let package = Package(
             dependencies: [
                 "DTXLog", "DTXClient", "DTXAPI",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/dtx-bench"
@@ -130,6 +132,8 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "Examples/MemoryParticipant"
         ),
@@ -139,6 +143,7 @@ let package = Package(
         .testTarget(name: "DTXAPITests", dependencies: ["DTXAPI", "DTXCore"]),
         .testTarget(name: "DTXLogTests", dependencies: ["DTXLog", "DTXTestSupport"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CSQLite", "CLibPQ"]),
+        .testTarget(name: "DTXParticipantTests", dependencies: ["DTXParticipant", "DTXCore"]),
         .testTarget(
             name: "EndToEndTests",
             dependencies: ["DTXLog", "DTXAPI", "DTXClient", "DTXTestSupport", "dtxd", "dtx", "wal-crash-writer", "memory-participant"]

@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import NIOCore
+import NIOPosix
 
 /// `dtx-bench`: performance figures for dtx. Each subcommand prints a table and writes
 /// JSON, and measures its baseline in the same run so that ratios are meaningful on a
@@ -11,6 +13,16 @@ struct Bench: AsyncParsableCommand {
         abstract: "Benchmarks for dtx (build with -c release).",
         subcommands: [WALBench.self, TwoPhaseBench.self]
     )
+
+    /// The load generator's event-loop threads (env DTX_BENCH_THREADS, default one per
+    /// core); Swift concurrency runs on them.
+    static func main() async {
+        if let text = ProcessInfo.processInfo.environment["DTX_BENCH_THREADS"], let threads = Int(text), threads > 0 {
+            NIOSingletons.groupLoopCountSuggestion = threads
+        }
+        NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+        await main(nil)
+    }
 }
 
 /// What the figures were measured on.

@@ -3,6 +3,8 @@ import DTXParticipant
 import Foundation
 import Hummingbird
 import Logging
+import NIOCore
+import NIOPosix
 
 /// `memory-participant`: a participant service on the participant kit with a no-op,
 /// optionally journalled resource manager, and failpoints that tests arm to make it
@@ -28,6 +30,9 @@ struct MemoryParticipant: AsyncParsableCommand {
         answering), before-commit (before any commit, including one-phase and \
         recovery). Actions: no (409 voted_no), unavailable (503), stall:SECONDS (sleep, \
         then go on), crash (SIGKILL itself). GET /test/state lists the branches.
+
+        DTX_PARTICIPANT_THREADS sets the number of event-loop threads (default: one per \
+        core); on a small machine shared with dtxd, 1 avoids needless context switches.
         """
     )
 
@@ -57,6 +62,16 @@ struct MemoryParticipant: AsyncParsableCommand {
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (env DTX_PARTICIPANT_LOG_LEVEL, default info)")
     var logLevel: String?
+
+    /// Event-loop threads (env DTX_PARTICIPANT_THREADS, default: one per core) are set
+    /// before anything starts, and Swift concurrency runs on them.
+    static func main() async {
+        if let text = ProcessInfo.processInfo.environment["DTX_PARTICIPANT_THREADS"], let threads = Int(text), threads > 0 {
+            NIOSingletons.groupLoopCountSuggestion = threads
+        }
+        NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+        await main(nil)
+    }
 
     func run() async throws {
         let env = ProcessInfo.processInfo.environment

@@ -50,3 +50,38 @@ extension TransactionView {
         return json.bytes
     }
 }
+
+extension ParticipantRequest {
+    /// Reads a well-formed request without Codable (every participant message takes this
+    /// path); nil for anything else, which the caller then decodes with Codable to say
+    /// precisely what is wrong.
+    public init?(fastParsing bytes: [UInt8]) {
+        guard case .object(let members)? = try? JSONValue(parsing: bytes),
+              let gid = members["gid"]?.stringValue,
+              let branchNumber = members["branch"]?.doubleValue, branchNumber.rounded() == branchNumber, abs(branchNumber) < 1e15,
+              let operation = members["operation"]?.stringValue else { return nil }
+        var participants: [String]?
+        switch members["participants"] {
+        case nil, .null?: participants = nil
+        case .array(let names)?:
+            let strings = names.compactMap(\.stringValue)
+            guard strings.count == names.count else { return nil }
+            participants = strings
+        default: return nil
+        }
+        let payload = members["payload"].flatMap { $0 == .null ? nil : $0 }
+        self.init(gid: gid, branch: Int(branchNumber), operation: operation, payload: payload, participants: participants)
+    }
+}
+
+extension ParticipantReply {
+    /// The reply as `JSONEncoder.dtx()` writes it, written directly.
+    public func jsonBytes() -> [UInt8] {
+        var json = JSONWriter(capacity: 64)
+        json.raw("{")
+        if let result { json.member("\"result\":", result); json.raw(",") }
+        json.member("\"status\":", status)
+        json.raw("}")
+        return json.bytes
+    }
+}

@@ -4,6 +4,7 @@ import DTXCore
 import Foundation
 import NIOCore
 import NIOHTTP1
+import Synchronization
 
 /// Where and how to reach one participant.
 public struct ParticipantEndpoint: Sendable, Equatable {
@@ -30,6 +31,7 @@ public protocol Transport: Sendable {
 public final class HTTPTransport: Transport {
     private let client: HTTPClient
     private let timeout: TimeAmount
+    private let templates = Mutex<[String: HTTPClient.Request]>([:])
 
     public init(requestTimeout: Duration = .seconds(10), connectionsPerParticipant: Int = 256) {
         var configuration = HTTPClient.Configuration()
@@ -41,12 +43,11 @@ public final class HTTPTransport: Transport {
     }
 
     public func send(_ message: ParticipantMessage, protocol proto: TransactionProtocol, request: ParticipantRequest, to endpoint: ParticipantEndpoint) async -> ParticipantResponse {
-        var headers: HTTPHeaders = ["Content-Type": "application/json"]
-        if let token = endpoint.token { headers.add(name: "Authorization", value: "Bearer \(token)") }
         do {
             // The future-based API with a collected body: cheaper per call than the
             // streaming async one, and participant answers are small.
-            let http = try HTTPClient.Request(url: endpoint.url + message.path(for: proto), method: .POST, headers: headers, body: .bytes(Self.encode(request)))
+            var http = try template(endpoint.url + message.path(for: proto), token: endpoint.token)
+            http.body = .bytes(Self.encode(request))
             let response = try await client.execute(request: http, deadline: .now() + timeout).get()
             let data = response.body.map { Array($0.readableBytesView) } ?? []
             let json = try? JSONValue(parsing: data)
@@ -73,6 +74,21 @@ public final class HTTPTransport: Transport {
 
     public func shutdown() async {
         try? await client.shutdown()
+    }
+
+    /// Requests differ only in their body: the parsed URL and headers are made once per
+    /// participant URL and token.
+    private func template(_ url: String, token: String?) throws -> HTTPClient.Request {
+        let key = token.map { url + " " + $0 } ?? url
+        if let cached = templates.withLock({ $0[key] }) { return cached }
+        var headers: HTTPHeaders = ["Content-Type": "application/json"]
+        if let token { headers.add(name: "Authorization", value: "Bearer \(token)") }
+        let request = try HTTPClient.Request(url: url, method: .POST, headers: headers)
+        templates.withLock { templates in
+            if templates.count > 4096 { templates.removeAll() }  // URLs of deregistered or moved participants
+            templates[key] = request
+        }
+        return request
     }
 
     /// The `ParticipantRequest` body, written directly (it is on every message's path).

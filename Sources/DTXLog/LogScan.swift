@@ -1,3 +1,5 @@
+import Glibc
+
 /// A record as stored: what replay hands to the caller.
 public struct LogRecord: Sendable, Equatable {
     public var lsn: UInt64
@@ -144,32 +146,55 @@ public struct LogScan: Sendable {
             case let stop:
                 var reason = ""
                 if case let .invalid(why) = stop { reason = why }
+                let dirt = Self.firstNonZero(bytes, from: offset)
                 if !isNewest {
                     // An older segment was synced before the next one received a byte:
                     // everything after its last frame must still be zeros.
-                    if let dirt = bytes[offset...].firstIndex(where: { $0 != 0 }) {
+                    if let dirt {
                         let why = reason.isEmpty ? "zero frame in a sealed (older) segment followed by non-zero bytes at offset \(dirt)" : reason
                         status = .corrupt(file: path, offset: offset, reason: why)
                         return false
                     }
                     return true
                 }
+                // The usual case: the preallocated rest of the segment is all zeros.
+                guard dirt != nil else { return true }
                 if let valid = Self.firstValidFrame(bytes, from: offset + LogFormat.alignment) {
                     status = .corrupt(file: path, offset: offset, reason: (reason.isEmpty ? "zero frame" : reason) + ", followed by a valid record at offset \(valid)")
                     return false
                 }
-                if bytes[offset...].contains(where: { $0 != 0 }) {
-                    status = .tornTail(file: path, offset: offset)
-                }
+                status = .tornTail(file: path, offset: offset)
                 return true
             }
         }
+    }
+
+    /// 64 KiB of zeros to compare against.
+    private static let zeros = [UInt8](repeating: 0, count: 1 << 16)
+
+    /// The offset of the first non-zero byte at or after `start`, or nil.
+    static func firstNonZero(_ bytes: UnsafeRawBufferPointer, from start: Int) -> Int? {
+        guard let base = bytes.baseAddress else { return nil }
+        var offset = start
+        while offset < bytes.count {
+            let count = min(zeros.count, bytes.count - offset)
+            let differs = zeros.withUnsafeBytes { memcmp(base + offset, $0.baseAddress!, count) != 0 }
+            if differs {
+                return (offset..<(offset + count)).first { bytes[$0] != 0 }
+            }
+            offset += count
+        }
+        return nil
     }
 
     /// The first aligned offset at or after `start` that holds a valid frame.
     static func firstValidFrame(_ bytes: UnsafeRawBufferPointer, from start: Int) -> Int? {
         var offset = (start + LogFormat.alignment - 1) & ~(LogFormat.alignment - 1)
         while offset + LogFormat.frameHeaderSize <= bytes.count {
+            // A frame starts with its non-zero length: skip runs of zeros at memcmp speed.
+            guard let nonZero = firstNonZero(bytes, from: offset) else { return nil }
+            offset = max(offset, nonZero & ~(LogFormat.alignment - 1))
+            guard offset + LogFormat.frameHeaderSize <= bytes.count else { return nil }
             // Cheap filters first (plausible length, zero reserved word), then the CRC.
             let length = Int(bytes.loadLE(UInt32.self, at: offset))
             if length >= LogFormat.frameHeaderSize, offset + LogFormat.alignedSize(length) <= bytes.count,

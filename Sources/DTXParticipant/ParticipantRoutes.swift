@@ -87,7 +87,8 @@ extension ParticipantService {
         }
         let body: ParticipantRequest
         do {
-            body = try Self.requestDecoder.decode(ParticipantRequest.self, from: Data(buffer.readableBytesView))
+            body = try ParticipantRequest(fastParsing: Array(buffer.readableBytesView))
+                ?? Self.requestDecoder.decode(ParticipantRequest.self, from: Data(buffer.readableBytesView))
         } catch let error as DecodingError {
             throw Rejection(.badRequest, code: "bad_request", message: Self.describe(error, bodyIsEmpty: buffer.readableBytes == 0))
         } catch {
@@ -105,7 +106,8 @@ extension ParticipantService {
     }
 
     private static func reply(_ status: String, _ result: JSONValue?) -> Response {
-        JSONResponse.encode(.ok, ParticipantReply(status: status, result: result))
+        let body = ParticipantReply(status: status, result: result).jsonBytes()
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: body)))
     }
 
     /// Compares in time independent of where the strings differ, so that the token

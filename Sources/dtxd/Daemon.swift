@@ -24,6 +24,9 @@ struct Daemon: AsyncParsableCommand {
         unfinished one resumes from the log at the next start), then syncs and closes \
         the log. On a non-loopback address a bearer token is required (--token).
 
+        DTXD_THREADS sets the number of event-loop threads, which also run the engine's \
+        tasks (default: one per core).
+
         Tests only: DTXD_FAILPOINTS=name[,name] kills the daemon with SIGKILL at a named \
         point (before-commit-decision, after-commit-decision, after-prepare-sent).
         """
@@ -65,6 +68,9 @@ struct Daemon: AsyncParsableCommand {
     /// Swift concurrency runs on NIO's event loops: a transaction's tasks and its HTTP
     /// calls then share threads instead of hopping between two pools.
     static func main() async {
+        if let text = ProcessInfo.processInfo.environment["DTXD_THREADS"], let threads = Int(text), threads > 0 {
+            NIOSingletons.groupLoopCountSuggestion = threads
+        }
         NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
         await main(nil)
     }

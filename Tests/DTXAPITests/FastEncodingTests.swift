@@ -31,3 +31,26 @@ import Testing
         #expect(ISO8601.format(Date(timeIntervalSince1970: 1_795_000_000.9)) == "2026-11-18T11:06:40Z")
     }
 }
+
+@Suite struct ParticipantMessageEncodingTests {
+    @Test(arguments: [
+        #"{"gid":"g-1","branch":0,"operation":"debit"}"#,
+        #"{"gid":"g-1","branch":7,"operation":"debit","payload":{"amount":5,"to":["x"]},"participants":["a","b"]}"#,
+        #"{"branch":2,"operation":"op","gid":"g","payload":null,"extra":true}"#,
+    ])
+    func theFastReaderAgreesWithCodable(_ text: String) throws {
+        let fast = try #require(ParticipantRequest(fastParsing: Array(text.utf8)))
+        #expect(fast == (try JSONDecoder().decode(ParticipantRequest.self, from: Data(text.utf8))))
+    }
+
+    @Test(arguments: [#"{"gid":"g","branch":1.5,"operation":"x"}"#, #"{"gid":"g","operation":"x"}"#, #"{"gid":1,"branch":0,"operation":"x"}"#, #"{"gid":"g","branch":0,"operation":"x","participants":[1]}"#, "[]", "{"])
+    func anythingElseIsLeftToCodableToDiagnose(_ text: String) {
+        #expect(ParticipantRequest(fastParsing: Array(text.utf8)) == nil)
+    }
+
+    @Test func repliesAreWhatCodableWrites() throws {
+        for reply in [ParticipantReply(status: "prepared"), ParticipantReply(status: "committed", result: .object(["id": .number(3), "s": .string("é\"")]))] {
+            #expect(String(decoding: reply.jsonBytes(), as: UTF8.self) == String(decoding: try JSONEncoder.dtx().encode(reply), as: UTF8.self))
+        }
+    }
+}
