@@ -120,19 +120,23 @@ struct LogMetrics: Sendable {
     let registry: PrometheusCollectorRegistry
     let coordinator: Coordinator
 
+    private func gauge(_ name: String, _ help: String) -> Gauge {
+        registry.makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help))
+    }
+
     func render() -> String {
         let stats = coordinator.logStatistics
-        registry.makeGauge(name: "dtx_log_appends", help: "Records appended to the log since start").set(Double(stats.appends))
-        registry.makeGauge(name: "dtx_log_forced_appends", help: "Forced (durable before return) appends since start").set(Double(stats.forcedAppends))
-        registry.makeGauge(name: "dtx_log_fsyncs", help: "fdatasync/fsync calls on the log since start").set(Double(stats.fsyncs))
-        registry.makeGauge(name: "dtx_log_group_commit_largest", help: "Largest number of forced appends covered by one fdatasync").set(Double(stats.largestGroupSize))
-        registry.makeGauge(name: "dtx_log_group_commit_average", help: "Forced appends per fdatasync since start")
+        gauge("dtx_log_appends", "Records appended to the log since start").set(Double(stats.appends))
+        gauge("dtx_log_forced_appends", "Forced (durable before return) appends since start").set(Double(stats.forcedAppends))
+        gauge("dtx_log_fsyncs", "fdatasync/fsync calls on the log since start").set(Double(stats.fsyncs))
+        gauge("dtx_log_group_commit_largest", "Largest number of forced appends covered by one fdatasync").set(Double(stats.largestGroupSize))
+        gauge("dtx_log_group_commit_average", "Forced appends per fdatasync since start")
             .set(stats.fsyncs == 0 ? 0 : Double(stats.forcedAppends) / Double(stats.fsyncs))
         let gauges = coordinator.gauges()
-        registry.makeGauge(name: "dtx_unfinished_transactions", help: "Transactions not yet finished").set(Double(gauges.unfinished))
-        registry.makeGauge(name: "dtx_in_doubt_transactions", help: "Unfinished transactions whose branches may hold prepared work").set(Double(gauges.inDoubt))
-        registry.makeGauge(name: "dtx_stuck_transactions", help: "Unfinished transactions whose deliveries keep failing").set(Double(gauges.stuck))
-        registry.makeGauge(name: "dtx_participants", help: "Registered participants").set(Double(gauges.participants))
+        gauge("dtx_unfinished_transactions", "Transactions not yet finished").set(Double(gauges.unfinished))
+        gauge("dtx_in_doubt_transactions", "Unfinished transactions whose branches may hold prepared work").set(Double(gauges.inDoubt))
+        gauge("dtx_stuck_transactions", "Unfinished transactions whose deliveries keep failing").set(Double(gauges.stuck))
+        gauge("dtx_participants", "Registered participants").set(Double(gauges.participants))
         return registry.emitToString()
     }
 }
