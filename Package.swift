@@ -12,6 +12,8 @@ let package = Package(
         .library(name: "DTXLog", targets: ["DTXLog"]),
         .library(name: "DTXClient", targets: ["DTXClient"]),
         .library(name: "DTXParticipant", targets: ["DTXParticipant"]),
+        .library(name: "DTXSQLite", targets: ["DTXSQLite"]),
+        .library(name: "DTXPostgres", targets: ["DTXPostgres"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
@@ -123,6 +125,16 @@ let package = Package(
             path: "Tests/Fixtures/WALCrashWriter"
         ),
 
+        // Resource managers: real databases as participants (C libraries called directly).
+        .target(
+            name: "DTXSQLite",
+            dependencies: ["CSQLite", "DTXParticipant", "DTXCore", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "DTXPostgres",
+            dependencies: ["CLibPQ", "DTXParticipant", "DTXCore", .product(name: "Logging", package: "swift-log")]
+        ),
+
         // A participant service on the kit with an in-memory (file-journalled) resource
         // manager; tests and benchmarks tell it to vote no, stall or crash at a point.
         .executableTarget(
@@ -141,6 +153,8 @@ let package = Package(
         .target(name: "DTXTestSupport", path: "Tests/DTXTestSupport"),
         .testTarget(name: "DTXCoreTests", dependencies: ["DTXCore"]),
         .testTarget(name: "DTXAPITests", dependencies: ["DTXAPI", "DTXCore"]),
+        .testTarget(name: "DTXSQLiteTests", dependencies: ["DTXSQLite", "DTXParticipant", "DTXCore", "DTXTestSupport"]),
+        .testTarget(name: "DTXPostgresTests", dependencies: ["DTXPostgres", "DTXParticipant", "DTXCore", "DTXTestSupport"]),
         .testTarget(name: "DTXLogTests", dependencies: ["DTXLog", "DTXTestSupport"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CSQLite", "CLibPQ"]),
         .testTarget(name: "DTXParticipantTests", dependencies: ["DTXParticipant", "DTXCore"]),

@@ -1,0 +1,1 @@
+// DTXPostgres: the PostgreSQL resource manager.

@@ -1,0 +1,1 @@
+// DTXSQLite: the SQLite resource manager.
