@@ -32,6 +32,10 @@ public struct TwoPhaseCommit: TransactionStateMachine {
         case acknowledged(BranchID)
         /// A message could not be delivered or got no usable answer.
         case deliveryFailed(BranchID, String)
+        /// Phase two found the branch already ended the other way (a COMMIT answered
+        /// `already_rolled_back`, a ROLLBACK `already_committed`): a heuristic outcome,
+        /// recorded as it is instead of retried forever.
+        case endedOtherwise(BranchID, BranchState, String)
         case timedOut(TimerID)
         /// Rebuild after a restart from what the log holds for this transaction.
         case recovered(Recovered)
@@ -127,6 +131,13 @@ public struct TwoPhaseCommit: TransactionStateMachine {
             return [.send(.commitOnePhase, to: id)]
         case (.committing, .acknowledged(let id)), (.aborting, .acknowledged(let id)):
             return acknowledged(id)
+        case let (.committing, .endedOtherwise(id, actual, detail)), let (.aborting, .endedOtherwise(id, actual, detail)):
+            let expected: BranchState = status == .committing ? .committing : .rollingBack
+            guard state(of: id) == expected else { return [] }
+            heuristic = true
+            branches[id].lastError = detail
+            branches[id].state = actual
+            return finishIfDone(after: [.cancel(.retry(id))])
         case (.committing, .deliveryFailed(let id, let error)):
             return state(of: id) == .committing ? retry(id, error: error) : []
         case (.aborting, .deliveryFailed(let id, let error)):
@@ -235,13 +246,14 @@ public struct TwoPhaseCommit: TransactionStateMachine {
         case .rollingBack: branches[id].state = .rolledBack
         default: return []  // duplicate or unexpected
         }
-        var actions: [TransactionAction] = [.cancel(.retry(id))]
+        return finishIfDone(after: [.cancel(.retry(id))])
+    }
+
+    private mutating func finishIfDone(after actions: [TransactionAction]) -> [TransactionAction] {
         let done = targets.allSatisfy { branches[$0].state == .committed || branches[$0].state == .rolledBack }
-        if done {
-            status = status == .committing ? .committed : .aborted
-            actions += [.log(.end(gid: gid), forced: false), .finish(status)]
-        }
-        return actions
+        guard done else { return actions }
+        status = status == .committing ? .committed : .aborted
+        return actions + [.log(.end(gid: gid), forced: false), .finish(status)]
     }
 
     /// An operator reverses a logged decision: the branches that have not acknowledged
@@ -328,6 +340,8 @@ extension TwoPhaseCommit {
             case (.prepare, .refused(_, let message)), (.commitOnePhase, .refused(_, let message)): return .voted(id, .no(message))
             case (.commitOnePhase, .done(let status, _)): return status == "read_only" ? .voted(id, .readOnly) : .acknowledged(id)
             case (.commit, .done), (.rollback, .done): return .acknowledged(id)
+            case (.commit, .refused("already_rolled_back", let message)): return .endedOtherwise(id, .rolledBack, "heuristic: the participant had already rolled back: \(message)")
+            case (.rollback, .refused("already_committed", let message)): return .endedOtherwise(id, .committed, "heuristic: the participant had already committed: \(message)")
             case (_, .refused(let code, let message)): return .deliveryFailed(id, "\(code): \(message)")
             case (_, .failed(let error)): return .deliveryFailed(id, error)
             }

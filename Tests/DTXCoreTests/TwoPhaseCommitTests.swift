@@ -321,3 +321,23 @@ private func forcedWrites(_ actions: [TransactionAction]) -> Int {
         #expect(m.handle(event).contains(.send(.rollback, to: 0)))
     }
 }
+
+@Suite struct HeuristicOutcomeTests {
+    @Test func aCommitAnsweredAlreadyRolledBackIsRecordedAsAHeuristicOutcomeNotRetriedForever() {
+        var m = started(2)
+        _ = m.handle(.voted(0, .yes))
+        _ = m.handle(.voted(1, .yes))
+        _ = m.handle(.acknowledged(0))
+        let event = TwoPhaseCommit.translate(.replied(1, .commit, .refused(code: "already_rolled_back", message: "rolled back by hand")))
+        #expect(event == .endedOtherwise(1, .rolledBack, "heuristic: the participant had already rolled back: rolled back by hand"))
+        let actions = m.handle(event!)
+        #expect(actions == [.cancel(.retry(1)), .log(.end(gid: gid), forced: false), .finish(.committed)])
+        #expect(m.heuristic)
+        #expect(m.branches.map(\.state) == [.committed, .rolledBack])
+        // Any other refusal in phase two is still retried.
+        var other = started(2)
+        _ = other.handle(.voted(0, .yes))
+        _ = other.handle(.voted(1, .yes))
+        #expect(other.handle(TwoPhaseCommit.translate(.replied(1, .commit, .refused(code: "unknown_branch", message: "?")))!) == [.schedule(.retry(1), attempt: 1)])
+    }
+}
