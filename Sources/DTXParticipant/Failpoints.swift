@@ -1,13 +1,16 @@
 import DTXAPI
 import DTXCore
-import DTXParticipant
 import Foundation
 import Hummingbird
 import Logging
 import Synchronization
 
+// Failpoints: named points where a participant service can be told (by a test, through
+// the environment or at run time) to refuse, answer 503, stall or SIGKILL itself. The
+// memory participant and the example services use them for crash tests.
+
 /// Where a failpoint can be armed.
-enum FailpointName: String, CaseIterable, Sendable {
+public enum FailpointName: String, CaseIterable, Sendable {
     /// When a PREPARE, COMMIT, ROLLBACK or COMMIT_ONE_PHASE request arrives.
     case prepare, commit, rollback
     case commitOnePhase = "commit_one_phase"
@@ -18,7 +21,7 @@ enum FailpointName: String, CaseIterable, Sendable {
 }
 
 /// What an armed failpoint does when reached.
-enum FailpointAction: Sendable, Equatable, CustomStringConvertible {
+public enum FailpointAction: Sendable, Equatable, CustomStringConvertible {
     /// Refuse with 409 `voted_no`.
     case no
     /// Answer 503, so that the coordinator retries.
@@ -28,7 +31,7 @@ enum FailpointAction: Sendable, Equatable, CustomStringConvertible {
     /// SIGKILL this process.
     case crash
 
-    init(parsing text: String) throws(FailpointError) {
+    public init(parsing text: String) throws(FailpointError) {
         switch text {
         case "no": self = .no
         case "unavailable": self = .unavailable
@@ -41,7 +44,7 @@ enum FailpointAction: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    var description: String {
+    public var description: String {
         switch self {
         case .no: return "no"
         case .unavailable: return "unavailable"
@@ -53,8 +56,8 @@ enum FailpointAction: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-struct FailpointError: Error, CustomStringConvertible {
-    var description: String
+public struct FailpointError: Error, CustomStringConvertible {
+    public var description: String
 
     init(_ description: String) {
         self.description = description
@@ -62,23 +65,23 @@ struct FailpointError: Error, CustomStringConvertible {
 }
 
 /// A failpoint answered 503 on purpose.
-struct FailpointUnavailable: Error, CustomStringConvertible {
-    var name: FailpointName
-    var description: String { "failpoint \(name.rawValue) made this participant unavailable" }
+public struct FailpointUnavailable: Error, CustomStringConvertible {
+    public var name: FailpointName
+    public var description: String { "failpoint \(name.rawValue) made this participant unavailable" }
 }
 
 /// The armed failpoints; tests arm them at start (`DTX_PARTICIPANT_FAILPOINTS`) or at
 /// run time (`PUT /test/failpoints`). An armed failpoint stays armed until cleared.
-final class Failpoints: Sendable {
+public final class Failpoints: Sendable {
     private let armed = Mutex<[FailpointName: FailpointAction]>([:])
     private let logger: Logger
 
-    init(logger: Logger) {
+    public init(logger: Logger) {
         self.logger = logger
     }
 
     /// Arms every `name=action` of a comma-separated list, e.g. `prepare=no,commit=unavailable`.
-    func arm(specification: String) throws(FailpointError) {
+    public func arm(specification: String) throws(FailpointError) {
         for entry in specification.split(separator: ",") {
             let parts = entry.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
             guard parts.count == 2 else {
@@ -88,7 +91,7 @@ final class Failpoints: Sendable {
         }
     }
 
-    func arm(name: String, action: String) throws(FailpointError) {
+    public func arm(name: String, action: String) throws(FailpointError) {
         guard let failpoint = FailpointName(rawValue: name) else {
             throw FailpointError("unknown failpoint '\(name)'; use one of \(FailpointName.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -97,13 +100,13 @@ final class Failpoints: Sendable {
         logger.notice("failpoint armed", metadata: ["failpoint": .string(name), "action": .string(parsed.description)])
     }
 
-    func clear() {
+    public func clear() {
         armed.withLock { $0.removeAll() }
         logger.notice("failpoints cleared")
     }
 
     /// The armed failpoints, as name → action.
-    var current: [String: String] {
+    public var current: [String: String] {
         armed.withLock { armed in
             Dictionary(uniqueKeysWithValues: armed.map { ($0.key.rawValue, $0.value.description) })
         }
@@ -111,7 +114,7 @@ final class Failpoints: Sendable {
 
     /// Performs the action armed at `name`, if any; returns when processing may go on.
     /// `branch` is logged when known (a request's body is read only after its arrival).
-    func reach(_ name: FailpointName, branch: BranchRef? = nil) async throws {
+    public func reach(_ name: FailpointName, branch: BranchRef? = nil) async throws {
         guard let action = armed.withLock({ $0[name] }) else { return }
         var metadata: Logger.Metadata = ["failpoint": .string(name.rawValue), "action": .string(action.description)]
         if let branch {
@@ -130,10 +133,14 @@ final class Failpoints: Sendable {
 
 /// Checks the request-arrival failpoints (`prepare`, `commit`, `rollback`,
 /// `commit_one_phase`) before the participant protocol handles a request.
-struct RequestFailpointMiddleware<Context: RequestContext>: RouterMiddleware {
+public struct RequestFailpointMiddleware<Context: RequestContext>: RouterMiddleware {
     let failpoints: Failpoints
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    public init(failpoints: Failpoints) {
+        self.failpoints = failpoints
+    }
+
+    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let prefix = "/dtx/2pc/"
         let path = request.uri.path
         guard path.hasPrefix(prefix),
@@ -145,9 +152,9 @@ struct RequestFailpointMiddleware<Context: RequestContext>: RouterMiddleware {
         do {
             try await failpoints.reach(name)
         } catch let error as BusinessError {
-            return jsonError(.conflict, code: error.code, message: error.message)
+            return JSONResponse.error(.conflict, code: error.code, message: error.message)
         } catch {
-            return jsonError(.serviceUnavailable, code: "unavailable", message: "\(error); retry later")
+            return JSONResponse.error(.serviceUnavailable, code: "unavailable", message: "\(error); retry later")
         }
         return try await next(request, context)
     }
@@ -155,31 +162,77 @@ struct RequestFailpointMiddleware<Context: RequestContext>: RouterMiddleware {
 
 /// Checks the failpoints inside a resource manager's work: `after-prepare` and
 /// `before-commit`.
-struct FailpointResourceManager: ResourceManager {
+public struct FailpointResourceManager: ResourceManager {
     let base: any ResourceManager
     let failpoints: Failpoints
 
-    func prepare(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> PrepareOutcome {
+    public init(base: any ResourceManager, failpoints: Failpoints) {
+        self.base = base
+        self.failpoints = failpoints
+    }
+
+    public func prepare(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> PrepareOutcome {
         let outcome = try await base.prepare(branch, operation: operation, payload: payload)
         try await failpoints.reach(.afterPrepare, branch: branch)
         return outcome
     }
 
-    func commit(_ branch: BranchRef) async throws {
+    public func commit(_ branch: BranchRef) async throws {
         try await failpoints.reach(.beforeCommit, branch: branch)
         try await base.commit(branch)
     }
 
-    func rollback(_ branch: BranchRef) async throws {
+    public func rollback(_ branch: BranchRef) async throws {
         try await base.rollback(branch)
     }
 
-    func commitOnePhase(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+    public func commitOnePhase(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
         try await failpoints.reach(.beforeCommit, branch: branch)
         return try await base.commitOnePhase(branch, operation: operation, payload: payload)
     }
 
-    func inDoubt() async throws -> [BranchRef] {
+    public func inDoubt() async throws -> [BranchRef] {
         try await base.inDoubt()
     }
+}
+
+extension Failpoints {
+    /// Test routes to arm failpoints at run time:
+    /// - `GET /test/failpoints`: `{"failpoints": {name: action}}`;
+    /// - `PUT /test/failpoints` with `{"name": ..., "action": ...}`: arms one;
+    /// - `DELETE /test/failpoints`: clears them all.
+    public func addRoutes(to router: Router<some RequestContext>) {
+        router.get("/test/failpoints") { _, _ -> Response in
+            JSONResponse.encode(.ok, FailpointsAnswer(failpoints: self.current))
+        }
+        router.put("/test/failpoints") { request, context -> Response in
+            var request = request
+            let arming: FailpointRequest
+            do {
+                let body = try await request.collectBody(upTo: context.maxUploadSize)
+                arming = try JSONDecoder().decode(FailpointRequest.self, from: Data(body.readableBytesView))
+            } catch {
+                return JSONResponse.error(.badRequest, code: "bad_request", message: "send a JSON object {\"name\": ..., \"action\": ...}, e.g. {\"name\": \"prepare\", \"action\": \"no\"}")
+            }
+            do {
+                try self.arm(name: arming.name, action: arming.action)
+            } catch {
+                return JSONResponse.error(.badRequest, code: "bad_request", message: "\(error)")
+            }
+            return JSONResponse.encode(.ok, FailpointsAnswer(failpoints: self.current))
+        }
+        router.delete("/test/failpoints") { _, _ -> Response in
+            self.clear()
+            return JSONResponse.encode(.ok, FailpointsAnswer(failpoints: self.current))
+        }
+    }
+}
+
+private struct FailpointsAnswer: Encodable {
+    var failpoints: [String: String]
+}
+
+private struct FailpointRequest: Decodable {
+    var name: String
+    var action: String
 }
