@@ -150,6 +150,27 @@ let package = Package(
             path: "Examples/MemoryParticipant"
         ),
 
+        // The bank-transfer example: an accounts service (SQLite or PostgreSQL) and a
+        // client that moves money between two of them atomically.
+        .executableTarget(
+            name: "accounts-service",
+            dependencies: [
+                "DTXParticipant", "DTXSQLite", "DTXPostgres", "DTXAPI", "DTXCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Examples/BankTransfer/AccountsService"
+        ),
+        .executableTarget(
+            name: "transfer",
+            dependencies: [
+                "DTXClient", "DTXAPI", "DTXCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Examples/BankTransfer/Transfer"
+        ),
+
         .target(name: "DTXTestSupport", path: "Tests/DTXTestSupport"),
         .testTarget(name: "DTXCoreTests", dependencies: ["DTXCore"]),
         .testTarget(name: "DTXAPITests", dependencies: ["DTXAPI", "DTXCore"]),

@@ -80,15 +80,21 @@ struct MemoryParticipant: AsyncParsableCommand {
         }
         let coordinatorURL = coordinator ?? env["DTX_URL"] ?? "http://127.0.0.1:7070"
         let address = listen ?? env["DTX_PARTICIPANT_LISTEN"] ?? "127.0.0.1:0"
-        guard let (host, port) = Self.parseAddress(address) else {
+        guard let (host, port) = ParticipantHost.parseAddress(address) else {
             throw ValidationError("cannot read listen address '\(address)'; write it as host:port, e.g. 127.0.0.1:8081")
         }
         let levelName = logLevel ?? env["DTX_PARTICIPANT_LOG_LEVEL"] ?? "info"
         guard let level = Logger.Level(rawValue: levelName) else {
             throw ValidationError("unknown log level '\(levelName)'; use trace, debug, info, notice, warning, error or critical")
         }
-        let heartbeatInterval = try Self.seconds(heartbeat, env: "DTX_PARTICIPANT_HEARTBEAT", option: "--heartbeat")
-        let recoveryInterval = try Self.seconds(recoveryInterval, env: "DTX_PARTICIPANT_RECOVERY_INTERVAL", option: "--recovery-interval")
+        let heartbeatInterval: Duration
+        let recoveryInterval: Duration
+        do {
+            heartbeatInterval = try ParticipantHost.seconds(heartbeat, variable: "DTX_PARTICIPANT_HEARTBEAT", flag: "--heartbeat")
+            recoveryInterval = try ParticipantHost.seconds(self.recoveryInterval, variable: "DTX_PARTICIPANT_RECOVERY_INTERVAL", flag: "--recovery-interval")
+        } catch {
+            throw ValidationError(error.message)
+        }
 
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -115,7 +121,7 @@ struct MemoryParticipant: AsyncParsableCommand {
             service = try ParticipantService(
                 configuration: .init(
                     name: name,
-                    advertisedURL: Self.url(host: host, port: port),
+                    advertisedURL: ParticipantHost.url(host: host, port: port),
                     coordinatorURL: coordinatorURL,
                     coordinatorToken: coordinatorToken ?? env["DTX_TOKEN"],
                     callbackToken: callbackToken ?? env["DTX_PARTICIPANT_CALLBACK_TOKEN"],
@@ -133,55 +139,9 @@ struct MemoryParticipant: AsyncParsableCommand {
         service.addRoutes(to: router.group().add(middleware: RequestFailpointMiddleware(failpoints: failpoints)))
         addTestRoutes(to: router, store: store, failpoints: failpoints)
 
-        let (boundPorts, boundPort) = AsyncStream.makeStream(of: Int.self)
-        let app = Application(
-            router: router,
-            configuration: .init(address: .hostname(host, port: port), serverName: "memory-participant"),
-            onServerRunning: { channel in
-                let bound = channel.localAddress?.port ?? port
-                // Written unbuffered: tests wait for this line and read the port from it.
-                FileHandle.standardOutput.write(Data("memory-participant \(name) listening on \(Self.url(host: host, port: bound))\n".utf8))
-                boundPort.yield(bound)
-                boundPort.finish()
-            },
-            logger: logger
-        )
-        // The server stops gracefully on SIGTERM or SIGINT; registration stops with it.
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await app.runService() }
-            group.addTask {
-                for await bound in boundPorts {
-                    try await service.run(advertisedURL: Self.url(host: host, port: bound))
-                }
-            }
-            try await group.next()
-            group.cancelAll()
+        // Written unbuffered: tests wait for this line and read the port from it.
+        try await ParticipantHost.serve(service, router: router, host: host, port: port, serverName: "memory-participant", logger: logger) { url in
+            FileHandle.standardOutput.write(Data("memory-participant \(name) listening on \(url)\n".utf8))
         }
-    }
-
-    static func url(host: String, port: Int) -> String {
-        host.contains(":") ? "http://[\(host)]:\(port)" : "http://\(host):\(port)"
-    }
-
-    static func parseAddress(_ text: String) -> (String, Int)? {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
-        var host = String(text[..<colon])
-        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        return host.isEmpty ? nil : (host, port)
-    }
-
-    /// An interval from its option or environment variable; 5 seconds by default.
-    static func seconds(_ option: Double?, env variable: String, option flag: String) throws -> Duration {
-        let environment = ProcessInfo.processInfo.environment[variable]
-        guard let seconds = try option ?? environment.map({ text in
-            guard let value = Double(text) else { throw ValidationError("\(variable) must be a number of seconds, not '\(text)'") }
-            return value
-        }) else {
-            return .seconds(5)
-        }
-        guard seconds > 0, seconds.isFinite else {
-            throw ValidationError("\(flag) must be a positive number of seconds, not \(seconds)")
-        }
-        return .seconds(seconds)
     }
 }

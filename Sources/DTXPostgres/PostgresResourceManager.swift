@@ -1,1 +1,403 @@
-// DTXPostgres: the PostgreSQL resource manager.
+/// DTXPostgres: PostgreSQL as a participant in dtx global transactions (architecture §5),
+/// through libpq (no Swift driver).
+///
+/// `PostgresResourceManager` runs each branch's operation in a local transaction and
+/// makes it durable with `PREPARE TRANSACTION`; phase two is `COMMIT PREPARED` /
+/// `ROLLBACK PREPARED` from any pooled connection. `PostgresPool` keeps libpq's
+/// blocking calls on threads of their own; `PostgresConnection` is one libpq connection.
+import DTXCore
+import DTXParticipant
+import Foundation
+import Logging
+import Synchronization
+
+/// A `ResourceManager` backed by PostgreSQL prepared transactions.
+///
+/// A branch's work is a registered operation: a closure that runs SQL on the
+/// connection it is given, inside the branch's transaction. PREPARE runs
+/// `BEGIN` → the operation → a row in `dtx_branches` → `PREPARE TRANSACTION
+/// 'prefix:gid:branch'`. The `dtx_branches` row commits or rolls back with the business
+/// rows, so it exists exactly when the branch committed: it is the participant's own
+/// outcome record, which tells a retried COMMIT (the prepared transaction is gone
+/// because it committed) from a COMMIT of a branch that never prepared. A ROLLBACK
+/// leaves a row in `dtx_rollbacks`, so that a PREPARE arriving after it refuses.
+///
+/// Concurrent calls for the same branch are serialized by a transaction-level advisory
+/// lock on the branch's name, which a prepared transaction keeps until it is committed
+/// or rolled back (also across a server restart); a call that finds it taken fails with
+/// `PostgresError.Code.branchBusy`, which the coordinator retries.
+///
+/// The tables keep one small row per committed or rolled-back branch; delete old rows
+/// when the coordinator no longer retries their transactions.
+public final class PostgresResourceManager: ResourceManager {
+    /// The closure that does a branch's work: it gets the branch's payload and a
+    /// connection inside the branch's transaction, runs its SQL there (never BEGIN,
+    /// COMMIT or ROLLBACK) and returns the branch's result. It throws `BusinessError` to
+    /// refuse; a SQL error of class 22 (data exception) or 23 (integrity constraint
+    /// violation, e.g. a CHECK on a balance) is a refusal too, because running the same
+    /// SQL again cannot succeed. Any other error is retried by the coordinator.
+    public typealias Operation = @Sendable (_ payload: JSONValue?, _ connection: PostgresConnection) throws -> JSONValue?
+
+    /// Outcome records: one row per committed branch, written in the branch's own
+    /// transaction. `result` is the operation's result as JSON text.
+    public static let branchesTableDDL = """
+        CREATE TABLE IF NOT EXISTS dtx_branches (
+            gid TEXT NOT NULL,
+            branch BIGINT NOT NULL,
+            operation TEXT NOT NULL,
+            result TEXT,
+            PRIMARY KEY (gid, branch)
+        )
+        """
+
+    /// One row per rolled-back branch (including branches rolled back before they
+    /// prepared, as presumed abort allows), so that a late PREPARE refuses.
+    public static let rollbacksTableDDL = """
+        CREATE TABLE IF NOT EXISTS dtx_rollbacks (
+            gid TEXT NOT NULL,
+            branch BIGINT NOT NULL,
+            PRIMARY KEY (gid, branch)
+        )
+        """
+
+    /// Both tables, as one SQL script.
+    public static let schemaSQL = branchesTableDDL + ";\n\n" + rollbacksTableDDL + ";\n"
+
+    /// A prepared transaction of this resource manager, as `orphans()` reports it.
+    public struct PreparedBranch: Sendable, Equatable {
+        public var ref: BranchRef
+        /// The prepared transaction's name (`gid` in `pg_prepared_xacts`).
+        public var transactionName: String
+        /// When PREPARE TRANSACTION ran.
+        public var preparedAt: Date
+        /// The database role that prepared it.
+        public var owner: String
+    }
+
+    /// Marks this resource manager's prepared transactions: `prefix:gid:branch`.
+    public let prefix: String
+    private let pool: PostgresPool
+    private let lockTimeout: String
+    private let logger: Logger
+    private let operations = Mutex<[String: Operation]>([:])
+
+    /// Checks that the server can prepare transactions and creates the participant
+    /// tables when they are missing.
+    /// - Parameters:
+    ///   - pool: connections to the database that holds the business tables.
+    ///   - prefix: 1 to 16 ASCII letters and digits that start this resource manager's
+    ///     prepared-transaction names; services sharing a database need distinct ones.
+    ///   - lockTimeout: how long a PREPARE waits for a row lock before giving up (and
+    ///     being retried). Prepared transactions hold their locks until phase two, which
+    ///     needs a free pooled connection: without a bound, PREPAREs waiting for those
+    ///     locks could occupy every connection.
+    ///   - logger: where branch events and server notices are logged.
+    /// - Throws: `PostgresError` `.preparedTransactionsDisabled` when the server has
+    ///   `max_prepared_transactions = 0`, `.invalidConfiguration` for a bad prefix.
+    public init(pool: PostgresPool, prefix: String = "dtx", lockTimeout: Duration = .seconds(5), logger: Logger) async throws {
+        try PreparedTransactionName.validate(prefix: prefix)
+        let (seconds, attoseconds) = lockTimeout.components
+        let milliseconds = max(1, seconds * 1000 + attoseconds / 1_000_000_000_000_000)
+        self.prefix = prefix
+        self.pool = pool
+        self.lockTimeout = "\(milliseconds)ms"
+        self.logger = logger
+        try await pool.withConnection { connection in
+            try Self.checkPreparedTransactions(connection)
+            try Self.createTables(connection)
+        }
+        logger.info("PostgreSQL resource manager ready", metadata: ["prefix": .string(prefix)])
+    }
+
+    /// Registers (or replaces) the operation `name`. Branches name it in their spec.
+    public func register(_ name: String, _ body: @escaping Operation) {
+        operations.withLock { $0[name] = body }
+    }
+
+    // MARK: - ResourceManager
+
+    public func prepare(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> PrepareOutcome {
+        let name = try PreparedTransactionName.make(prefix: prefix, branch: branch)
+        let body = try operationBody(operation)
+        let outcome = try await pool.withConnection { connection in
+            try self.prepare(branch, name: name, operation: operation, body: body, payload: payload, connection)
+        }
+        logger.debug("prepared branch", metadata: metadata(branch, operation: operation))
+        return outcome
+    }
+
+    public func commit(_ branch: BranchRef) async throws {
+        let name = try PreparedTransactionName.make(prefix: prefix, branch: branch)
+        let committedNow = try await pool.withConnection { connection in
+            if try Self.finishPrepared("COMMIT PREPARED", name, connection) { return true }
+            switch try Self.recordedState(of: branch, name: name, connection) {
+            case .committed: return false
+            case .rolledBack:
+                throw BusinessError(code: "already_rolled_back", message: "branch \(branch) was already rolled back; it cannot commit")
+            case .prepared:
+                throw PostgresError(code: .branchBusy, message: "branch \(branch) was prepared while its COMMIT ran; retry the COMMIT")
+            case nil:
+                throw BusinessError(code: "unknown_branch", message: "no prepared transaction \(name) and no record of branch \(branch): it never prepared in this database")
+            }
+        }
+        logger.debug(committedNow ? "committed branch" : "branch was already committed", metadata: metadata(branch))
+    }
+
+    public func rollback(_ branch: BranchRef) async throws {
+        let name = try PreparedTransactionName.make(prefix: prefix, branch: branch)
+        let rolledBackPrepared = try await pool.withConnection { connection in
+            let rolledBack = try Self.finishPrepared("ROLLBACK PREPARED", name, connection)
+            // Record the decision, under the branch's lock so that no PREPARE of it is
+            // half-way: a PREPARE that comes later sees the row and refuses.
+            try connection.execute("BEGIN")
+            do {
+                try self.lockBranch(name, branch, connection)
+                if !rolledBack, case .committed = try Self.recordedState(of: branch, name: name, connection) {
+                    throw BusinessError(code: "already_committed", message: "branch \(branch) was already committed; it cannot roll back")
+                }
+                try connection.execute("INSERT INTO dtx_rollbacks (gid, branch) VALUES ($1, $2) ON CONFLICT DO NOTHING", [.text(branch.gid), .int(branch.branch)])
+                try connection.execute("COMMIT")
+            } catch {
+                connection.rollbackIfInTransaction()
+                throw error
+            }
+            return rolledBack
+        }
+        logger.debug(rolledBackPrepared ? "rolled back branch" : "recorded rollback of a branch that is not prepared", metadata: metadata(branch))
+    }
+
+    public func commitOnePhase(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+        let name = try PreparedTransactionName.make(prefix: prefix, branch: branch)
+        let body = try operationBody(operation)
+        let result = try await pool.withConnection { connection in
+            try self.inBranchTransaction(branch, name: name, connection) { connection -> JSONValue? in
+                switch try Self.recordedState(of: branch, name: name, connection) {
+                case .committed(let result): return result
+                case .rolledBack:
+                    throw BusinessError(code: "already_rolled_back", message: "branch \(branch) was already rolled back; it cannot commit")
+                case .prepared:
+                    throw BusinessError(code: "already_prepared", message: "branch \(branch) is prepared for two-phase commit; finish it with COMMIT or ROLLBACK")
+                case nil:
+                    let result = try self.run(body, payload: payload, operation: operation, branch: branch, connection)
+                    try Self.finish(connection, with: "COMMIT", expecting: "COMMIT", branch: branch)
+                    return result
+                }
+            }
+        }
+        logger.debug("committed branch in one phase", metadata: metadata(branch, operation: operation))
+        return result
+    }
+
+    public func inDoubt() async throws -> [BranchRef] {
+        try await orphans().map(\.ref)
+    }
+
+    /// Every prepared transaction of this resource manager in its database (the
+    /// branches `inDoubt()` lists), oldest first, with when and by whom it was
+    /// prepared. After a crash of the service these are the orphans to resolve by
+    /// asking the coordinator for each branch's outcome.
+    public func orphans() async throws -> [PreparedBranch] {
+        let prefix = prefix
+        let rows = try await pool.withConnection { connection in
+            try connection.execute(
+                """
+                SELECT gid, extract(epoch FROM prepared)::float8 AS prepared_at, owner
+                FROM pg_prepared_xacts
+                WHERE database = current_database() AND gid LIKE $1
+                ORDER BY prepared
+                """, [.text(prefix + ":%")]
+            ).rows
+        }
+        return try rows.compactMap { row in
+            let name = try row.string("gid") ?? ""
+            guard let ref = PreparedTransactionName.parse(name, prefix: prefix) else {
+                logger.warning("ignoring a prepared transaction with this resource manager's prefix whose name does not parse", metadata: ["name": .string(name)])
+                return nil
+            }
+            return PreparedBranch(
+                ref: ref, transactionName: name,
+                preparedAt: Date(timeIntervalSince1970: try row.double("prepared_at") ?? 0),
+                owner: try row.string("owner") ?? "")
+        }
+    }
+
+    // MARK: - Branch steps (run on a pool thread)
+
+    /// What the database says about a branch: its outcome record in `dtx_branches` or
+    /// `dtx_rollbacks`, else its prepared transaction.
+    private enum BranchState {
+        case committed(result: JSONValue?)
+        case rolledBack
+        case prepared
+    }
+
+    private func prepare(_ branch: BranchRef, name: String, operation: String, body: Operation, payload: JSONValue?, _ connection: PostgresConnection) throws -> PrepareOutcome {
+        do {
+            return try inBranchTransaction(branch, name: name, connection) { connection in
+                switch try Self.recordedState(of: branch, name: name, connection) {
+                case .committed(let result): return .prepared(result: result)
+                case .rolledBack:
+                    throw BusinessError(code: "already_rolled_back", message: "branch \(branch) was already rolled back; it cannot prepare again")
+                case .prepared:
+                    // Prepared by a call that holds no lock on it (another process).
+                    return .prepared(result: nil)
+                case nil:
+                    let result = try self.run(body, payload: payload, operation: operation, branch: branch, connection)
+                    try Self.finish(connection, with: "PREPARE TRANSACTION '\(name)'", expecting: "PREPARE TRANSACTION", branch: branch)
+                    return .prepared(result: result)
+                }
+            }
+        } catch let error as PostgresError where error.code == .branchBusy {
+            // A prepared transaction keeps the branch's lock: this is a repeated PREPARE.
+            // Its result was only in the first answer; the outcome record is not
+            // readable until the branch commits.
+            if try Self.isPrepared(name, connection) { return .prepared(result: nil) }
+            throw error
+        }
+    }
+
+    /// Runs `work` in a transaction that holds the branch's lock. `work` ends the
+    /// transaction itself when it succeeds (PREPARE or COMMIT); when it returns without
+    /// ending it (the branch was already decided) or throws, it is rolled back.
+    private func inBranchTransaction<T>(_ branch: BranchRef, name: String, _ connection: PostgresConnection, _ work: (PostgresConnection) throws -> T) throws -> T {
+        try connection.execute("BEGIN")
+        do {
+            try lockBranch(name, branch, connection)
+            let value = try work(connection)
+            connection.rollbackIfInTransaction()
+            return value
+        } catch {
+            connection.rollbackIfInTransaction()
+            throw error
+        }
+    }
+
+    /// Takes the branch's advisory lock for the current transaction (and bounds lock
+    /// waits for its other statements), or throws `.branchBusy`.
+    private func lockBranch(_ name: String, _ branch: BranchRef, _ connection: PostgresConnection) throws {
+        let row = try connection.execute(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS locked, set_config('lock_timeout', $2, true)",
+            [.text(name), .text(lockTimeout)]
+        ).rows.first
+        guard try row?.bool("locked") == true else {
+            throw PostgresError(code: .branchBusy, message: "branch \(branch) is being prepared, committed or rolled back by another call, or is prepared; retry later")
+        }
+    }
+
+    /// Runs a branch's operation, turning definitive SQL failures into refusals.
+    private func run(_ body: Operation, payload: JSONValue?, operation: String, branch: BranchRef, _ connection: PostgresConnection) throws -> JSONValue? {
+        let result: JSONValue?
+        do {
+            result = try body(payload, connection)
+        } catch let error as PostgresError where error.sqlStateClass == "22" || error.sqlStateClass == "23" {
+            logger.info("operation refused by the database", metadata: metadata(branch, operation: operation).merging(["error": "\(error)"]) { $1 })
+            throw BusinessError(code: error.sqlStateClass == "23" ? "constraint_violation" : "invalid_data", message: "operation \(operation) failed: \(error.message)")
+        }
+        guard connection.isInTransaction else {
+            throw PostgresError(code: .invalidValue, message: "operation \(operation) ended the branch's transaction; an operation must not run BEGIN, COMMIT or ROLLBACK")
+        }
+        try connection.execute(
+            "INSERT INTO dtx_branches (gid, branch, operation, result) VALUES ($1, $2, $3, $4)",
+            [.text(branch.gid), .int(branch.branch), .text(operation), try result.map { .text(try Self.encode($0)) }])
+        return result
+    }
+
+    /// Ends the branch's transaction with `statement`. PostgreSQL answers a COMMIT or
+    /// PREPARE of a failed transaction with a plain ROLLBACK, not an error, so the
+    /// command tag is checked.
+    private static func finish(_ connection: PostgresConnection, with statement: String, expecting tag: String, branch: BranchRef) throws {
+        let result = try connection.execute(statement)
+        guard result.commandTag == tag else {
+            throw PostgresError(code: .server, message: "branch \(branch) was rolled back instead of \(tag): its transaction had failed", sql: statement)
+        }
+    }
+
+    /// Runs COMMIT PREPARED or ROLLBACK PREPARED; false when no such prepared
+    /// transaction exists (SQLSTATE 42704).
+    private static func finishPrepared(_ command: String, _ name: String, _ connection: PostgresConnection) throws -> Bool {
+        do {
+            try connection.execute("\(command) '\(name)'")
+            return true
+        } catch let error as PostgresError where error.sqlState == "42704" {
+            return false
+        }
+    }
+
+    private static func isPrepared(_ name: String, _ connection: PostgresConnection) throws -> Bool {
+        try !connection.execute("SELECT 1 FROM pg_prepared_xacts WHERE gid = $1 AND database = current_database()", [.text(name)]).rows.isEmpty
+    }
+
+    /// The branch's state; nil when it was never prepared or decided here. A rollback
+    /// record wins over a prepared transaction: one prepared after its rollback was
+    /// recorded is about to be rolled back, so it must not count as a yes-vote.
+    private static func recordedState(of branch: BranchRef, name: String, _ connection: PostgresConnection) throws -> BranchState? {
+        let row = try connection.execute(
+            """
+            SELECT b.result, b.gid IS NOT NULL AS committed,
+                   EXISTS (SELECT 1 FROM dtx_rollbacks r WHERE r.gid = $1 AND r.branch = $2) AS rolled_back,
+                   EXISTS (SELECT 1 FROM pg_prepared_xacts p WHERE p.gid = $3 AND p.database = current_database()) AS prepared
+            FROM (SELECT 1) AS one
+            LEFT JOIN dtx_branches b ON b.gid = $1 AND b.branch = $2
+            """, [.text(branch.gid), .int(branch.branch), .text(name)]
+        ).rows.first
+        guard let row else { return nil }
+        if try row.bool("committed") == true {
+            return .committed(result: try row.string("result").map(decode))
+        }
+        if try row.bool("rolled_back") == true { return .rolledBack }
+        return try row.bool("prepared") == true ? .prepared : nil
+    }
+
+    private static func checkPreparedTransactions(_ connection: PostgresConnection) throws {
+        let setting = try connection.execute("SHOW max_prepared_transactions").rows.first?.int("max_prepared_transactions")
+        guard let setting, setting > 0 else {
+            throw PostgresError(
+                code: .preparedTransactionsDisabled,
+                message: """
+                    PostgreSQL at \(connection.endpoint) has max_prepared_transactions = \(setting.map(String.init) ?? "unknown"), \
+                    so it cannot prepare transactions for two-phase commit. Set it to at least the number of branches \
+                    that may be in doubt at once: run ALTER SYSTEM SET max_prepared_transactions = 64; and restart the \
+                    server, or start postgres with -c max_prepared_transactions=64
+                    """)
+        }
+    }
+
+    /// Creates the tables under an advisory lock: two resource managers starting at
+    /// once could otherwise both try to create them and one would fail.
+    private static func createTables(_ connection: PostgresConnection) throws {
+        try connection.execute("BEGIN")
+        do {
+            try connection.execute("SELECT pg_advisory_xact_lock(hashtextextended('dtx participant schema', 0))")
+            try connection.execute(branchesTableDDL)
+            try connection.execute(rollbacksTableDDL)
+            try connection.execute("COMMIT")
+        } catch {
+            connection.rollbackIfInTransaction()
+            throw error
+        }
+    }
+
+    // MARK: - Helpers
+
+    private func operationBody(_ operation: String) throws -> Operation {
+        guard let body = operations.withLock({ $0[operation] }) else {
+            let known = operations.withLock { $0.keys.sorted() }
+            throw BusinessError(code: "unknown_operation", message: "operation \"\(operation)\" is not registered with this participant; known operations: \(known.joined(separator: ", "))")
+        }
+        return body
+    }
+
+    private func metadata(_ branch: BranchRef, operation: String? = nil) -> Logger.Metadata {
+        var metadata: Logger.Metadata = ["gid": .string(branch.gid), "branch": .stringConvertible(branch.branch), "prefix": .string(prefix)]
+        if let operation { metadata["operation"] = .string(operation) }
+        return metadata
+    }
+
+    private static func encode(_ value: JSONValue) throws -> String {
+        String(decoding: try JSONEncoder().encode(value), as: UTF8.self)
+    }
+
+    private static func decode(_ text: String) throws -> JSONValue {
+        try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
+    }
+}

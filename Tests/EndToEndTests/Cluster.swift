@@ -1,27 +1,11 @@
 import DTXAPI
 import DTXClient
 import DTXCore
+import DTXTestSupport
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
-
-/// A free TCP port on loopback (bound, then released), so that a daemon restarted by a
-/// test comes back at the same address its participants know.
-func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) { pointer in
-        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-    }
-    guard bound else { throw ProcessError.exited("cannot find a free port") }
-    return Int(UInt16(bigEndian: address.sin_port))
-}
 
 /// Polls `condition` until it holds (true) or `seconds` pass (false).
 func eventually(seconds: Double = 20, _ condition: () async throws -> Bool) async rethrows -> Bool {
@@ -74,7 +58,7 @@ final class Cluster: @unchecked Sendable {
 
     init(_ name: String) throws {
         directory = makeTemporaryDirectory(name)
-        port = try freePort()
+        port = freeLoopbackPort()
         client = try CoordinatorClient(baseURL: "http://127.0.0.1:\(port)", timeout: .seconds(60))
     }
 

@@ -1,6 +1,7 @@
 import DTXAPI
 import DTXClient
 import DTXCore
+import DTXTestSupport
 import Foundation
 import Testing
 
@@ -65,7 +66,7 @@ import Testing
         let directory = makeTemporaryDirectory("e2e-participant-messages")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let child = try ChildProcess("memory-participant", [
-            "--name", "p", "--coordinator", "http://127.0.0.1:\(try freePort())", "--listen", "127.0.0.1:0",
+            "--name", "p", "--coordinator", "http://127.0.0.1:\(freeLoopbackPort())", "--listen", "127.0.0.1:0",
             "--journal", directory + "/p.journal", "--heartbeat", "1", "--recovery-interval", "1", "--log-level", "warning",
         ])
         defer { if child.process.isRunning { child.kill(SIGKILL) } }

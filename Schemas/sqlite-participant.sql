@@ -1,0 +1,29 @@
+-- Tables the SQLite resource manager (DTXSQLite) keeps in a service's database file,
+-- next to its business tables; created when the resource manager opens the file.
+-- Kept equal to SQLiteParticipantSchema.ddl by a test.
+CREATE TABLE IF NOT EXISTS dtx_prepared (
+    gid TEXT NOT NULL,
+    branch INTEGER NOT NULL,
+    operation TEXT NOT NULL,
+    changeset BLOB NOT NULL,
+    result TEXT,
+    prepared_at TEXT NOT NULL,
+    PRIMARY KEY (gid, branch)
+);
+CREATE TABLE IF NOT EXISTS dtx_locks (
+    tbl TEXT NOT NULL,
+    pk BLOB NOT NULL,
+    gid TEXT NOT NULL,
+    branch INTEGER NOT NULL,
+    PRIMARY KEY (tbl, pk)
+);
+CREATE INDEX IF NOT EXISTS dtx_locks_by_branch ON dtx_locks (gid, branch);
+CREATE TABLE IF NOT EXISTS dtx_outcomes (
+    gid TEXT NOT NULL,
+    branch INTEGER NOT NULL,
+    outcome TEXT NOT NULL CHECK (outcome IN ('committed', 'rolled_back')),
+    result TEXT,
+    decided_at TEXT NOT NULL,
+    PRIMARY KEY (gid, branch)
+);
+

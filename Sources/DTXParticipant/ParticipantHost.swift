@@ -1,0 +1,72 @@
+import Foundation
+import Hummingbird
+import Logging
+
+/// Runs a participant service's HTTP server and its registration with the coordinator:
+/// the server binds (port 0 picks a free one), `onListening` gets the real base URL
+/// (services print it: scripts and tests wait for that line), then the service registers
+/// that URL and keeps it registered. SIGTERM/SIGINT stop the server gracefully, and the
+/// registration loop with it.
+public enum ParticipantHost {
+    public static func serve(
+        _ service: ParticipantService,
+        router: Router<BasicRequestContext>,
+        host: String,
+        port: Int,
+        serverName: String,
+        logger: Logger,
+        onListening: @escaping @Sendable (String) -> Void
+    ) async throws {
+        let (boundPorts, boundPort) = AsyncStream.makeStream(of: Int.self)
+        let app = Application(
+            router: router,
+            configuration: .init(address: .hostname(host, port: port), serverName: serverName),
+            onServerRunning: { channel in
+                let bound = channel.localAddress?.port ?? port
+                onListening(url(host: host, port: bound))
+                boundPort.yield(bound)
+                boundPort.finish()
+            },
+            logger: logger
+        )
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await app.runService() }
+            group.addTask {
+                for await bound in boundPorts {
+                    try await service.run(advertisedURL: url(host: host, port: bound))
+                }
+            }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    public static func url(host: String, port: Int) -> String {
+        host.contains(":") ? "http://[\(host)]:\(port)" : "http://\(host):\(port)"
+    }
+
+    /// `host:port` (IPv6 in brackets) → (host, port), or nil.
+    public static func parseAddress(_ text: String) -> (host: String, port: Int)? {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return host.isEmpty ? nil : (host, port)
+    }
+
+    /// A positive number of seconds from an option or its environment variable; `fallback` otherwise.
+    public static func seconds(_ option: Double?, variable: String, flag: String, fallback: Duration = .seconds(5)) throws(HostConfigurationError) -> Duration {
+        var value = option
+        if value == nil, let text = ProcessInfo.processInfo.environment[variable] {
+            guard let parsed = Double(text) else { throw HostConfigurationError(message: "\(variable) must be a number of seconds, not '\(text)'") }
+            value = parsed
+        }
+        guard let seconds = value else { return fallback }
+        guard seconds > 0, seconds.isFinite else { throw HostConfigurationError(message: "\(flag) must be a positive number of seconds, not \(seconds)") }
+        return .milliseconds(Int64(seconds * 1000))
+    }
+}
+
+public struct HostConfigurationError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}

@@ -1,0 +1,140 @@
+import CSQLite
+import Dispatch
+import Foundation
+import Synchronization
+
+/// A database file served by one dedicated thread.
+///
+/// SQLite calls block (on locks, on fsync), so they must stay off Swift's cooperative
+/// thread pool. The database owns a thread that opens the connection and runs jobs on
+/// it one at a time, in the order they were submitted, like a serial executor: `run`
+/// enqueues a job and suspends the calling task until it is done. Dropping the database
+/// lets the thread finish the queued jobs, close the connection and exit.
+public final class SQLiteDatabase: Sendable {
+    /// The database file.
+    public let path: String
+    private let jobs = JobQueue()
+
+    /// Opens (creating if needed) the database file at `path` on a new thread.
+    /// - Parameter busyTimeout: how long a statement waits for another process's write
+    ///   lock before failing as busy.
+    /// - Throws: `SQLiteError` when the file cannot be opened or put in WAL mode.
+    public init(path: String, busyTimeout: Duration = .seconds(5)) async throws {
+        self.path = path
+        let thread = Thread { [jobs] in
+            Self.serve(jobs) { try SQLiteConnection(path: path, busyTimeout: busyTimeout) }
+            jobs.stopped()
+        }
+        thread.start()
+        // The first job reports whether the connection opened. It names the thread (for
+        // debuggers and `top -H`): Foundation on Linux names the system thread only from
+        // the thread itself once `start()` has returned.
+        try await run { _ in Thread.current.name = "dtx-sqlite" }
+    }
+
+    deinit {
+        jobs.close()
+    }
+
+    /// Runs `body` with the connection on the database's thread.
+    /// - Throws: what `body` throws; `SQLiteError` when the database could not be opened
+    ///   or is closed.
+    public func run<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
+        let path = path
+        return try await withCheckedThrowingContinuation { continuation in
+            let accepted = jobs.submit { opened in
+                continuation.resume(with: Result { try body(opened.get()) })
+            }
+            if !accepted {
+                continuation.resume(throwing: SQLiteError(code: SQLITE_MISUSE, message: "database \(path) is closed"))
+            }
+        }
+    }
+
+    /// Finishes the queued jobs, closes the connection and stops the thread. Later calls
+    /// to `run` fail.
+    public func close() async {
+        jobs.close()
+        await jobs.waitUntilStopped()
+    }
+
+    /// The thread's work: opens the connection and runs jobs until the queue closes.
+    /// The connection is closed when this returns.
+    private static func serve(_ jobs: JobQueue, open: () throws -> SQLiteConnection) {
+        let connection = Result { try open() }
+        var last = false
+        while !last {
+            let batch: [JobQueue.Job]
+            (batch, last) = jobs.next()
+            for job in batch { job(connection) }
+        }
+    }
+}
+
+/// The jobs waiting for a database's thread.
+private final class JobQueue: Sendable {
+    typealias Job = @Sendable (Result<SQLiteConnection, any Error>) -> Void
+
+    private struct State {
+        var pending: [Job] = []
+        var closed = false
+        var stopped = false
+        var stopWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state = Mutex(State())
+    /// Signalled once per submitted job and once on close.
+    private let wakeUp = DispatchSemaphore(value: 0)
+
+    /// Queues `job`; false if the queue is closed.
+    func submit(_ job: @escaping Job) -> Bool {
+        let accepted = state.withLock { state in
+            if state.closed { return false }
+            state.pending.append(job)
+            return true
+        }
+        if accepted { wakeUp.signal() }
+        return accepted
+    }
+
+    /// Refuses further jobs; those already queued still run.
+    func close() {
+        state.withLock { $0.closed = true }
+        wakeUp.signal()
+    }
+
+    /// Blocks until jobs are queued or the queue closes, and takes the queued jobs.
+    /// - Returns: the jobs, and whether they are the last (the queue is closed).
+    func next() -> (jobs: [Job], last: Bool) {
+        while true {
+            wakeUp.wait()
+            let (batch, closed) = state.withLock { state in
+                let batch = state.pending
+                state.pending = []
+                return (batch, state.closed)
+            }
+            if closed || !batch.isEmpty { return (batch, closed) }
+        }
+    }
+
+    /// Called by the thread after it closed the connection.
+    func stopped() {
+        let waiters = state.withLock { state in
+            state.stopped = true
+            let waiters = state.stopWaiters
+            state.stopWaiters = []
+            return waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    func waitUntilStopped() async {
+        await withCheckedContinuation { continuation in
+            let stopped = state.withLock { state in
+                if !state.stopped { state.stopWaiters.append(continuation) }
+                return state.stopped
+            }
+            if stopped { continuation.resume() }
+        }
+    }
+}

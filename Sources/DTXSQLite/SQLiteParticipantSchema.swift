@@ -1,0 +1,40 @@
+/// The tables `SQLiteResourceManager` keeps in the service's own database file, next to
+/// the business tables (created if missing when the resource manager opens the file).
+public enum SQLiteParticipantSchema {
+    /// The DDL of the resource manager's tables, as an SQL script.
+    ///
+    /// - `dtx_prepared`: one row per prepared (in-doubt) branch: its changeset (the
+    ///   branch's work, not yet applied to the business tables) and its result.
+    /// - `dtx_locks`: one row per business row a prepared branch changes (table and
+    ///   canonical primary-key bytes). Any other write to such a row is refused until the
+    ///   branch commits or rolls back.
+    /// - `dtx_outcomes`: the decision for every committed or rolled-back branch, so that
+    ///   a retried COMMIT or ROLLBACK is recognised and a late PREPARE refused.
+    public static let ddl = """
+        CREATE TABLE IF NOT EXISTS dtx_prepared (
+            gid TEXT NOT NULL,
+            branch INTEGER NOT NULL,
+            operation TEXT NOT NULL,
+            changeset BLOB NOT NULL,
+            result TEXT,
+            prepared_at TEXT NOT NULL,
+            PRIMARY KEY (gid, branch)
+        );
+        CREATE TABLE IF NOT EXISTS dtx_locks (
+            tbl TEXT NOT NULL,
+            pk BLOB NOT NULL,
+            gid TEXT NOT NULL,
+            branch INTEGER NOT NULL,
+            PRIMARY KEY (tbl, pk)
+        );
+        CREATE INDEX IF NOT EXISTS dtx_locks_by_branch ON dtx_locks (gid, branch);
+        CREATE TABLE IF NOT EXISTS dtx_outcomes (
+            gid TEXT NOT NULL,
+            branch INTEGER NOT NULL,
+            outcome TEXT NOT NULL CHECK (outcome IN ('committed', 'rolled_back')),
+            result TEXT,
+            decided_at TEXT NOT NULL,
+            PRIMARY KEY (gid, branch)
+        );
+        """
+}

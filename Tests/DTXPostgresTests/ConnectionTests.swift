@@ -1,0 +1,167 @@
+import DTXPostgres
+import DTXTestSupport
+import Foundation
+import Testing
+
+@Suite struct UnreachableServerTests {
+    @Test func connectingToAClosedPortNamesHostPortAndLibpqsReason() async throws {
+        let error = try await #require(throws: PostgresError.self) {
+            try await PostgresPool("host=127.0.0.1 port=1 user=dtx dbname=dtx connect_timeout=5", size: 2, logger: testLogger)
+        }
+        #expect(error.code == .connectionFailed)
+        #expect(error.message.contains("127.0.0.1:1"))
+        #expect(error.message.contains("Connection refused"))
+        #expect(error.message.contains("Check that the server is running"))
+    }
+}
+
+/// A server that asks for a password and cannot prepare transactions: both kinds of
+/// misconfiguration a participant must explain, plus the connection layer itself.
+@Suite(.serialized, .postgresServer(.init(maxPreparedTransactions: 0, password: "s3cret")))
+struct ConnectionTests {
+    @Test func aWrongPasswordIsReportedAsAnAuthenticationFailure() async throws {
+        let server = try PostgresServerScope.server()
+        let wrong = "host=127.0.0.1 port=\(server.port) user=dtx dbname=dtx password=wrong"
+        let error = try await #require(throws: PostgresError.self) {
+            try await PostgresPool(wrong, size: 1, logger: testLogger)
+        }
+        #expect(error.code == .authenticationFailed)
+        #expect(error.message.contains("rejected the credentials"))
+        #expect(error.message.contains("127.0.0.1:\(server.port)"))
+
+        let unknownUser = "host=127.0.0.1 port=\(server.port) user=nobody dbname=dtx password=s3cret"
+        let userError = try await #require(throws: PostgresError.self) {
+            try await PostgresPool(unknownUser, size: 1, logger: testLogger)
+        }
+        #expect(userError.code == .authenticationFailed)
+    }
+
+    @Test func aMissingPasswordSaysToAddOne() async throws {
+        let server = try PostgresServerScope.server()
+        let error = try await #require(throws: PostgresError.self) {
+            try await PostgresPool("host=127.0.0.1 port=\(server.port) user=dtx dbname=dtx", size: 1, logger: testLogger)
+        }
+        #expect(error.code == .authenticationFailed)
+        #expect(error.message.contains("add password="))
+    }
+
+    @Test func aServerWithoutPreparedTransactionsIsRefusedWithTheSettingToChange() async throws {
+        let server = try PostgresServerScope.server()
+        try await withPool(server.connectionString(), size: 1) { pool in
+            let error = try await #require(throws: PostgresError.self) {
+                try await PostgresResourceManager(pool: pool, logger: testLogger)
+            }
+            #expect(error.code == .preparedTransactionsDisabled)
+            #expect(error.message.contains("max_prepared_transactions = 0"))
+            #expect(error.message.contains("ALTER SYSTEM SET max_prepared_transactions = 64"))
+            #expect(error.message.contains("-c max_prepared_transactions=64"))
+            // Nothing was created.
+            let tables = try await server.psql("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'dtx_%'")
+            #expect(tables == "0")
+        }
+    }
+
+    @Test func parametersAndResultsRoundTripWithTheirTypes() async throws {
+        let server = try PostgresServerScope.server()
+        try await withPool(server.connectionString(), size: 1) { pool in
+            let row = try await pool.withConnection { connection in
+                try connection.execute(
+                    "SELECT $1::int8 AS i, $2::float8 AS d, $3::text AS t, $4::bool AS b, $5::text AS n, 'it''s'::text AS q",
+                    [.int(-42), .double(2.5), .text("héllo \"quoted\""), .bool(true), nil]
+                ).rows.first
+            }
+            let values = try #require(row)
+            #expect(try values.int("i") == -42)
+            #expect(try values.double("d") == 2.5)
+            #expect(try values.string("t") == "héllo \"quoted\"")
+            #expect(try values.bool("b") == true)
+            #expect(try values.string("n") == nil)
+            #expect(try values.int("n") == nil)
+            #expect(try values.string("q") == "it's")
+            #expect(throws: PostgresError.self) { try values.int("t") }
+            #expect(throws: PostgresError.self) { try values.int("missing") }
+
+            let affected = try await pool.withConnection { connection in
+                try connection.execute("CREATE TEMPORARY TABLE t (x int)")
+                return try connection.execute("INSERT INTO t SELECT generate_series(1, 3)").affectedRows
+            }
+            #expect(affected == 3)
+        }
+    }
+
+    @Test func serverErrorsCarryTheSQLStateAndTheStatement() async throws {
+        let server = try PostgresServerScope.server()
+        try await withPool(server.connectionString(), size: 1) { pool in
+            let error = try await #require(throws: PostgresError.self) {
+                try await pool.withConnection { connection in try connection.execute("SELECT * FROM no_such_table") }
+            }
+            #expect(error.code == .server)
+            #expect(error.sqlState == "42P01")
+            #expect(error.message.contains("no_such_table"))
+            #expect(error.sql == "SELECT * FROM no_such_table")
+
+            let nul = try await #require(throws: PostgresError.self) {
+                try await pool.withConnection { connection in try connection.execute("SELECT $1::text", [.text("a\u{0}b")]) }
+            }
+            #expect(nul.code == .invalidValue)
+        }
+    }
+
+    @Test func aTransactionLeftOpenIsRolledBackBeforeTheNextUse() async throws {
+        let server = try PostgresServerScope.server()
+        try await server.createDatabase("leftopen")
+        try await withPool(server.connectionString(database: "leftopen"), size: 1) { pool in
+            try await pool.withConnection { connection in
+                try connection.execute("CREATE TABLE t (x int)")
+                try connection.execute("BEGIN")
+                try connection.execute("INSERT INTO t VALUES (1)")
+            }
+            let rows = try await pool.withConnection { connection in
+                try connection.execute("SELECT count(*) AS n FROM t").rows.first?.int("n")
+            }
+            #expect(rows == 0)
+        }
+    }
+
+    @Test func aTerminatedConnectionIsReestablishedBeforeTheNextUse() async throws {
+        let server = try PostgresServerScope.server()
+        try await withPool(server.connectionString(), size: 1) { pool in
+            let pid = try await pool.withConnection { connection in
+                try connection.execute("SELECT pg_backend_pid() AS pid").rows.first?.int("pid")
+            }
+            let backend = try #require(pid)
+            #expect(try await server.psql("SELECT pg_terminate_backend(\(backend), 5000)") == "t")
+            let newPID = try await pool.withConnection { connection in
+                try connection.execute("SELECT pg_backend_pid() AS pid").rows.first?.int("pid")
+            }
+            #expect(newPID != nil && newPID != backend)
+        }
+    }
+
+    @Test func aClosedPoolRefusesWork() async throws {
+        let server = try PostgresServerScope.server()
+        let pool = try await PostgresPool(server.connectionString(), size: 2, logger: testLogger)
+        await pool.close()
+        let error = try await #require(throws: PostgresError.self) {
+            try await pool.withConnection { connection in try connection.execute("SELECT 1") }
+        }
+        #expect(error.code == .poolClosed)
+    }
+
+    @Test func badPoolAndPrefixConfigurationIsRefused() async throws {
+        let server = try PostgresServerScope.server()
+        let size = try await #require(throws: PostgresError.self) {
+            try await PostgresPool(server.connectionString(), size: 0, logger: testLogger)
+        }
+        #expect(size.code == .invalidConfiguration)
+
+        try await withPool(server.connectionString(), size: 1) { pool in
+            for prefix in ["", "has:colon", "with space", "x'y", String(repeating: "a", count: 17)] {
+                let error = try await #require(throws: PostgresError.self) {
+                    try await PostgresResourceManager(pool: pool, prefix: prefix, logger: testLogger)
+                }
+                #expect(error.code == .invalidConfiguration)
+            }
+        }
+    }
+}

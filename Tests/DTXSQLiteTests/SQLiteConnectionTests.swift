@@ -1,0 +1,82 @@
+import DTXSQLite
+import Foundation
+import Testing
+
+/// The connection layer: parameterised statements, every value type, and errors that
+/// name the statement and say what to do.
+@Suite struct SQLiteConnectionTests {
+    @Test func valuesOfEveryTypeRoundTrip() throws {
+        let directory = try TemporaryDirectory()
+        let connection = try SQLiteConnection(path: directory.database)
+        try connection.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, value ANY) STRICT")
+        let values: [SQLiteValue] = [.null, .integer(.min), .real(-0.5), .text("é'\"\u{0}x"), .text(""), .blob([]), .blob([0, 255, 7])]
+        for (id, value) in values.enumerated() {
+            #expect(try connection.execute("INSERT INTO t (id, value) VALUES (?, ?)", [.integer(Int64(id)), value]) == 1)
+        }
+        let rows = try connection.query("SELECT id, value FROM t ORDER BY id")
+        #expect(rows.map { $0["value"] } == values)
+        #expect(rows.first?.columns == ["id", "value"])
+        #expect(try connection.execute("DELETE FROM t WHERE id > ?", [3]) == 3)
+    }
+
+    @Test func errorsNameTheStatementAndTheMistake() async throws {
+        let directory = try TemporaryDirectory()
+        let connection = try SQLiteConnection(path: directory.database)
+        #expect {
+            try connection.query("SELECT * FROM missing")
+        } throws: { error in
+            let error = try #require(error as? SQLiteError)
+            return error.message.contains("no such table: missing") && error.sql == "SELECT * FROM missing" && error.description.contains("SELECT * FROM missing")
+        }
+        #expect {
+            try connection.execute("SELECT ?, ?", [1])
+        } throws: { error in
+            (error as? SQLiteError)?.message == "the statement has 2 parameter(s) but 1 value(s) were given"
+        }
+        #expect {
+            try connection.execute("SELECT 1; SELECT 2")
+        } throws: { error in
+            (error as? SQLiteError)?.message.contains("more than one statement") == true
+        }
+        #expect {
+            try SQLiteConnection(path: directory.path + "/no/such/dir/db.sqlite")
+        } throws: { error in
+            (error as? SQLiteError)?.message.contains("check that its directory exists") == true
+        }
+        await #expect(throws: SQLiteError.self) { try await SQLiteResourceManager(path: directory.path + "/no/such/dir/db.sqlite") }
+    }
+
+    @Test func theDatabaseIsInWALModeWithFullSynchronousAndForeignKeys() throws {
+        let directory = try TemporaryDirectory()
+        let connection = try SQLiteConnection(path: directory.database)
+        #expect(try connection.query("PRAGMA journal_mode").first?.values.first == .text("wal"))
+        #expect(try connection.query("PRAGMA synchronous").first?.values.first == .integer(2))
+        #expect(try connection.query("PRAGMA foreign_keys").first?.values.first == .integer(1))
+    }
+
+    @Test func aDatabaseRunsEveryJobOnItsOwnThread() async throws {
+        let directory = try TemporaryDirectory()
+        let database = try await SQLiteDatabase(path: directory.database)
+        _ = try await database.run { try $0.execute("CREATE TABLE log (id INTEGER PRIMARY KEY)") }
+        let threads = try await withThrowingTaskGroup(of: (UInt, String).self) { group in
+            for id in 0..<50 {
+                group.addTask {
+                    try await database.run { connection in
+                        try connection.execute("INSERT INTO log (id) VALUES (?)", [.integer(Int64(id))])
+                        return (UInt(pthread_self()), Thread.current.name ?? "")
+                    }
+                }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(Set(threads.map(\.0)).count == 1)
+        // The system sees the name too.
+        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")
+        let names = tasks.compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8) }
+        #expect(names.contains("dtx-sqlite\n"))
+        #expect(threads.allSatisfy { $0.1 == "dtx-sqlite" }, "\(Set(threads.map(\.1)))")
+        #expect(try await database.run { try $0.query("SELECT count(*) FROM log").first?.values.first } == .integer(50))
+        await database.close()
+        await #expect(throws: SQLiteError.self) { try await database.run { _ in } }
+    }
+}
