@@ -108,8 +108,9 @@ let package = Package(
         .executableTarget(
             name: "dtx-bench",
             dependencies: [
-                "DTXLog", "DTXClient", "DTXAPI",
+                "DTXLog", "DTXClient", "DTXAPI", "DTXCore", "DTXSQLite", "DTXPostgres", "DTXTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -181,7 +182,7 @@ let package = Package(
         .testTarget(name: "DTXParticipantTests", dependencies: ["DTXParticipant", "DTXCore"]),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["DTXLog", "DTXAPI", "DTXClient", "DTXTestSupport", "dtxd", "dtx", "wal-crash-writer", "memory-participant"]
+            dependencies: ["DTXLog", "DTXAPI", "DTXClient", "DTXTestSupport", "dtxd", "dtx", "wal-crash-writer", "memory-participant", "accounts-service", "transfer", "DTXSQLite"]
         ),
     ],
     swiftLanguageModes: [.v6]

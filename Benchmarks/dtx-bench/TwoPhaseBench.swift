@@ -17,6 +17,9 @@ struct TwoPhaseBench: AsyncParsableCommand {
     @Option(help: "Number of no-op participant processes (each transaction has one branch on each).")
     var participants: Int = 2
 
+    @Option(help: "Resource managers: 'memory' (no-op participants) or 'sqlite,postgres' (bank transfers between a SQLite and a PostgreSQL accounts service, against the same updates as plain local transactions).")
+    var rm = "memory"
+
     @Option(help: "Comma-separated numbers of concurrent clients.")
     var concurrency: String = "1,16,64"
 
@@ -84,6 +87,7 @@ struct TwoPhaseBench: AsyncParsableCommand {
     }
 
     func validate() throws {
+        guard ["memory", "sqlite,postgres"].contains(rm) else { throw ValidationError("--rm takes memory or sqlite,postgres") }
         guard (1...16).contains(participants) else { throw ValidationError("--participants must be 1 to 16") }
         guard (1...64).contains(dtxdThreads), (1...64).contains(participantThreads) else { throw ValidationError("--dtxd-threads and --participant-threads must be 1 to 64") }
         guard duration > 0, warmup >= 0 else { throw ValidationError("--duration must be above 0 and --warmup 0 or more") }
@@ -93,35 +97,40 @@ struct TwoPhaseBench: AsyncParsableCommand {
     private var levels: [Int] { concurrency.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
 
     func run() async throws {
+        if rm == "sqlite,postgres" {
+            let bank = BankBench(concurrency: levels, duration: duration, warmup: warmup, dtxdThreads: dtxdThreads, participantThreads: participantThreads, processes: BenchProcesses())
+            try await bank.run(json: json)
+            return
+        }
         let directory = NSTemporaryDirectory() + "dtx-bench-2pc-\(getpid())"
         try? FileManager.default.removeItem(atPath: directory)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        var processes: [Process] = []
+        let processes = BenchProcesses()
         defer {
-            for process in processes where process.isRunning { process.terminate() }
+            processes.stopAll()
             try? FileManager.default.removeItem(atPath: directory)
         }
 
-        let (daemon, daemonURL) = try startProcess("dtxd", ["--data-dir", directory + "/data", "--listen", "127.0.0.1:0", "--log-level", "error"], environment: ["DTXD_THREADS": String(dtxdThreads)], marker: "dtxd listening on ")
-        processes.append(daemon)
+        let (daemon, daemonURL) = try processes.start("dtxd", ["--data-dir", directory + "/data", "--listen", "127.0.0.1:0", "--log-level", "error"], environment: ["DTXD_THREADS": String(dtxdThreads)], marker: "dtxd listening on ")
         var participantURLs: [String] = []
+        var participantPIDs: [Int32] = []
         for index in 0..<participants {
-            let (process, url) = try startProcess("memory-participant", ["--name", "p\(index)", "--coordinator", daemonURL, "--listen", "127.0.0.1:0", "--log-level", "error", "--heartbeat", "5", "--recovery-interval", "60"],
+            let (process, url) = try processes.start("memory-participant", ["--name", "p\(index)", "--coordinator", daemonURL, "--listen", "127.0.0.1:0", "--log-level", "error", "--heartbeat", "5", "--recovery-interval", "60"],
                                                   environment: ["DTX_PARTICIPANT_THREADS": String(participantThreads)], marker: "memory-participant p\(index) listening on ")
-            processes.append(process)
+            participantPIDs.append(process.processIdentifier)
             participantURLs.append(url)
         }
 
         var configuration = HTTPClient.Configuration()
         configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 1024
         let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
-        try await waitForRegistrations(http, daemonURL)
+        try await waitForRegistrations(http, daemonURL, count: participants)
 
         let machine = Machine.current()
         print("2pc: \(participants) no-op participants, \(duration)s per run, \(machine.cpus) cpus, \(machine.build) build, event-loop threads: dtxd \(dtxdThreads), participants \(participantThreads)")
         print("  conc       tx/s    p50 ms    p99 ms   fsync/tx  forced/tx    bare rt/s    ratio   cpu µs/tx: dtxd  participants  client")
         var runs: [Run] = []
-        let pids = CPUPids(daemon: daemon.processIdentifier, participants: processes.dropFirst().map(\.processIdentifier))
+        let pids = CPUPids(daemon: daemon.processIdentifier, participants: participantPIDs)
         for level in levels {
             let bare = try await measureBare(http, participantURLs[0], concurrency: level)
             var run = try await measureTransactions(http, daemonURL, pids, concurrency: level, voteNo: false)
@@ -148,53 +157,7 @@ struct TwoPhaseBench: AsyncParsableCommand {
         if run.failures > 0 { print("       \(run.failures) transactions did not end as expected") }
     }
 
-    // MARK: Processes
-
-    /// Starts a sibling executable and waits for its "listening on URL" line.
-    private func startProcess(_ name: String, _ arguments: [String], environment: [String: String], marker: String) throws -> (Process, String) {
-        let executable = (CommandLine.arguments[0] as NSString).deletingLastPathComponent + "/" + name
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: FileManager.default.fileExists(atPath: executable) ? executable : (try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") as NSString).deletingLastPathComponent + "/" + name)
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        var text = ""
-        let deadline = Date().addingTimeInterval(30)
-        while Date() < deadline {
-            let data = output.fileHandleForReading.availableData
-            if data.isEmpty { break }
-            text += String(decoding: data, as: UTF8.self)
-            if let range = text.range(of: marker), let end = text[range.upperBound...].firstIndex(of: "\n") {
-                let line = String(text[range.upperBound..<end])
-                return (process, String(line.split(separator: " ").first ?? ""))
-            }
-        }
-        process.terminate()
-        throw ValidationError("\(name) did not start: \(text)")
-    }
-
-    private func waitForRegistrations(_ http: HTTPClient, _ daemonURL: String) async throws {
-        for _ in 0..<200 {
-            let response = try await http.execute(HTTPClientRequest(url: daemonURL + "/v1/participants"), timeout: .seconds(5))
-            let body = try await response.body.collect(upTo: 1 << 20)
-            if let list = try? JSONDecoder.dtx().decode(ParticipantList.self, from: Data(body.readableBytesView)), list.participants.count == participants { return }
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        throw ValidationError("participants did not register with dtxd")
-    }
-
     // MARK: Measurements
-
-    private func metric(_ http: HTTPClient, _ daemonURL: String, _ name: String) async throws -> Double {
-        let response = try await http.execute(HTTPClientRequest(url: daemonURL + "/metrics"), timeout: .seconds(5))
-        let text = String(buffer: try await response.body.collect(upTo: 16 << 20))
-        for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
-            return Double(line.split(separator: " ")[1]) ?? 0
-        }
-        return 0
-    }
 
     private func measureTransactions(_ http: HTTPClient, _ daemonURL: String, _ pids: CPUPids, concurrency: Int, voteNo: Bool) async throws -> Run {
         let branches = (0..<participants).map { index in
@@ -275,43 +238,4 @@ struct TwoPhaseBench: AsyncParsableCommand {
         return Double(result.successes) / result.elapsed
     }
 
-    private struct LoadResult {
-        var successes = 0
-        var failures = 0
-        var latencies: [Double] = []
-        var elapsed: Double = 0
-    }
-
-    /// `concurrency` workers call `operation` back to back for `seconds`.
-    private func load(concurrency: Int, seconds: Double, _ operation: @escaping @Sendable () async throws -> Bool) async throws -> LoadResult {
-        let clock = ContinuousClock()
-        let start = clock.now
-        let deadline = start + .milliseconds(Int64(seconds * 1000))
-        var total = LoadResult()
-        try await withThrowingTaskGroup(of: LoadResult.self) { group in
-            for _ in 0..<concurrency {
-                group.addTask {
-                    var result = LoadResult()
-                    while clock.now < deadline {
-                        let begun = clock.now
-                        if try await operation() {
-                            result.successes += 1
-                            result.latencies.append((clock.now - begun).seconds)
-                        } else {
-                            result.failures += 1
-                        }
-                    }
-                    return result
-                }
-            }
-            for try await result in group {
-                total.successes += result.successes
-                total.failures += result.failures
-                total.latencies += result.latencies
-            }
-        }
-        total.elapsed = (clock.now - start).seconds
-        total.latencies.sort()
-        return total
-    }
 }

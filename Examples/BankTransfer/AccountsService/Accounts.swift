@@ -13,6 +13,9 @@ protocol AccountsStore: Sendable {
     /// Opens an account with a starting balance (a plain local transaction).
     func open(_ id: String, balance: Int) async throws
     func accounts() async throws -> [(id: String, balance: Int)]
+    /// A plain local debit or credit, outside any global transaction (what an application
+    /// without a coordinator would call): returns the new balance.
+    func move(_ movement: Movement, debit: Bool) async throws -> Int
 }
 
 /// What a branch asks: which account, how much.
@@ -73,6 +76,19 @@ struct SQLiteAccounts: AccountsStore {
         _ = try await manager.write { try $0.execute("INSERT INTO accounts (id, balance) VALUES (?, ?)", [.text(id), .integer(Int64(balance))]) }
     }
 
+    func move(_ movement: Movement, debit: Bool) async throws -> Int {
+        try await manager.write { db in
+            let sql = debit ? "UPDATE accounts SET balance = balance - ? WHERE id = ? AND balance >= ?" : "UPDATE accounts SET balance = balance + ? WHERE id = ?"
+            let amount = SQLiteValue.integer(Int64(movement.amount))
+            let parameters: [SQLiteValue] = debit ? [amount, .text(movement.account), amount] : [amount, .text(movement.account)]
+            guard try db.execute(sql, parameters) == 1 else {
+                throw try db.query("SELECT 1 FROM accounts WHERE id = ?", [.text(movement.account)]).isEmpty ? Movement.unknown(movement.account) : Movement.insufficient(movement.account)
+            }
+            guard case .integer(let balance)? = try db.query("SELECT balance FROM accounts WHERE id = ?", [.text(movement.account)]).first?["balance"] else { return 0 }
+            return Int(balance)
+        }
+    }
+
     func accounts() async throws -> [(id: String, balance: Int)] {
         try await manager.read { db in
             try db.query("SELECT id, balance FROM accounts ORDER BY id").compactMap { row -> (id: String, balance: Int)? in
@@ -112,6 +128,16 @@ struct PostgresAccounts: AccountsStore {
 
     func open(_ id: String, balance: Int) async throws {
         _ = try await pool.withConnection { try $0.execute("INSERT INTO accounts (id, balance) VALUES ($1, $2)", [.text(id), .int(balance)]) }
+    }
+
+    func move(_ movement: Movement, debit: Bool) async throws -> Int {
+        try await pool.withConnection { db in
+            let sql = debit ? "UPDATE accounts SET balance = balance - $1 WHERE id = $2 AND balance >= $1 RETURNING balance" : "UPDATE accounts SET balance = balance + $1 WHERE id = $2 RETURNING balance"
+            guard let balance = try db.execute(sql, [.int(movement.amount), .text(movement.account)]).rows.first?.int("balance") else {
+                throw try db.execute("SELECT 1 FROM accounts WHERE id = $1", [.text(movement.account)]).rows.isEmpty ? Movement.unknown(movement.account) : Movement.insufficient(movement.account)
+            }
+            return balance
+        }
     }
 
     func accounts() async throws -> [(id: String, balance: Int)] {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import DTXAPI
+import DTXCore
 import DTXParticipant
 import DTXPostgres
 import Foundation
@@ -21,8 +22,10 @@ struct AccountsService: AsyncParsableCommand {
         registers with dtxd under NAME.
 
         HTTP: GET /accounts lists balances and their total; POST /accounts \\
-        {"id": ..., "balance": cents} opens an account; the participant protocol is under \\
-        /dtx/2pc/. Failpoints for crash tests: DTX_PARTICIPANT_FAILPOINTS (see \\
+        {"id": ..., "balance": cents} opens an account; POST /accounts/ID/debit and \\
+        /credit {"amount": cents} move money in a plain local transaction, outside any \\
+        global transaction (what an application without a coordinator would call); the \\
+        participant protocol is under /dtx/2pc/. Failpoints for crash tests: DTX_PARTICIPANT_FAILPOINTS (see \\
         memory-participant --help) and PUT /test/failpoints.
         """
     )
@@ -169,6 +172,21 @@ func addAccountRoutes(to router: Router<BasicRequestContext>, store: any Account
             return json(APIErrorBody(code: "cannot_open", message: "cannot open account \(open.id): \(error)"), status: .conflict)
         }
         return json(AccountList(accounts: [.init(id: open.id, balance: open.balance)], total: open.balance), status: .created)
+    }
+    for debit in [true, false] {
+        router.post("/accounts/:id/\(debit ? "debit" : "credit")") { request, context -> Response in
+            var request = request
+            let body = try await request.collectBody(upTo: 64 << 10)
+            let payload = try? JSONValue(parsing: Array(body.readableBytesView))
+            let account = context.parameters.get("id") ?? ""
+            do {
+                let movement = try Movement(.object(["account": .string(account), "amount": payload?["amount"] ?? .null]))
+                let balance = try await store.move(movement, debit: debit)
+                return json(AccountList(accounts: [.init(id: account, balance: balance)], total: balance))
+            } catch let error as BusinessError {
+                return json(APIErrorBody(code: error.code, message: error.message), status: .conflict)
+            }
+        }
     }
 }
 

@@ -1,0 +1,102 @@
+import ArgumentParser
+import AsyncHTTPClient
+import DTXAPI
+import Foundation
+import NIOCore
+import Synchronization
+
+/// The processes a benchmark starts (siblings of this executable), stopped at the end.
+final class BenchProcesses: Sendable {
+    private let started = Mutex<[Process]>([])
+
+    /// Starts a sibling executable and waits for its "… listening on URL" line.
+    func start(_ name: String, _ arguments: [String], environment: [String: String], marker: String) throws -> (Process, String) {
+        let directory = ((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]) as NSString
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: directory.deletingLastPathComponent + "/" + name)
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        started.withLock { $0.append(process) }
+        var text = ""
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            let data = output.fileHandleForReading.availableData
+            if data.isEmpty { break }
+            text += String(decoding: data, as: UTF8.self)
+            if let range = text.range(of: marker), let end = text[range.upperBound...].firstIndex(of: "\n") {
+                let line = String(text[range.upperBound..<end])
+                return (process, String(line.split(separator: " ").first ?? ""))
+            }
+        }
+        process.terminate()
+        throw ValidationError("\(name) did not start (build it with -c release beside dtx-bench): \(text)")
+    }
+
+    func stopAll() {
+        for process in started.withLock({ $0 }) where process.isRunning { process.terminate() }
+    }
+}
+
+/// Waits until dtxd lists `count` participants.
+func waitForRegistrations(_ http: HTTPClient, _ daemonURL: String, count: Int) async throws {
+    for _ in 0..<400 {
+        let response = try await http.execute(HTTPClientRequest(url: daemonURL + "/v1/participants"), timeout: .seconds(5))
+        let body = try await response.body.collect(upTo: 1 << 20)
+        if let list = try? JSONDecoder.dtx().decode(ParticipantList.self, from: Data(body.readableBytesView)), list.participants.count == count { return }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    throw ValidationError("participants did not register with dtxd")
+}
+
+/// One unlabelled sample from dtxd's /metrics.
+func metric(_ http: HTTPClient, _ daemonURL: String, _ name: String) async throws -> Double {
+    let response = try await http.execute(HTTPClientRequest(url: daemonURL + "/metrics"), timeout: .seconds(5))
+    let text = String(buffer: try await response.body.collect(upTo: 16 << 20))
+    for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
+        return Double(line.split(separator: " ")[1]) ?? 0
+    }
+    return 0
+}
+
+struct LoadResult {
+    var successes = 0
+    var failures = 0
+    var latencies: [Double] = []
+    var elapsed: Double = 0
+}
+
+/// `concurrency` workers call `operation` back to back for `seconds`; latencies sorted.
+func load(concurrency: Int, seconds: Double, _ operation: @escaping @Sendable () async throws -> Bool) async throws -> LoadResult {
+    let clock = ContinuousClock()
+    let start = clock.now
+    let deadline = start + .milliseconds(Int64(seconds * 1000))
+    var total = LoadResult()
+    try await withThrowingTaskGroup(of: LoadResult.self) { group in
+        for _ in 0..<concurrency {
+            group.addTask {
+                var result = LoadResult()
+                while clock.now < deadline {
+                    let begun = clock.now
+                    if try await operation() {
+                        result.successes += 1
+                        result.latencies.append((clock.now - begun).seconds)
+                    } else {
+                        result.failures += 1
+                    }
+                }
+                return result
+            }
+        }
+        for try await result in group {
+            total.successes += result.successes
+            total.failures += result.failures
+            total.latencies += result.latencies
+        }
+    }
+    total.elapsed = (clock.now - start).seconds
+    total.latencies.sort()
+    return total
+}
