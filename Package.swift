@@ -182,7 +182,7 @@ let package = Package(
         .testTarget(name: "DTXParticipantTests", dependencies: ["DTXParticipant", "DTXCore"]),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["DTXLog", "DTXAPI", "DTXClient", "DTXTestSupport", "dtxd", "dtx", "wal-crash-writer", "memory-participant", "accounts-service", "transfer", "DTXSQLite"]
+            dependencies: ["DTXLog", "DTXAPI", "DTXClient", "DTXTestSupport", "dtxd", "dtx", "wal-crash-writer", "memory-participant", "accounts-service", "transfer", "DTXSQLite", "DTXParticipant"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -5,6 +5,7 @@ CREATE TABLE IF NOT EXISTS dtx_branches (
     branch BIGINT NOT NULL,
     operation TEXT NOT NULL,
     result TEXT,
+    digest TEXT,
     PRIMARY KEY (gid, branch)
 );
 

@@ -8,6 +8,7 @@ CREATE TABLE IF NOT EXISTS dtx_prepared (
     changeset BLOB NOT NULL,
     result TEXT,
     prepared_at TEXT NOT NULL,
+    digest TEXT,
     PRIMARY KEY (gid, branch)
 );
 CREATE TABLE IF NOT EXISTS dtx_locks (
@@ -24,6 +25,7 @@ CREATE TABLE IF NOT EXISTS dtx_outcomes (
     outcome TEXT NOT NULL CHECK (outcome IN ('committed', 'rolled_back')),
     result TEXT,
     decided_at TEXT NOT NULL,
+    digest TEXT,
     PRIMARY KEY (gid, branch)
 );
 

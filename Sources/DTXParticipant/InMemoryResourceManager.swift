@@ -5,7 +5,9 @@ import Synchronization
 /// A no-op resource manager for tests, examples and benchmarks: it records each
 /// branch's state and does nothing else. A branch's payload steers its vote:
 /// `{"vote": "no"}` refuses PREPARE (and a one-phase commit) with `voted_no`, and
-/// `{"readOnly": true}` votes read-only.
+/// `{"readOnly": true}` votes read-only. A repeated PREPARE (or one-phase commit) of a
+/// branch is answered as a duplicate only when it asks for the same operation and payload
+/// (`BranchDigest`); other work under the same (gid, branch) is refused (`branch_mismatch`).
 ///
 /// Without a journal everything lives in memory and operations are cheap. With a
 /// journal every state change is written to the file durably (written to a temporary
@@ -32,8 +34,19 @@ public final class InMemoryResourceManager: ResourceManager {
         public var payload: JSONValue?
         public var state: State
         public var result: JSONValue?
+        /// `BranchDigest.of(operation:payload:)` of the work the branch was prepared (or
+        /// committed in one phase) for; nil for a rollback of a branch never prepared, and
+        /// for records of a journal written before digests were kept (a repeated PREPARE
+        /// is then accepted as a duplicate, as it was).
+        public var digest: String?
 
         public var ref: BranchRef { BranchRef(gid: gid, branch: branch) }
+
+        /// Refuses a repeated PREPARE or one-phase commit of this branch that asks for
+        /// other work than the branch was recorded with.
+        func check(_ digest: String) throws {
+            if let recorded = self.digest, recorded != digest { throw BranchDigest.mismatch(ref) }
+        }
     }
 
     /// Participant name put into results.
@@ -61,16 +74,19 @@ public final class InMemoryResourceManager: ResourceManager {
 
     public func prepare(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> PrepareOutcome {
         let result = result(of: operation)
+        let digest = BranchDigest.of(operation: operation, payload: payload)
         return try await apply { ledger in
             if let record = ledger.branches[branch] {
                 switch record.state {
-                case .prepared, .committed: return .prepared(result: record.result)
+                case .prepared, .committed:
+                    try record.check(digest)
+                    return .prepared(result: record.result)
                 case .rolledBack: throw BusinessError(code: "already_rolled_back", message: "branch \(branch) was already rolled back; it cannot prepare again")
                 }
             }
             try Self.checkVote(payload)
             if payload?["readOnly"] == .bool(true) { return .readOnly(result: result) }
-            ledger.record(BranchRecord(gid: branch.gid, branch: branch.branch, operation: operation, payload: payload, state: .prepared, result: result))
+            ledger.record(BranchRecord(gid: branch.gid, branch: branch.branch, operation: operation, payload: payload, state: .prepared, result: result, digest: digest))
             return .prepared(result: result)
         }
     }
@@ -110,12 +126,16 @@ public final class InMemoryResourceManager: ResourceManager {
 
     public func commitOnePhase(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
         let result = result(of: operation)
+        let digest = BranchDigest.of(operation: operation, payload: payload)
         return try await apply { ledger in
-            var record = ledger.branches[branch] ?? BranchRecord(gid: branch.gid, branch: branch.branch, operation: operation, payload: payload, state: .prepared, result: result)
+            var record = ledger.branches[branch] ?? BranchRecord(gid: branch.gid, branch: branch.branch, operation: operation, payload: payload, state: .prepared, result: result, digest: digest)
             switch record.state {
-            case .committed: return record.result
+            case .committed:
+                try record.check(digest)
+                return record.result
             case .rolledBack: throw BusinessError(code: "already_rolled_back", message: "branch \(branch) was already rolled back; it cannot commit")
             case .prepared:
+                try record.check(digest)
                 try Self.checkVote(payload)
                 record.state = .committed
                 ledger.record(record)

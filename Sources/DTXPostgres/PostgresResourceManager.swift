@@ -16,16 +16,27 @@ import Synchronization
 /// A branch's work is a registered operation: a closure that runs SQL on the
 /// connection it is given, inside the branch's transaction. PREPARE runs
 /// `BEGIN` → the operation → a row in `dtx_branches` → `PREPARE TRANSACTION
-/// 'prefix:gid:branch'`. The `dtx_branches` row commits or rolls back with the business
-/// rows, so it exists exactly when the branch committed: it is the participant's own
-/// outcome record, which tells a retried COMMIT (the prepared transaction is gone
-/// because it committed) from a COMMIT of a branch that never prepared. A ROLLBACK
-/// leaves a row in `dtx_rollbacks`, so that a PREPARE arriving after it refuses.
+/// 'prefix:gid:branch:digest'`. The `dtx_branches` row commits or rolls back with the
+/// business rows, so it exists exactly when the branch committed: it is the
+/// participant's own outcome record, which tells a retried COMMIT (the prepared
+/// transaction is gone because it committed) from a COMMIT of a branch that never
+/// prepared. A ROLLBACK leaves a row in `dtx_rollbacks`, so that a PREPARE arriving
+/// after it refuses.
+///
+/// `digest` is the `BranchDigest` of the branch's operation and payload, kept in the
+/// prepared transaction's name (readable while the branch is prepared) and in its
+/// `dtx_branches` row (after it committed). A repeated PREPARE or one-phase commit of a
+/// prepared or committed branch is a duplicate when it asks for the same work, and is
+/// refused with `branch_mismatch` when it asks for other work (a gid reused after the
+/// coordinator lost it). Branches prepared or committed by older versions have no
+/// digest: their repeats are taken as duplicates. COMMIT and ROLLBACK find the
+/// branch's prepared transaction by its gid and branch, whatever its digest.
 ///
 /// Concurrent calls for the same branch are serialized by a transaction-level advisory
-/// lock on the branch's name, which a prepared transaction keeps until it is committed
-/// or rolled back (also across a server restart); a call that finds it taken fails with
-/// `PostgresError.Code.branchBusy`, which the coordinator retries.
+/// lock on `prefix:gid:branch` (whatever the digest), which a prepared transaction
+/// keeps until it is committed or rolled back (also across a server restart); a call
+/// that finds it taken fails with `PostgresError.Code.branchBusy`, which the
+/// coordinator retries.
 ///
 /// The tables keep one small row per committed or rolled-back branch; delete old rows
 /// when the coordinator no longer retries their transactions.
@@ -39,13 +50,15 @@ public final class PostgresResourceManager: ResourceManager {
     public typealias Operation = @Sendable (_ payload: JSONValue?, _ connection: PostgresConnection) throws -> JSONValue?
 
     /// Outcome records: one row per committed branch, written in the branch's own
-    /// transaction. `result` is the operation's result as JSON text.
+    /// transaction. `result` is the operation's result as JSON text; `digest` the
+    /// `BranchDigest` of its operation and payload (NULL in rows of older versions).
     public static let branchesTableDDL = """
         CREATE TABLE IF NOT EXISTS dtx_branches (
             gid TEXT NOT NULL,
             branch BIGINT NOT NULL,
             operation TEXT NOT NULL,
             result TEXT,
+            digest TEXT,
             PRIMARY KEY (gid, branch)
         )
         """
@@ -68,21 +81,29 @@ public final class PostgresResourceManager: ResourceManager {
         public var ref: BranchRef
         /// The prepared transaction's name (`gid` in `pg_prepared_xacts`).
         public var transactionName: String
+        /// The `BranchDigest` of the work it was prepared for; nil when an older version
+        /// prepared it (its name has no digest).
+        public var digest: String?
         /// When PREPARE TRANSACTION ran.
         public var preparedAt: Date
         /// The database role that prepared it.
         public var owner: String
     }
 
-    /// Marks this resource manager's prepared transactions: `prefix:gid:branch`.
+    /// Marks this resource manager's prepared transactions: `prefix:gid:branch:digest`.
     public let prefix: String
     private let pool: PostgresPool
     private let lockTimeout: String
     private let logger: Logger
+    /// Whether `dtx_branches` has its `digest` column. It is added at start to a table
+    /// made by an older version, unless prepared transactions lock the table (see
+    /// `addDigestColumn`); until a later start adds it, commits record no digest.
+    private let recordsDigests: Bool
     private let operations = Mutex<[String: Operation]>([:])
 
     /// Checks that the server can prepare transactions and creates the participant
-    /// tables when they are missing.
+    /// tables when they are missing (or adds the `digest` column to a `dtx_branches`
+    /// made by an older version).
     /// - Parameters:
     ///   - pool: connections to the database that holds the business tables.
     ///   - prefix: 1 to 16 ASCII letters and digits that start this resource manager's
@@ -102,9 +123,11 @@ public final class PostgresResourceManager: ResourceManager {
         self.pool = pool
         self.lockTimeout = "\(milliseconds)ms"
         self.logger = logger
-        try await pool.withConnection { connection in
+        let lockTimeout = self.lockTimeout
+        recordsDigests = try await pool.withConnection { connection in
             try Self.checkPreparedTransactions(connection)
             try Self.createTables(connection)
+            return try Self.addDigestColumn(connection, lockTimeout: lockTimeout, logger: logger)
         }
         logger.info("PostgreSQL resource manager ready", metadata: ["prefix": .string(prefix)])
     }
@@ -117,7 +140,7 @@ public final class PostgresResourceManager: ResourceManager {
     // MARK: - ResourceManager
 
     public func prepare(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> PrepareOutcome {
-        let name = try PreparedTransactionName.make(prefix: prefix, branch: branch)
+        let name = try PreparedTransactionName.make(prefix: prefix, branch: branch, digest: BranchDigest.of(operation: operation, payload: payload))
         let body = try operationBody(operation)
         let outcome = try await pool.withConnection { connection in
             try self.prepare(branch, name: name, operation: operation, body: body, payload: payload, connection)
@@ -127,32 +150,32 @@ public final class PostgresResourceManager: ResourceManager {
     }
 
     public func commit(_ branch: BranchRef) async throws {
-        let name = try PreparedTransactionName.make(prefix: prefix, branch: branch)
+        let name = try PreparedTransactionName.base(validating: branch, prefix: prefix)
         let committedNow = try await pool.withConnection { connection in
-            if try Self.finishPrepared("COMMIT PREPARED", name, connection) { return true }
-            switch try Self.recordedState(of: branch, name: name, connection) {
+            if try self.finishPrepared("COMMIT PREPARED", branch, connection) { return true }
+            switch try self.recordedState(of: branch, connection) {
             case .committed: return false
             case .rolledBack:
                 throw BusinessError(code: "already_rolled_back", message: "branch \(branch) was already rolled back; it cannot commit")
             case .prepared:
                 throw PostgresError(code: .branchBusy, message: "branch \(branch) was prepared while its COMMIT ran; retry the COMMIT")
             case nil:
-                throw BusinessError(code: "unknown_branch", message: "no prepared transaction \(name) and no record of branch \(branch): it never prepared in this database")
+                throw BusinessError(code: "unknown_branch", message: "no prepared transaction \(name) or \(name):<digest> and no record of branch \(branch): it never prepared in this database")
             }
         }
         logger.debug(committedNow ? "committed branch" : "branch was already committed", metadata: metadata(branch))
     }
 
     public func rollback(_ branch: BranchRef) async throws {
-        let name = try PreparedTransactionName.make(prefix: prefix, branch: branch)
+        let lockKey = try PreparedTransactionName.base(validating: branch, prefix: prefix)
         let rolledBackPrepared = try await pool.withConnection { connection in
-            let rolledBack = try Self.finishPrepared("ROLLBACK PREPARED", name, connection)
+            let rolledBack = try self.finishPrepared("ROLLBACK PREPARED", branch, connection)
             // Record the decision, under the branch's lock so that no PREPARE of it is
             // half-way: a PREPARE that comes later sees the row and refuses.
             try connection.execute("BEGIN")
             do {
-                try self.lockBranch(name, branch, connection)
-                if !rolledBack, case .committed = try Self.recordedState(of: branch, name: name, connection) {
+                try self.lockBranch(lockKey, branch, connection)
+                if !rolledBack, case .committed = try self.recordedState(of: branch, connection) {
                     throw BusinessError(code: "already_committed", message: "branch \(branch) was already committed; it cannot roll back")
                 }
                 try connection.execute("INSERT INTO dtx_rollbacks (gid, branch) VALUES ($1, $2) ON CONFLICT DO NOTHING", [.text(branch.gid), .int(branch.branch)])
@@ -167,21 +190,34 @@ public final class PostgresResourceManager: ResourceManager {
     }
 
     public func commitOnePhase(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
-        let name = try PreparedTransactionName.make(prefix: prefix, branch: branch)
+        let name = try PreparedTransactionName.make(prefix: prefix, branch: branch, digest: BranchDigest.of(operation: operation, payload: payload))
         let body = try operationBody(operation)
         let result = try await pool.withConnection { connection in
-            try self.inBranchTransaction(branch, name: name, connection) { connection -> JSONValue? in
-                switch try Self.recordedState(of: branch, name: name, connection) {
-                case .committed(let result): return result
-                case .rolledBack:
-                    throw BusinessError(code: "already_rolled_back", message: "branch \(branch) was already rolled back; it cannot commit")
-                case .prepared:
-                    throw BusinessError(code: "already_prepared", message: "branch \(branch) is prepared for two-phase commit; finish it with COMMIT or ROLLBACK")
-                case nil:
-                    let result = try self.run(body, payload: payload, operation: operation, branch: branch, connection)
-                    try Self.finish(connection, with: "COMMIT", expecting: "COMMIT", branch: branch)
-                    return result
+            do {
+                return try self.inBranchTransaction(branch, lockKey: name.base, connection) { connection -> JSONValue? in
+                    switch try self.recordedState(of: branch, connection) {
+                    case .committed(let result, let recorded):
+                        try self.checkSameWork(branch, recorded: recorded, requested: name, operation: operation)
+                        return result
+                    case .rolledBack:
+                        throw BusinessError(code: "already_rolled_back", message: "branch \(branch) was already rolled back; it cannot commit")
+                    case .prepared(let prepared):
+                        try self.checkSameWork(branch, recorded: prepared.digest, requested: name, operation: operation)
+                        throw BusinessError(code: "already_prepared", message: "branch \(branch) is prepared for two-phase commit; finish it with COMMIT or ROLLBACK")
+                    case nil:
+                        let result = try self.run(body, payload: payload, operation: operation, name: name, connection)
+                        try Self.finish(connection, with: "COMMIT", expecting: "COMMIT", branch: branch)
+                        return result
+                    }
                 }
+            } catch let error as PostgresError where error.code == .branchBusy {
+                // A prepared transaction keeps the branch's lock. Asking for its work it
+                // waits (retried) for the branch's outcome; asking for other work it is
+                // refused now.
+                if let prepared = try self.preparedTransaction(of: branch, connection) {
+                    try self.checkSameWork(branch, recorded: prepared.digest, requested: name, operation: operation)
+                }
+                throw error
             }
         }
         logger.debug("committed branch in one phase", metadata: metadata(branch, operation: operation))
@@ -210,12 +246,12 @@ public final class PostgresResourceManager: ResourceManager {
         }
         return try rows.compactMap { row in
             let name = try row.string("gid") ?? ""
-            guard let ref = PreparedTransactionName.parse(name, prefix: prefix) else {
+            guard let parsed = PreparedTransactionName.parse(name, prefix: prefix) else {
                 logger.warning("ignoring a prepared transaction with this resource manager's prefix whose name does not parse", metadata: ["name": .string(name)])
                 return nil
             }
             return PreparedBranch(
-                ref: ref, transactionName: name,
+                ref: parsed.branch, transactionName: name, digest: parsed.digest,
                 preparedAt: Date(timeIntervalSince1970: try row.double("prepared_at") ?? 0),
                 owner: try row.string("owner") ?? "")
         }
@@ -226,43 +262,62 @@ public final class PostgresResourceManager: ResourceManager {
     /// What the database says about a branch: its outcome record in `dtx_branches` or
     /// `dtx_rollbacks`, else its prepared transaction.
     private enum BranchState {
-        case committed(result: JSONValue?)
+        /// `digest` is nil in a row an older version wrote.
+        case committed(result: JSONValue?, digest: String?)
         case rolledBack
-        case prepared
+        case prepared(PreparedTransactionName)
     }
 
-    private func prepare(_ branch: BranchRef, name: String, operation: String, body: Operation, payload: JSONValue?, _ connection: PostgresConnection) throws -> PrepareOutcome {
+    private func prepare(_ branch: BranchRef, name: PreparedTransactionName, operation: String, body: Operation, payload: JSONValue?, _ connection: PostgresConnection) throws -> PrepareOutcome {
         do {
-            return try inBranchTransaction(branch, name: name, connection) { connection in
-                switch try Self.recordedState(of: branch, name: name, connection) {
-                case .committed(let result): return .prepared(result: result)
+            return try inBranchTransaction(branch, lockKey: name.base, connection) { connection in
+                switch try self.recordedState(of: branch, connection) {
+                case .committed(let result, let recorded):
+                    try self.checkSameWork(branch, recorded: recorded, requested: name, operation: operation)
+                    return .prepared(result: result)
                 case .rolledBack:
                     throw BusinessError(code: "already_rolled_back", message: "branch \(branch) was already rolled back; it cannot prepare again")
-                case .prepared:
+                case .prepared(let prepared):
                     // Prepared by a call that holds no lock on it (another process).
+                    try self.checkSameWork(branch, recorded: prepared.digest, requested: name, operation: operation)
                     return .prepared(result: nil)
                 case nil:
-                    let result = try self.run(body, payload: payload, operation: operation, branch: branch, connection)
-                    try Self.finish(connection, with: "PREPARE TRANSACTION '\(name)'", expecting: "PREPARE TRANSACTION", branch: branch)
+                    let result = try self.run(body, payload: payload, operation: operation, name: name, connection)
+                    try Self.finish(connection, with: "PREPARE TRANSACTION '\(name.text)'", expecting: "PREPARE TRANSACTION", branch: branch)
                     return .prepared(result: result)
                 }
             }
         } catch let error as PostgresError where error.code == .branchBusy {
-            // A prepared transaction keeps the branch's lock: this is a repeated PREPARE.
+            // A prepared transaction keeps the branch's lock: this is a repeated PREPARE,
+            // of the same work or (a reused gid) of other work, which its name tells.
             // Its result was only in the first answer; the outcome record is not
             // readable until the branch commits.
-            if try Self.isPrepared(name, connection) { return .prepared(result: nil) }
+            if let prepared = try preparedTransaction(of: branch, connection) {
+                try checkSameWork(branch, recorded: prepared.digest, requested: name, operation: operation)
+                return .prepared(result: nil)
+            }
             throw error
         }
+    }
+
+    /// Refuses a repeat of `branch` that asks for other work than the work it was
+    /// prepared or committed for. An unknown digest (`recorded` nil: an older version
+    /// prepared or committed the branch) counts as the same work.
+    private func checkSameWork(_ branch: BranchRef, recorded: String?, requested: PreparedTransactionName, operation: String) throws {
+        guard let recorded, recorded != requested.digest else { return }
+        logger.warning(
+            "refused a repeat of a branch that asks for other work: its gid was reused",
+            metadata: metadata(branch, operation: operation).merging(["digest": .string(requested.digest ?? ""), "recorded_digest": .string(recorded)]) { $1 })
+        throw BranchDigest.mismatch(branch)
     }
 
     /// Runs `work` in a transaction that holds the branch's lock. `work` ends the
     /// transaction itself when it succeeds (PREPARE or COMMIT); when it returns without
     /// ending it (the branch was already decided) or throws, it is rolled back.
-    private func inBranchTransaction<T>(_ branch: BranchRef, name: String, _ connection: PostgresConnection, _ work: (PostgresConnection) throws -> T) throws -> T {
+    private func inBranchTransaction<T>(_ branch: BranchRef, lockKey: String, _ connection: PostgresConnection, _ work: (PostgresConnection) throws -> T) throws -> T {
         try connection.execute("BEGIN")
         do {
-            try lockBranch(name, branch, connection)
+            try lockBranch(lockKey, branch, connection)
             let value = try work(connection)
             connection.rollbackIfInTransaction()
             return value
@@ -273,11 +328,13 @@ public final class PostgresResourceManager: ResourceManager {
     }
 
     /// Takes the branch's advisory lock for the current transaction (and bounds lock
-    /// waits for its other statements), or throws `.branchBusy`.
-    private func lockBranch(_ name: String, _ branch: BranchRef, _ connection: PostgresConnection) throws {
+    /// waits for its other statements), or throws `.branchBusy`. The lock's key is
+    /// `prefix:gid:branch` (`PreparedTransactionName.base`), without the digest: the
+    /// same for any work, and the key older versions used.
+    private func lockBranch(_ lockKey: String, _ branch: BranchRef, _ connection: PostgresConnection) throws {
         let row = try connection.execute(
             "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS locked, set_config('lock_timeout', $2, true)",
-            [.text(name), .text(lockTimeout)]
+            [.text(lockKey), .text(lockTimeout)]
         ).rows.first
         guard try row?.bool("locked") == true else {
             throw PostgresError(code: .branchBusy, message: "branch \(branch) is being prepared, committed or rolled back by another call, or is prepared; retry later")
@@ -285,7 +342,8 @@ public final class PostgresResourceManager: ResourceManager {
     }
 
     /// Runs a branch's operation, turning definitive SQL failures into refusals.
-    private func run(_ body: Operation, payload: JSONValue?, operation: String, branch: BranchRef, _ connection: PostgresConnection) throws -> JSONValue? {
+    private func run(_ body: Operation, payload: JSONValue?, operation: String, name: PreparedTransactionName, _ connection: PostgresConnection) throws -> JSONValue? {
+        let branch = name.branch
         let result: JSONValue?
         do {
             result = try body(payload, connection)
@@ -296,9 +354,16 @@ public final class PostgresResourceManager: ResourceManager {
         guard connection.isInTransaction else {
             throw PostgresError(code: .invalidValue, message: "operation \(operation) ended the branch's transaction; an operation must not run BEGIN, COMMIT or ROLLBACK")
         }
-        try connection.execute(
-            "INSERT INTO dtx_branches (gid, branch, operation, result) VALUES ($1, $2, $3, $4)",
-            [.text(branch.gid), .int(branch.branch), .text(operation), try result.map { .text(try Self.encode($0)) }])
+        let encoded: PostgresValue? = try result.map { .text(try Self.encode($0)) }
+        if recordsDigests {
+            try connection.execute(
+                "INSERT INTO dtx_branches (gid, branch, operation, result, digest) VALUES ($1, $2, $3, $4, $5)",
+                [.text(branch.gid), .int(branch.branch), .text(operation), encoded, name.digest.map { .text($0) }])
+        } else {
+            try connection.execute(
+                "INSERT INTO dtx_branches (gid, branch, operation, result) VALUES ($1, $2, $3, $4)",
+                [.text(branch.gid), .int(branch.branch), .text(operation), encoded])
+        }
         return result
     }
 
@@ -312,40 +377,60 @@ public final class PostgresResourceManager: ResourceManager {
         }
     }
 
-    /// Runs COMMIT PREPARED or ROLLBACK PREPARED; false when no such prepared
-    /// transaction exists (SQLSTATE 42704).
-    private static func finishPrepared(_ command: String, _ name: String, _ connection: PostgresConnection) throws -> Bool {
+    /// Runs COMMIT PREPARED or ROLLBACK PREPARED on the branch's prepared transaction,
+    /// whatever its digest; false when it has none (or it ended meanwhile: SQLSTATE
+    /// 42704).
+    private func finishPrepared(_ command: String, _ branch: BranchRef, _ connection: PostgresConnection) throws -> Bool {
+        guard let name = try preparedTransaction(of: branch, connection) else { return false }
         do {
-            try connection.execute("\(command) '\(name)'")
+            try connection.execute("\(command) '\(name.text)'")
             return true
         } catch let error as PostgresError where error.sqlState == "42704" {
             return false
         }
     }
 
-    private static func isPrepared(_ name: String, _ connection: PostgresConnection) throws -> Bool {
-        try !connection.execute("SELECT 1 FROM pg_prepared_xacts WHERE gid = $1 AND database = current_database()", [.text(name)]).rows.isEmpty
+    /// The branch's prepared transaction in this database: `prefix:gid:branch:digest`
+    /// for any digest, or the old-format `prefix:gid:branch`. The gid may contain `:`,
+    /// so names of other branches can start the same way (gid `a:1`, branch 2 starts
+    /// with `prefix:a:1:`); each candidate is parsed back to its branch.
+    private func preparedTransaction(of branch: BranchRef, _ connection: PostgresConnection) throws -> PreparedTransactionName? {
+        let base = PreparedTransactionName(prefix: prefix, branch: branch, digest: nil).base
+        let rows = try connection.execute(
+            """
+            SELECT gid FROM pg_prepared_xacts
+            WHERE database = current_database()
+              AND (gid = $1::text OR left(gid, length($1::text) + 1) = $1::text || ':')
+            ORDER BY prepared
+            """, [.text(base)]
+        ).rows
+        for row in rows {
+            if let text = try row.string("gid"), let name = PreparedTransactionName.parse(text, prefix: prefix), name.branch == branch {
+                return name
+            }
+        }
+        return nil
     }
 
     /// The branch's state; nil when it was never prepared or decided here. A rollback
     /// record wins over a prepared transaction: one prepared after its rollback was
     /// recorded is about to be rolled back, so it must not count as a yes-vote.
-    private static func recordedState(of branch: BranchRef, name: String, _ connection: PostgresConnection) throws -> BranchState? {
+    private func recordedState(of branch: BranchRef, _ connection: PostgresConnection) throws -> BranchState? {
         let row = try connection.execute(
             """
-            SELECT b.result, b.gid IS NOT NULL AS committed,
-                   EXISTS (SELECT 1 FROM dtx_rollbacks r WHERE r.gid = $1 AND r.branch = $2) AS rolled_back,
-                   EXISTS (SELECT 1 FROM pg_prepared_xacts p WHERE p.gid = $3 AND p.database = current_database()) AS prepared
+            SELECT b.result, \(recordsDigests ? "b.digest" : "NULL::text") AS digest, b.gid IS NOT NULL AS committed,
+                   EXISTS (SELECT 1 FROM dtx_rollbacks r WHERE r.gid = $1 AND r.branch = $2) AS rolled_back
             FROM (SELECT 1) AS one
             LEFT JOIN dtx_branches b ON b.gid = $1 AND b.branch = $2
-            """, [.text(branch.gid), .int(branch.branch), .text(name)]
+            """, [.text(branch.gid), .int(branch.branch)]
         ).rows.first
-        guard let row else { return nil }
-        if try row.bool("committed") == true {
-            return .committed(result: try row.string("result").map(decode))
+        if let row {
+            if try row.bool("committed") == true {
+                return .committed(result: try row.string("result").map(Self.decode), digest: try row.string("digest"))
+            }
+            if try row.bool("rolled_back") == true { return .rolledBack }
         }
-        if try row.bool("rolled_back") == true { return .rolledBack }
-        return try row.bool("prepared") == true ? .prepared : nil
+        return try preparedTransaction(of: branch, connection).map(BranchState.prepared)
     }
 
     private static func checkPreparedTransactions(_ connection: PostgresConnection) throws {
@@ -371,6 +456,38 @@ public final class PostgresResourceManager: ResourceManager {
             try connection.execute(branchesTableDDL)
             try connection.execute(rollbacksTableDDL)
             try connection.execute("COMMIT")
+        } catch {
+            connection.rollbackIfInTransaction()
+            throw error
+        }
+    }
+
+    /// Adds the `digest` column to a `dtx_branches` made by an older version; true when
+    /// the table has it. ALTER TABLE needs an exclusive lock on the table, which
+    /// branches an older version left prepared hold (they inserted into it) until they
+    /// are resolved, and resolving them needs this resource manager running: so it
+    /// waits at most the lock timeout, and on timeout the resource manager runs without
+    /// recording digests in `dtx_branches` (prepared-transaction names still carry
+    /// them) until a later start adds the column.
+    private static func addDigestColumn(_ connection: PostgresConnection, lockTimeout: String, logger: Logger) throws -> Bool {
+        try connection.execute("BEGIN")
+        do {
+            try connection.execute("SELECT pg_advisory_xact_lock(hashtextextended('dtx participant schema', 0)), set_config('lock_timeout', $1, true)", [.text(lockTimeout)])
+            let present = try connection.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('dtx_branches') AND attname = 'digest' AND NOT attisdropped) AS present"
+            ).rows.first?.bool("present") == true
+            if !present {
+                try connection.execute("ALTER TABLE dtx_branches ADD COLUMN IF NOT EXISTS digest TEXT")
+                logger.notice("added column digest to dtx_branches")
+            }
+            try connection.execute("COMMIT")
+            return true
+        } catch let error as PostgresError where error.sqlState == "55P03" {
+            connection.rollbackIfInTransaction()
+            logger.warning(
+                "cannot add column digest to dtx_branches now: prepared transactions lock the table. Branches committed until a later start adds it record no digest, so a PREPARE that reuses their gid for other work is not refused",
+                metadata: ["lock_timeout": .string(lockTimeout)])
+            return false
         } catch {
             connection.rollbackIfInTransaction()
             throw error

@@ -1,13 +1,41 @@
 import DTXCore
 import DTXParticipant
 
-/// The name of a branch's prepared transaction: `prefix:gid:branch`, e.g.
-/// `dtx:order-42:1`. The prefix marks the transactions one resource manager owns; the
-/// gid may itself contain `:`, so parsing takes the prefix from the front and the
-/// branch from the back. At most 16 + 1 + 128 + 1 + 20 = 166 bytes, under PostgreSQL's
-/// limit of 200.
-struct PreparedTransactionName {
+/// The name of a branch's prepared transaction: `prefix:gid:branch:digest`, e.g.
+/// `dtx:order-42:1:9f86d081884c7d65`, where `digest` is the `BranchDigest` of the
+/// branch's operation and payload. The prefix marks the transactions one resource
+/// manager owns. While a branch is prepared its `dtx_branches` row is inside the
+/// prepared transaction, invisible to other sessions: the name is where a repeated
+/// PREPARE reads the work the branch was prepared for.
+///
+/// Older versions named a branch's prepared transaction `prefix:gid:branch` (no
+/// digest); such names are still read, with an unknown digest. `prefix:gid:branch` is
+/// also the branch's lock key, in both formats.
+///
+/// The gid may itself contain `:`, so parsing takes the prefix from the front and the
+/// digest and the branch from the back: a last component of 16 lowercase hex digits
+/// preceded by a branch id is a digest. (An old name whose branch id is itself a
+/// 16-digit number would read as a new one; coordinators number branches from 0.)
+/// At most 16 + 1 + 128 + 1 + 20 + 1 + 16 = 183 bytes, under PostgreSQL's limit of 199
+/// (200 with the terminating NUL).
+struct PreparedTransactionName: Equatable {
     static let maxPrefixLength = 16
+    /// PostgreSQL's limit on a prepared transaction's name, in bytes.
+    static let maxLength = 199
+    static let digestLength = 16
+
+    /// The resource manager's prefix.
+    let prefix: String
+    let branch: BranchRef
+    /// The fingerprint of the branch's work; nil for a name of the old format.
+    let digest: String?
+
+    /// `prefix:gid:branch`: the whole name in the old format, the branch's lock key, and
+    /// followed by `:` the start of the name in the current format.
+    var base: String { Self.base(prefix: prefix, branch: branch) }
+
+    /// The name as PostgreSQL stores it.
+    var text: String { digest.map { base + ":" + $0 } ?? base }
 
     /// The prefix is embedded in SQL literals and LIKE patterns: letters and digits only.
     static func validate(prefix: String) throws {
@@ -20,27 +48,65 @@ struct PreparedTransactionName {
         }
     }
 
-    /// The name for `branch`. The gid is validated because the name is spliced into
-    /// `PREPARE TRANSACTION '…'` (which takes no parameters): its allowed characters
-    /// contain no quote.
-    static func make(prefix: String, branch: BranchRef) throws -> String {
+    /// The name for `branch` prepared for the work `digest` identifies. The gid and the
+    /// digest are validated because the name is spliced into `PREPARE TRANSACTION '…'`
+    /// (which takes no parameters): their allowed characters contain no quote.
+    static func make(prefix: String, branch: BranchRef, digest: String) throws -> PreparedTransactionName {
+        try validate(branch: branch)
+        guard isDigest(digest) else {
+            throw PostgresError(code: .invalidValue, message: "branch digest \"\(digest)\" is not \(digestLength) lowercase hex digits")
+        }
+        let name = PreparedTransactionName(prefix: prefix, branch: branch, digest: digest)
+        guard name.text.utf8.count <= maxLength else {
+            // Unreachable with a valid prefix and gid (see the type's comment).
+            throw PostgresError(code: .invalidValue, message: "prepared-transaction name \(name.text) is longer than PostgreSQL's limit of \(maxLength) bytes")
+        }
+        return name
+    }
+
+    /// `prefix:gid:branch` for `branch`, after validating its gid.
+    static func base(validating branch: BranchRef, prefix: String) throws -> String {
+        try validate(branch: branch)
+        return base(prefix: prefix, branch: branch)
+    }
+
+    /// The name, or nil when it is not one of `prefix`'s names (in either format).
+    static func parse(_ name: String, prefix: String) -> PreparedTransactionName? {
+        guard name.hasPrefix(prefix + ":") else { return nil }
+        let rest = Substring(name.dropFirst(prefix.count + 1))
+        if let separator = rest.lastIndex(of: ":") {
+            let last = rest[rest.index(after: separator)...]
+            if isDigest(last), let branch = parseBranch(rest[..<separator]) {
+                return PreparedTransactionName(prefix: prefix, branch: branch, digest: String(last))
+            }
+        }
+        return parseBranch(rest).map { PreparedTransactionName(prefix: prefix, branch: $0, digest: nil) }
+    }
+
+    /// `gid:branch`, with a valid gid and a branch id written as `String(branch)` writes
+    /// it (the form `make` uses, so that the name is found again by its branch).
+    private static func parseBranch(_ text: Substring) -> BranchRef? {
+        guard let separator = text.lastIndex(of: ":") else { return nil }
+        let digits = text[text.index(after: separator)...]
+        guard let branch = BranchID(digits), String(branch) == digits else { return nil }
+        let gid = String(text[..<separator])
+        guard (try? GlobalTransactionID(validating: gid)) != nil else { return nil }
+        return BranchRef(gid: gid, branch: branch)
+    }
+
+    private static func base(prefix: String, branch: BranchRef) -> String {
+        "\(prefix):\(branch.gid):\(branch.branch)"
+    }
+
+    private static func validate(branch: BranchRef) throws {
         do {
             _ = try GlobalTransactionID(validating: branch.gid)
         } catch {
             throw BusinessError(code: "invalid_gid", message: "\(error.description)")
         }
-        return "\(prefix):\(branch.gid):\(branch.branch)"
     }
 
-    /// The branch a name belongs to, or nil when it is not one of `prefix`'s names.
-    static func parse(_ name: String, prefix: String) -> BranchRef? {
-        guard name.hasPrefix(prefix + ":") else { return nil }
-        let rest = name.dropFirst(prefix.count + 1)
-        guard let separator = rest.lastIndex(of: ":"),
-              let branch = BranchID(rest[rest.index(after: separator)...])
-        else { return nil }
-        let gid = String(rest[..<separator])
-        guard (try? GlobalTransactionID(validating: gid)) != nil else { return nil }
-        return BranchRef(gid: gid, branch: branch)
+    static func isDigest<S: StringProtocol>(_ text: S) -> Bool {
+        text.utf8.count == digestLength && text.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
     }
 }

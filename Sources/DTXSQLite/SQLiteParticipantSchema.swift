@@ -4,12 +4,18 @@ public enum SQLiteParticipantSchema {
     /// The DDL of the resource manager's tables, as an SQL script.
     ///
     /// - `dtx_prepared`: one row per prepared (in-doubt) branch: its changeset (the
-    ///   branch's work, not yet applied to the business tables) and its result.
+    ///   branch's work, not yet applied to the business tables), its result and its
+    ///   digest (`BranchDigest` of its operation and payload).
     /// - `dtx_locks`: one row per business row a prepared branch changes (table and
     ///   canonical primary-key bytes). Any other write to such a row is refused until the
     ///   branch commits or rolls back.
     /// - `dtx_outcomes`: the decision for every committed or rolled-back branch, so that
-    ///   a retried COMMIT or ROLLBACK is recognised and a late PREPARE refused.
+    ///   a retried COMMIT or ROLLBACK is recognised and a late PREPARE refused; with the
+    ///   digest of the branch's work, so that a repeat asking for other work is refused.
+    ///
+    /// `digest` is NULL in rows written before the resource manager kept digests (the
+    /// column is added to older files when they are opened); such a row accepts a repeat
+    /// as a duplicate, as before.
     public static let ddl = """
         CREATE TABLE IF NOT EXISTS dtx_prepared (
             gid TEXT NOT NULL,
@@ -18,6 +24,7 @@ public enum SQLiteParticipantSchema {
             changeset BLOB NOT NULL,
             result TEXT,
             prepared_at TEXT NOT NULL,
+            digest TEXT,
             PRIMARY KEY (gid, branch)
         );
         CREATE TABLE IF NOT EXISTS dtx_locks (
@@ -34,6 +41,7 @@ public enum SQLiteParticipantSchema {
             outcome TEXT NOT NULL CHECK (outcome IN ('committed', 'rolled_back')),
             result TEXT,
             decided_at TEXT NOT NULL,
+            digest TEXT,
             PRIMARY KEY (gid, branch)
         );
         """

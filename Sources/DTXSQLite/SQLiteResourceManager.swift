@@ -11,7 +11,9 @@ import Synchronization
 ///   session attached, takes the changeset, rolls the savepoint back (the business rows
 ///   stay untouched) and stores the changeset in `dtx_prepared` and one lock per changed
 ///   row in `dtx_locks`, in the same transaction: its COMMIT (`synchronous=FULL`) is the
-///   durable yes-vote.
+///   durable yes-vote. The row keeps the branch's digest (`BranchDigest`, its operation
+///   and payload): a repeated PREPARE or one-phase commit of the branch is a duplicate
+///   only when it asks for the same work, and is refused (`branch_mismatch`) otherwise.
 /// - Every later write through the resource manager (other branches, `write`) checks the
 ///   rows it changes against `dtx_locks`: a row held by an in-doubt branch is refused (or
 ///   waited for), as PostgreSQL's row locks would.
@@ -56,7 +58,27 @@ public final class SQLiteResourceManager: ResourceManager {
         database = try await SQLiteDatabase(path: path, busyTimeout: busyTimeout)
         self.lockWaitTimeout = lockWaitTimeout
         self.logger = logger
-        try await database.run { connection in try connection.executeScript(SQLiteParticipantSchema.ddl) }
+        try await database.run { connection in
+            try connection.executeScript(SQLiteParticipantSchema.ddl)
+            try Self.addDigestColumns(in: connection)
+        }
+    }
+
+    /// Adds the `digest` column to the tables of a file created before the resource
+    /// manager kept branch digests (its rows keep NULL: their repeats are accepted as
+    /// before). Checked and altered in one write transaction, so that two processes
+    /// opening the file at once do not both add it.
+    private static func addDigestColumns(in connection: SQLiteConnection) throws {
+        func hasDigest(_ table: String) throws -> Bool {
+            try connection.query("SELECT 1 FROM pragma_table_info(?) WHERE name = 'digest'", [.text(table)]).isEmpty == false
+        }
+        let tables = ["dtx_prepared", "dtx_outcomes"]
+        guard try !tables.allSatisfy(hasDigest) else { return }
+        try connection.transaction(immediate: true) {
+            for table in tables where try !hasDigest(table) {
+                try connection.execute("ALTER TABLE \(table) ADD COLUMN digest TEXT")
+            }
+        }
     }
 
     /// Registers `body` as the operation called `name`, replacing any operation of that
@@ -74,11 +96,14 @@ public final class SQLiteResourceManager: ResourceManager {
 
     public func prepare(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> PrepareOutcome {
         let body = operations.withLock { $0[operation] }
+        let digest = BranchDigest.of(operation: operation, payload: payload)
         return try await database.run { connection in
             try connection.transaction(immediate: true) {
                 switch try Self.recorded(branch, in: connection) {
                 case .rolledBack: throw BusinessError.alreadyRolledBack(branch, cannot: "prepare")
-                case .prepared(let result), .committed(let result): return .prepared(result: result)
+                case .prepared(let result, let recorded), .committed(let result, let recorded):
+                    try Self.check(digest, against: recorded, of: branch)
+                    return .prepared(result: result)
                 case nil: break
                 }
                 guard let body else { throw BusinessError.unknownOperation(operation) }
@@ -89,8 +114,8 @@ public final class SQLiteResourceManager: ResourceManager {
                     throw BusinessError.rowLocked(row, heldBy: holder)
                 }
                 try connection.execute(
-                    "INSERT INTO dtx_prepared (gid, branch, operation, changeset, result, prepared_at) VALUES (?, ?, ?, ?, ?, \(Self.now))",
-                    [.text(branch.gid), .integer(Int64(branch.branch)), .text(operation), .blob(work.changeset.bytes), Self.stored(work.result)])
+                    "INSERT INTO dtx_prepared (gid, branch, operation, changeset, result, prepared_at, digest) VALUES (?, ?, ?, ?, ?, \(Self.now), ?)",
+                    [.text(branch.gid), .integer(Int64(branch.branch)), .text(operation), .blob(work.changeset.bytes), Self.stored(work.result), .text(digest)])
                 for row in rows {
                     try connection.execute(
                         "INSERT INTO dtx_locks (tbl, pk, gid, branch) VALUES (?, ?, ?, ?)",
@@ -120,11 +145,14 @@ public final class SQLiteResourceManager: ResourceManager {
                 switch try Self.recorded(branch, in: connection) {
                 case .rolledBack: return
                 case .committed: throw BusinessError(code: "already_committed", message: "branch \(branch) was already committed; it cannot roll back")
-                case .prepared, nil:
+                case .prepared(_, let digest):
+                    try Self.forgetPrepared(branch, in: connection)
+                    try Self.recordOutcome(.rolledBack, result: nil, digest: digest, of: branch, in: connection)
+                case nil:
                     // A branch never prepared (presumed abort) is recorded too, so that a
                     // PREPARE arriving after this ROLLBACK refuses.
                     try Self.forgetPrepared(branch, in: connection)
-                    try Self.recordOutcome(.rolledBack, result: nil, of: branch, in: connection)
+                    try Self.recordOutcome(.rolledBack, result: nil, digest: nil, of: branch, in: connection)
                 }
             }
         }
@@ -132,12 +160,17 @@ public final class SQLiteResourceManager: ResourceManager {
 
     public func commitOnePhase(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
         let body = operations.withLock { $0[operation] }
+        let digest = BranchDigest.of(operation: operation, payload: payload)
         return try await database.run { [logger] connection in
             try connection.transaction(immediate: true) {
                 switch try Self.recorded(branch, in: connection) {
-                case .committed(let result): return result
+                case .committed(let result, let recorded):
+                    try Self.check(digest, against: recorded, of: branch)
+                    return result
                 case .rolledBack: throw BusinessError.alreadyRolledBack(branch, cannot: "commit")
-                case .prepared: return try Self.commitPrepared(branch, in: connection, logger: logger)
+                case .prepared(_, let recorded):
+                    try Self.check(digest, against: recorded, of: branch)
+                    return try Self.commitPrepared(branch, in: connection, logger: logger)
                 case nil: break
                 }
                 guard let body else { throw BusinessError.unknownOperation(operation) }
@@ -145,7 +178,7 @@ public final class SQLiteResourceManager: ResourceManager {
                 if !work.changeset.isEmpty, let (row, holder) = try Self.lockHolder(of: work.changeset.summary().rows, in: connection) {
                     throw BusinessError.rowLocked(row, heldBy: holder)
                 }
-                try Self.recordOutcome(.committed, result: work.result, of: branch, in: connection)
+                try Self.recordOutcome(.committed, result: work.result, digest: digest, of: branch, in: connection)
                 return work.result
             }
         }
@@ -203,10 +236,11 @@ public final class SQLiteResourceManager: ResourceManager {
 
     // MARK: Work on the database thread
 
-    /// What the resource manager knows of a branch.
+    /// What the resource manager knows of a branch: its result and the digest of its
+    /// work (nil for a record written before digests were kept).
     private enum Recorded {
-        case prepared(JSONValue?)
-        case committed(JSONValue?)
+        case prepared(JSONValue?, digest: String?)
+        case committed(JSONValue?, digest: String?)
         case rolledBack
     }
 
@@ -217,17 +251,24 @@ public final class SQLiteResourceManager: ResourceManager {
 
     private static func recorded(_ branch: BranchRef, in connection: SQLiteConnection) throws -> Recorded? {
         let key = keyParameters(branch)
-        if let row = try connection.query("SELECT outcome, result FROM dtx_outcomes WHERE gid = ? AND branch = ?", key).first {
+        if let row = try connection.query("SELECT outcome, result, digest FROM dtx_outcomes WHERE gid = ? AND branch = ?", key).first {
             switch row.values[0].textValue.flatMap(Outcome.init(rawValue:)) {
-            case .committed: return .committed(try result(row.values[1], of: branch))
+            case .committed: return .committed(try result(row.values[1], of: branch), digest: try digest(row.values[2], of: branch))
             case .rolledBack: return .rolledBack
             case nil: throw SQLiteResourceManagerError.corruptRecord(branch: branch, reason: "dtx_outcomes holds the unknown outcome \(row.values[0])")
             }
         }
-        if let row = try connection.query("SELECT result FROM dtx_prepared WHERE gid = ? AND branch = ?", key).first {
-            return .prepared(try result(row.values[0], of: branch))
+        if let row = try connection.query("SELECT result, digest FROM dtx_prepared WHERE gid = ? AND branch = ?", key).first {
+            return .prepared(try result(row.values[0], of: branch), digest: try digest(row.values[1], of: branch))
         }
         return nil
+    }
+
+    /// Refuses a repeated PREPARE or one-phase commit that asks for other work than the
+    /// branch was recorded with. A record without a digest (written before digests were
+    /// kept) accepts the repeat, as before.
+    private static func check(_ digest: String, against recorded: String?, of branch: BranchRef) throws {
+        if let recorded, recorded != digest { throw BranchDigest.mismatch(branch) }
     }
 
     /// Applies a prepared branch's changeset, drops its locks and records it committed.
@@ -235,10 +276,11 @@ public final class SQLiteResourceManager: ResourceManager {
     /// - Throws: `SQLiteResourceManagerError.commitConflict` when the changeset does not
     ///   apply cleanly (logged as a heuristic hazard; the branch stays prepared).
     private static func commitPrepared(_ branch: BranchRef, in connection: SQLiteConnection, logger: Logger) throws -> JSONValue? {
-        guard let row = try connection.query("SELECT changeset, result FROM dtx_prepared WHERE gid = ? AND branch = ?", keyParameters(branch)).first,
+        guard let row = try connection.query("SELECT changeset, result, digest FROM dtx_prepared WHERE gid = ? AND branch = ?", keyParameters(branch)).first,
               let bytes = row.values[0].blobValue
         else { throw SQLiteResourceManagerError.corruptRecord(branch: branch, reason: "its dtx_prepared row has no changeset") }
         let branchResult = try result(row.values[1], of: branch)
+        let branchDigest = try digest(row.values[2], of: branch)
         let changeset = Changeset(bytes: bytes)
         let conflict = try incompatibleTable(changeset, in: connection) ?? changeset.apply(to: connection)?.description
         if let conflict {
@@ -246,7 +288,7 @@ public final class SQLiteResourceManager: ResourceManager {
             throw SQLiteResourceManagerError.commitConflict(branch: branch, reason: conflict)
         }
         try forgetPrepared(branch, in: connection)
-        try recordOutcome(.committed, result: branchResult, of: branch, in: connection)
+        try recordOutcome(.committed, result: branchResult, digest: branchDigest, of: branch, in: connection)
         return branchResult
     }
 
@@ -270,10 +312,10 @@ public final class SQLiteResourceManager: ResourceManager {
         try connection.execute("DELETE FROM dtx_prepared WHERE gid = ? AND branch = ?", keyParameters(branch))
     }
 
-    private static func recordOutcome(_ outcome: Outcome, result: JSONValue?, of branch: BranchRef, in connection: SQLiteConnection) throws {
+    private static func recordOutcome(_ outcome: Outcome, result: JSONValue?, digest: String?, of branch: BranchRef, in connection: SQLiteConnection) throws {
         try connection.execute(
-            "INSERT INTO dtx_outcomes (gid, branch, outcome, result, decided_at) VALUES (?, ?, ?, ?, \(now))",
-            keyParameters(branch) + [.text(outcome.rawValue), stored(result)])
+            "INSERT INTO dtx_outcomes (gid, branch, outcome, result, decided_at, digest) VALUES (?, ?, ?, ?, \(now), ?)",
+            keyParameters(branch) + [.text(outcome.rawValue), stored(result), digest.map(SQLiteValue.text) ?? .null])
     }
 
     /// A branch operation's result and the changes it made.
@@ -391,6 +433,15 @@ public final class SQLiteResourceManager: ResourceManager {
                 throw SQLiteResourceManagerError.corruptRecord(branch: branch, reason: "its stored result is not JSON (\(error))")
             }
         default: throw SQLiteResourceManagerError.corruptRecord(branch: branch, reason: "its stored result is \(stored), not JSON text")
+        }
+    }
+
+    /// A stored digest: text, or NULL for a record written before digests were kept.
+    private static func digest(_ stored: SQLiteValue, of branch: BranchRef) throws -> String? {
+        switch stored {
+        case .null: return nil
+        case .text(let text): return text
+        default: throw SQLiteResourceManagerError.corruptRecord(branch: branch, reason: "its stored digest is \(stored), not text")
         }
     }
 

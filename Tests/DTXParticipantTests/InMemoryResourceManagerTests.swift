@@ -233,4 +233,102 @@ import Testing
         #expect(Set(reopened.branches().map(\.gid)) == ["held", "done-1", "done-2"])
         #expect(try await reopened.inDoubt() == [prepared])
     }
+
+    // MARK: A repeated branch asking for other work (a reused gid)
+
+    @Test func aRepeatedPrepareIsADuplicateOnlyForTheSameWork() async throws {
+        let directory = Directory()
+        let manager = try InMemoryResourceManager(name: "a", journal: directory.journal)
+        let payload: JSONValue = .object(["amount": .number(10)])
+        let outcome = try await manager.prepare(branch, operation: "debit", payload: payload)
+        let journal = try Data(contentsOf: URL(fileURLWithPath: directory.journal))
+        #expect(manager.branches().first?.digest == BranchDigest.of(operation: "debit", payload: payload))
+
+        // The same work again: a duplicate, answered with the stored vote.
+        #expect(try await manager.prepare(branch, operation: "debit", payload: payload) == outcome)
+        // Other work under the same (gid, branch): refused, nothing changes.
+        let otherAmount = await businessError { _ = try await manager.prepare(branch, operation: "debit", payload: .object(["amount": .number(99)])) }
+        #expect(otherAmount?.code == "branch_mismatch")
+        #expect(otherAmount?.message.contains("order-1/0") == true)
+        #expect(await businessError { _ = try await manager.prepare(branch, operation: "credit", payload: payload) }?.code == "branch_mismatch")
+        #expect(await businessError { _ = try await manager.prepare(branch, operation: "debit", payload: nil) }?.code == "branch_mismatch")
+        // Nor may a one-phase commit with other work commit the prepared branch.
+        #expect(await businessError { _ = try await manager.commitOnePhase(branch, operation: "debit", payload: .object(["amount": .number(99)])) }?.code == "branch_mismatch")
+        #expect(manager.branches().map(\.state) == [.prepared])
+        #expect(manager.branches().first?.payload == payload)
+        #expect(try await manager.inDoubt() == [branch])
+        #expect(try Data(contentsOf: URL(fileURLWithPath: directory.journal)) == journal)
+
+        // The digest survives a restart; committing then commits the first work.
+        let reopened = try InMemoryResourceManager(name: "a", journal: directory.journal)
+        #expect(await businessError { _ = try await reopened.prepare(branch, operation: "debit", payload: .object(["amount": .number(99)])) }?.code == "branch_mismatch")
+        try await reopened.commit(branch)
+        #expect(reopened.branches().map(\.state) == [.committed])
+        #expect(reopened.branches().first?.payload == payload)
+        #expect(reopened.branches().first?.digest == BranchDigest.of(operation: "debit", payload: payload))
+    }
+
+    @Test func aCommittedBranchRefusesARepeatAskingForOtherWork() async throws {
+        let directory = Directory()
+        let manager = try InMemoryResourceManager(name: "a", journal: directory.journal)
+        let payload: JSONValue = .object(["amount": .number(10)])
+        let result: JSONValue = .object(["operation": .string("debit"), "participant": .string("a")])
+        _ = try await manager.prepare(branch, operation: "debit", payload: payload)
+        try await manager.commit(branch)
+        let journal = try Data(contentsOf: URL(fileURLWithPath: directory.journal))
+
+        #expect(try await manager.prepare(branch, operation: "debit", payload: payload) == .prepared(result: result))
+        #expect(try await manager.commitOnePhase(branch, operation: "debit", payload: payload) == result)
+        #expect(await businessError { _ = try await manager.prepare(branch, operation: "debit", payload: .object(["amount": .number(99)])) }?.code == "branch_mismatch")
+        #expect(await businessError { _ = try await manager.commitOnePhase(branch, operation: "credit", payload: payload) }?.code == "branch_mismatch")
+        #expect(manager.branches().map(\.state) == [.committed])
+        #expect(try Data(contentsOf: URL(fileURLWithPath: directory.journal)) == journal)
+
+        // A one-phase commit records its digest too.
+        let single = BranchRef(gid: "order-2", branch: 0)
+        #expect(try await manager.commitOnePhase(single, operation: "debit", payload: payload) == result)
+        #expect(try await manager.commitOnePhase(single, operation: "debit", payload: payload) == result)
+        let reopened = try InMemoryResourceManager(name: "a", journal: directory.journal)
+        #expect(await businessError { _ = try await reopened.commitOnePhase(single, operation: "debit", payload: .object(["amount": .number(5)])) }?.code == "branch_mismatch")
+        #expect(await businessError { _ = try await reopened.prepare(single, operation: "debit", payload: .object(["amount": .number(5)])) }?.code == "branch_mismatch")
+        #expect(try await reopened.prepare(single, operation: "debit", payload: payload) == .prepared(result: result))
+        // A rolled-back branch still refuses as before, whatever the work.
+        try await reopened.rollback(BranchRef(gid: "order-3", branch: 0))
+        #expect(await businessError { _ = try await reopened.prepare(BranchRef(gid: "order-3", branch: 0), operation: "debit", payload: payload) }?.code == "already_rolled_back")
+    }
+
+    @Test func aJournalWrittenBeforeDigestsLoadsAndAcceptsRepeatsAsBefore() async throws {
+        let directory = Directory()
+        // The journal format before digests were kept: records have no "digest".
+        let old = #"""
+            {"branches": [
+              {"gid": "old-1", "branch": 0, "operation": "debit", "payload": {"amount": 10}, "state": "committed", "result": {"operation": "debit", "participant": "a"}},
+              {"gid": "old-2", "branch": 0, "operation": "debit", "payload": {"amount": 20}, "state": "rolled_back"},
+              {"gid": "old-3", "branch": 1, "operation": "credit", "payload": {"amount": 30}, "state": "prepared", "result": {"operation": "credit", "participant": "a"}}
+            ]}
+            """#
+        try Data(old.utf8).write(to: URL(fileURLWithPath: directory.journal))
+        let manager = try InMemoryResourceManager(name: "a", journal: directory.journal)
+        #expect(manager.branches().count == 3)
+        #expect(manager.branches().allSatisfy { $0.digest == nil })
+        let inDoubt = BranchRef(gid: "old-3", branch: 1)
+        #expect(try await manager.inDoubt() == [inDoubt])
+
+        // Without a digest a repeat is accepted as a duplicate, as it was.
+        #expect(try await manager.prepare(inDoubt, operation: "credit", payload: .object(["amount": .number(31)])) == .prepared(result: .object(["operation": .string("credit"), "participant": .string("a")])))
+        let committed = BranchRef(gid: "old-1", branch: 0)
+        #expect(try await manager.commitOnePhase(committed, operation: "debit", payload: .object(["amount": .number(11)])) == .object(["operation": .string("debit"), "participant": .string("a")]))
+        #expect(await businessError { _ = try await manager.prepare(BranchRef(gid: "old-2", branch: 0), operation: "debit", payload: nil) }?.code == "already_rolled_back")
+        try await manager.commit(inDoubt)
+        #expect(manager.branches().first { $0.ref == inDoubt }?.state == .committed)
+        #expect(manager.branches().first { $0.ref == inDoubt }?.payload == .object(["amount": .number(30)]))
+
+        // New branches get digests, kept in the rewritten journal.
+        let fresh = BranchRef(gid: "new-1", branch: 0)
+        _ = try await manager.prepare(fresh, operation: "debit", payload: nil)
+        let reopened = try InMemoryResourceManager(name: "a", journal: directory.journal)
+        #expect(reopened.branches().count == 4)
+        #expect(await businessError { _ = try await reopened.prepare(fresh, operation: "debit", payload: .object(["amount": .number(1)])) }?.code == "branch_mismatch")
+        #expect(try await reopened.inDoubt() == [fresh])
+    }
 }

@@ -13,7 +13,7 @@ struct PostgresResourceManagerTests {
 
         let outcome = try await bank.manager.prepare(ref, operation: "withdraw", payload: payload(account: 1, amount: 30))
         #expect(outcome == .prepared(result: .object(["balance": .number(70)])))
-        #expect(try await bank.preparedTransactions() == ["dtx:order-1:1"])
+        #expect(try await bank.preparedTransactions() == [preparedName(ref, "withdraw", payload(account: 1, amount: 30))])
         #expect(try await bank.manager.inDoubt() == [ref])
         #expect(try await bank.balance(1) == 100, "another connection must not see prepared work")
         #expect(try await bank.count("dtx_branches") == 0, "the outcome record commits with the branch")
@@ -22,8 +22,8 @@ struct PostgresResourceManagerTests {
         #expect(try await bank.balance(1) == 70)
         #expect(try await bank.preparedTransactions() == [])
         #expect(try await bank.manager.inDoubt() == [])
-        let record = try await bank.server.psql("SELECT gid, branch, operation, result FROM dtx_branches", database: bank.database)
-        #expect(record == #"order-1|1|withdraw|{"balance":70}"#)
+        let record = try await bank.server.psql("SELECT gid, branch, operation, result, digest FROM dtx_branches", database: bank.database)
+        #expect(record == #"order-1|1|withdraw|{"balance":70}|"# + BranchDigest.of(operation: "withdraw", payload: payload(account: 1, amount: 30)))
 
         // A retried COMMIT finds its outcome record.
         try await bank.manager.commit(ref)
@@ -39,7 +39,7 @@ struct PostgresResourceManagerTests {
         // While prepared the first result is not readable (it is inside the prepared
         // transaction): the repeated vote is yes without it.
         #expect(try await bank.manager.prepare(ref, operation: "withdraw", payload: payload(account: 1, amount: 30)) == .prepared(result: nil))
-        #expect(try await bank.preparedTransactions() == ["dtx:order-2:3"])
+        #expect(try await bank.preparedTransactions() == [preparedName(ref, "withdraw", payload(account: 1, amount: 30))])
 
         try await bank.manager.commit(ref)
         #expect(try await bank.balance(1) == 70)
@@ -165,7 +165,14 @@ struct PostgresResourceManagerTests {
         let recovered = try await Bank.makeManager(pool: pool, prefix: "accounts")
         #expect(Set(try await recovered.inDoubt()) == [first, second])
         let orphans = try await recovered.orphans()
-        #expect(orphans.map(\.transactionName) == ["accounts:svc:order:7:1", "accounts:order-8:12"])
+        #expect(orphans.map(\.transactionName) == [
+            preparedName(first, "withdraw", payload(account: 1, amount: 10), prefix: "accounts"),
+            preparedName(second, "withdraw", payload(account: 2, amount: 20), prefix: "accounts"),
+        ])
+        #expect(orphans.map(\.digest) == [
+            BranchDigest.of(operation: "withdraw", payload: payload(account: 1, amount: 10)),
+            BranchDigest.of(operation: "withdraw", payload: payload(account: 2, amount: 20)),
+        ])
         for orphan in orphans {
             #expect(orphan.owner == "dtx")
             #expect(orphan.preparedAt >= started.addingTimeInterval(-5) && orphan.preparedAt <= Date().addingTimeInterval(5))

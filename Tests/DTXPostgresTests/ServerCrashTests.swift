@@ -25,7 +25,10 @@ struct ServerCrashTests {
         try await bank.server.restart()
         // The prepared transactions were recovered from the server's WAL and still hold
         // their rows: another connection sees the old balances.
-        #expect(try await bank.preparedTransactions() == ["dtx:crash-1:1", "dtx:crash-2:1"])
+        #expect(try await bank.preparedTransactions() == [
+            preparedName(toCommit, "withdraw", payload(account: 1, amount: 40)),
+            preparedName(toRollBack, "withdraw", payload(account: 2, amount: 40)),
+        ])
         #expect(Set(try await bank.manager.inDoubt()) == [toCommit, toRollBack])
         #expect(try await bank.balance(1) == 100)
         #expect(try await bank.balance(2) == 100)

@@ -1,6 +1,7 @@
 import DTXAPI
 import DTXClient
 import DTXCore
+import DTXParticipant
 import DTXSQLite
 import DTXTestSupport
 import Foundation
@@ -279,6 +280,13 @@ final class BankCluster: @unchecked Sendable {
                 BranchSpec(participant: to.0, operation: "credit", payload: .object(["account": .string(to.1), "amount": .number(Double(amount))])),
             ],
             timeout: timeout, wait: wait)
+    }
+
+    /// The name accounts-us gives branch `branch` of `submission` in pg_prepared_xacts:
+    /// `prefix:gid:branch:digest`.
+    static func preparedName(_ submission: TransactionSubmission, branch: Int) -> String {
+        let spec = submission.branches![branch]
+        return "\(usPrefix):\(submission.gid ?? ""):\(branch):\(BranchDigest.of(operation: spec.operation, payload: spec.payload))"
     }
 
     // MARK: - SQLite, read directly

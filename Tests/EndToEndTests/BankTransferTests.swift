@@ -115,12 +115,13 @@ import Testing
         try await bank.armFailpoint(us, "before-commit", "crash")
 
         let gid = "bank-us-crash"
-        let view = try await bank.client.submit(BankCluster.transfer(gid, from: (eu, "alice"), to: (us, "bob"), amount: 700))
+        let transfer = BankCluster.transfer(gid, from: (eu, "alice"), to: (us, "bob"), amount: 700)
+        let view = try await bank.client.submit(transfer)
         #expect(view.decision == .commit)
         #expect(try await bank.service(us)?.waitForExit() == SIGKILL)
 
         // The prepared transaction outlives the service that prepared it.
-        #expect(try await bank.pgPreparedNames() == ["\(BankCluster.usPrefix):\(gid):1"])
+        #expect(try await bank.pgPreparedNames() == [BankCluster.preparedName(transfer, branch: 1)])
         #expect(try await bank.databaseBalances(us) == ["bob": 1_000])
         #expect(try await !bank.pgCommitted().contains(BranchKey(gid: gid, branch: 1)))
         #expect(try await eventually { try bank.sqliteOutcomes()[BranchKey(gid: gid, branch: 0)] == "committed" })
@@ -155,11 +156,12 @@ import Testing
         try await bank.armFailpoint(us, "after-prepare", "crash")
 
         let gid = "bank-orphan"
-        let view = try await bank.client.submit(BankCluster.transfer(gid, from: (eu, "alice"), to: (us, "bob"), amount: 300))
+        let transfer = BankCluster.transfer(gid, from: (eu, "alice"), to: (us, "bob"), amount: 300)
+        let view = try await bank.client.submit(transfer)
         #expect(view.decision == .abort)
         #expect(try await bank.service(us)?.waitForExit() == SIGKILL)
 
-        let orphan = "\(BankCluster.usPrefix):\(gid):1"
+        let orphan = BankCluster.preparedName(transfer, branch: 1)
         #expect(try await bank.pgPreparedNames() == [orphan])
         #expect(try await bank.databaseBalances(us) == ["bob": 1_000])
         // The SQLite branch is rolled back; the PostgreSQL one waits for its service.
@@ -198,14 +200,15 @@ import Testing
         try await bank.openAccount(us, "bob", balance: 1_000)
 
         let gid = "bank-dtxd-crash"
-        _ = try? await bank.client.submit(BankCluster.transfer(gid, from: (eu, "alice"), to: (us, "bob"), amount: 1_200))
+        let transfer = BankCluster.transfer(gid, from: (eu, "alice"), to: (us, "bob"), amount: 1_200)
+        _ = try? await bank.client.submit(transfer)
         #expect(try await bank.cluster.daemon?.waitForExit() == SIGKILL)
 
         // Both voted yes and neither was told: both in doubt, both balances untouched,
         // and they stay so while dtxd is down (services ask every second).
         for _ in 0..<2 {
             #expect(try bank.sqlitePrepared() == [BranchKey(gid: gid, branch: 0)])
-            #expect(try await bank.pgPreparedNames() == ["\(BankCluster.usPrefix):\(gid):1"])
+            #expect(try await bank.pgPreparedNames() == [BankCluster.preparedName(transfer, branch: 1)])
             #expect(try await bank.databaseBalances(eu) == ["alice": 10_000])
             #expect(try await bank.databaseBalances(us) == ["bob": 1_000])
             try await Task.sleep(for: .seconds(1.5))
