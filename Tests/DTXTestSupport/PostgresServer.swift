@@ -204,8 +204,9 @@ public final class PostgresServer: Sendable {
     /// backend killed too) and waits for it to exit.
     private func shutDown(signal: Int32, waitSeconds: Double) async throws {
         guard let process = state.withLock({ $0.process }), process.isRunning else { return }
+        var killed: [pid_t] = []
         if signal == SIGKILL {
-            killServerProcesses()
+            killed = killServerProcesses()
         } else if let postmaster = postmasterPID() {
             Glibc.kill(postmaster, signal)
         } else {
@@ -223,16 +224,23 @@ public final class PostgresServer: Sendable {
             }
             try await Task.sleep(for: .milliseconds(20))
         }
+        // SIGKILL is delivered asynchronously: wait until the backends have exited too,
+        // so that their sockets are closed, as after a real crash.
+        while killed.contains(where: Self.isRunning), Date() < deadline {
+            try await Task.sleep(for: .milliseconds(5))
+        }
         state.withLock { $0.process = nil }
     }
 
     /// SIGKILLs the postmaster and its children (the backends and auxiliary processes),
     /// the way a machine crash would stop them.
-    private func killServerProcesses() {
-        guard let postmaster = postmasterPID() else { return }
+    @discardableResult
+    private func killServerProcesses() -> [pid_t] {
+        guard let postmaster = postmasterPID() else { return [] }
         let children = Self.children(of: postmaster)
         Glibc.kill(postmaster, SIGKILL)
         for child in children { Glibc.kill(child, SIGKILL) }
+        return children
     }
 
     /// The postmaster's pid, from the first line of `postmaster.pid`.
@@ -241,6 +249,14 @@ public final class PostgresServer: Sendable {
               let line = text.split(separator: "\n").first
         else { return nil }
         return pid_t(line.trimmingCharacters(in: .whitespaces))
+    }
+
+    /// Whether `pid` still runs (exists and is not a zombie).
+    private static func isRunning(_ pid: pid_t) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let end = stat.lastIndex(of: ")")
+        else { return false }
+        return stat[stat.index(after: end)...].split(separator: " ").first != "Z"
     }
 
     private static func children(of parent: pid_t) -> [pid_t] {
