@@ -91,11 +91,37 @@ public struct JSONWriter: Sendable {
         }
     }
 
-    /// `{"operation":…,"participant":…,"payload":…}` (payload omitted when nil), as `BranchSpec` encodes.
+    /// `{"compensatable":…,"dependsOn":…,"operation":…,"participant":…,"payload":…,"retry":…,"timeout":…}`
+    /// with sorted keys and nil fields omitted, as `BranchSpec` encodes.
     public mutating func branch(_ spec: BranchSpec) {
-        member("{\"operation\":", spec.operation)
+        raw("{")
+        if let compensatable = spec.compensatable { member("\"compensatable\":", compensatable); raw(",") }
+        if let dependsOn = spec.dependsOn {
+            raw("\"dependsOn\":[")
+            for (index, id) in dependsOn.enumerated() {
+                if index > 0 { raw(",") }
+                int(id)
+            }
+            raw("],")
+        }
+        member("\"operation\":", spec.operation)
         member(",\"participant\":", spec.participant)
         if let payload = spec.payload { member(",\"payload\":", payload) }
+        if let retry = spec.retry {
+            raw(",\"retry\":{")
+            var first = true
+            func next(_ name: StaticString, _ value: JSONValue?, into json: inout JSONWriter) {
+                guard let value else { return }
+                if !first { json.raw(",") }
+                first = false
+                json.member(name, value)
+            }
+            next("\"initialDelay\":", retry.initialDelay.map(JSONValue.number), into: &self)
+            next("\"maxAttempts\":", retry.maxAttempts.map { .number(Double($0)) }, into: &self)
+            next("\"maxDelay\":", retry.maxDelay.map(JSONValue.number), into: &self)
+            raw("}")
+        }
+        if let timeout = spec.timeout { member(",\"timeout\":", .number(timeout)) }
         raw("}")
     }
 }

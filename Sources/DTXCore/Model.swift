@@ -4,16 +4,50 @@ import Foundation
 public typealias BranchID = Int
 
 /// What one branch of a global transaction asks of one participant.
+///
+/// The optional fields are a saga step's (see `Saga`); other protocols leave them nil.
+/// Absent keys decode as nil and nil fields are not encoded, so older JSON and log
+/// records read as before.
 public struct BranchSpec: Sendable, Codable, Equatable {
     public var participant: String
     public var operation: String
     /// Opaque JSON handed to the participant.
     public var payload: JSONValue?
+    /// Saga: the earlier steps this one runs after. nil: the previous step (none for the first).
+    public var dependsOn: [BranchID]?
+    /// Saga: false for the pivot and the forward-only steps after it. nil means true.
+    public var compensatable: Bool?
+    /// Saga: how a failed or timed-out action is retried before the saga compensates.
+    public var retry: StepRetry?
+    /// Saga: seconds one attempt of this step may take before it counts as failed.
+    public var timeout: Double?
 
-    public init(participant: String, operation: String, payload: JSONValue? = nil) {
+    public init(participant: String, operation: String, payload: JSONValue? = nil, dependsOn: [BranchID]? = nil,
+                compensatable: Bool? = nil, retry: StepRetry? = nil, timeout: Double? = nil) {
         self.participant = participant
         self.operation = operation
         self.payload = payload
+        self.dependsOn = dependsOn
+        self.compensatable = compensatable
+        self.retry = retry
+        self.timeout = timeout
+    }
+}
+
+/// A saga step's retry policy; nil fields take the engine's defaults (`Saga.defaultMaxAttempts`
+/// and the engine's `RetryPolicy`).
+public struct StepRetry: Sendable, Codable, Equatable {
+    /// Deliveries of the action in all, the first included (1 = never retried).
+    public var maxAttempts: Int?
+    /// Seconds before the first retry; later ones double up to `maxDelay`.
+    public var initialDelay: Double?
+    /// Seconds; the cap of the exponential backoff.
+    public var maxDelay: Double?
+
+    public init(maxAttempts: Int? = nil, initialDelay: Double? = nil, maxDelay: Double? = nil) {
+        self.maxAttempts = maxAttempts
+        self.initialDelay = initialDelay
+        self.maxDelay = maxDelay
     }
 }
 
@@ -41,6 +75,20 @@ public enum BranchState: String, Sendable, Codable, Equatable {
     case committed
     case rollingBack = "rolling_back"
     case rolledBack = "rolled_back"
+    // TCC
+    case trying
+    case tried
+    case confirming
+    case confirmed
+    case cancelling
+    case cancelled
+    // Saga (a step that was never sent stays `pending`)
+    case running
+    case done
+    /// Refused (a Try or a step's action), or out of attempts.
+    case failed
+    case compensating
+    case compensated
 }
 
 public struct Branch: Sendable, Equatable {
@@ -50,6 +98,10 @@ public struct Branch: Sendable, Equatable {
     /// Deliveries tried for the current step (reset when the step changes).
     public var attempts: Int
     public var lastError: String?
+    /// TCC and Saga: what the participant answered to the branch's forward work (a Try,
+    /// a Confirm that returned one, a step's action), or `{"error": {"code", "message"}}`
+    /// when it refused it — the same shape the engine keeps for 2PC.
+    public var result: JSONValue?
 
     public init(id: BranchID, spec: BranchSpec, state: BranchState = .pending) {
         self.id = id
@@ -67,7 +119,19 @@ public enum TransactionStatus: String, Sendable, Codable, Equatable {
     case preparing
     case committing
     case aborting
+    /// TCC: Try sent to the branches.
+    case trying
+    /// TCC: decided to confirm; Confirm retried until every branch has done it.
+    case confirming
+    /// TCC: decided to cancel; Cancel retried until every branch has done it.
+    case cancelling
+    /// Saga: running its steps forward (past the pivot too, then with the decision logged).
+    case running
+    /// Saga: backward recovery, compensations retried until every one is done.
+    case compensating
+    /// TCC: every branch confirmed; Saga: every step done.
     case committed
+    /// TCC: every branch cancelled; Saga: every step that may have run compensated.
     case aborted
 }
 
@@ -78,13 +142,24 @@ public enum ParticipantMessage: String, Sendable, Equatable {
     case rollback
     /// Single-participant optimisation: do the work and commit in one step.
     case commitOnePhase = "commit_one_phase"
+    // TCC: POST /dtx/tcc/{try,confirm,cancel}
+    case `try`
+    case confirm
+    case cancel
+    // Saga: POST /dtx/saga/{action,compensate}
+    case action
+    case compensate
 }
 
 /// Timers a state machine asks the engine to run; the engine turns them into delays
 /// (the transaction timeout, or `RetryPolicy` with jitter) and feeds `timedOut` back.
 public enum TimerID: Hashable, Sendable {
+    /// The transaction timeout (phase one, TCC's Try, an open interactive transaction).
     case phaseOne
+    /// The backoff before delivering a branch's message again; `attempt` numbers it.
     case retry(BranchID)
+    /// Saga: the current attempt of a step has taken the step's `timeout` seconds.
+    case step(BranchID)
 }
 
 /// What a protocol wants logged; the engine encodes it into a DTXLog record.
@@ -157,6 +232,15 @@ public protocol TransactionStateMachine: Sendable {
     func rejection(of event: CommonEvent) -> String?
     /// The machine a restart rebuilds from the log, and the event that resumes it.
     static func recovering(_ replayed: TransactionLogReplay.Replayed) -> (Self, Event)
+    /// The backoff for branch `id`'s retries, given the engine's policy.
+    func retryPolicy(for id: BranchID, base: RetryPolicy) -> RetryPolicy
+    /// The compensations that ran, in the order they completed (sagas); nil elsewhere.
+    var completedCompensations: [BranchID]? { get }
+}
+
+extension TransactionStateMachine {
+    public func retryPolicy(for id: BranchID, base: RetryPolicy) -> RetryPolicy { base }
+    public var completedCompensations: [BranchID]? { nil }
 }
 
 /// Capped exponential backoff; the engine supplies the jitter (a value in 0..<1) so

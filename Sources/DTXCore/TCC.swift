@@ -1,0 +1,338 @@
+/// Try / Confirm / Cancel, as a pure state machine.
+///
+/// Coordinator log writes: `begin` **forced** (every Try has side effects, so the
+/// transaction must survive a crash) → TRY to every branch in parallel → all done:
+/// `decision(commit)` **forced** → CONFIRM each, retried until done → `end` (lazy).
+/// Any Try refused or undeliverable, or the transaction timeout (`phaseOne`) before
+/// every Try answered: `decision(abort)` **forced** → CANCEL to every branch — also those
+/// whose Try was refused or never answered (the participant's barrier makes a Cancel
+/// without Try a no-op and a Try after its Cancel a no-op) — retried until done → `end`.
+/// A Try is never retried: its failure cancels the transaction.
+///
+/// Interactive (XA style): `open` **forced** → services enlist branches whose Try they
+/// have already run (`enlist`, **forced**: the coordinator owes that Try a Confirm or a
+/// Cancel) → the application's commit confirms them all; its abort, or the timeout,
+/// cancels them all.
+///
+/// An operator may force an outcome with a reason, as in 2PC: cancel of an undecided
+/// transaction is an ordinary abort; the opposite of a logged decision is a heuristic
+/// override sent to the branches that have not acknowledged yet; forcing the decision
+/// already taken is refused. Recovery: undecided → cancel every branch (presumed
+/// cancel); decided → resume Confirm or Cancel on the logged targets.
+public struct TryConfirmCancel: TransactionStateMachine {
+    public enum Event: Sendable, Equatable {
+        case start
+        /// Interactive: open the transaction for enlistment.
+        case open
+        /// Interactive: a service enlisted a branch whose Try it has run.
+        case enlisted(BranchSpec)
+        /// Interactive: the application asks to confirm.
+        case commitRequested
+        /// The application or an operator asks to cancel.
+        case abortRequested(reason: String)
+        /// An operator forces the outcome (see `forceRejection`).
+        case forced(Decision, reason: String)
+        /// A Try succeeded, with the participant's result.
+        case tried(BranchID, result: JSONValue?)
+        /// A Try was refused (409): a definitive business failure.
+        case tryRefused(BranchID, code: String, message: String)
+        case confirmed(BranchID, result: JSONValue?)
+        case cancelled(BranchID)
+        /// `message` could not be delivered or got no usable answer (for Confirm and
+        /// Cancel, a refusal counts as this too: they are retried until done).
+        case deliveryFailed(BranchID, ParticipantMessage, String)
+        case timedOut(TimerID)
+        /// Rebuild after a restart from what the log holds for this transaction.
+        case recovered(Recovered)
+    }
+
+    /// What replaying the log found: `undecided` (presumed cancel) or a decision.
+    public typealias Recovered = TwoPhaseCommit.Recovered
+
+    public let gid: GlobalTransactionID
+    public let interactive: Bool
+    public private(set) var status: TransactionStatus = .created
+    public private(set) var branches: [Branch]
+    /// Branches that must receive the decision (Confirm or Cancel) and acknowledge it.
+    public private(set) var targets: Set<BranchID> = []
+    /// An operator overrode a logged decision: branches may have ended differently.
+    public private(set) var heuristic = false
+
+    /// A submitted transaction: the coordinator runs Try, then Confirm or Cancel.
+    public init(gid: GlobalTransactionID, branches: [BranchSpec]) {
+        precondition(!branches.isEmpty, "a transaction has at least one branch")
+        self.gid = gid
+        self.interactive = false
+        self.branches = branches.enumerated().map { Branch(id: $0.offset, spec: $0.element) }
+    }
+
+    /// An interactive transaction; after a restart, `enlisted` are the branches the log holds.
+    public init(interactive gid: GlobalTransactionID, enlisted: [BranchSpec] = []) {
+        self.gid = gid
+        self.interactive = true
+        self.branches = enlisted.enumerated().map { Branch(id: $0.offset, spec: $0.element, state: .tried) }
+    }
+
+    /// Why an operator may not force `decision` now, or nil when it may.
+    public func forceRejection(_ decision: Decision) -> String? {
+        switch (status, decision) {
+        case (.created, _):
+            return "the transaction has not started"
+        case (.committed, _), (.aborted, _):
+            return "the transaction is already \(status.rawValue)"
+        case (.active, .commit), (.trying, .commit):
+            return "the transaction is undecided and not every Try has succeeded; only cancel (abort) can be forced"
+        case (.confirming, .commit), (.cancelling, .abort):
+            return "the transaction is already decided (\(decision.rawValue)); \(status == .confirming ? "Confirm" : "Cancel") is retried until every branch has done it — bring the participant back, or run `dtx recover` to retry now"
+        case (.active, .abort), (.trying, .abort), (.confirming, .abort), (.cancelling, .commit):
+            return nil
+        default:
+            return "the transaction is \(status.rawValue)"
+        }
+    }
+
+    public mutating func handle(_ event: Event) -> [TransactionAction] {
+        switch (status, event) {
+        case (.created, .start) where !interactive:
+            return start()
+        case (.created, .open) where interactive:
+            status = .active
+            return [.log(.open(gid: gid, protocol: .tcc), forced: true), .schedule(.phaseOne, attempt: 1)]
+        case (.created, .recovered(let recovered)):
+            return recover(recovered)
+        case (.active, .enlisted(let spec)):
+            let id = branches.count
+            var branch = Branch(id: id, spec: spec, state: .tried)
+            branch.attempts = 1
+            branches.append(branch)
+            return [.log(.enlist(gid: gid, branch: id, spec: spec), forced: true)]
+        case (.active, .commitRequested):
+            return decideCommit()
+        case (.active, .abortRequested(let reason)), (.trying, .abortRequested(let reason)):
+            return cancelAll(reason: reason)
+        case (.active, .timedOut(.phaseOne)):
+            return cancelAll(reason: "timed out before commit")
+        case (.trying, .timedOut(.phaseOne)):
+            return cancelAll(reason: "Try timed out")
+        case (_, .forced(let decision, let reason)):
+            guard forceRejection(decision) == nil else { return [] }
+            if status == .active || status == .trying { return cancelAll(reason: reason) }
+            return override(decision, reason: reason)
+        case let (.trying, .tried(id, result)):
+            guard state(of: id) == .trying else { return [] }  // duplicate or unknown branch
+            branches[id].state = .tried
+            branches[id].result = result
+            guard branches.allSatisfy({ $0.state == .tried }) else { return [] }
+            return decideCommit()
+        case let (.trying, .tryRefused(id, code, message)):
+            guard state(of: id) == .trying else { return [] }
+            branches[id].state = .failed
+            branches[id].lastError = message
+            branches[id].result = .object(["error": .object(["code": .string(code), "message": .string(message)])])
+            return cancelAll(reason: nil)
+        case let (.trying, .deliveryFailed(id, .try, error)):
+            guard state(of: id) == .trying else { return [] }
+            branches[id].lastError = error
+            return cancelAll(reason: nil)
+        case let (.confirming, .confirmed(id, result)):
+            guard state(of: id) == .confirming else { return [] }
+            branches[id].state = .confirmed
+            if let result { branches[id].result = result }
+            return finishIfDone(after: [.cancel(.retry(id))])
+        case (.cancelling, .cancelled(let id)):
+            guard state(of: id) == .cancelling else { return [] }
+            branches[id].state = .cancelled
+            return finishIfDone(after: [.cancel(.retry(id))])
+        case let (.confirming, .deliveryFailed(id, .confirm, error)):
+            return state(of: id) == .confirming ? retry(id, error: error) : []
+        case let (.cancelling, .deliveryFailed(id, .cancel, error)):
+            return state(of: id) == .cancelling ? retry(id, error: error) : []
+        case (.confirming, .timedOut(.retry(let id))):
+            return state(of: id) == .confirming ? [.send(.confirm, to: id)] : []
+        case (.cancelling, .timedOut(.retry(let id))):
+            return state(of: id) == .cancelling ? [.send(.cancel, to: id)] : []
+        default:
+            // Late, duplicate and out-of-order messages change nothing; nor do the
+            // timeout after the decision and a Try's answer after the Cancel went out.
+            return []
+        }
+    }
+
+    /// nil for an id no branch has (a confused or hostile message).
+    private func state(of id: BranchID) -> BranchState? {
+        branches.indices.contains(id) ? branches[id].state : nil
+    }
+
+    private mutating func start() -> [TransactionAction] {
+        status = .trying
+        var actions: [TransactionAction] = [.log(.begin(gid: gid, protocol: .tcc, branches: branches.map(\.spec)), forced: true)]
+        for id in branches.indices {
+            branches[id].state = .trying
+            branches[id].attempts = 1
+            actions.append(.send(.try, to: id))
+        }
+        actions.append(.schedule(.phaseOne, attempt: 1))
+        return actions
+    }
+
+    /// Every Try succeeded (or, interactive, the application commits its enlisted branches).
+    private mutating func decideCommit() -> [TransactionAction] {
+        let all = branches.map(\.id)
+        targets = Set(all)
+        var actions: [TransactionAction] = [.cancel(.phaseOne)]
+        if all.isEmpty {
+            // An interactive transaction nobody enlisted in: nothing to confirm.
+            status = .committed
+            return actions + [.decided(.commit), .log(.end(gid: gid), forced: false), .finish(.committed)]
+        }
+        status = .confirming
+        actions += [.log(.decision(gid: gid, .commit, targets: all), forced: true), .decided(.commit)]
+        for id in all {
+            branches[id].state = .confirming
+            branches[id].attempts = 1
+            actions.append(.send(.confirm, to: id))
+        }
+        return actions
+    }
+
+    /// Cancel before a decision: every branch gets CANCEL, whatever its Try did.
+    /// `reason` (an application's, an operator's, the timeout) is logged with the
+    /// decision as a non-heuristic `resolution`.
+    private mutating func cancelAll(reason: String?) -> [TransactionAction] {
+        status = .cancelling
+        let all = branches.map(\.id)
+        targets = Set(all)
+        let entry: LogEntry = reason.map { .resolution(gid: gid, .abort, targets: all, reason: $0, heuristic: false) }
+            ?? .decision(gid: gid, .abort, targets: all)
+        var actions: [TransactionAction] = [.cancel(.phaseOne), .log(entry, forced: true), .decided(.abort)]
+        for id in all {
+            branches[id].state = .cancelling
+            branches[id].attempts = 1
+            actions.append(.send(.cancel, to: id))
+        }
+        if all.isEmpty {
+            status = .aborted
+            actions += [.log(.end(gid: gid), forced: false), .finish(.aborted)]
+        }
+        return actions
+    }
+
+    private mutating func finishIfDone(after actions: [TransactionAction]) -> [TransactionAction] {
+        let done = targets.allSatisfy { branches[$0].state == .confirmed || branches[$0].state == .cancelled }
+        guard done else { return actions }
+        status = status == .confirming ? .committed : .aborted
+        return actions + [.log(.end(gid: gid), forced: false), .finish(status)]
+    }
+
+    /// An operator reverses a logged decision: the branches that have not acknowledged
+    /// the old one get the new one, and the transaction is marked heuristic.
+    private mutating func override(_ decision: Decision, reason: String) -> [TransactionAction] {
+        let unacknowledged = targets.filter { branches[$0].state == .confirming || branches[$0].state == .cancelling }.sorted()
+        heuristic = true
+        targets = Set(unacknowledged)
+        status = decision == .commit ? .confirming : .cancelling
+        var actions: [TransactionAction] = [
+            .log(.resolution(gid: gid, decision, targets: unacknowledged, reason: reason, heuristic: true), forced: true), .decided(decision),
+        ]
+        for id in unacknowledged {
+            actions.append(.cancel(.retry(id)))
+            branches[id].state = decision == .commit ? .confirming : .cancelling
+            branches[id].attempts = 1
+            branches[id].lastError = nil
+            actions.append(.send(decision == .commit ? .confirm : .cancel, to: id))
+        }
+        if unacknowledged.isEmpty {
+            status = decision == .commit ? .committed : .aborted
+            actions += [.log(.end(gid: gid), forced: false), .finish(status)]
+        }
+        return actions
+    }
+
+    private mutating func retry(_ id: BranchID, error: String) -> [TransactionAction] {
+        branches[id].lastError = error
+        branches[id].attempts += 1
+        return [.schedule(.retry(id), attempt: branches[id].attempts - 1)]
+    }
+
+    private mutating func recover(_ recovered: Recovered) -> [TransactionAction] {
+        switch recovered {
+        case .undecided:
+            // Presumed cancel: any Try may have run, so every branch gets CANCEL (a no-op
+            // at a participant whose Try never ran).
+            return cancelAll(reason: nil)
+        case let .decided(decision, decidedTargets, wasHeuristic):
+            heuristic = wasHeuristic
+            let known = decidedTargets.filter { branches.indices.contains($0) }.sorted()
+            targets = Set(known)
+            status = decision == .commit ? .confirming : .cancelling
+            let pending: BranchState = decision == .commit ? .confirming : .cancelling
+            // Branches outside the targets acknowledged a decision before this one: an
+            // ordinary decision targets every branch, so only a heuristic override leaves
+            // some out, and those ended the other way.
+            let settled: BranchState = (decision == .commit) != wasHeuristic ? .confirmed : .cancelled
+            for id in branches.indices {
+                branches[id].state = targets.contains(id) ? pending : settled
+            }
+            var actions: [TransactionAction] = [.decided(decision)]
+            for id in known {
+                branches[id].attempts = 1
+                actions.append(.send(decision == .commit ? .confirm : .cancel, to: id))
+            }
+            if known.isEmpty {
+                status = decision == .commit ? .committed : .aborted
+                actions += [.log(.end(gid: gid), forced: false), .finish(status)]
+            }
+            return actions
+        }
+    }
+}
+
+extension TryConfirmCancel {
+    public static func translate(_ event: CommonEvent) -> Event? {
+        switch event {
+        case .start: return .start
+        case .open: return .open
+        case .enlisted(let spec): return .enlisted(spec)
+        case .commitRequested: return .commitRequested
+        case .abortRequested(let reason): return .abortRequested(reason: reason)
+        case let .forced(decision, reason): return .forced(decision, reason: reason)
+        case .timedOut(let timer): return .timedOut(timer)
+        case let .replied(id, message, response):
+            switch (message, response) {
+            case (.try, .done(_, let result)): return .tried(id, result: result)
+            case let (.try, .refused(code, text)): return .tryRefused(id, code: code, message: text)
+            case (.confirm, .done(_, let result)): return .confirmed(id, result: result)
+            case (.cancel, .done): return .cancelled(id)
+            case let (.try, .failed(error)), let (.confirm, .failed(error)), let (.cancel, .failed(error)):
+                return .deliveryFailed(id, message, error)
+            case let (.confirm, .refused(code, text)), let (.cancel, .refused(code, text)):
+                // Confirm and Cancel may not fail: a refusal is a participant's bug or a
+                // transient state, retried (and visible as stuck) until it is fixed.
+                return .deliveryFailed(id, message, "\(code): \(text)")
+            default:
+                return nil  // another protocol's message
+            }
+        }
+    }
+
+    public func rejection(of event: CommonEvent) -> String? {
+        switch event {
+        case .enlisted, .commitRequested:
+            guard interactive else { return "the transaction was submitted whole; only interactive transactions take enlistments and commit requests" }
+            return status == .active ? nil : "the transaction is \(status.rawValue), no longer open"
+        case .abortRequested:
+            return status == .active || status == .trying ? nil : "the transaction is \(status.rawValue); a cancel now needs an operator's force with a reason"
+        case .forced(let decision, _):
+            return forceRejection(decision)
+        default:
+            return nil
+        }
+    }
+
+    public static func recovering(_ replayed: TransactionLogReplay.Replayed) -> (TryConfirmCancel, Event) {
+        let machine = replayed.interactive
+            ? TryConfirmCancel(interactive: replayed.gid, enlisted: replayed.branches)
+            : TryConfirmCancel(gid: replayed.gid, branches: replayed.branches)
+        return (machine, .recovered(Recovered(replayed)))
+    }
+}
