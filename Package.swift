@@ -179,7 +179,15 @@ let package = Package(
         .testTarget(name: "DTXPostgresTests", dependencies: ["DTXPostgres", "DTXParticipant", "DTXCore", "DTXTestSupport"]),
         .testTarget(name: "DTXLogTests", dependencies: ["DTXLog", "DTXTestSupport"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CSQLite", "CLibPQ"]),
-        .testTarget(name: "DTXParticipantTests", dependencies: ["DTXParticipant", "DTXCore"]),
+        .testTarget(
+            name: "DTXParticipantTests",
+            dependencies: [
+                "DTXParticipant", "DTXCore", "DTXAPI",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(
             name: "EndToEndTests",
             dependencies: ["DTXLog", "DTXAPI", "DTXClient", "DTXTestSupport", "dtxd", "dtx", "wal-crash-writer", "memory-participant", "accounts-service", "transfer", "DTXSQLite", "DTXParticipant"]

@@ -14,3 +14,15 @@ CREATE TABLE IF NOT EXISTS dtx_rollbacks (
     branch BIGINT NOT NULL,
     PRIMARY KEY (gid, branch)
 );
+
+CREATE TABLE IF NOT EXISTS dtx_barrier (
+    gid TEXT NOT NULL,
+    branch BIGINT NOT NULL,
+    op TEXT NOT NULL CHECK (op IN ('try', 'confirm', 'cancel', 'action', 'compensate')),
+    operation TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    null_compensation BOOLEAN NOT NULL DEFAULT false,
+    result TEXT,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (gid, branch, op)
+);

@@ -28,4 +28,14 @@ CREATE TABLE IF NOT EXISTS dtx_outcomes (
     digest TEXT,
     PRIMARY KEY (gid, branch)
 );
-
+CREATE TABLE IF NOT EXISTS dtx_barrier (
+    gid TEXT NOT NULL,
+    branch INTEGER NOT NULL,
+    op TEXT NOT NULL CHECK (op IN ('try', 'confirm', 'cancel', 'action', 'compensate')),
+    operation TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    null_compensation INTEGER NOT NULL DEFAULT 0 CHECK (null_compensation IN (0, 1)),
+    result TEXT,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (gid, branch, op)
+);

@@ -7,7 +7,7 @@ import NIOCore
 import NIOPosix
 
 /// `memory-participant`: a participant service on the participant kit with a no-op,
-/// optionally journalled resource manager, and failpoints that tests arm to make it
+/// optionally journalled resource manager (2PC, TCC and sagas), and failpoints that tests arm to make it
 /// vote no, fail, stall or crash at chosen points.
 @main
 struct MemoryParticipant: AsyncParsableCommand {
@@ -20,16 +20,22 @@ struct MemoryParticipant: AsyncParsableCommand {
         'memory-participant NAME listening on http://HOST:PORT', then registers with \
         the coordinator (retrying until it answers) and keeps the registration alive.
 
-        A branch's payload steers its vote: {"vote": "no"} refuses it, \
+        It serves 2PC, TCC (POST /dtx/tcc/try, /confirm, /cancel) and sagas (POST \
+        /dtx/saga/action, /compensate); TCC and saga phases are no-ops behind the \
+        branch barrier (idempotent, null compensation, no hanging). A branch's payload \
+        steers its vote: {"vote": "no"} refuses a prepare, a try or an action; \
         {"readOnly": true} votes read-only.
 
         Failpoints (env DTX_PARTICIPANT_FAILPOINTS, e.g. "prepare=no,commit=unavailable", \
         or at run time: PUT /test/failpoints {"name": ..., "action": ...}, DELETE \
-        /test/failpoints to clear). Names: prepare, commit, rollback, commit_one_phase \
-        (when that request arrives), after-prepare (once the prepare is durable, before \
-        answering), before-commit (before any commit, including one-phase and \
-        recovery). Actions: no (409 voted_no), unavailable (503), stall:SECONDS (sleep, \
-        then go on), crash (SIGKILL itself). GET /test/state lists the branches.
+        /test/failpoints to clear). Names: prepare, commit, rollback, commit_one_phase, \
+        try, confirm, cancel, action, compensate (when that request arrives), \
+        after-prepare (once the prepare is durable, before answering), before-commit \
+        (before any commit, including one-phase and recovery), before-PHASE and \
+        after-PHASE for each TCC or saga phase (before its work; once its work is \
+        committed, before answering). Actions: no (409 voted_no), unavailable (503), \
+        stall:SECONDS (sleep, then go on), crash (SIGKILL itself). GET /test/state \
+        lists the branches and the barrier records.
 
         DTX_PARTICIPANT_THREADS sets the number of event-loop threads (default: one per \
         core); on a small machine shared with dtxd, 1 avoids needless context switches.

@@ -18,6 +18,27 @@ public enum FailpointName: String, CaseIterable, Sendable {
     case afterPrepare = "after-prepare"
     /// Before a branch commits, whether COMMIT, COMMIT_ONE_PHASE or in-doubt recovery asked.
     case beforeCommit = "before-commit"
+    /// When a TCC TRY, CONFIRM or CANCEL, or a saga ACTION or COMPENSATE request arrives.
+    case `try`, confirm, cancel, action, compensate
+    /// Before the resource manager runs a TCC or saga phase (its barrier check and
+    /// business work), with the branch known.
+    case beforeTry = "before-try", beforeConfirm = "before-confirm", beforeCancel = "before-cancel"
+    case beforeAction = "before-action", beforeCompensate = "before-compensate"
+    /// Once a TCC or saga phase's local transaction (business work and barrier record)
+    /// has committed, before the answer is sent.
+    case afterTry = "after-try", afterConfirm = "after-confirm", afterCancel = "after-cancel"
+    case afterAction = "after-action", afterCompensate = "after-compensate"
+
+    /// The failpoints around the resource manager's work of a TCC or saga phase.
+    static func around(_ phase: BarrierPhase) -> (before: FailpointName, after: FailpointName) {
+        switch phase {
+        case .try: (.beforeTry, .afterTry)
+        case .confirm: (.beforeConfirm, .afterConfirm)
+        case .cancel: (.beforeCancel, .afterCancel)
+        case .action: (.beforeAction, .afterAction)
+        case .compensate: (.beforeCompensate, .afterCompensate)
+        }
+    }
 }
 
 /// What an armed failpoint does when reached.
@@ -132,7 +153,8 @@ public final class Failpoints: Sendable {
 }
 
 /// Checks the request-arrival failpoints (`prepare`, `commit`, `rollback`,
-/// `commit_one_phase`) before the participant protocol handles a request.
+/// `commit_one_phase`, `try`, `confirm`, `cancel`, `action`, `compensate`) before the
+/// participant protocol handles a request.
 public struct RequestFailpointMiddleware<Context: RequestContext>: RouterMiddleware {
     let failpoints: Failpoints
 
@@ -141,14 +163,10 @@ public struct RequestFailpointMiddleware<Context: RequestContext>: RouterMiddlew
     }
 
     public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        let prefix = "/dtx/2pc/"
-        let path = request.uri.path
-        guard path.hasPrefix(prefix),
-              let message = ParticipantMessage(rawValue: String(path.dropFirst(prefix.count))),
-              let name = FailpointName(rawValue: message.rawValue)
-        else {
+        guard let message = ServedMessage(path: request.uri.path) else {
             return try await next(request, context)
         }
+        let name = message.arrivalFailpoint
         do {
             try await failpoints.reach(name)
         } catch let error as BusinessError {
@@ -161,14 +179,20 @@ public struct RequestFailpointMiddleware<Context: RequestContext>: RouterMiddlew
 }
 
 /// Checks the failpoints inside a resource manager's work: `after-prepare` and
-/// `before-commit`.
-public struct FailpointResourceManager: ResourceManager {
+/// `before-commit`; and around each TCC and saga phase, `before-<phase>` and
+/// `after-<phase>`. It serves TCC and sagas when `base` does (`servesTCC`,
+/// `servesSagas`).
+public struct FailpointResourceManager: ResourceManager, TCCResourceManager, SagaResourceManager {
     let base: any ResourceManager
     let failpoints: Failpoints
+    private let tcc: (any TCCResourceManager)?
+    private let saga: (any SagaResourceManager)?
 
     public init(base: any ResourceManager, failpoints: Failpoints) {
         self.base = base
         self.failpoints = failpoints
+        tcc = (base as? any TCCResourceManager).flatMap { $0.servesTCC ? $0 : nil }
+        saga = (base as? any SagaResourceManager).flatMap { $0.servesSagas ? $0 : nil }
     }
 
     public func prepare(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> PrepareOutcome {
@@ -193,6 +217,58 @@ public struct FailpointResourceManager: ResourceManager {
 
     public func inDoubt() async throws -> [BranchRef] {
         try await base.inDoubt()
+    }
+
+    // MARK: TCC and Saga
+
+    public var servesTCC: Bool { tcc != nil }
+    public var servesSagas: Bool { saga != nil }
+
+    public func `try`(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+        try await aroundTCC(.try, branch) { try await $0.try(branch, operation: operation, payload: payload) }
+    }
+
+    public func confirm(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+        try await aroundTCC(.confirm, branch) { try await $0.confirm(branch, operation: operation, payload: payload) }
+    }
+
+    public func cancel(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+        try await aroundTCC(.cancel, branch) { try await $0.cancel(branch, operation: operation, payload: payload) }
+    }
+
+    public func action(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+        try await aroundSaga(.action, branch) { try await $0.action(branch, operation: operation, payload: payload) }
+    }
+
+    public func compensate(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+        try await aroundSaga(.compensate, branch) { try await $0.compensate(branch, operation: operation, payload: payload) }
+    }
+
+    private func aroundTCC(_ phase: BarrierPhase, _ branch: BranchRef, _ work: (any TCCResourceManager) async throws -> JSONValue?) async throws -> JSONValue? {
+        guard let tcc else { throw ProtocolNotServed(transactionProtocol: .tcc) }
+        let points = FailpointName.around(phase)
+        try await failpoints.reach(points.before, branch: branch)
+        let result = try await work(tcc)
+        try await failpoints.reach(points.after, branch: branch)
+        return result
+    }
+
+    private func aroundSaga(_ phase: BarrierPhase, _ branch: BranchRef, _ work: (any SagaResourceManager) async throws -> JSONValue?) async throws -> JSONValue? {
+        guard let saga else { throw ProtocolNotServed(transactionProtocol: .saga) }
+        let points = FailpointName.around(phase)
+        try await failpoints.reach(points.before, branch: branch)
+        let result = try await work(saga)
+        try await failpoints.reach(points.after, branch: branch)
+        return result
+    }
+}
+
+/// A TCC or saga message reached a resource manager that does not serve the protocol.
+public struct ProtocolNotServed: Error, Sendable, Equatable, CustomStringConvertible {
+    public var transactionProtocol: TransactionProtocol
+
+    public var description: String {
+        "this participant does not serve \(transactionProtocol.rawValue): its resource manager does not implement \(transactionProtocol == .tcc ? "TCCResourceManager" : "SagaResourceManager")"
     }
 }
 

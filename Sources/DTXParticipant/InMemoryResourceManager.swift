@@ -9,6 +9,12 @@ import Synchronization
 /// branch is answered as a duplicate only when it asks for the same operation and payload
 /// (`BranchDigest`); other work under the same (gid, branch) is refused (`branch_mismatch`).
 ///
+/// It serves TCC and sagas as no-ops behind the branch barrier (`BranchBarrier`): each
+/// phase of a branch is recorded once with its result, a cancel or compensate whose try
+/// or action never ran records a marker (null compensation), and a try or action after
+/// it is refused. `{"vote": "no"}` in the payload refuses a try or an action (nothing is
+/// recorded).
+///
 /// Without a journal everything lives in memory and operations are cheap. With a
 /// journal every state change is written to the file durably (written to a temporary
 /// file, fsynced, renamed over the journal, directory fsynced) before the operation
@@ -18,8 +24,9 @@ import Synchronization
 ///
 /// Memory is bounded: only the newest `retainedDecisions` committed or rolled-back
 /// branches are remembered (to answer duplicate messages); prepared branches are
-/// always kept.
-public final class InMemoryResourceManager: ResourceManager {
+/// always kept. Likewise the barrier records of the newest `retainedDecisions` TCC or
+/// saga branches.
+public final class InMemoryResourceManager: ResourceManager, TCCResourceManager, SagaResourceManager {
     /// What the resource manager knows about one branch.
     public struct BranchRecord: Codable, Sendable, Equatable {
         public enum State: String, Codable, Sendable {
@@ -49,6 +56,22 @@ public final class InMemoryResourceManager: ResourceManager {
         }
     }
 
+    /// One barrier record: a TCC or saga phase of a branch, done once.
+    public struct BarrierRecord: Codable, Sendable, Equatable {
+        public var gid: String
+        public var branch: BranchID
+        public var phase: BarrierPhase
+        public var operation: String
+        public var payload: JSONValue?
+        /// `BranchDigest.of(operation:payload:)` of the message.
+        public var digest: String
+        public var result: JSONValue?
+        /// A cancel or compensate that did nothing because its try or action never ran.
+        public var nullCompensation: Bool
+
+        public var ref: BranchRef { BranchRef(gid: gid, branch: branch) }
+    }
+
     /// Participant name put into results.
     public let name: String
     private let ledger: Mutex<Ledger>
@@ -64,7 +87,9 @@ public final class InMemoryResourceManager: ResourceManager {
         var ledger = Ledger(retainedDecisions: max(retainedDecisions, 1))
         if let path {
             let journal = Journal(path: path)
-            for record in try journal.load() { ledger.record(record) }
+            let contents = try journal.load()
+            for record in contents.branches { ledger.record(record) }
+            for record in contents.barriers ?? [] { ledger.record(record) }
             self.journal = journal
         } else {
             journal = nil
@@ -155,6 +180,64 @@ public final class InMemoryResourceManager: ResourceManager {
         }
     }
 
+    // MARK: TCC and Saga
+
+    public func `try`(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+        try await pass(.try, branch, operation: operation, payload: payload)
+    }
+
+    public func confirm(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+        try await pass(.confirm, branch, operation: operation, payload: payload)
+    }
+
+    public func cancel(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+        try await pass(.cancel, branch, operation: operation, payload: payload)
+    }
+
+    public func action(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+        try await pass(.action, branch, operation: operation, payload: payload)
+    }
+
+    public func compensate(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+        try await pass(.compensate, branch, operation: operation, payload: payload)
+    }
+
+    /// Every barrier record remembered, ordered by gid, branch id and phase.
+    public func barrierRecords() -> [BarrierRecord] {
+        ledger.withLock { ledger in
+            ledger.barriers.values.flatMap(\.values).sorted {
+                ($0.gid, $0.branch, Self.order($0.phase)) < ($1.gid, $1.branch, Self.order($1.phase))
+            }
+        }
+    }
+
+    private static func order(_ phase: BarrierPhase) -> Int {
+        BarrierPhase.allCases.firstIndex(of: phase) ?? 0
+    }
+
+    /// Runs a phase through the barrier; the business work is a no-op.
+    private func pass(_ phase: BarrierPhase, _ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+        let digest = BranchDigest.of(operation: operation, payload: payload)
+        let result: JSONValue = .object(["operation": .string(operation), "participant": .string(name), "phase": .string(phase.rawValue)])
+        return try await apply { ledger in
+            let recorded = (ledger.barriers[branch] ?? [:]).mapValues { BranchBarrier.Record(digest: $0.digest, result: $0.result) }
+            let record = { (result: JSONValue?, nullCompensation: Bool) in
+                BarrierRecord(gid: branch.gid, branch: branch.branch, phase: phase, operation: operation, payload: payload, digest: digest, result: result, nullCompensation: nullCompensation)
+            }
+            switch try BranchBarrier.step(for: phase, of: branch, digest: digest, recorded: recorded) {
+            case .answer(let stored):
+                return stored
+            case .recordNullCompensation:
+                ledger.record(record(nil, true))
+                return nil
+            case .run:
+                if phase.isForward { try Self.checkVote(payload) }
+                ledger.record(record(result, false))
+                return result
+            }
+        }
+    }
+
     private func result(of operation: String) -> JSONValue {
         .object(["operation": .string(operation), "participant": .string(name)])
     }
@@ -178,7 +261,7 @@ public final class InMemoryResourceManager: ResourceManager {
             let version = copy.version
             let result = try change(&copy)
             if copy.version != version {
-                try journal.store(copy.journalRecords())
+                try journal.store(copy.journalContents())
                 self.ledger.withLock { $0 = copy }
             }
             return result
@@ -192,6 +275,10 @@ struct Ledger: Sendable {
     private(set) var branches: [BranchRef: InMemoryResourceManager.BranchRecord] = [:]
     /// Committed and rolled-back branches, oldest decision first: the first to forget.
     private var decided = Queue<BranchRef>()
+    /// The barrier records of TCC and saga branches, by branch and phase.
+    private(set) var barriers: [BranchRef: [BarrierPhase: InMemoryResourceManager.BarrierRecord]] = [:]
+    /// Branches with barrier records, in the order of their first record: the first to forget.
+    private var barrierBranches = Queue<BranchRef>()
     /// Counts changes, so that a no-op (a duplicate message) skips the journal.
     private(set) var version: UInt64 = 0
 
@@ -210,10 +297,26 @@ struct Ledger: Sendable {
         }
     }
 
-    /// Decided records in decision order, then the prepared ones: recording them in
-    /// this order rebuilds the ledger.
-    func journalRecords() -> [InMemoryResourceManager.BranchRecord] {
-        decided.elements.compactMap { branches[$0] } + branches.values.filter { $0.state == .prepared }
+    /// Stores a barrier record, forgetting the records of the oldest branches beyond the
+    /// limit.
+    mutating func record(_ record: InMemoryResourceManager.BarrierRecord) {
+        version &+= 1
+        if barriers[record.ref] == nil { barrierBranches.append(record.ref) }
+        barriers[record.ref, default: [:]][record.phase] = record
+        while barrierBranches.count > retainedDecisions, let oldest = barrierBranches.popFirst() {
+            barriers[oldest] = nil
+        }
+    }
+
+    /// Decided records in decision order, then the prepared ones; barrier records by
+    /// branch in the order the branches were first recorded: recording them in this
+    /// order rebuilds the ledger.
+    func journalContents() -> Journal.Contents {
+        Journal.Contents(
+            branches: decided.elements.compactMap { branches[$0] } + branches.values.filter { $0.state == .prepared },
+            barriers: barrierBranches.elements.flatMap { branch in
+                BarrierPhase.allCases.compactMap { barriers[branch]?[$0] }
+            })
     }
 }
 

@@ -16,8 +16,11 @@ public struct JournalError: Error, CustomStringConvertible, Sendable {
 /// The file an `InMemoryResourceManager` keeps its ledger in: the whole state as JSON,
 /// replaced atomically and durably on each change.
 final class Journal: Sendable {
-    private struct Contents: Codable {
+    /// The whole ledger. `barriers` is absent in journals written before the resource
+    /// manager served TCC and sagas.
+    struct Contents: Codable, Sendable {
         var branches: [InMemoryResourceManager.BranchRecord]
+        var barriers: [InMemoryResourceManager.BarrierRecord]?
     }
 
     let path: String
@@ -31,18 +34,19 @@ final class Journal: Sendable {
 
     /// The records in the journal. A journal that does not exist yet is created empty,
     /// so that a path that cannot be written fails now rather than on the first vote.
-    func load() throws(JournalError) -> [InMemoryResourceManager.BranchRecord] {
+    func load() throws(JournalError) -> Contents {
         let data: Data
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch CocoaError.fileReadNoSuchFile {
-            try store([])
-            return []
+            let empty = Contents(branches: [], barriers: [])
+            try store(empty)
+            return empty
         } catch {
             throw JournalError(path: path, reason: "cannot read it: \(error)")
         }
         do {
-            return try JSONDecoder().decode(Contents.self, from: data).branches
+            return try JSONDecoder().decode(Contents.self, from: data)
         } catch {
             throw JournalError(path: path, reason: "not a valid journal (\(error)); restore it from a backup or remove it to start with no branches")
         }
@@ -55,12 +59,12 @@ final class Journal: Sendable {
         }
     }
 
-    /// Replaces the journal with `records`, durably: once this returns the new contents
+    /// Replaces the journal with `contents`, durably: once this returns the new contents
     /// survive a crash, and a crash before leaves the old contents whole.
-    func store(_ records: [InMemoryResourceManager.BranchRecord]) throws(JournalError) {
+    func store(_ contents: Contents) throws(JournalError) {
         let data: Data
         do {
-            data = try JSONEncoder().encode(Contents(branches: records))
+            data = try JSONEncoder().encode(contents)
         } catch {
             throw JournalError(path: path, reason: "cannot encode the ledger: \(error)")
         }

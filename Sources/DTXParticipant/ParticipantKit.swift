@@ -52,8 +52,8 @@ public struct BusinessError: Error, Sendable, Equatable, CustomStringConvertible
 ///
 /// Every requirement may be called again for the same branch (the coordinator retries
 /// until it gets an answer), concurrently for different branches, and after a restart.
-/// Other protocols (3PC, TCC, Saga) will get their own protocols next to this one, so
-/// that a service implements only those it serves.
+/// TCC and Saga have their own protocols next to this one (`TCCResourceManager`,
+/// `SagaResourceManager`), so that a service implements only those it serves.
 public protocol ResourceManager: Sendable {
     /// Phase one: do the branch's work and make it durably prepared before returning
     /// (returning is the yes-vote). Throw `BusinessError` to vote no. A branch that was
@@ -76,4 +76,60 @@ public protocol ResourceManager: Sendable {
 
     /// Branches that are prepared and not yet committed or rolled back.
     func inDoubt() async throws -> [BranchRef]
+}
+
+/// The local side of a participant in TCC (try / confirm / cancel).
+///
+/// Each message runs the service's code for it behind the **branch barrier**
+/// (`BranchBarrier`): a record of (gid, branch, phase) written in the same local
+/// transaction as the business work. So a repeated message answers the stored result
+/// without running the work again; a `cancel` whose `try` never ran (or was refused and
+/// rolled back) does nothing and succeeds (null compensation) and leaves a marker, so
+/// that a `try` arriving after its `cancel` is refused with `already_cancelled` (no
+/// hanging). The coordinator sends `confirm` and `cancel` with the operation and
+/// payload of the branch's `try`.
+///
+/// Every requirement may be called again for the same branch, concurrently, and after a
+/// restart; concurrent duplicates run the work at most once.
+public protocol TCCResourceManager: Sendable {
+    /// Reserves the branch's resources in a committed local transaction. Throw
+    /// `BusinessError` to refuse (the transaction is then cancelled); the local
+    /// transaction, barrier record included, rolls back.
+    func `try`(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue?
+    /// Uses the reservation of a successful `try`. Must succeed eventually: the
+    /// coordinator retries it until it does.
+    func confirm(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue?
+    /// Releases the reservation of a `try`, or does nothing when the `try` never ran
+    /// here. Must succeed eventually: the coordinator retries it until it does.
+    func cancel(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue?
+    /// Whether the participant serves TCC. True unless this value only wraps a resource
+    /// manager that does not (as `FailpointResourceManager` may).
+    var servesTCC: Bool { get }
+}
+
+extension TCCResourceManager {
+    public var servesTCC: Bool { true }
+}
+
+/// The local side of a participant in a Saga (action / compensate), behind the same
+/// branch barrier as TCC (`BranchBarrier`): a repeated message answers the stored result
+/// without running the work again; a `compensate` whose `action` never ran (or was
+/// refused) does nothing and succeeds (null compensation); an `action` arriving after
+/// its `compensate` is refused with `already_compensated` (no hanging). The coordinator
+/// sends `compensate` with the operation and payload of the branch's `action`.
+public protocol SagaResourceManager: Sendable {
+    /// Does the step's work in a committed local transaction. Throw `BusinessError` for
+    /// a definitive failure (the saga then compensates); the local transaction, barrier
+    /// record included, rolls back.
+    func action(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue?
+    /// Undoes the work of the step's `action`, or does nothing when it never ran here.
+    /// Must succeed eventually: the coordinator retries it until it does.
+    func compensate(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue?
+    /// Whether the participant serves sagas. True unless this value only wraps a
+    /// resource manager that does not (as `FailpointResourceManager` may).
+    var servesSagas: Bool { get }
+}
+
+extension SagaResourceManager {
+    public var servesSagas: Bool { true }
 }

@@ -4,23 +4,66 @@ import Foundation
 import Hummingbird
 import Logging
 
+/// A message of the participant protocol that this kit serves, at
+/// `POST /dtx/<protocol>/<message>`. The kit's own list (not `ParticipantMessage`), so
+/// that the routes name exactly what they serve.
+enum ServedMessage: String, CaseIterable, Sendable {
+    case prepare, commit, rollback
+    case commitOnePhase = "commit_one_phase"
+    case `try`, confirm, cancel
+    case action, compensate
+
+    var transactionProtocol: TransactionProtocol {
+        barrierPhase?.transactionProtocol ?? .twoPhaseCommit
+    }
+
+    /// The TCC or saga phase, nil for a 2PC message.
+    var barrierPhase: BarrierPhase? { BarrierPhase(rawValue: rawValue) }
+
+    var path: String { "/dtx/\(transactionProtocol.rawValue)/\(rawValue)" }
+
+    /// The failpoint checked when this message arrives.
+    var arrivalFailpoint: FailpointName {
+        switch self {
+        case .prepare: .prepare
+        case .commit: .commit
+        case .rollback: .rollback
+        case .commitOnePhase: .commitOnePhase
+        case .try: .try
+        case .confirm: .confirm
+        case .cancel: .cancel
+        case .action: .action
+        case .compensate: .compensate
+        }
+    }
+
+    private static let byPath = Dictionary(uniqueKeysWithValues: allCases.map { ($0.path, $0) })
+
+    /// The message posted to `path`, if any.
+    init?(path: String) {
+        guard let message = Self.byPath[path] else { return nil }
+        self = message
+    }
+}
+
 extension ParticipantService {
-    /// The 2PC messages this service answers, each at `POST /dtx/2pc/<message>`.
-    static let twoPhaseMessages: [ParticipantMessage] = [.prepare, .commit, .rollback, .commitOnePhase]
     /// Shared by all requests: its options never change, and decoding is thread-safe.
     private static let requestDecoder = JSONDecoder.dtx()
 
-    /// Adds the participant protocol's routes: `POST /dtx/2pc/prepare`, `/commit`,
-    /// `/rollback` and `/commit_one_phase`, each taking a `ParticipantRequest` and
-    /// answering 200 with a `ParticipantReply`, 409 for a `BusinessError`, 400 for a
-    /// malformed request, 401 without the callback token (when one is configured) and
-    /// 503 when the resource manager failed otherwise (the coordinator retries). Any
-    /// other path under `/dtx` answers 404, and another method on these paths 405.
+    /// Adds the participant protocol's routes: for 2PC `POST /dtx/2pc/prepare`,
+    /// `/commit`, `/rollback` and `/commit_one_phase`; for TCC `POST /dtx/tcc/try`,
+    /// `/confirm` and `/cancel`; for sagas `POST /dtx/saga/action` and `/compensate`.
+    /// Each takes a `ParticipantRequest` and answers 200 with a `ParticipantReply`, 409
+    /// for a `BusinessError`, 400 for a malformed request, 401 without the callback
+    /// token (when one is configured) and 503 when the resource manager failed otherwise
+    /// (the coordinator retries). The TCC and saga paths answer 404
+    /// (`protocol_not_served`) when the resource manager does not serve the protocol.
+    /// Any other path under `/dtx` answers 404, and another method on these paths 405.
     public func addRoutes<Context: RequestContext>(to router: some RouterMethods<Context>) {
         let expectedAuthorization = configuration.callbackToken.map { Array("Bearer \($0)".utf8) }
         let otherMethods: [HTTPRequest.Method] = [.get, .head, .put, .patch, .delete]
-        for message in Self.twoPhaseMessages {
-            let path = RouterPath(message.path(for: .twoPhaseCommit))
+        for message in ServedMessage.allCases {
+            let path = RouterPath(message.path)
             router.post(path) { request, context -> Response in
                 if let expectedAuthorization, !Self.matches(request.headers[.authorization], expectedAuthorization) {
                     return JSONResponse.error(.unauthorized, code: "unauthorized", message: "this participant requires 'Authorization: Bearer <token>' with the callback token it registered")
@@ -33,21 +76,29 @@ extension ParticipantService {
                 }
             }
         }
+        let known = ServedMessage.allCases.filter { servedProtocols.contains($0.transactionProtocol) }.map(\.path).joined(separator: ", ")
         for method in [HTTPRequest.Method.post] + otherMethods {
             router.on("/dtx/**", method: method) { request, _ -> Response in
-                let known = Self.twoPhaseMessages.map { $0.path(for: .twoPhaseCommit) }.joined(separator: ", ")
-                return JSONResponse.error(.notFound, code: "not_found", message: "no participant endpoint at \(request.uri.path); this participant serves \(known)")
+                JSONResponse.error(.notFound, code: "not_found", message: "no participant endpoint at \(request.uri.path); this participant serves \(known)")
             }
         }
     }
 
-    private func respond(to message: ParticipantMessage, request: Request, context: some RequestContext) async -> Response {
+    private func respond(to message: ServedMessage, request: Request, context: some RequestContext) async -> Response {
+        if let phase = message.barrierPhase, !servedProtocols.contains(phase.transactionProtocol) {
+            let served = servedProtocols.map(\.rawValue).joined(separator: ", ")
+            return JSONResponse.error(.notFound, code: "protocol_not_served", message: "\(ProtocolNotServed(transactionProtocol: phase.transactionProtocol)); it serves \(served)")
+        }
         let body: ParticipantRequest
         let ref: BranchRef
         do {
             (body, ref) = try await Self.decode(request, context: context)
         } catch {
             return error.response
+        }
+        func barrier(_ phase: BarrierPhase) async throws -> Response {
+            let result = try await perform(phase, ref, operation: body.operation, payload: body.payload)
+            return Self.reply(phase.replyStatus, result)
         }
         do {
             switch message {
@@ -65,6 +116,11 @@ extension ParticipantService {
             case .commitOnePhase:
                 let result = try await resourceManager.commitOnePhase(ref, operation: body.operation, payload: body.payload)
                 return Self.reply("committed", result)
+            case .try: return try await barrier(.try)
+            case .confirm: return try await barrier(.confirm)
+            case .cancel: return try await barrier(.cancel)
+            case .action: return try await barrier(.action)
+            case .compensate: return try await barrier(.compensate)
             }
         } catch let error as BusinessError {
             logger.debug("business refusal", metadata: ["gid": .string(ref.gid), "branch": .stringConvertible(ref.branch), "message": .string(message.rawValue), "code": .string(error.code)])
@@ -72,6 +128,26 @@ extension ParticipantService {
         } catch {
             logger.warning("resource manager failed; the coordinator will retry", metadata: ["gid": .string(ref.gid), "branch": .stringConvertible(ref.branch), "message": .string(message.rawValue), "error": "\(error)"])
             return JSONResponse.error(.serviceUnavailable, code: "unavailable", message: "\(message.rawValue) failed: \(error); retry later")
+        }
+    }
+
+    /// Runs a TCC or saga phase on the resource manager.
+    /// - Throws: `ProtocolNotServed` when it does not serve the phase's protocol; what
+    ///   the resource manager throws.
+    private func perform(_ phase: BarrierPhase, _ ref: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+        switch phase {
+        case .try, .confirm, .cancel:
+            guard let tcc = tccResourceManager else { throw ProtocolNotServed(transactionProtocol: .tcc) }
+            switch phase {
+            case .try: return try await tcc.try(ref, operation: operation, payload: payload)
+            case .confirm: return try await tcc.confirm(ref, operation: operation, payload: payload)
+            default: return try await tcc.cancel(ref, operation: operation, payload: payload)
+            }
+        case .action, .compensate:
+            guard let saga = sagaResourceManager else { throw ProtocolNotServed(transactionProtocol: .saga) }
+            return phase == .action
+                ? try await saga.action(ref, operation: operation, payload: payload)
+                : try await saga.compensate(ref, operation: operation, payload: payload)
         }
     }
 

@@ -6,7 +6,9 @@ import Logging
 import Synchronization
 
 /// Serves the participant protocol for one `ResourceManager`, keeps the service
-/// registered with the coordinator and resolves its in-doubt branches.
+/// registered with the coordinator and resolves its in-doubt branches. When the resource
+/// manager also conforms to `TCCResourceManager` or `SagaResourceManager`, the service
+/// serves those protocols too and registers them.
 ///
 /// Add the protocol's routes to the service's HTTP router with `addRoutes(to:)`, then
 /// call `run()` once the server is listening.
@@ -49,6 +51,11 @@ public final class ParticipantService: Sendable {
 
     public let configuration: Configuration
     let resourceManager: any ResourceManager
+    let tccResourceManager: (any TCCResourceManager)?
+    let sagaResourceManager: (any SagaResourceManager)?
+    /// The protocols this service serves and registers: 2PC, and TCC and Saga when its
+    /// resource manager serves them.
+    public let servedProtocols: [TransactionProtocol]
     let logger: Logger
     private let client: CoordinatorClient
     private let clientIsShutDown = Mutex(false)
@@ -61,6 +68,9 @@ public final class ParticipantService: Sendable {
     public init(configuration: Configuration, resourceManager: some ResourceManager, logger: Logger) throws {
         self.configuration = configuration
         self.resourceManager = resourceManager
+        tccResourceManager = (resourceManager as? any TCCResourceManager).flatMap { $0.servesTCC ? $0 : nil }
+        sagaResourceManager = (resourceManager as? any SagaResourceManager).flatMap { $0.servesSagas ? $0 : nil }
+        servedProtocols = [.twoPhaseCommit] + (tccResourceManager == nil ? [] : [.tcc]) + (sagaResourceManager == nil ? [] : [.saga])
         var logger = logger
         logger[metadataKey: "participant"] = .string(configuration.name)
         self.logger = logger
@@ -81,7 +91,7 @@ public final class ParticipantService: Sendable {
         let registration = ParticipantRegistration(
             name: configuration.name,
             url: advertisedURL ?? configuration.advertisedURL,
-            protocols: [.twoPhaseCommit],
+            protocols: servedProtocols,
             token: configuration.callbackToken
         )
         let clock = ContinuousClock()

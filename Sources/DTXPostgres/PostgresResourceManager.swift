@@ -3,8 +3,10 @@
 ///
 /// `PostgresResourceManager` runs each branch's operation in a local transaction and
 /// makes it durable with `PREPARE TRANSACTION`; phase two is `COMMIT PREPARED` /
-/// `ROLLBACK PREPARED` from any pooled connection. `PostgresPool` keeps libpq's
-/// blocking calls on threads of their own; `PostgresConnection` is one libpq connection.
+/// `ROLLBACK PREPARED` from any pooled connection. TCC and saga phases are ordinary
+/// committed transactions behind the branch barrier (PostgresBarrier.swift).
+/// `PostgresPool` keeps libpq's blocking calls on threads of their own;
+/// `PostgresConnection` is one libpq connection.
 import DTXCore
 import DTXParticipant
 import Foundation
@@ -73,8 +75,8 @@ public final class PostgresResourceManager: ResourceManager {
         )
         """
 
-    /// Both tables, as one SQL script.
-    public static let schemaSQL = branchesTableDDL + ";\n\n" + rollbacksTableDDL + ";\n"
+    /// The participant tables (with `dtx_barrier`, PostgresBarrier.swift), as one SQL script.
+    public static let schemaSQL = branchesTableDDL + ";\n\n" + rollbacksTableDDL + ";\n\n" + barrierTableDDL + ";\n"
 
     /// A prepared transaction of this resource manager, as `orphans()` reports it.
     public struct PreparedBranch: Sendable, Equatable {
@@ -92,14 +94,16 @@ public final class PostgresResourceManager: ResourceManager {
 
     /// Marks this resource manager's prepared transactions: `prefix:gid:branch:digest`.
     public let prefix: String
-    private let pool: PostgresPool
-    private let lockTimeout: String
-    private let logger: Logger
+    let pool: PostgresPool
+    let lockTimeout: String
+    let logger: Logger
     /// Whether `dtx_branches` has its `digest` column. It is added at start to a table
     /// made by an older version, unless prepared transactions lock the table (see
     /// `addDigestColumn`); until a later start adds it, commits record no digest.
     private let recordsDigests: Bool
     private let operations = Mutex<[String: Operation]>([:])
+    /// The TCC and saga operations (PostgresBarrier.swift).
+    let barrierOperations = BarrierOperations<Operation>()
 
     /// Checks that the server can prepare transactions and creates the participant
     /// tables when they are missing (or adds the `digest` column to a `dtx_branches`
@@ -455,6 +459,7 @@ public final class PostgresResourceManager: ResourceManager {
             try connection.execute("SELECT pg_advisory_xact_lock(hashtextextended('dtx participant schema', 0))")
             try connection.execute(branchesTableDDL)
             try connection.execute(rollbacksTableDDL)
+            try connection.execute(barrierTableDDL)
             try connection.execute("COMMIT")
         } catch {
             connection.rollbackIfInTransaction()

@@ -13,9 +13,16 @@ public enum SQLiteParticipantSchema {
     ///   a retried COMMIT or ROLLBACK is recognised and a late PREPARE refused; with the
     ///   digest of the branch's work, so that a repeat asking for other work is refused.
     ///
-    /// `digest` is NULL in rows written before the resource manager kept digests (the
-    /// column is added to older files when they are opened); such a row accepts a repeat
-    /// as a duplicate, as before.
+    /// - `dtx_barrier`: the branch barrier of TCC and sagas (`BranchBarrier`): one row
+    ///   per phase (`op`: try, confirm, cancel, action, compensate) a branch has done,
+    ///   written in the same local transaction as the phase's business work, with the
+    ///   phase's result and the digest of its operation and payload. A cancel or
+    ///   compensate whose try or action never ran writes a marker row
+    ///   (`null_compensation` = 1) that refuses the late try or action.
+    ///
+    /// `digest` is NULL in rows of `dtx_prepared` and `dtx_outcomes` written before the
+    /// resource manager kept digests (the column is added to older files when they are
+    /// opened); such a row accepts a repeat as a duplicate, as before.
     public static let ddl = """
         CREATE TABLE IF NOT EXISTS dtx_prepared (
             gid TEXT NOT NULL,
@@ -43,6 +50,17 @@ public enum SQLiteParticipantSchema {
             decided_at TEXT NOT NULL,
             digest TEXT,
             PRIMARY KEY (gid, branch)
+        );
+        CREATE TABLE IF NOT EXISTS dtx_barrier (
+            gid TEXT NOT NULL,
+            branch INTEGER NOT NULL,
+            op TEXT NOT NULL CHECK (op IN ('try', 'confirm', 'cancel', 'action', 'compensate')),
+            operation TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            null_compensation INTEGER NOT NULL DEFAULT 0 CHECK (null_compensation IN (0, 1)),
+            result TEXT,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (gid, branch, op)
         );
         """
 }

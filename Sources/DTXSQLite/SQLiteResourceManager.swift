@@ -27,6 +27,9 @@ import Synchronization
 /// INTEGER PRIMARY KEY left to SQLite may be handed to two branches, and the second is
 /// refused as `row_locked`).
 ///
+/// TCC and saga phases are plain local transactions behind the branch barrier
+/// (SQLiteBarrier.swift).
+///
 /// All database work runs on one dedicated thread (`SQLiteDatabase`), one job at a time.
 /// The resource manager assumes it owns every write to the file.
 public final class SQLiteResourceManager: ResourceManager {
@@ -40,12 +43,14 @@ public final class SQLiteResourceManager: ResourceManager {
     public var path: String { database.path }
     /// How long `write` waits for rows held by in-doubt branches.
     public let lockWaitTimeout: Duration
-    private let database: SQLiteDatabase
+    let database: SQLiteDatabase
     private let operations = Mutex<[String: Operation]>([:])
+    /// The TCC and saga operations (SQLiteBarrier.swift).
+    let barrierOperations = BarrierOperations<Operation>()
     private let logger: Logger
 
     /// How often `write` looks again at a row held by an in-doubt branch.
-    private static let lockPollInterval = Duration.milliseconds(5)
+    static let lockPollInterval = Duration.milliseconds(5)
 
     /// Opens (creating if needed) the database file and the resource manager's tables.
     /// Branches prepared before a crash are in doubt (`inDoubt()`), their rows locked
@@ -364,7 +369,7 @@ public final class SQLiteResourceManager: ResourceManager {
     }
 
     /// The first of `rows` locked by a prepared branch, with that branch.
-    private static func lockHolder(of rows: [RowKey], in connection: SQLiteConnection) throws -> (RowKey, BranchRef)? {
+    static func lockHolder(of rows: [RowKey], in connection: SQLiteConnection) throws -> (RowKey, BranchRef)? {
         for row in rows {
             if let lock = try connection.query("SELECT gid, branch FROM dtx_locks WHERE tbl = ? AND pk = ?", [.text(row.table), .blob(row.encodedKey)]).first,
                let gid = lock.values[0].textValue, let branch = lock.values[1].integerValue {
@@ -409,21 +414,21 @@ public final class SQLiteResourceManager: ResourceManager {
     // MARK: Encoding
 
     /// The current time as SQL: ISO 8601, UTC, milliseconds.
-    private static let now = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+    static let now = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
     private static func keyParameters(_ branch: BranchRef) -> [SQLiteValue] {
         [.text(branch.gid), .integer(Int64(branch.branch))]
     }
 
     /// A result as stored: JSON text, or NULL for none.
-    private static func stored(_ result: JSONValue?) -> SQLiteValue {
+    static func stored(_ result: JSONValue?) -> SQLiteValue {
         guard let result else { return .null }
         var writer = JSONWriter()
         writer.value(result)
         return .text(String(decoding: writer.bytes, as: UTF8.self))
     }
 
-    private static func result(_ stored: SQLiteValue, of branch: BranchRef) throws -> JSONValue? {
+    static func result(_ stored: SQLiteValue, of branch: BranchRef) throws -> JSONValue? {
         switch stored {
         case .null: return nil
         case .text(let text):

@@ -18,6 +18,9 @@ final class StatementGuard {
         case branch(operation: String)
         /// A local transaction committed at once.
         case local
+        /// The business work of a TCC or saga phase: a local transaction committed at
+        /// once with its barrier record (allowed what `local` is).
+        case barrier(operation: String, phase: BarrierPhase)
         /// A read-only transaction.
         case read
     }
@@ -64,7 +67,7 @@ final class StatementGuard {
             // ALTER TABLE names the database first, the table second; the others the object.
             let object = (action == SQLITE_ALTER_TABLE ? second : first) ?? "the schema"
             switch scope {
-            case .local: return SQLITE_OK
+            case .local, .barrier: return SQLITE_OK
             case .read: return refuseWriteInRead(object)
             case .branch: return refuse(code: "schema_change_in_branch", "\(subject) changes the schema (\(object)); a prepared branch records row changes only, so run schema changes as migrations before serving transactions")
             }
@@ -81,7 +84,7 @@ final class StatementGuard {
             return refuse(code: "reserved_table", "\(subject) writes \(table); tables named dtx_… belong to the resource manager, rename yours")
         }
         switch scope {
-        case .local: return SQLITE_OK
+        case .local, .barrier: return SQLITE_OK
         case .read: return refuseWriteInRead(table)
         case .branch: break
         }
@@ -101,6 +104,7 @@ final class StatementGuard {
         switch scope {
         case .branch(let operation): "operation \(operation)"
         case .local: "the local write"
+        case .barrier(let operation, let phase): "the \(phase.rawValue) of operation \(operation)"
         case .read: "the read"
         }
     }
