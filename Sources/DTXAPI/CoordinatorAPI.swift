@@ -151,8 +151,11 @@ public struct TransactionView: Codable, Sendable, Equatable {
     public var error: String?
     public var branches: [BranchView]
     public var timeline: [TimelineEntry]
+    /// Sagas: the steps whose compensation has run, in the order they completed.
+    public var compensations: [BranchID]?
 
-    public init(gid: String, protocol: TransactionProtocol, status: String, decision: Decision?, interactive: Bool, heuristic: Bool, stuck: Bool, createdAt: Date, updatedAt: Date, timeout: Double, error: String?, branches: [BranchView], timeline: [TimelineEntry]) {
+    public init(gid: String, protocol: TransactionProtocol, status: String, decision: Decision?, interactive: Bool, heuristic: Bool, stuck: Bool, createdAt: Date, updatedAt: Date, timeout: Double, error: String?, branches: [BranchView], timeline: [TimelineEntry], compensations: [BranchID]? = nil) {
+        self.compensations = compensations
         self.gid = gid
         self.protocol = `protocol`
         self.status = status

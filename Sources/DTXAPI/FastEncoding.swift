@@ -22,7 +22,16 @@ extension TransactionView {
             json.member(",\"state\":", branch.state)
             json.raw("}")
         }
-        json.member("],\"createdAt\":", ISO8601.format(createdAt))
+        json.raw("]")
+        if let compensations {
+            json.raw(",\"compensations\":[")
+            for (index, step) in compensations.enumerated() {
+                if index > 0 { json.raw(",") }
+                json.member("", step)
+            }
+            json.raw("]")
+        }
+        json.member(",\"createdAt\":", ISO8601.format(createdAt))
         if let decision { json.member(",\"decision\":", decision.rawValue) }
         if let error { json.member(",\"error\":", error) }
         json.member(",\"gid\":", gid)

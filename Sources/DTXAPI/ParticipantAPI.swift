@@ -34,7 +34,8 @@ public struct ParticipantReply: Codable, Sendable, Equatable {
 }
 
 extension ParticipantMessage {
-    /// The path the coordinator posts this message to, under the participant's base URL.
+    /// The path the coordinator posts this message to, under the participant's base URL:
+    /// `/dtx/2pc/prepare`, `/dtx/tcc/try|confirm|cancel`, `/dtx/saga/action|compensate`.
     public func path(for proto: TransactionProtocol) -> String {
         "/dtx/\(proto.rawValue)/\(rawValue)"
     }

@@ -92,18 +92,24 @@ public final class Coordinator: Sendable {
                 continue
             }
             switch replayed.protocol {
-            case .twoPhaseCommit:
-                let (machine, event) = TwoPhaseCommit.recovering(replayed)
-                let driver = makeDriver(machine, proto: .twoPhaseCommit, createdAt: Date(), timeout: configuration.defaultTimeout,
-                                        spec: SubmittedSpec(proto: .twoPhaseCommit, branches: replayed.branches, interactive: replayed.interactive))
-                table.withLock { $0.live[gid] = driver }
-                driver.resume(with: event)
-                resumed += 1
-            case .threePhaseCommit, .tcc, .saga:
+            case .twoPhaseCommit: resume(TwoPhaseCommit.self, replayed)
+            case .tcc: resume(TryConfirmCancel.self, replayed)
+            case .saga: resume(Saga.self, replayed)
+            case .threePhaseCommit:
                 throw CoordinatorError(500, "unsupported_protocol", "the log holds a \(replayed.protocol.rawValue) transaction (\(gid)), which this version cannot run")
             }
+            resumed += 1
         }
         if resumed > 0 { logger.notice("recovering unfinished transactions", metadata: ["count": "\(resumed)"]) }
+    }
+
+    /// Rebuilds an unfinished transaction of `Machine`'s protocol and resumes it.
+    private func resume<Machine: TransactionStateMachine>(_: Machine.Type, _ replayed: TransactionLogReplay.Replayed) {
+        let (machine, event) = Machine.recovering(replayed)
+        let driver = makeDriver(machine, proto: replayed.protocol, createdAt: Date(), timeout: configuration.defaultTimeout,
+                                spec: SubmittedSpec(proto: replayed.protocol, branches: replayed.branches, interactive: replayed.interactive))
+        table.withLock { $0.live[replayed.gid] = driver }
+        driver.resume(with: event)
     }
 
     private func nextSequence() -> UInt64 {
@@ -190,10 +196,13 @@ public final class Coordinator: Sendable {
         } catch {
             throw CoordinatorError(400, "invalid_gid", error.description)
         }
-        guard submission.protocol == .twoPhaseCommit else {
-            throw CoordinatorError(422, "unsupported_protocol", "protocol \(submission.protocol.rawValue) is not available in this version of dtxd; use 2pc")
+        guard submission.protocol != .threePhaseCommit else {
+            throw CoordinatorError(422, "unsupported_protocol", "protocol 3pc is not available in this version of dtxd; use 2pc, tcc or saga")
         }
         let interactive = submission.interactive ?? false
+        if interactive, submission.protocol == .saga {
+            throw CoordinatorError(400, "invalid_submission", "a saga is submitted whole, with its steps; interactive is for 2pc and tcc")
+        }
         let branches = submission.branches ?? []
         if interactive {
             guard branches.isEmpty else {
@@ -207,12 +216,23 @@ public final class Coordinator: Sendable {
             for (index, branch) in branches.enumerated() {
                 try validate(branch, at: "branches[\(index)]", proto: submission.protocol)
             }
+            if submission.protocol == .saga, let problem = Saga.validate(branches) {
+                throw CoordinatorError(400, "invalid_branches", problem)
+            }
         }
         let timeout = try timeout(submission.timeout)
         let spec = SubmittedSpec(proto: submission.protocol, branches: branches, interactive: interactive)
-        let machine = interactive ? TwoPhaseCommit(interactive: gid) : TwoPhaseCommit(gid: gid, branches: branches)
-
-        let driver = makeDriver(machine, proto: submission.protocol, createdAt: Date(), timeout: timeout, spec: spec)
+        let driver: any TransactionDriving
+        switch submission.protocol {
+        case .tcc:
+            let machine = interactive ? TryConfirmCancel(interactive: gid) : TryConfirmCancel(gid: gid, branches: branches)
+            driver = makeDriver(machine, proto: .tcc, createdAt: Date(), timeout: timeout, spec: spec)
+        case .saga:
+            driver = makeDriver(Saga(gid: gid, steps: branches), proto: .saga, createdAt: Date(), timeout: timeout, spec: spec)
+        case .twoPhaseCommit, .threePhaseCommit:
+            let machine = interactive ? TwoPhaseCommit(interactive: gid) : TwoPhaseCommit(gid: gid, branches: branches)
+            driver = makeDriver(machine, proto: .twoPhaseCommit, createdAt: Date(), timeout: timeout, spec: spec)
+        }
         let existing: (any TransactionDriving)? = table.withLock { t in
             if let existing = t.driver(gid) { return existing }
             t.live[gid] = driver
@@ -236,6 +256,13 @@ public final class Coordinator: Sendable {
         }
         guard let participant = registry.entry(branch.participant) else {
             throw CoordinatorError(422, "unknown_participant", "\(path).participant: no participant named '\(branch.participant)' is registered; see GET /v1/participants")
+        }
+        if proto != .saga {
+            let sagaOnly = [("dependsOn", branch.dependsOn != nil), ("compensatable", branch.compensatable != nil),
+                            ("retry", branch.retry != nil), ("timeout", branch.timeout != nil)]
+            if let (field, _) = sagaOnly.first(where: \.1) {
+                throw CoordinatorError(400, "invalid_branches", "\(path).\(field) is for saga steps only; remove it, or submit the transaction as protocol saga")
+            }
         }
         guard participant.protocols.contains(proto) else {
             throw CoordinatorError(422, "protocol_not_served", "\(path).participant: '\(branch.participant)' does not serve \(proto.rawValue) (it serves \(participant.protocols.map(\.rawValue).joined(separator: ", ")))")

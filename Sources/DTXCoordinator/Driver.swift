@@ -199,10 +199,12 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             if !actions.isEmpty { s.updatedAt = Date() }
             return (actions, s.machine.branches, nil)
         }
+        // Answered once the actions are performed: what the request caused (an
+        // enlistment, a commit decision) is then as durable as its protocol requires.
+        await perform(actions, branches: branches)
         if case .common(_, let reply?) = input {
             reply.set(rejection.map { .rejected($0) } ?? .accepted(branchCount: branches.count))
         }
-        await perform(actions, branches: branches)
     }
 
     private func perform(_ actions: [TransactionAction], branches: [Branch]) async {
@@ -230,7 +232,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 if message == .prepare { sentPrepare = true }
                 send(message, to: branches[id], allParticipants: branches.map(\.spec.participant))
             case let .schedule(timer, attempt):
-                schedule(timer, attempt: attempt)
+                schedule(timer, attempt: attempt, branches: branches)
             case .cancel(let timer):
                 state.withLock { $0.timers.removeValue(forKey: timer) }?.cancel()
             case .decided(let decision):
@@ -270,14 +272,19 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         }
     }
 
-    private func schedule(_ timer: TimerID, attempt: Int) {
+    private func schedule(_ timer: TimerID, attempt: Int, branches: [Branch]) {
         let delay: Duration
         switch timer {
         case .phaseOne:
             delay = timeout
-        case .retry:
-            delay = context.retryPolicy.delay(attempt: attempt, unit: Double.random(in: 0..<1))
+        case .retry(let id):
+            let policy = state.withLock { $0.machine.retryPolicy(for: id, base: context.retryPolicy) }
+            delay = policy.delay(attempt: attempt, unit: Double.random(in: 0..<1))
             context.metrics.retry(proto)
+        case .step(let id):
+            // A saga step's per-attempt timeout (the machine only arms it for steps that have one).
+            guard branches.indices.contains(id), let seconds = branches[id].spec.timeout else { return }
+            delay = .milliseconds(Int64(seconds * 1000))
         }
         let task = Task { [weak self] in
             try? await Task.sleep(for: delay)
@@ -339,11 +346,14 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         let now = Date()
         switch event {
         case let .replied(id, message, .done(status, result)):
-            if let result { s.results[id] = result }
+            if let result, message.carriesResult { s.results[id] = result }
             record(TimelineEntry(at: now, event: "\(message.rawValue): \(status)", branch: id), in: &s)
         case let .replied(id, message, .refused(code, text)):
-            s.results[id] = .object(["error": .object(["code": .string(code), "message": .string(text)])])
-            if s.error == nil { s.error = text }
+            // A refused Cancel or compensation is retried: it is not the branch's answer.
+            if message.carriesResult {
+                s.results[id] = .object(["error": .object(["code": .string(code), "message": .string(text)])])
+                if s.error == nil { s.error = text }
+            }
             record(TimelineEntry(at: now, event: "\(message.rawValue): refused", branch: id, detail: "\(code): \(text)"), in: &s)
         case let .replied(id, message, .failed(error)):
             record(TimelineEntry(at: now, event: "\(message.rawValue): failed", branch: id, detail: error), in: &s)
@@ -351,6 +361,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             record(TimelineEntry(at: now, event: "timed out"), in: &s)
         case .timedOut(.retry):
             break
+        case .timedOut(.step(let id)):
+            record(TimelineEntry(at: now, event: "attempt timed out", branch: id), in: &s)
         case .enlisted(let spec):
             record(TimelineEntry(at: now, event: "enlisted", branch: s.machine.branches.count, detail: "\(spec.participant) \(spec.operation)"), in: &s)
         case .commitRequested:
@@ -378,7 +390,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                     BranchView(id: $0.id, participant: $0.spec.participant, operation: $0.spec.operation, state: $0.state.rawValue,
                                attempts: $0.attempts, lastError: $0.lastError, result: s.results[$0.id])
                 },
-                timeline: s.timeline
+                timeline: s.timeline,
+                compensations: s.machine.completedCompensations
             )
         }
     }
@@ -395,7 +408,12 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     /// A transaction whose first event is still queued is shown as what it is about to be.
     private func displayStatus(_ status: TransactionStatus) -> String {
         guard status == .created else { return status.rawValue }
-        return spec.interactive ? TransactionStatus.active.rawValue : TransactionStatus.preparing.rawValue
+        if spec.interactive { return TransactionStatus.active.rawValue }
+        switch proto {
+        case .twoPhaseCommit, .threePhaseCommit: return TransactionStatus.preparing.rawValue
+        case .tcc: return TransactionStatus.trying.rawValue
+        case .saga: return TransactionStatus.running.rawValue
+        }
     }
 
     private func isStuck(_ s: State) -> Bool {
@@ -404,7 +422,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
     func health() -> (stuck: Bool, inDoubt: Bool) {
         state.withLock { s in
-            let inDoubt = !s.finished && (s.decision != nil || s.machine.branches.contains { $0.state == .prepared })
+            // Prepared (2PC) and tried (TCC) branches hold resources until they hear the outcome.
+            let inDoubt = !s.finished && (s.decision != nil || s.machine.branches.contains { $0.state == .prepared || $0.state == .tried })
             return (isStuck(s), inDoubt)
         }
     }
@@ -415,7 +434,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             case nil: return "pending"
             case .abort?: return "aborted"
             case .commit?:
-                guard let branch else { return "committed" }
+                guard let branch, proto == .twoPhaseCommit else { return "committed" }
                 guard s.machine.branches.indices.contains(branch) else { return "aborted" }
                 let committed: Set<BranchState> = [.committing, .committed]
                 return committed.contains(s.machine.branches[branch].state) ? "committed" : "aborted"
@@ -488,5 +507,16 @@ extension Duration {
     var secondsValue: Double {
         let (seconds, attoseconds) = components
         return Double(seconds) + Double(attoseconds) / 1e18
+    }
+}
+
+extension ParticipantMessage {
+    /// Whether the answer to this message is the branch's result (or business error)
+    /// shown to the caller: the work's answer, not phase two's or a compensation's.
+    fileprivate var carriesResult: Bool {
+        switch self {
+        case .prepare, .commitOnePhase, .try, .confirm, .action: return true
+        case .commit, .rollback, .cancel, .compensate: return false
+        }
     }
 }

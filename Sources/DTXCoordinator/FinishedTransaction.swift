@@ -25,8 +25,16 @@ final class FinishedTransaction: TransactionDriving {
     private var status: TransactionStatus { decision == .commit ? .committed : .aborted }
 
     private func state(of branch: BranchID) -> BranchState {
-        guard replayed.targets.contains(branch) else { return decision == .commit ? .readOnly : .rolledBack }
-        return decision == .commit ? .committed : .rolledBack
+        let targeted = replayed.targets.contains(branch)
+        switch (proto, decision) {
+        case (.tcc, .commit): return .confirmed
+        case (.tcc, .abort): return .cancelled
+        // A completed saga ran every step; a compensated one compensated those that may have run.
+        case (.saga, .commit): return .done
+        case (.saga, .abort): return targeted ? .compensated : .pending
+        case (_, .commit): return targeted ? .committed : .readOnly
+        case (_, .abort): return .rolledBack
+        }
     }
 
     func start(with event: CommonEvent) async {}

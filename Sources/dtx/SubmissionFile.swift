@@ -11,7 +11,7 @@ enum SubmissionFile {
     }
 
     static let topLevelKeys = ["gid", "protocol", "branches", "timeout", "wait", "interactive"]
-    static let branchKeys = ["participant", "operation", "payload"]
+    static let branchKeys = ["participant", "operation", "payload", "dependsOn", "compensatable", "retry", "timeout"]
     static let example = #"{"protocol": "2pc", "branches": [{"participant": "accounts", "operation": "debit", "payload": {...}}]}"#
 
     /// `path` is a file name, or `-` for standard input.
