@@ -26,7 +26,7 @@ import Synchronization
 /// branches are remembered (to answer duplicate messages); prepared branches are
 /// always kept. Likewise the barrier records of the newest `retainedDecisions` TCC or
 /// saga branches.
-public final class InMemoryResourceManager: ResourceManager, TCCResourceManager, SagaResourceManager {
+public final class InMemoryResourceManager: ResourceManager, BarrierResourceManager {
     /// What the resource manager knows about one branch.
     public struct BranchRecord: Codable, Sendable, Equatable {
         public enum State: String, Codable, Sendable {
@@ -182,26 +182,6 @@ public final class InMemoryResourceManager: ResourceManager, TCCResourceManager,
 
     // MARK: TCC and Saga
 
-    public func `try`(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
-        try await pass(.try, branch, operation: operation, payload: payload)
-    }
-
-    public func confirm(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
-        try await pass(.confirm, branch, operation: operation, payload: payload)
-    }
-
-    public func cancel(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
-        try await pass(.cancel, branch, operation: operation, payload: payload)
-    }
-
-    public func action(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
-        try await pass(.action, branch, operation: operation, payload: payload)
-    }
-
-    public func compensate(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
-        try await pass(.compensate, branch, operation: operation, payload: payload)
-    }
-
     /// Every barrier record remembered, ordered by gid, branch id and phase.
     public func barrierRecords() -> [BarrierRecord] {
         ledger.withLock { ledger in
@@ -216,7 +196,7 @@ public final class InMemoryResourceManager: ResourceManager, TCCResourceManager,
     }
 
     /// Runs a phase through the barrier; the business work is a no-op.
-    private func pass(_ phase: BarrierPhase, _ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+    public func runPhase(_ phase: BarrierPhase, _ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
         let digest = BranchDigest.of(operation: operation, payload: payload)
         let result: JSONValue = .object(["operation": .string(operation), "participant": .string(name), "phase": .string(phase.rawValue)])
         return try await apply { ledger in

@@ -133,3 +133,32 @@ public protocol SagaResourceManager: Sendable {
 extension SagaResourceManager {
     public var servesSagas: Bool { true }
 }
+
+/// A resource manager whose TCC and Saga messages all run through one barrier pass
+/// (`BranchBarrier`): it implements `runPhase` and gets `try` … `compensate` from it.
+public protocol BarrierResourceManager: TCCResourceManager, SagaResourceManager {
+    /// Runs `phase` of `branch` behind the barrier and returns the phase's result.
+    func runPhase(_ phase: BarrierPhase, _ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue?
+}
+
+extension BarrierResourceManager {
+    public func `try`(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+        try await runPhase(.try, branch, operation: operation, payload: payload)
+    }
+
+    public func confirm(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+        try await runPhase(.confirm, branch, operation: operation, payload: payload)
+    }
+
+    public func cancel(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+        try await runPhase(.cancel, branch, operation: operation, payload: payload)
+    }
+
+    public func action(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+        try await runPhase(.action, branch, operation: operation, payload: payload)
+    }
+
+    public func compensate(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+        try await runPhase(.compensate, branch, operation: operation, payload: payload)
+    }
+}

@@ -18,7 +18,7 @@ import Logging
 /// appears anyway (written without the lock) makes the insert do nothing, and the phase
 /// rolls back and is retried rather than run twice. A refusal rolls the business work
 /// and the barrier row back together.
-extension PostgresResourceManager: TCCResourceManager, SagaResourceManager {
+extension PostgresResourceManager: BarrierResourceManager {
     /// The branch barrier: one row per phase a TCC or saga branch has done, written in
     /// the phase's own transaction. `op` is the phase; `digest` the `BranchDigest` of its
     /// operation and payload; `result` the operation's result as JSON text;
@@ -53,32 +53,12 @@ extension PostgresResourceManager: TCCResourceManager, SagaResourceManager {
         barrierOperations.register(saga: name, action: action, compensate: compensate)
     }
 
-    public func `try`(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
-        try await pass(.try, branch, operation: operation, payload: payload)
-    }
-
-    public func confirm(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
-        try await pass(.confirm, branch, operation: operation, payload: payload)
-    }
-
-    public func cancel(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
-        try await pass(.cancel, branch, operation: operation, payload: payload)
-    }
-
-    public func action(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
-        try await pass(.action, branch, operation: operation, payload: payload)
-    }
-
-    public func compensate(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
-        try await pass(.compensate, branch, operation: operation, payload: payload)
-    }
-
     /// What a phase did, for the log.
     private enum BarrierOutcome: String {
         case ran, repeated, nullCompensation = "null compensation"
     }
 
-    private func pass(_ phase: BarrierPhase, _ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+    public func runPhase(_ phase: BarrierPhase, _ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
         let digest = BranchDigest.of(operation: operation, payload: payload)
         let body = barrierOperations.body(phase, operation)
         let operations = barrierOperations

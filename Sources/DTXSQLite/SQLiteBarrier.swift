@@ -16,7 +16,7 @@ import DTXParticipant
 /// run again every few milliseconds until the rows are free or `lockWaitTimeout` has
 /// passed (then `SQLiteResourceManagerError.rowLocked`, which the coordinator retries).
 /// An operation may thus run more than once, but only its last run commits.
-extension SQLiteResourceManager: TCCResourceManager, SagaResourceManager {
+extension SQLiteResourceManager: BarrierResourceManager {
     /// Registers (or replaces) the TCC operation `name`: its try, confirm and cancel.
     /// Each runs in a local transaction with its barrier record; throw `BusinessError`
     /// from `try` to refuse. Confirm and cancel get the try's payload.
@@ -31,29 +31,9 @@ extension SQLiteResourceManager: TCCResourceManager, SagaResourceManager {
         barrierOperations.register(saga: name, action: action, compensate: compensate)
     }
 
-    public func `try`(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
-        try await pass(.try, branch, operation: operation, payload: payload)
-    }
-
-    public func confirm(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
-        try await pass(.confirm, branch, operation: operation, payload: payload)
-    }
-
-    public func cancel(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
-        try await pass(.cancel, branch, operation: operation, payload: payload)
-    }
-
-    public func action(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
-        try await pass(.action, branch, operation: operation, payload: payload)
-    }
-
-    public func compensate(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
-        try await pass(.compensate, branch, operation: operation, payload: payload)
-    }
-
     /// Runs `phase` of `branch` through the barrier, waiting for rows held by in-doubt
     /// branches as `write` does.
-    private func pass(_ phase: BarrierPhase, _ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
+    public func runPhase(_ phase: BarrierPhase, _ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
         let digest = BranchDigest.of(operation: operation, payload: payload)
         let body = barrierOperations.body(phase, operation)
         let operations = barrierOperations
