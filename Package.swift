@@ -141,7 +141,7 @@ let package = Package(
         .executableTarget(
             name: "memory-participant",
             dependencies: [
-                "DTXParticipant",
+                "DTXParticipant", "DTXAPI", "DTXCore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -143,7 +143,7 @@ struct MemoryParticipant: AsyncParsableCommand {
 
         let router = Router()
         service.addRoutes(to: router.group().add(middleware: RequestFailpointMiddleware(failpoints: failpoints)))
-        addTestRoutes(to: router, store: store, failpoints: failpoints)
+        addTestRoutes(to: router, store: store, service: service, failpoints: failpoints)
 
         // Written unbuffered: tests wait for this line and read the port from it.
         try await ParticipantHost.serve(service, router: router, host: host, port: port, serverName: "memory-participant", logger: logger) { url in

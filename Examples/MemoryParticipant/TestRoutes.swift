@@ -1,4 +1,5 @@
 import DTXAPI
+import DTXCore
 import DTXParticipant
 import Foundation
 import Hummingbird
@@ -7,12 +8,52 @@ import Hummingbird
 /// `{"branches": [{"gid", "branch", "operation", "payload"?, "state", "result"?}],
 /// "barriers": [{"gid", "branch", "phase", "operation", "payload"?, "digest", "result"?,
 /// "nullCompensation"}]}`, state being `prepared`, `committed` or `rolled_back`, phase
-/// `try`, `confirm`, `cancel`, `action` or `compensate`), and the kit's failpoint routes.
-func addTestRoutes(to router: Router<some RequestContext>, store: InMemoryResourceManager, failpoints: Failpoints) {
+/// `try`, `confirm`, `cancel`, `action` or `compensate`), the application side of
+/// interactive TCC (`POST /test/tcc-try` with `{"gid", "operation", "payload"?}`: enlists a
+/// branch in the open transaction and runs its Try; 200 `{"branch", "result"?}`, 409 with
+/// the Try's business error, 502 when the coordinator refused or could not be reached),
+/// and the kit's failpoint routes.
+func addTestRoutes(to router: Router<some RequestContext>, store: InMemoryResourceManager, service: ParticipantService, failpoints: Failpoints) {
     router.get("/test/state") { _, _ -> Response in
         jsonResponse(.ok, StateAnswer(branches: store.branches(), barriers: store.barrierRecords()))
     }
+    router.post("/test/tcc-try") { request, context -> Response in
+        let body: TryRequest
+        do {
+            body = try await request.decode(as: TryRequest.self, context: context)
+        } catch {
+            return jsonResponse(.badRequest, ErrorAnswer(code: "invalid_json", message: "expected {\"gid\", \"operation\", \"payload\"?}: \(error)"))
+        }
+        do {
+            let (branch, result) = try await service.tryEnlisted(gid: body.gid, operation: body.operation, payload: body.payload)
+            return jsonResponse(.ok, TryAnswer(branch: branch, result: result))
+        } catch let refusal as BusinessError {
+            return jsonResponse(.conflict, ErrorAnswer(code: refusal.code, message: refusal.message))
+        } catch {
+            return jsonResponse(.badGateway, ErrorAnswer(code: "enlist_failed", message: "\(error)"))
+        }
+    }
     failpoints.addRoutes(to: router)
+}
+
+private struct TryRequest: Decodable {
+    var gid: String
+    var operation: String
+    var payload: JSONValue?
+}
+
+private struct TryAnswer: Encodable {
+    var branch: Int
+    var result: JSONValue?
+}
+
+private struct ErrorAnswer: Encodable {
+    struct Body: Encodable {
+        var code: String
+        var message: String
+    }
+    var error: Body
+    init(code: String, message: String) { error = Body(code: code, message: message) }
 }
 
 private struct StateAnswer: Encodable {

@@ -174,6 +174,27 @@ public final class ParticipantService: Sendable {
         return resolved
     }
 
+    /// Interactive TCC: enlists a branch of this service in the open transaction `gid`
+    /// with the coordinator, then runs the branch's Try here, inside the branch barrier.
+    /// The application that began the transaction calls this (through the service's own
+    /// API) for each service it involves, then asks the coordinator to confirm, or to
+    /// cancel when a Try failed.
+    ///
+    /// The branch is enlisted before its Try runs, so the coordinator knows every branch
+    /// that may have tried: a crash between the two leaves a branch whose Cancel finds no
+    /// Try (a null compensation), never a Try the coordinator cannot cancel.
+    ///
+    /// - Throws: `ProtocolNotServed` when the resource manager does not serve TCC;
+    ///   `ClientError` when the coordinator refuses the enlistment (the transaction is not
+    ///   open, or unknown) or cannot be reached; what the Try throws (`BusinessError` for
+    ///   a refusal), after the branch is enlisted.
+    public func tryEnlisted(gid: String, operation: String, payload: JSONValue?) async throws -> (branch: BranchID, result: JSONValue?) {
+        guard let tcc = tccResourceManager else { throw ProtocolNotServed(transactionProtocol: .tcc) }
+        let answer = try await client.enlist(gid: gid, EnlistRequest(participant: configuration.name, operation: operation, payload: payload))
+        let ref = BranchRef(gid: gid, branch: answer.branch)
+        return (answer.branch, try await tcc.try(ref, operation: operation, payload: payload))
+    }
+
     /// One register (when not registered) or heartbeat; true when the coordinator
     /// accepted it.
     private func contact(_ registration: ParticipantRegistration, registered: inout Bool, failures: Int) async -> Bool {
