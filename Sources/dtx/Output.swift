@@ -1,4 +1,5 @@
 import DTXAPI
+import DTXCore
 import Foundation
 
 /// Plain aligned columns under a header row, the one table layout every online command
@@ -154,14 +155,18 @@ enum TransactionReport {
         header.append("created", "\(Format.timestamp(view.createdAt)) (\(Format.ago(view.createdAt, now: now)))")
         header.append("timeout", Format.seconds(view.timeout))
         header.append("error", view.error ?? "-")
+        if let compensations = view.compensations {
+            // The order they completed in: what backward recovery undid, and when.
+            header.append("compensated", compensations.isEmpty ? "none yet" : compensations.map(String.init).joined(separator: ", "))
+        }
 
         var branches = TextTable([
             .init("ID", alignRight: true), .init("PARTICIPANT"), .init("OPERATION"), .init("STATE"),
-            .init("ATTEMPTS", alignRight: true), .init("LAST ERROR", maxWidth: 60),
+            .init("ATTEMPTS", alignRight: true), .init("LAST ERROR", maxWidth: 50), .init("RESULT", maxWidth: 50),
         ])
         for branch in view.branches {
             branches.append(["\(branch.id)", branch.participant, branch.operation, branch.state,
-                             "\(branch.attempts)", branch.lastError ?? "-"])
+                             "\(branch.attempts)", branch.lastError ?? "-", branch.result.map(compactJSON) ?? "-"])
         }
 
         var timeline = TextTable([
@@ -176,6 +181,13 @@ enum TransactionReport {
         sections.append(view.branches.isEmpty ? "branches: none" : "branches:\n" + branches.render())
         sections.append(view.timeline.isEmpty ? "timeline: empty" : "timeline:\n" + timeline.render())
         return sections.joined(separator: "\n\n")
+    }
+
+    /// A participant's answer on one line, as JSON.
+    private static func compactJSON(_ value: JSONValue) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? "?"
     }
 
     /// gid, status and decision: what `commit` and `abort` print.
