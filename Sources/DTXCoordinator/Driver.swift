@@ -3,6 +3,8 @@ import DTXCore
 import DTXLog
 import Foundation
 import Logging
+import NIOCore
+import NIOPosix
 import Synchronization
 
 /// What a driver needs from the rest of the engine.
@@ -99,8 +101,9 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         var finished = false
         /// The log failed: nothing more is performed; a restart recovers from the log.
         var halted = false
-        var timers: [TimerID: Task<Void, Never>] = [:]
-        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        var timers: [TimerID: ArmedTimer] = [:]
+        var nextTimerGeneration: UInt64 = 0
+        var waiters: [UInt64: Waiter] = [:]
         var nextWaiter: UInt64 = 0
         /// Events not yet processed, and whether a task is processing them.
         var queue: [Input] = []
@@ -214,6 +217,11 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             case let .log(entry, forced):
                 let isCommitDecision: Bool
                 if case .decision(_, .commit, _) = entry { isCommitDecision = true } else { isCommitDecision = false }
+                let isForcedAbortDecision: Bool
+                switch entry {
+                case .decision(_, .abort, _), .resolution(_, .abort, _, _, _): isForcedAbortDecision = forced
+                default: isForcedAbortDecision = false
+                }
                 if isCommitDecision { context.failpoints.hit(.beforeCommitDecision) }
                 let (type, payload) = entry.encoded()
                 do {
@@ -227,6 +235,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                     return
                 }
                 if isCommitDecision { context.failpoints.hit(.afterCommitDecision) }
+                if isForcedAbortDecision { context.failpoints.hit(.afterAbortDecision) }
             case let .send(message, id):
                 guard branches.indices.contains(id) else { continue }
                 if message == .prepare { sentPrepare = true }
@@ -236,7 +245,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             case .cancel(let timer):
                 state.withLock { $0.timers.removeValue(forKey: timer) }?.cancel()
             case .decided(let decision):
-                let (phaseOne, waiters) = state.withLock { s -> (Duration, [CheckedContinuation<Void, Never>]) in
+                let (phaseOne, waiters) = state.withLock { s -> (Duration, [Waiter]) in
                     s.decision = decision
                     s.decidedAt = .now
                     record(TimelineEntry(at: Date(), event: "decided \(decision.rawValue)"), in: &s)
@@ -286,13 +295,32 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             guard branches.indices.contains(id), let seconds = branches[id].spec.timeout else { return }
             delay = .milliseconds(Int64(seconds * 1000))
         }
-        let task = Task { [weak self] in
-            try? await Task.sleep(for: delay)
-            guard !Task.isCancelled else { return }
-            await self?.post(.timedOut(timer))
+        // An event-loop timer, not a sleeping task: no task and no dispatch timer per
+        // transaction. Armed under the lock, so its firing (which takes the lock) finds it.
+        let replaced = state.withLock { s -> ArmedTimer? in
+            s.nextTimerGeneration += 1
+            let generation = s.nextTimerGeneration
+            let scheduled = Self.eventLoops.next().scheduleTask(in: .nanoseconds(delay.nanosecondsValue)) { [weak self] () -> Void in
+                self?.fire(timer, generation: generation)
+            }
+            return s.timers.updateValue(ArmedTimer(scheduled: scheduled, generation: generation), forKey: timer)
         }
-        state.withLock { $0.timers.updateValue(task, forKey: timer) }?.cancel()
+        replaced?.cancel()
     }
+
+    /// A timer's firing: posts the timeout unless the timer was cancelled or armed again
+    /// meanwhile (a cancel that races with the firing wins).
+    private func fire(_ timer: TimerID, generation: UInt64) {
+        let armed = state.withLock { s -> Bool in
+            guard s.timers[timer]?.generation == generation else { return false }
+            s.timers[timer] = nil
+            return true
+        }
+        if armed { Task { await self.post(.timedOut(timer)) } }
+    }
+
+    /// The loops timers and wait deadlines run on (dtxd's concurrency executor too).
+    private static var eventLoops: MultiThreadedEventLoopGroup { .singleton }
 
     private func finish(_ status: TransactionStatus) {
         let (timers, waiters, decidedAt) = state.withLock { s in
@@ -481,25 +509,42 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             s.nextWaiter += 1
             return s.nextWaiter
         }
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask {
-                await withTaskCancellationHandler {
-                    await withCheckedContinuation { waiter in
-                        let resumeNow = self.state.withLock { s -> Bool in
-                            if s.finished || s.halted || Task.isCancelled { return true }
-                            s.waiters[id] = waiter
-                            return false
-                        }
-                        if resumeNow { waiter.resume() }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let resumeNow = state.withLock { s -> Bool in
+                    if s.finished || s.halted || Task.isCancelled { return true }
+                    let remaining = max(deadline - .now, .zero)
+                    let timer = Self.eventLoops.next().scheduleTask(in: .nanoseconds(remaining.nanosecondsValue)) { [weak self] () -> Void in
+                        self?.state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
                     }
-                } onCancel: {
-                    self.state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
+                    s.waiters[id] = Waiter(continuation: continuation, deadline: timer)
+                    return false
                 }
+                if resumeNow { continuation.resume() }
             }
-            group.addTask { try? await Task.sleep(until: deadline, clock: .continuous) }
-            await group.next()
-            group.cancelAll()
+        } onCancel: {
+            self.state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
         }
+    }
+}
+
+/// A timer armed on an event loop; `generation` tells its firing whether it is still the
+/// armed one.
+private struct ArmedTimer {
+    var scheduled: Scheduled<Void>
+    var generation: UInt64
+
+    func cancel() { scheduled.cancel() }
+}
+
+/// A caller waiting for the outcome, and the timer that ends its wait.
+private struct Waiter {
+    var continuation: CheckedContinuation<Void, Never>
+    var deadline: Scheduled<Void>
+
+    func resume() {
+        deadline.cancel()
+        continuation.resume()
     }
 }
 
@@ -508,6 +553,11 @@ extension Duration {
         let (seconds, attoseconds) = components
         return Double(seconds) + Double(attoseconds) / 1e18
     }
+
+    var nanosecondsValue: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
 }
 
 extension ParticipantMessage {
@@ -515,8 +565,8 @@ extension ParticipantMessage {
     /// shown to the caller: the work's answer, not phase two's or a compensation's.
     fileprivate var carriesResult: Bool {
         switch self {
-        case .prepare, .commitOnePhase, .try, .confirm, .action: return true
-        case .commit, .rollback, .cancel, .compensate: return false
+        case .prepare, .commitOnePhase, .try, .confirm, .action, .canCommit: return true
+        case .commit, .rollback, .cancel, .compensate, .preCommit, .doCommit: return false
         }
     }
 }

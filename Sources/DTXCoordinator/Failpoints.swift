@@ -10,6 +10,10 @@ public struct Failpoints: Sendable {
         case afterCommitDecision = "after-commit-decision"
         /// PREPARE has been sent to every branch; no vote has been counted.
         case afterPrepareSent = "after-prepare-sent"
+        /// A forced abort decision (`decision` or `resolution` to abort: TCC's cancel, a
+        /// saga's compensate, an operator's forced abort) is durable; nothing of it has
+        /// been sent. 2PC logs its ordinary abort lazily (presumed abort): not fired there.
+        case afterAbortDecision = "after-abort-decision"
     }
 
     private let armed: Set<Point>

@@ -10,6 +10,7 @@ extension LogEntry {
         case open = 4
         case enlist = 5
         case resolution = 6
+        case preCommit = 7
 
         public var name: String {
             switch self {
@@ -19,6 +20,7 @@ extension LogEntry {
             case .open: return "open"
             case .enlist: return "enlist"
             case .resolution: return "resolution"
+            case .preCommit: return "pre_commit"
             }
         }
     }
@@ -34,7 +36,7 @@ extension LogEntry {
     public var gid: GlobalTransactionID {
         switch self {
         case let .begin(gid, _, _), let .decision(gid, _, _), let .end(gid), let .open(gid, _),
-             let .enlist(gid, _, _), let .resolution(gid, _, _, _, _):
+             let .enlist(gid, _, _), let .resolution(gid, _, _, _, _), let .preCommit(gid):
             return gid
         }
     }
@@ -97,6 +99,10 @@ extension LogEntry {
             json.member(",\"reason\":", reason)
             json.member(",\"targets\":", .array(targets.map { .number(Double($0)) }))
             json.raw("}")
+        case let .preCommit(gid):
+            type = .preCommit
+            json.member("{\"gid\":", gid.rawValue)
+            json.raw("}")
         }
         return (type.rawValue, json.bytes)
     }
@@ -134,6 +140,8 @@ extension LogEntry {
                 throw missing("decision, targets, reason or heuristic flag")
             }
             self = .resolution(gid: body.gid, decision, targets: targets, reason: reason, heuristic: heuristic)
+        case .preCommit:
+            self = .preCommit(gid: body.gid)
         }
     }
 }
@@ -155,6 +163,8 @@ public struct TransactionLogReplay: Sendable {
         public var reason: String?
         public var heuristic: Bool
         public var ended: Bool
+        /// 3PC: the pre-commit is logged (PreCommit may have reached participants).
+        public var preCommitted = false
     }
 
     /// Kept for the checkpoint's and the history's sake, in the order they appeared.
@@ -190,6 +200,10 @@ public struct TransactionLogReplay: Sendable {
             replayed.targets = targets
             replayed.reason = reason
             replayed.heuristic = replayed.heuristic || heuristic
+            transactions[gid] = replayed
+        case let .preCommit(gid):
+            guard var replayed = transactions[gid], !replayed.ended else { return }
+            replayed.preCommitted = true
             transactions[gid] = replayed
         case let .end(gid):
             transactions[gid]?.ended = true

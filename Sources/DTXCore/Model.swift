@@ -89,6 +89,11 @@ public enum BranchState: String, Sendable, Codable, Equatable {
     case failed
     case compensating
     case compensated
+    // 3PC (CanCommit uses `preparing`/`prepared`/`votedNo`, DoCommit `committing`, abort `rollingBack`)
+    /// PreCommit sent, its acknowledgement awaited.
+    case preCommitting = "pre_committing"
+    /// The participant acknowledged PreCommit: it is in 3PC's state p.
+    case preCommitted = "pre_committed"
 }
 
 public struct Branch: Sendable, Equatable {
@@ -133,6 +138,8 @@ public enum TransactionStatus: String, Sendable, Codable, Equatable {
     case committed
     /// TCC: every branch cancelled; Saga: every step that may have run compensated.
     case aborted
+    /// 3PC: every branch voted yes; the pre-commit is logged and PreCommit sent.
+    case preCommitting = "pre_committing"
 }
 
 /// The messages the coordinator sends to participants (architecture §6).
@@ -149,12 +156,17 @@ public enum ParticipantMessage: String, Sendable, Equatable {
     // Saga: POST /dtx/saga/{action,compensate}
     case action
     case compensate
+    // 3PC: POST /dtx/3pc/{can_commit,pre_commit,do_commit,rollback}; ROLLBACK is its abort.
+    case canCommit = "can_commit"
+    case preCommit = "pre_commit"
+    case doCommit = "do_commit"
 }
 
 /// Timers a state machine asks the engine to run; the engine turns them into delays
 /// (the transaction timeout, or `RetryPolicy` with jitter) and feeds `timedOut` back.
 public enum TimerID: Hashable, Sendable {
-    /// The transaction timeout (phase one, TCC's Try, an open interactive transaction).
+    /// The transaction timeout (phase one, TCC's Try, an open interactive transaction,
+    /// 3PC's wait for the PreCommit acknowledgements).
     case phaseOne
     /// The backoff before delivering a branch's message again; `attempt` numbers it.
     case retry(BranchID)
@@ -175,6 +187,10 @@ public enum LogEntry: Sendable, Equatable {
     /// An operator forced the outcome. `heuristic` when it overrides a logged decision;
     /// `targets` are the branches that must now receive it.
     case resolution(gid: GlobalTransactionID, Decision, targets: [BranchID], reason: String, heuristic: Bool)
+    /// 3PC: every branch voted yes and PreCommit goes out to all of them. Forced: a
+    /// restart must send PreCommit again rather than abort, since participants may
+    /// already be in p (and so may commit on their own through termination).
+    case preCommit(gid: GlobalTransactionID)
 }
 
 /// What the engine must do, in order. A forced log action completes (is durable)

@@ -87,7 +87,7 @@ public struct TwoPhaseCommit: TransactionStateMachine {
             return "the transaction is already decided (\(decision.rawValue)); phase two retries until every branch acknowledges — bring the participant back, or run `dtx recover` to retry now"
         case (.active, .abort), (.preparing, .abort), (.committing, .abort), (.aborting, .commit):
             return nil
-        case (.trying, _), (.confirming, _), (.cancelling, _), (.running, _), (.compensating, _):
+        case (.trying, _), (.confirming, _), (.cancelling, _), (.running, _), (.compensating, _), (.preCommitting, _):
             return "the transaction is \(status.rawValue)"  // other protocols' statuses: never a 2PC's
         }
     }
@@ -342,7 +342,8 @@ extension TwoPhaseCommit {
             case (.prepare, .refused(_, let message)), (.commitOnePhase, .refused(_, let message)): return .voted(id, .no(message))
             case (.commitOnePhase, .done(let status, _)): return status == "read_only" ? .voted(id, .readOnly) : .acknowledged(id)
             case (.commit, .done), (.rollback, .done): return .acknowledged(id)
-            case (.try, .done), (.confirm, .done), (.cancel, .done), (.action, .done), (.compensate, .done): return nil  // not a 2PC message
+            case (.try, .done), (.confirm, .done), (.cancel, .done), (.action, .done), (.compensate, .done),
+                 (.canCommit, .done), (.preCommit, .done), (.doCommit, .done): return nil  // not a 2PC message
             case (.commit, .refused("already_rolled_back", let message)): return .endedOtherwise(id, .rolledBack, "heuristic: the participant had already rolled back: \(message)")
             case (.rollback, .refused("already_committed", let message)): return .endedOtherwise(id, .committed, "heuristic: the participant had already committed: \(message)")
             case (_, .refused(let code, let message)): return .deliveryFailed(id, "\(code): \(message)")

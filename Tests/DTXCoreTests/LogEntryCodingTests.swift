@@ -25,6 +25,8 @@ private let sagaSteps = [
         LogEntry.open(gid: a, protocol: .twoPhaseCommit),
         LogEntry.enlist(gid: a, branch: 3, spec: BranchSpec(participant: "p", operation: "o\"dd", payload: .array([.string("\n")]))),
         LogEntry.resolution(gid: a, .abort, targets: [1], reason: "disk \"lost\"", heuristic: true),
+        LogEntry.begin(gid: a, protocol: .threePhaseCommit, branches: specs),
+        LogEntry.preCommit(gid: a),
     ])
     func entriesRoundTripThroughRecords(_ entry: LogEntry) throws {
         let (type, payload) = entry.encoded()
@@ -60,6 +62,13 @@ private let sagaSteps = [
         #expect(throws: LogEntry.DecodingProblem.self) { try LogEntry(type: 1, payload: Array(#"{"gid":"a"}"#.utf8)) }
         #expect(throws: LogEntry.DecodingProblem.self) { try LogEntry(type: 2, payload: Array("not json".utf8)) }
         #expect(throws: LogEntry.DecodingProblem.self) { try LogEntry(type: 3, payload: Array(#"{"gid":"bad gid"}"#.utf8)) }
+        #expect(throws: LogEntry.DecodingProblem.self) { try LogEntry(type: 7, payload: Array("{}".utf8)) }
+    }
+
+    @Test func thePreCommitRecordIsTypeSevenWithTheGidOnly() throws {
+        let (type, payload) = LogEntry.preCommit(gid: a).encoded()
+        #expect(type == 7 && LogEntry.RecordType(rawValue: type)?.name == "pre_commit")
+        #expect(String(decoding: payload, as: UTF8.self) == #"{"gid":"a"}"#)
     }
 
     @Test func replayLeavesUnfinishedTransactionsWithWhatRecoveryNeeds() {
@@ -72,12 +81,17 @@ private let sagaSteps = [
             .decision(gid: c, .abort, targets: [0, 1]),
             .end(gid: c),
             .begin(gid: c, protocol: .twoPhaseCommit, branches: specs),  // a stray duplicate after end
+            .preCommit(gid: b),  // after its decision: the decision still rules
         ] {
             replay.apply(entry)
         }
         #expect(Set(replay.unfinished.keys) == [a, b])
         #expect(TwoPhaseCommit.Recovered(replay.unfinished[a]!) == .undecided)
         #expect(TwoPhaseCommit.Recovered(replay.unfinished[b]!) == .decided(.commit, targets: [1]))
+        #expect(ThreePhaseCommit.Recovered(replay.unfinished[b]!) == .decided(.commit, targets: [1]))
+        #expect(ThreePhaseCommit.Recovered(replay.unfinished[a]!) == .undecided)
+        replay.apply(.preCommit(gid: a))
+        #expect(ThreePhaseCommit.Recovered(replay.unfinished[a]!) == .preCommitted)
         #expect(replay.transactions[c]?.ended == true)
         #expect(replay.order == [a, b, c])
     }
