@@ -34,13 +34,26 @@ public struct GlobalTransactionID: Hashable, Sendable, Codable, CustomStringConv
     public init(validating text: String) throws(Problem) {
         guard !text.isEmpty else { throw .empty }
         guard text.utf8.count <= Self.maxLength else { throw .tooLong(text.utf8.count) }
-        if let bad = text.first(where: { !($0.isASCII && ($0.isLetter || $0.isNumber || "-_.:".contains($0))) }) {
-            throw .invalidCharacter(bad)
+        // Bytes, not Characters: this runs for every submission and every record a
+        // checkpoint keeps, and Unicode property lookups showed up in profiles.
+        if text.utf8.contains(where: { !Self.isAllowed($0) }) {
+            throw .invalidCharacter(text.first { !($0.isASCII && $0.utf8.allSatisfy(Self.isAllowed)) } ?? "?")
         }
         rawValue = text
     }
 
     public var description: String { rawValue }
+
+    /// ASCII letters, digits, '-', '_', '.' and ':'.
+    private static func isAllowed(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+             UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: ":"):
+            return true
+        default:
+            return false
+        }
+    }
 
     public init(from decoder: Decoder) throws {
         let text = try decoder.singleValueContainer().decode(String.self)

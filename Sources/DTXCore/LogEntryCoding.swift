@@ -107,6 +107,22 @@ extension LogEntry {
         return (type.rawValue, json.bytes)
     }
 
+    /// The gid of the transaction a record is about, read without decoding the rest of
+    /// the record: a checkpoint asks it of every record it may copy forward.
+    public static func gid(type: UInt16, payload: [UInt8]) throws -> GlobalTransactionID {
+        guard let recordType = RecordType(rawValue: type) else {
+            throw DecodingProblem(description: "unknown log record type \(type)")
+        }
+        guard let text = (try? JSONValue(parsing: payload))?["gid"]?.stringValue else {
+            throw DecodingProblem(description: "unreadable \(recordType.name) record: no gid")
+        }
+        do {
+            return try GlobalTransactionID(validating: text)
+        } catch {
+            throw DecodingProblem(description: "\(recordType.name) record: \(error)")
+        }
+    }
+
     public init(type: UInt16, payload: [UInt8]) throws {
         guard let recordType = RecordType(rawValue: type) else {
             throw DecodingProblem(description: "unknown log record type \(type)")

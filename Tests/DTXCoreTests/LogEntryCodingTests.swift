@@ -31,6 +31,8 @@ private let sagaSteps = [
     func entriesRoundTripThroughRecords(_ entry: LogEntry) throws {
         let (type, payload) = entry.encoded()
         #expect(try LogEntry(type: type, payload: payload) == entry)
+        // Checkpoints read only the gid.
+        #expect(try LogEntry.gid(type: type, payload: payload) == entry.gid)
         // Payloads are JSON text, readable in `dtx wal dump`.
         #expect(String(decoding: payload, as: UTF8.self).hasPrefix("{"))
     }
