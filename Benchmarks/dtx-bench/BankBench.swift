@@ -8,14 +8,16 @@ import Foundation
 import Logging
 import NIOCore
 
-/// `dtx-bench 2pc --rm sqlite,postgres`: transfers through dtxd between an account on a
-/// SQLite accounts service and one on a PostgreSQL accounts service, against — in the
+/// `dtx-bench 2pc|saga|tcc --rm sqlite,postgres`: transfers through dtxd (a debit and a
+/// credit branch, or saga step, in the chosen protocol) between an account on a SQLite
+/// accounts service and one on a PostgreSQL accounts service, against — in the
 /// same run, on the same databases — the same two updates done as plain local
 /// transactions with no coordination (the ceiling that gives up atomicity), measured two
 /// ways: through the same two services (their local debit/credit endpoints: what an
 /// application without a coordinator would call; the ratio's basis) and straight into
 /// the databases from this process (no HTTP at all).
 struct BankBench {
+    var transactionProtocol: TransactionProtocol
     var accountsPerSide = 1000
     var concurrency: [Int]
     var duration: Double
@@ -55,7 +57,7 @@ struct BankBench {
     }
 
     struct Report: Codable {
-        var benchmark = "2pc-bank"
+        var benchmark: String
         var resourceManagers = ["sqlite", "postgres"]
         var machine: Machine
         var accountsPerSide: Int
@@ -110,13 +112,11 @@ struct BankBench {
         let (_, usURL) = try processes.start("accounts-service", ["--name", "accounts-us", "--postgres", pgConnection, "--coordinator", daemonURL, "--log-level", "error", "--recovery-interval", "60"],
                                 environment: threads, marker: "accounts-service accounts-us listening on ")
 
-        var configuration = HTTPClient.Configuration()
-        configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 1024
-        let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        let http = benchHTTPClient()
         try await waitForRegistrations(http, daemonURL, count: 2)
 
         let machine = Machine.current()
-        print("2pc bank transfer: SQLite ↔ PostgreSQL, \(accountsPerSide) accounts per side, \(duration)s per run, \(machine.cpus) cpus, \(machine.build) build")
+        print("\(transactionProtocol.rawValue) bank transfer: SQLite ↔ PostgreSQL, \(accountsPerSide) accounts per side, \(duration)s per run, \(machine.cpus) cpus, \(machine.build) build")
         print("  conc   coordinated tx/s  p50 ms  p99 ms   uncoordinated tx/s  p50 ms  p99 ms    ratio   direct-db tx/s  dtxd fsyncs/tx")
         var runs: [Run] = []
         for level in concurrency {
@@ -151,23 +151,17 @@ struct BankBench {
         processes.stopAll()
         try await postgres.stop()
         if let json {
-            try writeJSON(Report(machine: machine, accountsPerSide: accountsPerSide, durationSeconds: duration, runs: runs), to: json)
+            try writeJSON(Report(benchmark: "\(transactionProtocol.rawValue)-bank", machine: machine, accountsPerSide: accountsPerSide, durationSeconds: duration, runs: runs), to: json)
             print("wrote \(json)")
         }
     }
 
     private func transfer(_ http: HTTPClient, _ daemonURL: String, from: String, to: String) async throws -> Bool {
-        let submission = TransactionSubmission(protocol: .twoPhaseCommit, branches: [
+        let submission = TransactionSubmission(protocol: transactionProtocol, branches: [
             BranchSpec(participant: "accounts-eu", operation: "debit", payload: .object(["account": .string(from), "amount": .number(1)])),
             BranchSpec(participant: "accounts-us", operation: "credit", payload: .object(["account": .string(to), "amount": .number(1)])),
         ], timeout: 30, wait: true)
-        var request = HTTPClientRequest(url: daemonURL + "/v1/transactions")
-        request.method = .POST
-        request.headers.add(name: "Content-Type", value: "application/json")
-        request.body = .bytes(ByteBuffer(bytes: try JSONEncoder().encode(submission)))
-        let response = try await http.execute(request, timeout: .seconds(60))
-        let answer = try await response.body.collect(upTo: 1 << 20)
-        return response.status.code == 201 && String(buffer: answer).contains("\"status\":\"committed\"")
+        return try await submitTransaction(http, daemonURL, try JSONEncoder().encode(submission), expected: "committed")
     }
 
     /// The two updates through the services' plain local endpoints, one after the other.

@@ -100,3 +100,24 @@ func load(concurrency: Int, seconds: Double, _ operation: @escaping @Sendable ()
     total.latencies.sort()
     return total
 }
+
+/// The load generator's HTTP client: one connection per concurrent client.
+func benchHTTPClient() -> HTTPClient {
+    var configuration = HTTPClient.Configuration()
+    configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 1024
+    return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+}
+
+/// Submits a transaction (`body`: a `TransactionSubmission` with `wait: true`) and tells
+/// whether it ended with status `expected`.
+func submitTransaction(_ http: HTTPClient, _ daemonURL: String, _ body: Data, expected: String) async throws -> Bool {
+    var request = HTTPClientRequest(url: daemonURL + "/v1/transactions")
+    request.method = .POST
+    request.headers.add(name: "Content-Type", value: "application/json")
+    request.body = .bytes(ByteBuffer(bytes: body))
+    let response = try await http.execute(request, timeout: .seconds(60))
+    let answer = try await response.body.collect(upTo: 1 << 20)
+    guard response.status.code == 201 else { return false }
+    // Only the status matters: look for it without decoding the whole view.
+    return String(buffer: answer).contains("\"status\":\"\(expected)\"")
+}

@@ -4,10 +4,11 @@ import DTXPostgres
 import DTXSQLite
 import Logging
 
-/// The accounts table and the two branch operations, on either database.
+/// The accounts table and the branch operations, on either database.
 ///
-/// `debit` and `credit` take `{"account": ID, "amount": CENTS}`; a debit that would take
-/// the balance below zero, or an unknown account, is a business refusal (the NO vote).
+/// `debit` and `credit` take `{"account": ID, "amount": CENTS}` in every protocol; a
+/// debit that would take the balance below zero, or an unknown account, is a business
+/// refusal (a NO vote, a refused Try, a failed saga step).
 protocol AccountsStore: Sendable {
     var resourceManager: any ResourceManager { get }
     /// Opens an account with a starting balance (a plain local transaction).
@@ -32,6 +33,11 @@ struct Movement {
         self.amount = Int(amount)
     }
 
+    /// A branch's result: the account's balance after the operation.
+    func answer(balance: Int) -> JSONValue {
+        .object(["account": .string(account), "balance": .number(Double(balance))])
+    }
+
     static func insufficient(_ account: String) -> BusinessError {
         BusinessError(code: "insufficient_funds", message: "account \(account) has too little money for this debit")
     }
@@ -41,35 +47,133 @@ struct Movement {
     }
 }
 
+/// The few statements every operation is made of, in one database's SQL, so that the
+/// operations themselves (`registerBankOperations`) are written once for both.
+struct Ledger<Connection>: Sendable {
+    /// Takes the amount from the account and returns the new balance; throws
+    /// `Movement.insufficient` or `Movement.unknown` (changing nothing) otherwise.
+    var debit: @Sendable (Movement, Connection) throws -> Int
+    /// Adds the amount to the account and returns the new balance; throws `Movement.unknown`.
+    var credit: @Sendable (Movement, Connection) throws -> Int
+    /// The account's balance; throws `Movement.unknown`.
+    var balance: @Sendable (_ account: String, Connection) throws -> Int
+    /// Adds the amount to the money held for the account's pending TCC debits (table
+    /// `holds`), or with `release` takes it away.
+    var hold: @Sendable (Movement, Connection) throws -> Void
+    var release: @Sendable (Movement, Connection) throws -> Void
+}
+
+/// A resource manager's three ways of registering operations (2PC, TCC, saga), which the
+/// SQLite and PostgreSQL resource managers share but for the connection type.
+protocol OperationRegistry {
+    associatedtype Connection
+    typealias Body = @Sendable (_ payload: JSONValue?, _ connection: Connection) throws -> JSONValue?
+    func register(_ name: String, _ body: @escaping Body)
+    func register(tcc name: String, try tryBody: @escaping Body, confirm: @escaping Body, cancel: @escaping Body)
+    func register(saga name: String, action: @escaping Body, compensate: @escaping Body)
+}
+
+extension SQLiteResourceManager: OperationRegistry {}
+extension PostgresResourceManager: OperationRegistry {}
+
+extension OperationRegistry {
+    /// Registers `debit` and `credit` for each protocol. Every closure runs in the
+    /// branch's local transaction, behind the barrier for TCC and sagas (so a confirm,
+    /// cancel or compensation runs once, and only after its try or action).
+    ///
+    /// - 2PC: the update itself, made durable by PREPARE and applied at COMMIT.
+    /// - TCC: a debit's try takes the money from the balance into `holds` (refused on
+    ///   insufficient funds), confirm lets the held money go, cancel gives it back. A
+    ///   credit's try only checks the account; confirm credits it, cancel has nothing to
+    ///   undo. So money in flight is never spendable twice nor before it has arrived.
+    /// - Saga: the update is the action; its compensation is the opposite update. The
+    ///   compensation of a credit is refused (and retried by dtxd) while the account
+    ///   lacks the money, which can only happen when the credit is not the last step.
+    func registerBankOperations(_ ledger: Ledger<Connection>) {
+        let debited: Body = { payload, db in
+            let move = try Movement(payload)
+            return move.answer(balance: try ledger.debit(move, db))
+        }
+        let credited: Body = { payload, db in
+            let move = try Movement(payload)
+            return move.answer(balance: try ledger.credit(move, db))
+        }
+        register("debit", debited)
+        register("credit", credited)
+        register(saga: "debit", action: debited, compensate: credited)
+        register(saga: "credit", action: credited, compensate: debited)
+        register(
+            tcc: "debit",
+            try: { payload, db in
+                let move = try Movement(payload)
+                let balance = try ledger.debit(move, db)
+                try ledger.hold(move, db)
+                return move.answer(balance: balance)
+            },
+            confirm: { payload, db in
+                let move = try Movement(payload)
+                try ledger.release(move, db)
+                return nil
+            },
+            cancel: { payload, db in
+                let move = try Movement(payload)
+                try ledger.release(move, db)
+                return move.answer(balance: try ledger.credit(move, db))
+            })
+        register(
+            tcc: "credit",
+            try: { payload, db in
+                let move = try Movement(payload)
+                return move.answer(balance: try ledger.balance(move.account, db))
+            },
+            confirm: credited,
+            cancel: { _, _ in nil })
+    }
+}
+
 struct SQLiteAccounts: AccountsStore {
     let manager: SQLiteResourceManager
     var resourceManager: any ResourceManager { manager }
 
-    static let ddl = "CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, balance INTEGER NOT NULL CHECK (balance >= 0))"
+    static let ddl = [
+        "CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, balance INTEGER NOT NULL CHECK (balance >= 0))",
+        "CREATE TABLE IF NOT EXISTS holds (account TEXT PRIMARY KEY, amount INTEGER NOT NULL CHECK (amount >= 0))",
+    ]
 
-    init(path: String) async throws {
-        manager = try await SQLiteResourceManager(path: path)
-        _ = try await manager.write { try $0.execute(Self.ddl) }
-        manager.register("debit") { payload, db in
-            let move = try Movement(payload)
-            guard try db.execute("UPDATE accounts SET balance = balance - ? WHERE id = ? AND balance >= ?", [.integer(Int64(move.amount)), .text(move.account), .integer(Int64(move.amount))]) == 1 else {
+    static let ledger = Ledger<SQLiteConnection>(
+        debit: { move, db in
+            let amount = SQLiteValue.integer(Int64(move.amount))
+            guard try db.execute("UPDATE accounts SET balance = balance - ? WHERE id = ? AND balance >= ?", [amount, .text(move.account), amount]) == 1 else {
                 throw try db.query("SELECT 1 FROM accounts WHERE id = ?", [.text(move.account)]).isEmpty ? Movement.unknown(move.account) : Movement.insufficient(move.account)
             }
-            return try Self.balance(db, move.account)
-        }
-        manager.register("credit") { payload, db in
-            let move = try Movement(payload)
+            return try Self.balance(move.account, db)
+        },
+        credit: { move, db in
             guard try db.execute("UPDATE accounts SET balance = balance + ? WHERE id = ?", [.integer(Int64(move.amount)), .text(move.account)]) == 1 else {
                 throw Movement.unknown(move.account)
             }
-            return try Self.balance(db, move.account)
+            return try Self.balance(move.account, db)
+        },
+        balance: { try Self.balance($0, $1) },
+        hold: { move, db in
+            _ = try db.execute("INSERT INTO holds (account, amount) VALUES (?, ?) ON CONFLICT (account) DO UPDATE SET amount = amount + excluded.amount",
+                               [.text(move.account), .integer(Int64(move.amount))])
+        },
+        release: { move, db in
+            _ = try db.execute("UPDATE holds SET amount = amount - ? WHERE account = ?", [.integer(Int64(move.amount)), .text(move.account)])
+        })
+
+    private static func balance(_ account: String, _ db: SQLiteConnection) throws -> Int {
+        guard let balance = try db.query("SELECT balance FROM accounts WHERE id = ?", [.text(account)]).first?["balance"]?.integerValue else {
+            throw Movement.unknown(account)
         }
+        return Int(balance)
     }
 
-    private static func balance(_ db: SQLiteConnection, _ account: String) throws -> JSONValue {
-        let balance = try db.query("SELECT balance FROM accounts WHERE id = ?", [.text(account)]).first?["balance"]
-        if case .integer(let value)? = balance { return .object(["account": .string(account), "balance": .number(Double(value))]) }
-        return .object(["account": .string(account)])
+    init(path: String) async throws {
+        manager = try await SQLiteResourceManager(path: path)
+        _ = try await manager.write { db in try Self.ddl.forEach { _ = try db.execute($0) } }
+        manager.registerBankOperations(Self.ledger)
     }
 
     func open(_ id: String, balance: Int) async throws {
@@ -77,16 +181,7 @@ struct SQLiteAccounts: AccountsStore {
     }
 
     func move(_ movement: Movement, debit: Bool) async throws -> Int {
-        try await manager.write { db in
-            let sql = debit ? "UPDATE accounts SET balance = balance - ? WHERE id = ? AND balance >= ?" : "UPDATE accounts SET balance = balance + ? WHERE id = ?"
-            let amount = SQLiteValue.integer(Int64(movement.amount))
-            let parameters: [SQLiteValue] = debit ? [amount, .text(movement.account), amount] : [amount, .text(movement.account)]
-            guard try db.execute(sql, parameters) == 1 else {
-                throw try db.query("SELECT 1 FROM accounts WHERE id = ?", [.text(movement.account)]).isEmpty ? Movement.unknown(movement.account) : Movement.insufficient(movement.account)
-            }
-            guard case .integer(let balance)? = try db.query("SELECT balance FROM accounts WHERE id = ?", [.text(movement.account)]).first?["balance"] else { return 0 }
-            return Int(balance)
-        }
+        try await manager.write { try (debit ? Self.ledger.debit : Self.ledger.credit)(movement, $0) }
     }
 
     func accounts() async throws -> [(id: String, balance: Int)] {
@@ -104,26 +199,43 @@ struct PostgresAccounts: AccountsStore {
     let manager: PostgresResourceManager
     var resourceManager: any ResourceManager { manager }
 
-    static let ddl = "CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, balance BIGINT NOT NULL CHECK (balance >= 0))"
+    static let ddl = [
+        "CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, balance BIGINT NOT NULL CHECK (balance >= 0))",
+        "CREATE TABLE IF NOT EXISTS holds (account TEXT PRIMARY KEY, amount BIGINT NOT NULL CHECK (amount >= 0))",
+    ]
 
-    init(pool: PostgresPool, prefix: String, logger: Logger) async throws {
-        self.pool = pool
-        manager = try await PostgresResourceManager(pool: pool, prefix: prefix, logger: logger)
-        _ = try await pool.withConnection { try $0.execute(Self.ddl) }
-        manager.register("debit") { payload, db in
-            let move = try Movement(payload)
+    static let ledger = Ledger<PostgresConnection>(
+        debit: { move, db in
             let updated = try db.execute("UPDATE accounts SET balance = balance - $1 WHERE id = $2 AND balance >= $1 RETURNING balance", [.int(move.amount), .text(move.account)])
             guard let balance = try updated.rows.first?.int("balance") else {
                 throw try db.execute("SELECT 1 FROM accounts WHERE id = $1", [.text(move.account)]).rows.isEmpty ? Movement.unknown(move.account) : Movement.insufficient(move.account)
             }
-            return .object(["account": .string(move.account), "balance": .number(Double(balance))])
-        }
-        manager.register("credit") { payload, db in
-            let move = try Movement(payload)
+            return balance
+        },
+        credit: { move, db in
             let updated = try db.execute("UPDATE accounts SET balance = balance + $1 WHERE id = $2 RETURNING balance", [.int(move.amount), .text(move.account)])
             guard let balance = try updated.rows.first?.int("balance") else { throw Movement.unknown(move.account) }
-            return .object(["account": .string(move.account), "balance": .number(Double(balance))])
-        }
+            return balance
+        },
+        balance: { account, db in
+            guard let balance = try db.execute("SELECT balance FROM accounts WHERE id = $1", [.text(account)]).rows.first?.int("balance") else {
+                throw Movement.unknown(account)
+            }
+            return balance
+        },
+        hold: { move, db in
+            _ = try db.execute("INSERT INTO holds (account, amount) VALUES ($1, $2) ON CONFLICT (account) DO UPDATE SET amount = holds.amount + excluded.amount",
+                               [.text(move.account), .int(move.amount)])
+        },
+        release: { move, db in
+            _ = try db.execute("UPDATE holds SET amount = amount - $1 WHERE account = $2", [.int(move.amount), .text(move.account)])
+        })
+
+    init(pool: PostgresPool, prefix: String, logger: Logger) async throws {
+        self.pool = pool
+        manager = try await PostgresResourceManager(pool: pool, prefix: prefix, logger: logger)
+        _ = try await pool.withConnection { db in try Self.ddl.forEach { _ = try db.execute($0) } }
+        manager.registerBankOperations(Self.ledger)
     }
 
     func open(_ id: String, balance: Int) async throws {
@@ -131,13 +243,7 @@ struct PostgresAccounts: AccountsStore {
     }
 
     func move(_ movement: Movement, debit: Bool) async throws -> Int {
-        try await pool.withConnection { db in
-            let sql = debit ? "UPDATE accounts SET balance = balance - $1 WHERE id = $2 AND balance >= $1 RETURNING balance" : "UPDATE accounts SET balance = balance + $1 WHERE id = $2 RETURNING balance"
-            guard let balance = try db.execute(sql, [.int(movement.amount), .text(movement.account)]).rows.first?.int("balance") else {
-                throw try db.execute("SELECT 1 FROM accounts WHERE id = $1", [.text(movement.account)]).rows.isEmpty ? Movement.unknown(movement.account) : Movement.insufficient(movement.account)
-            }
-            return balance
-        }
+        try await pool.withConnection { try (debit ? Self.ledger.debit : Self.ledger.credit)(movement, $0) }
     }
 
     func accounts() async throws -> [(id: String, balance: Int)] {

@@ -9,7 +9,7 @@ import Logging
 
 /// `accounts-service`: a bank's accounts in one database (SQLite or PostgreSQL), taking
 /// part in dtx transactions as a participant: it registers with dtxd at start and serves
-/// the `debit` and `credit` branch operations.
+/// the `debit` and `credit` branch operations in 2PC, TCC and sagas.
 @main
 struct AccountsService: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -25,7 +25,9 @@ struct AccountsService: AsyncParsableCommand {
         {"id": ..., "balance": cents} opens an account; POST /accounts/ID/debit and \\
         /credit {"amount": cents} move money in a plain local transaction, outside any \\
         global transaction (what an application without a coordinator would call); the \\
-        participant protocol is under /dtx/2pc/. Failpoints for crash tests: DTX_PARTICIPANT_FAILPOINTS (see \\
+        participant protocol is under /dtx/2pc/, /dtx/tcc/ and /dtx/saga/, where debit \\
+        and credit are operations of each protocol (a TCC debit holds the money in the \\
+        holds table from its try until its confirm or cancel). Failpoints for crash tests: DTX_PARTICIPANT_FAILPOINTS (see \\
         memory-participant --help) and PUT /test/failpoints.
         """
     )

@@ -5,16 +5,30 @@ import DTXCore
 import Foundation
 import NIOCore
 
-/// Submit-and-wait 2PC transactions through a real dtxd to no-op participant processes on
-/// loopback, against — in the same run — a bare HTTP round trip to one participant (the
-/// ceiling: a transaction costs a submit plus two round trips per participant).
-struct TwoPhaseBench: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "2pc",
-        abstract: "Committed 2PC transactions/s, latency and coordinator fsyncs per transaction, vs a bare HTTP round trip."
-    )
+/// `dtx-bench 2pc`, `saga` and `tcc`: one command per protocol, the same measurements
+/// (`ProtocolBench`). A type per protocol only because each subcommand needs its own.
+struct ProtocolBenchCommand<Kind: BenchedProtocol>: AsyncParsableCommand {
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(
+            commandName: Kind.transactionProtocol.rawValue,
+            abstract: "Committed \(Kind.transactionProtocol.rawValue) transactions/s, latency and coordinator fsyncs per transaction, vs a bare HTTP round trip."
+        )
+    }
 
-    @Option(help: "Number of no-op participant processes (each transaction has one branch on each).")
+    @OptionGroup var options: ProtocolBenchOptions
+
+    func run() async throws {
+        try await ProtocolBench(transactionProtocol: Kind.transactionProtocol, options: options).run()
+    }
+}
+
+protocol BenchedProtocol { static var transactionProtocol: TransactionProtocol { get } }
+enum TwoPhaseBench: BenchedProtocol { static let transactionProtocol = TransactionProtocol.twoPhaseCommit }
+enum SagaBench: BenchedProtocol { static let transactionProtocol = TransactionProtocol.saga }
+enum TCCBench: BenchedProtocol { static let transactionProtocol = TransactionProtocol.tcc }
+
+struct ProtocolBenchOptions: ParsableArguments {
+    @Option(help: "Number of no-op participant processes (each transaction has one branch, or saga step, on each).")
     var participants: Int = 2
 
     @Option(help: "Resource managers: 'memory' (no-op participants) or 'sqlite,postgres' (bank transfers between a SQLite and a PostgreSQL accounts service, against the same updates as plain local transactions).")
@@ -37,6 +51,25 @@ struct TwoPhaseBench: AsyncParsableCommand {
 
     @Option(name: .customLong("participant-threads"), help: "Event-loop threads of each participant (DTX_PARTICIPANT_THREADS).")
     var participantThreads: Int = 1
+
+    func validate() throws {
+        guard ["memory", "sqlite,postgres"].contains(rm) else { throw ValidationError("--rm takes memory or sqlite,postgres") }
+        guard (1...16).contains(participants) else { throw ValidationError("--participants must be 1 to 16") }
+        guard (1...64).contains(dtxdThreads), (1...64).contains(participantThreads) else { throw ValidationError("--dtxd-threads and --participant-threads must be 1 to 64") }
+        guard duration > 0, warmup >= 0 else { throw ValidationError("--duration must be above 0 and --warmup 0 or more") }
+        guard !levels.isEmpty, levels.allSatisfy({ (1...1024).contains($0) }) else { throw ValidationError("--concurrency takes numbers from 1 to 1024, e.g. 1,16,64") }
+    }
+
+    var levels: [Int] { concurrency.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+}
+
+/// Submit-and-wait transactions of one protocol through a real dtxd to no-op participant
+/// processes on loopback, against — in the same run — a bare HTTP round trip to one
+/// participant (the ceiling: a transaction costs a submit plus one or two round trips
+/// per participant: prepare + commit, try + confirm, or one action per step).
+struct ProtocolBench {
+    var transactionProtocol: TransactionProtocol
+    var options: ProtocolBenchOptions
 
     struct Run: Codable {
         var concurrency: Int
@@ -68,83 +101,84 @@ struct TwoPhaseBench: AsyncParsableCommand {
     }
 
     struct Report: Codable {
-        var benchmark = "2pc"
+        var benchmark: String
         var machine: Machine
         var participants: Int
         var dtxdThreads: Int
         var participantThreads: Int
         var durationSeconds: Double
         var committed: [Run]
-        /// Transactions where one participant votes no.
+        /// Transactions whose last branch refuses (`abortedCase`).
         var aborted: Run
+        var abortedCase: String
 
         enum CodingKeys: String, CodingKey {
             case benchmark, machine, participants, committed, aborted
             case dtxdThreads = "dtxd_threads"
             case participantThreads = "participant_threads"
             case durationSeconds = "duration_s"
+            case abortedCase = "aborted_case"
         }
     }
 
-    func validate() throws {
-        guard ["memory", "sqlite,postgres"].contains(rm) else { throw ValidationError("--rm takes memory or sqlite,postgres") }
-        guard (1...16).contains(participants) else { throw ValidationError("--participants must be 1 to 16") }
-        guard (1...64).contains(dtxdThreads), (1...64).contains(participantThreads) else { throw ValidationError("--dtxd-threads and --participant-threads must be 1 to 64") }
-        guard duration > 0, warmup >= 0 else { throw ValidationError("--duration must be above 0 and --warmup 0 or more") }
-        guard !levels.isEmpty, levels.allSatisfy({ (1...1024).contains($0) }) else { throw ValidationError("--concurrency takes numbers from 1 to 1024, e.g. 1,16,64") }
+    /// What the aborted run measures: the last branch's payload is `{"vote": "no"}`.
+    private var abortedCase: String {
+        switch transactionProtocol {
+        case .saga: "the last step's action is refused; the steps before it are compensated"
+        case .tcc: "one Try is refused; every branch is cancelled"
+        default: "one participant votes no; the others are rolled back"
+        }
     }
-
-    private var levels: [Int] { concurrency.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
 
     func run() async throws {
-        if rm == "sqlite,postgres" {
-            let bank = BankBench(concurrency: levels, duration: duration, warmup: warmup, dtxdThreads: dtxdThreads, participantThreads: participantThreads, processes: BenchProcesses())
-            try await bank.run(json: json)
+        let processes = BenchProcesses()
+        if options.rm == "sqlite,postgres" {
+            let bank = BankBench(transactionProtocol: transactionProtocol, concurrency: options.levels, duration: options.duration, warmup: options.warmup,
+                                 dtxdThreads: options.dtxdThreads, participantThreads: options.participantThreads, processes: processes)
+            try await bank.run(json: options.json)
             return
         }
-        let directory = NSTemporaryDirectory() + "dtx-bench-2pc-\(getpid())"
+        let directory = NSTemporaryDirectory() + "dtx-bench-\(transactionProtocol.rawValue)-\(getpid())"
         try? FileManager.default.removeItem(atPath: directory)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let processes = BenchProcesses()
         defer {
             processes.stopAll()
             try? FileManager.default.removeItem(atPath: directory)
         }
 
-        let (daemon, daemonURL) = try processes.start("dtxd", ["--data-dir", directory + "/data", "--listen", "127.0.0.1:0", "--log-level", "error"], environment: ["DTXD_THREADS": String(dtxdThreads)], marker: "dtxd listening on ")
+        let (daemon, daemonURL) = try processes.start("dtxd", ["--data-dir", directory + "/data", "--listen", "127.0.0.1:0", "--log-level", "error"], environment: ["DTXD_THREADS": String(options.dtxdThreads)], marker: "dtxd listening on ")
         var participantURLs: [String] = []
         var participantPIDs: [Int32] = []
-        for index in 0..<participants {
+        for index in 0..<options.participants {
             let (process, url) = try processes.start("memory-participant", ["--name", "p\(index)", "--coordinator", daemonURL, "--listen", "127.0.0.1:0", "--log-level", "error", "--heartbeat", "5", "--recovery-interval", "60"],
-                                                  environment: ["DTX_PARTICIPANT_THREADS": String(participantThreads)], marker: "memory-participant p\(index) listening on ")
+                                                  environment: ["DTX_PARTICIPANT_THREADS": String(options.participantThreads)], marker: "memory-participant p\(index) listening on ")
             participantPIDs.append(process.processIdentifier)
             participantURLs.append(url)
         }
 
-        var configuration = HTTPClient.Configuration()
-        configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 1024
-        let http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
-        try await waitForRegistrations(http, daemonURL, count: participants)
+        let http = benchHTTPClient()
+        try await waitForRegistrations(http, daemonURL, count: options.participants)
 
         let machine = Machine.current()
-        print("2pc: \(participants) no-op participants, \(duration)s per run, \(machine.cpus) cpus, \(machine.build) build, event-loop threads: dtxd \(dtxdThreads), participants \(participantThreads)")
+        print("\(transactionProtocol.rawValue): \(options.participants) no-op participants, \(options.duration)s per run, \(machine.cpus) cpus, \(machine.build) build, event-loop threads: dtxd \(options.dtxdThreads), participants \(options.participantThreads)")
         print("  conc       tx/s    p50 ms    p99 ms   fsync/tx  forced/tx    bare rt/s    ratio   cpu µs/tx: dtxd  participants  client")
         var runs: [Run] = []
         let pids = CPUPids(daemon: daemon.processIdentifier, participants: participantPIDs)
-        for level in levels {
+        for level in options.levels {
             let bare = try await measureBare(http, participantURLs[0], concurrency: level)
-            var run = try await measureTransactions(http, daemonURL, pids, concurrency: level, voteNo: false)
+            var run = try await measureTransactions(http, daemonURL, pids, concurrency: level, refused: false)
             run.bareRoundTripsPerSecond = bare
             runs.append(run)
             printRun(run)
         }
-        let aborted = try await measureTransactions(http, daemonURL, pids, concurrency: levels.max() ?? 16, voteNo: true)
-        print("aborted (one participant votes no):")
+        let aborted = try await measureTransactions(http, daemonURL, pids, concurrency: options.levels.max() ?? 16, refused: true)
+        print("aborted (\(abortedCase)):")
         printRun(aborted)
 
         try await http.shutdown()
-        if let json {
-            try writeJSON(Report(machine: machine, participants: participants, dtxdThreads: dtxdThreads, participantThreads: participantThreads, durationSeconds: duration, committed: runs, aborted: aborted), to: json)
+        if let json = options.json {
+            try writeJSON(Report(benchmark: transactionProtocol.rawValue, machine: machine, participants: options.participants, dtxdThreads: options.dtxdThreads,
+                                 participantThreads: options.participantThreads, durationSeconds: options.duration, committed: runs, aborted: aborted, abortedCase: abortedCase), to: json)
             print("wrote \(json)")
         }
     }
@@ -159,17 +193,19 @@ struct TwoPhaseBench: AsyncParsableCommand {
 
     // MARK: Measurements
 
-    private func measureTransactions(_ http: HTTPClient, _ daemonURL: String, _ pids: CPUPids, concurrency: Int, voteNo: Bool) async throws -> Run {
-        let branches = (0..<participants).map { index in
-            BranchSpec(participant: "p\(index)", operation: "noop", payload: voteNo && index == 0 ? .object(["vote": .string("no")]) : nil)
+    private func measureTransactions(_ http: HTTPClient, _ daemonURL: String, _ pids: CPUPids, concurrency: Int, refused: Bool) async throws -> Run {
+        let last = options.participants - 1
+        let branches = (0..<options.participants).map { index in
+            BranchSpec(participant: "p\(index)", operation: "noop", payload: refused && index == last ? .object(["vote": .string("no")]) : nil)
         }
-        let body = try JSONEncoder().encode(TransactionSubmission(protocol: .twoPhaseCommit, branches: branches, timeout: 30, wait: true))
-        let expected = voteNo ? "aborted" : "committed"
-        _ = try await load(concurrency: concurrency, seconds: warmup) { try await self.submit(http, daemonURL, body, expected: expected) }
+        let body = try JSONEncoder().encode(TransactionSubmission(protocol: transactionProtocol, branches: branches, timeout: 30, wait: true))
+        let expected = refused ? "aborted" : "committed"
+        let submit: @Sendable () async throws -> Bool = { try await submitTransaction(http, daemonURL, body, expected: expected) }
+        _ = try await load(concurrency: concurrency, seconds: options.warmup, submit)
         let fsyncsBefore = try await metric(http, daemonURL, "dtx_log_fsyncs")
         let forcedBefore = try await metric(http, daemonURL, "dtx_log_forced_appends")
         let cpuBefore = pids.sample()
-        let result = try await load(concurrency: concurrency, seconds: duration) { try await self.submit(http, daemonURL, body, expected: expected) }
+        let result = try await load(concurrency: concurrency, seconds: options.duration, submit)
         let cpuAfter = pids.sample()
         let fsyncs = try await metric(http, daemonURL, "dtx_log_fsyncs") - fsyncsBefore
         let forced = try await metric(http, daemonURL, "dtx_log_forced_appends") - forcedBefore
@@ -209,18 +245,6 @@ struct TwoPhaseBench: AsyncParsableCommand {
         }
     }
 
-    private func submit(_ http: HTTPClient, _ daemonURL: String, _ body: Data, expected: String) async throws -> Bool {
-        var request = HTTPClientRequest(url: daemonURL + "/v1/transactions")
-        request.method = .POST
-        request.headers.add(name: "Content-Type", value: "application/json")
-        request.body = .bytes(ByteBuffer(bytes: body))
-        let response = try await http.execute(request, timeout: .seconds(60))
-        let answer = try await response.body.collect(upTo: 1 << 20)
-        guard response.status.code == 201 else { return false }
-        // Only the status matters: look for it without decoding the whole view.
-        return String(buffer: answer).contains("\"status\":\"\(expected)\"")
-    }
-
     /// A bare HTTP round trip to one participant: ROLLBACK of a branch it never saw (a no-op 200).
     private func measureBare(_ http: HTTPClient, _ participantURL: String, concurrency: Int) async throws -> Double {
         let body = Data(#"{"gid":"bench-bare","branch":0,"operation":"noop"}"#.utf8)
@@ -233,9 +257,8 @@ struct TwoPhaseBench: AsyncParsableCommand {
             _ = try await response.body.collect(upTo: 1 << 20)
             return response.status.code == 200
         }
-        _ = try await load(concurrency: concurrency, seconds: warmup, call)
-        let result = try await load(concurrency: concurrency, seconds: duration, call)
+        _ = try await load(concurrency: concurrency, seconds: options.warmup, call)
+        let result = try await load(concurrency: concurrency, seconds: options.duration, call)
         return Double(result.successes) / result.elapsed
     }
-
 }
