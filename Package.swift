@@ -82,6 +82,7 @@ let package = Package(
             name: "DTXParticipant",
             dependencies: [
                 "DTXAPI", "DTXClient",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -174,6 +175,55 @@ let package = Package(
             path: "Examples/BankTransfer/Transfer"
         ),
 
+        // The small SQLite-or-PostgreSQL adapter the TravelSaga and OrderTCC services share.
+        .target(
+            name: "ExampleDatabase",
+            dependencies: ["DTXParticipant", "DTXSQLite", "DTXPostgres", "DTXCore", .product(name: "Logging", package: "swift-log")],
+            path: "Examples/Shared/ExampleDatabase"
+        ),
+
+        // The travel-saga example: one travel service (flight, hotel or car, on SQLite or
+        // PostgreSQL) and a client that books a trip across the three as a saga.
+        .executableTarget(
+            name: "travel-service",
+            dependencies: [
+                "ExampleDatabase", "DTXParticipant", "DTXSQLite", "DTXPostgres", "DTXAPI", "DTXCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Examples/TravelSaga/TravelService"
+        ),
+        .executableTarget(
+            name: "book-trip",
+            dependencies: [
+                "DTXClient", "DTXAPI", "DTXCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Examples/TravelSaga/BookTrip"
+        ),
+
+        // The order TCC example: an inventory or payment service (SQLite or PostgreSQL)
+        // and a client that places an order across both with TCC.
+        .executableTarget(
+            name: "order-service",
+            dependencies: [
+                "ExampleDatabase", "DTXParticipant", "DTXSQLite", "DTXPostgres", "DTXAPI", "DTXCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Examples/OrderTCC/OrderService"
+        ),
+        .executableTarget(
+            name: "place-order",
+            dependencies: [
+                "DTXClient", "DTXAPI", "DTXCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Examples/OrderTCC/PlaceOrder"
+        ),
+
         .target(name: "DTXTestSupport", path: "Tests/DTXTestSupport"),
         .testTarget(name: "DTXCoreTests", dependencies: ["DTXCore"]),
         .testTarget(name: "DTXAPITests", dependencies: ["DTXAPI", "DTXCore"]),
@@ -192,7 +242,7 @@ let package = Package(
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["DTXLog", "DTXAPI", "DTXClient", "DTXTestSupport", "dtxd", "dtx", "wal-crash-writer", "memory-participant", "accounts-service", "transfer", "DTXSQLite", "DTXParticipant"]
+            dependencies: ["DTXLog", "DTXAPI", "DTXClient", "DTXTestSupport", "dtxd", "dtx", "wal-crash-writer", "memory-participant", "accounts-service", "transfer", "travel-service", "book-trip", "order-service", "place-order", "DTXSQLite", "DTXParticipant"]
         ),
     ],
     swiftLanguageModes: [.v6]
