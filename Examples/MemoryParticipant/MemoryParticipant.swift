@@ -7,7 +7,7 @@ import NIOCore
 import NIOPosix
 
 /// `memory-participant`: a participant service on the participant kit with a no-op,
-/// optionally journalled resource manager (2PC, TCC and sagas), and failpoints that tests arm to make it
+/// optionally journalled resource manager (2PC, 3PC, TCC and sagas), and failpoints that tests arm to make it
 /// vote no, fail, stall or crash at chosen points.
 @main
 struct MemoryParticipant: AsyncParsableCommand {
@@ -20,16 +20,20 @@ struct MemoryParticipant: AsyncParsableCommand {
         'memory-participant NAME listening on http://HOST:PORT', then registers with \
         the coordinator (retrying until it answers) and keeps the registration alive.
 
-        It serves 2PC, TCC (POST /dtx/tcc/try, /confirm, /cancel) and sagas (POST \
-        /dtx/saga/action, /compensate); TCC and saga phases are no-ops behind the \
-        branch barrier (idempotent, null compensation, no hanging). A branch's payload \
+        It serves 2PC, 3PC (POST /dtx/3pc/can_commit, /pre_commit, /do_commit, \
+        /rollback and GET /dtx/state, with timers and the termination protocol), TCC \
+        (POST /dtx/tcc/try, /confirm, /cancel) and sagas (POST /dtx/saga/action, \
+        /compensate); TCC and saga phases are no-ops behind the branch barrier \
+        (idempotent, null compensation, no hanging). A branch's payload \
         steers its vote: {"vote": "no"} refuses a prepare, a try or an action; \
         {"readOnly": true} votes read-only.
 
         Failpoints (env DTX_PARTICIPANT_FAILPOINTS, e.g. "prepare=no,commit=unavailable", \
         or at run time: PUT /test/failpoints {"name": ..., "action": ...}, DELETE \
         /test/failpoints to clear). Names: prepare, commit, rollback, commit_one_phase, \
-        try, confirm, cancel, action, compensate (when that request arrives), \
+        try, confirm, cancel, action, compensate, can_commit, pre_commit, do_commit \
+        (when that request arrives), before-can-commit and after-can-commit (around \
+        3PC's prepare, w), before-pre-commit and after-pre-commit (around recording p), \
         after-prepare (once the prepare is durable, before answering), before-commit \
         (before any commit, including one-phase and recovery), before-PHASE and \
         after-PHASE for each TCC or saga phase (before its work; once its work is \
@@ -66,6 +70,9 @@ struct MemoryParticipant: AsyncParsableCommand {
     @Option(name: .customLong("recovery-interval"), help: "Seconds between in-doubt recovery passes. (env DTX_PARTICIPANT_RECOVERY_INTERVAL, default 5)")
     var recoveryInterval: Double?
 
+    @Option(name: .customLong("three-phase-timeout"), help: "3PC: seconds a branch waits for the next message before it acts alone (q: abort; w, p: termination). (env DTX_PARTICIPANT_3PC_TIMEOUT, default 5)")
+    var threePhaseTimeout: Double?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (env DTX_PARTICIPANT_LOG_LEVEL, default info)")
     var logLevel: String?
 
@@ -95,9 +102,11 @@ struct MemoryParticipant: AsyncParsableCommand {
         }
         let heartbeatInterval: Duration
         let recoveryInterval: Duration
+        let threePhaseTimeout: Duration
         do {
             heartbeatInterval = try ParticipantHost.seconds(heartbeat, variable: "DTX_PARTICIPANT_HEARTBEAT", flag: "--heartbeat")
             recoveryInterval = try ParticipantHost.seconds(self.recoveryInterval, variable: "DTX_PARTICIPANT_RECOVERY_INTERVAL", flag: "--recovery-interval")
+            threePhaseTimeout = try ParticipantHost.seconds(self.threePhaseTimeout, variable: "DTX_PARTICIPANT_3PC_TIMEOUT", flag: "--three-phase-timeout")
         } catch {
             throw ValidationError(error.message)
         }
@@ -132,7 +141,8 @@ struct MemoryParticipant: AsyncParsableCommand {
                     coordinatorToken: coordinatorToken ?? env["DTX_TOKEN"],
                     callbackToken: callbackToken ?? env["DTX_PARTICIPANT_CALLBACK_TOKEN"],
                     heartbeatInterval: heartbeatInterval,
-                    recoveryInterval: recoveryInterval
+                    recoveryInterval: recoveryInterval,
+                    threePhaseTimeout: threePhaseTimeout
                 ),
                 resourceManager: FailpointResourceManager(base: store, failpoints: failpoints),
                 logger: logger

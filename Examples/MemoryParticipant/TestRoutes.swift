@@ -5,10 +5,12 @@ import Foundation
 import Hummingbird
 
 /// Routes for tests: what the resource manager holds (`GET /test/state`:
-/// `{"branches": [{"gid", "branch", "operation", "payload"?, "state", "result"?}],
+/// `{"branches": [{"gid", "branch", "operation", "payload"?, "state", "result"?,
+/// "participants"?, "preCommitted"?}],
 /// "barriers": [{"gid", "branch", "phase", "operation", "payload"?, "digest", "result"?,
 /// "nullCompensation"}]}`, state being `prepared`, `committed` or `rolled_back`, phase
-/// `try`, `confirm`, `cancel`, `action` or `compensate`), the application side of
+/// `try`, `confirm`, `cancel`, `action` or `compensate`; a 3PC branch has `participants`,
+/// and `preCommitted` once in p), the application side of
 /// interactive TCC (`POST /test/tcc-try` with `{"gid", "operation", "payload"?}`: enlists a
 /// branch in the open transaction and runs its Try; 200 `{"branch", "result"?}`, 409 with
 /// the Try's business error, 502 when the coordinator refused or could not be reached),

@@ -95,8 +95,7 @@ public final class Coordinator: Sendable {
             case .twoPhaseCommit: resume(TwoPhaseCommit.self, replayed)
             case .tcc: resume(TryConfirmCancel.self, replayed)
             case .saga: resume(Saga.self, replayed)
-            case .threePhaseCommit:
-                throw CoordinatorError(500, "unsupported_protocol", "the log holds a \(replayed.protocol.rawValue) transaction (\(gid)), which this version cannot run")
+            case .threePhaseCommit: resume(ThreePhaseCommit.self, replayed)
             }
             resumed += 1
         }
@@ -172,8 +171,8 @@ public final class Coordinator: Sendable {
     public func checkpoint() async throws -> WriteAheadLog.CheckpointResult {
         try await log.checkpoint { record in
             if let live = registry.isLive(type: record.type, lsn: record.lsn) { return live }
-            let entry = try LogEntry(type: record.type, payload: record.payload)
-            return table.withLock { $0.driver(entry.gid) != nil }
+            let gid = try LogEntry.gid(type: record.type, payload: record.payload)
+            return table.withLock { $0.driver(gid) != nil }
         }
     }
 
@@ -196,12 +195,11 @@ public final class Coordinator: Sendable {
         } catch {
             throw CoordinatorError(400, "invalid_gid", error.description)
         }
-        guard submission.protocol != .threePhaseCommit else {
-            throw CoordinatorError(422, "unsupported_protocol", "protocol 3pc is not available in this version of dtxd; use 2pc, tcc or saga")
-        }
         let interactive = submission.interactive ?? false
-        if interactive, submission.protocol == .saga {
-            throw CoordinatorError(400, "invalid_submission", "a saga is submitted whole, with its steps; interactive is for 2pc and tcc")
+        if interactive, submission.protocol == .saga || submission.protocol == .threePhaseCommit {
+            // 3PC: CanCommit must list every branch's participant for termination, so the branches are known up front.
+            let what = submission.protocol == .saga ? "a saga is submitted whole, with its steps" : "a 3pc transaction is submitted whole, with its branches"
+            throw CoordinatorError(400, "invalid_submission", "\(what); interactive is for 2pc and tcc")
         }
         let branches = submission.branches ?? []
         if interactive {
@@ -229,7 +227,9 @@ public final class Coordinator: Sendable {
             driver = makeDriver(machine, proto: .tcc, createdAt: Date(), timeout: timeout, spec: spec)
         case .saga:
             driver = makeDriver(Saga(gid: gid, steps: branches), proto: .saga, createdAt: Date(), timeout: timeout, spec: spec)
-        case .twoPhaseCommit, .threePhaseCommit:
+        case .threePhaseCommit:
+            driver = makeDriver(ThreePhaseCommit(gid: gid, branches: branches), proto: .threePhaseCommit, createdAt: Date(), timeout: timeout, spec: spec)
+        case .twoPhaseCommit:
             let machine = interactive ? TwoPhaseCommit(interactive: gid) : TwoPhaseCommit(gid: gid, branches: branches)
             driver = makeDriver(machine, proto: .twoPhaseCommit, createdAt: Date(), timeout: timeout, spec: spec)
         }
@@ -294,6 +294,14 @@ public final class Coordinator: Sendable {
             return OutcomeAnswer(gid: gid, outcome: "aborted")
         }
         return OutcomeAnswer(gid: gid, outcome: driver.outcome(branch: branch))
+    }
+
+    /// What a 3PC participant running termination is told: the coordinator's own state
+    /// (`ThreePhaseCommit.threePhaseState`). An unknown gid is aborted: without its
+    /// pre-commit record nobody can be in p (presumed abort), and an ended one is in the history.
+    public func threePhaseState(gid: String, branch: BranchID?) -> ThreePhaseState {
+        guard let id = try? GlobalTransactionID(validating: gid), let driver = table.withLock({ $0.driver(id) }) else { return .aborted }
+        return driver.threePhaseState(branch: branch)
     }
 
     public func enlist(gid: String, _ request: EnlistRequest) async throws(CoordinatorError) -> EnlistAnswer {

@@ -39,6 +39,8 @@ protocol TransactionDriving: AnyObject, Sendable {
     func view() -> TransactionView
     func summary() -> TransactionSummary
     func outcome(branch: BranchID?) -> String
+    /// 3PC: what a participant running termination is told (see `Coordinator.threePhaseState`).
+    func threePhaseState(branch: BranchID?) -> ThreePhaseState
     func unfinishedBranches(on participant: String) -> Int
     /// Stuck (phase two keeps failing) and in doubt (branches may hold prepared work).
     func health() -> (stuck: Bool, inDoubt: Bool)
@@ -222,7 +224,10 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 case .decision(_, .abort, _), .resolution(_, .abort, _, _, _): isForcedAbortDecision = forced
                 default: isForcedAbortDecision = false
                 }
+                let isPreCommit: Bool
+                if case .preCommit = entry { isPreCommit = true } else { isPreCommit = false }
                 if isCommitDecision { context.failpoints.hit(.beforeCommitDecision) }
+                if isPreCommit { context.failpoints.hit(.beforePreCommitDecision) }
                 let (type, payload) = entry.encoded()
                 do {
                     if forced {
@@ -235,6 +240,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                     return
                 }
                 if isCommitDecision { context.failpoints.hit(.afterCommitDecision) }
+                if isPreCommit { context.failpoints.hit(.afterPreCommitDecision) }
                 if isForcedAbortDecision { context.failpoints.hit(.afterAbortDecision) }
             case let .send(message, id):
                 guard branches.indices.contains(id) else { continue }
@@ -273,10 +279,12 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                                          participants: proto == .threePhaseCommit ? allParticipants : nil)
         let transport = context.transport
         let registry = context.registry
+        let failpoints = context.failpoints
         let proto = proto
         Task {
             let response = await transport.send(message, protocol: proto, request: request, to: endpoint)
             if case .failed = response {} else { registry.touch(endpoint.name) }
+            if message == .preCommit, case .done = response { failpoints.hit(.afterPreCommitAcknowledged) }
             await self.post(.replied(branch.id, message, response))
         }
     }
@@ -450,8 +458,9 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
     func health() -> (stuck: Bool, inDoubt: Bool) {
         state.withLock { s in
-            // Prepared (2PC) and tried (TCC) branches hold resources until they hear the outcome.
-            let inDoubt = !s.finished && (s.decision != nil || s.machine.branches.contains { $0.state == .prepared || $0.state == .tried })
+            // Prepared (2PC, 3PC), pre-committed (3PC) and tried (TCC) branches hold resources until they hear the outcome.
+            let holding: Set<BranchState> = [.prepared, .preCommitted, .tried]
+            let inDoubt = !s.finished && (s.decision != nil || s.machine.branches.contains { holding.contains($0.state) })
             return (isStuck(s), inDoubt)
         }
     }
@@ -466,6 +475,19 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 guard s.machine.branches.indices.contains(branch) else { return "aborted" }
                 let committed: Set<BranchState> = [.committing, .committed]
                 return committed.contains(s.machine.branches[branch].state) ? "committed" : "aborted"
+            }
+        }
+    }
+
+    func threePhaseState(branch: BranchID?) -> ThreePhaseState {
+        state.withLock { s in
+            if let branch, !s.machine.branches.indices.contains(branch) { return .aborted }
+            if let machine = s.machine as? ThreePhaseCommit { return machine.threePhaseState }
+            // Another protocol's gid: only its decision means anything to the asker.
+            switch s.decision {
+            case .commit?: return .committed
+            case .abort?: return .aborted
+            case nil: return .prepared
             }
         }
     }

@@ -14,6 +14,13 @@ public struct Failpoints: Sendable {
         /// saga's compensate, an operator's forced abort) is durable; nothing of it has
         /// been sent. 2PC logs its ordinary abort lazily (presumed abort): not fired there.
         case afterAbortDecision = "after-abort-decision"
+        /// 3PC: every branch voted yes (all are in w), the pre-commit is about to be logged.
+        case beforePreCommitDecision = "before-pre-commit-decision"
+        /// 3PC: the pre-commit is durable; no PRECOMMIT has been sent.
+        case afterPreCommitDecision = "after-pre-commit-decision"
+        /// 3PC: the first participant acknowledged PRECOMMIT (it is in p; the others may
+        /// or may not have received theirs). 3PC's commit decision uses `after-commit-decision`.
+        case afterPreCommitAcknowledged = "after-pre-commit-acknowledged"
     }
 
     private let armed: Set<Point>

@@ -32,6 +32,8 @@ final class FinishedTransaction: TransactionDriving {
         // A completed saga ran every step; a compensated one compensated those that may have run.
         case (.saga, .commit): return .done
         case (.saga, .abort): return targeted ? .compensated : .pending
+        // 3PC has no read-only branches: those outside the targets had committed by termination.
+        case (.threePhaseCommit, .commit): return .committed
         case (_, .commit): return targeted ? .committed : .readOnly
         case (_, .abort): return .rolledBack
         }
@@ -47,8 +49,13 @@ final class FinishedTransaction: TransactionDriving {
 
     func outcome(branch: BranchID?) -> String {
         guard decision == .commit else { return "aborted" }
-        guard let branch else { return "committed" }
+        guard let branch, proto != .threePhaseCommit else { return "committed" }
         return replayed.targets.contains(branch) ? "committed" : "aborted"
+    }
+
+    func threePhaseState(branch: BranchID?) -> ThreePhaseState {
+        if let branch, !replayed.branches.indices.contains(branch) { return .aborted }
+        return decision == .commit ? .committed : .aborted
     }
 
     func view() -> TransactionView {

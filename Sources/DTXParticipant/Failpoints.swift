@@ -28,6 +28,13 @@ public enum FailpointName: String, CaseIterable, Sendable {
     /// has committed, before the answer is sent.
     case afterTry = "after-try", afterConfirm = "after-confirm", afterCancel = "after-cancel"
     case afterAction = "after-action", afterCompensate = "after-compensate"
+    /// When a 3PC CANCOMMIT, PRECOMMIT or DOCOMMIT arrives (3PC's ROLLBACK checks `rollback`).
+    case canCommit = "can_commit", preCommit = "pre_commit", doCommit = "do_commit"
+    /// Before CANCOMMIT's work; once the branch is durably prepared (w), before the vote.
+    case beforeCanCommit = "before-can-commit", afterCanCommit = "after-can-commit"
+    /// Before the pre-commit is recorded; once it is durable (p), before it is acknowledged.
+    /// 3PC's commit (DOCOMMIT or termination) checks `before-commit`.
+    case beforePreCommit = "before-pre-commit", afterPreCommit = "after-pre-commit"
 
     /// The failpoints around the resource manager's work of a TCC or saga phase.
     static func around(_ phase: BarrierPhase) -> (before: FailpointName, after: FailpointName) {
@@ -153,7 +160,8 @@ public final class Failpoints: Sendable {
 }
 
 /// Checks the request-arrival failpoints (`prepare`, `commit`, `rollback`,
-/// `commit_one_phase`, `try`, `confirm`, `cancel`, `action`, `compensate`) before the
+/// `commit_one_phase`, `try`, `confirm`, `cancel`, `action`, `compensate`, `can_commit`,
+/// `pre_commit`, `do_commit`) before the
 /// participant protocol handles a request.
 public struct RequestFailpointMiddleware<Context: RequestContext>: RouterMiddleware {
     let failpoints: Failpoints
@@ -163,10 +171,9 @@ public struct RequestFailpointMiddleware<Context: RequestContext>: RouterMiddlew
     }
 
     public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard let message = ServedMessage(path: request.uri.path) else {
+        guard let name = ServedMessage(path: request.uri.path)?.arrivalFailpoint ?? ThreePhaseMessage(path: request.uri.path)?.arrivalFailpoint else {
             return try await next(request, context)
         }
-        let name = message.arrivalFailpoint
         do {
             try await failpoints.reach(name)
         } catch let error as BusinessError {
@@ -180,19 +187,22 @@ public struct RequestFailpointMiddleware<Context: RequestContext>: RouterMiddlew
 
 /// Checks the failpoints inside a resource manager's work: `after-prepare` and
 /// `before-commit`; and around each TCC and saga phase, `before-<phase>` and
-/// `after-<phase>`. It serves TCC and sagas when `base` does (`servesTCC`,
-/// `servesSagas`).
-public struct FailpointResourceManager: ResourceManager, TCCResourceManager, SagaResourceManager {
+/// `after-<phase>`; around 3PC's CANCOMMIT and pre-commit, `before-can-commit`,
+/// `after-can-commit`, `before-pre-commit` and `after-pre-commit`. It serves TCC, sagas
+/// and 3PC when `base` does (`servesTCC`, `servesSagas`, `servesThreePhaseCommit`).
+public struct FailpointResourceManager: ResourceManager, TCCResourceManager, SagaResourceManager, ThreePhaseResourceManager {
     let base: any ResourceManager
     let failpoints: Failpoints
     private let tcc: (any TCCResourceManager)?
     private let saga: (any SagaResourceManager)?
+    private let threePhase: (any ThreePhaseResourceManager)?
 
     public init(base: any ResourceManager, failpoints: Failpoints) {
         self.base = base
         self.failpoints = failpoints
         tcc = (base as? any TCCResourceManager).flatMap { $0.servesTCC ? $0 : nil }
         saga = (base as? any SagaResourceManager).flatMap { $0.servesSagas ? $0 : nil }
+        threePhase = (base as? any ThreePhaseResourceManager).flatMap { $0.servesThreePhaseCommit ? $0 : nil }
     }
 
     public func prepare(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> PrepareOutcome {
@@ -244,6 +254,38 @@ public struct FailpointResourceManager: ResourceManager, TCCResourceManager, Sag
         try await aroundSaga(.compensate, branch) { try await $0.compensate(branch, operation: operation, payload: payload) }
     }
 
+    // MARK: 3PC
+
+    public var servesThreePhaseCommit: Bool { threePhase != nil }
+
+    public func canCommit(_ branch: BranchRef, operation: String, payload: JSONValue?, participants: [ThreePhasePeer]) async throws -> JSONValue? {
+        let base = try threePhaseBase()
+        try await failpoints.reach(.beforeCanCommit, branch: branch)
+        let result = try await base.canCommit(branch, operation: operation, payload: payload, participants: participants)
+        try await failpoints.reach(.afterCanCommit, branch: branch)
+        return result
+    }
+
+    public func preCommit(_ branch: BranchRef) async throws {
+        let base = try threePhaseBase()
+        try await failpoints.reach(.beforePreCommit, branch: branch)
+        try await base.preCommit(branch)
+        try await failpoints.reach(.afterPreCommit, branch: branch)
+    }
+
+    public func threePhaseBranch(_ branch: BranchRef) async throws -> ThreePhaseBranchRecord? {
+        try await threePhaseBase().threePhaseBranch(branch)
+    }
+
+    public func unfinishedThreePhaseBranches() async throws -> [ThreePhaseBranchRecord] {
+        try await threePhaseBase().unfinishedThreePhaseBranches()
+    }
+
+    private func threePhaseBase() throws -> any ThreePhaseResourceManager {
+        guard let threePhase else { throw ProtocolNotServed(transactionProtocol: .threePhaseCommit) }
+        return threePhase
+    }
+
     private func aroundTCC(_ phase: BarrierPhase, _ branch: BranchRef, _ work: (any TCCResourceManager) async throws -> JSONValue?) async throws -> JSONValue? {
         guard let tcc else { throw ProtocolNotServed(transactionProtocol: .tcc) }
         let points = FailpointName.around(phase)
@@ -268,7 +310,13 @@ public struct ProtocolNotServed: Error, Sendable, Equatable, CustomStringConvert
     public var transactionProtocol: TransactionProtocol
 
     public var description: String {
-        "this participant does not serve \(transactionProtocol.rawValue): its resource manager does not implement \(transactionProtocol == .tcc ? "TCCResourceManager" : "SagaResourceManager")"
+        let requirement: String
+        switch transactionProtocol {
+        case .tcc: requirement = "TCCResourceManager"
+        case .saga: requirement = "SagaResourceManager"
+        default: requirement = "ThreePhaseResourceManager"
+        }
+        return "this participant does not serve \(transactionProtocol.rawValue): its resource manager does not implement \(requirement)"
     }
 }
 

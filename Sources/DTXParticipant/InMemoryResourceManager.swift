@@ -15,6 +15,10 @@ import Synchronization
 /// it is refused. `{"vote": "no"}` in the payload refuses a try or an action (nothing is
 /// recorded).
 ///
+/// It serves 3PC (`ThreePhaseResourceManager`): CANCOMMIT prepares like PREPARE (there
+/// is no read-only vote) and records the transaction's participants; the pre-commit is
+/// a mark on the prepared record. 3PC branches are left out of `inDoubt()`.
+///
 /// Without a journal everything lives in memory and operations are cheap. With a
 /// journal every state change is written to the file durably (written to a temporary
 /// file, fsynced, renamed over the journal, directory fsynced) before the operation
@@ -26,7 +30,7 @@ import Synchronization
 /// branches are remembered (to answer duplicate messages); prepared branches are
 /// always kept. Likewise the barrier records of the newest `retainedDecisions` TCC or
 /// saga branches.
-public final class InMemoryResourceManager: ResourceManager, BarrierResourceManager {
+public final class InMemoryResourceManager: ResourceManager, BarrierResourceManager, ThreePhaseResourceManager {
     /// What the resource manager knows about one branch.
     public struct BranchRecord: Codable, Sendable, Equatable {
         public enum State: String, Codable, Sendable {
@@ -46,6 +50,10 @@ public final class InMemoryResourceManager: ResourceManager, BarrierResourceMana
         /// for records of a journal written before digests were kept (a repeated PREPARE
         /// is then accepted as a duplicate, as it was).
         public var digest: String?
+        /// 3PC: every branch's participant, from CANCOMMIT; nil for a 2PC branch.
+        public var participants: [ThreePhasePeer]?
+        /// 3PC: the prepared branch is pre-committed (p).
+        public var preCommitted: Bool?
 
         public var ref: BranchRef { BranchRef(gid: gid, branch: branch) }
 
@@ -98,6 +106,11 @@ public final class InMemoryResourceManager: ResourceManager, BarrierResourceMana
     }
 
     public func prepare(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> PrepareOutcome {
+        try await prepare(branch, operation: operation, payload: payload, participants: nil)
+    }
+
+    /// PREPARE, or with `participants` 3PC's CANCOMMIT (which has no read-only vote).
+    private func prepare(_ branch: BranchRef, operation: String, payload: JSONValue?, participants: [ThreePhasePeer]?) async throws -> PrepareOutcome {
         let result = result(of: operation)
         let digest = BranchDigest.of(operation: operation, payload: payload)
         return try await apply { ledger in
@@ -110,8 +123,9 @@ public final class InMemoryResourceManager: ResourceManager, BarrierResourceMana
                 }
             }
             try Self.checkVote(payload)
-            if payload?["readOnly"] == .bool(true) { return .readOnly(result: result) }
-            ledger.record(BranchRecord(gid: branch.gid, branch: branch.branch, operation: operation, payload: payload, state: .prepared, result: result, digest: digest))
+            if participants == nil, payload?["readOnly"] == .bool(true) { return .readOnly(result: result) }
+            ledger.record(BranchRecord(gid: branch.gid, branch: branch.branch, operation: operation, payload: payload, state: .prepared, result: result, digest: digest,
+                                       participants: participants))
             return .prepared(result: result)
         }
     }
@@ -170,7 +184,51 @@ public final class InMemoryResourceManager: ResourceManager, BarrierResourceMana
     }
 
     public func inDoubt() async throws -> [BranchRef] {
-        ledger.withLock { ledger in ledger.branches.values.filter { $0.state == .prepared }.map(\.ref) }
+        ledger.withLock { ledger in ledger.branches.values.filter { $0.state == .prepared && $0.participants == nil }.map(\.ref) }
+    }
+
+    // MARK: 3PC
+
+    public func canCommit(_ branch: BranchRef, operation: String, payload: JSONValue?, participants: [ThreePhasePeer]) async throws -> JSONValue? {
+        switch try await prepare(branch, operation: operation, payload: payload, participants: participants) {
+        case let .prepared(result), let .readOnly(result): return result
+        }
+    }
+
+    public func preCommit(_ branch: BranchRef) async throws {
+        try await apply { ledger in
+            guard var record = ledger.branches[branch] else {
+                throw BusinessError(code: "unknown_branch", message: "no record of branch \(branch): it was never prepared here")
+            }
+            switch record.state {
+            case .committed: return
+            case .rolledBack: throw BusinessError(code: "already_rolled_back", message: "branch \(branch) was already rolled back; it cannot pre-commit")
+            case .prepared:
+                guard record.preCommitted != true else { return }
+                record.preCommitted = true
+                ledger.record(record)
+            }
+        }
+    }
+
+    public func threePhaseBranch(_ branch: BranchRef) async throws -> ThreePhaseBranchRecord? {
+        ledger.withLock { $0.branches[branch] }.map(Self.threePhaseRecord)
+    }
+
+    public func unfinishedThreePhaseBranches() async throws -> [ThreePhaseBranchRecord] {
+        ledger.withLock { ledger in
+            ledger.branches.values.filter { $0.state == .prepared && $0.participants != nil }.map(Self.threePhaseRecord)
+        }
+    }
+
+    private static func threePhaseRecord(_ record: BranchRecord) -> ThreePhaseBranchRecord {
+        let state: ThreePhaseState
+        switch record.state {
+        case .prepared: state = record.preCommitted == true ? .preCommitted : .prepared
+        case .committed: state = .committed
+        case .rolledBack: state = .aborted
+        }
+        return ThreePhaseBranchRecord(ref: record.ref, state: state, participants: record.participants ?? [])
     }
 
     /// Every branch remembered, ordered by gid and branch id.

@@ -58,6 +58,7 @@ extension ParticipantService {
     /// token (when one is configured) and 503 when the resource manager failed otherwise
     /// (the coordinator retries). The TCC and saga paths answer 404
     /// (`protocol_not_served`) when the resource manager does not serve the protocol.
+    /// With a resource manager that serves 3PC, also its routes (`addThreePhaseRoutes`).
     /// Any other path under `/dtx` answers 404, and another method on these paths 405.
     public func addRoutes<Context: RequestContext>(to router: some RouterMethods<Context>) {
         let expectedAuthorization = configuration.callbackToken.map { Array("Bearer \($0)".utf8) }
@@ -76,7 +77,12 @@ extension ParticipantService {
                 }
             }
         }
-        let known = ServedMessage.allCases.filter { servedProtocols.contains($0.transactionProtocol) }.map(\.path).joined(separator: ", ")
+        addThreePhaseRoutes(to: router) { request in
+            guard let expectedAuthorization, !Self.matches(request.headers[.authorization], expectedAuthorization) else { return nil }
+            return JSONResponse.error(.unauthorized, code: "unauthorized", message: "this participant requires 'Authorization: Bearer <token>' with the callback token it registered")
+        }
+        let threePhasePaths = threePhase == nil ? [] : ThreePhaseMessage.allCases.map(\.path) + [ThreePhaseMessage.statePath]
+        let known = (ServedMessage.allCases.filter { servedProtocols.contains($0.transactionProtocol) }.map(\.path) + threePhasePaths).joined(separator: ", ")
         for method in [HTTPRequest.Method.post] + otherMethods {
             router.on("/dtx/**", method: method) { request, _ -> Response in
                 JSONResponse.error(.notFound, code: "not_found", message: "no participant endpoint at \(request.uri.path); this participant serves \(known)")
@@ -151,7 +157,7 @@ extension ParticipantService {
         }
     }
 
-    private static func decode(_ request: Request, context: some RequestContext) async throws(Rejection) -> (ParticipantRequest, BranchRef) {
+    static func decode(_ request: Request, context: some RequestContext) async throws(Rejection) -> (ParticipantRequest, BranchRef) {
         var request = request
         let buffer: ByteBuffer
         do {
@@ -181,7 +187,7 @@ extension ParticipantService {
         return (body, BranchRef(gid: body.gid, branch: body.branch))
     }
 
-    private static func reply(_ status: String, _ result: JSONValue?) -> Response {
+    static func reply(_ status: String, _ result: JSONValue?) -> Response {
         let body = ParticipantReply(status: status, result: result).jsonBytes()
         return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: body)))
     }

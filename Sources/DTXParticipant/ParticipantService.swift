@@ -7,8 +7,8 @@ import Synchronization
 
 /// Serves the participant protocol for one `ResourceManager`, keeps the service
 /// registered with the coordinator and resolves its in-doubt branches. When the resource
-/// manager also conforms to `TCCResourceManager` or `SagaResourceManager`, the service
-/// serves those protocols too and registers them.
+/// manager also conforms to `TCCResourceManager`, `SagaResourceManager` or
+/// `ThreePhaseResourceManager`, the service serves those protocols too and registers them.
 ///
 /// Add the protocol's routes to the service's HTTP router with `addRoutes(to:)`, then
 /// call `run()` once the server is listening.
@@ -29,6 +29,11 @@ public final class ParticipantService: Sendable {
         public var heartbeatInterval: Duration
         /// Time between two passes over the in-doubt branches.
         public var recoveryInterval: Duration
+        /// 3PC: how long a branch waits for the next message before it acts alone (q:
+        /// abort; w or p: termination), and the limit of each question termination asks.
+        /// Longer than the coordinator's round trips, shorter than what a participant may
+        /// hold its resources for.
+        public var threePhaseTimeout: Duration
 
         public init(
             name: String,
@@ -37,7 +42,8 @@ public final class ParticipantService: Sendable {
             coordinatorToken: String? = nil,
             callbackToken: String? = nil,
             heartbeatInterval: Duration = .seconds(5),
-            recoveryInterval: Duration = .seconds(5)
+            recoveryInterval: Duration = .seconds(5),
+            threePhaseTimeout: Duration = .seconds(5)
         ) {
             self.name = name
             self.advertisedURL = advertisedURL
@@ -46,6 +52,7 @@ public final class ParticipantService: Sendable {
             self.callbackToken = callbackToken
             self.heartbeatInterval = heartbeatInterval
             self.recoveryInterval = recoveryInterval
+            self.threePhaseTimeout = threePhaseTimeout
         }
     }
 
@@ -53,8 +60,10 @@ public final class ParticipantService: Sendable {
     let resourceManager: any ResourceManager
     let tccResourceManager: (any TCCResourceManager)?
     let sagaResourceManager: (any SagaResourceManager)?
-    /// The protocols this service serves and registers: 2PC, and TCC and Saga when its
-    /// resource manager serves them.
+    /// 3PC's branches in progress, when the resource manager serves 3PC.
+    let threePhase: ThreePhaseBranches?
+    /// The protocols this service serves and registers: 2PC, and 3PC, TCC and Saga when
+    /// its resource manager serves them.
     public let servedProtocols: [TransactionProtocol]
     let logger: Logger
     private let client: CoordinatorClient
@@ -70,11 +79,18 @@ public final class ParticipantService: Sendable {
         self.resourceManager = resourceManager
         tccResourceManager = (resourceManager as? any TCCResourceManager).flatMap { $0.servesTCC ? $0 : nil }
         sagaResourceManager = (resourceManager as? any SagaResourceManager).flatMap { $0.servesSagas ? $0 : nil }
-        servedProtocols = [.twoPhaseCommit] + (tccResourceManager == nil ? [] : [.tcc]) + (sagaResourceManager == nil ? [] : [.saga])
         var logger = logger
         logger[metadataKey: "participant"] = .string(configuration.name)
         self.logger = logger
-        client = try CoordinatorClient(baseURL: configuration.coordinatorURL, token: configuration.coordinatorToken, timeout: .seconds(10))
+        let client = try CoordinatorClient(baseURL: configuration.coordinatorURL, token: configuration.coordinatorToken, timeout: .seconds(10))
+        self.client = client
+        threePhase = (resourceManager as? any ThreePhaseResourceManager).flatMap { $0.servesThreePhaseCommit ? $0 : nil }.map {
+            let network = ThreePhaseNetwork(coordinatorURL: client.baseURL, coordinator: client, coordinatorToken: configuration.coordinatorToken,
+                                            peerToken: configuration.callbackToken, timeout: configuration.threePhaseTimeout)
+            return ThreePhaseBranches(resourceManager: $0, network: network, timeout: configuration.threePhaseTimeout, logger: logger)
+        }
+        servedProtocols = [.twoPhaseCommit] + (threePhase == nil ? [] : [.threePhaseCommit]) + (tccResourceManager == nil ? [] : [.tcc])
+            + (sagaResourceManager == nil ? [] : [.saga])
     }
 
     /// Registers with the coordinator (retrying with capped backoff until it answers),
@@ -82,6 +98,8 @@ public final class ParticipantService: Sendable {
     /// right after the first registration and every `recoveryInterval`. A failed
     /// heartbeat (coordinator down, or restarted and no longer knowing this service)
     /// makes the next contact a full registration again.
+    ///
+    /// 3PC branches found in w or p (a restart) run termination first.
     ///
     /// Returns when the task is cancelled, after shutting down the coordinator client.
     ///
@@ -94,6 +112,7 @@ public final class ParticipantService: Sendable {
             protocols: servedProtocols,
             token: configuration.callbackToken
         )
+        await threePhase?.resumeUnfinished()
         let clock = ContinuousClock()
         var registered = false
         var failures = 0

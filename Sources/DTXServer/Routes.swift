@@ -53,15 +53,11 @@ struct CoordinatorRoutes: Sendable {
             jsonResponse(try coordinator.transaction(try context.parameters.require("gid")))
         }
         transactions.get(":gid/outcome") { request, context in
+            jsonResponse(coordinator.outcome(gid: try context.parameters.require("gid"), branch: try branchQuery(request)))
+        }
+        transactions.get(":gid/state") { request, context in
             let gid = try context.parameters.require("gid")
-            var branch: BranchID?
-            if let text = request.uri.queryParameters["branch"] {
-                guard let value = Int(String(text)), value >= 0 else {
-                    throw CoordinatorError(400, "invalid_query", "branch must be a branch number (0 or more), not '\(text)'")
-                }
-                branch = value
-            }
-            return jsonResponse(coordinator.outcome(gid: gid, branch: branch))
+            return jsonResponse(ThreePhaseStateAnswer(gid: gid, state: coordinator.threePhaseState(gid: gid, branch: try branchQuery(request))))
         }
         transactions.post(":gid/branches") { request, context in
             let enlist = try await decode(EnlistRequest.self, from: request, context: context)
@@ -81,9 +77,18 @@ struct CoordinatorRoutes: Sendable {
         }
     }
 
+    /// The optional `branch` query parameter of the questions participants ask.
+    private func branchQuery(_ request: Request) throws -> BranchID? {
+        guard let text = request.uri.queryParameters["branch"] else { return nil }
+        guard let value = Int(String(text)), value >= 0 else {
+            throw CoordinatorError(400, "invalid_query", "branch must be a branch number (0 or more), not '\(text)'")
+        }
+        return value
+    }
+
     private func listQuery(_ parameters: Parameters) throws -> Coordinator.ListQuery {
         var query = Coordinator.ListQuery()
-        let statuses = ["created", "active", "preparing", "committing", "aborting", "committed", "aborted", "stuck"]
+        let statuses = ["created", "active", "preparing", "pre_committing", "committing", "aborting", "committed", "aborted", "stuck"]
         if let status = parameters["status"].map(String.init) {
             guard statuses.contains(status) else {
                 throw CoordinatorError(400, "invalid_query", "status must be one of \(statuses.joined(separator: ", ")), not '\(status)'")
@@ -159,4 +164,11 @@ struct CoordinatorRoutes: Sendable {
             return "the body cannot be read: \(error)"
         }
     }
+}
+
+/// `GET /v1/transactions/{gid}/state`: the coordinator's 3PC state, which a participant
+/// running the termination protocol acts on.
+struct ThreePhaseStateAnswer: Encodable {
+    var gid: String
+    var state: ThreePhaseState
 }
