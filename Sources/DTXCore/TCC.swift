@@ -51,12 +51,12 @@ public struct TryConfirmCancel: TransactionStateMachine {
 
     public let gid: GlobalTransactionID
     public let interactive: Bool
-    public private(set) var status: TransactionStatus = .created
-    public private(set) var branches: [Branch]
+    public internal(set) var status: TransactionStatus = .created
+    public internal(set) var branches: [Branch]
     /// Branches that must receive the decision (Confirm or Cancel) and acknowledge it.
-    public private(set) var targets: Set<BranchID> = []
+    public internal(set) var targets: Set<BranchID> = []
     /// An operator overrode a logged decision: branches may have ended differently.
-    public private(set) var heuristic = false
+    public internal(set) var heuristic = false
 
     /// A submitted transaction: the coordinator runs Try, then Confirm or Cancel.
     public init(gid: GlobalTransactionID, branches: [BranchSpec]) {
@@ -185,73 +185,15 @@ public struct TryConfirmCancel: TransactionStateMachine {
             status = .committed
             return actions + [.decided(.commit), .log(.end(gid: gid), forced: false), .finish(.committed)]
         }
-        status = .confirming
         actions += [.log(.decision(gid: gid, .commit, targets: all), forced: true), .decided(.commit)]
-        for id in all {
-            branches[id].state = .confirming
-            branches[id].attempts = 1
-            actions.append(.send(.confirm, to: id))
-        }
-        return actions
+        return actions + deliver(.commit, to: all)
     }
 
     /// Cancel before a decision: every branch gets CANCEL, whatever its Try did.
     /// `reason` (an application's, an operator's, the timeout) is logged with the
     /// decision as a non-heuristic `resolution`.
     private mutating func cancelAll(reason: String?) -> [TransactionAction] {
-        status = .cancelling
-        let all = branches.map(\.id)
-        targets = Set(all)
-        let entry: LogEntry = reason.map { .resolution(gid: gid, .abort, targets: all, reason: $0, heuristic: false) }
-            ?? .decision(gid: gid, .abort, targets: all)
-        var actions: [TransactionAction] = [.cancel(.phaseOne), .log(entry, forced: true), .decided(.abort)]
-        for id in all {
-            branches[id].state = .cancelling
-            branches[id].attempts = 1
-            actions.append(.send(.cancel, to: id))
-        }
-        if all.isEmpty {
-            status = .aborted
-            actions += [.log(.end(gid: gid), forced: false), .finish(.aborted)]
-        }
-        return actions
-    }
-
-    private mutating func finishIfDone(after actions: [TransactionAction]) -> [TransactionAction] {
-        let done = targets.allSatisfy { branches[$0].state == .confirmed || branches[$0].state == .cancelled }
-        guard done else { return actions }
-        status = status == .confirming ? .committed : .aborted
-        return actions + [.log(.end(gid: gid), forced: false), .finish(status)]
-    }
-
-    /// An operator reverses a logged decision: the branches that have not acknowledged
-    /// the old one get the new one, and the transaction is marked heuristic.
-    private mutating func override(_ decision: Decision, reason: String) -> [TransactionAction] {
-        let unacknowledged = targets.filter { branches[$0].state == .confirming || branches[$0].state == .cancelling }.sorted()
-        heuristic = true
-        targets = Set(unacknowledged)
-        status = decision == .commit ? .confirming : .cancelling
-        var actions: [TransactionAction] = [
-            .log(.resolution(gid: gid, decision, targets: unacknowledged, reason: reason, heuristic: true), forced: true), .decided(decision),
-        ]
-        for id in unacknowledged {
-            actions.append(.cancel(.retry(id)))
-            branches[id].state = decision == .commit ? .confirming : .cancelling
-            branches[id].attempts = 1
-            branches[id].lastError = nil
-            actions.append(.send(decision == .commit ? .confirm : .cancel, to: id))
-        }
-        if unacknowledged.isEmpty {
-            status = decision == .commit ? .committed : .aborted
-            actions += [.log(.end(gid: gid), forced: false), .finish(status)]
-        }
-        return actions
-    }
-
-    private mutating func retry(_ id: BranchID, error: String) -> [TransactionAction] {
-        branches[id].lastError = error
-        branches[id].attempts += 1
-        return [.schedule(.retry(id), attempt: branches[id].attempts - 1)]
+        abort(branches.map(\.id), reason: reason, forced: true)
     }
 
     private mutating func recover(_ recovered: Recovered) -> [TransactionAction] {
@@ -261,28 +203,11 @@ public struct TryConfirmCancel: TransactionStateMachine {
             // at a participant whose Try never ran).
             return cancelAll(reason: nil)
         case let .decided(decision, decidedTargets, wasHeuristic):
-            heuristic = wasHeuristic
-            let known = decidedTargets.filter { branches.indices.contains($0) }.sorted()
-            targets = Set(known)
-            status = decision == .commit ? .confirming : .cancelling
-            let pending: BranchState = decision == .commit ? .confirming : .cancelling
             // Branches outside the targets acknowledged a decision before this one: an
             // ordinary decision targets every branch, so only a heuristic override leaves
             // some out, and those ended the other way.
             let settled: BranchState = (decision == .commit) != wasHeuristic ? .confirmed : .cancelled
-            for id in branches.indices {
-                branches[id].state = targets.contains(id) ? pending : settled
-            }
-            var actions: [TransactionAction] = [.decided(decision)]
-            for id in known {
-                branches[id].attempts = 1
-                actions.append(.send(decision == .commit ? .confirm : .cancel, to: id))
-            }
-            if known.isEmpty {
-                status = decision == .commit ? .committed : .aborted
-                actions += [.log(.end(gid: gid), forced: false), .finish(status)]
-            }
-            return actions
+            return resume(decision, targets: decidedTargets, heuristic: wasHeuristic, others: settled)
         }
     }
 }
@@ -334,5 +259,13 @@ extension TryConfirmCancel {
             ? TryConfirmCancel(interactive: replayed.gid, enlisted: replayed.branches)
             : TryConfirmCancel(gid: replayed.gid, branches: replayed.branches)
         return (machine, .recovered(Recovered(replayed)))
+    }
+}
+
+extension TryConfirmCancel: DecisionDelivering {
+    static func words(for decision: Decision) -> DecisionWords {
+        decision == .commit
+            ? DecisionWords(message: .confirm, pending: .confirming, done: .confirmed, status: .confirming)
+            : DecisionWords(message: .cancel, pending: .cancelling, done: .cancelled, status: .cancelling)
     }
 }

@@ -58,13 +58,13 @@ public struct ThreePhaseCommit: TransactionStateMachine {
     }
 
     public let gid: GlobalTransactionID
-    public private(set) var status: TransactionStatus = .created
-    public private(set) var branches: [Branch]
+    public internal(set) var status: TransactionStatus = .created
+    public internal(set) var branches: [Branch]
     /// Branches the decision (DoCommit or ROLLBACK) must reach.
-    public private(set) var targets: Set<BranchID> = []
+    public internal(set) var targets: Set<BranchID> = []
     /// Branches ended differently: participants decided apart (heuristic-mixed), or an
     /// operator overrode a logged decision.
-    public private(set) var heuristic = false
+    public internal(set) var heuristic = false
 
     public init(gid: GlobalTransactionID, branches: [BranchSpec]) {
         precondition(!branches.isEmpty, "a transaction has at least one branch")
@@ -284,57 +284,7 @@ public struct ThreePhaseCommit: TransactionStateMachine {
     /// Abort before the pre-commit: lazy, as in 2PC (an unknown gid is aborted), to
     /// every branch that may have prepared. `reason` is an application's or operator's.
     private mutating func abort(reason: String?) -> [TransactionAction] {
-        status = .aborting
-        let rollbackTargets = branches.filter { $0.state == .prepared || $0.state == .preparing }.map(\.id)
-        targets = Set(rollbackTargets)
-        let entry: LogEntry = reason.map { .resolution(gid: gid, .abort, targets: rollbackTargets, reason: $0, heuristic: false) }
-            ?? .decision(gid: gid, .abort, targets: rollbackTargets)
-        var actions: [TransactionAction] = [.cancel(.phaseOne), .log(entry, forced: false), .decided(.abort)]
-        for target in rollbackTargets {
-            branches[target].state = .rollingBack
-            branches[target].attempts = 1
-            actions.append(.send(.rollback, to: target))
-        }
-        if rollbackTargets.isEmpty {
-            status = .aborted
-            actions += [.log(.end(gid: gid), forced: false), .finish(.aborted)]
-        }
-        return actions
-    }
-
-    private mutating func finishIfDone(after actions: [TransactionAction]) -> [TransactionAction] {
-        let done = targets.allSatisfy { branches[$0].state == .committed || branches[$0].state == .rolledBack }
-        guard done else { return actions }
-        status = status == .committing ? .committed : .aborted
-        return actions + [.log(.end(gid: gid), forced: false), .finish(status)]
-    }
-
-    /// An operator reverses a logged decision: the branches that have not acknowledged
-    /// the old one get the new one, and the transaction is marked heuristic.
-    private mutating func override(_ decision: Decision, reason: String) -> [TransactionAction] {
-        let unacknowledged = targets.filter { branches[$0].state == .committing || branches[$0].state == .rollingBack }.sorted()
-        heuristic = true
-        targets = Set(unacknowledged)
-        status = decision == .commit ? .committing : .aborting
-        var actions: [TransactionAction] = [.log(.resolution(gid: gid, decision, targets: unacknowledged, reason: reason, heuristic: true), forced: true), .decided(decision)]
-        for id in unacknowledged {
-            actions.append(.cancel(.retry(id)))
-            branches[id].state = decision == .commit ? .committing : .rollingBack
-            branches[id].attempts = 1
-            branches[id].lastError = nil
-            actions.append(.send(decision == .commit ? .doCommit : .rollback, to: id))
-        }
-        if unacknowledged.isEmpty {
-            status = decision == .commit ? .committed : .aborted
-            actions += [.log(.end(gid: gid), forced: false), .finish(status)]
-        }
-        return actions
-    }
-
-    private mutating func retry(_ id: BranchID, error: String) -> [TransactionAction] {
-        branches[id].lastError = error
-        branches[id].attempts += 1
-        return [.schedule(.retry(id), attempt: branches[id].attempts - 1)]
+        abort(branches.filter { $0.state == .prepared || $0.state == .preparing }.map(\.id), reason: reason, forced: false)
     }
 
     private mutating func recover(_ recovered: Recovered) -> [TransactionAction] {
@@ -350,26 +300,10 @@ public struct ThreePhaseCommit: TransactionStateMachine {
             status = .preCommitting
             return sendPreCommitToAll()
         case let .decided(decision, decidedTargets, wasHeuristic):
-            heuristic = wasHeuristic
-            let known = decidedTargets.filter { branches.indices.contains($0) }.sorted()
-            targets = Set(known)
-            status = decision == .commit ? .committing : .aborting
             // Branches outside the targets had ended before the decision was logged: the
             // decided way, unless an operator's override left them on the other side.
             let settled: BranchState = (decision == .commit) != wasHeuristic ? .committed : .rolledBack
-            for id in branches.indices {
-                branches[id].state = targets.contains(id) ? (decision == .commit ? .committing : .rollingBack) : settled
-            }
-            var actions: [TransactionAction] = [.decided(decision)]
-            for id in known {
-                branches[id].attempts = 1
-                actions.append(.send(decision == .commit ? .doCommit : .rollback, to: id))
-            }
-            if known.isEmpty {
-                status = decision == .commit ? .committed : .aborted
-                actions += [.log(.end(gid: gid), forced: false), .finish(status)]
-            }
-            return actions
+            return resume(decision, targets: decidedTargets, heuristic: wasHeuristic, others: settled)
         }
     }
 }
@@ -434,5 +368,13 @@ extension ThreePhaseCommit {
 
     public static func recovering(_ replayed: TransactionLogReplay.Replayed) -> (ThreePhaseCommit, Event) {
         (ThreePhaseCommit(gid: replayed.gid, branches: replayed.branches), .recovered(Recovered(replayed)))
+    }
+}
+
+extension ThreePhaseCommit: DecisionDelivering {
+    static func words(for decision: Decision) -> DecisionWords {
+        decision == .commit
+            ? DecisionWords(message: .doCommit, pending: .committing, done: .committed, status: .committing)
+            : DecisionWords(message: .rollback, pending: .rollingBack, done: .rolledBack, status: .aborting)
     }
 }

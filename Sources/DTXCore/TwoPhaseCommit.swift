@@ -50,12 +50,12 @@ public struct TwoPhaseCommit: TransactionStateMachine {
 
     public let gid: GlobalTransactionID
     public let interactive: Bool
-    public private(set) var status: TransactionStatus = .created
-    public private(set) var branches: [Branch]
+    public internal(set) var status: TransactionStatus = .created
+    public internal(set) var branches: [Branch]
     /// Branches phase two must reach.
-    public private(set) var targets: Set<BranchID> = []
+    public internal(set) var targets: Set<BranchID> = []
     /// An operator overrode a logged decision: branches may have ended differently.
-    public private(set) var heuristic = false
+    public internal(set) var heuristic = false
 
     /// A submitted transaction: the coordinator runs both phases.
     public init(gid: GlobalTransactionID, branches: [BranchSpec]) {
@@ -210,36 +210,14 @@ public struct TwoPhaseCommit: TransactionStateMachine {
             status = .committed
             return actions + [.decided(.commit), .log(.end(gid: gid), forced: false), .finish(.committed)]
         }
-        status = .committing
-        actions.append(.log(.decision(gid: gid, .commit, targets: commitTargets), forced: true))
-        actions.append(.decided(.commit))
-        for target in commitTargets {
-            branches[target].state = .committing
-            branches[target].attempts = 1
-            actions.append(.send(.commit, to: target))
-        }
-        return actions
+        actions += [.log(.decision(gid: gid, .commit, targets: commitTargets), forced: true), .decided(.commit)]
+        return actions + deliver(.commit, to: commitTargets)
     }
 
     /// Abort before a decision: every branch that may have prepared gets ROLLBACK.
     /// `reason` is an application's or operator's, logged with the decision.
     private mutating func abort(reason: String?) -> [TransactionAction] {
-        status = .aborting
-        let rollbackTargets = branches.filter { $0.state == .prepared || $0.state == .preparing }.map(\.id)
-        targets = Set(rollbackTargets)
-        let entry: LogEntry = reason.map { .resolution(gid: gid, .abort, targets: rollbackTargets, reason: $0, heuristic: false) }
-            ?? .decision(gid: gid, .abort, targets: rollbackTargets)
-        var actions: [TransactionAction] = [.cancel(.phaseOne), .log(entry, forced: false), .decided(.abort)]
-        for target in rollbackTargets {
-            branches[target].state = .rollingBack
-            branches[target].attempts = 1
-            actions.append(.send(.rollback, to: target))
-        }
-        if rollbackTargets.isEmpty {
-            status = .aborted
-            actions += [.log(.end(gid: gid), forced: false), .finish(.aborted)]
-        }
-        return actions
+        abort(branches.filter { $0.state == .prepared || $0.state == .preparing }.map(\.id), reason: reason, forced: false)
     }
 
     private mutating func acknowledged(_ id: BranchID) -> [TransactionAction] {
@@ -251,41 +229,6 @@ public struct TwoPhaseCommit: TransactionStateMachine {
         return finishIfDone(after: [.cancel(.retry(id))])
     }
 
-    private mutating func finishIfDone(after actions: [TransactionAction]) -> [TransactionAction] {
-        let done = targets.allSatisfy { branches[$0].state == .committed || branches[$0].state == .rolledBack }
-        guard done else { return actions }
-        status = status == .committing ? .committed : .aborted
-        return actions + [.log(.end(gid: gid), forced: false), .finish(status)]
-    }
-
-    /// An operator reverses a logged decision: the branches that have not acknowledged
-    /// the old one get the new one, and the transaction is marked heuristic.
-    private mutating func override(_ decision: Decision, reason: String) -> [TransactionAction] {
-        let unacknowledged = targets.filter { branches[$0].state == .committing || branches[$0].state == .rollingBack }.sorted()
-        heuristic = true
-        targets = Set(unacknowledged)
-        status = decision == .commit ? .committing : .aborting
-        var actions: [TransactionAction] = [.log(.resolution(gid: gid, decision, targets: unacknowledged, reason: reason, heuristic: true), forced: true), .decided(decision)]
-        for id in unacknowledged {
-            actions.append(.cancel(.retry(id)))
-            branches[id].state = decision == .commit ? .committing : .rollingBack
-            branches[id].attempts = 1
-            branches[id].lastError = nil
-            actions.append(.send(decision == .commit ? .commit : .rollback, to: id))
-        }
-        if unacknowledged.isEmpty {
-            status = decision == .commit ? .committed : .aborted
-            actions += [.log(.end(gid: gid), forced: false), .finish(status)]
-        }
-        return actions
-    }
-
-    private mutating func retry(_ id: BranchID, error: String) -> [TransactionAction] {
-        branches[id].lastError = error
-        branches[id].attempts += 1
-        return [.schedule(.retry(id), attempt: branches[id].attempts - 1)]
-    }
-
     private mutating func recover(_ recovered: Recovered) -> [TransactionAction] {
         switch recovered {
         case .undecided:
@@ -294,23 +237,8 @@ public struct TwoPhaseCommit: TransactionStateMachine {
             for id in branches.indices { branches[id].state = .preparing }
             return abort(reason: nil)
         case let .decided(decision, decidedTargets, wasHeuristic):
-            heuristic = wasHeuristic
-            targets = Set(decidedTargets)
-            status = decision == .commit ? .committing : .aborting
-            let message: ParticipantMessage = decision == .commit ? .commit : .rollback
-            var actions: [TransactionAction] = [.decided(decision)]
-            for id in branches.indices {
-                branches[id].state = targets.contains(id) ? (decision == .commit ? .committing : .rollingBack) : (decision == .commit ? .readOnly : .rolledBack)
-            }
-            for target in decidedTargets.sorted() {
-                branches[target].attempts = 1
-                actions.append(.send(message, to: target))
-            }
-            if decidedTargets.isEmpty {
-                status = decision == .commit ? .committed : .aborted
-                actions += [.log(.end(gid: gid), forced: false), .finish(status)]
-            }
-            return actions
+            // Branches outside the targets voted read-only (commit) or never prepared (abort).
+            return resume(decision, targets: decidedTargets, heuristic: wasHeuristic, others: decision == .commit ? .readOnly : .rolledBack)
         }
     }
 }
@@ -371,5 +299,13 @@ extension TwoPhaseCommit {
             ? TwoPhaseCommit(interactive: replayed.gid, enlisted: replayed.branches)
             : TwoPhaseCommit(gid: replayed.gid, branches: replayed.branches)
         return (machine, .recovered(Recovered(replayed)))
+    }
+}
+
+extension TwoPhaseCommit: DecisionDelivering {
+    static func words(for decision: Decision) -> DecisionWords {
+        decision == .commit
+            ? DecisionWords(message: .commit, pending: .committing, done: .committed, status: .committing)
+            : DecisionWords(message: .rollback, pending: .rollingBack, done: .rolledBack, status: .aborting)
     }
 }
