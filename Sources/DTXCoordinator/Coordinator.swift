@@ -88,7 +88,7 @@ public final class Coordinator: Sendable {
         for gid in replay.order {
             guard let replayed = replay.transactions[gid] else { continue }
             if replayed.ended {
-                insertFinished(FinishedTransaction(replayed, sequence: nextSequence()))
+                insertFinished(FinishedTransaction(replayed, sequence: nextSequence(), timeout: configuration.defaultTimeout))
                 continue
             }
             switch replayed.protocol {

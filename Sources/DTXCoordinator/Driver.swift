@@ -418,13 +418,21 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
     func view() -> TransactionView {
         state.withLock { s in
-            TransactionView(
+            var results = s.results
+            var error = s.error
+            // A failure no participant reported (a saga step out of attempts) is the step's
+            // error all the same.
+            if let failure = s.machine.decidingFailure, results[failure.step] == nil {
+                results[failure.step] = .object(["error": .object(["code": .string(failure.code), "message": .string(failure.message)])])
+                error = error ?? failure.message
+            }
+            return TransactionView(
                 gid: gid.rawValue, protocol: proto, status: displayStatus(s.machine.status), decision: s.decision,
                 interactive: spec.interactive, heuristic: s.machine.heuristic, stuck: isStuck(s),
-                createdAt: createdAt, updatedAt: s.updatedAt, timeout: timeout.secondsValue, error: s.error,
+                createdAt: createdAt, updatedAt: s.updatedAt, timeout: timeout.secondsValue, error: error,
                 branches: s.machine.branches.map {
                     BranchView(id: $0.id, participant: $0.spec.participant, operation: $0.spec.operation, state: $0.state.rawValue,
-                               attempts: $0.attempts, lastError: $0.lastError, result: s.results[$0.id])
+                               attempts: $0.attempts, lastError: $0.lastError, result: results[$0.id])
                 },
                 timeline: s.timeline,
                 compensations: s.machine.completedCompensations

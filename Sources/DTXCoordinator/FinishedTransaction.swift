@@ -12,7 +12,12 @@ final class FinishedTransaction: TransactionDriving {
     let spec: SubmittedSpec
     private let replayed: TransactionLogReplay.Replayed
 
-    init(_ replayed: TransactionLogReplay.Replayed, sequence: UInt64) {
+    /// The log does not keep a transaction's timeout: the view shows `timeout`, the
+    /// daemon's default.
+    private let timeout: Duration
+
+    init(_ replayed: TransactionLogReplay.Replayed, sequence: UInt64, timeout: Duration) {
+        self.timeout = timeout
         gid = replayed.gid
         proto = replayed.protocol
         self.sequence = sequence
@@ -61,7 +66,7 @@ final class FinishedTransaction: TransactionDriving {
     func view() -> TransactionView {
         TransactionView(
             gid: gid.rawValue, protocol: proto, status: status.rawValue, decision: decision, interactive: replayed.interactive,
-            heuristic: replayed.heuristic, stuck: false, createdAt: createdAt, updatedAt: createdAt, timeout: 0, error: replayed.reason,
+            heuristic: replayed.heuristic, stuck: false, createdAt: createdAt, updatedAt: createdAt, timeout: timeout.secondsValue, error: replayed.reason,
             branches: replayed.branches.enumerated().map {
                 BranchView(id: $0.offset, participant: $0.element.participant, operation: $0.element.operation,
                            state: state(of: $0.offset).rawValue, attempts: 0, lastError: nil, result: nil)

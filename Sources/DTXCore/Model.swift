@@ -252,11 +252,15 @@ public protocol TransactionStateMachine: Sendable {
     func retryPolicy(for id: BranchID, base: RetryPolicy) -> RetryPolicy
     /// The compensations that ran, in the order they completed (sagas); nil elsewhere.
     var completedCompensations: [BranchID]? { get }
+    /// The failure that decided the outcome when the machine, not a participant, named
+    /// it (a saga step out of attempts); nil elsewhere.
+    var decidingFailure: Saga.Failure? { get }
 }
 
 extension TransactionStateMachine {
     public func retryPolicy(for id: BranchID, base: RetryPolicy) -> RetryPolicy { base }
     public var completedCompensations: [BranchID]? { nil }
+    public var decidingFailure: Saga.Failure? { nil }
 }
 
 /// Capped exponential backoff; the engine supplies the jitter (a value in 0..<1) so

@@ -489,6 +489,7 @@ extension Saga {
     }
 
     public var completedCompensations: [BranchID]? { compensations }
+    public var decidingFailure: Failure? { failure }
 
     public static func recovering(_ replayed: TransactionLogReplay.Replayed) -> (Saga, Event) {
         (Saga(gid: replayed.gid, steps: replayed.branches), .recovered(Recovered(replayed)))
