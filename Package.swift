@@ -175,11 +175,17 @@ let package = Package(
             path: "Examples/BankTransfer/Transfer"
         ),
 
-        // The small SQLite-or-PostgreSQL adapter the TravelSaga and OrderTCC services share.
+        // What the TravelSaga and OrderTCC services share: a small SQLite-or-PostgreSQL
+        // adapter, and their options and start-up.
         .target(
-            name: "ExampleDatabase",
-            dependencies: ["DTXParticipant", "DTXSQLite", "DTXPostgres", "DTXCore", .product(name: "Logging", package: "swift-log")],
-            path: "Examples/Shared/ExampleDatabase"
+            name: "ExampleSupport",
+            dependencies: [
+                "DTXParticipant", "DTXSQLite", "DTXPostgres", "DTXCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Examples/Shared/ExampleSupport"
         ),
 
         // The travel-saga example: one travel service (flight, hotel or car, on SQLite or
@@ -187,7 +193,7 @@ let package = Package(
         .executableTarget(
             name: "travel-service",
             dependencies: [
-                "ExampleDatabase", "DTXParticipant", "DTXSQLite", "DTXPostgres", "DTXAPI", "DTXCore",
+                "ExampleSupport", "DTXParticipant", "DTXSQLite", "DTXPostgres", "DTXAPI", "DTXCore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -208,7 +214,7 @@ let package = Package(
         .executableTarget(
             name: "order-service",
             dependencies: [
-                "ExampleDatabase", "DTXParticipant", "DTXSQLite", "DTXPostgres", "DTXAPI", "DTXCore",
+                "ExampleSupport", "DTXParticipant", "DTXSQLite", "DTXPostgres", "DTXAPI", "DTXCore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

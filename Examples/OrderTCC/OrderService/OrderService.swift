@@ -2,10 +2,9 @@ import ArgumentParser
 import DTXAPI
 import DTXCore
 import DTXParticipant
-import ExampleDatabase
+import ExampleSupport
 import Foundation
 import Hummingbird
-import Logging
 
 /// `order-service`: the inventory or the payment side of an online shop, on SQLite or
 /// PostgreSQL, taking part in dtx TCC transactions: it registers with dtxd under its
@@ -34,68 +33,12 @@ struct OrderService: AsyncParsableCommand {
     @Option(help: "inventory or payment. Also its name with dtxd.")
     var role: Role
 
-    @Option(help: "Database: sqlite:FILE or postgres:CONNECTION-STRING.")
-    var db: String
-
-    @Option(help: "Address to listen on as host:port; port 0 picks a free port.")
-    var listen = "127.0.0.1:0"
-
-    @Option(help: "URL of dtxd. (env DTX_URL, default http://127.0.0.1:7070)")
-    var coordinator: String?
-
-    @Option(name: .customLong("coordinator-token"), help: "Bearer token for calls to dtxd. (env DTX_TOKEN)")
-    var coordinatorToken: String?
-
-    @Option(help: "Seconds between heartbeats to dtxd.")
-    var heartbeat: Double = 5
-
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
-    var logLevel = "info"
-
-    func validate() throws {
-        guard Database.isValid(db) else { throw ValidationError("--db is sqlite:FILE or postgres:CONNECTION-STRING") }
-        guard heartbeat > 0 else { throw ValidationError("--heartbeat must be above 0") }
-    }
+    @OptionGroup var options: ServiceOptions
 
     func run() async throws {
-        let env = ProcessInfo.processInfo.environment
-        guard let (host, port) = ParticipantHost.parseAddress(listen) else {
-            throw ValidationError("cannot read listen address '\(listen)'; write it as host:port, e.g. 127.0.0.1:8101")
-        }
-        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
-        let logger = Logger(label: "order-service")
-        let name = role.rawValue
-
-        let database: Database
-        do {
-            database = try await Database.open(db, prefix: name, logger: logger)
-            try await database.query(role.schema)
-        } catch {
-            FileHandle.standardError.write(Data("order-service: \(error)\n".utf8))
-            throw ExitCode(1)
-        }
-        registerOperation(role, on: database)
-
-        let service = try ParticipantService(
-            configuration: .init(
-                name: name, advertisedURL: ParticipantHost.url(host: host, port: port),
-                coordinatorURL: coordinator ?? env["DTX_URL"] ?? "http://127.0.0.1:7070",
-                coordinatorToken: coordinatorToken ?? env["DTX_TOKEN"],
-                heartbeatInterval: .milliseconds(Int64(heartbeat * 1000))
-            ),
-            resourceManager: database.resourceManager,
-            logger: logger
-        )
-        let router = Router()
-        service.addRoutes(to: router)
-        addShopRoutes(to: router, role: role, database: database, service: service)
-        try await ParticipantHost.serve(service, router: router, host: host, port: port, serverName: "order-service", logger: logger) { url in
-            FileHandle.standardOutput.write(Data("order-service \(name) listening on \(url)\n".utf8))
+        try await options.serve(program: "order-service", name: role.rawValue, schema: [role.schema]) { database, service, router in
+            registerOperation(role, on: database)
+            addShopRoutes(to: router, role: role, database: database, service: service)
         }
     }
 }

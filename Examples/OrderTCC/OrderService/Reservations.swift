@@ -1,7 +1,7 @@
 import ArgumentParser
 import DTXCore
 import DTXParticipant
-import ExampleDatabase
+import ExampleSupport
 
 /// The two sides of an order. Each keeps its own table, in its own database, with a
 /// column for what a Try holds back until the transaction is confirmed or cancelled.

@@ -1,7 +1,7 @@
 import ArgumentParser
 import DTXCore
 import DTXParticipant
-import ExampleDatabase
+import ExampleSupport
 
 /// What a travel service sells. Each kind keeps its own table of items with the places
 /// left (`capacity`) and a table of bookings by trip, in its own database.

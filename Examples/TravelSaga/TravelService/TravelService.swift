@@ -2,10 +2,9 @@ import ArgumentParser
 import DTXAPI
 import DTXCore
 import DTXParticipant
-import ExampleDatabase
+import ExampleSupport
 import Foundation
 import Hummingbird
-import Logging
 
 /// `travel-service`: a flight, hotel or car rental service on SQLite or PostgreSQL that
 /// takes part in dtx sagas: it registers with dtxd under its kind's name and serves the
@@ -30,68 +29,12 @@ struct TravelService: AsyncParsableCommand {
     @Option(help: "What this service sells: flight, hotel or car. Also its name with dtxd.")
     var kind: Kind
 
-    @Option(help: "Database: sqlite:FILE or postgres:CONNECTION-STRING.")
-    var db: String
-
-    @Option(help: "Address to listen on as host:port; port 0 picks a free port.")
-    var listen = "127.0.0.1:0"
-
-    @Option(help: "URL of dtxd. (env DTX_URL, default http://127.0.0.1:7070)")
-    var coordinator: String?
-
-    @Option(name: .customLong("coordinator-token"), help: "Bearer token for calls to dtxd. (env DTX_TOKEN)")
-    var coordinatorToken: String?
-
-    @Option(help: "Seconds between heartbeats to dtxd.")
-    var heartbeat: Double = 5
-
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
-    var logLevel = "info"
-
-    func validate() throws {
-        guard Database.isValid(db) else { throw ValidationError("--db is sqlite:FILE or postgres:CONNECTION-STRING") }
-        guard heartbeat > 0 else { throw ValidationError("--heartbeat must be above 0") }
-    }
+    @OptionGroup var options: ServiceOptions
 
     func run() async throws {
-        let env = ProcessInfo.processInfo.environment
-        guard let (host, port) = ParticipantHost.parseAddress(listen) else {
-            throw ValidationError("cannot read listen address '\(listen)'; write it as host:port, e.g. 127.0.0.1:8091")
-        }
-        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level '\(logLevel)'") }
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
-        let logger = Logger(label: "travel-service")
-        let name = kind.rawValue
-
-        let database: Database
-        do {
-            database = try await Database.open(db, prefix: name, logger: logger)
-            for statement in kind.schema { try await database.query(statement) }
-        } catch {
-            FileHandle.standardError.write(Data("travel-service: \(error)\n".utf8))
-            throw ExitCode(1)
-        }
-        registerBook(kind, on: database)
-
-        let service = try ParticipantService(
-            configuration: .init(
-                name: name, advertisedURL: ParticipantHost.url(host: host, port: port),
-                coordinatorURL: coordinator ?? env["DTX_URL"] ?? "http://127.0.0.1:7070",
-                coordinatorToken: coordinatorToken ?? env["DTX_TOKEN"],
-                heartbeatInterval: .milliseconds(Int64(heartbeat * 1000))
-            ),
-            resourceManager: database.resourceManager,
-            logger: logger
-        )
-        let router = Router()
-        service.addRoutes(to: router)
-        addInventoryRoutes(to: router, kind: kind, database: database)
-        try await ParticipantHost.serve(service, router: router, host: host, port: port, serverName: "travel-service", logger: logger) { url in
-            FileHandle.standardOutput.write(Data("travel-service \(name) listening on \(url)\n".utf8))
+        try await options.serve(program: "travel-service", name: kind.rawValue, schema: kind.schema) { database, _, router in
+            registerBook(kind, on: database)
+            addInventoryRoutes(to: router, kind: kind, database: database)
         }
     }
 }
