@@ -218,7 +218,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             switch action {
             case let .log(entry, forced):
                 let isCommitDecision: Bool
-                if case .decision(_, .commit, _) = entry { isCommitDecision = true } else { isCommitDecision = false }
+                // Forced commit decisions only: a saga's closing decision is lazy, nothing to crash at.
+                if case .decision(_, .commit, _) = entry { isCommitDecision = forced } else { isCommitDecision = false }
                 let isForcedAbortDecision: Bool
                 switch entry {
                 case .decision(_, .abort, _), .resolution(_, .abort, _, _, _): isForcedAbortDecision = forced
