@@ -5,7 +5,7 @@ import DTXCore
 import Foundation
 import NIOCore
 
-/// `dtx-bench 2pc`, `saga` and `tcc`: one command per protocol, the same measurements
+/// `dtx-bench 2pc`, `3pc`, `saga` and `tcc`: one command per protocol, the same measurements
 /// (`ProtocolBench`). A type per protocol only because each subcommand needs its own.
 struct ProtocolBenchCommand<Kind: BenchedProtocol>: AsyncParsableCommand {
     static var configuration: CommandConfiguration {
@@ -24,6 +24,7 @@ struct ProtocolBenchCommand<Kind: BenchedProtocol>: AsyncParsableCommand {
 
 protocol BenchedProtocol { static var transactionProtocol: TransactionProtocol { get } }
 enum TwoPhaseBench: BenchedProtocol { static let transactionProtocol = TransactionProtocol.twoPhaseCommit }
+enum ThreePhaseBench: BenchedProtocol { static let transactionProtocol = TransactionProtocol.threePhaseCommit }
 enum SagaBench: BenchedProtocol { static let transactionProtocol = TransactionProtocol.saga }
 enum TCCBench: BenchedProtocol { static let transactionProtocol = TransactionProtocol.tcc }
 
@@ -65,8 +66,9 @@ struct ProtocolBenchOptions: ParsableArguments {
 
 /// Submit-and-wait transactions of one protocol through a real dtxd to no-op participant
 /// processes on loopback, against — in the same run — a bare HTTP round trip to one
-/// participant (the ceiling: a transaction costs a submit plus one or two round trips
-/// per participant: prepare + commit, try + confirm, or one action per step).
+/// participant (the ceiling: a transaction costs a submit plus one to three round trips
+/// per participant: prepare + commit, can-commit + pre-commit + do-commit, try + confirm,
+/// or one action per step).
 struct ProtocolBench {
     var transactionProtocol: TransactionProtocol
     var options: ProtocolBenchOptions
