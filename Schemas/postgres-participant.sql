@@ -26,3 +26,12 @@ CREATE TABLE IF NOT EXISTS dtx_barrier (
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (gid, branch, op)
 );
+
+CREATE TABLE IF NOT EXISTS dtx_3pc_state (
+    gid TEXT NOT NULL,
+    branch BIGINT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('prepared', 'pre_committed')),
+    participants TEXT NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (gid, branch)
+);

@@ -28,6 +28,14 @@ CREATE TABLE IF NOT EXISTS dtx_outcomes (
     digest TEXT,
     PRIMARY KEY (gid, branch)
 );
+CREATE TABLE IF NOT EXISTS dtx_3pc (
+    gid TEXT NOT NULL,
+    branch INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('prepared', 'pre_committed')),
+    participants TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (gid, branch)
+);
 CREATE TABLE IF NOT EXISTS dtx_barrier (
     gid TEXT NOT NULL,
     branch INTEGER NOT NULL,

@@ -40,9 +40,19 @@ import Synchronization
 /// that finds it taken fails with `PostgresError.Code.branchBusy`, which the
 /// coordinator retries.
 ///
+/// 3PC (`ThreePhaseResourceManager`): w is the branch's prepared transaction, made by
+/// CANCOMMIT as by PREPARE. The 3PC state cannot live in the prepared transaction (no one
+/// reads its writes before it commits), so it is a row of `dtx_3pc_state`, committed on
+/// its own: written (`prepared`, with the transaction's participants) just before the
+/// branch's transaction begins, and set to `pre_committed` by PRECOMMIT. The row counts
+/// only while the prepared transaction exists: without it a row is a CANCOMMIT that did
+/// not prepare (q), and `dtx_branches` or `dtx_rollbacks` answer c or a once the branch
+/// is finished. Prepared transactions with a state row are left out of `inDoubt()`: a
+/// restart runs 3PC termination for them instead.
+///
 /// The tables keep one small row per committed or rolled-back branch; delete old rows
 /// when the coordinator no longer retries their transactions.
-public final class PostgresResourceManager: ResourceManager {
+public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceManager {
     /// The closure that does a branch's work: it gets the branch's payload and a
     /// connection inside the branch's transaction, runs its SQL there (never BEGIN,
     /// COMMIT or ROLLBACK) and returns the branch's result. It throws `BusinessError` to
@@ -75,8 +85,22 @@ public final class PostgresResourceManager: ResourceManager {
         )
         """
 
+    /// One row per 3PC branch that reached CANCOMMIT: its state while prepared
+    /// (`prepared` or `pre_committed`) and the transaction's participants as JSON
+    /// (`ThreePhasePeer`s, by branch id), whom termination asks after a restart.
+    public static let threePhaseStateTableDDL = """
+        CREATE TABLE IF NOT EXISTS dtx_3pc_state (
+            gid TEXT NOT NULL,
+            branch BIGINT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('prepared', 'pre_committed')),
+            participants TEXT NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (gid, branch)
+        )
+        """
+
     /// The participant tables (with `dtx_barrier`, PostgresBarrier.swift), as one SQL script.
-    public static let schemaSQL = branchesTableDDL + ";\n\n" + rollbacksTableDDL + ";\n\n" + barrierTableDDL + ";\n"
+    public static let schemaSQL = [branchesTableDDL, rollbacksTableDDL, barrierTableDDL, threePhaseStateTableDDL].map { $0 + ";\n" }.joined(separator: "\n")
 
     /// A prepared transaction of this resource manager, as `orphans()` reports it.
     public struct PreparedBranch: Sendable, Equatable {
@@ -144,10 +168,22 @@ public final class PostgresResourceManager: ResourceManager {
     // MARK: - ResourceManager
 
     public func prepare(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> PrepareOutcome {
+        try await prepare(branch, operation: operation, payload: payload, participants: nil)
+    }
+
+    /// PREPARE, or with `participants` 3PC's CANCOMMIT, which first commits the branch's
+    /// `dtx_3pc_state` row (a repeat keeps the row it finds, p included).
+    private func prepare(_ branch: BranchRef, operation: String, payload: JSONValue?, participants: [ThreePhasePeer]?) async throws -> PrepareOutcome {
         let name = try PreparedTransactionName.make(prefix: prefix, branch: branch, digest: BranchDigest.of(operation: operation, payload: payload))
         let body = try operationBody(operation)
+        let peers = try participants.map { String(decoding: try JSONEncoder().encode($0), as: UTF8.self) }
         let outcome = try await pool.withConnection { connection in
-            try self.prepare(branch, name: name, operation: operation, body: body, payload: payload, connection)
+            if let peers {
+                try connection.execute(
+                    "INSERT INTO dtx_3pc_state (gid, branch, state, participants) VALUES ($1, $2, $3, $4) ON CONFLICT (gid, branch) DO NOTHING",
+                    [.text(branch.gid), .int(branch.branch), .text(ThreePhaseState.prepared.rawValue), .text(peers)])
+            }
+            return try self.prepare(branch, name: name, operation: operation, body: body, payload: payload, connection)
         }
         logger.debug("prepared branch", metadata: metadata(branch, operation: operation))
         return outcome
@@ -229,7 +265,80 @@ public final class PostgresResourceManager: ResourceManager {
     }
 
     public func inDoubt() async throws -> [BranchRef] {
-        try await orphans().map(\.ref)
+        let prepared = try await orphans().map(\.ref)
+        guard !prepared.isEmpty else { return [] }
+        return try await pool.withConnection { connection in
+            try prepared.filter { try self.threePhaseRow(of: $0, connection) == nil }
+        }
+    }
+
+    // MARK: - 3PC
+
+    public func canCommit(_ branch: BranchRef, operation: String, payload: JSONValue?, participants: [ThreePhasePeer]) async throws -> JSONValue? {
+        switch try await prepare(branch, operation: operation, payload: payload, participants: participants) {
+        case let .prepared(result), let .readOnly(result): return result
+        }
+    }
+
+    public func preCommit(_ branch: BranchRef) async throws {
+        try await pool.withConnection { connection in
+            switch try self.recordedState(of: branch, connection) {
+            case .committed: return
+            case .rolledBack:
+                throw BusinessError(code: "already_rolled_back", message: "branch \(branch) was already rolled back; it cannot pre-commit")
+            case .prepared:
+                let marked = try connection.execute(
+                    "UPDATE dtx_3pc_state SET state = $3, updated_at = now() WHERE gid = $1 AND branch = $2",
+                    [.text(branch.gid), .int(branch.branch), .text(ThreePhaseState.preCommitted.rawValue)])
+                if marked.affectedRows != 1 { throw Self.notThreePhase(branch) }
+            case nil:
+                // A row without its prepared transaction is a CANCOMMIT that did not
+                // prepare: it must stay w, should that CANCOMMIT be retried.
+                throw Self.notThreePhase(branch)
+            }
+        }
+        logger.debug("pre-committed branch", metadata: metadata(branch))
+    }
+
+    public func threePhaseBranch(_ branch: BranchRef) async throws -> ThreePhaseBranchRecord? {
+        try await pool.withConnection { connection in
+            switch try self.recordedState(of: branch, connection) {
+            case nil: return nil
+            case .committed: return ThreePhaseBranchRecord(ref: branch, state: .committed, participants: [])
+            case .rolledBack: return ThreePhaseBranchRecord(ref: branch, state: .aborted, participants: [])
+            case .prepared:
+                // A branch prepared by 2PC's PREPARE has no row: it is in w, with no peers to ask.
+                return try self.threePhaseRow(of: branch, connection) ?? ThreePhaseBranchRecord(ref: branch, state: .prepared, participants: [])
+            }
+        }
+    }
+
+    public func unfinishedThreePhaseBranches() async throws -> [ThreePhaseBranchRecord] {
+        let prepared = try await orphans().map(\.ref)
+        return try await pool.withConnection { connection in
+            try prepared.compactMap { ref in
+                // A rollback record wins over the prepared transaction (`recordedState`).
+                guard case .prepared = try self.recordedState(of: ref, connection) else { return nil }
+                return try self.threePhaseRow(of: ref, connection)
+            }
+        }
+    }
+
+    private static func notThreePhase(_ branch: BranchRef) -> BusinessError {
+        BusinessError(code: "unknown_branch", message: "branch \(branch) is not a prepared 3PC branch in this database; it cannot pre-commit")
+    }
+
+    /// The branch's `dtx_3pc_state` row as a record in w or p; nil when it has none (it
+    /// is no 3PC branch). Meaningful only while the branch's transaction is prepared.
+    private func threePhaseRow(of branch: BranchRef, _ connection: PostgresConnection) throws -> ThreePhaseBranchRecord? {
+        guard let row = try connection.execute("SELECT state, participants FROM dtx_3pc_state WHERE gid = $1 AND branch = $2", [.text(branch.gid), .int(branch.branch)]).rows.first else {
+            return nil
+        }
+        guard let state = try row.string("state").flatMap(ThreePhaseState.init(rawValue:)),
+              let participants = try row.string("participants").flatMap({ try? JSONDecoder().decode([ThreePhasePeer].self, from: Data($0.utf8)) }) else {
+            throw PostgresError(code: .invalidValue, message: "the dtx_3pc_state row of branch \(branch) is damaged: its state or participants cannot be read")
+        }
+        return ThreePhaseBranchRecord(ref: branch, state: state, participants: participants)
     }
 
     /// Every prepared transaction of this resource manager in its database (the
@@ -460,6 +569,7 @@ public final class PostgresResourceManager: ResourceManager {
             try connection.execute(branchesTableDDL)
             try connection.execute(rollbacksTableDDL)
             try connection.execute(barrierTableDDL)
+            try connection.execute(threePhaseStateTableDDL)
             try connection.execute("COMMIT")
         } catch {
             connection.rollbackIfInTransaction()

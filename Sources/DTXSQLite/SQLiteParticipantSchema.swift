@@ -13,6 +13,12 @@ public enum SQLiteParticipantSchema {
     ///   a retried COMMIT or ROLLBACK is recognised and a late PREPARE refused; with the
     ///   digest of the branch's work, so that a repeat asking for other work is refused.
     ///
+    /// - `dtx_3pc`: one row per 3PC branch in w or p: its state (`prepared`, written with
+    ///   the branch's `dtx_prepared` row, or `pre_committed`) and the transaction's
+    ///   participants as JSON (`ThreePhasePeer`s, by branch id), whom termination asks after
+    ///   a restart. Deleted with the `dtx_prepared` row when the branch commits or rolls
+    ///   back (`dtx_outcomes` then answers).
+    ///
     /// - `dtx_barrier`: the branch barrier of TCC and sagas (`BranchBarrier`): one row
     ///   per phase (`op`: try, confirm, cancel, action, compensate) a branch has done,
     ///   written in the same local transaction as the phase's business work, with the
@@ -49,6 +55,14 @@ public enum SQLiteParticipantSchema {
             result TEXT,
             decided_at TEXT NOT NULL,
             digest TEXT,
+            PRIMARY KEY (gid, branch)
+        );
+        CREATE TABLE IF NOT EXISTS dtx_3pc (
+            gid TEXT NOT NULL,
+            branch INTEGER NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('prepared', 'pre_committed')),
+            participants TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
             PRIMARY KEY (gid, branch)
         );
         CREATE TABLE IF NOT EXISTS dtx_barrier (

@@ -1,5 +1,6 @@
 import DTXCore
 import DTXParticipant
+import Foundation
 import Logging
 import Synchronization
 
@@ -30,9 +31,17 @@ import Synchronization
 /// TCC and saga phases are plain local transactions behind the branch barrier
 /// (SQLiteBarrier.swift).
 ///
+/// 3PC (`ThreePhaseResourceManager`): CANCOMMIT prepares as PREPARE does (w is the
+/// stored changeset; there is no read-only vote, so an empty changeset is stored too)
+/// and records the branch's state and the transaction's participants in `dtx_3pc` in the
+/// same transaction; PRECOMMIT marks that row (p) in a transaction of its own. Commit and
+/// rollback drop the row with the changeset, so `dtx_3pc` holds exactly the branches in
+/// w or p (a restart runs termination for them, and `inDoubt()` leaves them out), and
+/// `dtx_outcomes` answers c or a for finished ones.
+///
 /// All database work runs on one dedicated thread (`SQLiteDatabase`), one job at a time.
 /// The resource manager assumes it owns every write to the file.
-public final class SQLiteResourceManager: ResourceManager {
+public final class SQLiteResourceManager: ResourceManager, ThreePhaseResourceManager {
     /// A named unit of a branch's work: reads the payload, runs SQL on the connection and
     /// returns the branch's result. Throw `BusinessError` to refuse (a NO vote). It runs
     /// inside the resource manager's transaction, on the database thread, and may run
@@ -100,8 +109,15 @@ public final class SQLiteResourceManager: ResourceManager {
     // MARK: ResourceManager
 
     public func prepare(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> PrepareOutcome {
+        try await prepare(branch, operation: operation, payload: payload, participants: nil)
+    }
+
+    /// PREPARE, or with `participants` 3PC's CANCOMMIT, which has no read-only vote and
+    /// records the branch in `dtx_3pc` (w) in the same transaction.
+    private func prepare(_ branch: BranchRef, operation: String, payload: JSONValue?, participants: [ThreePhasePeer]?) async throws -> PrepareOutcome {
         let body = operations.withLock { $0[operation] }
         let digest = BranchDigest.of(operation: operation, payload: payload)
+        let peers = try participants.map(Self.stored)
         return try await database.run { connection in
             try connection.transaction(immediate: true) {
                 switch try Self.recorded(branch, in: connection) {
@@ -113,7 +129,7 @@ public final class SQLiteResourceManager: ResourceManager {
                 }
                 guard let body else { throw BusinessError.unknownOperation(operation) }
                 let work = try Self.runBranchWork(operation, body, payload, keep: false, in: connection)
-                if work.changeset.isEmpty { return .readOnly(result: work.result) }
+                if work.changeset.isEmpty, peers == nil { return .readOnly(result: work.result) }
                 let rows = try work.changeset.summary().rows
                 if let (row, holder) = try Self.lockHolder(of: rows, in: connection) {
                     throw BusinessError.rowLocked(row, heldBy: holder)
@@ -121,6 +137,11 @@ public final class SQLiteResourceManager: ResourceManager {
                 try connection.execute(
                     "INSERT INTO dtx_prepared (gid, branch, operation, changeset, result, prepared_at, digest) VALUES (?, ?, ?, ?, ?, \(Self.now), ?)",
                     [.text(branch.gid), .integer(Int64(branch.branch)), .text(operation), .blob(work.changeset.bytes), Self.stored(work.result), .text(digest)])
+                if let peers {
+                    try connection.execute(
+                        "INSERT INTO dtx_3pc (gid, branch, state, participants, updated_at) VALUES (?, ?, ?, ?, \(Self.now))",
+                        Self.keyParameters(branch) + [.text(ThreePhaseState.prepared.rawValue), peers])
+                }
                 for row in rows {
                     try connection.execute(
                         "INSERT INTO dtx_locks (tbl, pk, gid, branch) VALUES (?, ?, ?, ?)",
@@ -191,11 +212,79 @@ public final class SQLiteResourceManager: ResourceManager {
 
     public func inDoubt() async throws -> [BranchRef] {
         try await database.run { connection in
-            try connection.query("SELECT gid, branch FROM dtx_prepared ORDER BY prepared_at, gid, branch").compactMap { row in
+            try connection.query(
+                "SELECT gid, branch FROM dtx_prepared p WHERE NOT EXISTS (SELECT 1 FROM dtx_3pc t WHERE t.gid = p.gid AND t.branch = p.branch) ORDER BY prepared_at, gid, branch"
+            ).compactMap { row in
                 guard let gid = row.values[0].textValue, let branch = row.values[1].integerValue else { return nil }
                 return BranchRef(gid: gid, branch: BranchID(branch))
             }
         }
+    }
+
+    // MARK: 3PC
+
+    public func canCommit(_ branch: BranchRef, operation: String, payload: JSONValue?, participants: [ThreePhasePeer]) async throws -> JSONValue? {
+        switch try await prepare(branch, operation: operation, payload: payload, participants: participants) {
+        case let .prepared(result), let .readOnly(result): return result
+        }
+    }
+
+    public func preCommit(_ branch: BranchRef) async throws {
+        try await database.run { connection in
+            try connection.transaction(immediate: true) {
+                switch try Self.recorded(branch, in: connection) {
+                case .committed: return
+                case .rolledBack: throw BusinessError.alreadyRolledBack(branch, cannot: "pre-commit")
+                case .prepared, nil:
+                    let marked = try connection.execute(
+                        "UPDATE dtx_3pc SET state = ?, updated_at = \(Self.now) WHERE gid = ? AND branch = ?",
+                        [.text(ThreePhaseState.preCommitted.rawValue)] + Self.keyParameters(branch))
+                    guard marked == 1 else {
+                        throw BusinessError(code: "unknown_branch", message: "branch \(branch) is not a prepared 3PC branch here; it cannot pre-commit")
+                    }
+                }
+            }
+        }
+    }
+
+    public func threePhaseBranch(_ branch: BranchRef) async throws -> ThreePhaseBranchRecord? {
+        try await database.run { connection in
+            try connection.transaction(immediate: false) {
+                switch try Self.recorded(branch, in: connection) {
+                case nil: return nil
+                case .committed: return ThreePhaseBranchRecord(ref: branch, state: .committed, participants: [])
+                case .rolledBack: return ThreePhaseBranchRecord(ref: branch, state: .aborted, participants: [])
+                case .prepared:
+                    let row = try connection.query("SELECT gid, branch, state, participants FROM dtx_3pc WHERE gid = ? AND branch = ?", Self.keyParameters(branch)).first
+                    // A branch prepared by 2PC's PREPARE has no row: it is in w, with no peers to ask.
+                    return try row.flatMap(Self.threePhaseRecord) ?? ThreePhaseBranchRecord(ref: branch, state: .prepared, participants: [])
+                }
+            }
+        }
+    }
+
+    public func unfinishedThreePhaseBranches() async throws -> [ThreePhaseBranchRecord] {
+        try await database.run { connection in
+            try connection.query("SELECT gid, branch, state, participants FROM dtx_3pc ORDER BY gid, branch").compactMap(Self.threePhaseRecord)
+        }
+    }
+
+    /// A `dtx_3pc` row (gid, branch, state, participants) as the kit reads it.
+    private static func threePhaseRecord(_ row: SQLiteRow) throws -> ThreePhaseBranchRecord? {
+        guard let gid = row.values[0].textValue, let id = row.values[1].integerValue else { return nil }
+        let branch = BranchRef(gid: gid, branch: BranchID(id))
+        guard let state = row.values[2].textValue.flatMap(ThreePhaseState.init(rawValue:)), state == .prepared || state == .preCommitted else {
+            throw SQLiteResourceManagerError.corruptRecord(branch: branch, reason: "dtx_3pc holds the state \(row.values[2]), not prepared or pre_committed")
+        }
+        guard let text = row.values[3].textValue, let participants = try? JSONDecoder().decode([ThreePhasePeer].self, from: Data(text.utf8)) else {
+            throw SQLiteResourceManagerError.corruptRecord(branch: branch, reason: "its dtx_3pc participants are not a JSON list of peers")
+        }
+        return ThreePhaseBranchRecord(ref: branch, state: state, participants: participants)
+    }
+
+    /// The participants as stored: JSON text.
+    private static func stored(_ participants: [ThreePhasePeer]) throws -> SQLiteValue {
+        .text(String(decoding: try JSONEncoder().encode(participants), as: UTF8.self))
     }
 
     // MARK: Local transactions
@@ -315,6 +404,7 @@ public final class SQLiteResourceManager: ResourceManager {
     private static func forgetPrepared(_ branch: BranchRef, in connection: SQLiteConnection) throws {
         try connection.execute("DELETE FROM dtx_locks WHERE gid = ? AND branch = ?", keyParameters(branch))
         try connection.execute("DELETE FROM dtx_prepared WHERE gid = ? AND branch = ?", keyParameters(branch))
+        try connection.execute("DELETE FROM dtx_3pc WHERE gid = ? AND branch = ?", keyParameters(branch))
     }
 
     private static func recordOutcome(_ outcome: Outcome, result: JSONValue?, digest: String?, of branch: BranchRef, in connection: SQLiteConnection) throws {

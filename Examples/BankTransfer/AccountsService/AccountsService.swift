@@ -9,7 +9,7 @@ import Logging
 
 /// `accounts-service`: a bank's accounts in one database (SQLite or PostgreSQL), taking
 /// part in dtx transactions as a participant: it registers with dtxd at start and serves
-/// the `debit` and `credit` branch operations in 2PC, TCC and sagas.
+/// the `debit` and `credit` branch operations in 2PC, 3PC, TCC and sagas.
 @main
 struct AccountsService: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -25,8 +25,9 @@ struct AccountsService: AsyncParsableCommand {
         {"id": ..., "balance": cents} opens an account; POST /accounts/ID/debit and \\
         /credit {"amount": cents} move money in a plain local transaction, outside any \\
         global transaction (what an application without a coordinator would call); the \\
-        participant protocol is under /dtx/2pc/, /dtx/tcc/ and /dtx/saga/, where debit \\
-        and credit are operations of each protocol (a TCC debit holds the money in the \\
+        participant protocol is under /dtx/2pc/, /dtx/3pc/ (with GET /dtx/state for \\
+        3PC peers), /dtx/tcc/ and /dtx/saga/, where debit and credit are operations of \\
+        each protocol (a TCC debit holds the money in the \\
         holds table from its try until its confirm or cancel). Failpoints for crash tests: DTX_PARTICIPANT_FAILPOINTS (see \\
         memory-participant --help) and PUT /test/failpoints.
         """
@@ -59,6 +60,9 @@ struct AccountsService: AsyncParsableCommand {
     @Option(name: .customLong("recovery-interval"), help: "Seconds between in-doubt recovery passes.")
     var recoveryInterval: Double?
 
+    @Option(name: .customLong("three-phase-timeout"), help: "3PC: seconds a branch waits for the next message before it acts alone (q: abort; w, p: termination). (env DTX_PARTICIPANT_3PC_TIMEOUT, default 5)")
+    var threePhaseTimeout: Double?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel = "info"
 
@@ -78,9 +82,11 @@ struct AccountsService: AsyncParsableCommand {
         }
         let heartbeatInterval: Duration
         let recoveryEvery: Duration
+        let threePhaseWait: Duration
         do {
             heartbeatInterval = try ParticipantHost.seconds(heartbeat, variable: "DTX_PARTICIPANT_HEARTBEAT", flag: "--heartbeat")
             recoveryEvery = try ParticipantHost.seconds(recoveryInterval, variable: "DTX_PARTICIPANT_RECOVERY_INTERVAL", flag: "--recovery-interval")
+            threePhaseWait = try ParticipantHost.seconds(threePhaseTimeout, variable: "DTX_PARTICIPANT_3PC_TIMEOUT", flag: "--three-phase-timeout")
         } catch {
             throw ValidationError(error.message)
         }
@@ -117,7 +123,8 @@ struct AccountsService: AsyncParsableCommand {
                     name: name, advertisedURL: ParticipantHost.url(host: host, port: port),
                     coordinatorURL: coordinator ?? env["DTX_URL"] ?? "http://127.0.0.1:7070",
                     coordinatorToken: coordinatorToken ?? env["DTX_TOKEN"],
-                    heartbeatInterval: heartbeatInterval, recoveryInterval: recoveryEvery
+                    heartbeatInterval: heartbeatInterval, recoveryInterval: recoveryEvery,
+                    threePhaseTimeout: threePhaseWait
                 ),
                 resourceManager: FailpointResourceManager(base: store.resourceManager, failpoints: failpoints),
                 logger: logger

@@ -5,7 +5,8 @@ import DTXCore
 import Foundation
 
 /// `transfer`: moves money between two accounts held by two account services (for
-/// example one on SQLite and one on PostgreSQL) in one 2PC global transaction.
+/// example one on SQLite and one on PostgreSQL) in one 2PC (or, with `--protocol 3pc`,
+/// 3PC) global transaction.
 @main
 struct Transfer: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -27,6 +28,9 @@ struct Transfer: AsyncParsableCommand {
 
     @Option(help: "Amount, a whole number of cents above 0.")
     var amount: Int
+
+    @Option(name: .customLong("protocol"), help: "Atomic-commit protocol: 2pc, or 3pc (three-phase commit: the services finish the transfer by themselves if dtxd dies and stays down).")
+    var commitProtocol: CommitProtocol = .twoPhase
 
     @Option(help: "Global transaction id (default: generated). Submitting the same id again is safe.")
     var gid: String?
@@ -58,7 +62,7 @@ struct Transfer: AsyncParsableCommand {
         let (debitService, debitAccount) = try Self.split(from)
         let (creditService, creditAccount) = try Self.split(to)
         let submission = TransactionSubmission(
-            gid: gid, protocol: .twoPhaseCommit,
+            gid: gid, protocol: commitProtocol.wire,
             branches: [
                 BranchSpec(participant: debitService, operation: "debit", payload: .object(["account": .string(debitAccount), "amount": .number(Double(amount))])),
                 BranchSpec(participant: creditService, operation: "credit", payload: .object(["account": .string(creditAccount), "amount": .number(Double(amount))])),
@@ -82,6 +86,19 @@ struct Transfer: AsyncParsableCommand {
         case nil:
             print("undecided after waiting: \(view.status) (gid \(view.gid)); see `dtx show \(view.gid)`")
             throw ExitCode(1)
+        }
+    }
+}
+
+/// The protocols a transfer can run in: the atomic ones (TCC and sagas go through `dtx submit`).
+enum CommitProtocol: String, CaseIterable, ExpressibleByArgument {
+    case twoPhase = "2pc"
+    case threePhase = "3pc"
+
+    var wire: TransactionProtocol {
+        switch self {
+        case .twoPhase: .twoPhaseCommit
+        case .threePhase: .threePhaseCommit
         }
     }
 }
