@@ -2,6 +2,8 @@ import DTXAPI
 import DTXCore
 import Foundation
 import Logging
+import NIOCore
+import NIOPosix
 import Synchronization
 
 /// Runs 3PC's participant side (`ThreePhaseParticipant`) for every branch in progress on
@@ -139,7 +141,7 @@ final class ThreePhaseBranch: Sendable {
         var canCommit: Slot?
         var queue: [(Event, Slot?)] = []
         var draining = false
-        var timer: Task<Void, Never>?
+        var timer: Scheduled<Void>?
         var timerGeneration: UInt64 = 0
     }
 
@@ -280,13 +282,16 @@ final class ThreePhaseBranch: Sendable {
     /// Arms the branch's one timer (replacing the armed one); later waits are longer.
     private func arm(attempt: Int) {
         let delay = owner.timeout * min(max(attempt, 1), 4)
-        let replaced = state.withLock { s -> Task<Void, Never>? in
+        // An event-loop timer, not a sleeping task: no dispatch timer and thread wake-up
+        // per branch. Armed under the lock, so its firing (which takes the lock) finds it.
+        let replaced = state.withLock { s -> Scheduled<Void>? in
             s.timerGeneration += 1
             let generation = s.timerGeneration
+            let (seconds, attoseconds) = delay.components
+            let nanoseconds = seconds * 1_000_000_000 + attoseconds / 1_000_000_000
             defer {
-                s.timer = Task { [weak self] in
-                    try? await Task.sleep(for: delay)
-                    if !Task.isCancelled { self?.fire(generation) }
+                s.timer = MultiThreadedEventLoopGroup.singleton.next().scheduleTask(in: .nanoseconds(nanoseconds)) { [weak self] () -> Void in
+                    self?.fire(generation)
                 }
             }
             return s.timer
@@ -295,7 +300,7 @@ final class ThreePhaseBranch: Sendable {
     }
 
     private func cancelTimer() {
-        let armed = state.withLock { s -> Task<Void, Never>? in
+        let armed = state.withLock { s -> Scheduled<Void>? in
             s.timerGeneration += 1
             defer { s.timer = nil }
             return s.timer
