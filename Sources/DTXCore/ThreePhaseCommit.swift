@@ -65,6 +65,9 @@ public struct ThreePhaseCommit: TransactionStateMachine {
     /// Branches ended differently: participants decided apart (heuristic-mixed), or an
     /// operator overrode a logged decision.
     public internal(set) var heuristic = false
+    /// Participants decided apart (a partition): logged with the outcome, so that the
+    /// history keeps the flag after a restart.
+    private var decidedApart = false
 
     public init(gid: GlobalTransactionID, branches: [BranchSpec]) {
         precondition(!branches.isEmpty, "a transaction has at least one branch")
@@ -104,6 +107,22 @@ public struct ThreePhaseCommit: TransactionStateMachine {
     }
 
     public mutating func handle(_ event: Event) -> [TransactionAction] {
+        let actions = react(to: event)
+        return recordingDecidedApart(actions)  // after `react`: it reads the state `react` left
+    }
+
+    /// Before `end`, a transaction whose participants decided apart logs a heuristic
+    /// resolution with its outcome (lazily: it only tells the history what happened).
+    private func recordingDecidedApart(_ actions: [TransactionAction]) -> [TransactionAction] {
+        guard decidedApart, let end = actions.firstIndex(where: { if case .log(.end, _) = $0 { true } else { false } }) else { return actions }
+        let record = LogEntry.resolution(gid: gid, status == .committed ? .commit : .abort, targets: [],
+                                         reason: "participants decided differently (heuristic-mixed)", heuristic: true)
+        var actions = actions
+        actions.insert(.log(record, forced: false), at: end)
+        return actions
+    }
+
+    private mutating func react(to event: Event) -> [TransactionAction] {
         switch (status, event) {
         case (.created, .start):
             return start()
@@ -225,7 +244,7 @@ public struct ThreePhaseCommit: TransactionStateMachine {
         if branches.contains(where: { $0.state == .rolledBack }) {
             // Any aborted → abort, unless another branch committed already: then the
             // branches decided apart (a partition), and the rest follows the commit.
-            if anyCommitted { heuristic = true }
+            if anyCommitted { heuristic = true; decidedApart = true }
             return actions + decide(anyCommitted ? .commit : .abort, reason: nil)
         }
         guard branches.allSatisfy({ $0.state == .preCommitted || $0.state == .committed }) else { return actions }
@@ -241,9 +260,11 @@ public struct ThreePhaseCommit: TransactionStateMachine {
         targets = Set(open)
         var actions: [TransactionAction] = [.cancel(.phaseOne)]
         if open.isEmpty {
-            // Every branch ended by termination already: nothing to send or to remember.
+            // Every branch ended by termination already: nothing to send. The decision is
+            // still logged (lazily, before `end`) so that the history shows the outcome.
             status = decision == .commit ? .committed : .aborted
-            return actions + [.decided(decision), .log(.end(gid: gid), forced: false), .finish(status)]
+            return actions + [.decided(decision), .log(.decision(gid: gid, decision, targets: []), forced: false),
+                              .log(.end(gid: gid), forced: false), .finish(status)]
         }
         let entry: LogEntry = reason.map { .resolution(gid: gid, decision, targets: open, reason: $0, heuristic: false) }
             ?? .decision(gid: gid, decision, targets: open)
@@ -269,10 +290,12 @@ public struct ThreePhaseCommit: TransactionStateMachine {
             branches[id].state = .rolledBack
         case (.committing, .aborted):
             heuristic = true
+            decidedApart = true
             branches[id].state = .rolledBack
             branches[id].lastError = "heuristic: the participant had already aborted (participants decided differently)"
         case (.aborting, .committed):
             heuristic = true
+            decidedApart = true
             branches[id].state = .committed
             branches[id].lastError = "heuristic: the participant had already committed (participants decided differently)"
         default:

@@ -22,6 +22,16 @@ private func preCommitting(_ count: Int = 3) -> ThreePhaseCommit {
     return m
 }
 
+/// What a restart reads back of a transaction that logged `begin`, the pre-commit and
+/// then the records among `actions`.
+private func replay(_ actions: [TransactionAction]) -> TransactionLogReplay.Replayed? {
+    var log = TransactionLogReplay()
+    log.apply(.begin(gid: gid, protocol: .threePhaseCommit, branches: specs))
+    log.apply(.preCommit(gid: gid))
+    for case let .log(entry, _) in actions { log.apply(entry) }
+    return log.transactions[gid]
+}
+
 /// Every branch acknowledged PreCommit: the commit is logged and DoCommit is out.
 private func committing(_ count: Int = 3) -> ThreePhaseCommit {
     var m = preCommitting(count)
@@ -167,10 +177,14 @@ private func sends(_ actions: [TransactionAction]) -> [TransactionAction] {
         #expect(m.handle(.reported(2, .committed)).last == .finish(.committed))
         #expect(!m.heuristic)
 
-        // Every branch already committed by termination: nothing left to log or send.
+        // Every branch already committed by termination: nothing to send, and the outcome
+        // logged lazily so that the history (replayed after a restart) shows it.
         var ended = preCommitting(2)
         _ = ended.handle(.reported(0, .committed))
-        #expect(ended.handle(.reported(1, .committed)) == [.cancel(.retry(1)), .cancel(.phaseOne), .decided(.commit), .log(.end(gid: gid), forced: false), .finish(.committed)])
+        let closing = ended.handle(.reported(1, .committed))
+        #expect(closing == [.cancel(.retry(1)), .cancel(.phaseOne), .decided(.commit), .log(.decision(gid: gid, .commit, targets: []), forced: false),
+                            .log(.end(gid: gid), forced: false), .finish(.committed)])
+        #expect(replay(closing)?.decision == .commit)
     }
 
     @Test func branchesThatDecidedApartMakeTheTransactionHeuristicMixed() {
@@ -181,8 +195,12 @@ private func sends(_ actions: [TransactionAction]) -> [TransactionAction] {
         #expect(m.heuristic)
         #expect(actions.contains(.decided(.commit)))
         #expect(sends(actions) == [.send(.doCommit, to: 2)])
-        #expect(m.handle(.reported(2, .committed)).last == .finish(.committed))
+        let closing = m.handle(.reported(2, .committed))
+        #expect(closing.last == .finish(.committed))
         #expect(m.branches.map(\.state) == [.committed, .rolledBack, .committed])
+        // The flag and the outcome outlive a restart: a heuristic resolution precedes `end`.
+        let history = replay(closing)
+        #expect(history?.heuristic == true && history?.decision == .commit && history?.ended == true)
     }
 
     @Test func missingPreCommitAcknowledgementsCommitAtTheTimeout() {
@@ -201,7 +219,12 @@ private func sends(_ actions: [TransactionAction]) -> [TransactionAction] {
         // Branch 2 was cut off and its termination aborted: flagged, not retried forever.
         _ = m.handle(.reported(0, .committed))
         _ = m.handle(.reported(1, .committed))
-        #expect(m.handle(.reported(2, .aborted)) == [.cancel(.retry(2)), .log(.end(gid: gid), forced: false), .finish(.committed)])
+        // The mixed outcome is logged with the end, so that it outlives a restart.
+        #expect(m.handle(.reported(2, .aborted)) == [
+            .cancel(.retry(2)),
+            .log(.resolution(gid: gid, .commit, targets: [], reason: "participants decided differently (heuristic-mixed)", heuristic: true), forced: false),
+            .log(.end(gid: gid), forced: false), .finish(.committed),
+        ])
         #expect(m.heuristic)
         #expect(m.branches[2].state == .rolledBack && m.branches[2].lastError?.hasPrefix("heuristic") == true)
     }
