@@ -81,7 +81,9 @@ import Testing
     @Test func manyConcurrentBranchesAndLocalWritesConserveTheTotal() async throws {
         let directory = try TemporaryDirectory()
         let accounts = 12
-        let manager = try await Bank.open(directory.database, accounts: accounts, balance: 1_000)
+        // Local writes wait for rows that 16 busy tasks keep locking; on a loaded machine (the
+        // whole suite in parallel on 2 cores) that can take longer than the default 2 s.
+        let manager = try await Bank.open(directory.database, accounts: accounts, balance: 1_000, lockWaitTimeout: .seconds(30))
         // Each task runs transfers between random accounts: prepare, then commit or roll
         // back at random; refusals (locked rows, insufficient funds) are expected. Other
         // tasks move money with local writes, which wait for the rows branches hold.
