@@ -491,7 +491,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     func threePhaseState(branch: BranchID?) -> ThreePhaseState {
         state.withLock { s in
             if let branch, !s.machine.branches.indices.contains(branch) { return .aborted }
-            if let machine = s.machine as? ThreePhaseCommit { return machine.threePhaseState }
+            if let answer = s.machine.terminationAnswer { return answer }
             // Another protocol's gid: only its decision means anything to the asker.
             switch s.decision {
             case .commit?: return .committed

@@ -117,7 +117,7 @@ public struct Branch: Sendable, Equatable {
 }
 
 /// Where a global transaction stands, as the API and the CLI show it.
-public enum TransactionStatus: String, Sendable, Codable, Equatable {
+public enum TransactionStatus: String, Sendable, Codable, Equatable, CaseIterable {
     case created
     /// Interactive: open, services enlist their prepared branches until commit or abort.
     case active
@@ -255,12 +255,15 @@ public protocol TransactionStateMachine: Sendable {
     /// The failure that decided the outcome when the machine, not a participant, named
     /// it (a saga step out of attempts); nil elsewhere.
     var decidingFailure: Saga.Failure? { get }
+    /// What a 3PC participant running termination is told (3PC); nil elsewhere.
+    var terminationAnswer: ThreePhaseState? { get }
 }
 
 extension TransactionStateMachine {
     public func retryPolicy(for id: BranchID, base: RetryPolicy) -> RetryPolicy { base }
     public var completedCompensations: [BranchID]? { nil }
     public var decidingFailure: Saga.Failure? { nil }
+    public var terminationAnswer: ThreePhaseState? { nil }
 }
 
 /// Capped exponential backoff; the engine supplies the jitter (a value in 0..<1) so

@@ -44,6 +44,16 @@ extension DecisionDelivering {
         return ids.isEmpty ? actions + end(decision) : actions
     }
 
+    /// Sends `message` to every branch, each now `state` with a fresh attempt count: the
+    /// round before a decision (PREPARE, TRY, CANCOMMIT, 3PC's PRECOMMIT).
+    mutating func sendToEveryBranch(_ message: ParticipantMessage, as state: BranchState) -> [TransactionAction] {
+        branches.indices.map { id in
+            branches[id].state = state
+            branches[id].attempts = 1
+            return .send(message, to: id)
+        }
+    }
+
     /// Aborts before any decision: `ids` are told to abort; `reason` (an application's,
     /// an operator's) is logged with the decision as a non-heuristic `resolution`.
     mutating func abort(_ ids: [BranchID], reason: String?, forced: Bool) -> [TransactionAction] {

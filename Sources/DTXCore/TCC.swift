@@ -165,14 +165,8 @@ public struct TryConfirmCancel: TransactionStateMachine {
 
     private mutating func start() -> [TransactionAction] {
         status = .trying
-        var actions: [TransactionAction] = [.log(.begin(gid: gid, protocol: .tcc, branches: branches.map(\.spec)), forced: true)]
-        for id in branches.indices {
-            branches[id].state = .trying
-            branches[id].attempts = 1
-            actions.append(.send(.try, to: id))
-        }
-        actions.append(.schedule(.phaseOne, attempt: 1))
-        return actions
+        let begin: TransactionAction = .log(.begin(gid: gid, protocol: .tcc, branches: branches.map(\.spec)), forced: true)
+        return [begin] + sendToEveryBranch(.try, as: .trying) + [.schedule(.phaseOne, attempt: 1)]
     }
 
     /// Every Try succeeded (or, interactive, the application commits its enlisted branches).

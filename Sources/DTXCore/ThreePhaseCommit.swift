@@ -75,6 +75,8 @@ public struct ThreePhaseCommit: TransactionStateMachine {
         self.branches = branches.enumerated().map { Branch(id: $0.offset, spec: $0.element) }
     }
 
+    public var terminationAnswer: ThreePhaseState? { threePhaseState }
+
     /// The coordinator's own state, which is what it answers a participant that asks
     /// during termination: `prepared` (still collecting votes: wait), `pre_committed`
     /// (move to p and wait for DoCommit), or the decision.
@@ -178,14 +180,8 @@ public struct ThreePhaseCommit: TransactionStateMachine {
 
     private mutating func start() -> [TransactionAction] {
         status = .preparing
-        var actions: [TransactionAction] = [.log(.begin(gid: gid, protocol: .threePhaseCommit, branches: branches.map(\.spec)), forced: false)]
-        for id in branches.indices {
-            branches[id].state = .preparing
-            branches[id].attempts = 1
-            actions.append(.send(.canCommit, to: id))
-        }
-        actions.append(.schedule(.phaseOne, attempt: 1))
-        return actions
+        let begin: TransactionAction = .log(.begin(gid: gid, protocol: .threePhaseCommit, branches: branches.map(\.spec)), forced: false)
+        return [begin] + sendToEveryBranch(.canCommit, as: .preparing) + [.schedule(.phaseOne, attempt: 1)]
     }
 
     private mutating func voted(_ id: BranchID, _ vote: Vote) -> [TransactionAction] {
@@ -213,14 +209,7 @@ public struct ThreePhaseCommit: TransactionStateMachine {
     }
 
     private mutating func sendPreCommitToAll() -> [TransactionAction] {
-        var actions: [TransactionAction] = []
-        for id in branches.indices {
-            branches[id].state = .preCommitting
-            branches[id].attempts = 1
-            actions.append(.send(.preCommit, to: id))
-        }
-        actions.append(.schedule(.phaseOne, attempt: 1))
-        return actions
+        sendToEveryBranch(.preCommit, as: .preCommitting) + [.schedule(.phaseOne, attempt: 1)]
     }
 
     /// A participant answered PreCommit with the state it is in.

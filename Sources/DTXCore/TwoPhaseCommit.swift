@@ -165,15 +165,9 @@ public struct TwoPhaseCommit: TransactionStateMachine {
 
     private mutating func start() -> [TransactionAction] {
         status = .preparing
-        var actions: [TransactionAction] = [.log(.begin(gid: gid, protocol: .twoPhaseCommit, branches: branches.map(\.spec)), forced: false)]
-        let message: ParticipantMessage = isOnePhase ? .commitOnePhase : .prepare
-        for id in branches.indices {
-            branches[id].state = .preparing
-            branches[id].attempts = 1
-            actions.append(.send(message, to: id))
-        }
-        if !isOnePhase { actions.append(.schedule(.phaseOne, attempt: 1)) }
-        return actions
+        let begin: TransactionAction = .log(.begin(gid: gid, protocol: .twoPhaseCommit, branches: branches.map(\.spec)), forced: false)
+        let sends = sendToEveryBranch(isOnePhase ? .commitOnePhase : .prepare, as: .preparing)
+        return [begin] + sends + (isOnePhase ? [] : [.schedule(.phaseOne, attempt: 1)])
     }
 
     /// A vote from branch `id`; nil is the interactive commit request (every enlisted

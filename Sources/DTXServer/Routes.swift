@@ -88,8 +88,7 @@ struct CoordinatorRoutes: Sendable {
 
     private func listQuery(_ parameters: Parameters) throws -> Coordinator.ListQuery {
         var query = Coordinator.ListQuery()
-        let statuses = ["created", "active", "preparing", "pre_committing", "committing", "aborting", "trying", "confirming", "cancelling",
-                        "running", "compensating", "committed", "aborted", "stuck"]
+        let statuses = TransactionStatus.allCases.map(\.rawValue) + ["stuck"]
         if let status = parameters["status"].map(String.init) {
             guard statuses.contains(status) else {
                 throw CoordinatorError(400, "invalid_query", "status must be one of \(statuses.joined(separator: ", ")), not '\(status)'")
