@@ -26,32 +26,40 @@ public protocol Transport: Sendable {
     func shutdown() async
 }
 
-/// The participant protocol over HTTP/1.1 with pooled keep-alive connections
-/// (async-http-client) and a per-request timeout.
+/// The participant protocol over HTTP/1.1 with pooled keep-alive connections and a
+/// per-request timeout: plain `http://` participants through the lean
+/// `ParticipantConnections`, `https://` ones through async-http-client (made on first use).
 public final class HTTPTransport: Transport {
-    private let client: HTTPClient
+    private let connections: ParticipantConnections
+    private let tlsClientSlot: Mutex<HTTPClient?> = Mutex(nil)
+    private let connectionsPerParticipant: Int
     private let timeout: TimeAmount
     private let templates = Mutex<[String: HTTPClient.Request]>([:])
 
     public init(requestTimeout: Duration = .seconds(10), connectionsPerParticipant: Int = 256) {
-        var configuration = HTTPClient.Configuration()
-        configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = connectionsPerParticipant
-        configuration.timeout.connect = .seconds(1)
-        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        self.connectionsPerParticipant = connectionsPerParticipant
+        connections = ParticipantConnections(maxConnectionsPerHost: connectionsPerParticipant)
         let (seconds, attoseconds) = requestTimeout.components
         timeout = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
 
     public func send(_ message: ParticipantMessage, protocol proto: TransactionProtocol, request: ParticipantRequest, to endpoint: ParticipantEndpoint) async -> ParticipantResponse {
         do {
-            // The future-based API with a collected body: cheaper per call than the
-            // streaming async one, and participant answers are small.
-            var http = try template(endpoint.url + message.path(for: proto), token: endpoint.token)
-            http.body = .bytes(Self.encode(request))
-            let response = try await client.execute(request: http, deadline: .now() + timeout).get()
-            let data = response.body.map { Array($0.readableBytesView) } ?? []
+            let status: Int
+            let data: [UInt8]
+            if let target = connections.target(endpoint.url) {
+                let response = try await connections.post(target, path: message.path(for: proto), body: Self.encode(request), token: endpoint.token, timeout: timeout)
+                (status, data) = (response.status, response.body)
+            } else {
+                // The future-based API with a collected body: cheaper per call than the
+                // streaming async one, and participant answers are small.
+                var http = try template(endpoint.url + message.path(for: proto), token: endpoint.token)
+                http.body = .bytes(Self.encode(request))
+                let response = try await tlsClient().execute(request: http, deadline: .now() + timeout).get()
+                (status, data) = (Int(response.status.code), response.body.map { Array($0.readableBytesView) } ?? [])
+            }
             let json = try? JSONValue(parsing: data)
-            switch response.status.code {
+            switch status {
             case 200:
                 guard let status = json?["status"]?.stringValue else {
                     return .failed("\(endpoint.name) answered 200 with a body that is not a participant reply")
@@ -63,9 +71,9 @@ public final class HTTPTransport: Transport {
                 }
                 return .refused(code: "refused", message: String(decoding: data.prefix(300), as: UTF8.self))
             case 425, 503:
-                return .failed("\(endpoint.name) asked to retry later (HTTP \(response.status.code))")
+                return .failed("\(endpoint.name) asked to retry later (HTTP \(status))")
             default:
-                return .failed("\(endpoint.name) answered HTTP \(response.status.code): \(String(decoding: data.prefix(200), as: UTF8.self))")
+                return .failed("\(endpoint.name) answered HTTP \(status): \(String(decoding: data.prefix(200), as: UTF8.self))")
             }
         } catch {
             return .failed("\(endpoint.name) at \(endpoint.url) unreachable: \(Self.describe(error))")
@@ -73,7 +81,20 @@ public final class HTTPTransport: Transport {
     }
 
     public func shutdown() async {
-        try? await client.shutdown()
+        connections.shutdown()
+        if let client = tlsClientSlot.withLock({ $0 }) { try? await client.shutdown() }
+    }
+
+    private func tlsClient() -> HTTPClient {
+        tlsClientSlot.withLock { client in
+            if let client { return client }
+            var configuration = HTTPClient.Configuration()
+            configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = connectionsPerParticipant
+            configuration.timeout.connect = .seconds(1)
+            let made = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+            client = made
+            return made
+        }
     }
 
     /// Requests differ only in their body: the parsed URL and headers are made once per
@@ -109,6 +130,7 @@ public final class HTTPTransport: Transport {
 
     private static func describe(_ error: Error) -> String {
         if let error = error as? HTTPClientError, error == .deadlineExceeded { return "no answer within the request timeout" }
+        if let error = error as? ParticipantConnections.Failure { return error.description }
         let text = String(describing: error)
         return text.contains("connectionRefused") || text.contains("Connection refused") ? "connection refused" : text
     }
