@@ -39,7 +39,7 @@ extension SQLiteResourceManager: BarrierResourceManager {
         let operations = barrierOperations
         let deadline = ContinuousClock.now + lockWaitTimeout
         while true {
-            let attempt = try await database.run { connection in
+            let attempt = try await database.run(sharingCommit: true) { connection in
                 try Self.barrierAttempt(phase, branch, operation: operation, payload: payload, digest: digest, in: connection) {
                     try operations.required(body, phase, operation, of: branch)
                 }

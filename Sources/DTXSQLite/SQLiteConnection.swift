@@ -81,12 +81,40 @@ public final class SQLiteConnection {
     /// Whether a transaction is open on this connection.
     public var isInTransaction: Bool { sqlite3_get_autocommit(handle) == 0 }
 
+    /// Set by the database's thread while it holds a transaction open for a group of
+    /// jobs that share one COMMIT (see `SQLiteDatabase.run(sharingCommit:_:)`).
+    var sharesCommit = false
+
     /// Runs `body` in a transaction: commits if it returns, rolls back if it or the
-    /// commit throws.
+    /// commit throws. Inside a group that shares a commit, the transaction is a
+    /// savepoint of the group's, released if `body` returns (the group's COMMIT makes it
+    /// durable) and rolled back if it throws.
     /// - Parameter immediate: take the write lock at the start (`BEGIN IMMEDIATE`), so
     ///   that what `body` reads cannot change before it writes; otherwise a read
     ///   transaction (`BEGIN`), a consistent snapshot.
     func transaction<T>(immediate: Bool, _ body: () throws -> T) throws -> T {
+        if sharesCommit {
+            try execute("SAVEPOINT \(Self.jobSavepoint)")
+            do {
+                let value = try body()
+                // Deferred foreign keys are checked at COMMIT, which this job shares:
+                // one left unresolved fails this job here, not the whole group there.
+                var unresolved: Int32 = 0, highest: Int32 = 0
+                sqlite3_db_status(handle, SQLITE_DBSTATUS_DEFERRED_FKS, &unresolved, &highest, 0)
+                if unresolved > 0 {
+                    throw SQLiteError(code: Self.foreignKeyConstraint, message: "FOREIGN KEY constraint failed")
+                }
+                try execute("RELEASE \(Self.jobSavepoint)")
+                return value
+            } catch {
+                // An error that made SQLite roll back the whole transaction leaves no
+                // savepoint: the database's thread sees that and fails the group.
+                if isInTransaction {
+                    sqlite3_exec(handle, "ROLLBACK TO \(Self.jobSavepoint); RELEASE \(Self.jobSavepoint)", nil, nil, nil)
+                }
+                throw error
+            }
+        }
         try execute(immediate ? "BEGIN IMMEDIATE" : "BEGIN")
         do {
             let value = try body()
@@ -97,6 +125,10 @@ public final class SQLiteConnection {
             throw error
         }
     }
+
+    static let jobSavepoint = "dtx_job"
+    /// SQLITE_CONSTRAINT_FOREIGNKEY (a C macro Swift does not import).
+    private static let foreignKeyConstraint = SQLITE_CONSTRAINT | (3 << 8)
 
     /// Rolls back the open transaction, if any. A failing ROLLBACK leaves nothing to
     /// do: SQLite has then already rolled the transaction back itself.

@@ -37,14 +37,29 @@ public final class SQLiteDatabase: Sendable {
     }
 
     /// Runs `body` with the connection on the database's thread.
+    ///
+    /// With `sharingCommit`, the transactions `body` runs (through
+    /// `SQLiteConnection.transaction`) may share one COMMIT, so one fsync, with the other
+    /// such jobs queued at the same time: the thread opens one transaction for them, runs
+    /// each job's transaction as a savepoint in it, commits once, and only then returns
+    /// to their callers. A job that throws rolls back its own savepoint only; a COMMIT
+    /// that fails fails every job of the group (none of them is then committed). A job
+    /// that does not share a commit runs after the group before it has committed.
     /// - Throws: what `body` throws; `SQLiteError` when the database could not be opened
-    ///   or is closed.
-    public func run<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
+    ///   or is closed, or when the shared COMMIT failed.
+    public func run<T: Sendable>(sharingCommit: Bool = false, _ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
         let path = path
         return try await withCheckedThrowingContinuation { continuation in
-            let accepted = jobs.submit { opened in
-                continuation.resume(with: Result { try body(opened.get()) })
-            }
+            let accepted = jobs.submit(JobQueue.Job(sharesCommit: sharingCommit) { opened in
+                let result = Result { try body(opened.get()) }
+                return { commitFailure in
+                    if let commitFailure, case .success = result {
+                        continuation.resume(throwing: commitFailure)
+                    } else {
+                        continuation.resume(with: result)
+                    }
+                }
+            })
             if !accepted {
                 continuation.resume(throwing: SQLiteError(code: SQLITE_MISUSE, message: "database \(path) is closed"))
             }
@@ -61,19 +76,88 @@ public final class SQLiteDatabase: Sendable {
     /// The thread's work: opens the connection and runs jobs until the queue closes.
     /// The connection is closed when this returns.
     private static func serve(_ jobs: JobQueue, open: () throws -> SQLiteConnection) {
-        let connection = Result { try open() }
+        let opened = Result { try open() }
+        var group = CommitGroup()
         var last = false
         while !last {
             let batch: [JobQueue.Job]
             (batch, last) = jobs.next()
-            for job in batch { job(connection) }
+            for job in batch {
+                guard job.sharesCommit, case .success(let connection) = opened else {
+                    group.commit()
+                    job.run(opened)(nil)
+                    continue
+                }
+                group.run(job, on: connection)
+            }
+            group.commit()
         }
+    }
+}
+
+/// The jobs that share the transaction the database's thread holds open, and their
+/// callers, answered once it commits.
+private struct CommitGroup {
+    private var connection: SQLiteConnection?
+    private var waiting: [JobQueue.Finish] = []
+
+    mutating func run(_ job: JobQueue.Job, on connection: SQLiteConnection) {
+        if self.connection == nil {
+            do {
+                try connection.execute("BEGIN IMMEDIATE")
+                connection.sharesCommit = true
+                self.connection = connection
+            } catch {
+                // Could not take the write lock (busy): the job runs alone, and its own
+                // BEGIN reports the reason.
+                job.run(.success(connection))(nil)
+                return
+            }
+        }
+        let finish = job.run(.success(connection))
+        if connection.isInTransaction {
+            waiting.append(finish)
+        } else {
+            // An error made SQLite roll back the whole transaction: the jobs before
+            // this one lost their work with it.
+            end(failure: SQLiteError(code: SQLITE_ABORT, message: "the transaction shared with other jobs was rolled back by an error in another job; nothing of this job was committed"))
+            finish(nil)
+        }
+    }
+
+    /// Commits the group and answers its callers.
+    mutating func commit() {
+        guard let connection else { return }
+        do {
+            try connection.execute("COMMIT")
+            end(failure: nil)
+        } catch {
+            connection.rollback()
+            end(failure: error)
+        }
+    }
+
+    private mutating func end(failure: (any Error)?) {
+        connection?.sharesCommit = false
+        connection = nil
+        let answered = waiting
+        waiting = []
+        for finish in answered { finish(failure) }
     }
 }
 
 /// The jobs waiting for a database's thread.
 private final class JobQueue: Sendable {
-    typealias Job = @Sendable (Result<SQLiteConnection, any Error>) -> Void
+    struct Job: Sendable {
+        /// Whether the job may share its COMMIT with other jobs.
+        var sharesCommit: Bool
+        /// Runs the job and returns how to answer its caller.
+        var run: @Sendable (Result<SQLiteConnection, any Error>) -> Finish
+    }
+
+    /// Answers a job's caller: given nil once what it wrote is committed, or why it
+    /// could not be.
+    typealias Finish = @Sendable ((any Error)?) -> Void
 
     private struct State {
         var pending: [Job] = []
@@ -87,7 +171,7 @@ private final class JobQueue: Sendable {
     private let wakeUp = DispatchSemaphore(value: 0)
 
     /// Queues `job`; false if the queue is closed.
-    func submit(_ job: @escaping Job) -> Bool {
+    func submit(_ job: Job) -> Bool {
         let accepted = state.withLock { state in
             if state.closed { return false }
             state.pending.append(job)

@@ -118,7 +118,7 @@ public final class SQLiteResourceManager: ResourceManager, ThreePhaseResourceMan
         let body = operations.withLock { $0[operation] }
         let digest = BranchDigest.of(operation: operation, payload: payload)
         let peers = try participants.map(Self.stored)
-        return try await database.run { connection in
+        return try await database.run(sharingCommit: true) { connection in
             try connection.transaction(immediate: true) {
                 switch try Self.recorded(branch, in: connection) {
                 case .rolledBack: throw BusinessError.alreadyRolledBack(branch, cannot: "prepare")
@@ -153,7 +153,7 @@ public final class SQLiteResourceManager: ResourceManager, ThreePhaseResourceMan
     }
 
     public func commit(_ branch: BranchRef) async throws {
-        try await database.run { [logger] connection in
+        try await database.run(sharingCommit: true) { [logger] connection in
             try connection.transaction(immediate: true) {
                 switch try Self.recorded(branch, in: connection) {
                 case .committed: return
@@ -166,7 +166,7 @@ public final class SQLiteResourceManager: ResourceManager, ThreePhaseResourceMan
     }
 
     public func rollback(_ branch: BranchRef) async throws {
-        try await database.run { connection in
+        try await database.run(sharingCommit: true) { connection in
             try connection.transaction(immediate: true) {
                 switch try Self.recorded(branch, in: connection) {
                 case .rolledBack: return
@@ -187,7 +187,7 @@ public final class SQLiteResourceManager: ResourceManager, ThreePhaseResourceMan
     public func commitOnePhase(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
         let body = operations.withLock { $0[operation] }
         let digest = BranchDigest.of(operation: operation, payload: payload)
-        return try await database.run { [logger] connection in
+        return try await database.run(sharingCommit: true) { [logger] connection in
             try connection.transaction(immediate: true) {
                 switch try Self.recorded(branch, in: connection) {
                 case .committed(let result, let recorded):
@@ -230,7 +230,7 @@ public final class SQLiteResourceManager: ResourceManager, ThreePhaseResourceMan
     }
 
     public func preCommit(_ branch: BranchRef) async throws {
-        try await database.run { connection in
+        try await database.run(sharingCommit: true) { connection in
             try connection.transaction(immediate: true) {
                 switch try Self.recorded(branch, in: connection) {
                 case .committed: return

@@ -4,8 +4,8 @@ import DTXParticipant
 /// Vets the statements application code prepares inside the resource manager's
 /// transactions, as SQLite's authorizer, and refuses those that would break them.
 ///
-/// In every scope: ending the transaction (BEGIN/COMMIT/ROLLBACK, or the savepoint that
-/// holds a branch's work) and writing the resource manager's `dtx_` tables. For a
+/// In every scope: ending the transaction (BEGIN/COMMIT/ROLLBACK, or the savepoints that
+/// hold a branch's or a job's work) and writing the resource manager's `dtx_` tables. For a
 /// branch's work, also every write whose effect a changeset would lose: to a table
 /// without a PRIMARY KEY (the session extension ignores such tables), to an attached
 /// database (only `main` is recorded), and schema changes (a changeset carries rows,
@@ -60,8 +60,8 @@ final class StatementGuard {
             return authorizeWrite(table: first ?? "", database: database ?? "main")
         case SQLITE_TRANSACTION:
             return refuse(code: "transaction_control", "\(subject) ran \(first ?? "a transaction statement"); the resource manager begins and ends the transaction itself (use SAVEPOINT for nested work)")
-        case SQLITE_SAVEPOINT where second?.lowercased() == Self.savepoint:
-            return refuse(code: "transaction_control", "\(subject) used the savepoint \(Self.savepoint), which belongs to the resource manager; name yours differently")
+        case SQLITE_SAVEPOINT where [Self.savepoint, SQLiteConnection.jobSavepoint].contains(second?.lowercased()):
+            return refuse(code: "transaction_control", "\(subject) used the savepoint \(second ?? ""), which belongs to the resource manager; name yours differently")
         case SQLITE_CREATE_INDEX, SQLITE_CREATE_TABLE, SQLITE_CREATE_TRIGGER, SQLITE_CREATE_VIEW, SQLITE_CREATE_VTABLE,
              SQLITE_DROP_INDEX, SQLITE_DROP_TABLE, SQLITE_DROP_TRIGGER, SQLITE_DROP_VIEW, SQLITE_DROP_VTABLE, SQLITE_ALTER_TABLE:
             // ALTER TABLE names the database first, the table second; the others the object.

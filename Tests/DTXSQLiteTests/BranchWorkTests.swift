@@ -65,6 +65,8 @@ import Testing
         let operations: [(String, String, String)] = [
             ("commit", "COMMIT", "transaction_control"),
             ("release", "RELEASE dtx_branch_work", "transaction_control"),
+            ("release-job", "RELEASE dtx_job", "transaction_control"),
+            ("undo-job", "ROLLBACK TO dtx_job", "transaction_control"),
             ("forge-lock", "DELETE FROM dtx_locks", "reserved_table"),
             ("migrate", "CREATE TABLE extra (id INTEGER PRIMARY KEY)", "schema_change_in_branch"),
         ]
