@@ -48,6 +48,61 @@ public final class PostgresConnection {
     ///   the statement, `.connectionLost` when the connection broke.
     @discardableResult
     public func execute(_ sql: String, _ parameters: [PostgresValue?] = []) throws -> PostgresResult {
+        let result = try withArguments(sql, parameters) { count, arguments in
+            PQexecParams(handle, sql, count, nil, arguments, nil, nil, 0)
+        }
+        guard let result else {
+            throw failure(of: sql, sqlState: nil, serverMessage: Self.errorMessage(handle))
+        }
+        defer { PQclear(result) }
+        return try read(result, of: sql)
+    }
+
+    /// Runs `statements` in order in one round trip (libpq's pipeline mode). The server
+    /// runs each after the one before has finished; after a failure it skips the rest.
+    /// Outside a transaction block they run as one implicit transaction.
+    /// - Returns: each statement's result.
+    /// - Throws: the first failure, as `execute` does.
+    @discardableResult
+    public func executeInOneRoundTrip(_ statements: [(sql: String, parameters: [PostgresValue?])]) throws -> [PostgresResult] {
+        guard PQenterPipelineMode(handle) == 1 else {
+            throw failure(of: statements.first?.sql ?? "", sqlState: nil, serverMessage: Self.errorMessage(handle))
+        }
+        defer { PQexitPipelineMode(handle) }
+        for (sql, parameters) in statements {
+            let sent = try withArguments(sql, parameters) { count, arguments in
+                PQsendQueryParams(handle, sql, count, nil, arguments, nil, nil, 0)
+            }
+            guard sent == 1 else { throw failure(of: sql, sqlState: nil, serverMessage: Self.errorMessage(handle)) }
+        }
+        guard PQpipelineSync(handle) == 1 else {
+            throw failure(of: statements.first?.sql ?? "", sqlState: nil, serverMessage: Self.errorMessage(handle))
+        }
+        // Every result is read, up to the sync, even after a failure: the connection is
+        // then ready for the next call.
+        var results: [PostgresResult] = []
+        var firstFailure: (any Error)?
+        for (sql, _) in statements {
+            while let result = PQgetResult(handle) {
+                defer { PQclear(result) }
+                if PQresultStatus(result) == PGRES_PIPELINE_ABORTED || firstFailure != nil { continue }
+                do { results.append(try read(result, of: sql)) } catch { firstFailure = error }
+            }
+        }
+        var synced = false
+        while let result = PQgetResult(handle) {
+            defer { PQclear(result) }
+            if PQresultStatus(result) == PGRES_PIPELINE_SYNC { synced = true; break }
+        }
+        if let firstFailure { throw firstFailure }
+        guard synced, results.count == statements.count else {
+            throw failure(of: statements.last?.sql ?? "", sqlState: nil, serverMessage: Self.errorMessage(handle))
+        }
+        return results
+    }
+
+    /// Calls `body` with the parameters as C strings (NULL for nil).
+    private func withArguments<T>(_ sql: String, _ parameters: [PostgresValue?], _ body: (Int32, UnsafePointer<UnsafePointer<CChar>?>?) -> T) throws -> T {
         let texts = parameters.map { $0?.textForm }
         if let index = texts.firstIndex(where: { $0?.utf8.contains(0) == true }) {
             throw PostgresError(code: .invalidValue, message: "parameter $\(index + 1) contains a NUL character, which PostgreSQL text cannot hold", sql: sql)
@@ -55,13 +110,10 @@ public final class PostgresConnection {
         let cStrings = texts.map { $0.flatMap { strdup($0) } }
         defer { cStrings.forEach { free($0) } }
         let arguments = cStrings.map { UnsafePointer($0) }
-        let result = arguments.withUnsafeBufferPointer { buffer in
-            PQexecParams(handle, sql, Int32(buffer.count), nil, buffer.baseAddress, nil, nil, 0)
-        }
-        guard let result else {
-            throw failure(of: sql, sqlState: nil, serverMessage: Self.errorMessage(handle))
-        }
-        defer { PQclear(result) }
+        return arguments.withUnsafeBufferPointer { buffer in body(Int32(buffer.count), buffer.baseAddress) }
+    }
+
+    private func read(_ result: OpaquePointer, of sql: String) throws -> PostgresResult {
         switch PQresultStatus(result) {
         case PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_EMPTY_QUERY:
             return Self.read(result)

@@ -126,6 +126,8 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
     /// `addDigestColumn`); until a later start adds it, commits record no digest.
     private let recordsDigests: Bool
     private let operations = Mutex<[String: Operation]>([:])
+    /// The names of the transactions this process prepared, by branch, for phase two.
+    private let preparedNames = Mutex<[BranchRef: PreparedTransactionName]>([:])
     /// The TCC and saga operations (PostgresBarrier.swift).
     let barrierOperations = BarrierOperations<Operation>()
 
@@ -234,8 +236,8 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
         let body = try operationBody(operation)
         let result = try await pool.withConnection { connection in
             do {
-                return try self.inBranchTransaction(branch, lockKey: name.base, connection) { connection -> JSONValue? in
-                    switch try self.recordedState(of: branch, connection) {
+                return try self.inBranchTransaction(branch, lockKey: name.base, connection) { connection, state -> JSONValue? in
+                    switch state {
                     case .committed(let result, let recorded):
                         try self.checkSameWork(branch, recorded: recorded, requested: name, operation: operation)
                         return result
@@ -245,9 +247,7 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
                         try self.checkSameWork(branch, recorded: prepared.digest, requested: name, operation: operation)
                         throw BusinessError(code: "already_prepared", message: "branch \(branch) is prepared for two-phase commit; finish it with COMMIT or ROLLBACK")
                     case nil:
-                        let result = try self.run(body, payload: payload, operation: operation, name: name, connection)
-                        try Self.finish(connection, with: "COMMIT", expecting: "COMMIT", branch: branch)
-                        return result
+                        return try self.run(body, payload: payload, operation: operation, name: name, ending: ("COMMIT", "COMMIT"), connection)
                     }
                 }
             } catch let error as PostgresError where error.code == .branchBusy {
@@ -383,8 +383,8 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
 
     private func prepare(_ branch: BranchRef, name: PreparedTransactionName, operation: String, body: Operation, payload: JSONValue?, _ connection: PostgresConnection) throws -> PrepareOutcome {
         do {
-            return try inBranchTransaction(branch, lockKey: name.base, connection) { connection in
-                switch try self.recordedState(of: branch, connection) {
+            return try inBranchTransaction(branch, lockKey: name.base, connection) { connection, state in
+                switch state {
                 case .committed(let result, let recorded):
                     try self.checkSameWork(branch, recorded: recorded, requested: name, operation: operation)
                     return .prepared(result: result)
@@ -395,8 +395,12 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
                     try self.checkSameWork(branch, recorded: prepared.digest, requested: name, operation: operation)
                     return .prepared(result: nil)
                 case nil:
-                    let result = try self.run(body, payload: payload, operation: operation, name: name, connection)
-                    try Self.finish(connection, with: "PREPARE TRANSACTION '\(name.text)'", expecting: "PREPARE TRANSACTION", branch: branch)
+                    let result = try self.run(body, payload: payload, operation: operation, name: name,
+                                              ending: ("PREPARE TRANSACTION '\(name.text)'", "PREPARE TRANSACTION"), connection)
+                    self.preparedNames.withLock { names in
+                        if names.count >= 65536 { names.removeAll() }  // branches finished elsewhere (another process, the orphan scan)
+                        names[branch] = name
+                    }
                     return .prepared(result: result)
                 }
             }
@@ -424,14 +428,18 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
         throw BranchDigest.mismatch(branch)
     }
 
-    /// Runs `work` in a transaction that holds the branch's lock. `work` ends the
-    /// transaction itself when it succeeds (PREPARE or COMMIT); when it returns without
-    /// ending it (the branch was already decided) or throws, it is rolled back.
-    private func inBranchTransaction<T>(_ branch: BranchRef, lockKey: String, _ connection: PostgresConnection, _ work: (PostgresConnection) throws -> T) throws -> T {
-        try connection.execute("BEGIN")
+    /// Runs `work` in a transaction that holds the branch's lock, given the branch's
+    /// recorded state as read under that lock. `work` ends the transaction itself when it
+    /// succeeds (PREPARE or COMMIT); when it returns without ending it (the branch was
+    /// already decided) or throws, it is rolled back. BEGIN, the lock and the read go to
+    /// the server in one round trip: it runs them one after the other, so the read sees
+    /// what was committed before the lock was taken.
+    private func inBranchTransaction<T>(_ branch: BranchRef, lockKey: String, _ connection: PostgresConnection, _ work: (PostgresConnection, BranchState?) throws -> T) throws -> T {
         do {
-            try lockBranch(lockKey, branch, connection)
-            let value = try work(connection)
+            let results = try connection.executeInOneRoundTrip([("BEGIN", []), lockStatement(lockKey), recordedStateStatement(of: branch)])
+            guard try results[1].rows.first?.bool("locked") == true else { throw Self.busy(branch) }
+            let state = try recordedState(of: branch, from: results[2])
+            let value = try work(connection, state)
             connection.rollbackIfInTransaction()
             return value
         } catch {
@@ -445,17 +453,22 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
     /// `prefix:gid:branch` (`PreparedTransactionName.base`), without the digest: the
     /// same for any work, and the key older versions used.
     private func lockBranch(_ lockKey: String, _ branch: BranchRef, _ connection: PostgresConnection) throws {
-        let row = try connection.execute(
-            "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS locked, set_config('lock_timeout', $2, true)",
-            [.text(lockKey), .text(lockTimeout)]
-        ).rows.first
-        guard try row?.bool("locked") == true else {
-            throw PostgresError(code: .branchBusy, message: "branch \(branch) is being prepared, committed or rolled back by another call, or is prepared; retry later")
-        }
+        let (sql, parameters) = lockStatement(lockKey)
+        guard try connection.execute(sql, parameters).rows.first?.bool("locked") == true else { throw Self.busy(branch) }
     }
 
-    /// Runs a branch's operation, turning definitive SQL failures into refusals.
-    private func run(_ body: Operation, payload: JSONValue?, operation: String, name: PreparedTransactionName, _ connection: PostgresConnection) throws -> JSONValue? {
+    private func lockStatement(_ lockKey: String) -> (sql: String, parameters: [PostgresValue?]) {
+        ("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS locked, set_config('lock_timeout', $2, true)", [.text(lockKey), .text(lockTimeout)])
+    }
+
+    private static func busy(_ branch: BranchRef) -> PostgresError {
+        PostgresError(code: .branchBusy, message: "branch \(branch) is being prepared, committed or rolled back by another call, or is prepared; retry later")
+    }
+
+    /// Runs a branch's operation, turning definitive SQL failures into refusals, records
+    /// it in `dtx_branches` and ends the transaction with `ending` (PREPARE TRANSACTION or
+    /// COMMIT, and the command tag that proves it did not roll back).
+    private func run(_ body: Operation, payload: JSONValue?, operation: String, name: PreparedTransactionName, ending: (statement: String, tag: String), _ connection: PostgresConnection) throws -> JSONValue? {
         let branch = name.branch
         let result: JSONValue?
         do {
@@ -468,33 +481,37 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
             throw PostgresError(code: .invalidValue, message: "operation \(operation) ended the branch's transaction; an operation must not run BEGIN, COMMIT or ROLLBACK")
         }
         let encoded: PostgresValue? = try result.map { .text(try Self.encode($0)) }
+        let record: (sql: String, parameters: [PostgresValue?])
         if recordsDigests {
-            try connection.execute(
-                "INSERT INTO dtx_branches (gid, branch, operation, result, digest) VALUES ($1, $2, $3, $4, $5)",
-                [.text(branch.gid), .int(branch.branch), .text(operation), encoded, name.digest.map { .text($0) }])
+            record = ("INSERT INTO dtx_branches (gid, branch, operation, result, digest) VALUES ($1, $2, $3, $4, $5)",
+                      [.text(branch.gid), .int(branch.branch), .text(operation), encoded, name.digest.map { .text($0) }])
         } else {
-            try connection.execute(
-                "INSERT INTO dtx_branches (gid, branch, operation, result) VALUES ($1, $2, $3, $4)",
-                [.text(branch.gid), .int(branch.branch), .text(operation), encoded])
+            record = ("INSERT INTO dtx_branches (gid, branch, operation, result) VALUES ($1, $2, $3, $4)",
+                      [.text(branch.gid), .int(branch.branch), .text(operation), encoded])
+        }
+        // The record and the statement that ends the transaction, in one round trip.
+        let results = try connection.executeInOneRoundTrip([record, (ending.statement, [])])
+        guard results[1].commandTag == ending.tag else {
+            throw PostgresError(code: .server, message: "branch \(branch) was rolled back instead of \(ending.tag): its transaction had failed", sql: ending.statement)
         }
         return result
     }
 
-    /// Ends the branch's transaction with `statement`. PostgreSQL answers a COMMIT or
-    /// PREPARE of a failed transaction with a plain ROLLBACK, not an error, so the
-    /// command tag is checked.
-    private static func finish(_ connection: PostgresConnection, with statement: String, expecting tag: String, branch: BranchRef) throws {
-        let result = try connection.execute(statement)
-        guard result.commandTag == tag else {
-            throw PostgresError(code: .server, message: "branch \(branch) was rolled back instead of \(tag): its transaction had failed", sql: statement)
-        }
-    }
 
     /// Runs COMMIT PREPARED or ROLLBACK PREPARED on the branch's prepared transaction,
     /// whatever its digest; false when it has none (or it ended meanwhile: SQLSTATE
     /// 42704).
     private func finishPrepared(_ command: String, _ branch: BranchRef, _ connection: PostgresConnection) throws -> Bool {
+        // The name this process prepared the branch under saves looking it up; if the
+        // transaction is gone (finished by another process), the lookup decides.
+        if let remembered = preparedNames.withLock({ $0.removeValue(forKey: branch) }), try finish(command, remembered, connection) {
+            return true
+        }
         guard let name = try preparedTransaction(of: branch, connection) else { return false }
+        return try finish(command, name, connection)
+    }
+
+    private func finish(_ command: String, _ name: PreparedTransactionName, _ connection: PostgresConnection) throws -> Bool {
         do {
             try connection.execute("\(command) '\(name.text)'")
             return true
@@ -517,10 +534,13 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
             ORDER BY prepared
             """, [.text(base)]
         ).rows
-        for row in rows {
-            if let text = try row.string("gid"), let name = PreparedTransactionName.parse(text, prefix: prefix), name.branch == branch {
-                return name
-            }
+        return try preparedName(of: branch, among: rows.map { .string(try $0.string("gid") ?? "") })
+    }
+
+    /// The first of `candidates` (prepared transaction names) that names `branch`.
+    private func preparedName(of branch: BranchRef, among candidates: [JSONValue]) -> PreparedTransactionName? {
+        for case .string(let text) in candidates {
+            if let name = PreparedTransactionName.parse(text, prefix: prefix), name.branch == branch { return name }
         }
         return nil
     }
@@ -529,21 +549,33 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
     /// record wins over a prepared transaction: one prepared after its rollback was
     /// recorded is about to be rolled back, so it must not count as a yes-vote.
     private func recordedState(of branch: BranchRef, _ connection: PostgresConnection) throws -> BranchState? {
-        let row = try connection.execute(
-            """
+        let (sql, parameters) = recordedStateStatement(of: branch)
+        return try recordedState(of: branch, from: connection.execute(sql, parameters))
+    }
+
+    /// One query for all of the branch's state: its outcome records and the names of the
+    /// prepared transactions that may be its own.
+    private func recordedStateStatement(of branch: BranchRef) -> (sql: String, parameters: [PostgresValue?]) {
+        let base = PreparedTransactionName(prefix: prefix, branch: branch, digest: nil).base
+        return ("""
             SELECT b.result, \(recordsDigests ? "b.digest" : "NULL::text") AS digest, b.gid IS NOT NULL AS committed,
-                   EXISTS (SELECT 1 FROM dtx_rollbacks r WHERE r.gid = $1 AND r.branch = $2) AS rolled_back
+                   EXISTS (SELECT 1 FROM dtx_rollbacks r WHERE r.gid = $1 AND r.branch = $2) AS rolled_back,
+                   (SELECT json_agg(p.gid ORDER BY p.prepared) FROM pg_prepared_xacts p
+                    WHERE p.database = current_database()
+                      AND (p.gid = $3::text OR left(p.gid, length($3::text) + 1) = $3::text || ':')) AS prepared
             FROM (SELECT 1) AS one
             LEFT JOIN dtx_branches b ON b.gid = $1 AND b.branch = $2
-            """, [.text(branch.gid), .int(branch.branch)]
-        ).rows.first
-        if let row {
-            if try row.bool("committed") == true {
-                return .committed(result: try row.string("result").map(Self.decode), digest: try row.string("digest"))
-            }
-            if try row.bool("rolled_back") == true { return .rolledBack }
+            """, [.text(branch.gid), .int(branch.branch), .text(base)])
+    }
+
+    private func recordedState(of branch: BranchRef, from result: PostgresResult) throws -> BranchState? {
+        guard let row = result.rows.first else { return nil }
+        if try row.bool("committed") == true {
+            return .committed(result: try row.string("result").map(Self.decode), digest: try row.string("digest"))
         }
-        return try preparedTransaction(of: branch, connection).map(BranchState.prepared)
+        if try row.bool("rolled_back") == true { return .rolledBack }
+        guard let names = try row.string("prepared"), case .array(let candidates) = try JSONValue(parsing: Array(names.utf8)) else { return nil }
+        return preparedName(of: branch, among: candidates).map(BranchState.prepared)
     }
 
     private static func checkPreparedTransactions(_ connection: PostgresConnection) throws {

@@ -107,6 +107,35 @@ struct ConnectionTests {
         }
     }
 
+    @Test func statementsInOneRoundTripRunInOrderAndStopAtTheFirstFailure() async throws {
+        let server = try PostgresServerScope.server()
+        try await server.createDatabase("pipeline")
+        try await withPool(server.connectionString(database: "pipeline"), size: 1) { pool in
+            try await pool.withConnection { connection in
+                try connection.execute("CREATE TABLE t (id INT PRIMARY KEY)")
+                // In order: the insert is visible to the select after it.
+                let results = try connection.executeInOneRoundTrip([
+                    ("BEGIN", []), ("INSERT INTO t VALUES ($1)", [.int(1)]), ("SELECT count(*) AS n FROM t", []),
+                ])
+                #expect(try results[2].rows.first?.int("n") == 1)
+                try connection.execute("COMMIT")
+
+                // The duplicate key fails; the statement after it is skipped, and the
+                // error is the failing statement's.
+                let error = try #require(throws: PostgresError.self) {
+                    try connection.executeInOneRoundTrip([
+                        ("INSERT INTO t VALUES ($1)", [.int(2)]), ("INSERT INTO t VALUES ($1)", [.int(1)]), ("INSERT INTO t VALUES ($1)", [.int(3)]),
+                    ])
+                }
+                #expect(error.sqlState == "23505")
+                #expect(error.sql == "INSERT INTO t VALUES ($1)")
+                // Outside a transaction block they were one implicit transaction: nothing
+                // of it stayed, and the connection serves the next statement.
+                #expect(try connection.execute("SELECT array_agg(id ORDER BY id)::text AS ids FROM t").rows.first?.string("ids") == "{1}")
+            }
+        }
+    }
+
     @Test func aTransactionLeftOpenIsRolledBackBeforeTheNextUse() async throws {
         let server = try PostgresServerScope.server()
         try await server.createDatabase("leftopen")
