@@ -237,6 +237,15 @@ let package = Package(
         .testTarget(name: "DTXAPITests", dependencies: ["DTXAPI", "DTXCore"]),
         .testTarget(name: "DTXSQLiteTests", dependencies: ["DTXSQLite", "DTXParticipant", "DTXCore", "DTXTestSupport"]),
         .testTarget(name: "DTXPostgresTests", dependencies: ["DTXPostgres", "DTXParticipant", "DTXCore", "DTXTestSupport"]),
+        .testTarget(
+            name: "DTXCoordinatorTests",
+            dependencies: [
+                "DTXCoordinator", "DTXAPI", "DTXCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .testTarget(name: "DTXLogTests", dependencies: ["DTXLog", "DTXTestSupport"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CSQLite", "CLibPQ"]),
         .testTarget(
