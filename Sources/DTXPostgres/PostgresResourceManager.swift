@@ -534,12 +534,12 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
             ORDER BY prepared
             """, [.text(base)]
         ).rows
-        return try preparedName(of: branch, among: rows.map { .string(try $0.string("gid") ?? "") })
+        return preparedName(of: branch, among: try rows.compactMap { try $0.string("gid") })
     }
 
     /// The first of `candidates` (prepared transaction names) that names `branch`.
-    private func preparedName(of branch: BranchRef, among candidates: [JSONValue]) -> PreparedTransactionName? {
-        for case .string(let text) in candidates {
+    private func preparedName(of branch: BranchRef, among candidates: [String]) -> PreparedTransactionName? {
+        for text in candidates {
             if let name = PreparedTransactionName.parse(text, prefix: prefix), name.branch == branch { return name }
         }
         return nil
@@ -575,7 +575,7 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
         }
         if try row.bool("rolled_back") == true { return .rolledBack }
         guard let names = try row.string("prepared"), case .array(let candidates) = try JSONValue(parsing: Array(names.utf8)) else { return nil }
-        return preparedName(of: branch, among: candidates).map(BranchState.prepared)
+        return preparedName(of: branch, among: candidates.compactMap(\.stringValue)).map(BranchState.prepared)
     }
 
     private static func checkPreparedTransactions(_ connection: PostgresConnection) throws {
