@@ -219,7 +219,17 @@ public final class ParticipantService: Sendable {
     private func contact(_ registration: ParticipantRegistration, registered: inout Bool, failures: Int) async -> Bool {
         do {
             if registered {
-                try await client.heartbeat(registration.name)
+                let listed = try await client.heartbeat(registration.name)
+                var url = registration.url
+                while url.hasSuffix("/") { url.removeLast() }  // as dtxd stores it
+                if listed.url != url || Set(listed.protocols) != Set(registration.protocols ?? [.twoPhaseCommit]) {
+                    // dtxd's registry disagrees with this process (another process took
+                    // the name, or dtxd runs on an older copy of its log): register again.
+                    logger.warning("the coordinator lists this participant differently; registering again",
+                                   metadata: ["coordinator": .string(client.baseURL), "listedURL": .string(listed.url), "url": .string(registration.url)])
+                    try await client.register(registration)
+                    logger.info("registered with the coordinator", metadata: ["coordinator": .string(client.baseURL), "url": .string(registration.url)])
+                }
             } else {
                 try await client.register(registration)
                 registered = true

@@ -157,7 +157,18 @@ final class BankCluster: @unchecked Sendable {
         let registered = await eventually(seconds: seconds) {
             (try? await client.participant(name))?.url == url
         }
-        guard registered else { throw BankError("\(name) did not register with dtxd at \(url) within \(seconds) s") }
+        guard registered else {
+            // What dtxd says instead, so that a failure tells which side lost track.
+            let listed: String
+            do {
+                let info = try await client.participant(name)
+                listed = "dtxd lists it at \(info.url), registered \(info.registeredAt), last seen \(info.lastSeen.map { "\($0)" } ?? "never")"
+            } catch {
+                listed = "dtxd answers: \(error)"
+            }
+            let running = isRunning(name) ? "the service still runs" : "the service is not running"
+            throw BankError("\(name) did not register with dtxd at \(url) within \(seconds) s; \(listed); \(running)")
+        }
     }
 
     func killService(_ name: String) async throws {
@@ -215,6 +226,14 @@ final class BankCluster: @unchecked Sendable {
         for (index, entry) in lock.withLock({ started }).enumerated() {
             let name = "\(index)-" + entry.label.filter { $0.isLetter || $0.isNumber || $0 == "-" } + ".log"
             try? (entry.process.stdout + entry.process.stderr).write(toFile: directory + "/" + name, atomically: false, encoding: .utf8)
+        }
+        // dtxd's log as it is now, for `dtx wal dump`, and the SQLite database.
+        let sqliteName = (sqlitePath as NSString).lastPathComponent
+        let copies = [(cluster.directory + "/data", directory + "/dtxd-data"), (sqlitePath, directory + "/" + sqliteName),
+                      (sqlitePath + "-wal", directory + "/" + sqliteName + "-wal")]
+        for (from, to) in copies {
+            try? FileManager.default.removeItem(atPath: to)
+            try? FileManager.default.copyItem(atPath: from, toPath: to)
         }
     }
 

@@ -40,6 +40,22 @@ import Testing
         #expect(try await cluster.client.outcome(gid: "never-seen") == "aborted")
     }
 
+    @Test func aParticipantListedAtAnotherURLRegistersAgainAtItsOwn() async throws {
+        let cluster = try Cluster("e2e-relist")
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
+        try await cluster.startDaemon()
+        let own = try await cluster.startParticipant("a")
+
+        // dtxd's registry now disagrees with the running participant (as after another
+        // process took the name, or a restore of an older log).
+        let moved = try await cluster.client.register(ParticipantRegistration(name: "a", url: "http://127.0.0.1:9", protocols: [.twoPhaseCommit, .threePhaseCommit, .tcc, .saga]))
+        #expect(moved.url == "http://127.0.0.1:9")
+        // Its next heartbeat (every second) sees that and registers it again.
+        #expect(await eventually(seconds: 10) { (try? await cluster.client.participant("a"))?.url == own })
+        let view = try await cluster.client.submit(transfer("t-relist", ["a"]))
+        #expect(view.status == "committed")
+    }
+
     @Test func oneNoVoteRollsBackEverywhere() async throws {
         let cluster = try Cluster("e2e-no")
         defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
