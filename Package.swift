@@ -241,7 +241,8 @@ let package = Package(
         .testTarget(
             name: "DTXCoordinatorTests",
             dependencies: [
-                "DTXCoordinator", "DTXAPI", "DTXCore",
+                "DTXCoordinator", "DTXAPI", "DTXCore", "DTXLog",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -75,11 +75,24 @@ final class ParticipantRegistry: Sendable {
         }
     }
 
-    /// Whether a registry record is still needed: only the current registration of each participant is.
-    func isLive(type: UInt16, lsn: UInt64) -> Bool? {
+    /// Whether a registry record is still needed (nil: not a registry record). The
+    /// current registration of each participant is. So is a record newer than what
+    /// memory holds for its name: `register` and `deregister` write the log first and
+    /// change memory after the write is durable, and a checkpoint can read the record
+    /// in between; dropping it would bring the older registration back at the next start.
+    func isLive(type: UInt16, payload: [UInt8], lsn: UInt64) -> Bool? {
         guard let recordType = RecordType(rawValue: type) else { return nil }
-        guard recordType == .registered else { return false }
-        return entries.withLock { $0.values.contains { $0.lsn == lsn } }
+        let name: String
+        do {
+            switch recordType {
+            case .registered: name = try JSONDecoder.dtx().decode(Entry.self, from: Data(payload)).name
+            case .deregistered: name = try JSONDecoder.dtx().decode(Deregistration.self, from: Data(payload)).name
+            }
+        } catch {
+            return true  // unreadable: not known to be obsolete
+        }
+        guard let current = entries.withLock({ $0[name] }) else { return false }
+        return recordType == .registered ? lsn >= current.lsn : lsn > current.lsn
     }
 
     // MARK: Operations
