@@ -10,7 +10,21 @@ import Synchronization
 /// thread runs it, and the calling task resumes when it is done. Before each use a
 /// connection the server closed (a restart, a terminated backend) is re-established,
 /// and a transaction a closure left open is rolled back.
+///
+/// Work that finishes prepared transactions (`.finish`: COMMIT PREPARED, ROLLBACK
+/// PREPARED) goes before other queued work, and one connection of a pool of two or more
+/// is kept for it: a branch's work can wait in the server for a row that a prepared
+/// transaction holds, and the COMMIT PREPARED that frees the row must not wait for a
+/// connection behind it.
 public final class PostgresPool: Sendable {
+    /// What a connection is wanted for.
+    public enum Use: Sendable {
+        /// A branch's work, or anything else that may wait for rows other transactions hold.
+        case work
+        /// Finishing a prepared transaction: it never waits for another transaction's rows.
+        case finish
+    }
+
     /// Number of connections (and threads).
     public let size: Int
     private let queue: JobQueue
@@ -23,7 +37,7 @@ public final class PostgresPool: Sendable {
         guard size >= 1 else {
             throw PostgresError(code: .invalidConfiguration, message: "a PostgreSQL pool needs at least one connection; size was \(size)")
         }
-        let queue = JobQueue()
+        let queue = JobQueue(workLimit: max(1, size - 1))
         let workers = DispatchGroup()
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -43,7 +57,7 @@ public final class PostgresPool: Sendable {
                 try await group.waitForAll()
             }
         } catch {
-            queue.close(workers: size)
+            queue.close()
             throw error
         }
         self.size = size
@@ -53,16 +67,17 @@ public final class PostgresPool: Sendable {
     }
 
     deinit {
-        queue.close(workers: size)
+        queue.close()
     }
 
     /// Runs `body` with a connection on that connection's thread. Keep the closure to
     /// database work: it holds the connection (and its thread) until it returns.
     /// - Throws: what `body` throws; `PostgresError` `.connectionFailed` when a broken
     ///   connection cannot be re-established, `.poolClosed` after `close()`.
-    public func withConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+    public func withConnection<T: Sendable>(for use: Use = .work, _ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
             let job = Job(
+                finishes: use == .finish,
                 run: { connection in continuation.resume(with: Result { try body(connection) }) },
                 fail: { error in continuation.resume(throwing: error) })
             if !queue.enqueue(job) {
@@ -74,7 +89,7 @@ public final class PostgresPool: Sendable {
     /// Finishes the queued work, closes every connection and waits for the threads to
     /// end. Later calls to `withConnection` throw `.poolClosed`.
     public func close() async {
-        queue.close(workers: size)
+        queue.close()
         await withCheckedContinuation { continuation in
             workers.notify(queue: .global()) { continuation.resume() }
         }
@@ -90,7 +105,9 @@ public final class PostgresPool: Sendable {
             return
         }
         connected.resume()
-        while let job = queue.next() {
+        var previous: Job?
+        while let job = queue.next(after: previous) {
+            previous = job
             do {
                 try connection.reconnectIfBroken()
             } catch {
@@ -110,54 +127,63 @@ public final class PostgresPool: Sendable {
 /// Work for a connection thread: `run` with the connection, or `fail` when there is
 /// no usable connection.
 private struct Job: Sendable {
+    let finishes: Bool
     let run: @Sendable (PostgresConnection) -> Void
     let fail: @Sendable (any Error) -> Void
 }
 
-/// First-in first-out jobs shared by the connection threads, which block in `next()`.
-private final class JobQueue: Sendable {
-    private struct State {
-        /// Two-stack queue: jobs are appended to `incoming` and taken from `outgoing`.
-        var incoming: [Job] = []
-        var outgoing: [Job] = []
-        var closed = false
-    }
+/// The jobs shared by the connection threads, which block in `next(after:)`: jobs that
+/// finish prepared transactions first, then the others in arrival order, of which at
+/// most `workLimit` run at once.
+private final class JobQueue: @unchecked Sendable {
+    // Safe: every field is read and written with `condition` locked.
+    private let condition = NSCondition()
+    private var finishing: [Job] = []
+    private var work: [Job] = []
+    private var workRunning = 0
+    private let workLimit: Int
+    private var closed = false
 
-    private let state = Mutex(State())
-    /// One signal per queued job, plus one per thread when the queue closes.
-    private let signals = DispatchSemaphore(value: 0)
+    init(workLimit: Int) {
+        self.workLimit = workLimit
+    }
 
     /// Queues a job; false when the queue is closed.
     func enqueue(_ job: Job) -> Bool {
-        let accepted = state.withLock { state in
-            guard !state.closed else { return false }
-            state.incoming.append(job)
-            return true
-        }
-        if accepted { signals.signal() }
-        return accepted
+        condition.lock()
+        defer { condition.unlock() }
+        guard !closed else { return false }
+        if job.finishes { finishing.append(job) } else { work.append(job) }
+        condition.broadcast()
+        return true
     }
 
-    /// The next job, waiting for one; nil once the queue is closed and drained.
-    func next() -> Job? {
-        signals.wait()
-        return state.withLock { state in
-            if state.outgoing.isEmpty {
-                state.outgoing = state.incoming.reversed()
-                state.incoming.removeAll()
+    /// The next job for a thread whose previous job (if any) is done, waiting for one;
+    /// nil once the queue is closed and drained.
+    func next(after previous: Job?) -> Job? {
+        condition.lock()
+        defer { condition.unlock() }
+        if let previous, !previous.finishes {
+            workRunning -= 1
+            if !work.isEmpty { condition.broadcast() }
+        }
+        while true {
+            if !finishing.isEmpty { return finishing.removeFirst() }
+            if !work.isEmpty, workRunning < workLimit {
+                workRunning += 1
+                return work.removeFirst()
             }
-            return state.outgoing.popLast()
+            if closed, finishing.isEmpty, work.isEmpty { return nil }
+            condition.wait()
         }
     }
 
-    /// Refuses new jobs; each of `workers` threads gets nil from `next()` once the jobs
-    /// already queued are taken. Closing again does nothing.
-    func close(workers: Int) {
-        let wasClosed = state.withLock { state in
-            defer { state.closed = true }
-            return state.closed
-        }
-        guard !wasClosed else { return }
-        for _ in 0..<workers { signals.signal() }
+    /// Refuses new jobs; the threads get nil from `next(after:)` once the jobs already
+    /// queued are done. Closing again does nothing.
+    func close() {
+        condition.lock()
+        defer { condition.unlock() }
+        closed = true
+        condition.broadcast()
     }
 }

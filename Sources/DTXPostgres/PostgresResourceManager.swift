@@ -193,7 +193,7 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
 
     public func commit(_ branch: BranchRef) async throws {
         let name = try PreparedTransactionName.base(validating: branch, prefix: prefix)
-        let committedNow = try await pool.withConnection { connection in
+        let committedNow = try await pool.withConnection(for: .finish) { connection in
             if try self.finishPrepared("COMMIT PREPARED", branch, connection) { return true }
             switch try self.recordedState(of: branch, connection) {
             case .committed: return false
@@ -210,7 +210,7 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
 
     public func rollback(_ branch: BranchRef) async throws {
         let lockKey = try PreparedTransactionName.base(validating: branch, prefix: prefix)
-        let rolledBackPrepared = try await pool.withConnection { connection in
+        let rolledBackPrepared = try await pool.withConnection(for: .finish) { connection in
             let rolledBack = try self.finishPrepared("ROLLBACK PREPARED", branch, connection)
             // Record the decision, under the branch's lock so that no PREPARE of it is
             // half-way: a PREPARE that comes later sees the row and refuses.

@@ -177,6 +177,29 @@ struct ConnectionTests {
         #expect(error.code == .poolClosed)
     }
 
+    /// Finishing a prepared transaction never waits behind a branch's work: one
+    /// connection is kept for it, and it goes before queued work.
+    @Test func finishingWorkHasAConnectionWhileOtherWorkWaitsForRows() async throws {
+        let server = try PostgresServerScope.server()
+        try await withPool(server.connectionString(), size: 2) { pool in
+            let clock = ContinuousClock()
+            let start = clock.now
+            // Work that waits (as a PREPARE waits for a locked row) holds one connection...
+            async let waiting: Duration = pool.withConnection { connection in
+                try connection.execute("SELECT pg_sleep(1.5)")
+                return clock.now - start
+            }
+            try await Task.sleep(for: .milliseconds(200))
+            // ...so more work waits for it, while finishing work gets the other connection.
+            async let queued: Duration = pool.withConnection { _ in clock.now - start }
+            try await Task.sleep(for: .milliseconds(100))
+            let finished = try await pool.withConnection(for: .finish) { _ in clock.now - start }
+            #expect(finished < .seconds(1))
+            let (waited, ran) = try await (waiting, queued)
+            #expect(ran >= waited)
+        }
+    }
+
     @Test func badPoolAndPrefixConfigurationIsRefused() async throws {
         let server = try PostgresServerScope.server()
         let size = try await #require(throws: PostgresError.self) {
