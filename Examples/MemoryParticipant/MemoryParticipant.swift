@@ -152,7 +152,7 @@ struct MemoryParticipant: AsyncParsableCommand {
         }
 
         let router = Router()
-        service.addRoutes(to: router.group().add(middleware: RequestFailpointMiddleware(failpoints: failpoints)))
+        service.addRoutes(to: router.group().add(middleware: RequestFailpointMiddleware(failpoints: failpoints)), failpoints: failpoints)
         addTestRoutes(to: router, store: store, service: service, failpoints: failpoints)
 
         // Written unbuffered: tests wait for this line and read the port from it.

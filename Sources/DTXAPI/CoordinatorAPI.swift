@@ -31,12 +31,16 @@ public struct ParticipantRegistration: Codable, Sendable, Equatable {
     public var protocols: [TransactionProtocol]?
     /// Bearer token the coordinator sends on its calls to this participant.
     public var token: String?
+    /// The participant serves `POST {base}/dtx/batch` (`ParticipantBatch`): under load
+    /// the coordinator sends it several messages in one request. Defaults to false.
+    public var batch: Bool?
 
-    public init(name: String, url: String, protocols: [TransactionProtocol]? = nil, token: String? = nil) {
+    public init(name: String, url: String, protocols: [TransactionProtocol]? = nil, token: String? = nil, batch: Bool? = nil) {
         self.name = name
         self.url = url
         self.protocols = protocols
         self.token = token
+        self.batch = batch
     }
 }
 
@@ -51,8 +55,10 @@ public struct ParticipantInfo: Codable, Sendable, Equatable {
     public var lastSeen: Date?
     /// Branches of unfinished transactions on this participant.
     public var unfinishedBranches: Int
+    /// The coordinator may send it several messages in one `POST {base}/dtx/batch`.
+    public var batch: Bool
 
-    public init(name: String, url: String, protocols: [TransactionProtocol], hasToken: Bool, registeredAt: Date, lastSeen: Date?, unfinishedBranches: Int) {
+    public init(name: String, url: String, protocols: [TransactionProtocol], hasToken: Bool, registeredAt: Date, lastSeen: Date?, unfinishedBranches: Int, batch: Bool = false) {
         self.name = name
         self.url = url
         self.protocols = protocols
@@ -60,6 +66,7 @@ public struct ParticipantInfo: Codable, Sendable, Equatable {
         self.registeredAt = registeredAt
         self.lastSeen = lastSeen
         self.unfinishedBranches = unfinishedBranches
+        self.batch = batch
     }
 }
 

@@ -40,3 +40,13 @@ extension ParticipantMessage {
         "/dtx/\(proto.rawValue)/\(rawValue)"
     }
 }
+
+/// `POST {base}/dtx/batch`, served by participants that registered `batch: true`:
+/// `{"messages": [{"path": "/dtx/2pc/commit", "request": <ParticipantRequest>}, …]}`,
+/// answered 200 with `{"answers": [{"status": 200, "body": <that path's answer>}, …]}`,
+/// one answer per message, in order. Each message is handled as if posted on its own.
+public enum ParticipantBatch {
+    public static let path = "/dtx/batch"
+    /// The most messages one batch carries.
+    public static let maximumMessages = 256
+}

@@ -445,11 +445,12 @@ public final class Coordinator: Sendable {
         }
         let now = Date()
         let previous = registry.entry(registration.name)
-        if let previous, previous.url == url, previous.protocols == protocols, previous.token == registration.token {
+        let batch = registration.batch ?? false
+        if let previous, previous.url == url, previous.protocols == protocols, previous.token == registration.token, previous.batch == batch {
             registry.touch(registration.name, at: now)
             return (info(registry.entry(registration.name) ?? previous), false)
         }
-        var entry = ParticipantRegistry.Entry(name: registration.name, url: url, protocols: protocols, token: registration.token,
+        var entry = ParticipantRegistry.Entry(name: registration.name, url: url, protocols: protocols, token: registration.token, batch: batch,
                                               registeredAt: previous?.registeredAt ?? now, lastSeen: now, lsn: 0)
         do {
             entry.lsn = try await log.append(type: ParticipantRegistry.RecordType.registered.rawValue, payload: ParticipantRegistry.registrationRecord(entry), forced: true)
@@ -500,6 +501,7 @@ public final class Coordinator: Sendable {
 
     private func info(_ entry: ParticipantRegistry.Entry) -> ParticipantInfo {
         ParticipantInfo(name: entry.name, url: entry.url, protocols: entry.protocols, hasToken: entry.token != nil,
-                        registeredAt: entry.registeredAt, lastSeen: entry.lastSeen, unfinishedBranches: unfinishedBranches(on: entry.name))
+                        registeredAt: entry.registeredAt, lastSeen: entry.lastSeen, unfinishedBranches: unfinishedBranches(on: entry.name),
+                        batch: entry.batch)
     }
 }

@@ -17,6 +17,8 @@ final class ParticipantRegistry: Sendable {
         var url: String
         var protocols: [TransactionProtocol]
         var token: String?
+        /// Serves `POST {base}/dtx/batch`.
+        var batch: Bool
         var registeredAt: Date
         /// Not logged: nil after a restart until the participant is heard from.
         var lastSeen: Date?
@@ -24,14 +26,15 @@ final class ParticipantRegistry: Sendable {
         var lsn: UInt64
 
         private enum CodingKeys: String, CodingKey {
-            case name, url, protocols, token, registeredAt
+            case name, url, protocols, token, batch, registeredAt
         }
 
-        init(name: String, url: String, protocols: [TransactionProtocol], token: String?, registeredAt: Date, lastSeen: Date?, lsn: UInt64) {
+        init(name: String, url: String, protocols: [TransactionProtocol], token: String?, batch: Bool = false, registeredAt: Date, lastSeen: Date?, lsn: UInt64) {
             self.name = name
             self.url = url
             self.protocols = protocols
             self.token = token
+            self.batch = batch
             self.registeredAt = registeredAt
             self.lastSeen = lastSeen
             self.lsn = lsn
@@ -43,11 +46,12 @@ final class ParticipantRegistry: Sendable {
             url = try container.decode(String.self, forKey: .url)
             protocols = try container.decode([TransactionProtocol].self, forKey: .protocols)
             token = try container.decodeIfPresent(String.self, forKey: .token)
+            batch = try container.decodeIfPresent(Bool.self, forKey: .batch) ?? false  // records before batches had none
             registeredAt = try container.decode(Date.self, forKey: .registeredAt)
             lsn = 0
         }
 
-        var endpoint: ParticipantEndpoint { ParticipantEndpoint(name: name, url: url, token: token) }
+        var endpoint: ParticipantEndpoint { ParticipantEndpoint(name: name, url: url, token: token, batch: batch) }
     }
 
     private struct Deregistration: Codable {

@@ -11,11 +11,14 @@ public struct ParticipantEndpoint: Sendable, Equatable {
     public var name: String
     public var url: String
     public var token: String?
+    /// Serves `POST {base}/dtx/batch`.
+    public var batch: Bool
 
-    public init(name: String, url: String, token: String?) {
+    public init(name: String, url: String, token: String?, batch: Bool = false) {
         self.name = name
         self.url = url
         self.token = token
+        self.batch = batch
     }
 }
 
@@ -35,48 +38,122 @@ public final class HTTPTransport: Transport {
     private let connectionsPerParticipant: Int
     private let timeout: TimeAmount
     private let templates = Mutex<[String: HTTPClient.Request]>([:])
+    private let batchers = Mutex<[String: MessageBatcher]>([:])
+    private let batchRequestsInFlight: Int
 
-    public init(requestTimeout: Duration = .seconds(10), connectionsPerParticipant: Int = 256) {
+    /// - Parameter batchRequestsInFlight: for a participant that takes batches, how many
+    ///   requests may be outstanding before further messages wait and go together in
+    ///   the next batch.
+    public init(requestTimeout: Duration = .seconds(10), connectionsPerParticipant: Int = 256, batchRequestsInFlight: Int = 4) {
         self.connectionsPerParticipant = connectionsPerParticipant
+        self.batchRequestsInFlight = max(1, batchRequestsInFlight)
         connections = ParticipantConnections(maxConnectionsPerHost: connectionsPerParticipant)
         let (seconds, attoseconds) = requestTimeout.components
         timeout = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
 
     public func send(_ message: ParticipantMessage, protocol proto: TransactionProtocol, request: ParticipantRequest, to endpoint: ParticipantEndpoint) async -> ParticipantResponse {
+        let path = message.path(for: proto)
+        let body = Self.encode(request)
+        if endpoint.batch, message.finishesABranch, proto != .threePhaseCommit {
+            return await batcher(for: endpoint).send(path: path, body: body)
+        }
+        return await sendAlone(path: path, body: body, to: endpoint)
+    }
+
+    /// One message in its own request.
+    func sendAlone(path: String, body: [UInt8], to endpoint: ParticipantEndpoint) async -> ParticipantResponse {
         do {
-            let status: Int
-            let data: [UInt8]
-            if let target = connections.target(endpoint.url) {
-                let response = try await connections.post(target, path: message.path(for: proto), body: Self.encode(request), token: endpoint.token, timeout: timeout)
-                (status, data) = (response.status, response.body)
-            } else {
-                // The future-based API with a collected body: cheaper per call than the
-                // streaming async one, and participant answers are small.
-                var http = try template(endpoint.url + message.path(for: proto), token: endpoint.token)
-                http.body = .bytes(Self.encode(request))
-                let response = try await tlsClient().execute(request: http, deadline: .now() + timeout).get()
-                (status, data) = (Int(response.status.code), response.body.map { Array($0.readableBytesView) } ?? [])
-            }
-            let json = try? JSONValue(parsing: data)
-            switch status {
-            case 200:
-                guard let status = json?["status"]?.stringValue else {
-                    return .failed("\(endpoint.name) answered 200 with a body that is not a participant reply")
-                }
-                return .done(status: status, result: json?["result"])
-            case 409:
-                if let error = json?["error"], let code = error["code"]?.stringValue, let message = error["message"]?.stringValue {
-                    return .refused(code: code, message: message)
-                }
-                return .refused(code: "refused", message: String(decoding: data.prefix(300), as: UTF8.self))
-            case 425, 503:
-                return .failed("\(endpoint.name) asked to retry later (HTTP \(status))")
-            default:
-                return .failed("\(endpoint.name) answered HTTP \(status): \(String(decoding: data.prefix(200), as: UTF8.self))")
+            let (status, data) = try await post(path, body: body, to: endpoint)
+            return Self.interpret(status: status, json: try? JSONValue(parsing: data), from: endpoint.name) {
+                String(decoding: data.prefix(300), as: UTF8.self)
             }
         } catch {
             return .failed("\(endpoint.name) at \(endpoint.url) unreachable: \(Self.describe(error))")
+        }
+    }
+
+    /// Several messages in one `POST {base}/dtx/batch`; one response per message, in order.
+    func sendBatch(_ messages: [(path: String, body: [UInt8])], to endpoint: ParticipantEndpoint) async -> [ParticipantResponse] {
+        var json = JSONWriter(capacity: 64 + messages.reduce(0) { $0 + $1.body.count + 48 })
+        json.raw("{\"messages\":[")
+        for (index, message) in messages.enumerated() {
+            json.raw(index == 0 ? "{\"path\":" : ",{\"path\":")
+            json.string(message.path)
+            json.raw(",\"request\":")
+            json.encoded(message.body)
+            json.raw("}")
+        }
+        json.raw("]}")
+        let status: Int
+        let data: [UInt8]
+        do {
+            (status, data) = try await post(ParticipantBatch.path, body: json.bytes, to: endpoint)
+        } catch {
+            let failure = ParticipantResponse.failed("\(endpoint.name) at \(endpoint.url) unreachable: \(Self.describe(error))")
+            return messages.map { _ in failure }
+        }
+        guard status == 200, case .array(let answers)? = (try? JSONValue(parsing: data))?["answers"], answers.count == messages.count else {
+            let why = status == 200
+                ? "answered a batch of \(messages.count) without one answer per message"
+                : "answered a batch with HTTP \(status): \(String(decoding: data.prefix(200), as: UTF8.self))"
+            return messages.map { _ in .failed("\(endpoint.name) \(why)") }
+        }
+        return answers.map { answer in
+            guard let status = answer["status"]?.doubleValue.flatMap({ Int(exactly: $0) }) else {
+                return .failed("\(endpoint.name) answered a batched message without a status")
+            }
+            let body = answer["body"]
+            return Self.interpret(status: status, json: body, from: endpoint.name) {
+                var text = JSONWriter()
+                text.value(body ?? .null)
+                return String(decoding: text.bytes.prefix(300), as: UTF8.self)
+            }
+        }
+    }
+
+    /// A participant's answer to one message, read as architecture §6 says.
+    static func interpret(status: Int, json: JSONValue?, from name: String, text: () -> String) -> ParticipantResponse {
+        switch status {
+        case 200:
+            guard let status = json?["status"]?.stringValue else {
+                return .failed("\(name) answered 200 with a body that is not a participant reply")
+            }
+            return .done(status: status, result: json?["result"])
+        case 409:
+            if let error = json?["error"], let code = error["code"]?.stringValue, let message = error["message"]?.stringValue {
+                return .refused(code: code, message: message)
+            }
+            return .refused(code: "refused", message: text())
+        case 425, 503:
+            return .failed("\(name) asked to retry later (HTTP \(status))")
+        default:
+            return .failed("\(name) answered HTTP \(status): \(text().prefix(200))")
+        }
+    }
+
+    /// POSTs `body` to `path` under the endpoint's URL; the status and body of the answer.
+    private func post(_ path: String, body: [UInt8], to endpoint: ParticipantEndpoint) async throws -> (Int, [UInt8]) {
+        if let target = connections.target(endpoint.url) {
+            let response = try await connections.post(target, path: path, body: body, token: endpoint.token, timeout: timeout)
+            return (response.status, response.body)
+        }
+        // The future-based API with a collected body: cheaper per call than the
+        // streaming async one, and participant answers are small.
+        var http = try template(endpoint.url + path, token: endpoint.token)
+        http.body = .bytes(body)
+        let response = try await tlsClient().execute(request: http, deadline: .now() + timeout).get()
+        return (Int(response.status.code), response.body.map { Array($0.readableBytesView) } ?? [])
+    }
+
+    private func batcher(for endpoint: ParticipantEndpoint) -> MessageBatcher {
+        let key = endpoint.token.map { endpoint.url + " " + $0 } ?? endpoint.url
+        return batchers.withLock { batchers in
+            if let batcher = batchers[key] { return batcher }
+            if batchers.count > 4096 { batchers.removeAll() }  // URLs of deregistered or moved participants
+            let batcher = MessageBatcher(transport: self, endpoint: endpoint, requestsInFlight: batchRequestsInFlight)
+            batchers[key] = batcher
+            return batcher
         }
     }
 
@@ -133,5 +210,103 @@ public final class HTTPTransport: Transport {
         if let error = error as? ParticipantConnections.Failure { return error.description }
         let text = String(describing: error)
         return text.contains("connectionRefused") || text.contains("Connection refused") ? "connection refused" : text
+    }
+}
+
+/// The messages that finish branches (`finishesABranch`) to one participant that takes
+/// batches. While fewer than
+/// `requestsInFlight` requests are outstanding, a message goes alone at once; beyond
+/// that it waits, and when a request comes back, every waiting message (up to
+/// `ParticipantBatch.maximumMessages`) goes in the next request. No timer: a message
+/// waits only while the participant is busy answering others.
+final class MessageBatcher: Sendable {
+    private struct Waiting {
+        var path: String
+        var body: [UInt8]
+        var continuation: CheckedContinuation<ParticipantResponse, Never>
+    }
+
+    private struct State {
+        var inFlight = 0
+        var waiting: [Waiting] = []
+    }
+
+    private let transport: HTTPTransport
+    private let endpoint: ParticipantEndpoint
+    private let requestsInFlight: Int
+    private let state = Mutex(State())
+
+    init(transport: HTTPTransport, endpoint: ParticipantEndpoint, requestsInFlight: Int) {
+        self.transport = transport
+        self.endpoint = endpoint
+        self.requestsInFlight = requestsInFlight
+    }
+
+    func send(path: String, body: [UInt8]) async -> ParticipantResponse {
+        let goesNow = state.withLock { state -> Bool in
+            guard state.inFlight < requestsInFlight else { return false }
+            state.inFlight += 1
+            return true
+        }
+        if goesNow {
+            let response = await transport.sendAlone(path: path, body: body, to: endpoint)
+            sendWaiting()
+            return response
+        }
+        return await withCheckedContinuation { continuation in
+            let goesNow = state.withLock { state -> Bool in
+                // A request may have come back since: then this message takes its place.
+                if state.inFlight < requestsInFlight {
+                    state.inFlight += 1
+                    return true
+                }
+                state.waiting.append(Waiting(path: path, body: body, continuation: continuation))
+                return false
+            }
+            if goesNow {
+                Task {
+                    continuation.resume(returning: await transport.sendAlone(path: path, body: body, to: endpoint))
+                    sendWaiting()
+                }
+            }
+        }
+    }
+
+    /// Called when a request came back: the waiting messages go next, as one batch, on
+    /// this request's slot; with none waiting the slot is freed.
+    private func sendWaiting() {
+        let batch = state.withLock { state -> [Waiting] in
+            guard !state.waiting.isEmpty else {
+                state.inFlight -= 1
+                return []
+            }
+            let count = min(state.waiting.count, ParticipantBatch.maximumMessages)
+            defer { state.waiting.removeFirst(count) }
+            return Array(state.waiting.prefix(count))
+        }
+        guard !batch.isEmpty else { return }
+        Task {
+            if batch.count == 1 {
+                batch[0].continuation.resume(returning: await transport.sendAlone(path: batch[0].path, body: batch[0].body, to: endpoint))
+            } else {
+                let responses = await transport.sendBatch(batch.map { ($0.path, $0.body) }, to: endpoint)
+                for (waiting, response) in zip(batch, responses) { waiting.continuation.resume(returning: response) }
+            }
+            sendWaiting()
+        }
+    }
+}
+
+extension ParticipantMessage {
+    /// Phase two and compensation: it finishes what a branch did and never waits for
+    /// another branch. Only these go in batches. Work (prepare, try, action) may wait in
+    /// the database for a row that another branch holds until that branch is finished,
+    /// and that branch's vote could be in the same batch, whose answer waits for every
+    /// message in it: the two would wait for each other until a lock timeout.
+    var finishesABranch: Bool {
+        switch self {
+        case .commit, .rollback, .confirm, .cancel, .compensate, .doCommit: true
+        case .prepare, .commitOnePhase, .try, .action, .canCommit, .preCommit: false
+        }
     }
 }

@@ -12,6 +12,11 @@ public struct JSONWriter: Sendable {
         text.withUTF8Buffer { bytes.append(contentsOf: $0) }
     }
 
+    /// Appends JSON that is already encoded (e.g. a message body written before).
+    public mutating func encoded(_ json: [UInt8]) {
+        bytes.append(contentsOf: json)
+    }
+
     public mutating func string(_ text: String) {
         bytes.append(UInt8(ascii: "\""))
         for byte in text.utf8 {

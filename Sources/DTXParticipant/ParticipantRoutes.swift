@@ -60,16 +60,27 @@ extension ParticipantService {
     /// (`protocol_not_served`) when the resource manager does not serve the protocol.
     /// With a resource manager that serves 3PC, also its routes (`addThreePhaseRoutes`).
     /// Any other path under `/dtx` answers 404, and another method on these paths 405.
-    public func addRoutes<Context: RequestContext>(to router: some RouterMethods<Context>) {
+    ///
+    /// Also `POST /dtx/batch` (`ParticipantBatch`), which the service registers: several
+    /// of these messages in one request, each handled as if posted on its own, all at
+    /// once. `RequestFailpointMiddleware` sees only the batch's path, so the batch checks
+    /// each message's arrival failpoint in `failpoints` itself.
+    public func addRoutes<Context: RequestContext>(to router: some RouterMethods<Context>, failpoints: Failpoints? = nil) {
         let expectedAuthorization = configuration.callbackToken.map { Array("Bearer \($0)".utf8) }
         let otherMethods: [HTTPRequest.Method] = [.get, .head, .put, .patch, .delete]
+        let unauthorized = Answer.error(.unauthorized, code: "unauthorized", message: "this participant requires 'Authorization: Bearer <token>' with the callback token it registered")
         for message in ServedMessage.allCases {
             let path = RouterPath(message.path)
             router.post(path) { request, context -> Response in
                 if let expectedAuthorization, !Self.matches(request.headers[.authorization], expectedAuthorization) {
-                    return JSONResponse.error(.unauthorized, code: "unauthorized", message: "this participant requires 'Authorization: Bearer <token>' with the callback token it registered")
+                    return unauthorized.response
                 }
-                return await self.respond(to: message, request: request, context: context)
+                do throws(Rejection) {
+                    let body = try await Self.collectBody(request, context: context)
+                    return await self.answer(message, body: body).response
+                } catch {
+                    return error.response
+                }
             }
             for method in otherMethods {
                 router.on(path, method: method) { _, _ -> Response in
@@ -77,12 +88,29 @@ extension ParticipantService {
                 }
             }
         }
+        router.post(RouterPath(ParticipantBatch.path)) { request, context -> Response in
+            if let expectedAuthorization, !Self.matches(request.headers[.authorization], expectedAuthorization) {
+                return unauthorized.response
+            }
+            do throws(Rejection) {
+                let body = try await Self.collectBody(request, context: context)
+                return try await self.answerBatch(body, failpoints: failpoints).response
+            } catch {
+                return error.response
+            }
+        }
+        for method in otherMethods {
+            router.on(RouterPath(ParticipantBatch.path), method: method) { _, _ -> Response in
+                JSONResponse.error(.methodNotAllowed, code: "method_not_allowed", message: "\(ParticipantBatch.path) takes POST with a batch of participant messages")
+            }
+        }
         addThreePhaseRoutes(to: router) { request in
             guard let expectedAuthorization, !Self.matches(request.headers[.authorization], expectedAuthorization) else { return nil }
             return JSONResponse.error(.unauthorized, code: "unauthorized", message: "this participant requires 'Authorization: Bearer <token>' with the callback token it registered")
         }
         let threePhasePaths = threePhase == nil ? [] : ThreePhaseMessage.allCases.map(\.path) + [ThreePhaseMessage.statePath]
-        let known = (ServedMessage.allCases.filter { servedProtocols.contains($0.transactionProtocol) }.map(\.path) + threePhasePaths).joined(separator: ", ")
+        let known = (ServedMessage.allCases.filter { servedProtocols.contains($0.transactionProtocol) }.map(\.path) + threePhasePaths
+            + [ParticipantBatch.path]).joined(separator: ", ")
         for method in [HTTPRequest.Method.post] + otherMethods {
             router.on("/dtx/**", method: method) { request, _ -> Response in
                 JSONResponse.error(.notFound, code: "not_found", message: "no participant endpoint at \(request.uri.path); this participant serves \(known)")
@@ -90,19 +118,20 @@ extension ParticipantService {
         }
     }
 
-    private func respond(to message: ServedMessage, request: Request, context: some RequestContext) async -> Response {
+    /// What `message` with the request body `bytes` answers, alone or in a batch.
+    private func answer(_ message: ServedMessage, body bytes: [UInt8]) async -> Answer {
         if let phase = message.barrierPhase, !servedProtocols.contains(phase.transactionProtocol) {
             let served = servedProtocols.map(\.rawValue).joined(separator: ", ")
-            return JSONResponse.error(.notFound, code: "protocol_not_served", message: "\(ProtocolNotServed(transactionProtocol: phase.transactionProtocol)); it serves \(served)")
+            return .error(.notFound, code: "protocol_not_served", message: "\(ProtocolNotServed(transactionProtocol: phase.transactionProtocol)); it serves \(served)")
         }
         let body: ParticipantRequest
         let ref: BranchRef
         do {
-            (body, ref) = try await Self.decode(request, context: context)
+            (body, ref) = try Self.parse(bytes)
         } catch {
-            return error.response
+            return error.answer
         }
-        func barrier(_ phase: BarrierPhase) async throws -> Response {
+        func barrier(_ phase: BarrierPhase) async throws -> Answer {
             let result = try await perform(phase, ref, operation: body.operation, payload: body.payload)
             return Self.reply(phase.replyStatus, result)
         }
@@ -130,11 +159,62 @@ extension ParticipantService {
             }
         } catch let error as BusinessError {
             logger.debug("business refusal", metadata: ["gid": .string(ref.gid), "branch": .stringConvertible(ref.branch), "message": .string(message.rawValue), "code": .string(error.code)])
-            return JSONResponse.error(.conflict, code: error.code, message: error.message)
+            return .error(.conflict, code: error.code, message: error.message)
         } catch {
             logger.warning("resource manager failed; the coordinator will retry", metadata: ["gid": .string(ref.gid), "branch": .stringConvertible(ref.branch), "message": .string(message.rawValue), "error": "\(error)"])
-            return JSONResponse.error(.serviceUnavailable, code: "unavailable", message: "\(message.rawValue) failed: \(error); retry later")
+            return .error(.serviceUnavailable, code: "unavailable", message: "\(message.rawValue) failed: \(error); retry later")
         }
+    }
+
+    /// The answer to `POST /dtx/batch`: each message answered as if posted alone, all at
+    /// once (so that a resource manager can share work between them, e.g. one commit).
+    private func answerBatch(_ bytes: [UInt8], failpoints: Failpoints?) async throws(Rejection) -> Answer {
+        let expected = "send {\"messages\": [{\"path\": \"/dtx/2pc/commit\", \"request\": {…}}, …]} with 1 to \(ParticipantBatch.maximumMessages) messages"
+        guard let parsed = try? JSONValue(parsing: bytes) else {
+            throw Rejection(.badRequest, code: "bad_request", message: bytes.isEmpty ? "the request body is empty; \(expected)" : "the body is not valid JSON; \(expected)")
+        }
+        guard case .array(let messages)? = parsed["messages"], (1...ParticipantBatch.maximumMessages).contains(messages.count) else {
+            throw Rejection(.badRequest, code: "bad_request", message: "'messages' must be an array of 1 to \(ParticipantBatch.maximumMessages) messages; \(expected)")
+        }
+        let answers = await withTaskGroup(of: (Int, Answer).self) { group in
+            for (index, item) in messages.enumerated() {
+                group.addTask { (index, await self.answerBatched(item, failpoints: failpoints)) }
+            }
+            var answers = [Answer?](repeating: nil, count: messages.count)
+            for await (index, answer) in group { answers[index] = answer }
+            return answers
+        }
+        var json = JSONWriter(capacity: 32 + 64 * answers.count)
+        json.raw("{\"answers\":[")
+        for (index, answer) in answers.enumerated() {
+            json.raw(index == 0 ? "{\"status\":" : ",{\"status\":")
+            json.int(Int(answer!.status.code))
+            json.raw(",\"body\":")
+            json.encoded(answer!.body)
+            json.raw("}")
+        }
+        json.raw("]}")
+        return Answer(status: .ok, body: json.bytes)
+    }
+
+    /// One message of a batch: its arrival failpoint, then what its own path answers.
+    private func answerBatched(_ item: JSONValue, failpoints: Failpoints?) async -> Answer {
+        guard let path = item["path"]?.stringValue, let message = ServedMessage(path: path) else {
+            let known = ServedMessage.allCases.map(\.path).joined(separator: ", ")
+            return .error(.notFound, code: "not_found", message: "a batched message's 'path' must be one of \(known)")
+        }
+        if let failpoints {
+            do {
+                try await failpoints.reach(message.arrivalFailpoint)
+            } catch let error as BusinessError {
+                return .error(.conflict, code: error.code, message: error.message)
+            } catch {
+                return .error(.serviceUnavailable, code: "unavailable", message: "\(error); retry later")
+            }
+        }
+        var request = JSONWriter()
+        request.value(item["request"] ?? .null)
+        return await answer(message, body: request.bytes)
     }
 
     /// Runs a TCC or saga phase on the resource manager.
@@ -157,22 +237,23 @@ extension ParticipantService {
         }
     }
 
-    static func decode(_ request: Request, context: some RequestContext) async throws(Rejection) -> (ParticipantRequest, BranchRef) {
+    static func collectBody(_ request: Request, context: some RequestContext) async throws(Rejection) -> [UInt8] {
         var request = request
-        let buffer: ByteBuffer
         do {
-            buffer = try await request.collectBody(upTo: context.maxUploadSize)
+            return Array(try await request.collectBody(upTo: context.maxUploadSize).readableBytesView)
         } catch let error as HTTPResponseError where error.status == .contentTooLarge {
             throw Rejection(.contentTooLarge, code: "payload_too_large", message: "the request body is larger than \(context.maxUploadSize) bytes")
         } catch {
             throw Rejection(.badRequest, code: "bad_request", message: "cannot read the request body: \(error)")
         }
+    }
+
+    static func parse(_ bytes: [UInt8]) throws(Rejection) -> (ParticipantRequest, BranchRef) {
         let body: ParticipantRequest
         do {
-            body = try ParticipantRequest(fastParsing: Array(buffer.readableBytesView))
-                ?? Self.requestDecoder.decode(ParticipantRequest.self, from: Data(buffer.readableBytesView))
+            body = try ParticipantRequest(fastParsing: bytes) ?? Self.requestDecoder.decode(ParticipantRequest.self, from: Data(bytes))
         } catch let error as DecodingError {
-            throw Rejection(.badRequest, code: "bad_request", message: Self.describe(error, bodyIsEmpty: buffer.readableBytes == 0))
+            throw Rejection(.badRequest, code: "bad_request", message: Self.describe(error, bodyIsEmpty: bytes.isEmpty))
         } catch {
             throw Rejection(.badRequest, code: "bad_request", message: "cannot read the request body: \(error)")
         }
@@ -187,9 +268,8 @@ extension ParticipantService {
         return (body, BranchRef(gid: body.gid, branch: body.branch))
     }
 
-    static func reply(_ status: String, _ result: JSONValue?) -> Response {
-        let body = ParticipantReply(status: status, result: result).jsonBytes()
-        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: body)))
+    static func reply(_ status: String, _ result: JSONValue?) -> Answer {
+        Answer(status: .ok, body: ParticipantReply(status: status, result: result).jsonBytes())
     }
 
     /// Compares in time independent of where the strings differ, so that the token
@@ -239,7 +319,22 @@ struct Rejection: Error {
         self.message = message
     }
 
-    var response: Response { JSONResponse.error(status, code: code, message: message) }
+    var response: Response { answer.response }
+    var answer: Answer { .error(status, code: code, message: message) }
+}
+
+/// A status and JSON body: the answer to one participant message, alone or in a batch.
+struct Answer: Sendable {
+    var status: HTTPResponse.Status
+    var body: [UInt8]
+
+    static func error(_ status: HTTPResponse.Status, code: String, message: String) -> Answer {
+        Answer(status: status, body: JSONResponse.bytes(APIErrorBody(code: code, message: message)))
+    }
+
+    var response: Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: body)))
+    }
 }
 
 /// JSON answers; errors are always `{"error": {"code", "message"}}`.
@@ -251,8 +346,11 @@ enum JSONResponse {
     }
 
     static func encode(_ status: HTTPResponse.Status, _ value: some Encodable) -> Response {
+        Answer(status: status, body: bytes(value)).response
+    }
+
+    static func bytes(_ value: some Encodable) -> [UInt8] {
         // Only plain structs of strings and JSON values come here: encoding cannot fail.
-        let data = (try? encoder.encode(value)) ?? Data()
-        return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        Array((try? encoder.encode(value)) ?? Data())
     }
 }

@@ -110,7 +110,8 @@ public final class ParticipantService: Sendable {
             name: configuration.name,
             url: advertisedURL ?? configuration.advertisedURL,
             protocols: servedProtocols,
-            token: configuration.callbackToken
+            token: configuration.callbackToken,
+            batch: true  // addRoutes serves /dtx/batch
         )
         await threePhase?.resumeUnfinished()
         let clock = ContinuousClock()
@@ -222,7 +223,7 @@ public final class ParticipantService: Sendable {
                 let listed = try await client.heartbeat(registration.name)
                 var url = registration.url
                 while url.hasSuffix("/") { url.removeLast() }  // as dtxd stores it
-                if listed.url != url || Set(listed.protocols) != Set(registration.protocols ?? [.twoPhaseCommit]) {
+                if listed.url != url || Set(listed.protocols) != Set(registration.protocols ?? [.twoPhaseCommit]) || listed.batch != (registration.batch ?? false) {
                     // dtxd's registry disagrees with this process (another process took
                     // the name, or dtxd runs on an older copy of its log): register again.
                     logger.warning("the coordinator lists this participant differently; registering again",

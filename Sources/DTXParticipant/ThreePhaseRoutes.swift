@@ -56,7 +56,7 @@ extension ParticipantService {
                 let body: ParticipantRequest
                 let ref: BranchRef
                 do throws(Rejection) {
-                    (body, ref) = try await Self.decode(request, context: context)
+                    (body, ref) = try Self.parse(try await Self.collectBody(request, context: context))
                 } catch {
                     return error.response
                 }
@@ -78,7 +78,7 @@ extension ParticipantService {
         do {
             let answer = try await threePhase.handle(event, for: ref, request: body)
             switch answer.reply {
-            case .state(let state): return Self.reply(state.rawValue, answer.result)
+            case .state(let state): return Self.reply(state.rawValue, answer.result).response
             case let .refused(code, message): return JSONResponse.error(.conflict, code: code, message: message)
             case .busy: return JSONResponse.error(.serviceUnavailable, code: "busy", message: "CANCOMMIT of \(ref) is still running; retry later")
             }

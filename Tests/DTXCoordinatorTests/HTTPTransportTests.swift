@@ -82,6 +82,85 @@ import Testing
         await transport.shutdown()
     }
 
+    /// With a participant that takes batches: beyond the requests in flight, messages
+    /// that finish branches wait and go together; each gets its own answer. Work
+    /// (prepare) always goes alone.
+    @Test func finishingMessagesBeyondTheRequestsInFlightGoTogetherInOneBatch() async throws {
+        let server = try await TestParticipantServer.start()
+        let transport = HTTPTransport(requestTimeout: .seconds(5), batchRequestsInFlight: 1)
+        let endpoint = server.endpoint(path: "/base", batch: true)
+        // One slow commit holds the only request in flight while 40 more arrive.
+        async let slow = transport.send(.commit, protocol: .twoPhaseCommit, request: ParticipantRequest(gid: "slow", branch: 0, operation: "noop"), to: endpoint)
+        try await Task.sleep(for: .milliseconds(100))
+        let responses = await withTaskGroup(of: (Int, ParticipantResponse).self) { group in
+            for index in 0..<40 {
+                group.addTask {
+                    let gid = index == 7 ? "refuse" : "g-\(index)"
+                    let message: ParticipantMessage = index % 2 == 0 ? .commit : .rollback
+                    return (index, await transport.send(message, protocol: .twoPhaseCommit, request: ParticipantRequest(gid: gid, branch: 0, operation: "noop"), to: endpoint))
+                }
+            }
+            var responses: [Int: ParticipantResponse] = [:]
+            for await (index, response) in group { responses[index] = response }
+            return responses
+        }
+        #expect(await slow == .done(status: "prepared", result: .string("/base/dtx/2pc/commit slow")))
+        for index in 0..<40 where index != 7 {
+            let path = index % 2 == 0 ? "/base/dtx/2pc/commit" : "/base/dtx/2pc/rollback"
+            #expect(responses[index] == .done(status: "prepared", result: .string("\(path) g-\(index)")))
+        }
+        #expect(responses[7] == .refused(code: "refused_by_test", message: "no"))
+        // The slow commit, the batch, and alone any message whose task started only
+        // after the batch had left (on a loaded machine).
+        #expect(server.batchesReceived == 1)
+        #expect(server.requestsReceived < 10)
+
+        // Prepares go alone even while a commit is in flight.
+        let before = server.requestsReceived
+        async let slowAgain = transport.send(.commit, protocol: .twoPhaseCommit, request: ParticipantRequest(gid: "slow", branch: 1, operation: "noop"), to: endpoint)
+        try await Task.sleep(for: .milliseconds(100))
+        await withTaskGroup(of: Void.self) { group in
+            for index in 0..<5 {
+                group.addTask {
+                    let response = await transport.send(.prepare, protocol: .twoPhaseCommit, request: ParticipantRequest(gid: "p-\(index)", branch: 0, operation: "noop"), to: endpoint)
+                    #expect(response == .done(status: "prepared", result: .string("/base/dtx/2pc/prepare p-\(index)")))
+                }
+            }
+        }
+        _ = await slowAgain
+        #expect(server.requestsReceived == before + 6)
+        #expect(server.batchesReceived == 1)
+        await transport.shutdown()
+        try await server.stop()
+    }
+
+    /// A batch that fails whole fails each of its messages, as a failed delivery.
+    @Test func aBatchThatFailsWholeFailsEachMessage() async throws {
+        let server = try await TestParticipantServer.start()
+        let transport = HTTPTransport(requestTimeout: .seconds(5), batchRequestsInFlight: 1)
+        let endpoint = server.endpoint(batch: true)
+        async let slow = transport.send(.confirm, protocol: .tcc, request: ParticipantRequest(gid: "slow", branch: 0, operation: "noop"), to: endpoint)
+        try await Task.sleep(for: .milliseconds(100))
+        let responses = await withTaskGroup(of: ParticipantResponse.self) { group in
+            for gid in ["a", "fail-batch", "b"] {
+                group.addTask { await transport.send(.confirm, protocol: .tcc, request: ParticipantRequest(gid: gid, branch: 0, operation: "noop"), to: endpoint) }
+            }
+            return await group.reduce(into: []) { $0.append($1) }
+        }
+        _ = await slow
+        #expect(responses.count == 3)
+        for response in responses {
+            guard case .failed(let reason) = response else {
+                Issue.record("not a failed delivery: \(response)")
+                continue
+            }
+            #expect(reason.contains("HTTP 500"))
+        }
+        #expect(server.batchesReceived == 1)
+        await transport.shutdown()
+        try await server.stop()
+    }
+
     @Test func participantURLsAreParsedOnceIntoHostPortAndPath() {
         let plain = ParticipantConnections.Target(url: "http://127.0.0.1:9101")
         #expect(plain?.host == "127.0.0.1")
@@ -108,32 +187,38 @@ import Testing
 private final class TestParticipantServer: Sendable {
     private let channel: any Channel
     private let accepted: Counter
+    private let requests: Counter
+    private let batches: Counter
 
     var connectionsAccepted: Int { accepted.value }
     var port: Int { channel.localAddress?.port ?? 0 }
 
-    func endpoint(path: String = "") -> ParticipantEndpoint {
-        ParticipantEndpoint(name: "p", url: "http://127.0.0.1:\(port)\(path)", token: nil)
+    func endpoint(path: String = "", batch: Bool = false) -> ParticipantEndpoint {
+        ParticipantEndpoint(name: "p", url: "http://127.0.0.1:\(port)\(path)", token: nil, batch: batch)
     }
 
-    private init(channel: any Channel, accepted: Counter) {
+    private init(channel: any Channel, accepted: Counter, requests: Counter, batches: Counter) {
         self.channel = channel
         self.accepted = accepted
+        self.requests = requests
+        self.batches = batches
     }
 
     static func start(answersPerConnection: Int = .max) async throws -> TestParticipantServer {
         let counter = Counter()
+        let requests = Counter()
+        let batches = Counter()
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 counter.increment()
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(Responder(answers: answersPerConnection))
+                    try channel.pipeline.syncOperations.addHandler(Responder(answers: answersPerConnection, requests: requests, batches: batches))
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
-        return TestParticipantServer(channel: channel, accepted: counter)
+        return TestParticipantServer(channel: channel, accepted: counter, requests: requests, batches: batches)
     }
 
     func stop() async throws {
@@ -147,6 +232,14 @@ private final class TestParticipantServer: Sendable {
         func increment() { count.withLock { $0 += 1 } }
     }
 
+    /// Requests received, and how many of them were batches.
+    var requestsReceived: Int { requests.value }
+    var batchesReceived: Int { batches.value }
+
+    /// Answers every message with `prepared` and a result naming the path and gid; gid
+    /// `silent` gets no answer, `slow` its answer after 300 ms, `refuse` a 409. A batch
+    /// (`/dtx/batch`) gets one such answer per message, or 500 whole when a message has
+    /// gid `fail-batch`.
     private final class Responder: ChannelInboundHandler {
         typealias InboundIn = HTTPServerRequestPart
         typealias OutboundOut = HTTPServerResponsePart
@@ -155,7 +248,20 @@ private final class TestParticipantServer: Sendable {
         private var uri = ""
         private var body: [UInt8] = []
 
-        init(answers: Int) { remaining = answers }
+        private let requests: Counter
+        private let batches: Counter
+
+        init(answers: Int, requests: Counter, batches: Counter) {
+            remaining = answers
+            self.requests = requests
+            self.batches = batches
+        }
+
+        private static func answer(path: String, request: JSONValue?) -> (Int, JSONValue) {
+            let gid = request?["gid"]?.stringValue ?? ""
+            if gid == "refuse" { return (409, .object(["error": .object(["code": .string("refused_by_test"), "message": .string("no")])])) }
+            return (200, .object(["status": .string("prepared"), "result": .string("\(path) \(gid)")]))
+        }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             switch unwrapInboundIn(data) {
@@ -170,17 +276,43 @@ private final class TestParticipantServer: Sendable {
                     return
                 }
                 remaining -= 1
-                let gid = (try? JSONValue(parsing: body))?["gid"]?.stringValue ?? ""
+                requests.increment()
+                let request = try? JSONValue(parsing: body)
+                let gid = request?["gid"]?.stringValue ?? ""
                 if gid == "silent" { return }
+                let status: Int
+                let answer: JSONValue
+                if uri.hasSuffix("/dtx/batch"), case .array(let messages)? = request?["messages"] {
+                    batches.increment()
+                    let base = String(uri.dropLast("/dtx/batch".count))
+                    if messages.contains(where: { $0["request"]?["gid"]?.stringValue == "fail-batch" }) {
+                        (status, answer) = (500, .object([:]))
+                    } else {
+                        status = 200
+                        answer = .object(["answers": .array(messages.map { message in
+                            let (status, body) = Self.answer(path: base + (message["path"]?.stringValue ?? ""), request: message["request"])
+                            return .object(["status": .number(Double(status)), "body": body])
+                        })])
+                    }
+                } else {
+                    (status, answer) = Self.answer(path: uri, request: request)
+                }
                 var json = JSONWriter()
-                json.member("{\"status\":\"prepared\",\"result\":", .string("\(uri) \(gid)"))
-                json.raw("}")
-                var head = HTTPResponseHead(version: .http1_1, status: .ok)
+                json.value(answer)
+                var head = HTTPResponseHead(version: .http1_1, status: .init(statusCode: status))
                 head.headers.add(name: "Content-Type", value: "application/json")
                 head.headers.add(name: "Content-Length", value: String(json.bytes.count))
-                context.write(wrapOutboundOut(.head(head)), promise: nil)
-                context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: json.bytes)))), promise: nil)
-                context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+                let bytes = json.bytes
+                let send = {
+                    context.write(self.wrapOutboundOut(.head(head)), promise: nil)
+                    context.write(self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: bytes)))), promise: nil)
+                    context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+                }
+                if gid == "slow" {
+                    context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(300), send)
+                } else {
+                    send()
+                }
             }
         }
     }

@@ -37,7 +37,7 @@ import Testing
             resourceManager: resourceManager, logger: Self.logger)
         let router = Router()
         if let failpoints {
-            service.addRoutes(to: router.group().add(middleware: RequestFailpointMiddleware(failpoints: failpoints)))
+            service.addRoutes(to: router.group().add(middleware: RequestFailpointMiddleware(failpoints: failpoints)), failpoints: failpoints)
             failpoints.addRoutes(to: router)
         } else {
             service.addRoutes(to: router)
@@ -216,6 +216,80 @@ import Testing
             #expect(try await post("POST", "/dtx/tcc/try", Self.request("t1")).status == .ok)
         }
         #expect(store.barrierRecords().count == 1)
+    }
+
+    private static func batch(_ items: [(String, String)]) -> String {
+        #"{"messages":["# + items.map { #"{"path":"\#($0.0)","request":\#($0.1)}"# }.joined(separator: ",") + "]}"
+    }
+
+    /// `POST /dtx/batch`: each message answered in order as its own path answers it,
+    /// including refusals, bad messages and arrival failpoints.
+    @Test func aBatchAnswersEachMessageAsItsOwnPathWould() async throws {
+        let store = try InMemoryResourceManager(name: "p")
+        let failpoints = Failpoints(logger: Self.logger)
+        try await withRoutes(store, failpoints: failpoints) { _, post in
+            let alone = try await post("POST", "/dtx/saga/action", Self.request("alone", operation: "book"))
+            let batched = try await post("POST", "/dtx/batch", Self.batch([
+                ("/dtx/2pc/prepare", Self.request("b1", operation: "debit")),
+                ("/dtx/2pc/prepare", Self.request("b2", operation: "debit")),
+                ("/dtx/saga/action", Self.request("b3", operation: "book")),
+                ("/dtx/saga/action", Self.request("b4", operation: "book", payload: #"{"vote":"no"}"#)),
+                ("/dtx/2pc/prepare", #"{"branch":0,"operation":"debit"}"#),
+                ("/dtx/3pc/can_commit", Self.request("b6")),
+            ]))
+            #expect(batched.status == .ok)
+            guard case .array(let answers)? = batched.body?["answers"], answers.count == 6 else {
+                Issue.record("not six answers: \(String(describing: batched.body))")
+                return
+            }
+            #expect(answers.map { $0["status"]?.doubleValue } == [200, 200, 200, 409, 400, 404])
+            #expect(answers[0]["body"] == .object(["status": .string("prepared"), "result": .object(["operation": .string("debit"), "participant": .string("p")])]))
+            // The same body as the message posted alone.
+            #expect(answers[2]["body"] == alone.body)
+            #expect(answers[3]["body"]?["error"]?["code"]?.stringValue == "voted_no")
+            #expect(answers[4]["body"]?["error"]?["message"]?.stringValue?.contains("missing field 'gid'") == true)
+            #expect(answers[5]["body"]?["error"]?["code"]?.stringValue == "not_found")
+            #expect(Set(try await store.inDoubt().map(\.gid)) == ["b1", "b2"])
+
+            // Phase two in one batch; a repeat alone is idempotent.
+            let second = try await post("POST", "/dtx/batch", Self.batch([
+                ("/dtx/2pc/commit", Self.request("b1", operation: "debit")),
+                ("/dtx/2pc/rollback", Self.request("b2", operation: "debit")),
+            ]))
+            #expect(second.body?["answers"] == .array([
+                .object(["status": .number(200), "body": .object(["status": .string("committed")])]),
+                .object(["status": .number(200), "body": .object(["status": .string("rolled_back")])]),
+            ]))
+            #expect(try await post("POST", "/dtx/2pc/commit", Self.request("b1", operation: "debit")).body == .object(["status": .string("committed")]))
+            #expect(try await store.inDoubt().isEmpty)
+
+            // The arrival failpoint of each batched message is checked, as the middleware
+            // checks it for a message posted alone.
+            try failpoints.arm(specification: "prepare=no")
+            let refused = try await post("POST", "/dtx/batch", Self.batch([("/dtx/2pc/prepare", Self.request("b7", operation: "debit"))]))
+            guard case .array(let refusals)? = refused.body?["answers"] else {
+                Issue.record("no answers: \(String(describing: refused.body))")
+                return
+            }
+            #expect(refusals.first?["body"]?["error"]?["code"]?.stringValue == "voted_no")
+            #expect(try await store.inDoubt().isEmpty)
+        }
+    }
+
+    @Test func aBadBatchIsRefusedWholeAndDoesNothing() async throws {
+        let store = try InMemoryResourceManager(name: "p")
+        try await withRoutes(store, callbackToken: "s3cret") { _, post in
+            let one = Self.batch([("/dtx/2pc/prepare", Self.request("x1", operation: "debit"))])
+            #expect(try await post("NOAUTH", "/dtx/batch", one).status == .unauthorized)
+            for body in ["", "[1,2]", #"{"messages":[]}"#, #"{"messages":{}}"#,
+                         Self.batch(Array(repeating: ("/dtx/2pc/prepare", Self.request("x2", operation: "debit")), count: 257))] {
+                let answer = try await post("POST", "/dtx/batch", body)
+                #expect(answer.status == .badRequest, "\(body.prefix(40))")
+                #expect(answer.errorCode == "bad_request")
+            }
+            #expect(try await post("GET", "/dtx/batch", nil).status == .methodNotAllowed)
+        }
+        #expect(try await store.inDoubt().isEmpty)
     }
 }
 

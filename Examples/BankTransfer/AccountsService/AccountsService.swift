@@ -134,7 +134,7 @@ struct AccountsService: AsyncParsableCommand {
         }
 
         let router = Router()
-        service.addRoutes(to: router.group().add(middleware: RequestFailpointMiddleware(failpoints: failpoints)))
+        service.addRoutes(to: router.group().add(middleware: RequestFailpointMiddleware(failpoints: failpoints)), failpoints: failpoints)
         failpoints.addRoutes(to: router)
         addAccountRoutes(to: router, store: store)
         try await ParticipantHost.serve(service, router: router, host: host, port: port, serverName: "accounts-service", logger: logger) { url in
