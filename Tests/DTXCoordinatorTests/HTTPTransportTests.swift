@@ -14,7 +14,7 @@ import Testing
 
     @Test func answersComeBackOverOneKeptAliveConnection() async throws {
         let server = try await TestParticipantServer.start()
-        let transport = HTTPTransport(requestTimeout: .seconds(5))
+        let transport = HTTPTransport(requestTimeout: .seconds(30))
         for _ in 0..<20 {
             let response = await transport.send(.prepare, protocol: .twoPhaseCommit, request: request, to: server.endpoint(path: "/base"))
             #expect(response == .done(status: "prepared", result: .string("/base/dtx/2pc/prepare g-1")))
@@ -29,7 +29,7 @@ import Testing
         // second request arrives on it: what a participant that closed an idle
         // connection looks like when the close and the request cross.
         let server = try await TestParticipantServer.start(answersPerConnection: 1)
-        let transport = HTTPTransport(requestTimeout: .seconds(5))
+        let transport = HTTPTransport(requestTimeout: .seconds(30))
         for _ in 0..<3 {
             let response = await transport.send(.commit, protocol: .twoPhaseCommit, request: request, to: server.endpoint())
             #expect(response == .done(status: "prepared", result: .string("/dtx/2pc/commit g-1")))
@@ -42,7 +42,7 @@ import Testing
     @Test func aParticipantThatDoesNotAnswerTimesOutAndItsConnectionIsNotReused() async throws {
         let server = try await TestParticipantServer.start()
         // Long enough for the second call on a loaded CI machine; the first waits it out.
-        let transport = HTTPTransport(requestTimeout: .seconds(2))
+        let transport = HTTPTransport(requestTimeout: .seconds(5))
         let silent = ParticipantRequest(gid: "silent", branch: 0, operation: "noop")
         let response = await transport.send(.prepare, protocol: .twoPhaseCommit, request: silent, to: server.endpoint())
         #expect(response == .failed("p at \(server.endpoint().url) unreachable: no answer within the request timeout"))
@@ -56,7 +56,7 @@ import Testing
 
     @Test func moreConcurrentRequestsThanConnectionsWaitForOne() async throws {
         let server = try await TestParticipantServer.start()
-        let transport = HTTPTransport(requestTimeout: .seconds(5), connectionsPerParticipant: 2)
+        let transport = HTTPTransport(requestTimeout: .seconds(30), connectionsPerParticipant: 2)
         let endpoint = server.endpoint()
         let request = request
         let responses = await withTaskGroup(of: ParticipantResponse.self) { group in
@@ -76,7 +76,7 @@ import Testing
         let server = try await TestParticipantServer.start()
         let endpoint = server.endpoint()
         try await server.stop()
-        let transport = HTTPTransport(requestTimeout: .seconds(5))
+        let transport = HTTPTransport(requestTimeout: .seconds(30))
         let response = await transport.send(.prepare, protocol: .twoPhaseCommit, request: request, to: endpoint)
         #expect(response == .failed("p at \(endpoint.url) unreachable: connection refused"))
         await transport.shutdown()
@@ -87,7 +87,7 @@ import Testing
     /// (prepare) always goes alone.
     @Test func finishingMessagesBeyondTheRequestsInFlightGoTogetherInOneBatch() async throws {
         let server = try await TestParticipantServer.start()
-        let transport = HTTPTransport(requestTimeout: .seconds(5), batchRequestsInFlight: 1)
+        let transport = HTTPTransport(requestTimeout: .seconds(30), batchRequestsInFlight: 1)
         let endpoint = server.endpoint(path: "/base", batch: true)
         // One slow commit holds the only request in flight while 40 more arrive.
         async let slow = transport.send(.commit, protocol: .twoPhaseCommit, request: ParticipantRequest(gid: "slow", branch: 0, operation: "noop"), to: endpoint)
@@ -137,7 +137,7 @@ import Testing
     /// A batch that fails whole fails each of its messages, as a failed delivery.
     @Test func aBatchThatFailsWholeFailsEachMessage() async throws {
         let server = try await TestParticipantServer.start()
-        let transport = HTTPTransport(requestTimeout: .seconds(5), batchRequestsInFlight: 1)
+        let transport = HTTPTransport(requestTimeout: .seconds(30), batchRequestsInFlight: 1)
         let endpoint = server.endpoint(batch: true)
         async let slow = transport.send(.confirm, protocol: .tcc, request: ParticipantRequest(gid: "slow", branch: 0, operation: "noop"), to: endpoint)
         try await Task.sleep(for: .milliseconds(100))
