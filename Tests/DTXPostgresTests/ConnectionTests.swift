@@ -1,4 +1,4 @@
-import DTXPostgres
+@testable import DTXPostgres
 import DTXTestSupport
 import Foundation
 import Testing
@@ -132,6 +132,43 @@ struct ConnectionTests {
                 // Outside a transaction block they were one implicit transaction: nothing
                 // of it stayed, and the connection serves the next statement.
                 #expect(try connection.execute("SELECT array_agg(id ORDER BY id)::text AS ids FROM t").rows.first?.string("ids") == "{1}")
+            }
+        }
+    }
+
+    /// Statements are prepared once per connection and reused; a statement the server
+    /// refuses still reports its own error, and utility statements run unprepared.
+    @Test func statementsArePreparedOnceAndStillReportTheirOwnErrors() async throws {
+        #expect(PostgresConnection.isPreparable("  select 1"))
+        #expect(PostgresConnection.isPreparable("WITH x AS (SELECT 1) SELECT * FROM x"))
+        #expect(PostgresConnection.isPreparable("\nINSERT INTO t VALUES (1)"))
+        #expect(!PostgresConnection.isPreparable("BEGIN"))
+        #expect(!PostgresConnection.isPreparable("PREPARE TRANSACTION 'x'"))
+        #expect(!PostgresConnection.isPreparable("COMMIT PREPARED 'x'"))
+        let server = try PostgresServerScope.server()
+        try await server.createDatabase("prepared")
+        try await withPool(server.connectionString(database: "prepared"), size: 1) { pool in
+            try await pool.withConnection { connection in
+                try connection.execute("CREATE TABLE t (id INT PRIMARY KEY, v TEXT)")
+                for id in 0..<300 { try connection.execute("INSERT INTO t VALUES ($1, $2)", [.int(id), .text("v\(id)")]) }
+                // More distinct statements than are kept prepared: the rest run unprepared.
+                for id in 0..<300 { #expect(try connection.execute("SELECT v FROM t WHERE id = \(id)").rows.first?.string("v") == "v\(id)") }
+                let prepared = try connection.execute("SELECT count(*) AS n FROM pg_prepared_statements").rows.first?.int("n")
+                #expect(prepared == 256)
+                // The same statement twice in one round trip, the first time it runs.
+                let results = try connection.executeInOneRoundTrip([
+                    ("BEGIN", []), ("UPDATE t SET v = $1 WHERE id = $2", [.text("a"), .int(1)]), ("UPDATE t SET v = $1 WHERE id = $2", [.text("b"), .int(2)]),
+                    ("SELECT string_agg(v, ',' ORDER BY id) AS vs FROM t WHERE id < $1", [.int(3)]),
+                ])
+                #expect(try results[3].rows.first?.string("vs") == "v0,a,b")
+                try connection.execute("ROLLBACK")
+                // A refused statement inside a transaction is reported as such (not as an
+                // aborted transaction), and the connection serves on after the rollback.
+                try connection.execute("BEGIN")
+                let error = try #require(throws: PostgresError.self) { try connection.execute("SELECT v FROM no_such_table") }
+                #expect(error.sqlState == "42P01")
+                try connection.execute("ROLLBACK")
+                #expect(try connection.execute("SELECT v FROM t WHERE id = $1", [.int(7)]).rows.first?.string("v") == "v7")
             }
         }
     }
