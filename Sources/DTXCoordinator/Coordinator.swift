@@ -59,7 +59,7 @@ public final class Coordinator: Sendable {
     private let transport: any Transport
     private let configuration: CoordinatorConfiguration
     private let logger: Logger
-    private let registry = ParticipantRegistry()
+    let registry = ParticipantRegistry()
     private let table = Mutex(Table())
     private let context: EngineContext
 
@@ -453,11 +453,13 @@ public final class Coordinator: Sendable {
         var entry = ParticipantRegistry.Entry(name: registration.name, url: url, protocols: protocols, token: registration.token, batch: batch,
                                               registeredAt: previous?.registeredAt ?? now, lastSeen: now, lsn: 0)
         do {
-            entry.lsn = try await log.append(type: ParticipantRegistry.RecordType.registered.rawValue, payload: ParticipantRegistry.registrationRecord(entry), forced: true)
+            try await registry.changing {
+                entry.lsn = try await log.append(type: ParticipantRegistry.RecordType.registered.rawValue, payload: ParticipantRegistry.registrationRecord(entry), forced: true)
+                registry.store(entry)
+            }
         } catch {
             throw CoordinatorError(503, "log_unavailable", "the coordinator's log cannot be written: \(error)")
         }
-        registry.store(entry)
         logger.info(previous == nil ? "participant registered" : "participant re-registered", metadata: ["name": "\(entry.name)", "url": "\(entry.url)"])
         return (info(entry), previous == nil)
     }
@@ -483,11 +485,13 @@ public final class Coordinator: Sendable {
             throw CoordinatorError(409, "participant_busy", "participant '\(name)' has \(unfinished) unfinished branch(es); deregister it once they finish (see dtx list --participant \(name))")
         }
         do {
-            _ = try await log.append(type: ParticipantRegistry.RecordType.deregistered.rawValue, payload: ParticipantRegistry.deregistrationRecord(name), forced: true)
+            try await registry.changing {
+                _ = try await log.append(type: ParticipantRegistry.RecordType.deregistered.rawValue, payload: ParticipantRegistry.deregistrationRecord(name), forced: true)
+                registry.remove(name)
+            }
         } catch {
             throw CoordinatorError(503, "log_unavailable", "the coordinator's log cannot be written: \(error)")
         }
-        registry.remove(name)
         logger.info("participant deregistered", metadata: ["name": "\(name)"])
     }
 

@@ -59,6 +59,9 @@ final class ParticipantRegistry: Sendable {
     }
 
     private let entries = Mutex<[String: Entry]>([:])
+    /// Registrations and deregistrations whose record is being written and whose change
+    /// to memory has not been made yet.
+    private let changesInFlight = Mutex(0)
 
     // MARK: Replay and checkpoint
 
@@ -79,13 +82,14 @@ final class ParticipantRegistry: Sendable {
         }
     }
 
-    /// Whether a registry record is still needed (nil: not a registry record). The
-    /// current registration of each participant is. So is a record newer than what
-    /// memory holds for its name: `register` and `deregister` write the log first and
-    /// change memory after the write is durable, and a checkpoint can read the record
-    /// in between; dropping it would bring the older registration back at the next start.
+    /// Whether a registry record is still needed (nil: not a registry record): the
+    /// current registration of each participant. `register` and `deregister` write the
+    /// log first and change memory after the write is durable; while one is between the
+    /// two (`changing`), every registry record is kept, since memory may not name the
+    /// newest yet. Dropping it would bring the older state back at the next start.
     func isLive(type: UInt16, payload: [UInt8], lsn: UInt64) -> Bool? {
         guard let recordType = RecordType(rawValue: type) else { return nil }
+        if changesInFlight.withLock({ $0 > 0 }) { return true }
         let name: String
         do {
             switch recordType {
@@ -118,6 +122,14 @@ final class ParticipantRegistry: Sendable {
     }
 
     var count: Int { entries.withLock { $0.count } }
+
+    /// Runs `change`, which logs a registry record and then changes memory, with
+    /// checkpoints keeping every registry record meanwhile.
+    func changing<T>(_ change: () async throws -> T) async rethrows -> T {
+        changesInFlight.withLock { $0 += 1 }
+        defer { changesInFlight.withLock { $0 -= 1 } }
+        return try await change()
+    }
 
     func store(_ entry: Entry) {
         entries.withLock { $0[entry.name] = entry }

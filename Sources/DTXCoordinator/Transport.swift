@@ -217,7 +217,7 @@ public final class HTTPTransport: Transport {
 /// batches. While fewer than
 /// `requestsInFlight` requests are outstanding, a message goes alone at once; beyond
 /// that it waits, and when a request comes back, every waiting message (up to
-/// `ParticipantBatch.maximumMessages`) goes in the next request. No timer: a message
+/// `ParticipantBatch.maximumMessages`, and 256 KiB) goes in the next request. No timer: a message
 /// waits only while the participant is busy answering others.
 final class MessageBatcher: Sendable {
     private struct Waiting {
@@ -231,6 +231,7 @@ final class MessageBatcher: Sendable {
         var waiting: [Waiting] = []
     }
 
+    private static let maximumBatchBytes = 256 << 10
     private let transport: HTTPTransport
     private let endpoint: ParticipantEndpoint
     private let requestsInFlight: Int
@@ -280,7 +281,15 @@ final class MessageBatcher: Sendable {
                 state.inFlight -= 1
                 return []
             }
-            let count = min(state.waiting.count, ParticipantBatch.maximumMessages)
+            // Up to 256 messages and, past the first, 256 KiB of bodies: well under a
+            // participant's request size limit (Hummingbird's default is 2 MiB).
+            var count = 0
+            var bytes = 0
+            for waiting in state.waiting.prefix(ParticipantBatch.maximumMessages) {
+                bytes += waiting.body.count
+                if count > 0, bytes > Self.maximumBatchBytes { break }
+                count += 1
+            }
             defer { state.waiting.removeFirst(count) }
             return Array(state.waiting.prefix(count))
         }

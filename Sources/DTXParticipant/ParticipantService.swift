@@ -68,6 +68,8 @@ public final class ParticipantService: Sendable {
     let logger: Logger
     private let client: CoordinatorClient
     private let clientIsShutDown = Mutex(false)
+    /// The other URL the coordinator last listed this participant's name at, if any.
+    private let listedElsewhere = Mutex<String?>(nil)
 
     /// Registration retries back off from this delay, doubling up to `maximumBackoff`.
     private static let initialBackoff: Duration = .milliseconds(200)
@@ -223,13 +225,19 @@ public final class ParticipantService: Sendable {
                 let listed = try await client.heartbeat(registration.name)
                 var url = registration.url
                 while url.hasSuffix("/") { url.removeLast() }  // as dtxd stores it
-                if listed.url != url || Set(listed.protocols) != Set(registration.protocols ?? [.twoPhaseCommit]) || listed.batch != (registration.batch ?? false) {
-                    // dtxd's registry disagrees with this process (another process took
-                    // the name, or dtxd runs on an older copy of its log): register again.
-                    logger.warning("the coordinator lists this participant differently; registering again",
-                                   metadata: ["coordinator": .string(client.baseURL), "listedURL": .string(listed.url), "url": .string(registration.url)])
+                if listed.url != url {
+                    // Another process took the name (a new deployment), or dtxd runs on
+                    // an older copy of its log. Taking the name back would make two
+                    // processes take turns: say so, once per URL, and leave it.
+                    if listedElsewhere.withLock({ $0 }) != listed.url {
+                        listedElsewhere.withLock { $0 = listed.url }
+                        logger.warning("the coordinator lists this participant's name at another URL; another process has it, or the coordinator's registry is out of date (restart this service to register it here again)",
+                                       metadata: ["coordinator": .string(client.baseURL), "listedURL": .string(listed.url), "url": .string(url)])
+                    }
+                } else if Set(listed.protocols) != Set(registration.protocols ?? [.twoPhaseCommit]) || (listed.batch.map { $0 != (registration.batch ?? false) } ?? false) {
+                    // This process, listed with what it served before: register what it serves now.
                     try await client.register(registration)
-                    logger.info("registered with the coordinator", metadata: ["coordinator": .string(client.baseURL), "url": .string(registration.url)])
+                    logger.info("registered again with the protocols this process serves", metadata: ["coordinator": .string(client.baseURL), "url": .string(url)])
                 }
             } else {
                 try await client.register(registration)

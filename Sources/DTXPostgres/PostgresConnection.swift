@@ -66,7 +66,23 @@ public final class PostgresConnection {
             throw failure(of: sql, sqlState: nil, serverMessage: Self.errorMessage(handle))
         }
         defer { PQclear(result) }
-        return try read(result, of: sql)
+        do {
+            return try read(result, of: sql)
+        } catch let error as PostgresError {
+            forgetPrepared(after: error, sql: sql)
+            throw error
+        }
+    }
+
+    /// After "cached plan must not change result type" (0A000: the table changed) the
+    /// statement is prepared afresh next time; after "prepared statement does not
+    /// exist" (26000: something ran DISCARD or DEALLOCATE) every one is.
+    private func forgetPrepared(after error: PostgresError, sql: String) {
+        switch error.sqlState {
+        case "0A000": prepared[sql] = nil
+        case "26000": prepared.removeAll()
+        default: break
+        }
     }
 
     /// Runs `statements` in order in one round trip (libpq's pipeline mode). The server
@@ -119,7 +135,12 @@ public final class PostgresConnection {
             while let result = PQgetResult(handle) {
                 defer { PQclear(result) }
                 if PQresultStatus(result) == PGRES_PIPELINE_ABORTED || firstFailure != nil { continue }
-                do { results.append(try read(result, of: sql)) } catch { firstFailure = error }
+                do {
+                    results.append(try read(result, of: sql))
+                } catch {
+                    if let error = error as? PostgresError { forgetPrepared(after: error, sql: sql) }
+                    firstFailure = error
+                }
             }
         }
         var synced = false

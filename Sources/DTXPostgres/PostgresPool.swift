@@ -105,9 +105,9 @@ public final class PostgresPool: Sendable {
             return
         }
         connected.resume()
-        var previous: Job?
-        while let job = queue.next(after: previous) {
-            previous = job
+        var previousFinished: Bool?  // whether the last job was finishing work; nil before the first
+        while let job = queue.next(afterFinishing: previousFinished) {
+            previousFinished = job.finishes
             do {
                 try connection.reconnectIfBroken()
             } catch {
@@ -158,12 +158,12 @@ private final class JobQueue: @unchecked Sendable {
         return true
     }
 
-    /// The next job for a thread whose previous job (if any) is done, waiting for one;
-    /// nil once the queue is closed and drained.
-    func next(after previous: Job?) -> Job? {
+    /// The next job for a thread whose previous job (if any; `finishes` tells its kind)
+    /// is done, waiting for one; nil once the queue is closed and drained.
+    func next(afterFinishing previousFinished: Bool?) -> Job? {
         condition.lock()
         defer { condition.unlock() }
-        if let previous, !previous.finishes {
+        if previousFinished == false {
             workRunning -= 1
             if !work.isEmpty { condition.broadcast() }
         }
@@ -178,7 +178,7 @@ private final class JobQueue: @unchecked Sendable {
         }
     }
 
-    /// Refuses new jobs; the threads get nil from `next(after:)` once the jobs already
+    /// Refuses new jobs; the threads get nil from `next(afterFinishing:)` once the jobs already
     /// queued are done. Closing again does nothing.
     func close() {
         condition.lock()

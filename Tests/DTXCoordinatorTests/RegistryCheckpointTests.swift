@@ -65,6 +65,30 @@ import Testing
         try await log.close()
     }
 
+    /// A first registration of a name, caught between its durable record and memory:
+    /// memory has nothing for the name, and the checkpoint keeps the record all the same.
+    @Test func aCheckpointDuringAFirstRegistrationKeepsIt() async throws {
+        let directory = Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        do {
+            let (log, coordinator) = try Self.open(directory)
+            _ = try await coordinator.register(ParticipantRegistration(name: "other", url: "http://127.0.0.1:1000", protocols: [.twoPhaseCommit]))
+            let fresh = ParticipantRegistry.Entry(name: "svc", url: "http://127.0.0.1:1001", protocols: [.twoPhaseCommit], token: nil,
+                                                  registeredAt: Date(), lastSeen: nil, lsn: 0)
+            try await coordinator.registry.changing {
+                try await log.append(type: ParticipantRegistry.RecordType.registered.rawValue, payload: ParticipantRegistry.registrationRecord(fresh), forced: true)
+                #expect(throws: CoordinatorError.self) { try coordinator.participant("svc") }
+                _ = try await coordinator.checkpoint()
+            }
+            await coordinator.shutdown()
+            try await log.close()
+        }
+        let (log, coordinator) = try Self.open(directory)
+        #expect(coordinator.participants().map(\.name) == ["other", "svc"])
+        await coordinator.shutdown()
+        try await log.close()
+    }
+
     /// Outside such a moment only the current registration survives a checkpoint:
     /// older URLs and finished deregistrations are dropped.
     @Test func aCheckpointKeepsOnlyTheCurrentRegistration() async throws {

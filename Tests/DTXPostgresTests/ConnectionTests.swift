@@ -150,6 +150,17 @@ struct ConnectionTests {
         try await withPool(server.connectionString(database: "prepared"), size: 1) { pool in
             try await pool.withConnection { connection in
                 try connection.execute("CREATE TABLE t (id INT PRIMARY KEY, v TEXT)")
+                // A prepared SELECT * after its table changed fails once (the server's
+                // own rule), then is prepared afresh; so after DEALLOCATE ALL.
+                #expect(try connection.execute("SELECT * FROM t").rows.isEmpty)
+                try connection.execute("ALTER TABLE t ADD COLUMN w INT")
+                #expect(throws: PostgresError.self) { try connection.execute("SELECT * FROM t") }
+                #expect(try connection.execute("SELECT * FROM t").rows.isEmpty)
+                try connection.execute("ALTER TABLE t DROP COLUMN w")
+                try connection.execute("DEALLOCATE ALL")
+                let gone = try #require(throws: PostgresError.self) { try connection.execute("SELECT * FROM t") }
+                #expect(gone.sqlState == "26000")
+                #expect(try connection.execute("SELECT * FROM t").rows.isEmpty)
                 for id in 0..<300 { try connection.execute("INSERT INTO t VALUES ($1, $2)", [.int(id), .text("v\(id)")]) }
                 // More distinct statements than are kept prepared: the rest run unprepared.
                 for id in 0..<300 { #expect(try connection.execute("SELECT v FROM t WHERE id = \(id)").rows.first?.string("v") == "v\(id)") }
