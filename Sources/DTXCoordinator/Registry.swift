@@ -87,20 +87,11 @@ final class ParticipantRegistry: Sendable {
     /// log first and change memory after the write is durable; while one is between the
     /// two (`changing`), every registry record is kept, since memory may not name the
     /// newest yet. Dropping it would bring the older state back at the next start.
-    func isLive(type: UInt16, payload: [UInt8], lsn: UInt64) -> Bool? {
+    func isLive(type: UInt16, lsn: UInt64) -> Bool? {
         guard let recordType = RecordType(rawValue: type) else { return nil }
         if changesInFlight.withLock({ $0 > 0 }) { return true }
-        let name: String
-        do {
-            switch recordType {
-            case .registered: name = try JSONDecoder.dtx().decode(Entry.self, from: Data(payload)).name
-            case .deregistered: name = try JSONDecoder.dtx().decode(Deregistration.self, from: Data(payload)).name
-            }
-        } catch {
-            return true  // unreadable: not known to be obsolete
-        }
-        guard let current = entries.withLock({ $0[name] }) else { return false }
-        return recordType == .registered ? lsn >= current.lsn : lsn > current.lsn
+        guard recordType == .registered else { return false }
+        return entries.withLock { $0.values.contains { $0.lsn == lsn } }
     }
 
     // MARK: Operations

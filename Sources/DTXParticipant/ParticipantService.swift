@@ -229,8 +229,11 @@ public final class ParticipantService: Sendable {
                     // Another process took the name (a new deployment), or dtxd runs on
                     // an older copy of its log. Taking the name back would make two
                     // processes take turns: say so, once per URL, and leave it.
-                    if listedElsewhere.withLock({ $0 }) != listed.url {
-                        listedElsewhere.withLock { $0 = listed.url }
+                    let isNew = listedElsewhere.withLock { last in
+                        defer { last = listed.url }
+                        return last != listed.url
+                    }
+                    if isNew {
                         logger.warning("the coordinator lists this participant's name at another URL; another process has it, or the coordinator's registry is out of date (restart this service to register it here again)",
                                        metadata: ["coordinator": .string(client.baseURL), "listedURL": .string(listed.url), "url": .string(url)])
                     }
