@@ -24,6 +24,8 @@ struct BankBench {
     var warmup: Double
     var dtxdThreads: Int
     var participantThreads: Int
+    /// dtxd runs with `--last-agent on` (2PC: the credit branch commits in one phase).
+    var lastAgent: Bool
     var processes: BenchProcesses
 
     struct Run: Codable {
@@ -62,10 +64,12 @@ struct BankBench {
         var machine: Machine
         var accountsPerSide: Int
         var durationSeconds: Double
+        var lastAgent: Bool
         var runs: [Run]
 
         enum CodingKeys: String, CodingKey {
             case benchmark, machine, runs
+            case lastAgent = "dtxd_last_agent"
             case resourceManagers = "resource_managers"
             case accountsPerSide = "accounts_per_side"
             case durationSeconds = "duration_s"
@@ -104,7 +108,7 @@ struct BankBench {
         }
 
         // The services and the coordinator.
-        let (_, daemonURL) = try processes.start("dtxd", ["--data-dir", directory + "/data", "--listen", "127.0.0.1:0", "--log-level", "error"],
+        let (_, daemonURL) = try processes.start("dtxd", ["--data-dir", directory + "/data", "--listen", "127.0.0.1:0", "--log-level", "error", "--last-agent", lastAgent ? "on" : "off"],
                                                  environment: ["DTXD_THREADS": String(dtxdThreads)], marker: "dtxd listening on ")
         let threads = ["DTX_PARTICIPANT_THREADS": String(participantThreads)]
         let (_, euURL) = try processes.start("accounts-service", ["--name", "accounts-eu", "--sqlite", sqlitePath, "--coordinator", daemonURL, "--log-level", "error", "--recovery-interval", "60"],
@@ -116,7 +120,7 @@ struct BankBench {
         try await waitForRegistrations(http, daemonURL, count: 2)
 
         let machine = Machine.current()
-        print("\(transactionProtocol.rawValue) bank transfer: SQLite ↔ PostgreSQL, \(accountsPerSide) accounts per side, \(duration)s per run, \(machine.cpus) cpus, \(machine.build) build")
+        print("\(transactionProtocol.rawValue) bank transfer: SQLite ↔ PostgreSQL, \(accountsPerSide) accounts per side, \(duration)s per run, \(machine.cpus) cpus, \(machine.build) build, dtxd --last-agent \(lastAgent ? "on" : "off")")
         print("  conc   coordinated tx/s  p50 ms  p99 ms   uncoordinated tx/s  p50 ms  p99 ms    ratio   direct-db tx/s  dtxd fsyncs/tx")
         var runs: [Run] = []
         for level in concurrency {
@@ -151,7 +155,7 @@ struct BankBench {
         processes.stopAll()
         try await postgres.stop()
         if let json {
-            try writeJSON(Report(benchmark: "\(transactionProtocol.rawValue)-bank", machine: machine, accountsPerSide: accountsPerSide, durationSeconds: duration, runs: runs), to: json)
+            try writeJSON(Report(benchmark: "\(transactionProtocol.rawValue)-bank", machine: machine, accountsPerSide: accountsPerSide, durationSeconds: duration, lastAgent: lastAgent, runs: runs), to: json)
             print("wrote \(json)")
         }
     }

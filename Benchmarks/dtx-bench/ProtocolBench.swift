@@ -53,10 +53,14 @@ struct ProtocolBenchOptions: ParsableArguments {
     @Option(name: .customLong("participant-threads"), help: "Event-loop threads of each participant (DTX_PARTICIPANT_THREADS).")
     var participantThreads: Int = 1
 
+    @Option(name: .customLong("last-agent"), help: "dtxd's --last-agent: on lets a 2PC transaction's last branch commit in one phase and decide; off prepares every branch.")
+    var lastAgent: String = "off"
+
     func validate() throws {
         guard ["memory", "sqlite,postgres"].contains(rm) else { throw ValidationError("--rm takes memory or sqlite,postgres") }
         guard (1...16).contains(participants) else { throw ValidationError("--participants must be 1 to 16") }
         guard (1...64).contains(dtxdThreads), (1...64).contains(participantThreads) else { throw ValidationError("--dtxd-threads and --participant-threads must be 1 to 64") }
+        guard ["on", "off"].contains(lastAgent) else { throw ValidationError("--last-agent takes on or off") }
         guard duration > 0, warmup >= 0 else { throw ValidationError("--duration must be above 0 and --warmup 0 or more") }
         guard !levels.isEmpty, levels.allSatisfy({ (1...1024).contains($0) }) else { throw ValidationError("--concurrency takes numbers from 1 to 1024, e.g. 1,16,64") }
     }
@@ -136,7 +140,7 @@ struct ProtocolBench {
         let processes = BenchProcesses()
         if options.rm == "sqlite,postgres" {
             let bank = BankBench(transactionProtocol: transactionProtocol, concurrency: options.levels, duration: options.duration, warmup: options.warmup,
-                                 dtxdThreads: options.dtxdThreads, participantThreads: options.participantThreads, processes: processes)
+                                 dtxdThreads: options.dtxdThreads, participantThreads: options.participantThreads, lastAgent: options.lastAgent == "on", processes: processes)
             try await bank.run(json: options.json)
             return
         }

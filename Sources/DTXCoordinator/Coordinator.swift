@@ -34,6 +34,9 @@ public struct CoordinatorConfiguration: Sendable {
     public var historyLimit = 10_000
     public var checkpointInterval: Duration = .seconds(30)
     public var maximumBranches = 100
+    /// 2PC with two branches or more: the last branch commits in one phase and decides
+    /// (last-agent optimisation, see `TwoPhaseCommit`) instead of preparing.
+    public var lastAgent = false
     /// How long a waiting caller waits for phase two after the decision.
     public var phaseTwoWait: Duration = .seconds(5)
     public var failpoints = Failpoints()
@@ -230,7 +233,7 @@ public final class Coordinator: Sendable {
         case .threePhaseCommit:
             driver = makeDriver(ThreePhaseCommit(gid: gid, branches: branches), proto: .threePhaseCommit, createdAt: Date(), timeout: timeout, spec: spec)
         case .twoPhaseCommit:
-            let machine = interactive ? TwoPhaseCommit(interactive: gid) : TwoPhaseCommit(gid: gid, branches: branches)
+            let machine = interactive ? TwoPhaseCommit(interactive: gid) : TwoPhaseCommit(gid: gid, branches: branches, lastAgent: configuration.lastAgent)
             driver = makeDriver(machine, proto: .twoPhaseCommit, createdAt: Date(), timeout: timeout, spec: spec)
         }
         let existing: (any TransactionDriving)? = table.withLock { t in

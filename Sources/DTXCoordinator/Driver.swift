@@ -227,8 +227,11 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 }
                 let isPreCommit: Bool
                 if case .preCommit = entry { isPreCommit = true } else { isPreCommit = false }
+                let isDelegation: Bool
+                if case .delegation = entry { isDelegation = true } else { isDelegation = false }
                 if isCommitDecision { context.failpoints.hit(.beforeCommitDecision) }
                 if isPreCommit { context.failpoints.hit(.beforePreCommitDecision) }
+                if isDelegation { context.failpoints.hit(.beforeDelegation) }
                 let (type, payload) = entry.encoded()
                 do {
                     if forced {
@@ -243,6 +246,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 if isCommitDecision { context.failpoints.hit(.afterCommitDecision) }
                 if isPreCommit { context.failpoints.hit(.afterPreCommitDecision) }
                 if isForcedAbortDecision { context.failpoints.hit(.afterAbortDecision) }
+                if isDelegation { context.failpoints.hit(.afterDelegation) }
             case let .send(message, id):
                 guard branches.indices.contains(id) else { continue }
                 if message == .prepare { sentPrepare = true }
@@ -286,6 +290,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             let response = await transport.send(message, protocol: proto, request: request, to: endpoint)
             if case .failed = response {} else { registry.touch(endpoint.name) }
             if message == .preCommit, case .done = response { failpoints.hit(.afterPreCommitAcknowledged) }
+            if message == .commitOnePhase, case .done = response { failpoints.hit(.afterOnePhaseCommit) }
             await self.post(.replied(branch.id, message, response))
         }
     }

@@ -21,6 +21,13 @@ public struct Failpoints: Sendable {
         /// 3PC: the first participant acknowledged PRECOMMIT (it is in p; the others may
         /// or may not have received theirs). 3PC's commit decision uses `after-commit-decision`.
         case afterPreCommitAcknowledged = "after-pre-commit-acknowledged"
+        /// 2PC's last agent: every other branch voted yes; the delegation is about to be logged.
+        case beforeDelegation = "before-delegation"
+        /// 2PC's last agent: the delegation is durable; COMMIT_ONE_PHASE has not been sent.
+        case afterDelegation = "after-delegation"
+        /// A branch committed in one phase (2PC's last agent, or a transaction's only
+        /// branch); nothing of the outcome has been logged or sent to other branches.
+        case afterOnePhaseCommit = "after-one-phase-commit"
     }
 
     private let armed: Set<Point>

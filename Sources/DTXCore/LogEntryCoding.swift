@@ -11,6 +11,7 @@ extension LogEntry {
         case enlist = 5
         case resolution = 6
         case preCommit = 7
+        case delegation = 8
 
         public var name: String {
             switch self {
@@ -21,6 +22,7 @@ extension LogEntry {
             case .enlist: return "enlist"
             case .resolution: return "resolution"
             case .preCommit: return "pre_commit"
+            case .delegation: return "delegation"
             }
         }
     }
@@ -36,7 +38,7 @@ extension LogEntry {
     public var gid: GlobalTransactionID {
         switch self {
         case let .begin(gid, _, _), let .decision(gid, _, _), let .end(gid), let .open(gid, _),
-             let .enlist(gid, _, _), let .resolution(gid, _, _, _, _), let .preCommit(gid):
+             let .enlist(gid, _, _), let .resolution(gid, _, _, _, _), let .preCommit(gid), let .delegation(gid, _, _):
             return gid
         }
     }
@@ -51,6 +53,7 @@ extension LogEntry {
         var spec: BranchSpec?
         var reason: String?
         var heuristic: Bool?
+        var agent: BranchID?
     }
 
     /// The record: JSON with sorted keys, written by hand (this is on every transaction's
@@ -102,6 +105,12 @@ extension LogEntry {
         case let .preCommit(gid):
             type = .preCommit
             json.member("{\"gid\":", gid.rawValue)
+            json.raw("}")
+        case let .delegation(gid, agent, targets):
+            type = .delegation
+            json.member("{\"agent\":", agent)
+            json.member(",\"gid\":", gid.rawValue)
+            json.member(",\"targets\":", .array(targets.map { .number(Double($0)) }))
             json.raw("}")
         }
         return (type.rawValue, json.bytes)
@@ -158,6 +167,9 @@ extension LogEntry {
             self = .resolution(gid: body.gid, decision, targets: targets, reason: reason, heuristic: heuristic)
         case .preCommit:
             self = .preCommit(gid: body.gid)
+        case .delegation:
+            guard let agent = body.agent, let targets = body.targets else { throw missing("agent or targets") }
+            self = .delegation(gid: body.gid, agent: agent, targets: targets)
         }
     }
 }
@@ -181,6 +193,8 @@ public struct TransactionLogReplay: Sendable {
         public var ended: Bool
         /// 3PC: the pre-commit is logged (PreCommit may have reached participants).
         public var preCommitted = false
+        /// 2PC: the branch the outcome was delegated to (last agent), once logged.
+        public var lastAgent: BranchID?
     }
 
     /// Kept for the checkpoint's and the history's sake, in the order they appeared.
@@ -220,6 +234,11 @@ public struct TransactionLogReplay: Sendable {
         case let .preCommit(gid):
             guard var replayed = transactions[gid], !replayed.ended else { return }
             replayed.preCommitted = true
+            transactions[gid] = replayed
+        case let .delegation(gid, agent, targets):
+            guard var replayed = transactions[gid], !replayed.ended, replayed.decision == nil else { return }
+            replayed.lastAgent = agent
+            replayed.targets = targets
             transactions[gid] = replayed
         case let .end(gid):
             transactions[gid]?.ended = true

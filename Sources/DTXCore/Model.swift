@@ -187,6 +187,10 @@ public enum LogEntry: Sendable, Equatable {
     /// An operator forced the outcome. `heuristic` when it overrides a logged decision;
     /// `targets` are the branches that must now receive it.
     case resolution(gid: GlobalTransactionID, Decision, targets: [BranchID], reason: String, heuristic: Bool)
+    /// 2PC's last agent: every other branch voted yes (`targets` prepared) and the
+    /// agent is sent COMMIT_ONE_PHASE, which decides. Forced: a restart must ask the
+    /// agent how its branch ended rather than presume abort.
+    case delegation(gid: GlobalTransactionID, agent: BranchID, targets: [BranchID])
     /// 3PC: every branch voted yes and PreCommit goes out to all of them. Forced: a
     /// restart must send PreCommit again rather than abort, since participants may
     /// already be in p (and so may commit on their own through termination).

@@ -44,10 +44,10 @@ extension DecisionDelivering {
         return ids.isEmpty ? actions + end(decision) : actions
     }
 
-    /// Sends `message` to every branch, each now `state` with a fresh attempt count: the
-    /// round before a decision (PREPARE, TRY, CANCOMMIT, 3PC's PRECOMMIT).
-    mutating func sendToEveryBranch(_ message: ParticipantMessage, as state: BranchState) -> [TransactionAction] {
-        branches.indices.map { id in
+    /// Sends `message` to every branch (but `skipped`), each now `state` with a fresh
+    /// attempt count: the round before a decision (PREPARE, TRY, CANCOMMIT, 3PC's PRECOMMIT).
+    mutating func sendToEveryBranch(_ message: ParticipantMessage, as state: BranchState, except skipped: BranchID? = nil) -> [TransactionAction] {
+        branches.indices.filter { $0 != skipped }.map { id in
             branches[id].state = state
             branches[id].attempts = 1
             return .send(message, to: id)

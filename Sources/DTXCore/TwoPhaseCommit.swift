@@ -7,6 +7,20 @@
 /// the log does not know is aborted. Read-only voters drop out of phase two; a single
 /// branch commits in one phase.
 ///
+/// Last agent (Gray & Reuter's last-agent optimisation; `lastAgent`): the last branch of
+/// a submitted transaction is not prepared. Once every other branch voted yes, a
+/// `delegation` record is **forced** and the last branch gets COMMIT_ONE_PHASE: its
+/// participant decides, and records the outcome in its own database. Committed → the
+/// decision (lazy, the agent's record already makes it durable) and COMMIT to the
+/// others; refused → abort, with ROLLBACK to the others and to the agent (which records
+/// the refusal, so no late copy of the message can commit). No usable answer → the
+/// coordinator cannot know, so it sends the agent ROLLBACK until it answers: acknowledged
+/// (the branch is now rolled back for good) → abort; `already_committed` → commit. A
+/// restart that finds the delegation without a decision does the same. It saves the
+/// agent's PREPARE round and a forced write at the agent; the price is that once
+/// delegated, the transaction waits for the agent (neither a timeout nor an abort
+/// request can end it).
+///
 /// Interactive (XA style): `open` (lazy) → services enlist branches they have already
 /// prepared (`enlist`, lazy) → the application's commit forces the decision and phase
 /// two runs as above; its abort, or the timeout, aborts.
@@ -39,6 +53,9 @@ public struct TwoPhaseCommit: TransactionStateMachine {
         case timedOut(TimerID)
         /// Rebuild after a restart from what the log holds for this transaction.
         case recovered(Recovered)
+        /// Rebuild after a restart that found the delegation to the last agent, with
+        /// `targets` prepared, and no decision.
+        case recoveredDelegation(targets: [BranchID])
     }
 
     /// What replaying the log found.
@@ -56,13 +73,23 @@ public struct TwoPhaseCommit: TransactionStateMachine {
     public internal(set) var targets: Set<BranchID> = []
     /// An operator overrode a logged decision: branches may have ended differently.
     public internal(set) var heuristic = false
+    /// The branch that commits in one phase and so decides (the last one), when the
+    /// last-agent optimisation is on and there are two branches or more.
+    public let lastAgent: BranchID?
+    /// The last agent was sent COMMIT_ONE_PHASE (the delegation is logged): only its
+    /// answer can decide now.
+    public internal(set) var delegated = false
+    /// Its answer was lost: ROLLBACK goes to it until it says how the branch ended.
+    public internal(set) var askingTheAgent = false
 
-    /// A submitted transaction: the coordinator runs both phases.
-    public init(gid: GlobalTransactionID, branches: [BranchSpec]) {
+    /// A submitted transaction: the coordinator runs both phases; with `lastAgent` (and
+    /// two branches or more) the last branch commits in one phase and decides.
+    public init(gid: GlobalTransactionID, branches: [BranchSpec], lastAgent: Bool = false) {
         precondition(!branches.isEmpty, "a transaction has at least one branch")
         self.gid = gid
         self.interactive = false
         self.branches = branches.enumerated().map { Branch(id: $0.offset, spec: $0.element) }
+        self.lastAgent = lastAgent && branches.count > 1 ? branches.count - 1 : nil
     }
 
     /// An interactive transaction; after a restart, `enlisted` are the branches the log holds.
@@ -70,12 +97,16 @@ public struct TwoPhaseCommit: TransactionStateMachine {
         self.gid = gid
         self.interactive = true
         self.branches = enlisted.enumerated().map { Branch(id: $0.offset, spec: $0.element, state: .prepared) }
+        self.lastAgent = nil
     }
 
     private var isOnePhase: Bool { branches.count == 1 && !interactive }
 
     /// Why an operator may not force `decision` now, or nil when it may.
     public func forceRejection(_ decision: Decision) -> String? {
+        if delegated, let lastAgent {
+            return "branch \(lastAgent) (\(branches[lastAgent].spec.participant)) commits in one phase and decides the outcome; dtxd asks it until it answers — bring it back, or run `dtx recover` to ask now"
+        }
         switch (status, decision) {
         case (.created, _):
             return "the transaction has not started"
@@ -101,12 +132,16 @@ public struct TwoPhaseCommit: TransactionStateMachine {
             return [.log(.open(gid: gid, protocol: .twoPhaseCommit), forced: false), .schedule(.phaseOne, attempt: 1)]
         case (.created, .recovered(let recovered)):
             return recover(recovered)
+        case (.created, .recoveredDelegation(let prepared)):
+            return recoverDelegation(prepared: prepared)
         case (.active, .enlisted(let spec)):
             let id = branches.count
             branches.append(Branch(id: id, spec: spec, state: .prepared))
             return [.log(.enlist(gid: gid, branch: id, spec: spec), forced: false)]
         case (.active, .commitRequested):
             return voted(nil, .yes)
+        case (.preparing, _) where delegated:
+            return handleDelegated(event)
         case (.active, .abortRequested(let reason)), (.preparing, .abortRequested(let reason)):
             return abort(reason: reason)
         case (.active, .timedOut(.phaseOne)):
@@ -166,8 +201,68 @@ public struct TwoPhaseCommit: TransactionStateMachine {
     private mutating func start() -> [TransactionAction] {
         status = .preparing
         let begin: TransactionAction = .log(.begin(gid: gid, protocol: .twoPhaseCommit, branches: branches.map(\.spec)), forced: false)
-        let sends = sendToEveryBranch(isOnePhase ? .commitOnePhase : .prepare, as: .preparing)
+        let sends = sendToEveryBranch(isOnePhase ? .commitOnePhase : .prepare, as: .preparing, except: lastAgent)
         return [begin] + sends + (isOnePhase ? [] : [.schedule(.phaseOne, attempt: 1)])
+    }
+
+    /// Every branch but the last agent voted yes or read-only: the delegation is forced,
+    /// then the agent is sent COMMIT_ONE_PHASE.
+    private mutating func delegate(to agent: BranchID) -> [TransactionAction] {
+        let prepared = branches.filter { $0.state == .prepared }.map(\.id)
+        targets = Set(prepared)
+        delegated = true
+        branches[agent].state = .preparing
+        branches[agent].attempts = 1
+        return [.cancel(.phaseOne), .log(.delegation(gid: gid, agent: agent, targets: prepared), forced: true), .send(.commitOnePhase, to: agent)]
+    }
+
+    /// Events while the last agent decides. Nothing but its answer (or, when that was
+    /// lost, the answer to ROLLBACK) moves the transaction on.
+    private mutating func handleDelegated(_ event: Event) -> [TransactionAction] {
+        guard let agent = lastAgent, isPending(agent) else { return [] }
+        switch event {
+        case .acknowledged(agent):
+            // COMMIT_ONE_PHASE committed, or (while asking) ROLLBACK rolled back.
+            return askingTheAgent ? agentEnded(.rolledBack, reason: nil) : agentEnded(.committed, reason: nil)
+        case .voted(agent, let vote) where !askingTheAgent:
+            switch vote {
+            case .yes: return agentEnded(.committed, reason: nil)
+            case .readOnly: return agentEnded(.readOnly, reason: nil)
+            case .no(let reason): return agentEnded(.votedNo, reason: reason)
+            }
+        case .endedOtherwise(agent, .committed, _) where askingTheAgent:
+            return agentEnded(.committed, reason: nil)
+        case .deliveryFailed(agent, let error):
+            guard askingTheAgent else {
+                askingTheAgent = true
+                branches[agent].lastError = error
+                return [.send(.rollback, to: agent)]
+            }
+            return retry(agent, error: error)
+        case .timedOut(.retry(agent)) where askingTheAgent:
+            return [.send(.rollback, to: agent)]
+        default:
+            return []
+        }
+    }
+
+    /// The last agent's branch ended as `state`; the others follow.
+    private mutating func agentEnded(_ state: BranchState, reason: String?) -> [TransactionAction] {
+        guard let agent = lastAgent else { return [] }
+        let prepared = branches.filter { $0.state == .prepared }.map(\.id)
+        let stop: [TransactionAction] = [.cancel(.retry(agent))]
+        branches[agent].state = state
+        switch state {
+        case .committed, .readOnly:
+            targets = Set(prepared)
+            return stop + [.log(.decision(gid: gid, .commit, targets: prepared), forced: false), .decided(.commit)] + deliver(.commit, to: prepared)
+        case .votedNo:
+            // The agent refused and rolled back; ROLLBACK records that at the agent too.
+            branches[agent].lastError = reason
+            return stop + abort(prepared + [agent], reason: nil, forced: false)
+        default:
+            return stop + abort(prepared, reason: nil, forced: false)
+        }
     }
 
     /// A vote from branch `id`; nil is the interactive commit request (every enlisted
@@ -191,7 +286,8 @@ public struct TwoPhaseCommit: TransactionStateMachine {
             status = .committed
             return [.cancel(.retry(id)), .decided(.commit), .log(.end(gid: gid), forced: false), .finish(.committed)]
         }
-        guard branches.allSatisfy({ $0.state == .prepared || $0.state == .readOnly }) else { return [] }
+        guard branches.allSatisfy({ $0.state == .prepared || $0.state == .readOnly || $0.id == lastAgent }) else { return [] }
+        if let lastAgent { return delegate(to: lastAgent) }
         return decideAfterVotes()
     }
 
@@ -232,8 +328,23 @@ public struct TwoPhaseCommit: TransactionStateMachine {
             return abort(reason: nil)
         case let .decided(decision, decidedTargets, wasHeuristic):
             // Branches outside the targets voted read-only (commit) or never prepared (abort).
-            return resume(decision, targets: decidedTargets, heuristic: wasHeuristic, others: decision == .commit ? .readOnly : .rolledBack)
+            let actions = resume(decision, targets: decidedTargets, heuristic: wasHeuristic, others: decision == .commit ? .readOnly : .rolledBack)
+            if let lastAgent, decision == .commit, !targets.contains(lastAgent) { branches[lastAgent].state = .committed }
+            return actions
         }
+    }
+
+    /// The agent may have committed, or may yet: it is asked with ROLLBACK.
+    private mutating func recoverDelegation(prepared: [BranchID]) -> [TransactionAction] {
+        guard let agent = lastAgent else { return recover(.undecided) }
+        status = .preparing
+        for id in branches.indices { branches[id].state = prepared.contains(id) ? .prepared : .readOnly }
+        targets = Set(prepared)
+        delegated = true
+        askingTheAgent = true
+        branches[agent].state = .preparing
+        branches[agent].attempts = 1
+        return [.send(.rollback, to: agent)]
     }
 }
 
@@ -280,6 +391,9 @@ extension TwoPhaseCommit {
             guard interactive else { return "the transaction was submitted whole; only interactive transactions take enlistments and commit requests" }
             return status == .active ? nil : "the transaction is \(status.rawValue), no longer open"
         case .abortRequested:
+            if delegated, let lastAgent {
+                return "branch \(lastAgent) (\(branches[lastAgent].spec.participant)) was sent its one-phase commit and decides the outcome; the transaction can no longer be aborted from here"
+            }
             return status == .active || status == .preparing ? nil : "the transaction is \(status.rawValue); an abort now needs an operator's force with a reason"
         case .forced(let decision, _):
             return forceRejection(decision)
@@ -291,7 +405,10 @@ extension TwoPhaseCommit {
     public static func recovering(_ replayed: TransactionLogReplay.Replayed) -> (TwoPhaseCommit, Event) {
         let machine = replayed.interactive
             ? TwoPhaseCommit(interactive: replayed.gid, enlisted: replayed.branches)
-            : TwoPhaseCommit(gid: replayed.gid, branches: replayed.branches)
+            : TwoPhaseCommit(gid: replayed.gid, branches: replayed.branches, lastAgent: replayed.lastAgent != nil)
+        if replayed.decision == nil, replayed.lastAgent != nil, machine.lastAgent != nil {
+            return (machine, .recoveredDelegation(targets: replayed.targets))
+        }
         return (machine, .recovered(Recovered(replayed)))
     }
 }

@@ -18,6 +18,8 @@ public enum FailpointName: String, CaseIterable, Sendable {
     case afterPrepare = "after-prepare"
     /// Before a branch commits, whether COMMIT, COMMIT_ONE_PHASE or in-doubt recovery asked.
     case beforeCommit = "before-commit"
+    /// Once COMMIT_ONE_PHASE committed the branch, before the answer.
+    case afterCommitOnePhase = "after-commit-one-phase"
     /// When a TCC TRY, CONFIRM or CANCEL, or a saga ACTION or COMPENSATE request arrives.
     case `try`, confirm, cancel, action, compensate
     /// Before the resource manager runs a TCC or saga phase (its barrier check and
@@ -185,8 +187,8 @@ public struct RequestFailpointMiddleware<Context: RequestContext>: RouterMiddlew
     }
 }
 
-/// Checks the failpoints inside a resource manager's work: `after-prepare` and
-/// `before-commit`; and around each TCC and saga phase, `before-<phase>` and
+/// Checks the failpoints inside a resource manager's work: `after-prepare`,
+/// `before-commit` and `after-commit-one-phase`; and around each TCC and saga phase, `before-<phase>` and
 /// `after-<phase>`; around 3PC's CANCOMMIT and pre-commit, `before-can-commit`,
 /// `after-can-commit`, `before-pre-commit` and `after-pre-commit`. It serves TCC, sagas
 /// and 3PC when `base` does (`servesTCC`, `servesSagas`, `servesThreePhaseCommit`).
@@ -222,7 +224,9 @@ public struct FailpointResourceManager: ResourceManager, TCCResourceManager, Sag
 
     public func commitOnePhase(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
         try await failpoints.reach(.beforeCommit, branch: branch)
-        return try await base.commitOnePhase(branch, operation: operation, payload: payload)
+        let result = try await base.commitOnePhase(branch, operation: operation, payload: payload)
+        try await failpoints.reach(.afterCommitOnePhase, branch: branch)
+        return result
     }
 
     public func inDoubt() async throws -> [BranchRef] {

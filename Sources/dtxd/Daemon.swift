@@ -61,6 +61,9 @@ struct Daemon: AsyncParsableCommand {
     @Option(name: .customLong("group-commit-delay"), help: "Milliseconds a forced log write may wait for others to share its fdatasync, when others are committing too (0 turns it off). (env DTXD_GROUP_COMMIT_DELAY_MS, default 4)")
     var groupCommitDelayMS: Double?
 
+    @Option(name: .customLong("last-agent"), help: "on: a 2PC transaction's last branch commits in one phase and decides, saving its PREPARE round; the transaction then waits for that branch's participant (see docs/PROTOCOLS.md). off: every branch prepares. (env DTXD_LAST_AGENT, default off)")
+    var lastAgent: String?
+
     @Option(name: .customLong("history"), help: "Finished transactions kept for queries and idempotent resubmission. (env DTXD_HISTORY, default 10000)")
     var history: Int?
 
@@ -114,7 +117,12 @@ struct Daemon: AsyncParsableCommand {
             throw ValidationError("listening on \(host), which is not a loopback address, needs a bearer token: pass --token or set DTXD_TOKEN")
         }
         if bearer?.isEmpty == true { server.token = nil }
+        let lastAgentText = lastAgent ?? env["DTXD_LAST_AGENT"] ?? "off"
+        guard let lastAgentOn = ["on": true, "off": false][lastAgentText.lowercased()] else {
+            throw ValidationError("last-agent must be on or off, not '\(lastAgentText)'")
+        }
         var engine = CoordinatorConfiguration()
+        engine.lastAgent = lastAgentOn
         engine.defaultTimeout = .milliseconds(Int64(timeoutSeconds * 1000))
         engine.checkpointInterval = .milliseconds(Int64(checkpointSeconds * 1000))
         engine.historyLimit = historyLimit

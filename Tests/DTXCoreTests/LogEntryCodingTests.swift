@@ -27,6 +27,7 @@ private let sagaSteps = [
         LogEntry.resolution(gid: a, .abort, targets: [1], reason: "disk \"lost\"", heuristic: true),
         LogEntry.begin(gid: a, protocol: .threePhaseCommit, branches: specs),
         LogEntry.preCommit(gid: a),
+        LogEntry.delegation(gid: a, agent: 1, targets: [0]),
     ])
     func entriesRoundTripThroughRecords(_ entry: LogEntry) throws {
         let (type, payload) = entry.encoded()
@@ -65,6 +66,29 @@ private let sagaSteps = [
         #expect(throws: LogEntry.DecodingProblem.self) { try LogEntry(type: 2, payload: Array("not json".utf8)) }
         #expect(throws: LogEntry.DecodingProblem.self) { try LogEntry(type: 3, payload: Array(#"{"gid":"bad gid"}"#.utf8)) }
         #expect(throws: LogEntry.DecodingProblem.self) { try LogEntry(type: 7, payload: Array("{}".utf8)) }
+        #expect(throws: LogEntry.DecodingProblem(description: "delegation record of a lacks its agent or targets")) {
+            try LogEntry(type: 8, payload: Array(#"{"gid":"a","targets":[0]}"#.utf8))
+        }
+    }
+
+    @Test func theDelegationRecordIsTypeEightAndRecoveryAsksTheAgentUnlessADecisionFollowed() throws {
+        let (type, payload) = LogEntry.delegation(gid: a, agent: 1, targets: [0]).encoded()
+        #expect(type == 8 && LogEntry.RecordType(rawValue: type)?.name == "delegation")
+        #expect(String(decoding: payload, as: UTF8.self) == #"{"agent":1,"gid":"a","targets":[0]}"#)
+
+        var replay = TransactionLogReplay()
+        for entry: LogEntry in [
+            .begin(gid: a, protocol: .twoPhaseCommit, branches: specs), .delegation(gid: a, agent: 1, targets: [0]),
+            .begin(gid: b, protocol: .twoPhaseCommit, branches: specs), .delegation(gid: b, agent: 1, targets: [0]), .decision(gid: b, .commit, targets: [0]),
+        ] {
+            replay.apply(entry)
+        }
+        let (delegated, resumeDelegated) = TwoPhaseCommit.recovering(replay.unfinished[a]!)
+        #expect(delegated.lastAgent == 1)
+        #expect(resumeDelegated == .recoveredDelegation(targets: [0]))
+        let (decided, resumeDecided) = TwoPhaseCommit.recovering(replay.unfinished[b]!)
+        #expect(decided.lastAgent == 1)
+        #expect(resumeDecided == .recovered(.decided(.commit, targets: [0])))
     }
 
     @Test func thePreCommitRecordIsTypeSevenWithTheGidOnly() throws {

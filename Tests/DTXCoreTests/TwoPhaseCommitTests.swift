@@ -341,3 +341,152 @@ private func forcedWrites(_ actions: [TransactionAction]) -> Int {
         #expect(other.handle(TwoPhaseCommit.translate(.replied(1, .commit, .refused(code: "unknown_branch", message: "?")))!) == [.schedule(.retry(1), attempt: 1)])
     }
 }
+
+/// The last-agent optimisation: the last branch commits in one phase and decides.
+@Suite struct LastAgentTests {
+    private func delegating(_ count: Int) -> TwoPhaseCommit {
+        TwoPhaseCommit(gid: gid, branches: (0..<count).map { BranchSpec(participant: "p\($0)", operation: "op") }, lastAgent: true)
+    }
+
+    /// Started, every branch but the agent voted yes, the agent sent its one-phase commit.
+    private func delegated(_ count: Int) -> TwoPhaseCommit {
+        var m = delegating(count)
+        _ = m.handle(.start)
+        for id in 0..<(count - 1) { _ = m.handle(.voted(id, .yes)) }
+        return m
+    }
+
+    @Test func theLastBranchIsNotPreparedButCommitsInOnePhaseAfterAForcedDelegation() {
+        var m = delegating(3)
+        #expect(m.lastAgent == 2)
+        #expect(m.handle(.start) == [
+            .log(.begin(gid: gid, protocol: .twoPhaseCommit, branches: m.branches.map(\.spec)), forced: false),
+            .send(.prepare, to: 0), .send(.prepare, to: 1),
+            .schedule(.phaseOne, attempt: 1),
+        ])
+        #expect(m.branches[2].state == .pending)
+        #expect(m.handle(.voted(0, .yes)) == [])
+        #expect(m.handle(.voted(1, .yes)) == [
+            .cancel(.phaseOne),
+            .log(.delegation(gid: gid, agent: 2, targets: [0, 1]), forced: true),
+            .send(.commitOnePhase, to: 2),
+        ])
+        #expect(m.status == .preparing && m.delegated)
+        // The agent committed: the decision is lazy (the agent's own record holds it).
+        #expect(m.handle(.acknowledged(2)) == [
+            .cancel(.retry(2)),
+            .log(.decision(gid: gid, .commit, targets: [0, 1]), forced: false),
+            .decided(.commit),
+            .send(.commit, to: 0), .send(.commit, to: 1),
+        ])
+        #expect(m.branches[2].state == .committed)
+        _ = m.handle(.acknowledged(0))
+        #expect(m.handle(.acknowledged(1)) == [.cancel(.retry(1)), .log(.end(gid: gid), forced: false), .finish(.committed)])
+    }
+
+    @Test func aCommittedTransactionStillForcesExactlyOneWrite() {
+        var m = delegating(2)
+        var all = m.handle(.start)
+        all += m.handle(.voted(0, .yes))
+        all += m.handle(.acknowledged(1))
+        all += m.handle(.acknowledged(0))
+        #expect(forcedWrites(all) == 1)
+        #expect(m.status == .committed)
+    }
+
+    @Test func theAgentsRefusalAbortsAndRollsBackTheOthersAndTheAgentWithoutAForcedWrite() {
+        var m = delegated(3)
+        let actions = m.handle(.voted(2, .no("insufficient funds")))
+        #expect(actions == [
+            .cancel(.retry(2)),
+            .cancel(.phaseOne),
+            .log(.decision(gid: gid, .abort, targets: [0, 1, 2]), forced: false),
+            .decided(.abort),
+            .send(.rollback, to: 0), .send(.rollback, to: 1), .send(.rollback, to: 2),
+        ])
+        #expect(m.branches[2].lastError == "insufficient funds")
+        #expect(forcedWrites(actions) == 0)
+    }
+
+    @Test func aNoVoteBeforeTheDelegationAbortsWithoutTouchingTheAgent() {
+        var m = delegating(3)
+        _ = m.handle(.start)
+        _ = m.handle(.voted(0, .yes))
+        let actions = m.handle(.voted(1, .no("refused")))
+        #expect(actions.contains(.send(.rollback, to: 0)))
+        #expect(!actions.contains(.send(.rollback, to: 2)) && !actions.contains(.send(.commitOnePhase, to: 2)))
+        #expect(!actions.contains { if case .log(.delegation, _) = $0 { return true } else { return false } })
+        // The phase-one timeout before the delegation aborts as usual.
+        var late = delegating(2)
+        _ = late.handle(.start)
+        #expect(late.handle(.timedOut(.phaseOne)).contains(.decided(.abort)))
+    }
+
+    @Test func aLostAnswerIsLearntByAskingTheAgentWithRollback() {
+        // Rolled back: abort.
+        var m = delegated(2)
+        #expect(m.handle(.deliveryFailed(1, "timed out")) == [.send(.rollback, to: 1)])
+        #expect(m.askingTheAgent)
+        #expect(m.handle(.deliveryFailed(1, "connection refused")) == [.schedule(.retry(1), attempt: 1)])
+        #expect(m.handle(.timedOut(.retry(1))) == [.send(.rollback, to: 1)])
+        let aborted = m.handle(.acknowledged(1))
+        #expect(aborted.contains(.decided(.abort)) && aborted.contains(.send(.rollback, to: 0)) && !aborted.contains(.send(.rollback, to: 1)))
+        #expect(m.branches[1].state == .rolledBack)
+
+        // Already committed: commit, and no heuristic.
+        var c = delegated(2)
+        _ = c.handle(.deliveryFailed(1, "timed out"))
+        let committed = c.handle(.endedOtherwise(1, .committed, "heuristic: the participant had already committed"))
+        #expect(committed.contains(.decided(.commit)) && committed.contains(.send(.commit, to: 0)))
+        #expect(!c.heuristic && c.branches[1].state == .committed)
+    }
+
+    @Test func onceDelegatedNeitherTimeoutNorAbortRequestNorOperatorCanEndIt() {
+        var m = delegated(2)
+        #expect(m.handle(.timedOut(.phaseOne)) == [])
+        #expect(m.rejection(of: .abortRequested(reason: "changed my mind")) != nil)
+        #expect(m.handle(.abortRequested(reason: "changed my mind")) == [])
+        #expect(m.forceRejection(.abort) != nil && m.forceRejection(.commit) != nil)
+        #expect(m.handle(.forced(.abort, reason: "operator")) == [])
+        // Late and duplicate votes of the others change nothing either.
+        #expect(m.handle(.voted(0, .yes)) == [])
+        #expect(m.status == .preparing)
+    }
+
+    @Test func readOnlyVotersAndAReadOnlyAgentDropOut() {
+        var m = delegating(3)
+        _ = m.handle(.start)
+        _ = m.handle(.voted(0, .readOnly))
+        #expect(m.handle(.voted(1, .yes)).contains(.log(.delegation(gid: gid, agent: 2, targets: [1]), forced: true)))
+        #expect(m.handle(.voted(2, .readOnly)) == [
+            .cancel(.retry(2)),
+            .log(.decision(gid: gid, .commit, targets: [1]), forced: false),
+            .decided(.commit),
+            .send(.commit, to: 1),
+        ])
+    }
+
+    @Test func recoveryOfADelegationAsksTheAgentAndFollowsItsAnswer() {
+        var m = delegating(3)
+        #expect(m.handle(.recoveredDelegation(targets: [0])) == [.send(.rollback, to: 2)])
+        #expect(m.branches.map(\.state) == [.prepared, .readOnly, .preparing])
+        let actions = m.handle(.endedOtherwise(2, .committed, "already committed"))
+        #expect(actions == [
+            .cancel(.retry(2)),
+            .log(.decision(gid: gid, .commit, targets: [0]), forced: false),
+            .decided(.commit),
+            .send(.commit, to: 0),
+        ])
+
+        // After the decision was logged, the agent shows as committed.
+        var decided = delegating(2)
+        #expect(decided.handle(.recovered(.decided(.commit, targets: [0]))) == [.decided(.commit), .send(.commit, to: 0)])
+        #expect(decided.branches[1].state == .committed)
+    }
+
+    @Test func withOneBranchThereIsNoAgentAndInteractiveTransactionsHaveNone() {
+        #expect(delegating(1).lastAgent == nil)
+        #expect(TwoPhaseCommit(interactive: gid).lastAgent == nil)
+        #expect(machine(2).lastAgent == nil)
+    }
+}

@@ -8,6 +8,8 @@ import Testing
 /// The randomized atomicity run: rounds of concurrent transfers between SQLite and
 /// PostgreSQL accounts while dtxd or a service is SIGKILLed (directly or at a failpoint),
 /// then every process is brought back and the invariant is checked in both databases.
+/// Each restart of dtxd picks, from the seed, whether the last branch decides in one
+/// phase (`--last-agent on`) or every branch prepares.
 ///
 /// The seed comes from `DTX_SEED` (else random) and is printed and named in every
 /// failure: `DTX_SEED=<seed> swift test --filter BankAtomicity` replays the same plan
@@ -66,11 +68,15 @@ import Testing
             let services = [BankCluster.eu, BankCluster.us]
             switch Int.random(in: 0..<4, using: &rng) {
             case 0: return .killDaemon
-            case 1: return .daemonFailpoint(["before-commit-decision", "after-commit-decision", "after-prepare-sent"].randomElement(using: &rng)!)
+            case 1:
+                // The decision points of both ways to commit: every branch prepared
+                // (--last-agent off), and the last branch deciding in one phase (on).
+                return .daemonFailpoint(["before-commit-decision", "after-commit-decision", "after-prepare-sent",
+                                         "before-delegation", "after-delegation", "after-one-phase-commit"].randomElement(using: &rng)!)
             case 2: return .killService(services.randomElement(using: &rng)!)
             default:
                 return .serviceFailpoint(services.randomElement(using: &rng)!,
-                                         ["prepare", "commit", "rollback", "after-prepare", "before-commit"].randomElement(using: &rng)!)
+                                         ["prepare", "commit", "rollback", "after-prepare", "before-commit", "commit_one_phase", "after-commit-one-phase"].randomElement(using: &rng)!)
             }
         }
     }
@@ -122,11 +128,16 @@ import Testing
                 let fault = Fault.random(using: &rng)
                 let faultDelay = Double.random(in: 0...0.8, using: &rng)
                 let restartDelay = Double.random(in: 0.2...1.0, using: &rng)
+                // dtxd restarted in this round prepares every branch, or lets the last one
+                // decide (--last-agent); either recovers what the other logged.
+                bank.daemonArguments = ["--last-agent", Bool.random(using: &rng) ? "on" : "off"]
 
                 var armedDaemon: ChildProcess?
                 if case .daemonFailpoint(let point) = fault {
                     try await bank.killDaemon()
-                    try await bank.startDaemon(failpoints: point)
+                    // A decision point needs the mode that reaches it; after-prepare-sent either.
+                    let mode = point.hasSuffix("commit-decision") ? "off" : point.contains("delegation") || point.contains("one-phase") ? "on" : nil
+                    try await bank.startDaemon(failpoints: point, arguments: mode.map { ["--last-agent", $0] })
                     armedDaemon = bank.cluster.daemon
                 }
                 let roundStart = Date()
@@ -217,7 +228,7 @@ import Testing
                 }
                 let reported = results.map { $0.submitError != nil ? "failed" : ($0.reported?.rawValue ?? "undecided") }
                 let resubmitted = results.filter { $0.submits > 1 }.count
-                print("\(tag) round \(round): \(happened); answers: \(Dictionary(grouping: reported, by: { $0 }).mapValues(\.count)), \(resubmitted) resubmitted")
+                print("\(tag) round \(round): \(happened) (dtxd restarts with \(bank.daemonArguments.joined(separator: " "))); answers: \(Dictionary(grouping: reported, by: { $0 }).mapValues(\.count)), \(resubmitted) resubmitted")
             }
 
             // Everything runs again; wait until nothing is in doubt anywhere.

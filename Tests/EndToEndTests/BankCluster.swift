@@ -98,8 +98,11 @@ final class BankCluster: @unchecked Sendable {
 
     var daemonIsRunning: Bool { cluster.daemon?.process.isRunning ?? false }
 
-    func startDaemon(failpoints: String? = nil) async throws {
-        try await cluster.startDaemon(failpoints: failpoints)
+    /// What every start of dtxd without its own arguments passes (e.g. `--last-agent on`).
+    var daemonArguments: [String] = []
+
+    func startDaemon(failpoints: String? = nil, arguments: [String]? = nil) async throws {
+        try await cluster.startDaemon(failpoints: failpoints, arguments: arguments ?? daemonArguments)
         if let daemon = cluster.daemon {
             lock.withLock { started.append(("dtxd" + (failpoints.map { " [\($0)]" } ?? ""), daemon)) }
         }

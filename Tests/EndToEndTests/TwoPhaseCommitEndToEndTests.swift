@@ -6,6 +6,9 @@ import Testing
 
 /// 2PC with a real dtxd and real participant processes, killed with SIGKILL at failpoints.
 @Suite(.serialized) struct TwoPhaseCommitEndToEndTests {
+    /// dtxd with the last-agent optimisation (off by default).
+    private let lastAgent = ["--last-agent", "on"]
+
     private func transfer(_ gid: String, _ names: [String], payloads: [JSONValue?] = [], wait: Bool = true) -> TransactionSubmission {
         TransactionSubmission(
             gid: gid, protocol: .twoPhaseCommit,
@@ -160,6 +163,100 @@ import Testing
         try await cluster.startParticipant("a")
         #expect(try await eventually(seconds: 40) { try await cluster.all(["a", "b"], gid: "t-crash", are: "committed", expected: 2) })
         #expect(try await eventually { try await cluster.client.transaction("t-crash").status == "committed" })
+    }
+
+    // MARK: Last agent (--last-agent on): the last branch commits in one phase and decides.
+
+    @Test func theLastAgentCommitsInOnePhaseAndARefusalRollsBackEveryBranch() async throws {
+        let cluster = try Cluster("e2e-agent")
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
+        try await cluster.startDaemon(arguments: lastAgent)
+        for name in ["a", "b", "c"] { try await cluster.startParticipant(name) }
+
+        let view = try await cluster.client.submit(transfer("t-agent", ["a", "b", "c"]))
+        #expect(view.decision == .commit)
+        #expect(try await eventually { try await cluster.all(["a", "b", "c"], gid: "t-agent", are: "committed", expected: 3) })
+        #expect(try await eventually { try await cluster.client.transaction("t-agent").status == "committed" })
+
+        // The agent refuses: a and b prepared and are rolled back; c's refusal is recorded
+        // as a rollback, so that no late copy of its one-phase commit can commit.
+        let refused = try await cluster.client.submit(transfer("t-agent-no", ["a", "b", "c"], payloads: [nil, nil, .object(["vote": .string("no")])]))
+        #expect(refused.decision == .abort)
+        #expect(try await eventually { try await cluster.all(["a", "b", "c"], gid: "t-agent-no", are: "rolled_back", expected: 3) })
+        #expect(try await eventually { try await cluster.client.transaction("t-agent-no").status == "aborted" })
+    }
+
+    @Test func dtxdKilledAfterTheDelegationAsksTheAgentAndAbortsWhenItHadNotCommitted() async throws {
+        let cluster = try Cluster("e2e-agent-delegated")
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
+        try await cluster.startDaemon(failpoints: "after-delegation", arguments: lastAgent)
+        for name in ["a", "b"] { try await cluster.startParticipant(name) }
+
+        _ = try? await cluster.client.submit(transfer("t-delegated", ["a", "b"]))
+        #expect(try await cluster.daemon?.waitForExit() == SIGKILL)
+        // a is prepared; b (the agent) was never sent anything.
+        #expect(try await cluster.all(["a"], gid: "t-delegated", are: "prepared", expected: 1))
+        #expect(try await cluster.branchStates("b", gid: "t-delegated").isEmpty)
+
+        try await cluster.startDaemon(arguments: lastAgent)
+        #expect(try await eventually(seconds: 30) { try await cluster.all(["a", "b"], gid: "t-delegated", are: "rolled_back", expected: 2) })
+        let view = try await cluster.client.transaction("t-delegated")
+        #expect(try await eventually { try await cluster.client.transaction("t-delegated").status == "aborted" })
+        #expect(!view.heuristic)
+    }
+
+    @Test func dtxdKilledAfterTheAgentCommittedCommitsTheOthersAfterRestart() async throws {
+        let cluster = try Cluster("e2e-agent-committed")
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
+        try await cluster.startDaemon(failpoints: "after-one-phase-commit", arguments: lastAgent)
+        for name in ["a", "b"] { try await cluster.startParticipant(name) }
+
+        _ = try? await cluster.client.submit(transfer("t-agent-done", ["a", "b"]))
+        #expect(try await cluster.daemon?.waitForExit() == SIGKILL)
+        #expect(try await cluster.all(["a"], gid: "t-agent-done", are: "prepared", expected: 1))
+        #expect(try await cluster.all(["b"], gid: "t-agent-done", are: "committed", expected: 1))
+
+        // Nothing but the delegation is in the log: the agent's answer to ROLLBACK
+        // (already committed) decides.
+        try await cluster.startDaemon(arguments: lastAgent)
+        #expect(try await eventually(seconds: 30) { try await cluster.all(["a", "b"], gid: "t-agent-done", are: "committed", expected: 2) })
+        #expect(try await eventually { try await cluster.client.transaction("t-agent-done").status == "committed" })
+        #expect(try await cluster.client.transaction("t-agent-done").heuristic == false)
+    }
+
+    @Test func anAgentKilledAfterCommittingIsAskedUntilItReturnsAndTheOthersCommit() async throws {
+        let cluster = try Cluster("e2e-agent-crash")
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
+        try await cluster.startDaemon(arguments: lastAgent)
+        try await cluster.startParticipant("a")
+        try await cluster.startParticipant("b", failpoints: "after-commit-one-phase=crash")
+
+        _ = try await cluster.client.submit(transfer("t-agent-crash", ["a", "b"], wait: false))
+        #expect(try await cluster.participants["b"]?.waitForExit() == SIGKILL)
+        // The answer was lost: neither the timeout nor an abort request can end it now.
+        try await Task.sleep(for: .seconds(1))
+        #expect(try await cluster.client.transaction("t-agent-crash").status == "preparing")
+        #expect(try await cluster.all(["a"], gid: "t-agent-crash", are: "prepared", expected: 1))
+
+        try await cluster.startParticipant("b")
+        #expect(try await eventually(seconds: 40) { try await cluster.all(["a", "b"], gid: "t-agent-crash", are: "committed", expected: 2) })
+        #expect(try await eventually { try await cluster.client.transaction("t-agent-crash").status == "committed" })
+        #expect(try await cluster.client.transaction("t-agent-crash").heuristic == false)
+    }
+
+    @Test func dtxdKilledBeforeTheDelegationAbortsEverywhereAfterRestart() async throws {
+        let cluster = try Cluster("e2e-agent-before")
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
+        try await cluster.startDaemon(failpoints: "before-delegation", arguments: lastAgent)
+        for name in ["a", "b"] { try await cluster.startParticipant(name) }
+
+        _ = try? await cluster.client.submit(transfer("t-agent-before", ["a", "b"]))
+        #expect(try await cluster.daemon?.waitForExit() == SIGKILL)
+        try await cluster.startDaemon(arguments: lastAgent)
+        #expect(try await eventually(seconds: 30) { try await cluster.all(["a"], gid: "t-agent-before", are: "rolled_back", expected: 1) })
+        // Its lazy `begin` may not have reached the disk: then the gid is unknown, which is abort too.
+        #expect(try await cluster.client.outcome(gid: "t-agent-before", branch: 0) == "aborted")
+        #expect(try await cluster.branchStates("b", gid: "t-agent-before").values.allSatisfy { $0 == "rolled_back" })
     }
 
     @Test func interactiveTransactionsCommitWhatServicesEnlisted() async throws {
