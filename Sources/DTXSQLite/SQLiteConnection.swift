@@ -13,6 +13,13 @@ public final class SQLiteConnection {
     public let busyTimeout: Duration
     let handle: OpaquePointer
     private var keyCatalog: (schemaVersion: Int64, tables: [String: TableKeys])?
+    /// Compiled statements by SQL text, reused (reset, bindings cleared) instead of
+    /// compiled again on every call; SQLite recompiles one itself after a schema change.
+    private var statements: [String: OpaquePointer] = [:]
+    /// More distinct statements than this (SQL built with literals) are compiled per call.
+    static let statementCacheLimit = 256
+    /// How many compiled statements are kept (for tests).
+    var cachedStatements: Int { statements.count }
 
     /// Opens (creating if needed) the database file at `path`.
     /// - Throws: `SQLiteError` when the file cannot be opened or put in WAL mode.
@@ -39,6 +46,7 @@ public final class SQLiteConnection {
     }
 
     deinit {
+        for statement in statements.values { sqlite3_finalize(statement) }
         sqlite3_close_v2(handle)
     }
 
@@ -57,11 +65,16 @@ public final class SQLiteConnection {
     /// - Returns: the rows it returns.
     public func query(_ sql: String, _ parameters: [SQLiteValue] = []) throws -> [SQLiteRow] {
         try withStatement(sql, parameters) { statement in
-            let count = sqlite3_column_count(statement)
-            let columns = (0..<count).map { index in sqlite3_column_name(statement, index).map { String(cString: $0) } ?? "" }
+            // The columns are read once the first step ran: a reused statement that
+            // SQLite recompiled after a schema change may have gained some.
+            var columns: [String]?
             var rows: [SQLiteRow] = []
             while try step(statement, sql) {
-                rows.append(SQLiteRow(columns: columns, values: (0..<count).map { column(statement, $0) }))
+                let count = sqlite3_column_count(statement)
+                if columns == nil {
+                    columns = (0..<count).map { index in sqlite3_column_name(statement, index).map { String(cString: $0) } ?? "" }
+                }
+                rows.append(SQLiteRow(columns: columns!, values: (0..<count).map { column(statement, $0) }))
             }
             return rows
         }
@@ -164,16 +177,22 @@ public final class SQLiteConnection {
     }
 
     private func withStatement<T>(_ sql: String, _ parameters: [SQLiteValue], _ body: (OpaquePointer) throws -> T) throws -> T {
-        var prepared: OpaquePointer?
-        var tail: UnsafePointer<CChar>?
-        let status = sqlite3_prepare_v2(handle, sql, -1, &prepared, &tail)
-        guard status == SQLITE_OK else { throw error(status, sql: sql) }
-        guard let statement = prepared else {
-            throw SQLiteError(code: SQLITE_MISUSE, message: "no statement to run: the SQL is empty or only a comment", sql: sql)
+        let statement: OpaquePointer
+        let cached: Bool
+        if let reusable = statements[sql], sqlite3_stmt_busy(reusable) == 0 {
+            (statement, cached) = (reusable, true)
+        } else {
+            statement = try compile(sql)
+            cached = statements[sql] == nil && statements.count < Self.statementCacheLimit
+            if cached { statements[sql] = statement }
         }
-        defer { sqlite3_finalize(statement) }
-        if let tail, tail.pointee != 0, !String(cString: tail).allSatisfy(\.isWhitespace) {
-            throw SQLiteError(code: SQLITE_MISUSE, message: "more than one statement given; run them one at a time, or use executeScript for a script without parameters", sql: sql)
+        defer {
+            if cached {
+                sqlite3_reset(statement)
+                sqlite3_clear_bindings(statement)
+            } else {
+                sqlite3_finalize(statement)
+            }
         }
         let expected = Int(sqlite3_bind_parameter_count(statement))
         guard expected == parameters.count else {
@@ -184,6 +203,22 @@ public final class SQLiteConnection {
             guard bound == SQLITE_OK else { throw error(bound, sql: sql) }
         }
         return try body(statement)
+    }
+
+    /// Compiles `sql`, which must be exactly one statement.
+    private func compile(_ sql: String) throws -> OpaquePointer {
+        var prepared: OpaquePointer?
+        var tail: UnsafePointer<CChar>?
+        let status = sqlite3_prepare_v2(handle, sql, -1, &prepared, &tail)
+        guard status == SQLITE_OK else { throw error(status, sql: sql) }
+        guard let statement = prepared else {
+            throw SQLiteError(code: SQLITE_MISUSE, message: "no statement to run: the SQL is empty or only a comment", sql: sql)
+        }
+        if let tail, tail.pointee != 0, !String(cString: tail).allSatisfy(\.isWhitespace) {
+            sqlite3_finalize(statement)
+            throw SQLiteError(code: SQLITE_MISUSE, message: "more than one statement given; run them one at a time, or use executeScript for a script without parameters", sql: sql)
+        }
+        return statement
     }
 
     private func bind(_ value: SQLiteValue, to statement: OpaquePointer, at index: Int32) -> Int32 {

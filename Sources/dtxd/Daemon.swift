@@ -58,7 +58,7 @@ struct Daemon: AsyncParsableCommand {
     @Option(name: .customLong("checkpoint-interval"), help: "Seconds between log checkpoints. (env DTXD_CHECKPOINT_INTERVAL, default 30)")
     var checkpointInterval: Double?
 
-    @Option(name: .customLong("group-commit-delay"), help: "Milliseconds a forced log write may wait for others to share its fdatasync, when others are committing too (0 turns it off). (env DTXD_GROUP_COMMIT_DELAY_MS, default 4)")
+    @Option(name: .customLong("group-commit-delay"), help: "Milliseconds a forced log write may wait for others to share its fdatasync, when others are committing too (0 turns it off). (env DTXD_GROUP_COMMIT_DELAY_MS, default 1)")
     var groupCommitDelayMS: Double?
 
     @Option(name: .customLong("last-agent"), help: "on: a 2PC transaction's last branch commits in one phase and decides, saving its PREPARE round; the transaction then waits for that branch's participant (see docs/PROTOCOLS.md). off: every branch prepares. (env DTXD_LAST_AGENT, default off)")
@@ -109,7 +109,7 @@ struct Daemon: AsyncParsableCommand {
         let timeoutSeconds = try number(defaultTimeout, "DTXD_DEFAULT_TIMEOUT", 30, { $0 > 0 && $0 <= 3600 }, "seconds above 0, at most 3600")
         let requestSeconds = try number(requestTimeout, "DTXD_REQUEST_TIMEOUT", 10, { $0 > 0 && $0 <= 600 }, "seconds above 0, at most 600")
         let checkpointSeconds = try number(checkpointInterval, "DTXD_CHECKPOINT_INTERVAL", 30, { $0 >= 1 && $0 <= 86400 }, "seconds from 1 to 86400")
-        let groupCommitMS = try number(groupCommitDelayMS, "DTXD_GROUP_COMMIT_DELAY_MS", 4, { $0 >= 0 && $0 <= 100 }, "milliseconds from 0 to 100")
+        let groupCommitMS = try number(groupCommitDelayMS, "DTXD_GROUP_COMMIT_DELAY_MS", 1, { $0 >= 0 && $0 <= 100 }, "milliseconds from 0 to 100")
         let historyLimit = try number(history, "DTXD_HISTORY", 10_000, { (0...10_000_000).contains($0) }, "a whole number from 0 to 10000000")
         let bearer = token ?? env["DTXD_TOKEN"]
         var server = ServerConfiguration(host: host, port: port, token: bearer, maxBodySize: bodyKB << 10)

@@ -1,4 +1,4 @@
-import DTXSQLite
+@testable import DTXSQLite
 import Foundation
 import Testing
 
@@ -44,6 +44,33 @@ import Testing
             (error as? SQLiteError)?.message.contains("check that its directory exists") == true
         }
         await #expect(throws: SQLiteError.self) { try await SQLiteResourceManager(path: directory.path + "/no/such/dir/db.sqlite") }
+    }
+
+    @Test func statementsAreCompiledOnceAndAFailedOneLeavesNoLockBehind() throws {
+        let directory = try TemporaryDirectory()
+        let connection = try SQLiteConnection(path: directory.database)
+        let other = try SQLiteConnection(path: directory.database, busyTimeout: .milliseconds(100))
+        try connection.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, value TEXT NOT NULL)")
+        let cachedBefore = connection.cachedStatements
+        for id in 1...5 { try connection.execute("INSERT INTO t (id, value) VALUES (?, ?)", [.integer(Int64(id)), .text("v\(id)")]) }
+        #expect(connection.cachedStatements == cachedBefore + 1)
+        // A refused run of a cached statement reports its own error and is reset: no
+        // transaction or lock stays open, and the next run binds afresh.
+        #expect(throws: SQLiteError.self) { try connection.execute("INSERT INTO t (id, value) VALUES (?, ?)", [.integer(1), .text("dup")]) }
+        #expect(throws: SQLiteError.self) { try connection.execute("INSERT INTO t (id, value) VALUES (?, ?)", [.integer(9)]) }
+        #expect(!connection.isInTransaction)
+        try other.execute("BEGIN IMMEDIATE")
+        try other.execute("ROLLBACK")
+        #expect(throws: SQLiteError.self) { try connection.execute("INSERT INTO t (id, value) VALUES (?, ?)", [.integer(6), .null]) }
+        #expect(try connection.execute("INSERT INTO t (id, value) VALUES (?, ?)", [.integer(6), .text("v6")]) == 1)
+        // A schema change recompiles a cached statement.
+        #expect(try connection.query("SELECT * FROM t WHERE id = ?", [2]).first?.columns == ["id", "value"])
+        try connection.execute("ALTER TABLE t ADD COLUMN extra INTEGER DEFAULT 7")
+        #expect(try connection.query("SELECT * FROM t WHERE id = ?", [2]).first?["extra"] == .integer(7))
+        // Beyond the limit, statements are compiled per call and still run.
+        for n in 0..<(SQLiteConnection.statementCacheLimit + 10) { _ = try connection.query("SELECT \(n) AS n") }
+        #expect(connection.cachedStatements == SQLiteConnection.statementCacheLimit)
+        #expect(try connection.query("SELECT \(SQLiteConnection.statementCacheLimit + 99) AS n").first?["n"] == .integer(Int64(SQLiteConnection.statementCacheLimit + 99)))
     }
 
     @Test func theDatabaseIsInWALModeWithFullSynchronousAndForeignKeys() throws {
