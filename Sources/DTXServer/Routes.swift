@@ -42,7 +42,10 @@ struct CoordinatorRoutes: Sendable {
 
         let transactions = router.group("/v1/transactions")
         transactions.post { request, context in
-            let submission = try await decode(TransactionSubmission.self, from: request, context: context)
+            var request = request
+            let buffer = try await request.collectBody(upTo: maxBodySize)
+            let submission = try TransactionSubmission(commonJSON: Array(buffer.readableBytesView))
+                ?? decode(TransactionSubmission.self, from: buffer)
             let (view, created) = try await coordinator.submit(submission)
             return jsonResponse(view, status: created ? 201 : 200)
         }
@@ -135,6 +138,13 @@ struct CoordinatorRoutes: Sendable {
         var request = request
         let buffer = try await request.collectBody(upTo: maxBodySize)
         guard buffer.readableBytes > 0 else { return nil }
+        return try decode(type, from: buffer)
+    }
+
+    /// The body decoded with Codable; a clear 400 for an empty body or anything that is
+    /// not the expected JSON.
+    private func decode<Body: Decodable>(_ type: Body.Type, from buffer: ByteBuffer) throws -> Body {
+        guard buffer.readableBytes > 0 else { throw CoordinatorError(400, "invalid_json", "the request needs a JSON body") }
         do {
             return try JSONDecoder.dtx().decode(type, from: Data(buffer.readableBytesView))
         } catch let error as DecodingError {

@@ -26,6 +26,35 @@ import Testing
         #expect(try JSONDecoder.dtx().decode(TransactionView.self, from: Data(fast)) == original)
     }
 
+    @Test(arguments: [
+        #"{"protocol":"2pc","branches":[{"participant":"a","operation":"debit","payload":{"account":"é\n","amount":5,"n":[1.5,true,null]}},{"participant":"b","operation":"credit"}],"timeout":2.5,"wait":true}"#,
+        #"{"gid":"t-1","protocol":"tcc","branches":[{"participant":"a","operation":"o","payload":null}],"timeout":10,"wait":false,"interactive":null}"#,
+        #"{"protocol":"2pc","interactive":true,"gid":null,"branches":null,"timeout":null}"#,
+        #" {"protocol":"saga","branches":[]} "#,
+    ])
+    func theCommonSubmissionIsReadAsCodableReadsIt(_ text: String) throws {
+        let fast = try #require(TransactionSubmission(commonJSON: Array(text.utf8)))
+        #expect(fast == (try JSONDecoder.dtx().decode(TransactionSubmission.self, from: Data(text.utf8))))
+    }
+
+    @Test(arguments: [
+        #"{"branches":[]}"#,  // no protocol
+        #"{"protocol":"4pc"}"#,
+        #"{"protocol":"2pc","timeout":"10"}"#,
+        #"{"protocol":"2pc","wait":1}"#,
+        #"{"protocol":"2pc","extra":1}"#,
+        #"{"protocol":"saga","branches":[{"participant":"a","operation":"o","dependsOn":[]}]}"#,
+        #"{"protocol":"2pc","branches":[{"participant":"a","operation":"o","x":1}]}"#,
+        #"{"protocol":"2pc","branches":[{"participant":1,"operation":"o"}]}"#,
+        #"{"protocol":"2pc","branches":[{"operation":"o"}]}"#,
+        #"{"protocol":"2pc","branches":{}}"#,
+        #"{"protocol":"2pc""#,
+        #"[]"#,
+    ])
+    func anythingElseIsLeftToCodable(_ text: String) {
+        #expect(TransactionSubmission(commonJSON: Array(text.utf8)) == nil)
+    }
+
     @Test func datesAreISO8601InUTCToTheSecond() {
         #expect(ISO8601.format(Date(timeIntervalSince1970: 0)) == "1970-01-01T00:00:00Z")
         #expect(ISO8601.format(Date(timeIntervalSince1970: 1_795_000_000.9)) == "2026-11-18T11:06:40Z")
