@@ -112,7 +112,7 @@ extension TransactionSubmission {
     /// with Codable, which says what is wrong. This spares dtxd Foundation's decoder on
     /// every submission.
     public init?(commonJSON bytes: [UInt8]) {
-        guard let parsed = try? JSONValue(parsing: bytes), case .object(let fields) = parsed,
+        guard let parsed = try? JSONValue(parsingStrictly: bytes), case .object(let fields) = parsed,
               case .string(let name)? = fields["protocol"], let proto = TransactionProtocol(rawValue: name)
         else { return nil }
         var submission = TransactionSubmission(protocol: proto)

@@ -95,7 +95,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         var machine: Machine
         var results: [BranchID: JSONValue] = [:]
         var timeline: [TimelineEntry] = []
-        /// Set by the `decided` action: for a commit, only once it is durable.
+        /// Set by the `decided` action: for a commit, only once it is durable (in the log,
+        /// or with a last agent, in the agent's database).
         var decision: Decision?
         var decidedAt: ContinuousClock.Instant?
         var updatedAt: Date

@@ -30,7 +30,8 @@ final class FinishedTransaction: TransactionDriving {
     private var status: TransactionStatus { decision == .commit ? .committed : .aborted }
 
     private func state(of branch: BranchID) -> BranchState {
-        let targeted = replayed.targets.contains(branch)
+        // The last agent committed in one phase: its commit was the decision.
+        let targeted = replayed.targets.contains(branch) || branch == replayed.lastAgent
         switch (proto, decision) {
         case (.tcc, .commit): return .confirmed
         case (.tcc, .abort): return .cancelled
@@ -55,7 +56,7 @@ final class FinishedTransaction: TransactionDriving {
     func outcome(branch: BranchID?) -> String {
         guard decision == .commit else { return "aborted" }
         guard let branch, proto != .threePhaseCommit else { return "committed" }
-        return replayed.targets.contains(branch) ? "committed" : "aborted"
+        return replayed.targets.contains(branch) || branch == replayed.lastAgent ? "committed" : "aborted"
     }
 
     func threePhaseState(branch: BranchID?) -> ThreePhaseState {

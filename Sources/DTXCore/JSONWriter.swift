@@ -137,22 +137,36 @@ extension JSONValue {
         public var description: String { "invalid JSON at byte \(offset)" }
     }
 
-    /// Parses one JSON document (RFC 8259; surrounding whitespace allowed).
+    /// Parses one JSON document (RFC 8259; surrounding whitespace allowed). A number
+    /// beyond `Double`'s range is refused (it could not be written back as JSON).
     public init(parsing bytes: [UInt8]) throws(ParseError) {
-        var parser = JSONParser(bytes: bytes)
+        self = try Self.parse(bytes, strict: false)
+    }
+
+    /// Parses as `init(parsing:)`, and also refuses what Foundation's `JSONDecoder` would
+    /// read differently: a key twice in one object, a string that is not valid UTF-8, a
+    /// non-zero number too small for `Double`. For reading what Codable reads elsewhere.
+    public init(parsingStrictly bytes: [UInt8]) throws(ParseError) {
+        self = try Self.parse(bytes, strict: true)
+    }
+
+    private static func parse(_ bytes: [UInt8], strict: Bool) throws(ParseError) -> JSONValue {
+        var parser = JSONParser(bytes: bytes, strict: strict)
         let value = try parser.parseValue(depth: 0)
         parser.skipWhitespace()
         guard parser.index == bytes.count else { throw ParseError(offset: parser.index) }
-        self = value
+        return value
     }
 }
 
 private struct JSONParser {
     let bytes: [UInt8]
+    let strict: Bool
     var index = 0
 
-    init(bytes: [UInt8]) {
+    init(bytes: [UInt8], strict: Bool) {
         self.bytes = bytes
+        self.strict = strict
     }
 
     private func fail() -> JSONValue.ParseError { JSONValue.ParseError(offset: index) }
@@ -178,6 +192,7 @@ private struct JSONParser {
                 skipWhitespace()
                 guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw fail() }
                 index += 1
+                if strict, members[name] != nil { throw fail() }
                 members[name] = try parseValue(depth: depth + 1)
                 skipWhitespace()
                 guard index < bytes.count else { throw fail() }
@@ -243,7 +258,10 @@ private struct JSONParser {
             while index < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[index]) { index += 1 }
             guard index > exponent else { throw fail() }
         }
-        guard let value = Double(String(decoding: bytes[start..<index], as: UTF8.self)) else { throw fail() }
+        guard let value = Double(String(decoding: bytes[start..<index], as: UTF8.self)), value.isFinite else { throw fail() }
+        if strict, value == 0, bytes[start..<index].prefix(while: { $0 != UInt8(ascii: "e") && $0 != UInt8(ascii: "E") }).contains(where: { (UInt8(ascii: "1")...UInt8(ascii: "9")).contains($0) }) {
+            throw fail()  // a non-zero number that rounds to zero
+        }
         return value
     }
 
@@ -255,6 +273,10 @@ private struct JSONParser {
             index += 1
             switch byte {
             case UInt8(ascii: "\""):
+                if strict {
+                    guard let text = String(validating: scalars, as: UTF8.self) else { throw fail() }
+                    return text
+                }
                 return String(decoding: scalars, as: UTF8.self)
             case UInt8(ascii: "\\"):
                 guard index < bytes.count else { throw fail() }

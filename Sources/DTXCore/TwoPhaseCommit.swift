@@ -81,6 +81,8 @@ public struct TwoPhaseCommit: TransactionStateMachine {
     public internal(set) var delegated = false
     /// Its answer was lost: ROLLBACK goes to it until it says how the branch ended.
     public internal(set) var askingTheAgent = false
+    /// Delegated and not yet answered: only the agent can decide.
+    private var awaitingTheAgent: Bool { delegated && status == .preparing }
 
     /// A submitted transaction: the coordinator runs both phases; with `lastAgent` (and
     /// two branches or more) the last branch commits in one phase and decides.
@@ -104,7 +106,7 @@ public struct TwoPhaseCommit: TransactionStateMachine {
 
     /// Why an operator may not force `decision` now, or nil when it may.
     public func forceRejection(_ decision: Decision) -> String? {
-        if delegated, let lastAgent {
+        if awaitingTheAgent, let lastAgent {
             return "branch \(lastAgent) (\(branches[lastAgent].spec.participant)) commits in one phase and decides the outcome; dtxd asks it until it answers — bring it back, or run `dtx recover` to ask now"
         }
         switch (status, decision) {
@@ -140,7 +142,7 @@ public struct TwoPhaseCommit: TransactionStateMachine {
             return [.log(.enlist(gid: gid, branch: id, spec: spec), forced: false)]
         case (.active, .commitRequested):
             return voted(nil, .yes)
-        case (.preparing, _) where delegated:
+        case (.preparing, _) where awaitingTheAgent:
             return handleDelegated(event)
         case (.active, .abortRequested(let reason)), (.preparing, .abortRequested(let reason)):
             return abort(reason: reason)
@@ -373,7 +375,9 @@ extension TwoPhaseCommit {
             switch (message, response) {
             case (.prepare, .done(let status, _)): return .voted(id, status == "read_only" ? .readOnly : .yes)
             case (.prepare, .refused(_, let message)), (.commitOnePhase, .refused(_, let message)): return .voted(id, .no(message))
-            case (.commitOnePhase, .done(let status, _)): return status == "read_only" ? .voted(id, .readOnly) : .acknowledged(id)
+            case (.commitOnePhase, .done("read_only", _)): return .voted(id, .readOnly)
+            case (.commitOnePhase, .done("committed", _)): return .acknowledged(id)
+            case (.commitOnePhase, .done(let status, _)): return .deliveryFailed(id, "commit_one_phase answered '\(status)', neither committed nor read_only")
             case (.commit, .done), (.rollback, .done): return .acknowledged(id)
             case (.try, .done), (.confirm, .done), (.cancel, .done), (.action, .done), (.compensate, .done),
                  (.canCommit, .done), (.preCommit, .done), (.doCommit, .done): return nil  // not a 2PC message
@@ -391,7 +395,7 @@ extension TwoPhaseCommit {
             guard interactive else { return "the transaction was submitted whole; only interactive transactions take enlistments and commit requests" }
             return status == .active ? nil : "the transaction is \(status.rawValue), no longer open"
         case .abortRequested:
-            if delegated, let lastAgent {
+            if awaitingTheAgent, let lastAgent {
                 return "branch \(lastAgent) (\(branches[lastAgent].spec.participant)) was sent its one-phase commit and decides the outcome; the transaction can no longer be aborted from here"
             }
             return status == .active || status == .preparing ? nil : "the transaction is \(status.rawValue); an abort now needs an operator's force with a reason"

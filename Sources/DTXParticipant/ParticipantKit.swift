@@ -67,11 +67,18 @@ public protocol ResourceManager: Sendable {
     func commit(_ branch: BranchRef) async throws
 
     /// Phase two, roll back. Idempotent, and succeeds for a branch that was never
-    /// prepared: presumed abort sends ROLLBACK to branches that may not have prepared.
+    /// prepared: presumed abort sends ROLLBACK to branches that may not have prepared;
+    /// the rollback is remembered, so that a later PREPARE or one-phase commit refuses.
+    /// A committed branch (also one committed in one phase) must refuse with code
+    /// `already_committed`: that is how dtxd learns the outcome of a one-phase commit
+    /// whose answer it lost.
     func rollback(_ branch: BranchRef) async throws
 
-    /// A transaction with a single branch: do the work and commit it at once. Idempotent:
-    /// a second call for a committed branch returns the first call's result.
+    /// Do the work and commit it at once: for a transaction with a single branch, and
+    /// for dtxd's last agent (the last branch, once the others are prepared), whose
+    /// answer then decides the whole transaction. Idempotent: a second call for a
+    /// committed branch returns the first call's result. Throw `BusinessError` only when
+    /// nothing was committed; refuse with `already_rolled_back` after a rollback.
     func commitOnePhase(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue?
 
     /// Branches that are prepared and not yet committed or rolled back.

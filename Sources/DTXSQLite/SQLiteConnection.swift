@@ -13,10 +13,13 @@ public final class SQLiteConnection {
     public let busyTimeout: Duration
     let handle: OpaquePointer
     private var keyCatalog: (schemaVersion: Int64, tables: [String: TableKeys])?
-    /// Compiled statements by SQL text, reused (reset, bindings cleared) instead of
-    /// compiled again on every call; SQLite recompiles one itself after a schema change.
-    private var statements: [String: OpaquePointer] = [:]
-    /// More distinct statements than this (SQL built with literals) are compiled per call.
+    /// Compiled statements by the bytes of their SQL (not `String`, whose equality takes
+    /// `é` and `e` + accent as the same text), reused (reset, bindings cleared) instead
+    /// of compiled again on every call. SQLite recompiles one itself after a schema
+    /// change, and after an authorizer is set (so `StatementGuard` sees reused ones too).
+    private var statements: [[UInt8]: OpaquePointer] = [:]
+    /// Beyond this many distinct statements (SQL built with literals), new ones are
+    /// compiled per call; the kept ones stay.
     static let statementCacheLimit = 256
     /// How many compiled statements are kept (for tests).
     var cachedStatements: Int { statements.count }
@@ -177,14 +180,15 @@ public final class SQLiteConnection {
     }
 
     private func withStatement<T>(_ sql: String, _ parameters: [SQLiteValue], _ body: (OpaquePointer) throws -> T) throws -> T {
+        let key = Array(sql.utf8)
         let statement: OpaquePointer
         let cached: Bool
-        if let reusable = statements[sql], sqlite3_stmt_busy(reusable) == 0 {
+        if let reusable = statements[key], sqlite3_stmt_busy(reusable) == 0 {
             (statement, cached) = (reusable, true)
         } else {
             statement = try compile(sql)
-            cached = statements[sql] == nil && statements.count < Self.statementCacheLimit
-            if cached { statements[sql] = statement }
+            cached = statements[key] == nil && statements.count < Self.statementCacheLimit
+            if cached { statements[key] = statement }
         }
         defer {
             if cached {

@@ -36,6 +36,9 @@ public final class SQLiteDatabase: Sendable {
         jobs.close()
     }
 
+    /// Jobs waiting for the thread (for tests that need several jobs in one group).
+    var queuedJobs: Int { jobs.pendingCount }
+
     /// Runs `body` with the connection on the database's thread.
     ///
     /// With `sharingCommit`, the transactions `body` runs (through
@@ -43,7 +46,8 @@ public final class SQLiteDatabase: Sendable {
     /// such jobs queued at the same time: the thread opens one transaction for them, runs
     /// each job's transaction as a savepoint in it, commits once, and only then returns
     /// to their callers. A job that throws rolls back its own savepoint only; a COMMIT
-    /// that fails fails every job of the group (none of them is then committed). A job
+    /// that fails fails every job of the group with its error, including jobs that threw
+    /// (none of them is then committed, and what they read may be gone). A job
     /// that does not share a commit runs after the group before it has committed.
     /// - Throws: what `body` throws; `SQLiteError` when the database could not be opened
     ///   or is closed, or when the shared COMMIT failed.
@@ -53,7 +57,10 @@ public final class SQLiteDatabase: Sendable {
             let accepted = jobs.submit(JobQueue.Job(sharesCommit: sharingCommit) { opened in
                 let result = Result { try body(opened.get()) }
                 return { commitFailure in
-                    if let commitFailure, case .success = result {
+                    // A failed shared COMMIT fails every job of the group, those that threw
+                    // too: what they saw (e.g. another job's uncommitted outcome record,
+                    // read as `already_committed`) may never have been committed.
+                    if let commitFailure {
                         continuation.resume(throwing: commitFailure)
                     } else {
                         continuation.resume(with: result)
@@ -169,6 +176,8 @@ private final class JobQueue: Sendable {
     private let state = Mutex(State())
     /// Signalled once per submitted job and once on close.
     private let wakeUp = DispatchSemaphore(value: 0)
+
+    var pendingCount: Int { state.withLock { $0.pending.count } }
 
     /// Queues `job`; false if the queue is closed.
     func submit(_ job: Job) -> Bool {

@@ -50,9 +50,28 @@ import Testing
         #"{"protocol":"2pc","branches":{}}"#,
         #"{"protocol":"2pc""#,
         #"[]"#,
+        // Where Foundation reads differently: the first of two keys, a number it cannot represent.
+        #"{"protocol":"saga","protocol":"2pc"}"#,
+        #"{"protocol":"2pc","branches":[{"participant":"a","operation":"o","participant":"b"}]}"#,
+        #"{"protocol":"2pc","branches":[{"participant":"a","operation":"o","payload":{"n":1e400}}]}"#,
+        #"{"protocol":"2pc","timeout":1e-400}"#,
     ])
     func anythingElseIsLeftToCodable(_ text: String) {
         #expect(TransactionSubmission(commonJSON: Array(text.utf8)) == nil)
+    }
+
+    @Test func invalidUTF8IsLeftToCodable() {
+        let bytes = Array(#"{"protocol":"2pc","branches":[{"participant":"a","operation":"o","payload":{"note":""#.utf8) + [0xFF] + Array(#""}}]}"#.utf8)
+        #expect(TransactionSubmission(commonJSON: bytes) == nil)
+        #expect((try? JSONDecoder.dtx().decode(TransactionSubmission.self, from: Data(bytes))) == nil)
+    }
+
+    @Test func numbersBeyondDoubleAreNotJSONValues() {
+        #expect((try? JSONValue(parsing: Array("[1e400]".utf8))) == nil)
+        #expect((try? JSONValue(parsing: Array("-1e309".utf8))) == nil)
+        #expect((try? JSONValue(parsing: Array("1e-400".utf8))) == .number(0))
+        #expect((try? JSONValue(parsingStrictly: Array("1e-400".utf8))) == nil)
+        #expect((try? JSONValue(parsingStrictly: Array("0.0e-400".utf8))) == .number(0))
     }
 
     @Test func datesAreISO8601InUTCToTheSecond() {

@@ -453,6 +453,22 @@ private func forcedWrites(_ actions: [TransactionAction]) -> Int {
         #expect(m.status == .preparing)
     }
 
+    @Test func onceTheAgentAnsweredAnOperatorMayOverrideAsUsual() {
+        var m = delegated(2)
+        _ = m.handle(.acknowledged(1))
+        #expect(m.status == .committing)
+        #expect(m.forceRejection(.abort) == nil)
+        let actions = m.handle(.forced(.abort, reason: "operator"))
+        #expect(actions.contains(.decided(.abort)) && m.heuristic)
+    }
+
+    @Test func aOnePhaseAnswerIsCommittedOrReadOnlyAndAnythingElseIsNotUnderstood() {
+        #expect(TwoPhaseCommit.translate(.replied(1, .commitOnePhase, .done(status: "committed", result: nil))) == .acknowledged(1))
+        #expect(TwoPhaseCommit.translate(.replied(1, .commitOnePhase, .done(status: "read_only", result: nil))) == .voted(1, .readOnly))
+        #expect(TwoPhaseCommit.translate(.replied(1, .commitOnePhase, .done(status: "prepared", result: nil)))
+            == .deliveryFailed(1, "commit_one_phase answered 'prepared', neither committed nor read_only"))
+    }
+
     @Test func readOnlyVotersAndAReadOnlyAgentDropOut() {
         var m = delegating(3)
         _ = m.handle(.start)

@@ -46,7 +46,7 @@ import Testing
         await #expect(throws: SQLiteError.self) { try await SQLiteResourceManager(path: directory.path + "/no/such/dir/db.sqlite") }
     }
 
-    @Test func statementsAreCompiledOnceAndAFailedOneLeavesNoLockBehind() throws {
+    @Test func compiledStatementsAreKeptAndStillRunRightAfterErrorsAndSchemaChanges() throws {
         let directory = try TemporaryDirectory()
         let connection = try SQLiteConnection(path: directory.database)
         let other = try SQLiteConnection(path: directory.database, busyTimeout: .milliseconds(100))
@@ -54,15 +54,23 @@ import Testing
         let cachedBefore = connection.cachedStatements
         for id in 1...5 { try connection.execute("INSERT INTO t (id, value) VALUES (?, ?)", [.integer(Int64(id)), .text("v\(id)")]) }
         #expect(connection.cachedStatements == cachedBefore + 1)
-        // A refused run of a cached statement reports its own error and is reset: no
-        // transaction or lock stays open, and the next run binds afresh.
+        // A refused run of a kept statement reports its own error, and the statement is
+        // reset: the next run binds and runs (binding an un-reset statement fails).
         #expect(throws: SQLiteError.self) { try connection.execute("INSERT INTO t (id, value) VALUES (?, ?)", [.integer(1), .text("dup")]) }
         #expect(throws: SQLiteError.self) { try connection.execute("INSERT INTO t (id, value) VALUES (?, ?)", [.integer(9)]) }
+        #expect(throws: SQLiteError.self) { try connection.execute("INSERT INTO t (id, value) VALUES (?, ?)", [.integer(6), .null]) }
+        #expect(try connection.execute("INSERT INTO t (id, value) VALUES (?, ?)", [.integer(6), .text("v6")]) == 1)
+        // Inside a transaction too: the failed statement holds nothing once it is rolled back.
+        try connection.execute("BEGIN IMMEDIATE")
+        #expect(throws: SQLiteError.self) { try connection.execute("INSERT INTO t (id, value) VALUES (?, ?)", [.integer(1), .text("dup")]) }
+        try connection.execute("ROLLBACK")
         #expect(!connection.isInTransaction)
         try other.execute("BEGIN IMMEDIATE")
         try other.execute("ROLLBACK")
-        #expect(throws: SQLiteError.self) { try connection.execute("INSERT INTO t (id, value) VALUES (?, ?)", [.integer(6), .null]) }
-        #expect(try connection.execute("INSERT INTO t (id, value) VALUES (?, ?)", [.integer(6), .text("v6")]) == 1)
+        // The same text in two Unicode forms is two statements.
+        #expect(try connection.execute("INSERT INTO t (id, value) VALUES (7, 'caf\u{E9}')") == 1)
+        #expect(try connection.query("SELECT id FROM t WHERE value = 'cafe\u{301}'").isEmpty)
+        #expect(try connection.query("SELECT id FROM t WHERE value = 'caf\u{E9}'").first?["id"] == .integer(7))
         // A schema change recompiles a cached statement.
         #expect(try connection.query("SELECT * FROM t WHERE id = ?", [2]).first?.columns == ["id", "value"])
         try connection.execute("ALTER TABLE t ADD COLUMN extra INTEGER DEFAULT 7")

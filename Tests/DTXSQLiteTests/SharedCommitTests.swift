@@ -1,7 +1,8 @@
 import DTXCore
 import DTXParticipant
-import DTXSQLite
+@testable import DTXSQLite
 import Foundation
+import Synchronization
 import Testing
 
 /// Prepares, commits and rollbacks queued together share one COMMIT on the database's
@@ -94,5 +95,38 @@ import Testing
         }
         #expect(children == [1, 2, 3, 4, 6, 7, 8, 9, 10])
         await manager.close()
+    }
+
+    /// What a job of the group saw may be another job's uncommitted work (a ROLLBACK
+    /// that found a one-phase commit's outcome record answers `already_committed`): when
+    /// the shared COMMIT fails, the job that threw gets the COMMIT's failure too.
+    @Test func whenTheSharedCommitFailsEveryJobGetsItsFailureEvenOneThatThrew() async throws {
+        struct Refused: Error {}
+        let directory = try TemporaryDirectory()
+        let database = try await SQLiteDatabase(path: directory.database)
+        _ = try await database.run { connection in
+            try connection.executeScript("""
+                CREATE TABLE parents (id INTEGER PRIMARY KEY);
+                CREATE TABLE children (id INTEGER PRIMARY KEY,
+                    parent INTEGER REFERENCES parents (id) DEFERRABLE INITIALLY DEFERRED);
+                """)
+        }
+        // Hold the thread until both jobs are queued, so that they run as one group.
+        let running = Mutex(false)
+        let release = DispatchSemaphore(value: 0)
+        let holding = Task { try await database.run { _ in running.withLock { $0 = true }; release.wait() } }
+        let deadline = ContinuousClock.now + .seconds(20)
+        while !running.withLock({ $0 }), ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        let threw = Task { try await database.run(sharingCommit: true) { _ in throw Refused() } }
+        // Outside any job transaction: a deferred foreign key that fails the group's COMMIT.
+        let breaks = Task { try await database.run(sharingCommit: true) { try $0.execute("INSERT INTO children VALUES (1, 9)") } }
+        while database.queuedJobs < 2, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(database.queuedJobs == 2, "both jobs must be queued behind the holder")
+        release.signal()
+        try await holding.value
+        await #expect { try await threw.value } throws: { ($0 as? SQLiteError)?.message.contains("FOREIGN KEY") == true }
+        await #expect(throws: SQLiteError.self) { try await breaks.value }
+        #expect(try await database.run { try $0.query("SELECT id FROM children") }.isEmpty)
+        await database.close()
     }
 }
