@@ -1,4 +1,9 @@
 import CSQLite
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// One open SQLite database file, called synchronously.
 ///
@@ -13,11 +18,12 @@ public final class SQLiteConnection {
     public let busyTimeout: Duration
     let handle: OpaquePointer
     private var keyCatalog: (schemaVersion: Int64, tables: [String: TableKeys])?
-    /// Compiled statements by the bytes of their SQL (not `String`, whose equality takes
-    /// `é` and `e` + accent as the same text), reused (reset, bindings cleared) instead
-    /// of compiled again on every call. SQLite recompiles one itself after a schema
-    /// change, and after an authorizer is set (so `StatementGuard` sees reused ones too).
-    private var statements: [[UInt8]: OpaquePointer] = [:]
+    /// Compiled statements by their SQL, reused (reset, bindings cleared) instead of
+    /// compiled again on every call. `String` equality takes `é` and `e` + accent as the
+    /// same text, so a hit is reused only when its bytes are the same too. SQLite
+    /// recompiles one itself after a schema change, and after an authorizer is set (so
+    /// `StatementGuard` sees reused ones too).
+    private var statements: [String: OpaquePointer] = [:]
     /// Beyond this many distinct statements (SQL built with literals), new ones are
     /// compiled per call; the kept ones stay.
     static let statementCacheLimit = 256
@@ -180,15 +186,14 @@ public final class SQLiteConnection {
     }
 
     private func withStatement<T>(_ sql: String, _ parameters: [SQLiteValue], _ body: (OpaquePointer) throws -> T) throws -> T {
-        let key = Array(sql.utf8)
         let statement: OpaquePointer
         let cached: Bool
-        if let reusable = statements[key], sqlite3_stmt_busy(reusable) == 0 {
+        if let reusable = statements[sql], sqlite3_stmt_busy(reusable) == 0, sql.withCString({ strcmp(sqlite3_sql(reusable), $0) == 0 }) {
             (statement, cached) = (reusable, true)
         } else {
             statement = try compile(sql)
-            cached = statements[key] == nil && statements.count < Self.statementCacheLimit
-            if cached { statements[key] = statement }
+            cached = statements[sql] == nil && statements.count < Self.statementCacheLimit
+            if cached { statements[sql] = statement }
         }
         defer {
             if cached {
