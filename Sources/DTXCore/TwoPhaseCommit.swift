@@ -76,13 +76,13 @@ public struct TwoPhaseCommit: TransactionStateMachine {
     /// The branch that commits in one phase and so decides (the last one), when the
     /// last-agent optimisation is on and there are two branches or more.
     public let lastAgent: BranchID?
-    /// The last agent was sent COMMIT_ONE_PHASE (the delegation is logged): only its
-    /// answer can decide now.
-    public internal(set) var delegated = false
+    /// The last agent was sent COMMIT_ONE_PHASE (the delegation is logged): its branch
+    /// has left `pending`, where it waits while the others prepare.
+    public var delegated: Bool { lastAgent.map { branches[$0].state != .pending } ?? false }
     /// Its answer was lost: ROLLBACK goes to it until it says how the branch ended.
     public internal(set) var askingTheAgent = false
     /// Delegated and not yet answered: only the agent can decide.
-    private var awaitingTheAgent: Bool { delegated && status == .preparing }
+    private var awaitingTheAgent: Bool { status == .preparing && lastAgent.map(isPending) == true }
 
     /// A submitted transaction: the coordinator runs both phases; with `lastAgent` (and
     /// two branches or more) the last branch commits in one phase and decides.
@@ -212,7 +212,6 @@ public struct TwoPhaseCommit: TransactionStateMachine {
     private mutating func delegate(to agent: BranchID) -> [TransactionAction] {
         let prepared = branches.filter { $0.state == .prepared }.map(\.id)
         targets = Set(prepared)
-        delegated = true
         branches[agent].state = .preparing
         branches[agent].attempts = 1
         return [.cancel(.phaseOne), .log(.delegation(gid: gid, agent: agent, targets: prepared), forced: true), .send(.commitOnePhase, to: agent)]
@@ -221,7 +220,7 @@ public struct TwoPhaseCommit: TransactionStateMachine {
     /// Events while the last agent decides. Nothing but its answer (or, when that was
     /// lost, the answer to ROLLBACK) moves the transaction on.
     private mutating func handleDelegated(_ event: Event) -> [TransactionAction] {
-        guard let agent = lastAgent, isPending(agent) else { return [] }
+        guard let agent = lastAgent else { return [] }
         switch event {
         case .acknowledged(agent):
             // COMMIT_ONE_PHASE committed, or (while asking) ROLLBACK rolled back.
@@ -342,7 +341,6 @@ public struct TwoPhaseCommit: TransactionStateMachine {
         status = .preparing
         for id in branches.indices { branches[id].state = prepared.contains(id) ? .prepared : .readOnly }
         targets = Set(prepared)
-        delegated = true
         askingTheAgent = true
         branches[agent].state = .preparing
         branches[agent].attempts = 1

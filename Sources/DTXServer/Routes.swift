@@ -127,10 +127,8 @@ struct CoordinatorRoutes: Sendable {
     }
 
     private func decode<Body: Decodable>(_ type: Body.Type, from request: Request, context: some RequestContext) async throws -> Body {
-        guard let body = try await decodeOptional(type, from: request, context: context) else {
-            throw CoordinatorError(400, "invalid_json", "the request needs a JSON body")
-        }
-        return body
+        var request = request
+        return try decode(type, from: try await request.collectBody(upTo: maxBodySize))
     }
 
     /// nil for an empty body; a clear 400 for anything that is not the expected JSON.

@@ -157,8 +157,23 @@ final class BankCluster: @unchecked Sendable {
     /// Waits until dtxd lists `name` at the URL its current process listens on.
     func waitUntilRegistered(_ name: String, seconds: Double = 30) async throws {
         guard let url = url(name) else { throw BankError("\(name) was never started") }
+        // What each attempt saw, so that a failure tells whether dtxd listed something
+        // else, refused, or did not answer in time.
+        var attempts = 0
+        var lastAttempt = "none"
+        var slowest = 0.0
         let registered = await eventually(seconds: seconds) {
-            (try? await client.participant(name))?.url == url
+            attempts += 1
+            let started = Date()
+            defer { slowest = max(slowest, Date().timeIntervalSince(started)) }
+            do {
+                let listed = try await client.participant(name).url
+                lastAttempt = "listed at \(listed)"
+                return listed == url
+            } catch {
+                lastAttempt = "\(error)"
+                return false
+            }
         }
         guard registered else {
             // What dtxd says instead, so that a failure tells which side lost track.
@@ -170,7 +185,8 @@ final class BankCluster: @unchecked Sendable {
                 listed = "dtxd answers: \(error)"
             }
             let running = isRunning(name) ? "the service still runs" : "the service is not running"
-            throw BankError("\(name) did not register with dtxd at \(url) within \(seconds) s; \(listed); \(running)")
+            let seen = "\(attempts) attempts, the last: \(lastAttempt), the slowest took \(String(format: "%.1f", slowest)) s"
+            throw BankError("\(name) did not register with dtxd at \(url) within \(seconds) s (\(seen)); now \(listed); \(running)")
         }
     }
 
