@@ -99,6 +99,9 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         /// or with a last agent, in the agent's database).
         var decision: Decision?
         var decidedAt: ContinuousClock.Instant?
+        /// A forced write of this transaction has completed: from then on, a restart finds
+        /// its outcome (or the way to learn it) in the log.
+        var forcedWrite = false
         var updatedAt: Date
         var error: String?
         var finished = false
@@ -237,6 +240,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 do {
                     if forced {
                         _ = try await context.log.append(type: type, payload: payload, forced: true)
+                        state.withLock { $0.forcedWrite = true }
                     } else {
                         _ = try context.log.append(type: type, payload: payload)
                     }
@@ -526,18 +530,27 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     /// Waits for the outcome: until the decision (at most `decisionLimit`), then until
     /// every branch has acknowledged it (at most `phaseTwoLimit` more). A participant that
     /// is down in phase two does not hold the caller: the view then shows `committing`.
+    /// Returns once the transaction has finished, or at the limits. An outcome it returns
+    /// to is durable: one that no forced write covers (an abort under presumed abort, a
+    /// single branch's one-phase commit) is synced first, so that a restart never forgets
+    /// what a waiting caller was told.
     func waitForOutcome(decisionLimit: Duration, phaseTwoLimit: Duration) async {
         let clock = ContinuousClock()
         let decisionDeadline = clock.now + decisionLimit
         var finishDeadline: ContinuousClock.Instant?
         while true {
             let (finished, decided) = state.withLock { ($0.finished || $0.halted, $0.decision != nil) }
-            if finished { return }
+            if finished { break }
             if decided, finishDeadline == nil { finishDeadline = clock.now + phaseTwoLimit }
             let deadline = finishDeadline ?? decisionDeadline
-            guard clock.now < deadline else { return }
+            guard clock.now < deadline else { break }
             await waitForChange(until: deadline)
         }
+        let (decided, covered) = state.withLock { ($0.decision != nil && !$0.halted, $0.forcedWrite) }
+        guard decided else { return }
+        // A failed sync means the log has failed: every later write fails and halts its transaction.
+        if !covered { try? await context.log.sync() }
+        context.failpoints.hit(.beforeOutcomeAnswer)
     }
 
     /// Returns at the next decision or finish, or at `deadline`.

@@ -28,6 +28,9 @@ public struct Failpoints: Sendable {
         /// A branch committed in one phase (2PC's last agent, or a transaction's only
         /// branch); nothing of the outcome has been logged or sent to other branches.
         case afterOnePhaseCommit = "after-one-phase-commit"
+        /// A caller waiting for the outcome (`wait`) is about to be told it: whatever the
+        /// answer reports must already be durable.
+        case beforeOutcomeAnswer = "before-outcome-answer"
     }
 
     private let armed: Set<Point>

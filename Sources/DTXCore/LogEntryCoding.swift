@@ -193,7 +193,9 @@ public struct TransactionLogReplay: Sendable {
         public var ended: Bool
         /// 3PC: the pre-commit is logged (PreCommit may have reached participants).
         public var preCommitted = false
-        /// 2PC: the branch the outcome was delegated to (last agent), once logged.
+        /// 2PC: the branch that commits in one phase and so decides: a last agent once its
+        /// delegation is logged; the only branch of a submitted single-branch transaction
+        /// from its `begin` (nothing else can have prepared, so no delegation is logged).
         public var lastAgent: BranchID?
     }
 
@@ -211,7 +213,8 @@ public struct TransactionLogReplay: Sendable {
     public mutating func apply(_ entry: LogEntry) {
         switch entry {
         case let .begin(gid, proto, branches):
-            insert(Replayed(gid: gid, protocol: proto, branches: branches, interactive: false, decision: nil, targets: [], heuristic: false, ended: false))
+            insert(Replayed(gid: gid, protocol: proto, branches: branches, interactive: false, decision: nil, targets: [], heuristic: false, ended: false,
+                            lastAgent: proto == .twoPhaseCommit && branches.count == 1 ? 0 : nil))
         case let .open(gid, proto):
             insert(Replayed(gid: gid, protocol: proto, branches: [], interactive: true, decision: nil, targets: [], heuristic: false, ended: false))
         case let .enlist(gid, branch, spec):

@@ -4,8 +4,12 @@
 /// all ACK: `end` (lazy). Any NO, phase-one delivery failure or timeout: `decision(abort)`
 /// (lazy) → ROLLBACK to every branch that may have prepared, retried until acknowledged.
 /// So a committed transaction costs one forced write and an aborted one none; a gid
-/// the log does not know is aborted. Read-only voters drop out of phase two; a single
-/// branch commits in one phase.
+/// the log does not know is aborted. Read-only voters drop out of phase two. When every
+/// branch voted read-only, the commit decision is logged lazily (nothing waits for it).
+///
+/// A single branch commits in one phase: it is its transaction's agent (below), without a
+/// delegation record — its `begin` says as much, since nothing else can have prepared.
+/// Its commit is logged lazily; after a restart without one, the branch is asked.
 ///
 /// Last agent (Gray & Reuter's last-agent optimisation; `lastAgent`): the last branch of
 /// a submitted transaction is not prepared. Once every other branch voted yes, a
@@ -73,25 +77,25 @@ public struct TwoPhaseCommit: TransactionStateMachine {
     public internal(set) var targets: Set<BranchID> = []
     /// An operator overrode a logged decision: branches may have ended differently.
     public internal(set) var heuristic = false
-    /// The branch that commits in one phase and so decides (the last one), when the
-    /// last-agent optimisation is on and there are two branches or more.
+    /// The branch that commits in one phase and so decides: the only one of a
+    /// single-branch transaction, or the last one when the last-agent optimisation is on.
     public let lastAgent: BranchID?
-    /// The last agent was sent COMMIT_ONE_PHASE (the delegation is logged): its branch
-    /// has left `pending`, where it waits while the others prepare.
+    /// The last agent was sent COMMIT_ONE_PHASE (with other branches, once the delegation
+    /// was logged): its branch has left `pending`, where it waits while the others prepare.
     public var delegated: Bool { lastAgent.map { branches[$0].state != .pending } ?? false }
     /// Its answer was lost: ROLLBACK goes to it until it says how the branch ended.
     public internal(set) var askingTheAgent = false
     /// Delegated and not yet answered: only the agent can decide.
     private var awaitingTheAgent: Bool { status == .preparing && lastAgent.map(isPending) == true }
 
-    /// A submitted transaction: the coordinator runs both phases; with `lastAgent` (and
-    /// two branches or more) the last branch commits in one phase and decides.
+    /// A submitted transaction: the coordinator runs both phases; with `lastAgent` the
+    /// last branch commits in one phase and decides. A single branch always does.
     public init(gid: GlobalTransactionID, branches: [BranchSpec], lastAgent: Bool = false) {
         precondition(!branches.isEmpty, "a transaction has at least one branch")
         self.gid = gid
         self.interactive = false
         self.branches = branches.enumerated().map { Branch(id: $0.offset, spec: $0.element) }
-        self.lastAgent = lastAgent && branches.count > 1 ? branches.count - 1 : nil
+        self.lastAgent = lastAgent || branches.count == 1 ? branches.count - 1 : nil
     }
 
     /// An interactive transaction; after a restart, `enlisted` are the branches the log holds.
@@ -101,8 +105,6 @@ public struct TwoPhaseCommit: TransactionStateMachine {
         self.branches = enlisted.enumerated().map { Branch(id: $0.offset, spec: $0.element, state: .prepared) }
         self.lastAgent = nil
     }
-
-    private var isOnePhase: Bool { branches.count == 1 && !interactive }
 
     /// Why an operator may not force `decision` now, or nil when it may.
     public func forceRejection(_ decision: Decision) -> String? {
@@ -156,18 +158,10 @@ public struct TwoPhaseCommit: TransactionStateMachine {
             return voted(id, vote)
         case (.preparing, .deliveryFailed(let id, let error)):
             guard isPending(id) else { return [] }
-            if isOnePhase {
-                // The participant owns the decision in one phase: ask again until it answers.
-                return retry(id, error: error)
-            }
             branches[id].lastError = error
             return abort(reason: nil)
-        case (.preparing, .acknowledged(let id)) where isOnePhase && isPending(id):
-            return voted(id, .yes)
-        case (.preparing, .timedOut(.phaseOne)) where !isOnePhase:
+        case (.preparing, .timedOut(.phaseOne)):
             return abort(reason: "phase one timed out")
-        case (.preparing, .timedOut(.retry(let id))) where isOnePhase && isPending(id):
-            return [.send(.commitOnePhase, to: id)]
         case (.committing, .acknowledged(let id)), (.aborting, .acknowledged(let id)):
             return acknowledged(id)
         case let (.committing, .endedOtherwise(id, actual, detail)), let (.aborting, .endedOtherwise(id, actual, detail)):
@@ -203,17 +197,19 @@ public struct TwoPhaseCommit: TransactionStateMachine {
     private mutating func start() -> [TransactionAction] {
         status = .preparing
         let begin: TransactionAction = .log(.begin(gid: gid, protocol: .twoPhaseCommit, branches: branches.map(\.spec)), forced: false)
-        let sends = sendToEveryBranch(isOnePhase ? .commitOnePhase : .prepare, as: .preparing, except: lastAgent)
-        return [begin] + sends + (isOnePhase ? [] : [.schedule(.phaseOne, attempt: 1)])
+        if branches.count == 1, let lastAgent { return [begin] + delegate(to: lastAgent) }
+        return [begin] + sendToEveryBranch(.prepare, as: .preparing, except: lastAgent) + [.schedule(.phaseOne, attempt: 1)]
     }
 
     /// Every branch but the last agent voted yes or read-only: the delegation is forced,
-    /// then the agent is sent COMMIT_ONE_PHASE.
+    /// then the agent is sent COMMIT_ONE_PHASE. A single branch needs no delegation record:
+    /// its `begin` tells a restart the same (see `TransactionLogReplay`).
     private mutating func delegate(to agent: BranchID) -> [TransactionAction] {
-        let prepared = branches.filter { $0.state == .prepared }.map(\.id)
-        targets = Set(prepared)
         branches[agent].state = .preparing
         branches[agent].attempts = 1
+        guard branches.count > 1 else { return [.send(.commitOnePhase, to: agent)] }
+        let prepared = branches.filter { $0.state == .prepared }.map(\.id)
+        targets = Set(prepared)
         return [.cancel(.phaseOne), .log(.delegation(gid: gid, agent: agent, targets: prepared), forced: true), .send(.commitOnePhase, to: agent)]
     }
 
@@ -281,12 +277,6 @@ public struct TwoPhaseCommit: TransactionStateMachine {
             branches[id].lastError = reason
             return abort(reason: nil)
         }
-        if isOnePhase {
-            // The participant committed (or found nothing to do) on its own.
-            branches[id].state = vote == .readOnly ? .readOnly : .committed
-            status = .committed
-            return [.cancel(.retry(id)), .decided(.commit), .log(.end(gid: gid), forced: false), .finish(.committed)]
-        }
         guard branches.allSatisfy({ $0.state == .prepared || $0.state == .readOnly || $0.id == lastAgent }) else { return [] }
         if let lastAgent { return delegate(to: lastAgent) }
         return decideAfterVotes()
@@ -295,14 +285,10 @@ public struct TwoPhaseCommit: TransactionStateMachine {
     private mutating func decideAfterVotes() -> [TransactionAction] {
         let commitTargets = branches.filter { $0.state == .prepared }.map(\.id)
         targets = Set(commitTargets)
-        var actions: [TransactionAction] = [.cancel(.phaseOne)]
-        if commitTargets.isEmpty {
-            // Every branch was read-only: nothing to make durable, nothing to send.
-            status = .committed
-            return actions + [.decided(.commit), .log(.end(gid: gid), forced: false), .finish(.committed)]
-        }
-        actions += [.log(.decision(gid: gid, .commit, targets: commitTargets), forced: true), .decided(.commit)]
-        return actions + deliver(.commit, to: commitTargets)
+        // Every branch read-only: no participant waits for the decision, so it need not be
+        // forced; it is logged all the same, so that a restart reports the commit.
+        let decision: TransactionAction = .log(.decision(gid: gid, .commit, targets: commitTargets), forced: !commitTargets.isEmpty)
+        return [.cancel(.phaseOne), decision, .decided(.commit)] + deliver(.commit, to: commitTargets)
     }
 
     /// Abort before a decision: every branch that may have prepared gets ROLLBACK.

@@ -96,24 +96,76 @@ private func forcedWrites(_ actions: [TransactionAction]) -> Int {
         #expect(m.handle(.acknowledged(1)) == [.cancel(.retry(1)), .log(.end(gid: gid), forced: false), .finish(.committed)])
     }
 
-    @Test func allReadOnlyCommitsWithoutAnyForcedWriteOrPhaseTwo() {
+    @Test func allReadOnlyCommitsWithoutAnyForcedWriteOrPhaseTwoButLogsTheDecision() {
         var m = started(2)
         _ = m.handle(.voted(0, .readOnly))
-        #expect(m.handle(.voted(1, .readOnly)) == [.cancel(.phaseOne), .decided(.commit), .log(.end(gid: gid), forced: false), .finish(.committed)])
+        #expect(m.handle(.voted(1, .readOnly)) == [
+            .cancel(.phaseOne), .log(.decision(gid: gid, .commit, targets: []), forced: false), .decided(.commit),
+            .log(.end(gid: gid), forced: false), .finish(.committed),
+        ])
     }
 
-    @Test func aSingleBranchCommitsInOnePhase() {
+    @Test func aSingleBranchCommitsInOnePhaseAndItsCommitIsLoggedLazily() {
         var m = machine(1)
+        #expect(m.lastAgent == 0)
+        // No delegation record and no timeout: the begin is all a restart needs.
         #expect(m.handle(.start) == [.log(.begin(gid: gid, protocol: .twoPhaseCommit, branches: m.branches.map(\.spec)), forced: false), .send(.commitOnePhase, to: 0)])
-        // Delivery failures are retried: the participant owns the decision.
-        #expect(m.handle(.deliveryFailed(0, "connection refused")) == [.schedule(.retry(0), attempt: 1)])
-        #expect(m.handle(.timedOut(.retry(0))) == [.send(.commitOnePhase, to: 0)])
         #expect(m.handle(.timedOut(.phaseOne)) == [])
-        #expect(m.handle(.voted(0, .yes)) == [.cancel(.retry(0)), .decided(.commit), .log(.end(gid: gid), forced: false), .finish(.committed)])
+        #expect(m.handle(.abortRequested(reason: "changed my mind")) == [])
+        #expect(m.rejection(of: .abortRequested(reason: "changed my mind")) != nil)
+        let actions = m.handle(TwoPhaseCommit.translate(.replied(0, .commitOnePhase, .done(status: "committed", result: nil)))!)
+        #expect(actions == [
+            .cancel(.retry(0)), .log(.decision(gid: gid, .commit, targets: []), forced: false), .decided(.commit),
+            .log(.end(gid: gid), forced: false), .finish(.committed),
+        ])
+        #expect(forcedWrites(actions) == 0 && m.branches[0].state == .committed)
+    }
 
-        var refused = machine(1)
-        _ = refused.handle(.start)
-        #expect(refused.handle(.voted(0, .no("out of stock"))) == [.cancel(.phaseOne), .log(.decision(gid: gid, .abort, targets: []), forced: false), .decided(.abort), .log(.end(gid: gid), forced: false), .finish(.aborted)])
+    @Test func aSingleBranchRefusalRollsItBackSoThatNoLateCopyCommits() {
+        var m = started(1)
+        #expect(m.handle(.voted(0, .no("out of stock"))) == [
+            .cancel(.retry(0)), .cancel(.phaseOne), .log(.decision(gid: gid, .abort, targets: [0]), forced: false), .decided(.abort),
+            .send(.rollback, to: 0),
+        ])
+        #expect(m.branches[0].lastError == "out of stock")
+        #expect(m.handle(.acknowledged(0)) == [.cancel(.retry(0)), .log(.end(gid: gid), forced: false), .finish(.aborted)])
+    }
+
+    @Test func aSingleBranchWhoseAnswerWasLostIsAskedWithRollback() {
+        var lost = started(1)
+        #expect(lost.handle(.deliveryFailed(0, "connection reset")) == [.send(.rollback, to: 0)])
+        #expect(lost.handle(.deliveryFailed(0, "connection refused")) == [.schedule(.retry(0), attempt: 1)])
+        #expect(lost.handle(.timedOut(.retry(0))) == [.send(.rollback, to: 0)])
+        // It had committed: that is the outcome, not a heuristic one.
+        let actions = lost.handle(TwoPhaseCommit.translate(.replied(0, .rollback, .refused(code: "already_committed", message: "committed")))!)
+        #expect(actions.contains(.decided(.commit)) && actions.last == .finish(.committed))
+        #expect(!lost.heuristic)
+
+        var never = started(1)
+        _ = never.handle(.deliveryFailed(0, "connection refused"))
+        let aborted = never.handle(.acknowledged(0))
+        #expect(aborted.contains(.decided(.abort)) && aborted.last == .finish(.aborted))
+    }
+
+    @Test func aRestartAsksASingleBranchThatWasNeverAnswered() {
+        var replay = TransactionLogReplay()
+        let spec = BranchSpec(participant: "p0", operation: "op")
+        replay.apply(.begin(gid: gid, protocol: .twoPhaseCommit, branches: [spec]))
+        let replayed = replay.unfinished[gid]!
+        #expect(replayed.lastAgent == 0)
+        let recovering = TwoPhaseCommit.recovering(replayed)
+        var m = recovering.0
+        let event = recovering.1
+        #expect(event == .recoveredDelegation(targets: []))
+        #expect(m.handle(event) == [.send(.rollback, to: 0)])
+        let actions = m.handle(.endedOtherwise(0, .committed, "already committed"))
+        #expect(actions.contains(.decided(.commit)) && !m.heuristic)
+
+        // Several branches without a delegation record: presumed abort, as before.
+        var many = TransactionLogReplay()
+        many.apply(.begin(gid: gid, protocol: .twoPhaseCommit, branches: [spec, spec]))
+        #expect(many.unfinished[gid]!.lastAgent == nil)
+        #expect(TwoPhaseCommit.recovering(many.unfinished[gid]!).1 == .recovered(.undecided))
     }
 
     @Test func anUnreachableParticipantInPhaseOneAborts() {
@@ -251,7 +303,11 @@ private func forcedWrites(_ actions: [TransactionAction]) -> Int {
     @Test func anEmptyInteractiveCommitFinishesWithoutForcing() {
         var m = TwoPhaseCommit(interactive: gid)
         _ = m.handle(.open)
-        #expect(m.handle(.commitRequested) == [.cancel(.phaseOne), .decided(.commit), .log(.end(gid: gid), forced: false), .finish(.committed)])
+        // Not forced (nobody waits for it), but logged: a restart reports the commit.
+        #expect(m.handle(.commitRequested) == [
+            .cancel(.phaseOne), .log(.decision(gid: gid, .commit, targets: []), forced: false), .decided(.commit),
+            .log(.end(gid: gid), forced: false), .finish(.committed),
+        ])
     }
 
     @Test func interactiveTimeoutAndAbortRollBackEnlistedBranchesWithTheReasonLogged() {
@@ -500,8 +556,8 @@ private func forcedWrites(_ actions: [TransactionAction]) -> Int {
         #expect(decided.branches[1].state == .committed)
     }
 
-    @Test func withOneBranchThereIsNoAgentAndInteractiveTransactionsHaveNone() {
-        #expect(delegating(1).lastAgent == nil)
+    @Test func aSingleBranchIsAlwaysItsAgentAndInteractiveTransactionsHaveNone() {
+        #expect(delegating(1).lastAgent == 0 && machine(1).lastAgent == 0)
         #expect(TwoPhaseCommit(interactive: gid).lastAgent == nil)
         #expect(machine(2).lastAgent == nil)
     }

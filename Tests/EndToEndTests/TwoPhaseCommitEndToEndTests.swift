@@ -165,6 +165,40 @@ import Testing
         #expect(try await eventually { try await cluster.client.transaction("t-crash").status == "committed" })
     }
 
+    /// Outcomes no forced write covers (an abort, a single branch's one-phase commit, an
+    /// all-read-only commit) are synced before a waiting submitter is told them: dtxd
+    /// SIGKILLed at the moment it would answer reports each after a restart.
+    @Test func whatAWaitingSubmitterIsToldSurvivesASIGKILLAtTheAnswer() async throws {
+        let cluster = try Cluster("e2e-told")
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
+        try await cluster.startDaemon()
+        for name in ["a", "b"] { try await cluster.startParticipant(name) }
+        let no: JSONValue = .object(["vote": .string("no")])
+        let readOnly: JSONValue = .object(["readOnly": .bool(true)])
+        let cases: [(TransactionSubmission, String)] = [
+            (transfer("t-told-one", ["a"]), "committed"),
+            (transfer("t-told-one-no", ["a"], payloads: [no]), "aborted"),
+            (transfer("t-told-no", ["a", "b"], payloads: [nil, no]), "aborted"),
+            (transfer("t-told-read-only", ["a", "b"], payloads: [readOnly, readOnly]), "committed"),
+        ]
+        for (submission, _) in cases {
+            try await cluster.killDaemon()
+            try await cluster.startDaemon(failpoints: "before-outcome-answer")
+            _ = try? await cluster.client.submit(submission)
+            #expect(try await cluster.daemon?.waitForExit() == SIGKILL, "\(submission.gid!)")
+        }
+
+        try await cluster.startDaemon()
+        for (submission, status) in cases {
+            let gid = submission.gid!
+            #expect(try await eventually(seconds: 30) { try await cluster.client.transaction(gid).status == status }, "\(gid) should be \(status)")
+            #expect(try await cluster.client.transaction(gid).heuristic == false, "\(gid)")
+        }
+        #expect(try await cluster.client.transaction("t-told-one").branches.map(\.state) == ["committed"])
+        #expect(try await cluster.client.outcome(gid: "t-told-one", branch: 0) == "committed")
+        #expect(try await cluster.all(["a"], gid: "t-told-one", are: "committed", expected: 1))
+    }
+
     // MARK: Last agent (--last-agent on): the last branch commits in one phase and decides.
 
     @Test func theLastAgentCommitsInOnePhaseAndARefusalRollsBackEveryBranch() async throws {
