@@ -245,11 +245,11 @@ public final class Coordinator: Sendable {
             guard existing.spec == spec else {
                 throw CoordinatorError(409, "gid_conflict", "transaction \(gid) already exists with a different protocol or branches; choose another gid")
             }
-            if submission.wait == true { await existing.waitForOutcome(decisionLimit: timeout + .seconds(30), phaseTwoLimit: configuration.phaseTwoWait) }
+            if submission.wait == true { try await existing.waitForOutcome(decisionLimit: timeout + .seconds(30), phaseTwoLimit: configuration.phaseTwoWait) }
             return (existing.view(), false)
         }
         await driver.start(with: interactive ? .open : .start)
-        if submission.wait == true, !interactive { await driver.waitForOutcome(decisionLimit: timeout + .seconds(30), phaseTwoLimit: configuration.phaseTwoWait) }
+        if submission.wait == true, !interactive { try await driver.waitForOutcome(decisionLimit: timeout + .seconds(30), phaseTwoLimit: configuration.phaseTwoWait) }
         return (driver.view(), true)
     }
 
@@ -338,7 +338,7 @@ public final class Coordinator: Sendable {
             guard view.decision == decision else {
                 throw CoordinatorError(409, "already_finished", "transaction \(gid) is already \(view.status); it cannot be \(decision == .commit ? "committed" : "aborted") now")
             }
-            return view
+            return try await finishWaiting(driver, wait)
         }
         let plain: CommonEvent = decision == .commit ? .commitRequested : .abortRequested(reason: reason ?? "aborted on request")
         if case .rejected(let why) = await driver.request(plain) {
@@ -355,7 +355,7 @@ public final class Coordinator: Sendable {
     }
 
     private func finishWaiting(_ driver: any TransactionDriving, _ wait: Bool) async throws(CoordinatorError) -> TransactionView {
-        if wait { await driver.waitForOutcome(decisionLimit: configuration.defaultTimeout + .seconds(30), phaseTwoLimit: configuration.phaseTwoWait) }
+        if wait { try await driver.waitForOutcome(decisionLimit: configuration.defaultTimeout + .seconds(30), phaseTwoLimit: configuration.phaseTwoWait) }
         return driver.view()
     }
 

@@ -35,7 +35,7 @@ protocol TransactionDriving: AnyObject, Sendable {
     var isFinished: Bool { get }
     func start(with event: CommonEvent) async
     func request(_ event: CommonEvent) async -> RequestResult
-    func waitForOutcome(decisionLimit: Duration, phaseTwoLimit: Duration) async
+    func waitForOutcome(decisionLimit: Duration, phaseTwoLimit: Duration) async throws(CoordinatorError)
     func view() -> TransactionView
     func summary() -> TransactionSummary
     func outcome(branch: BranchID?) -> String
@@ -99,9 +99,9 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         /// or with a last agent, in the agent's database).
         var decision: Decision?
         var decidedAt: ContinuousClock.Instant?
-        /// A forced write of this transaction has completed: from then on, a restart finds
-        /// its outcome (or the way to learn it) in the log.
-        var forcedWrite = false
+        /// A forced decision, resolution or delegation of this transaction is durable: a
+        /// restart finds its outcome (or, delegated, the branch to ask) in the log.
+        var outcomeForced = false
         var updatedAt: Date
         var error: String?
         var finished = false
@@ -240,7 +240,10 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 do {
                     if forced {
                         _ = try await context.log.append(type: type, payload: payload, forced: true)
-                        state.withLock { $0.forcedWrite = true }
+                        switch entry {
+                        case .decision, .resolution, .delegation: state.withLock { $0.outcomeForced = true }
+                        default: break
+                        }
                     } else {
                         _ = try context.log.append(type: type, payload: payload)
                     }
@@ -531,10 +534,11 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     /// every branch has acknowledged it (at most `phaseTwoLimit` more). A participant that
     /// is down in phase two does not hold the caller: the view then shows `committing`.
     /// Returns once the transaction has finished, or at the limits. An outcome it returns
-    /// to is durable: one that no forced write covers (an abort under presumed abort, a
-    /// single branch's one-phase commit) is synced first, so that a restart never forgets
-    /// what a waiting caller was told.
-    func waitForOutcome(decisionLimit: Duration, phaseTwoLimit: Duration) async {
+    /// to is durable: one that no forced decision covers (an abort under presumed abort, a
+    /// one-phase commit, a saga completed without a pivot) is synced first, so that a
+    /// restart never forgets or reverses what a waiting caller was told. Throws
+    /// `log_unavailable` (503) when that sync fails.
+    func waitForOutcome(decisionLimit: Duration, phaseTwoLimit: Duration) async throws(CoordinatorError) {
         let clock = ContinuousClock()
         let decisionDeadline = clock.now + decisionLimit
         var finishDeadline: ContinuousClock.Instant?
@@ -546,10 +550,16 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             guard clock.now < deadline else { break }
             await waitForChange(until: deadline)
         }
-        let (decided, covered) = state.withLock { ($0.decision != nil && !$0.halted, $0.forcedWrite) }
+        let (decided, covered) = state.withLock { ($0.decision != nil, $0.outcomeForced) }
         guard decided else { return }
-        // A failed sync means the log has failed: every later write fails and halts its transaction.
-        if !covered { try? await context.log.sync() }
+        if !covered {
+            do {
+                try await context.log.sync()
+            } catch {
+                halt("log sync failed: \(error)")
+                throw CoordinatorError(503, "log_unavailable", "the coordinator's log cannot be written (\(error)): transaction \(gid) is decided, but its outcome is not durable; it resumes from the log after a restart")
+            }
+        }
         context.failpoints.hit(.beforeOutcomeAnswer)
     }
 

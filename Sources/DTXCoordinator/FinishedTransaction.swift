@@ -26,7 +26,12 @@ final class FinishedTransaction: TransactionDriving {
     }
 
     var isFinished: Bool { true }
-    private var decision: Decision { replayed.decision ?? .abort }
+    /// 2PC and TCC log a decision for every abort, so one that ended without any was
+    /// committed: by a dtxd older than the lazily logged commits of one-phase, all
+    /// read-only and empty interactive transactions.
+    private var decision: Decision {
+        replayed.decision ?? (proto == .twoPhaseCommit || proto == .tcc ? .commit : .abort)
+    }
     private var status: TransactionStatus { decision == .commit ? .committed : .aborted }
 
     private func state(of branch: BranchID) -> BranchState {

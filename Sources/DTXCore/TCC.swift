@@ -175,9 +175,11 @@ public struct TryConfirmCancel: TransactionStateMachine {
         targets = Set(all)
         var actions: [TransactionAction] = [.cancel(.phaseOne)]
         if all.isEmpty {
-            // An interactive transaction nobody enlisted in: nothing to confirm.
+            // An interactive transaction nobody enlisted in: nothing to confirm. The decision
+            // is logged all the same (lazily), so that a restart reports the commit.
             status = .committed
-            return actions + [.decided(.commit), .log(.end(gid: gid), forced: false), .finish(.committed)]
+            return actions + [.log(.decision(gid: gid, .commit, targets: []), forced: false), .decided(.commit),
+                              .log(.end(gid: gid), forced: false), .finish(.committed)]
         }
         actions += [.log(.decision(gid: gid, .commit, targets: all), forced: true), .decided(.commit)]
         return actions + deliver(.commit, to: all)

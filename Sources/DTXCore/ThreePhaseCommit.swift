@@ -252,7 +252,7 @@ public struct ThreePhaseCommit: TransactionStateMachine {
             // Every branch ended by termination already: nothing to send. The decision is
             // still logged (lazily, before `end`) so that the history shows the outcome.
             status = decision == .commit ? .committed : .aborted
-            return actions + [.decided(decision), .log(.decision(gid: gid, decision, targets: []), forced: false),
+            return actions + [.log(.decision(gid: gid, decision, targets: []), forced: false), .decided(decision),
                               .log(.end(gid: gid), forced: false), .finish(status)]
         }
         let entry: LogEntry = reason.map { .resolution(gid: gid, decision, targets: open, reason: $0, heuristic: false) }

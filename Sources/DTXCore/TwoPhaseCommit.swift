@@ -252,7 +252,11 @@ public struct TwoPhaseCommit: TransactionStateMachine {
         switch state {
         case .committed, .readOnly:
             targets = Set(prepared)
-            return stop + [.log(.decision(gid: gid, .commit, targets: prepared), forced: false), .decided(.commit)] + deliver(.commit, to: prepared)
+            // A committed agent's own record holds the outcome; a read-only one keeps none
+            // (asked after a restart, it would acknowledge ROLLBACK): then the decision is
+            // forced before any COMMIT goes out.
+            let forced = state == .readOnly && !prepared.isEmpty
+            return stop + [.log(.decision(gid: gid, .commit, targets: prepared), forced: forced), .decided(.commit)] + deliver(.commit, to: prepared)
         case .votedNo:
             // The agent refused and rolled back; ROLLBACK records that at the agent too.
             branches[agent].lastError = reason

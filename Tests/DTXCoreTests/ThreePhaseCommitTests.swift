@@ -182,7 +182,7 @@ private func sends(_ actions: [TransactionAction]) -> [TransactionAction] {
         var ended = preCommitting(2)
         _ = ended.handle(.reported(0, .committed))
         let closing = ended.handle(.reported(1, .committed))
-        #expect(closing == [.cancel(.retry(1)), .cancel(.phaseOne), .decided(.commit), .log(.decision(gid: gid, .commit, targets: []), forced: false),
+        #expect(closing == [.cancel(.retry(1)), .cancel(.phaseOne), .log(.decision(gid: gid, .commit, targets: []), forced: false), .decided(.commit),
                             .log(.end(gid: gid), forced: false), .finish(.committed)])
         #expect(replay(closing)?.decision == .commit)
     }

@@ -530,12 +530,22 @@ private func forcedWrites(_ actions: [TransactionAction]) -> Int {
         _ = m.handle(.start)
         _ = m.handle(.voted(0, .readOnly))
         #expect(m.handle(.voted(1, .yes)).contains(.log(.delegation(gid: gid, agent: 2, targets: [1]), forced: true)))
+        // A read-only agent keeps no record that a restart could ask: the decision is forced.
         #expect(m.handle(.voted(2, .readOnly)) == [
             .cancel(.retry(2)),
-            .log(.decision(gid: gid, .commit, targets: [1]), forced: false),
+            .log(.decision(gid: gid, .commit, targets: [1]), forced: true),
             .decided(.commit),
             .send(.commit, to: 1),
         ])
+
+        // A single read-only branch: nothing to tell anyone, so nothing is forced.
+        var alone = started(1)
+        let actions = alone.handle(TwoPhaseCommit.translate(.replied(0, .commitOnePhase, .done(status: "read_only", result: nil)))!)
+        #expect(actions == [
+            .cancel(.retry(0)), .log(.decision(gid: gid, .commit, targets: []), forced: false), .decided(.commit),
+            .log(.end(gid: gid), forced: false), .finish(.committed),
+        ])
+        #expect(alone.branches[0].state == .readOnly)
     }
 
     @Test func recoveryOfADelegationAsksTheAgentAndFollowsItsAnswer() {
