@@ -91,7 +91,7 @@ import Testing
         let endpoint = server.endpoint(path: "/base", batch: true)
         // One slow commit holds the only request in flight while 40 more arrive.
         async let slow = transport.send(.commit, protocol: .twoPhaseCommit, request: ParticipantRequest(gid: "slow", branch: 0, operation: "noop"), to: endpoint)
-        try await Task.sleep(for: .milliseconds(100))
+        try await server.waitUntilReceived(1)
         let responses = await withTaskGroup(of: (Int, ParticipantResponse).self) { group in
             for index in 0..<40 {
                 group.addTask {
@@ -118,7 +118,7 @@ import Testing
         // Prepares go alone even while a commit is in flight.
         let before = server.requestsReceived
         async let slowAgain = transport.send(.commit, protocol: .twoPhaseCommit, request: ParticipantRequest(gid: "slow", branch: 1, operation: "noop"), to: endpoint)
-        try await Task.sleep(for: .milliseconds(100))
+        try await server.waitUntilReceived(before + 1)
         await withTaskGroup(of: Void.self) { group in
             for index in 0..<5 {
                 group.addTask {
@@ -140,7 +140,7 @@ import Testing
         let transport = HTTPTransport(requestTimeout: .seconds(30), batchRequestsInFlight: 1)
         let endpoint = server.endpoint(batch: true)
         async let slow = transport.send(.confirm, protocol: .tcc, request: ParticipantRequest(gid: "slow", branch: 0, operation: "noop"), to: endpoint)
-        try await Task.sleep(for: .milliseconds(100))
+        try await server.waitUntilReceived(1)
         let responses = await withTaskGroup(of: ParticipantResponse.self) { group in
             for gid in ["a", "fail-batch", "b"] {
                 group.addTask { await transport.send(.confirm, protocol: .tcc, request: ParticipantRequest(gid: gid, branch: 0, operation: "noop"), to: endpoint) }
@@ -236,8 +236,18 @@ private final class TestParticipantServer: Sendable {
     var requestsReceived: Int { requests.value }
     var batchesReceived: Int { batches.value }
 
+    /// Returns once `count` requests have arrived: a slow one is then surely in flight
+    /// (a fixed sleep is not enough on a loaded machine).
+    func waitUntilReceived(_ count: Int) async throws {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while requestsReceived < count {
+            guard ContinuousClock.now < deadline else { throw TestServerError("only \(requestsReceived) of \(count) requests arrived within 10 s") }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
+
     /// Answers every message with `prepared` and a result naming the path and gid; gid
-    /// `silent` gets no answer, `slow` its answer after 300 ms, `refuse` a 409. A batch
+    /// `silent` gets no answer, `slow` its answer after 1 s, `refuse` a 409. A batch
     /// (`/dtx/batch`) gets one such answer per message, or 500 whole when a message has
     /// gid `fail-batch`.
     private final class Responder: ChannelInboundHandler {
@@ -309,11 +319,16 @@ private final class TestParticipantServer: Sendable {
                     context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
                 }
                 if gid == "slow" {
-                    context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(300), send)
+                    context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(1000), send)
                 } else {
                     send()
                 }
             }
         }
     }
+}
+
+private struct TestServerError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
 }
