@@ -240,10 +240,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 do {
                     if forced {
                         _ = try await context.log.append(type: type, payload: payload, forced: true)
-                        switch entry {
-                        case .decision, .resolution, .delegation: state.withLock { $0.outcomeForced = true }
-                        default: break
-                        }
+                        if entry.fixesTheOutcome { state.withLock { $0.outcomeForced = true } }
                     } else {
                         _ = try context.log.append(type: type, payload: payload)
                     }

@@ -43,6 +43,16 @@ extension LogEntry {
         }
     }
 
+    /// Once durable, a restart finds the transaction's outcome in this record, or (a
+    /// delegation) the branch that holds it: a decision, a resolution or a delegation.
+    /// Any other record leaves an outcome to be found elsewhere or presumed.
+    public var fixesTheOutcome: Bool {
+        switch self {
+        case .decision, .resolution, .delegation: return true
+        case .begin, .end, .open, .enlist, .preCommit: return false
+        }
+    }
+
     private struct Body: Codable {
         var gid: GlobalTransactionID
         var `protocol`: TransactionProtocol?
