@@ -146,6 +146,11 @@ public final class HTTPTransport: Transport {
         return (Int(response.status.code), response.body.map { Array($0.readableBytesView) } ?? [])
     }
 
+    /// Messages to `endpoint` waiting for a batch (for tests).
+    func messagesWaiting(for endpoint: ParticipantEndpoint) -> Int {
+        batcher(for: endpoint).waitingCount
+    }
+
     private func batcher(for endpoint: ParticipantEndpoint) -> MessageBatcher {
         let key = endpoint.token.map { endpoint.url + " " + $0 } ?? endpoint.url
         return batchers.withLock { batchers in
@@ -242,6 +247,8 @@ final class MessageBatcher: Sendable {
         self.endpoint = endpoint
         self.requestsInFlight = requestsInFlight
     }
+
+    var waitingCount: Int { state.withLock { $0.waiting.count } }
 
     func send(path: String, body: [UInt8]) async -> ParticipantResponse {
         let goesNow = state.withLock { state -> Bool in

@@ -139,15 +139,22 @@ import Testing
         let server = try await TestParticipantServer.start()
         let transport = HTTPTransport(requestTimeout: .seconds(30), batchRequestsInFlight: 1)
         let endpoint = server.endpoint(batch: true)
-        async let slow = transport.send(.confirm, protocol: .tcc, request: ParticipantRequest(gid: "slow", branch: 0, operation: "noop"), to: endpoint)
+        // A held confirm takes the only request in flight until all three wait behind it.
+        async let held = transport.send(.confirm, protocol: .tcc, request: ParticipantRequest(gid: "hold", branch: 0, operation: "noop"), to: endpoint)
         try await server.waitUntilReceived(1)
-        let responses = await withTaskGroup(of: ParticipantResponse.self) { group in
+        let responses = try await withThrowingTaskGroup(of: ParticipantResponse.self) { group in
             for gid in ["a", "fail-batch", "b"] {
                 group.addTask { await transport.send(.confirm, protocol: .tcc, request: ParticipantRequest(gid: gid, branch: 0, operation: "noop"), to: endpoint) }
             }
-            return await group.reduce(into: []) { $0.append($1) }
+            let deadline = ContinuousClock.now + .seconds(10)
+            while transport.messagesWaiting(for: endpoint) < 3 {
+                guard ContinuousClock.now < deadline else { throw TestServerError("the three confirms did not queue within 10 s") }
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            server.releaseHeld()
+            return try await group.reduce(into: []) { $0.append($1) }
         }
-        _ = await slow
+        _ = await held
         #expect(responses.count == 3)
         for response in responses {
             guard case .failed(let reason) = response else {
@@ -189,6 +196,7 @@ private final class TestParticipantServer: Sendable {
     private let accepted: Counter
     private let requests: Counter
     private let batches: Counter
+    private let held: Held
 
     var connectionsAccepted: Int { accepted.value }
     var port: Int { channel.localAddress?.port ?? 0 }
@@ -197,28 +205,30 @@ private final class TestParticipantServer: Sendable {
         ParticipantEndpoint(name: "p", url: "http://127.0.0.1:\(port)\(path)", token: nil, batch: batch)
     }
 
-    private init(channel: any Channel, accepted: Counter, requests: Counter, batches: Counter) {
+    private init(channel: any Channel, accepted: Counter, requests: Counter, batches: Counter, held: Held) {
         self.channel = channel
         self.accepted = accepted
         self.requests = requests
         self.batches = batches
+        self.held = held
     }
 
     static func start(answersPerConnection: Int = .max) async throws -> TestParticipantServer {
         let counter = Counter()
         let requests = Counter()
         let batches = Counter()
+        let held = Held()
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 counter.increment()
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(Responder(answers: answersPerConnection, requests: requests, batches: batches))
+                    try channel.pipeline.syncOperations.addHandler(Responder(answers: answersPerConnection, requests: requests, batches: batches, held: held))
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
-        return TestParticipantServer(channel: channel, accepted: counter, requests: requests, batches: batches)
+        return TestParticipantServer(channel: channel, accepted: counter, requests: requests, batches: batches, held: held)
     }
 
     func stop() async throws {
@@ -231,6 +241,16 @@ private final class TestParticipantServer: Sendable {
         var value: Int { count.withLock { $0 } }
         func increment() { count.withLock { $0 += 1 } }
     }
+
+    /// The answers to gid `hold`, kept until `releaseHeld()`.
+    private final class Held: Sendable {
+        private let promises = Mutex<[EventLoopPromise<Void>]>([])
+        func add(_ promise: EventLoopPromise<Void>) { promises.withLock { $0.append(promise) } }
+        func release() { promises.withLock { held in defer { held = [] }; return held }.forEach { $0.succeed() } }
+    }
+
+    /// Sends the answers held so far.
+    func releaseHeld() { held.release() }
 
     /// Requests received, and how many of them were batches.
     var requestsReceived: Int { requests.value }
@@ -247,7 +267,8 @@ private final class TestParticipantServer: Sendable {
     }
 
     /// Answers every message with `prepared` and a result naming the path and gid; gid
-    /// `silent` gets no answer, `slow` its answer after 1 s, `refuse` a 409. A batch
+    /// `silent` gets no answer, `slow` its answer after 300 ms, `hold` when the test
+    /// releases it, `refuse` a 409. A batch
     /// (`/dtx/batch`) gets one such answer per message, or 500 whole when a message has
     /// gid `fail-batch`.
     private final class Responder: ChannelInboundHandler {
@@ -260,11 +281,13 @@ private final class TestParticipantServer: Sendable {
 
         private let requests: Counter
         private let batches: Counter
+        private let held: Held
 
-        init(answers: Int, requests: Counter, batches: Counter) {
+        init(answers: Int, requests: Counter, batches: Counter, held: Held) {
             remaining = answers
             self.requests = requests
             self.batches = batches
+            self.held = held
         }
 
         private static func answer(path: String, request: JSONValue?) -> (Int, JSONValue) {
@@ -319,7 +342,11 @@ private final class TestParticipantServer: Sendable {
                     context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
                 }
                 if gid == "slow" {
-                    context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(1000), send)
+                    context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(300), send)
+                } else if gid == "hold" {
+                    let released = context.eventLoop.makePromise(of: Void.self)
+                    released.futureResult.assumeIsolated().whenSuccess { send() }
+                    held.add(released)
                 } else {
                     send()
                 }
