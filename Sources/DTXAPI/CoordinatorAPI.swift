@@ -3,6 +3,9 @@
 /// documents in Schemas/ are the contract; these types follow them.
 import DTXCore
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 // MARK: - Errors
 
@@ -23,6 +26,63 @@ public struct APIErrorBody: Codable, Sendable, Equatable, Error {
 // MARK: - Participants
 
 public struct ParticipantRegistration: Codable, Sendable, Equatable {
+    /// Whether `url` is a base URL the coordinator can call: `http://` or `https://`, a
+    /// host name or `[IPv6]`, an optional port 1–65535, a path without query or fragment,
+    /// at most 2048 bytes. The same rule as the document's pattern for `url`.
+    public static func isValidURL(_ url: String) -> Bool {
+        guard url.utf8.count <= 2048 else { return false }
+        let rest: Substring
+        if url.hasPrefix("http://") {
+            rest = url.dropFirst("http://".count)
+        } else if url.hasPrefix("https://") {
+            rest = url.dropFirst("https://".count)
+        } else {
+            return false
+        }
+        let authority = rest.prefix { $0 != "/" }
+        let path = rest.dropFirst(authority.count)
+        var port: Substring?
+        if authority.hasPrefix("[") {
+            guard let close = authority.firstIndex(of: "]") else { return false }
+            // An IPv6 address in hex groups (no embedded IPv4, no zone), as the pattern says.
+            let address = String(authority[authority.index(after: authority.startIndex)..<close])
+            var parsed = in6_addr()
+            guard address.utf8.allSatisfy({ isHexDigit($0) || $0 == UInt8(ascii: ":") }), inet_pton(AF_INET6, address, &parsed) == 1 else { return false }
+            let tail = authority[authority.index(after: close)...]
+            if !tail.isEmpty {
+                guard tail.hasPrefix(":") else { return false }
+                port = tail.dropFirst()
+            }
+        } else {
+            let host = authority.prefix { $0 != ":" }
+            guard !host.isEmpty, host.utf8.allSatisfy({ isAlphanumeric($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "-") }) else { return false }
+            if host.count < authority.count { port = authority.dropFirst(host.count + 1) }
+        }
+        if let port {
+            guard (1...5).contains(port.utf8.count), port.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }),
+                  !port.hasPrefix("0"), let number = Int(port), number <= 65535 else { return false }
+        }
+        var bytes = path.utf8.makeIterator()
+        while let byte = bytes.next() {
+            if byte == UInt8(ascii: "%") {
+                guard let high = bytes.next(), let low = bytes.next(), isHexDigit(high), isHexDigit(low) else { return false }
+            } else if !(isAlphanumeric(byte) || "-._~!$&'()*+,;=:@/".utf8.contains(byte)) {
+                return false
+            }
+        }
+        return true
+    }
+
+    private static func isAlphanumeric(_ byte: UInt8) -> Bool {
+        (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+            || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+    }
+
+    private static func isHexDigit(_ byte: UInt8) -> Bool {
+        (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte)
+            || (UInt8(ascii: "A")...UInt8(ascii: "F")).contains(byte)
+    }
+
     /// Stable service name, e.g. `accounts-eu`: 1–64 of [A-Za-z0-9-_.].
     public var name: String
     /// Base URL the coordinator calls, e.g. `http://127.0.0.1:8081`.

@@ -87,16 +87,16 @@ public final class CoordinatorClient: Sendable {
     }
 
     public func participant(_ name: String) async throws -> ParticipantInfo {
-        try await call(.GET, "/v1/participants/\(escape(name))")
+        try await call(.GET, "/v1/participants/\(PathSegment.encode(name))")
     }
 
     @discardableResult
     public func heartbeat(_ name: String) async throws -> ParticipantInfo {
-        try await call(.POST, "/v1/participants/\(escape(name))/heartbeat")
+        try await call(.POST, "/v1/participants/\(PathSegment.encode(name))/heartbeat")
     }
 
     public func deregister(_ name: String) async throws {
-        try await callWithoutAnswer(.DELETE, "/v1/participants/\(escape(name))")
+        try await callWithoutAnswer(.DELETE, "/v1/participants/\(PathSegment.encode(name))")
     }
 
     // MARK: Transactions
@@ -106,7 +106,7 @@ public final class CoordinatorClient: Sendable {
     }
 
     public func transaction(_ gid: String) async throws -> TransactionView {
-        try await call(.GET, "/v1/transactions/\(escape(gid))")
+        try await call(.GET, "/v1/transactions/\(PathSegment.encode(gid))")
     }
 
     public struct ListFilter: Sendable {
@@ -136,7 +136,7 @@ public final class CoordinatorClient: Sendable {
         if let olderThan = filter.olderThan { query.append(("olderThan", String(olderThan))) }
         if let limit = filter.limit { query.append(("limit", String(limit))) }
         if let cursor = filter.cursor { query.append(("cursor", cursor)) }
-        let suffix = query.isEmpty ? "" : "?" + query.map { "\($0.0)=\(escape($0.1))" }.joined(separator: "&")
+        let suffix = query.isEmpty ? "" : "?" + query.map { "\($0.0)=\(PathSegment.encode($0.1))" }.joined(separator: "&")
         return try await call(.GET, "/v1/transactions" + suffix)
     }
 
@@ -144,20 +144,20 @@ public final class CoordinatorClient: Sendable {
     /// `aborted` (also for a gid the coordinator does not know) or `pending`.
     public func outcome(gid: String, branch: BranchID? = nil) async throws -> String {
         let suffix = branch.map { "?branch=\($0)" } ?? ""
-        let answer: OutcomeAnswer = try await call(.GET, "/v1/transactions/\(escape(gid))/outcome" + suffix)
+        let answer: OutcomeAnswer = try await call(.GET, "/v1/transactions/\(PathSegment.encode(gid))/outcome" + suffix)
         return answer.outcome
     }
 
     public func enlist(gid: String, _ request: EnlistRequest) async throws -> EnlistAnswer {
-        try await call(.POST, "/v1/transactions/\(escape(gid))/branches", body: request)
+        try await call(.POST, "/v1/transactions/\(PathSegment.encode(gid))/branches", body: request)
     }
 
     public func commit(gid: String, reason: String? = nil, wait: Bool = false) async throws -> TransactionView {
-        try await call(.POST, "/v1/transactions/\(escape(gid))/commit", body: ResolveRequest(reason: reason, wait: wait))
+        try await call(.POST, "/v1/transactions/\(PathSegment.encode(gid))/commit", body: ResolveRequest(reason: reason, wait: wait))
     }
 
     public func abort(gid: String, reason: String? = nil, wait: Bool = false) async throws -> TransactionView {
-        try await call(.POST, "/v1/transactions/\(escape(gid))/abort", body: ResolveRequest(reason: reason, wait: wait))
+        try await call(.POST, "/v1/transactions/\(PathSegment.encode(gid))/abort", body: ResolveRequest(reason: reason, wait: wait))
     }
 
     public func recover() async throws -> RecoveryReport {
@@ -222,9 +222,5 @@ public final class CoordinatorClient: Sendable {
         let text = String(describing: error)
         if text.contains("connectionRefused") || text.contains("Connection refused") { return "connection refused" }
         return text
-    }
-
-    private func escape(_ component: String) -> String {
-        component.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/?&=#"))) ?? component
     }
 }

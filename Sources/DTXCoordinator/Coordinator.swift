@@ -217,8 +217,11 @@ public final class Coordinator: Sendable {
             for (index, branch) in branches.enumerated() {
                 try validate(branch, at: "branches[\(index)]", proto: submission.protocol)
             }
-            if submission.protocol == .saga, let problem = Saga.validate(branches) {
-                throw CoordinatorError(400, "invalid_branches", problem)
+            if submission.protocol == .saga {
+                if let problem = Saga.valueProblem(branches) { throw CoordinatorError(400, "invalid_branches", problem) }
+                // 422: steps the document allows one by one, which do not make a saga (a
+                // dependency on a later step, a pivot before a compensatable step).
+                if let problem = Saga.validate(branches) { throw CoordinatorError(422, "invalid_branches", problem) }
             }
         }
         let timeout = try timeout(submission.timeout)
@@ -254,7 +257,8 @@ public final class Coordinator: Sendable {
     }
 
     private func validate(_ branch: BranchSpec, at path: String, proto: TransactionProtocol) throws(CoordinatorError) {
-        guard !branch.operation.isEmpty, branch.operation.utf8.count <= 128 else {
+        // Lengths count Unicode code points, as the document's maxLength does.
+        guard (1...128).contains(branch.operation.unicodeScalars.count) else {
             throw CoordinatorError(400, "invalid_branches", "\(path).operation must be 1 to 128 characters")
         }
         guard let participant = registry.entry(branch.participant) else {
@@ -277,61 +281,64 @@ public final class Coordinator: Sendable {
         guard seconds.isFinite, seconds > 0, seconds <= configuration.maximumTimeout.secondsValue else {
             throw CoordinatorError(400, "invalid_timeout", "timeout must be a number of seconds above 0 and at most \(Int(configuration.maximumTimeout.secondsValue))")
         }
-        return .milliseconds(Int64(seconds * 1000))
+        return Duration(apiSeconds: seconds)
     }
 
-    private func driver(_ gidText: String) throws(CoordinatorError) -> any TransactionDriving {
-        guard let gid = try? GlobalTransactionID(validating: gidText), let driver = table.withLock({ $0.driver(gid) }) else {
-            throw CoordinatorError(404, "unknown_transaction", "no transaction '\(gidText)' is known (it may never have existed, or be older than the kept history)")
+    // Lookups take a validated `GlobalTransactionID`, never text: presumed abort may
+    // answer only for a gid that could have existed and is truly unknown, so whoever
+    // holds text (the server's path, a query) decodes and validates it first.
+
+    private func driver(_ gid: GlobalTransactionID) throws(CoordinatorError) -> any TransactionDriving {
+        guard let driver = table.withLock({ $0.driver(gid) }) else {
+            throw CoordinatorError(404, "unknown_transaction", "no transaction '\(gid)' is known (it may never have existed, or be older than the kept history)")
         }
         return driver
     }
 
-    public func transaction(_ gid: String) throws(CoordinatorError) -> TransactionView {
+    public func transaction(_ gid: GlobalTransactionID) throws(CoordinatorError) -> TransactionView {
         try driver(gid).view()
     }
 
-    /// The outcome a participant acts on: unknown gids are aborted (presumed abort).
-    public func outcome(gid: String, branch: BranchID?) -> OutcomeAnswer {
-        guard let id = try? GlobalTransactionID(validating: gid), let driver = table.withLock({ $0.driver(id) }) else {
-            return OutcomeAnswer(gid: gid, outcome: "aborted")
-        }
-        return OutcomeAnswer(gid: gid, outcome: driver.outcome(branch: branch))
+    /// The outcome a participant acts on: an unknown gid is aborted (presumed abort).
+    public func outcome(gid: GlobalTransactionID, branch: BranchID?) -> OutcomeAnswer {
+        guard let driver = table.withLock({ $0.driver(gid) }) else { return OutcomeAnswer(gid: gid.rawValue, outcome: "aborted") }
+        return OutcomeAnswer(gid: gid.rawValue, outcome: driver.outcome(branch: branch))
     }
 
     /// What a 3PC participant running termination is told: the coordinator's own state
     /// (`ThreePhaseCommit.threePhaseState`). An unknown gid is aborted: without its
     /// pre-commit record nobody can be in p (presumed abort), and an ended one is in the history.
-    public func threePhaseState(gid: String, branch: BranchID?) -> ThreePhaseState {
-        guard let id = try? GlobalTransactionID(validating: gid), let driver = table.withLock({ $0.driver(id) }) else { return .aborted }
+    public func threePhaseState(gid: GlobalTransactionID, branch: BranchID?) -> ThreePhaseState {
+        guard let driver = table.withLock({ $0.driver(gid) }) else { return .aborted }
         return driver.threePhaseState(branch: branch)
     }
 
-    public func enlist(gid: String, _ request: EnlistRequest) async throws(CoordinatorError) -> EnlistAnswer {
+    public func enlist(gid: GlobalTransactionID, _ request: EnlistRequest) async throws(CoordinatorError) -> EnlistAnswer {
         let driver = try driver(gid)
         let spec = BranchSpec(participant: request.participant, operation: request.operation, payload: request.payload)
         try validate(spec, at: "enlistment", proto: driver.proto)
         switch await driver.request(.enlisted(spec)) {
-        case .accepted(let count): return EnlistAnswer(gid: gid, branch: count - 1)
+        case .accepted(let count): return EnlistAnswer(gid: gid.rawValue, branch: count - 1)
         case .rejected(let why): throw CoordinatorError(409, "not_open", "cannot enlist in \(gid): \(why)")
         }
     }
 
     /// The application's commit of an interactive transaction, or (with a reason) an
     /// operator forcing commit.
-    public func commit(gid: String, reason: String?, wait: Bool) async throws(CoordinatorError) -> TransactionView {
+    public func commit(gid: GlobalTransactionID, reason: String?, wait: Bool) async throws(CoordinatorError) -> TransactionView {
         try await resolve(gid: gid, .commit, reason: reason, wait: wait)
     }
 
     /// The application's abort, or (with a reason, once decided) an operator forcing abort.
-    public func abort(gid: String, reason: String?, wait: Bool) async throws(CoordinatorError) -> TransactionView {
+    public func abort(gid: GlobalTransactionID, reason: String?, wait: Bool) async throws(CoordinatorError) -> TransactionView {
         try await resolve(gid: gid, .abort, reason: reason, wait: wait)
     }
 
-    private func resolve(gid: String, _ decision: Decision, reason: String?, wait: Bool) async throws(CoordinatorError) -> TransactionView {
+    private func resolve(gid: GlobalTransactionID, _ decision: Decision, reason: String?, wait: Bool) async throws(CoordinatorError) -> TransactionView {
         let driver = try driver(gid)
-        if let reason, reason.trimmingCharacters(in: .whitespaces).isEmpty || reason.utf8.count > 1000 {
-            throw CoordinatorError(400, "invalid_reason", "reason must be 1 to 1000 characters")
+        // Something to read: a character other than a space or an ASCII control (the document's pattern).
+        if let reason, !reason.unicodeScalars.contains(where: { $0.value > 0x20 && $0.value != 0x7F }) || reason.unicodeScalars.count > 1000 {
+            throw CoordinatorError(400, "invalid_reason", "reason must be 1 to 1000 characters, not only spaces: say why the outcome is forced")
         }
         if driver.isFinished {
             let view = driver.view()
@@ -432,18 +439,19 @@ public final class Coordinator: Sendable {
     // MARK: Participants
 
     public func register(_ registration: ParticipantRegistration) async throws(CoordinatorError) -> (ParticipantInfo, created: Bool) {
-        guard ParticipantRegistry.validName(registration.name) else {
-            throw CoordinatorError(400, "invalid_name", "name must be 1 to 64 characters of letters, digits, '-', '_' and '.'")
+        guard ParticipantName.isValid(registration.name) else {
+            throw CoordinatorError(400, "invalid_name", "name must be \(ParticipantName.rule)")
+        }
+        guard ParticipantRegistration.isValidURL(registration.url) else {
+            throw CoordinatorError(400, "invalid_url", "url must be an http:// or https:// base URL with a host, an optional port (1-65535) and no query, e.g. http://127.0.0.1:8081")
         }
         var url = registration.url
         while url.hasSuffix("/") { url.removeLast() }
-        guard let parsed = URL(string: url), let scheme = parsed.scheme, ["http", "https"].contains(scheme), let host = parsed.host, !host.isEmpty,
-              parsed.query == nil, parsed.fragment == nil, url.utf8.count <= 2048 else {
-            throw CoordinatorError(400, "invalid_url", "url must be an http:// or https:// base URL with a host and no query, e.g. http://127.0.0.1:8081")
-        }
         let protocols = registration.protocols ?? [.twoPhaseCommit]
-        guard !protocols.isEmpty else { throw CoordinatorError(400, "invalid_protocols", "protocols must name at least one of 2pc, 3pc, tcc, saga") }
-        if let token = registration.token, token.isEmpty || token.utf8.count > 512 {
+        guard !protocols.isEmpty, Set(protocols).count == protocols.count else {
+            throw CoordinatorError(400, "invalid_protocols", "protocols must name at least one of 2pc, 3pc, tcc, saga, each once")
+        }
+        if let token = registration.token, !(1...512).contains(token.unicodeScalars.count) {
             throw CoordinatorError(400, "invalid_token", "token must be 1 to 512 characters")
         }
         let now = Date()

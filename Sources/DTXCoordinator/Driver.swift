@@ -312,7 +312,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         case .step(let id):
             // A saga step's per-attempt timeout (the machine only arms it for steps that have one).
             guard branches.indices.contains(id), let seconds = branches[id].spec.timeout else { return }
-            delay = .milliseconds(Int64(seconds * 1000))
+            delay = Duration(apiSeconds: seconds)
         }
         // An event-loop timer, not a sleeping task: no task and no dispatch timer per
         // transaction. Armed under the lock, so its firing (which takes the lock) finds it.

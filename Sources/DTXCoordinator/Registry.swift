@@ -139,8 +139,4 @@ final class ParticipantRegistry: Sendable {
             return true
         }
     }
-
-    static func validName(_ name: String) -> Bool {
-        (1...64).contains(name.utf8.count) && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }
-    }
 }

@@ -69,3 +69,22 @@ public struct GlobalTransactionID: Hashable, Sendable, Codable, CustomStringConv
         try container.encode(rawValue)
     }
 }
+
+/// A participant's registered name, e.g. `accounts-eu`. It travels in URLs and log
+/// records, so it is short and made of URL-safe characters.
+public enum ParticipantName {
+    /// The rule, as error messages state it.
+    public static let rule = "1 to 64 characters of letters, digits, '-', '_' and '.'"
+
+    public static func isValid(_ name: some StringProtocol) -> Bool {
+        (1...64).contains(name.utf8.count) && name.utf8.allSatisfy { byte in
+            switch byte {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                 UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."):
+                return true
+            default:
+                return false
+            }
+        }
+    }
+}

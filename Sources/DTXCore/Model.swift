@@ -295,6 +295,18 @@ public struct RetryPolicy: Sendable, Equatable {
 }
 
 extension Duration {
+    /// The longest a saga step's timeout or retry delay may be, in seconds: one day. It
+    /// keeps every duration derived from them far inside what timers can hold.
+    public static let longestStepSeconds: Double = 86_400
+
+    /// A duration given in the API as a number of seconds, kept to the millisecond and
+    /// rounded up, so that a positive value never becomes zero. The value is validated
+    /// before (finite, 0 or more, bounded).
+    public init(apiSeconds seconds: Double) {
+        precondition(seconds.isFinite && seconds >= 0 && seconds <= 1e9, "an API duration of \(seconds) s was not validated")
+        self = .milliseconds(Int64((seconds * 1000).rounded(.up)))
+    }
+
     var seconds: Double {
         let (s, atto) = components
         return Double(s) + Double(atto) / 1e18

@@ -119,9 +119,10 @@ public struct Saga: TransactionStateMachine {
     }
 
     /// Why `steps` cannot run as a saga, as one line naming the step and what to change;
-    /// nil when they can.
+    /// nil when they can. The problems of single values come first (`valueProblem`).
     public static func validate(_ steps: [BranchSpec]) -> String? {
         guard !steps.isEmpty else { return "a saga needs at least one step in branches" }
+        if let problem = valueProblem(steps) { return problem }
         for (id, step) in steps.enumerated() {
             let path = "branches[\(id)]"
             if let declared = step.dependsOn {
@@ -130,26 +131,9 @@ public struct Saga: TransactionStateMachine {
                         ? "\(path).dependsOn[\(index)]: the first step cannot depend on another step; use [] or leave dependsOn out"
                         : "\(path).dependsOn[\(index)]: \(dependency) is not an earlier step; a step may only depend on steps before it (0 to \(id - 1))"
                 }
-                if let twice = declared.first(where: { dependency in declared.filter { $0 == dependency }.count > 1 }) {
-                    return "\(path).dependsOn lists step \(twice) more than once"
-                }
             }
-            if let retry = step.retry {
-                if let maxAttempts = retry.maxAttempts, maxAttempts < 1 {
-                    return "\(path).retry.maxAttempts must be at least 1 (1 means the action is not retried)"
-                }
-                if let initialDelay = retry.initialDelay, !(initialDelay.isFinite && initialDelay >= 0) {
-                    return "\(path).retry.initialDelay must be a number of seconds, 0 or more"
-                }
-                if let maxDelay = retry.maxDelay, !(maxDelay.isFinite && maxDelay > 0) {
-                    return "\(path).retry.maxDelay must be a number of seconds above 0"
-                }
-                if let initialDelay = retry.initialDelay, let maxDelay = retry.maxDelay, maxDelay < initialDelay {
-                    return "\(path).retry.maxDelay (\(maxDelay)) must not be below retry.initialDelay (\(initialDelay))"
-                }
-            }
-            if let timeout = step.timeout, !(timeout.isFinite && timeout > 0) {
-                return "\(path).timeout must be a number of seconds above 0"
+            if let retry = step.retry, let initialDelay = retry.initialDelay, let maxDelay = retry.maxDelay, maxDelay < initialDelay {
+                return "\(path).retry.maxDelay (\(maxDelay)) must not be below retry.initialDelay (\(initialDelay))"
             }
         }
         let dependencies = dependencies(of: steps)
@@ -173,19 +157,46 @@ public struct Saga: TransactionStateMachine {
         return nil
     }
 
+    /// A saga step value out of its range, or a `dependsOn` that lists a step twice: the
+    /// problems one value shows on its own (the transaction spec's schema states them
+    /// too), apart from how the steps fit together.
+    public static func valueProblem(_ steps: [BranchSpec]) -> String? {
+        for (id, step) in steps.enumerated() {
+            let path = "branches[\(id)]"
+            if let declared = step.dependsOn, let twice = declared.first(where: { dependency in declared.filter { $0 == dependency }.count > 1 }) {
+                return "\(path).dependsOn lists step \(twice) more than once"
+            }
+            if let retry = step.retry {
+                if let maxAttempts = retry.maxAttempts, maxAttempts < 1 {
+                    return "\(path).retry.maxAttempts must be at least 1 (1 means the action is not retried)"
+                }
+                if let initialDelay = retry.initialDelay, !(initialDelay.isFinite && initialDelay >= 0 && initialDelay <= Duration.longestStepSeconds) {
+                    return "\(path).retry.initialDelay must be a number of seconds from 0 to \(Int(Duration.longestStepSeconds))"
+                }
+                if let maxDelay = retry.maxDelay, !(maxDelay.isFinite && maxDelay > 0 && maxDelay <= Duration.longestStepSeconds) {
+                    return "\(path).retry.maxDelay must be a number of seconds above 0 and at most \(Int(Duration.longestStepSeconds))"
+                }
+            }
+            if let timeout = step.timeout, !(timeout.isFinite && timeout > 0 && timeout <= Duration.longestStepSeconds) {
+                return "\(path).timeout must be a number of seconds above 0 and at most \(Int(Duration.longestStepSeconds))"
+            }
+        }
+        return nil
+    }
+
     /// The backoff for a step's retries: its `retry` delays over the engine's `base` policy.
     public func retryPolicy(for id: BranchID, base: RetryPolicy) -> RetryPolicy {
         guard branches.indices.contains(id), let retry = branches[id].spec.retry else { return base }
         var policy = base
-        if let initialDelay = retry.initialDelay { policy.initialDelay = .milliseconds(Int64(initialDelay * 1000)) }
-        if let maxDelay = retry.maxDelay { policy.maximumDelay = .milliseconds(Int64(maxDelay * 1000)) }
+        if let initialDelay = retry.initialDelay { policy.initialDelay = Duration(apiSeconds: initialDelay) }
+        if let maxDelay = retry.maxDelay { policy.maximumDelay = Duration(apiSeconds: maxDelay) }
         return policy
     }
 
     /// The delay of a step's `step(id)` timer (only scheduled for steps with a timeout).
     public func stepTimeout(_ id: BranchID) -> Duration? {
         guard branches.indices.contains(id), let seconds = branches[id].spec.timeout else { return nil }
-        return .milliseconds(Int64(seconds * 1000))
+        return Duration(apiSeconds: seconds)
     }
 
     /// Why an operator may not force `decision` now, or nil when it may.

@@ -67,7 +67,6 @@ extension ParticipantService {
     /// each message's arrival failpoint in `failpoints` itself.
     public func addRoutes<Context: RequestContext>(to router: some RouterMethods<Context>, failpoints: Failpoints? = nil) {
         let expectedAuthorization = configuration.callbackToken.map { Array("Bearer \($0)".utf8) }
-        let otherMethods: [HTTPRequest.Method] = [.get, .head, .put, .patch, .delete]
         let unauthorized = Answer.error(.unauthorized, code: "unauthorized", message: "this participant requires 'Authorization: Bearer <token>' with the callback token it registered")
         for message in ServedMessage.allCases {
             let path = RouterPath(message.path)
@@ -82,11 +81,7 @@ extension ParticipantService {
                     return error.response
                 }
             }
-            for method in otherMethods {
-                router.on(path, method: method) { _, _ -> Response in
-                    JSONResponse.error(.methodNotAllowed, code: "method_not_allowed", message: "\(path) takes POST with a participant request body")
-                }
-            }
+            Self.refuseOtherMethods(on: message.path, allowing: [.post], router)
         }
         router.post(RouterPath(ParticipantBatch.path)) { request, context -> Response in
             if let expectedAuthorization, !Self.matches(request.headers[.authorization], expectedAuthorization) {
@@ -99,11 +94,7 @@ extension ParticipantService {
                 return error.response
             }
         }
-        for method in otherMethods {
-            router.on(RouterPath(ParticipantBatch.path), method: method) { _, _ -> Response in
-                JSONResponse.error(.methodNotAllowed, code: "method_not_allowed", message: "\(ParticipantBatch.path) takes POST with a batch of participant messages")
-            }
-        }
+        Self.refuseOtherMethods(on: ParticipantBatch.path, allowing: [.post], router)
         addThreePhaseRoutes(to: router) { request in
             guard let expectedAuthorization, !Self.matches(request.headers[.authorization], expectedAuthorization) else { return nil }
             return JSONResponse.error(.unauthorized, code: "unauthorized", message: "this participant requires 'Authorization: Bearer <token>' with the callback token it registered")
@@ -111,9 +102,24 @@ extension ParticipantService {
         let threePhasePaths = threePhase == nil ? [] : ThreePhaseMessage.allCases.map(\.path) + [ThreePhaseMessage.statePath]
         let known = (ServedMessage.allCases.filter { servedProtocols.contains($0.transactionProtocol) }.map(\.path) + threePhasePaths
             + [ParticipantBatch.path]).joined(separator: ", ")
-        for method in [HTTPRequest.Method.post] + otherMethods {
+        for method in Self.everyMethod {
             router.on("/dtx/**", method: method) { request, _ -> Response in
                 JSONResponse.error(.notFound, code: "not_found", message: "no participant endpoint at \(request.uri.path); this participant serves \(known)")
+            }
+        }
+    }
+
+    /// The methods a client may send (QUERY included, which HTTPTypes does not name).
+    static let everyMethod: [HTTPRequest.Method] = [.get, .head, .post, .put, .patch, .delete, .options, .trace, .connect, HTTPRequest.Method("QUERY")!]
+
+    /// Answers every method but `allowed` on `path` with 405 and the `Allow` header.
+    static func refuseOtherMethods<Context: RequestContext>(on path: String, allowing allowed: [HTTPRequest.Method], _ router: some RouterMethods<Context>) {
+        let list = allowed.map(\.rawValue).joined(separator: ", ")
+        for method in everyMethod where !allowed.contains(method) {
+            router.on(RouterPath(path), method: method) { request, _ -> Response in
+                var response = JSONResponse.error(.methodNotAllowed, code: "method_not_allowed", message: "\(request.method) is not served on \(path); use \(list)")
+                response.headers[.allow] = list
+                return response
             }
         }
     }
@@ -176,6 +182,10 @@ extension ParticipantService {
         guard case .array(let messages)? = parsed["messages"], (1...ParticipantBatch.maximumMessages).contains(messages.count) else {
             throw Rejection(.badRequest, code: "bad_request", message: "'messages' must be an array of 1 to \(ParticipantBatch.maximumMessages) messages; \(expected)")
         }
+        // The batch's own shape is checked whole; what each item asks is its own path's business.
+        if let index = messages.firstIndex(where: { $0["path"]?.stringValue == nil || $0["request"] == nil }) {
+            throw Rejection(.badRequest, code: "bad_request", message: "messages[\(index)] must be an object with 'path' (a string) and 'request'; \(expected)")
+        }
         let answers = await withTaskGroup(of: (Int, Answer).self) { group in
             for (index, item) in messages.enumerated() {
                 group.addTask { (index, await self.answerBatched(item, failpoints: failpoints)) }
@@ -213,7 +223,7 @@ extension ParticipantService {
             }
         }
         var request = JSONWriter()
-        request.value(item["request"] ?? .null)
+        request.value(item["request"]!)
         return await answer(message, body: request.bytes)
     }
 
@@ -262,8 +272,11 @@ extension ParticipantService {
         } catch {
             throw Rejection(.badRequest, code: "bad_request", message: "invalid 'gid': \(error)")
         }
-        guard body.branch >= 0 else {
-            throw Rejection(.badRequest, code: "bad_request", message: "invalid 'branch' \(body.branch): branch ids are 0 or more")
+        guard (0...Int(Int32.max)).contains(body.branch) else {
+            throw Rejection(.badRequest, code: "bad_request", message: "invalid 'branch' \(body.branch): branch ids are 0 to 2147483647")
+        }
+        if let names = body.participants, let bad = names.first(where: { !ParticipantName.isValid($0) }) {
+            throw Rejection(.badRequest, code: "bad_request", message: "invalid 'participants': '\(bad)' is not a participant name (\(ParticipantName.rule))")
         }
         return (body, BranchRef(gid: body.gid, branch: body.branch))
     }

@@ -46,7 +46,7 @@ final class ThreePhaseNetwork: Sendable {
 
     /// The coordinator's state for the transaction, nil when it cannot be reached.
     func coordinatorState(of ref: BranchRef) async -> ThreePhaseState? {
-        let path = "/v1/transactions/\(Self.escape(ref.gid))/state?branch=\(ref.branch)"
+        let path = "/v1/transactions/\(PathSegment.encode(ref.gid))/state?branch=\(ref.branch)"
         guard let json = await call(coordinatorURL + path, token: coordinatorToken, posting: nil) else { return nil }
         return json["state"]?.stringValue.flatMap(ThreePhaseState.init(rawValue:))
     }
@@ -54,7 +54,7 @@ final class ThreePhaseNetwork: Sendable {
     /// The states of the peers that answered `GET {base}/dtx/state`.
     func peerStates(gid: String, _ peers: [BranchID], of participants: [ThreePhasePeer]) async -> [BranchID: ThreePhaseState] {
         await ask(peers, of: participants) { id, url in
-            let json = await self.call(url + "/dtx/state?gid=\(Self.escape(gid))&branch=\(id)", token: self.peerToken, posting: nil)
+            let json = await self.call(url + "/dtx/state?gid=\(PathSegment.encode(gid))&branch=\(id)", token: self.peerToken, posting: nil)
             return json?["status"]?.stringValue.flatMap(ThreePhaseState.init(rawValue:))
         }
     }
@@ -105,9 +105,5 @@ final class ThreePhaseNetwork: Sendable {
         } catch {
             return nil
         }
-    }
-
-    private static func escape(_ component: String) -> String {
-        component.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~"))) ?? component
     }
 }

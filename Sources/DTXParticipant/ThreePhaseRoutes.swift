@@ -62,13 +62,15 @@ extension ParticipantService {
                 }
                 return await self.answer(threePhase, message.event, ref, body)
             }
+            Self.refuseOtherMethods(on: message.path, allowing: [.post], router)
         }
+        Self.refuseOtherMethods(on: ThreePhaseMessage.statePath, allowing: [.get], router)
         router.get(RouterPath(ThreePhaseMessage.statePath)) { request, _ -> Response in
             if let refusal = authorized(request) { return refusal }
             let query = request.uri.queryParameters
             guard let gid = query["gid"].map(String.init), (try? GlobalTransactionID(validating: gid)) != nil,
-                  let branch = query["branch"].flatMap({ Int(String($0)) }), branch >= 0 else {
-                return JSONResponse.error(.badRequest, code: "bad_request", message: "GET \(ThreePhaseMessage.statePath) needs ?gid=<gid>&branch=<branch id, 0 or more>")
+                  let branch = query["branch"].flatMap(QueryNumber.branch) else {
+                return JSONResponse.error(.badRequest, code: "bad_request", message: "GET \(ThreePhaseMessage.statePath) needs ?gid=<gid>&branch=<branch id, 0 to 2147483647>")
             }
             return await self.answer(threePhase, .stateRequested, BranchRef(gid: gid, branch: branch), nil)
         }

@@ -38,12 +38,16 @@ public func makeCoordinatorApplication(
     onListening: @escaping @Sendable (Int) async -> Void
 ) -> some ApplicationProtocol {
     let router = Router()
-    router.add(middleware: JSONErrorMiddleware(logger: logger))
+    let api = CoordinatorRoutes(coordinator: coordinator, maxBodySize: configuration.maxBodySize, metrics: LogMetrics(registry: metrics, coordinator: coordinator))
+    let routes = api.routes(BasicRequestContext.self)
+    // Middleware wraps the routes added after it, and the router's not-found answer.
+    router.add(middleware: JSONErrorMiddleware(logger: logger, methods: AllowedMethods(routes)))
     if let token = configuration.token {
         router.add(middleware: BearerTokenMiddleware(token: token))
     }
-    let api = CoordinatorRoutes(coordinator: coordinator, maxBodySize: configuration.maxBodySize, metrics: LogMetrics(registry: metrics, coordinator: coordinator))
-    api.register(on: router)
+    for route in routes {
+        router.on(RouterPath(route.path), method: route.method, use: route.handler)
+    }
     return Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "dtxd"),
@@ -52,9 +56,38 @@ public func makeCoordinatorApplication(
     )
 }
 
+/// The methods each path of the API serves, for the 405 answer (with `Allow`) to a
+/// request that names a path of the API with a method the document does not list.
+struct AllowedMethods: Sendable {
+    private let templates: [(segments: [Substring], methods: [HTTPRequest.Method])]
+
+    init<Context>(_ routes: [Route<Context>]) {
+        var templates: [(segments: [Substring], methods: [HTTPRequest.Method])] = []
+        for route in routes {
+            let segments = route.path.split(separator: "/")
+            if let index = templates.firstIndex(where: { $0.segments == segments }) {
+                templates[index].methods.append(route.method)
+            } else {
+                templates.append((segments, [route.method]))
+            }
+        }
+        self.templates = templates
+    }
+
+    /// The methods served on `path`; empty when no route has this path.
+    func methods(for path: String) -> [HTTPRequest.Method] {
+        let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+        return templates.first { template in
+            template.segments.count == segments.count
+                && zip(template.segments, segments).allSatisfy { pattern, segment in pattern.hasPrefix(":") ? !segment.isEmpty : pattern == segment }
+        }?.methods ?? []
+    }
+}
+
 /// Turns every error into the JSON error body of quality-bar.md.
 struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     let logger: Logger
+    let methods: AllowedMethods
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
@@ -65,11 +98,16 @@ struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             let status = error.status
             switch status {
             case .notFound:
+                let allowed = methods.methods(for: request.uri.path)
+                guard allowed.isEmpty else {
+                    let list = allowed.map(\.rawValue).joined(separator: ", ")
+                    var response = jsonError(status: 405, code: "method_not_allowed", message: "\(request.method) is not served on \(request.uri.path); use \(list) (see Schemas/coordinator-api.yaml)")
+                    response.headers[.allow] = list
+                    return response
+                }
                 return jsonError(status: 404, code: "not_found", message: "no route \(request.method) \(request.uri.path); see Schemas/coordinator-api.yaml")
             case .contentTooLarge:
                 return jsonError(status: 413, code: "body_too_large", message: "the request body is larger than the limit; send less (see dtxd --max-body-size)")
-            case .methodNotAllowed:
-                return jsonError(status: 405, code: "method_not_allowed", message: "\(request.method) is not allowed on \(request.uri.path)")
             default:
                 let message = (error as? HTTPError)?.body ?? status.reasonPhrase
                 return jsonError(status: Int(status.code), code: status.code < 500 ? "bad_request" : "internal", message: message)

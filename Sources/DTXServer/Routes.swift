@@ -4,86 +4,124 @@ import DTXCore
 import Foundation
 import Hummingbird
 
+/// One route of the API: a method, a path template (`:name` marks a parameter) and its handler.
+struct Route<Context: RequestContext>: Sendable {
+    var method: HTTPRequest.Method
+    var path: String
+    var handler: @Sendable (Request, Context) async throws -> Response
+}
+
 /// The routes of Schemas/coordinator-api.yaml.
 struct CoordinatorRoutes: Sendable {
     let coordinator: Coordinator
     let maxBodySize: Int
     let metrics: LogMetrics
 
-    func register<Context: RequestContext>(on router: Router<Context>) {
-        router.get("/healthz") { _, _ in
-            let gauges = coordinator.gauges()
-            return jsonResponse(HealthAnswer(status: "ok", unfinishedTransactions: gauges.unfinished, participants: gauges.participants))
-        }
-        router.get("/metrics") { _, _ in
-            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
-                     body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.render())))
-        }
+    func routes<Context: RequestContext>(_: Context.Type) -> [Route<Context>] {
+        [
+            Route(method: .get, path: "/healthz") { _, _ in
+                let gauges = coordinator.gauges()
+                return jsonResponse(HealthAnswer(status: "ok", unfinishedTransactions: gauges.unfinished, participants: gauges.participants))
+            },
+            Route(method: .get, path: "/metrics") { _, _ in
+                Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
+                         body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.render())))
+            },
 
-        let participants = router.group("/v1/participants")
-        participants.post { request, context in
-            let registration = try await decode(ParticipantRegistration.self, from: request, context: context)
-            let (info, created) = try await coordinator.register(registration)
-            return jsonResponse(info, status: created ? 201 : 200)
-        }
-        participants.get { _, _ in
-            jsonResponse(ParticipantList(participants: coordinator.participants()))
-        }
-        participants.get(":name") { _, context in
-            jsonResponse(try coordinator.participant(try context.parameters.require("name")))
-        }
-        participants.post(":name/heartbeat") { _, context in
-            jsonResponse(try coordinator.heartbeat(try context.parameters.require("name")))
-        }
-        participants.delete(":name") { _, context in
-            try await coordinator.deregister(try context.parameters.require("name"))
-            return Response(status: .noContent)
-        }
+            Route(method: .post, path: "/v1/participants") { request, _ in
+                let registration = try await decode(ParticipantRegistration.self, .registration, from: request)
+                let (info, created) = try await coordinator.register(registration)
+                return jsonResponse(info, status: created ? 201 : 200)
+            },
+            Route(method: .get, path: "/v1/participants") { _, _ in
+                jsonResponse(ParticipantList(participants: coordinator.participants()))
+            },
+            Route(method: .get, path: "/v1/participants/:name") { _, context in
+                jsonResponse(try coordinator.participant(try participantName(context)))
+            },
+            Route(method: .delete, path: "/v1/participants/:name") { _, context in
+                try await coordinator.deregister(try participantName(context))
+                return Response(status: .noContent)
+            },
+            Route(method: .post, path: "/v1/participants/:name/heartbeat") { _, context in
+                jsonResponse(try coordinator.heartbeat(try participantName(context)))
+            },
 
-        let transactions = router.group("/v1/transactions")
-        transactions.post { request, context in
-            var request = request
-            let buffer = try await request.collectBody(upTo: maxBodySize)
-            let submission = try TransactionSubmission(commonJSON: Array(buffer.readableBytesView))
-                ?? decode(TransactionSubmission.self, from: buffer)
-            let (view, created) = try await coordinator.submit(submission)
-            return jsonResponse(view, status: created ? 201 : 200)
-        }
-        transactions.get { request, _ in
-            jsonResponse(coordinator.list(try listQuery(request.uri.queryParameters)))
-        }
-        transactions.get(":gid") { _, context in
-            jsonResponse(try coordinator.transaction(try context.parameters.require("gid")))
-        }
-        transactions.get(":gid/outcome") { request, context in
-            jsonResponse(coordinator.outcome(gid: try context.parameters.require("gid"), branch: try branchQuery(request)))
-        }
-        transactions.get(":gid/state") { request, context in
-            let gid = try context.parameters.require("gid")
-            return jsonResponse(ThreePhaseStateAnswer(gid: gid, state: coordinator.threePhaseState(gid: gid, branch: try branchQuery(request))))
-        }
-        transactions.post(":gid/branches") { request, context in
-            let enlist = try await decode(EnlistRequest.self, from: request, context: context)
-            return jsonResponse(try await coordinator.enlist(gid: try context.parameters.require("gid"), enlist), status: 201)
-        }
-        transactions.post(":gid/commit") { request, context in
-            let body = try await decodeOptional(ResolveRequest.self, from: request, context: context) ?? ResolveRequest()
-            return jsonResponse(try await coordinator.commit(gid: try context.parameters.require("gid"), reason: body.reason, wait: body.wait ?? false))
-        }
-        transactions.post(":gid/abort") { request, context in
-            let body = try await decodeOptional(ResolveRequest.self, from: request, context: context) ?? ResolveRequest()
-            return jsonResponse(try await coordinator.abort(gid: try context.parameters.require("gid"), reason: body.reason, wait: body.wait ?? false))
-        }
+            Route(method: .post, path: "/v1/transactions") { request, _ in
+                var request = request
+                let buffer = try await request.collectBody(upTo: maxBodySize)
+                let submission = try TransactionSubmission(commonJSON: Array(buffer.readableBytesView))
+                    ?? decode(TransactionSubmission.self, .submission, from: buffer)
+                let (view, created) = try await coordinator.submit(submission)
+                return jsonResponse(view, status: created ? 201 : 200)
+            },
+            Route(method: .get, path: "/v1/transactions") { request, _ in
+                jsonResponse(coordinator.list(try listQuery(request.uri.queryParameters)))
+            },
+            Route(method: .get, path: "/v1/transactions/:gid") { _, context in
+                jsonResponse(try coordinator.transaction(try gid(context)))
+            },
+            Route(method: .get, path: "/v1/transactions/:gid/outcome") { request, context in
+                jsonResponse(coordinator.outcome(gid: try gid(context), branch: try branchQuery(request)))
+            },
+            Route(method: .get, path: "/v1/transactions/:gid/state") { request, context in
+                let gid = try gid(context)
+                return jsonResponse(ThreePhaseStateAnswer(gid: gid.rawValue, state: coordinator.threePhaseState(gid: gid, branch: try branchQuery(request))))
+            },
+            Route(method: .post, path: "/v1/transactions/:gid/branches") { request, context in
+                let gid = try gid(context)
+                let enlist = try await decode(EnlistRequest.self, .enlistment, from: request)
+                return jsonResponse(try await coordinator.enlist(gid: gid, enlist), status: 201)
+            },
+            Route(method: .post, path: "/v1/transactions/:gid/commit") { request, context in
+                let gid = try gid(context)
+                let body = try await decodeOptional(ResolveRequest.self, .resolution, from: request) ?? ResolveRequest()
+                return jsonResponse(try await coordinator.commit(gid: gid, reason: body.reason, wait: body.wait ?? false))
+            },
+            Route(method: .post, path: "/v1/transactions/:gid/abort") { request, context in
+                let gid = try gid(context)
+                let body = try await decodeOptional(ResolveRequest.self, .resolution, from: request) ?? ResolveRequest()
+                return jsonResponse(try await coordinator.abort(gid: gid, reason: body.reason, wait: body.wait ?? false))
+            },
 
-        router.post("/v1/admin/recover") { _, _ in
-            jsonResponse(coordinator.recoverNow())
+            Route(method: .post, path: "/v1/admin/recover") { _, _ in
+                jsonResponse(coordinator.recoverNow())
+            },
+        ]
+    }
+
+    /// The gid in the path, percent-decoded once and validated: a request for an invalid
+    /// gid is refused (400), never looked up and never answered by presumed abort.
+    private func gid(_ context: some RequestContext) throws(CoordinatorError) -> GlobalTransactionID {
+        let text = try pathParameter("gid", context, code: "invalid_gid")
+        do {
+            return try GlobalTransactionID(validating: text)
+        } catch {
+            throw CoordinatorError(400, "invalid_gid", "the gid in the path: \(error.description)")
         }
+    }
+
+    /// The participant name in the path, percent-decoded once and validated.
+    private func participantName(_ context: some RequestContext) throws(CoordinatorError) -> String {
+        let text = try pathParameter("name", context, code: "invalid_name")
+        guard ParticipantName.isValid(text) else {
+            throw CoordinatorError(400, "invalid_name", "the participant name in the path must be \(ParticipantName.rule), not '\(text)'")
+        }
+        return text
+    }
+
+    private func pathParameter(_ name: String, _ context: some RequestContext, code: String) throws(CoordinatorError) -> String {
+        let raw = context.parameters.get(name) ?? ""
+        guard let text = PathSegment.decode(raw) else {
+            throw CoordinatorError(400, code, "the \(name) in the path is not percent-encoded correctly: '\(raw)' (encode each byte outside A-Z a-z 0-9 - . _ ~ as %XX)")
+        }
+        return text
     }
 
     /// The optional `branch` query parameter of the questions participants ask.
     private func branchQuery(_ request: Request) throws -> BranchID? {
         guard let text = request.uri.queryParameters["branch"] else { return nil }
-        guard let value = Int(String(text)), value >= 0 else {
+        guard let value = QueryNumber.branch(text) else {
             throw CoordinatorError(400, "invalid_query", "branch must be a branch number (0 or more), not '\(text)'")
         }
         return value
@@ -104,21 +142,27 @@ struct CoordinatorRoutes: Sendable {
             }
             query.protocol = proto
         }
-        query.participant = parameters["participant"].map(String.init)
+        if let name = parameters["participant"].map(String.init) {
+            guard ParticipantName.isValid(name) else {
+                throw CoordinatorError(400, "invalid_query", "participant must be a participant name, \(ParticipantName.rule), not '\(name)'")
+            }
+            query.participant = name
+        }
         if let text = parameters["olderThan"].map(String.init) {
-            guard let seconds = Double(text), seconds.isFinite, seconds >= 0 else {
+            // A JSON number, as the document declares it (no hex, no "inf").
+            guard case .number(let seconds)? = try? JSONValue(parsingStrictly: Array(text.utf8)), seconds.isFinite, seconds >= 0 else {
                 throw CoordinatorError(400, "invalid_query", "olderThan must be a number of seconds (0 or more), not '\(text)'")
             }
             query.olderThan = seconds
         }
         if let text = parameters["limit"].map(String.init) {
-            guard let limit = Int(text), (1...1000).contains(limit) else {
+            guard let limit = QueryNumber.whole(text, digits: 4), (1...1000).contains(limit) else {
                 throw CoordinatorError(400, "invalid_query", "limit must be a whole number from 1 to 1000, not '\(text)'")
             }
             query.limit = limit
         }
         if let text = parameters["cursor"].map(String.init) {
-            guard let cursor = UInt64(text) else {
+            guard let cursor = QueryNumber.whole(text, digits: 18).map(UInt64.init) else {
                 throw CoordinatorError(400, "invalid_query", "cursor must be a value returned as nextCursor, not '\(text)'")
             }
             query.cursor = cursor
@@ -126,29 +170,39 @@ struct CoordinatorRoutes: Sendable {
         return query
     }
 
-    private func decode<Body: Decodable>(_ type: Body.Type, from request: Request, context: some RequestContext) async throws -> Body {
+    private func decode<Body: Decodable>(_ type: Body.Type, _ shape: RequestShape, from request: Request) async throws -> Body {
         var request = request
-        return try decode(type, from: try await request.collectBody(upTo: maxBodySize))
+        return try decode(type, shape, from: try await request.collectBody(upTo: maxBodySize))
     }
 
     /// nil for an empty body; a clear 400 for anything that is not the expected JSON.
-    private func decodeOptional<Body: Decodable>(_ type: Body.Type, from request: Request, context: some RequestContext) async throws -> Body? {
+    private func decodeOptional<Body: Decodable>(_ type: Body.Type, _ shape: RequestShape, from request: Request) async throws -> Body? {
         var request = request
         let buffer = try await request.collectBody(upTo: maxBodySize)
         guard buffer.readableBytes > 0 else { return nil }
-        return try decode(type, from: buffer)
+        return try decode(type, shape, from: buffer)
     }
 
-    /// The body decoded with Codable; a clear 400 for an empty body or anything that is
-    /// not the expected JSON.
-    private func decode<Body: Decodable>(_ type: Body.Type, from buffer: ByteBuffer) throws -> Body {
+    /// The body decoded with Codable; a clear 400 for an empty body, JSON that is not
+    /// strictly valid (duplicate keys, invalid UTF-8), a property `shape` does not
+    /// define, or anything else that is not the expected JSON.
+    private func decode<Body: Decodable>(_ type: Body.Type, _ shape: RequestShape, from buffer: ByteBuffer) throws -> Body {
         guard buffer.readableBytes > 0 else { throw CoordinatorError(400, "invalid_json", "the request needs a JSON body") }
+        let document: JSONValue
+        do {
+            document = try JSONValue(parsingStrictly: Array(buffer.readableBytesView))
+        } catch {
+            throw CoordinatorError(400, "invalid_json", "the body is not valid JSON: \(error)")
+        }
+        if let (path, allowed) = shape.unknownProperty(in: document) {
+            throw CoordinatorError(400, "invalid_json", "\(path) is not a property of this request; the properties allowed there are \(allowed.joined(separator: ", "))")
+        }
         do {
             return try JSONDecoder.dtx().decode(type, from: Data(buffer.readableBytesView))
         } catch let error as DecodingError {
             throw CoordinatorError(400, "invalid_json", describe(error))
         } catch {
-            throw CoordinatorError(400, "invalid_json", "the body is not valid JSON: \(error)")
+            throw CoordinatorError(400, "invalid_json", "the body cannot be read: \(error)")
         }
     }
 

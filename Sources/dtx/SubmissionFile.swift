@@ -10,8 +10,6 @@ enum SubmissionFile {
         var description: String
     }
 
-    static let topLevelKeys = ["gid", "protocol", "branches", "timeout", "wait", "interactive"]
-    static let branchKeys = ["participant", "operation", "payload", "dependsOn", "compensatable", "retry", "timeout"]
     static let example = #"{"protocol": "2pc", "branches": [{"participant": "accounts", "operation": "debit", "payload": {...}}]}"#
 
     /// `path` is a file name, or `-` for standard input.
@@ -55,13 +53,8 @@ enum SubmissionFile {
         guard case let .object(fields) = document else {
             throw Problem(description: "\(name): expected a JSON object at the top level, found \(kind(of: document)); for example \(example)")
         }
-        try checkKeys(fields, allowed: topLevelKeys, at: "", in: name)
-        if case let .array(branches)? = fields["branches"] {
-            for (index, branch) in branches.enumerated() {
-                if case let .object(branchFields) = branch {
-                    try checkKeys(branchFields, allowed: branchKeys, at: "branches[\(index)]", in: name)
-                }
-            }
+        if let (place, allowed) = RequestShape.submission.unknownProperty(in: .object(fields)) {
+            throw Problem(description: "\(name): unknown key '\(place)'; the keys allowed there are \(allowed.joined(separator: ", "))")
         }
 
         let submission: TransactionSubmission
@@ -98,25 +91,13 @@ enum SubmissionFile {
             throw Problem(description: "\(name): no branches; give at least one {\"participant\", \"operation\"}, or set \"interactive\": true to begin an interactive transaction")
         }
         for (index, branch) in branches.enumerated() {
-            if !isParticipantName(branch.participant) {
-                throw Problem(description: "\(name): branches[\(index)].participant: '\(branch.participant)' is not a participant name (1–64 letters, digits, '-', '_', '.')")
+            if !ParticipantName.isValid(branch.participant) {
+                throw Problem(description: "\(name): branches[\(index)].participant: '\(branch.participant)' is not a participant name (\(ParticipantName.rule))")
             }
             if branch.operation.isEmpty {
                 throw Problem(description: "\(name): branches[\(index)].operation is empty; name what the participant should do, e.g. \"debit\"")
             }
         }
-    }
-
-    private static func isParticipantName(_ text: String) -> Bool {
-        (1...64).contains(text.utf8.count)
-            && text.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }
-    }
-
-    private static func checkKeys(_ fields: [String: JSONValue], allowed: [String], at path: String, in name: String) throws(Problem) {
-        guard let unknown = fields.keys.sorted().first(where: { !allowed.contains($0) }) else { return }
-        let place = path.isEmpty ? unknown : "\(path).\(unknown)"
-        let owner = path.isEmpty ? "a transaction spec" : "a branch"
-        throw Problem(description: "\(name): unknown key '\(place)'; \(owner) has the keys \(allowed.joined(separator: ", "))")
     }
 
     private static func kind(of value: JSONValue) -> String {

@@ -69,6 +69,139 @@ import Testing
         #expect(try await cluster.client.transaction("done").status == "committed")
     }
 
+    /// A participant in another language encodes `:` in the path (Python's `quote`,
+    /// Java's `URLEncoder`): dtxd must answer for the gid it means. Before path
+    /// parameters were decoded, `order%3A77/outcome` was answered `aborted` for a
+    /// committed transaction, and a participant acting on it would have broken atomicity.
+    @Test func pathParametersArePercentDecodedOnceThenValidated() async throws {
+        let cluster = try Cluster("e2e-path-encoding")
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
+        try await cluster.startDaemon()
+        let name = "pt-A_z.9"  // every kind of character a participant name may hold
+        try await cluster.startParticipant(name)
+        let u = cluster.url
+
+        // The exchange of the report, as a participant in another language makes it.
+        let submitted = try await http("POST", u + "/v1/transactions", body: #"{"gid":"order:77","protocol":"saga","wait":true,"branches":[{"participant":"\#(name)","operation":"x"}]}"#)
+        #expect(submitted.status == 201)
+        for gid in ["order:77", "order%3A77", "order%3a77", "%6Frder%3A77"] {
+            let outcome = try await http("GET", u + "/v1/transactions/\(gid)/outcome")
+            #expect(outcome.status == 200 && (outcome.json as? [String: Any])?["outcome"] as? String == "committed", "\(gid): \(String(decoding: outcome.body, as: UTF8.self))")
+            #expect((outcome.json as? [String: Any])?["gid"] as? String == "order:77", "\(gid): the answer names the gid meant")
+            let view = try await http("GET", u + "/v1/transactions/\(gid)")
+            #expect(view.status == 200 && (view.json as? [String: Any])?["status"] as? String == "committed", "\(gid)")
+            let state = try await http("GET", u + "/v1/transactions/\(gid)/state?branch=0")
+            #expect((state.json as? [String: Any])?["state"] as? String == "committed", "\(gid): \(String(decoding: state.body, as: UTF8.self))")
+        }
+
+        // A gid of every allowed character, through every route, by DTXClient (which
+        // encodes) and raw, as it is and with every byte encoded.
+        let gid = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:"
+        let everyByteEncoded = gid.utf8.map { String(format: "%%%02X", $0) }.joined()
+        _ = try await cluster.client.submit(TransactionSubmission(gid: gid, protocol: .twoPhaseCommit, interactive: true))
+        #expect(try await cluster.client.enlist(gid: gid, EnlistRequest(participant: name, operation: "x")).branch == 0)
+        for form in [gid, PathSegment.encode(gid), everyByteEncoded] {
+            let view = try await http("GET", u + "/v1/transactions/\(form)")
+            #expect(view.status == 200 && (view.json as? [String: Any])?["gid"] as? String == gid, "\(form)")
+            let outcome = try await http("GET", u + "/v1/transactions/\(form)/outcome?branch=0")
+            #expect((outcome.json as? [String: Any])?["outcome"] as? String == "pending", "\(form): \(String(decoding: outcome.body, as: UTF8.self))")
+        }
+        _ = try await http("POST", cluster.participantURLs[name]! + "/dtx/2pc/prepare", body: #"{"gid":"\#(gid)","branch":0,"operation":"x"}"#)
+        #expect(try await cluster.client.commit(gid: gid, wait: true).status == "committed")
+        #expect(try await cluster.client.outcome(gid: gid, branch: 0) == "committed")
+        #expect(try await cluster.client.transaction(gid).status == "committed")
+        let again = try await http("POST", u + "/v1/transactions/\(everyByteEncoded)/commit", body: "{}")
+        #expect(again.status == 200, "committing a committed transaction answers it, whatever the path's encoding")
+
+        // Participant names, as they are and encoded, by hand and by DTXClient.
+        for form in [name, PathSegment.encode(name), "pt%2DA%5Fz%2E9"] {
+            #expect(try await http("GET", u + "/v1/participants/\(form)").status == 200, "\(form)")
+            #expect(try await http("POST", u + "/v1/participants/\(form)/heartbeat").status == 200, "\(form)")
+        }
+        #expect(try await cluster.client.participant(name).name == name)
+
+        // Invalid values are refused, never looked up and never answered by presumed abort.
+        let before = try await logAppends(cluster)
+        let refused: [(String, String, Int, String)] = [
+            ("GET", "/v1/transactions/order%253A77/outcome", 400, "invalid_gid"),  // decoded once: "order%3A77"
+            ("GET", "/v1/transactions/bad!/outcome", 400, "invalid_gid"),
+            ("GET", "/v1/transactions/a%2Fb/state", 400, "invalid_gid"),
+            ("GET", "/v1/transactions/a%ZZb/outcome", 400, "invalid_gid"),
+            ("GET", "/v1/transactions/%C3%A9", 400, "invalid_gid"),
+            ("GET", "/v1/transactions/" + String(repeating: "g", count: 129), 400, "invalid_gid"),
+            ("POST", "/v1/transactions/bad!/commit", 400, "invalid_gid"),
+            ("POST", "/v1/transactions/bad!/abort", 400, "invalid_gid"),
+            ("POST", "/v1/transactions/bad!/branches", 400, "invalid_gid"),
+            ("GET", "/v1/participants/a%3Ab", 400, "invalid_name"),
+            ("POST", "/v1/participants/a%20b/heartbeat", 400, "invalid_name"),
+            ("DELETE", "/v1/participants/a%", 400, "invalid_name"),
+            ("GET", "/v1/transactions/order:77/outcome?branch=%2B1", 400, "invalid_query"),
+            ("GET", "/v1/transactions/order:77/outcome?branch=2147483648", 400, "invalid_query"),
+            ("GET", "/v1/transactions?participant=", 400, "invalid_query"),
+            ("GET", "/v1/transactions?participant=a:b", 400, "invalid_query"),
+            ("GET", "/v1/transactions?limit=%2B5", 400, "invalid_query"),
+            ("GET", "/v1/transactions?olderThan=0x10", 400, "invalid_query"),
+            ("GET", "/v1/transactions?cursor=1234567890123456789", 400, "invalid_query"),
+        ]
+        for (method, path, status, code) in refused {
+            let exchange = try await http(method, u + path, body: method == "GET" ? nil : "{}")
+            #expect(exchange.status == status && exchange.errorCode == code, "\(method) \(path): \(exchange.status) \(String(decoding: exchange.body, as: UTF8.self))")
+        }
+        #expect(try await logAppends(cluster) == before, "refused requests write nothing")
+    }
+
+    /// The smaller findings of fuzzing the API: 405 with `Allow`, timeouts kept to the
+    /// millisecond, null as absent, unknown properties refused.
+    @Test func methodsTimeoutsNullsAndUnknownProperties() async throws {
+        let cluster = try Cluster("e2e-api-details")
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
+        try await cluster.startDaemon()
+        try await cluster.startParticipant("a")
+        let u = cluster.url
+
+        for (method, path, allow) in [("TRACE", "/v1/transactions", "POST, GET"), ("PATCH", "/v1/transactions/x", "GET"),
+                                      ("GET", "/v1/transactions/x/commit", "POST"), ("PUT", "/v1/participants/a", "GET, DELETE"),
+                                      ("DELETE", "/healthz", "GET")] {
+            let answer = try await http(method, u + path)
+            #expect(answer.status == 405 && answer.errorCode == "method_not_allowed", "\(method) \(path)")
+            #expect(answer.allow == allow, "\(method) \(path): Allow \(answer.allow ?? "none")")
+        }
+        #expect(try await http("GET", u + "/v2/nothing").status == 404)
+
+        // A positive timeout never becomes zero: kept to the millisecond, rounded up.
+        let tiny = try await http("POST", u + "/v1/transactions", body: #"{"protocol":"2pc","interactive":true,"timeout":0.0001}"#)
+        #expect(tiny.status == 201)
+        #expect((tiny.json as? [String: Any])?["timeout"] as? Double == 0.001, "\(String(decoding: tiny.body, as: UTF8.self))")
+
+        // In requests null is the same as absent.
+        let nulls = try await http("POST", u + "/v1/transactions", body: #"{"gid":null,"protocol":"2pc","interactive":true,"branches":null,"timeout":null,"wait":null}"#)
+        #expect(nulls.status == 201, "\(String(decoding: nulls.body, as: UTF8.self))")
+        let registered = try await http("POST", u + "/v1/participants", body: #"{"name":"b","url":"http://127.0.0.1:9","protocols":null,"token":null,"batch":null}"#)
+        #expect(registered.status == 201, "\(String(decoding: registered.body, as: UTF8.self))")
+
+        // A property the document does not define is refused, and named.
+        let before = try await logAppends(cluster)
+        let unknown: [(String, String, String)] = [
+            ("/v1/transactions", #"{"protocol":"2pc","branches":[{"participant":"a","operation":"x"}],"wiat":true}"#, "wiat"),
+            ("/v1/transactions", #"{"protocol":"saga","branches":[{"participant":"a","operation":"x","retry":{"maxAtempts":2}}]}"#, "branches[0].retry.maxAtempts"),
+            ("/v1/participants", #"{"name":"c","url":"http://127.0.0.1:9","protocol":["2pc"]}"#, "protocol"),
+            ("/v1/transactions/x/commit", #"{"reason":"r","force":true}"#, "force"),
+            ("/v1/participants", #"{"name":"c","url":"http://127.0.0.1:9","protocols":["2pc","2pc"]}"#, "each once"),
+            ("/v1/participants", #"{"name":"c","url":"http://127.0.0.1:99999"}"#, "port"),
+            ("/v1/participants", #"{"name":"c","url":"http://[C2F1A603Ff:Fe9f1fFB]"}"#, "url"),
+            ("/v1/transactions", #"{"protocol":"saga","branches":[{"participant":"a","operation":"x","timeout":1e300}]}"#, "timeout"),
+        ]
+        for (path, body, mentions) in unknown {
+            let exchange = try await http("POST", u + path, body: body)
+            #expect(exchange.status == 400, "\(path) \(body): \(String(decoding: exchange.body, as: UTF8.self))")
+            #expect(String(decoding: exchange.body, as: UTF8.self).contains(mentions), "\(path) \(body): \(String(decoding: exchange.body, as: UTF8.self))")
+        }
+        let open = try #require((tiny.json as? [String: Any])?["gid"] as? String)
+        let whitespace = try await http("POST", u + "/v1/transactions/\(open)/abort", body: #"{"reason":" \t\n"}"#)
+        #expect(whitespace.status == 400 && whitespace.errorCode == "invalid_reason", "\(String(decoding: whitespace.body, as: UTF8.self))")
+        #expect(try await logAppends(cluster) == before, "refused requests write nothing")
+    }
+
     @Test func aTokenIsRequiredWhenConfigured() async throws {
         let cluster = try Cluster("e2e-token")
         defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }

@@ -24,6 +24,8 @@ struct Exchange: Sendable {
     var status: Int
     var contentType: String?
     var body: Data
+    /// The `Allow` header (of a 405).
+    var allow: String? = nil
 
     var json: Any? { try? JSONSerialization.jsonObject(with: body, options: [.fragmentsAllowed]) }
     var errorCode: String? { ((json as? [String: Any])?["error"] as? [String: Any])?["code"] as? String }
@@ -41,7 +43,8 @@ func http(_ method: String, _ url: String, body: String? = nil, headers: [String
     let (data, response) = try await URLSession.shared.data(for: request)
     let http = response as! HTTPURLResponse
     let path = String(url.drop { $0 != "/" }.dropFirst(2).drop { $0 != "/" })
-    return Exchange(method: method, path: path, status: http.statusCode, contentType: http.value(forHTTPHeaderField: "Content-Type"), body: data)
+    return Exchange(method: method, path: path, status: http.statusCode, contentType: http.value(forHTTPHeaderField: "Content-Type"), body: data,
+                    allow: http.value(forHTTPHeaderField: "Allow"))
 }
 
 /// A real dtxd and real participant processes on loopback, in a temporary directory.

@@ -710,10 +710,10 @@ import Testing
         let recorder = Recorder()
 
         let cases: [(gid: String, body: String, status: Int, code: String)] = [
-            ("bad-forward", #"{"protocol":"saga","branches":[{"participant":"a","operation":"x","dependsOn":[1]},{"participant":"a","operation":"y"}]}"#, 400, "invalid_branches"),
-            ("bad-self", #"{"protocol":"saga","branches":[{"participant":"a","operation":"x"},{"participant":"a","operation":"y","dependsOn":[1]}]}"#, 400, "invalid_branches"),
+            ("bad-forward", #"{"protocol":"saga","branches":[{"participant":"a","operation":"x","dependsOn":[1]},{"participant":"a","operation":"y"}]}"#, 422, "invalid_branches"),
+            ("bad-self", #"{"protocol":"saga","branches":[{"participant":"a","operation":"x"},{"participant":"a","operation":"y","dependsOn":[1]}]}"#, 422, "invalid_branches"),
             ("bad-twice", #"{"protocol":"saga","branches":[{"participant":"a","operation":"x"},{"participant":"a","operation":"y","dependsOn":[0,0]}]}"#, 400, "invalid_branches"),
-            ("bad-pivot", #"{"protocol":"saga","branches":[{"participant":"a","operation":"x","compensatable":false},{"participant":"a","operation":"y"}]}"#, 400, "invalid_branches"),
+            ("bad-pivot", #"{"protocol":"saga","branches":[{"participant":"a","operation":"x","compensatable":false},{"participant":"a","operation":"y"}]}"#, 422, "invalid_branches"),
             ("bad-attempts", #"{"protocol":"saga","branches":[{"participant":"a","operation":"x","retry":{"maxAttempts":0}}]}"#, 400, "invalid_branches"),
             ("bad-step-timeout", #"{"protocol":"saga","branches":[{"participant":"a","operation":"x","timeout":0}]}"#, 400, "invalid_branches"),
             ("bad-empty-saga", #"{"protocol":"saga","branches":[]}"#, 400, "invalid_branches"),
