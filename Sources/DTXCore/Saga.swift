@@ -163,8 +163,13 @@ public struct Saga: TransactionStateMachine {
     public static func valueProblem(_ steps: [BranchSpec]) -> String? {
         for (id, step) in steps.enumerated() {
             let path = "branches[\(id)]"
-            if let declared = step.dependsOn, let twice = declared.first(where: { dependency in declared.filter { $0 == dependency }.count > 1 }) {
-                return "\(path).dependsOn lists step \(twice) more than once"
+            if let declared = step.dependsOn {
+                if let index = declared.firstIndex(where: { !(0...Int(Int32.max)).contains($0) }) {
+                    return "\(path).dependsOn[\(index)]: \(declared[index]) is not a step index (0 or more)"
+                }
+                if let twice = declared.first(where: { dependency in declared.filter { $0 == dependency }.count > 1 }) {
+                    return "\(path).dependsOn lists step \(twice) more than once"
+                }
             }
             if let retry = step.retry {
                 if let maxAttempts = retry.maxAttempts, maxAttempts < 1 {

@@ -482,8 +482,33 @@ private func error(_ code: String, _ message: String) -> JSONValue {
         #expect(problem([step("a", retry: StepRetry(initialDelay: -1))]).hasPrefix("branches[0].retry.initialDelay"))
         #expect(problem([step("a", retry: StepRetry(maxDelay: .infinity))]).hasPrefix("branches[0].retry.maxDelay"))
         #expect(problem([step("a", retry: StepRetry(initialDelay: 5, maxDelay: 1))]).hasPrefix("branches[0].retry.maxDelay (1.0) must not be below"))
-        #expect(problem([step("a", timeout: 0)]) == "branches[0].timeout must be a number of seconds above 0")
+        #expect(problem([step("a", timeout: 0)]) == "branches[0].timeout must be a number of seconds above 0 and at most 86400")
         #expect(problem([step("a", timeout: .nan)]).hasPrefix("branches[0].timeout"))
+        #expect(problem([step("a", timeout: 86_400.001)]).hasPrefix("branches[0].timeout"), "at most a day")
+        #expect(problem([step("a", timeout: 86_400)]) == "valid")
+        #expect(problem([step("a", retry: StepRetry(initialDelay: 1e300, maxDelay: 1e300))]).hasPrefix("branches[0].retry.initialDelay"))
+    }
+
+    /// Problems of one value (the spec's schema states them) apart from problems of how
+    /// the steps fit together: dtxd answers the first 400 and the second 422.
+    @Test func valueProblemsAreTheOnesASingleValueShows() {
+        #expect(Saga.valueProblem([step("a"), step("b", after: [-1])]) == "branches[1].dependsOn[0]: -1 is not a step index (0 or more)")
+        #expect(Saga.valueProblem([step("a"), step("b", after: [0, 0])]) == "branches[1].dependsOn lists step 0 more than once")
+        #expect(Saga.valueProblem([step("a", retry: StepRetry(maxAttempts: 0))]) != nil)
+        #expect(Saga.valueProblem([step("a", timeout: 0)]) != nil)
+        #expect(Saga.valueProblem([step("a"), step("b", after: [1])]) == nil, "a dependency on a later step is how steps fit together")
+        #expect(Saga.valueProblem([step("a", compensatable: false), step("b")]) == nil)
+        #expect(Saga.valueProblem([step("a", retry: StepRetry(initialDelay: 5, maxDelay: 1))]) == nil)
+        #expect(Saga.validate([step("a"), step("b", after: [1])]) != nil)
+    }
+
+    /// API durations keep the millisecond and round up: a positive value never becomes zero.
+    @Test func apiSecondsRoundUpToTheMillisecond() {
+        #expect(Duration(apiSeconds: 0.0001) == .milliseconds(1))
+        #expect(Duration(apiSeconds: 0.0015) == .milliseconds(2))
+        #expect(Duration(apiSeconds: 2) == .seconds(2))
+        #expect(Duration(apiSeconds: 0) == .zero)
+        #expect(Duration(apiSeconds: Duration.longestStepSeconds) == .seconds(86_400))
     }
 
     @Test func everyNonCompensatableStepMustFollowEveryCompensatableOne() {
