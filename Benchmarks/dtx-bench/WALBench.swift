@@ -28,6 +28,18 @@ struct WALBench: AsyncParsableCommand {
     @Flag(help: "Keep the log files in --dir after the run.")
     var keep = false
 
+    @Option(help: "Seconds. Instead of the sweep, run the first concurrency level this long twice, in turns: once with small segments and periodic checkpoints, once crossing neither; report throughput and the slowest append per 100 ms.")
+    var timeline: Double?
+
+    @Option(name: .customLong("segment-size"), help: "KiB per segment in the timeline's switching run (small, so that it switches often).")
+    var segmentSizeKiB: Int = 1024
+
+    @Option(name: .customLong("checkpoint-every"), help: "Seconds between checkpoints in the timeline's switching run.")
+    var checkpointEvery: Double = 2
+
+    @Option(help: "Records each checkpoint keeps (the newest), as a coordinator keeps its unfinished and remembered transactions.")
+    var live: Int = 50_000
+
     struct Run: Codable {
         var concurrency: Int
         var records: Int
@@ -57,12 +69,34 @@ struct WALBench: AsyncParsableCommand {
         var rawFdatasyncPerSecond: Double
         var rawPreallocatedFdatasyncPerSecond: Double
         var runs: [Run]
+        var timeline: TimelineReport?
 
         enum CodingKeys: String, CodingKey {
-            case benchmark, machine, runs
+            case benchmark, machine, runs, timeline
             case recordSize = "record_size"
             case rawFdatasyncPerSecond = "raw_fdatasync_per_s"
             case rawPreallocatedFdatasyncPerSecond = "raw_preallocated_fdatasync_per_s"
+        }
+    }
+
+    struct TimelineReport: Codable {
+        var concurrency: Int
+        var seconds: Double
+        var segmentSize: Int
+        var checkpointEverySeconds: Double
+        var liveRecords: Int
+        /// Small segments and checkpoints.
+        var switching: Timeline
+        /// One large segment, no checkpoint: the same load crossing nothing.
+        var steady: Timeline
+        var p99Ratio: Double
+
+        enum CodingKeys: String, CodingKey {
+            case concurrency, seconds, switching, steady
+            case segmentSize = "segment_size"
+            case checkpointEverySeconds = "checkpoint_every_s"
+            case liveRecords = "live_records"
+            case p99Ratio = "p99_switching_over_steady"
         }
     }
 
@@ -70,6 +104,10 @@ struct WALBench: AsyncParsableCommand {
         guard levels != nil else { throw ValidationError("--concurrency takes positive whole numbers separated by commas, e.g. 1,8,64,256") }
         guard records > 0 else { throw ValidationError("--records must be positive") }
         guard (0...(1 << 20)).contains(recordSize) else { throw ValidationError("--record-size must be between 0 and 1048576 bytes") }
+        if let timeline, !(timeline >= 1 && timeline <= 3600) { throw ValidationError("--timeline takes seconds from 1 to 3600") }
+        guard (64...(1 << 20)).contains(segmentSizeKiB) else { throw ValidationError("--segment-size takes KiB from 64 to 1048576") }
+        guard checkpointEvery >= 0.1 else { throw ValidationError("--checkpoint-every takes seconds, at least 0.1") }
+        guard live >= 0 else { throw ValidationError("--live must be 0 or more") }
     }
 
     private var levels: [Int]? {
@@ -84,9 +122,13 @@ struct WALBench: AsyncParsableCommand {
         let rawPreallocated = try rawFdatasyncRate(count: min(records, 5000), preallocated: true)
         print(String(format: "raw write+fdatasync (%d bytes), appending: %.0f/s; into a preallocated file: %.0f/s (×raw below is vs appending)",
                      recordSize, raw, rawPreallocated))
-        print("concurrency  appends/s  ×raw   fsyncs/append  largest group  p50 µs   p99 µs")
         var runs: [Run] = []
-        for level in levels! {
+        var timelineReport: TimelineReport?
+        if let timeline {
+            timelineReport = try await measureTimeline(concurrency: levels![0], seconds: timeline)
+        }
+        if timeline == nil { print("concurrency  appends/s  ×raw   fsyncs/append  largest group  p50 µs   p99 µs") }
+        for level in timeline == nil ? levels! : [] {
             let run = try await measure(concurrency: level, raw: raw)
             runs.append(run)
             print(String(format: "%11d  %9.0f  %5.1f  %13.4f  %13d  %7.0f  %7.0f",
@@ -94,7 +136,7 @@ struct WALBench: AsyncParsableCommand {
                          run.p50Microseconds, run.p99Microseconds))
         }
         let report = Report(machine: .current(), recordSize: recordSize, rawFdatasyncPerSecond: raw,
-                            rawPreallocatedFdatasyncPerSecond: rawPreallocated, runs: runs)
+                            rawPreallocatedFdatasyncPerSecond: rawPreallocated, runs: runs, timeline: timelineReport)
         if let json {
             try writeJSON(report, to: json)
             print("wrote \(json)")
@@ -162,5 +204,91 @@ struct WALBench: AsyncParsableCommand {
         return Run(concurrency: concurrency, records: total, appendsPerSecond: rate, fsyncs: fsyncs,
                    fsyncsPerAppend: Double(fsyncs) / Double(total), largestGroup: stats.largestGroupSize,
                    p50Microseconds: percentile(sorted, 50), p99Microseconds: percentile(sorted, 99), ratioToRaw: rate / raw)
+    }
+
+    /// The timeline: the switching run and the steady one, each `seconds` long.
+    private func measureTimeline(concurrency: Int, seconds: Double) async throws -> TimelineReport {
+        let segmentSize = segmentSizeKiB << 10
+        print("timeline: \(concurrency) appenders, \(seconds) s each; switching: \(segmentSizeKiB) KiB segments, a checkpoint every \(checkpointEvery) s keeping \(live) records")
+        let switching = try await timelineRun(concurrency: concurrency, seconds: seconds, segmentSize: segmentSize, checkpoints: true)
+        print("  switching: " + switching.summary)
+        let steady = try await timelineRun(concurrency: concurrency, seconds: seconds, segmentSize: 1 << 30, checkpoints: false)
+        print("  steady:    " + steady.summary)
+        let ratio = steady.p99Milliseconds > 0 ? switching.p99Milliseconds / steady.p99Milliseconds : 0
+        print(String(format: "  p99 switching / steady: %.2f", ratio))
+        return TimelineReport(concurrency: concurrency, seconds: seconds, segmentSize: segmentSize, checkpointEverySeconds: checkpointEvery,
+                              liveRecords: live, switching: switching, steady: steady, p99Ratio: ratio)
+    }
+
+    private enum TimelineEvent: Sendable {
+        case completions([(at: Double, latency: Double)])
+        case switches([Double])
+        case checkpoints([(start: Double, end: Double)])
+    }
+
+    private func timelineRun(concurrency: Int, seconds: Double, segmentSize: Int, checkpoints: Bool) async throws -> Timeline {
+        let logDir = dir + "/wal-timeline-\(checkpoints ? "switching" : "steady")"
+        try? FileManager.default.removeItem(atPath: logDir)
+        let (log, _) = try WriteAheadLog.open(directory: logDir, configuration: .init(segmentSize: segmentSize))
+        let payload = [UInt8](repeating: 0x5A, count: recordSize)
+        let clock = ContinuousClock()
+        let start = clock.now
+        let deadline = start + .milliseconds(Int64(seconds * 1000))
+        let every = Duration.milliseconds(Int64(checkpointEvery * 1000))
+        let live = UInt64(live)
+        var completions: [(at: Double, latency: Double)] = []
+        var switches: [Double] = []
+        var checkpointSpans: [(start: Double, end: Double)] = []
+        try await withThrowingTaskGroup(of: TimelineEvent.self) { group in
+            for _ in 0..<concurrency {
+                group.addTask {
+                    var samples: [(at: Double, latency: Double)] = []
+                    while clock.now < deadline {
+                        let t0 = clock.now
+                        try await log.append(type: 1, payload: payload, forced: true)
+                        let t1 = clock.now
+                        samples.append(((t1 - start).seconds, (t1 - t0).seconds))
+                    }
+                    return .completions(samples)
+                }
+            }
+            group.addTask {
+                // Segment switches, seen within a millisecond.
+                var seen = log.statistics.segmentsCreated
+                var times: [Double] = []
+                while clock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(1))
+                    let created = log.statistics.segmentsCreated
+                    if created > seen {
+                        times += Array(repeating: (clock.now - start).seconds, count: Int(created - seen))
+                        seen = created
+                    }
+                }
+                return .switches(times)
+            }
+            if checkpoints {
+                group.addTask {
+                    var spans: [(start: Double, end: Double)] = []
+                    while clock.now + every < deadline {
+                        try await Task.sleep(for: every)
+                        let begun = (clock.now - start).seconds
+                        let newest = log.nextLSN
+                        _ = try await log.checkpoint { $0.lsn + live >= newest }
+                        spans.append((begun, (clock.now - start).seconds))
+                    }
+                    return .checkpoints(spans)
+                }
+            }
+            for try await event in group {
+                switch event {
+                case .completions(let samples): completions += samples
+                case .switches(let times): switches += times
+                case .checkpoints(let spans): checkpointSpans += spans
+                }
+            }
+        }
+        try await log.close()
+        if !keep { try? FileManager.default.removeItem(atPath: logDir) }
+        return Timeline(duration: seconds, completions: completions, switches: switches, checkpoints: checkpointSpans)
     }
 }

@@ -63,6 +63,8 @@ public final class WriteAheadLog: Sendable {
 
     public let directory: String
     private let core: LogCore
+    /// Records a checkpoint reads or copies between two yields.
+    private static let checkpointSlice = 256
 
     private init(directory: String, core: LogCore) {
         self.directory = directory
@@ -188,6 +190,11 @@ public final class WriteAheadLog: Sendable {
     /// are obsolete (e.g. of an ended transaction): anything it drops is gone.
     /// A crash at any point leaves either the old segments or the copies (or both,
     /// which replay collapses).
+    ///
+    /// It runs on the caller's task and yields every `checkpointSlice` records: on a
+    /// daemon whose tasks share two event-loop threads, a checkpoint that read and copied
+    /// tens of thousands of records in one go held a thread for seconds, and every task
+    /// waiting on that thread (committers among them) with it.
     public func checkpoint(keep: (LogRecord) throws -> Bool) async throws -> CheckpointResult {
         guard let (boundary, oldest, ticket) = try core.beginCheckpoint() else {
             return CheckpointResult(segmentsRemoved: 0, recordsRead: 0, recordsKept: 0)
@@ -205,11 +212,14 @@ public final class WriteAheadLog: Sendable {
                 if seen.insert(located.record.lsn).inserted, try keep(located.record) {
                     kept.append(located)
                 }
+                if read % Self.checkpointSlice == 0 { await Task.yield() }
             }
+            await Task.yield()
         }
-        for located in kept {
+        for (index, located) in kept.enumerated() {
             _ = try core.enqueue(type: located.record.type, flags: LogFormat.flagRewritten, originalLSN: located.record.lsn,
                                  payload: located.record.payload, forced: false)
+            if index % Self.checkpointSlice == Self.checkpointSlice - 1 { await Task.yield() }
         }
         try await core.waitDurable(ticket: nil)
         let directory = directory
