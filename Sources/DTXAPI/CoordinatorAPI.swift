@@ -165,6 +165,72 @@ public struct TransactionSubmission: Codable, Sendable, Equatable {
 }
 
 extension TransactionSubmission {
+    /// The most branches a transaction may have, and the longest timeout, in seconds.
+    public static let maximumBranches = 100
+    public static let maximumTimeout: Double = 3600
+
+    /// What the document (TransactionSubmission in coordinator-api.yaml) refuses in this
+    /// submission, as an error code and a message naming the place and what to change;
+    /// nil when it allows it. dtxd answers it 400 and `dtx submit` refuses it before
+    /// sending. What needs the daemon's state (registered participants, how saga steps
+    /// fit together) is not judged here.
+    public var documentProblem: (code: String, message: String)? {
+        if let gid {
+            do {
+                _ = try GlobalTransactionID(validating: gid)
+            } catch {
+                return ("invalid_gid", error.description)
+            }
+        }
+        let interactive = self.interactive ?? false
+        if interactive, self.protocol == .saga || self.protocol == .threePhaseCommit {
+            // 3PC: CanCommit must list every branch's participant for termination, so the branches are known up front.
+            let what = self.protocol == .saga ? "a saga is submitted whole, with its steps" : "a 3pc transaction is submitted whole, with its branches"
+            return ("invalid_submission", "\(what); interactive is for 2pc and tcc")
+        }
+        let branches = self.branches ?? []
+        if interactive, !branches.isEmpty {
+            return ("invalid_branches", "an interactive transaction starts without branches: services enlist them with POST /v1/transactions/{gid}/branches")
+        }
+        if !interactive, branches.isEmpty {
+            return ("invalid_branches", "branches: at least one branch is required (or set interactive: true)")
+        }
+        if branches.count > Self.maximumBranches {
+            return ("invalid_branches", "branches: \(branches.count) branches; the limit is \(Self.maximumBranches)")
+        }
+        for (index, branch) in branches.enumerated() {
+            if let problem = branch.documentProblem(at: "branches[\(index)]", proto: self.protocol) { return ("invalid_branches", problem) }
+        }
+        if self.protocol == .saga, let problem = Saga.valueProblem(branches) { return ("invalid_branches", problem) }
+        if let timeout, !(timeout.isFinite && timeout > 0 && timeout <= Self.maximumTimeout) {
+            return ("invalid_timeout", "timeout must be a number of seconds above 0 and at most \(Int(Self.maximumTimeout))")
+        }
+        return nil
+    }
+}
+
+extension BranchSpec {
+    /// What the document refuses in this branch (or enlistment) at `path`: its
+    /// participant name, its operation, fields for saga steps only.
+    public func documentProblem(at path: String, proto: TransactionProtocol) -> String? {
+        guard ParticipantName.isValid(participant) else {
+            return "\(path).participant must be a participant name, \(ParticipantName.rule), not '\(participant)'"
+        }
+        // Lengths count Unicode code points, as the document's maxLength does.
+        guard (1...128).contains(operation.unicodeScalars.count) else {
+            return "\(path).operation must be 1 to 128 characters"
+        }
+        if proto != .saga {
+            let sagaOnly = [("dependsOn", dependsOn != nil), ("compensatable", compensatable != nil), ("retry", retry != nil), ("timeout", timeout != nil)]
+            if let (field, _) = sagaOnly.first(where: \.1) {
+                return "\(path).\(field) is for saga steps only; remove it, or submit the transaction as protocol saga"
+            }
+        }
+        return nil
+    }
+}
+
+extension TransactionSubmission {
     /// Reads the common submission — `gid`, `protocol`, `timeout`, `wait`, `interactive`
     /// and branches of `participant`, `operation` and `payload` — from parsed JSON, with
     /// what Codable makes of it (an absent or null optional is nil). nil for anything

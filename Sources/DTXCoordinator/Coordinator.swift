@@ -27,13 +27,11 @@ public struct CoordinatorError: Error, Equatable, CustomStringConvertible {
 public struct CoordinatorConfiguration: Sendable {
     /// Phase one (or an open interactive transaction) aborts after this long, unless the submission says otherwise.
     public var defaultTimeout: Duration = .seconds(30)
-    public var maximumTimeout: Duration = .seconds(3600)
     public var retryPolicy = RetryPolicy()
     public var stuckAfterAttempts = 5
     /// Finished transactions kept (in memory and through checkpoints) for queries and idempotent resubmission.
     public var historyLimit = 10_000
     public var checkpointInterval: Duration = .seconds(30)
-    public var maximumBranches = 100
     /// 2PC with two branches or more: the last branch commits in one phase and decides
     /// (last-agent optimisation, see `TwoPhaseCommit`) instead of preparing.
     public var lastAgent = false
@@ -192,6 +190,9 @@ public final class Coordinator: Sendable {
     /// Runs a submitted transaction, or opens an interactive one. `created` is false when
     /// the same gid and spec was submitted before (the existing transaction is returned).
     public func submit(_ submission: TransactionSubmission) async throws(CoordinatorError) -> (TransactionView, created: Bool) {
+        // What the document refuses (400) first; then what it allows but this daemon
+        // cannot serve (422).
+        if let (code, message) = submission.documentProblem { throw CoordinatorError(400, code, message) }
         let gid: GlobalTransactionID
         do {
             gid = try GlobalTransactionID(validating: submission.gid ?? "dtx-\(UUID().uuidString.lowercased())")
@@ -199,32 +200,16 @@ public final class Coordinator: Sendable {
             throw CoordinatorError(400, "invalid_gid", error.description)
         }
         let interactive = submission.interactive ?? false
-        if interactive, submission.protocol == .saga || submission.protocol == .threePhaseCommit {
-            // 3PC: CanCommit must list every branch's participant for termination, so the branches are known up front.
-            let what = submission.protocol == .saga ? "a saga is submitted whole, with its steps" : "a 3pc transaction is submitted whole, with its branches"
-            throw CoordinatorError(400, "invalid_submission", "\(what); interactive is for 2pc and tcc")
-        }
         let branches = submission.branches ?? []
-        if interactive {
-            guard branches.isEmpty else {
-                throw CoordinatorError(400, "invalid_branches", "an interactive transaction starts without branches: services enlist them with POST /v1/transactions/{gid}/branches")
-            }
-        } else {
-            guard !branches.isEmpty else { throw CoordinatorError(400, "invalid_branches", "branches: at least one branch is required (or set interactive: true)") }
-            guard branches.count <= configuration.maximumBranches else {
-                throw CoordinatorError(400, "invalid_branches", "branches: \(branches.count) branches; the limit is \(configuration.maximumBranches)")
-            }
-            for (index, branch) in branches.enumerated() {
-                try validate(branch, at: "branches[\(index)]", proto: submission.protocol)
-            }
-            if submission.protocol == .saga {
-                if let problem = Saga.valueProblem(branches) { throw CoordinatorError(400, "invalid_branches", problem) }
-                // 422: steps the document allows one by one, which do not make a saga (a
-                // dependency on a later step, a pivot before a compensatable step).
-                if let problem = Saga.validate(branches) { throw CoordinatorError(422, "invalid_branches", problem) }
-            }
+        let timeout = submission.timeout.map { Duration(apiSeconds: $0) } ?? configuration.defaultTimeout
+        for (index, branch) in branches.enumerated() {
+            try checkServed(branch, at: "branches[\(index)]", proto: submission.protocol)
         }
-        let timeout = try timeout(submission.timeout)
+        // Steps the document allows one by one, which do not make a saga (a dependency on
+        // a later step, a pivot before a compensatable step).
+        if submission.protocol == .saga, let problem = Saga.validate(branches) {
+            throw CoordinatorError(422, "invalid_branches", problem)
+        }
         let spec = SubmittedSpec(proto: submission.protocol, branches: branches, interactive: interactive)
         let driver: any TransactionDriving
         switch submission.protocol {
@@ -256,32 +241,14 @@ public final class Coordinator: Sendable {
         return (driver.view(), true)
     }
 
-    private func validate(_ branch: BranchSpec, at path: String, proto: TransactionProtocol) throws(CoordinatorError) {
-        // Lengths count Unicode code points, as the document's maxLength does.
-        guard (1...128).contains(branch.operation.unicodeScalars.count) else {
-            throw CoordinatorError(400, "invalid_branches", "\(path).operation must be 1 to 128 characters")
-        }
+    /// A branch against this daemon (422): its participant is registered and serves the protocol.
+    private func checkServed(_ branch: BranchSpec, at path: String, proto: TransactionProtocol) throws(CoordinatorError) {
         guard let participant = registry.entry(branch.participant) else {
             throw CoordinatorError(422, "unknown_participant", "\(path).participant: no participant named '\(branch.participant)' is registered; see GET /v1/participants")
-        }
-        if proto != .saga {
-            let sagaOnly = [("dependsOn", branch.dependsOn != nil), ("compensatable", branch.compensatable != nil),
-                            ("retry", branch.retry != nil), ("timeout", branch.timeout != nil)]
-            if let (field, _) = sagaOnly.first(where: \.1) {
-                throw CoordinatorError(400, "invalid_branches", "\(path).\(field) is for saga steps only; remove it, or submit the transaction as protocol saga")
-            }
         }
         guard participant.protocols.contains(proto) else {
             throw CoordinatorError(422, "protocol_not_served", "\(path).participant: '\(branch.participant)' does not serve \(proto.rawValue) (it serves \(participant.protocols.map(\.rawValue).joined(separator: ", ")))")
         }
-    }
-
-    private func timeout(_ seconds: Double?) throws(CoordinatorError) -> Duration {
-        guard let seconds else { return configuration.defaultTimeout }
-        guard seconds.isFinite, seconds > 0, seconds <= configuration.maximumTimeout.secondsValue else {
-            throw CoordinatorError(400, "invalid_timeout", "timeout must be a number of seconds above 0 and at most \(Int(configuration.maximumTimeout.secondsValue))")
-        }
-        return Duration(apiSeconds: seconds)
     }
 
     // Lookups take a validated `GlobalTransactionID`, never text: presumed abort may
@@ -316,7 +283,8 @@ public final class Coordinator: Sendable {
     public func enlist(gid: GlobalTransactionID, _ request: EnlistRequest) async throws(CoordinatorError) -> EnlistAnswer {
         let driver = try driver(gid)
         let spec = BranchSpec(participant: request.participant, operation: request.operation, payload: request.payload)
-        try validate(spec, at: "enlistment", proto: driver.proto)
+        if let problem = spec.documentProblem(at: "enlistment", proto: driver.proto) { throw CoordinatorError(400, "invalid_branches", problem) }
+        try checkServed(spec, at: "enlistment", proto: driver.proto)
         switch await driver.request(.enlisted(spec)) {
         case .accepted(let count): return EnlistAnswer(gid: gid.rawValue, branch: count - 1)
         case .rejected(let why): throw CoordinatorError(409, "not_open", "cannot enlist in \(gid): \(why)")
@@ -335,11 +303,11 @@ public final class Coordinator: Sendable {
     }
 
     private func resolve(gid: GlobalTransactionID, _ decision: Decision, reason: String?, wait: Bool) async throws(CoordinatorError) -> TransactionView {
-        let driver = try driver(gid)
         // Something to read: a character other than a space or an ASCII control (the document's pattern).
         if let reason, !reason.unicodeScalars.contains(where: { $0.value > 0x20 && $0.value != 0x7F }) || reason.unicodeScalars.count > 1000 {
             throw CoordinatorError(400, "invalid_reason", "reason must be 1 to 1000 characters, not only spaces: say why the outcome is forced")
         }
+        let driver = try driver(gid)
         if driver.isFinished {
             let view = driver.view()
             guard view.decision == decision else {

@@ -60,7 +60,9 @@ final class FinishedTransaction: TransactionDriving {
 
     func outcome(branch: BranchID?) -> String {
         guard decision == .commit else { return "aborted" }
-        guard let branch, proto != .threePhaseCommit else { return "committed" }
+        // Only a 2PC branch can be outside the commit (a read-only vote, never prepared); a
+        // committed saga's pivot lists only the steps left to do, not the ones done.
+        guard let branch, proto == .twoPhaseCommit else { return "committed" }
         return replayed.targets.contains(branch) || branch == replayed.lastAgent ? "committed" : "aborted"
     }
 

@@ -288,7 +288,8 @@ public struct RetryPolicy: Sendable, Equatable {
 
     /// The delay before retry number `attempt` (1-based), given a random `unit` in 0..<1.
     public func delay(attempt: Int, unit: Double) -> Duration {
-        let base = initialDelay.seconds * pow(multiplier, Double(max(attempt - 1, 0)))
+        // The exponent is capped: a delay that started at 0 would become 0 × ∞ = NaN.
+        let base = initialDelay.seconds * pow(multiplier, Double(min(max(attempt - 1, 0), 64)))
         let capped = min(base, maximumDelay.seconds)
         return .nanoseconds(Int64(capped * (1 - jitter * unit) * 1e9))
     }
@@ -302,9 +303,11 @@ extension Duration {
     /// A duration given in the API as a number of seconds, kept to the millisecond and
     /// rounded up, so that a positive value never becomes zero. The value is validated
     /// before (finite, 0 or more, bounded).
+    /// Values from before a bound existed (a log written by an older dtxd) are clamped
+    /// to 0...1e9 s rather than trusted.
     public init(apiSeconds seconds: Double) {
-        precondition(seconds.isFinite && seconds >= 0 && seconds <= 1e9, "an API duration of \(seconds) s was not validated")
-        self = .milliseconds(Int64((seconds * 1000).rounded(.up)))
+        let bounded = seconds.isNaN ? 0 : min(max(seconds, 0), 1e9)
+        self = .milliseconds(Int64((bounded * 1000).rounded(.up)))
     }
 
     var seconds: Double {

@@ -167,7 +167,8 @@ public struct Saga: TransactionStateMachine {
                 if let index = declared.firstIndex(where: { !(0...Int(Int32.max)).contains($0) }) {
                     return "\(path).dependsOn[\(index)]: \(declared[index]) is not a step index (0 or more)"
                 }
-                if let twice = declared.first(where: { dependency in declared.filter { $0 == dependency }.count > 1 }) {
+                var seen = Set<BranchID>()
+                if let twice = declared.first(where: { !seen.insert($0).inserted }) {
                     return "\(path).dependsOn lists step \(twice) more than once"
                 }
             }

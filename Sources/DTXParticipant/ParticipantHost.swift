@@ -1,3 +1,4 @@
+import DTXCore
 import Foundation
 import Hummingbird
 import Logging
@@ -61,8 +62,8 @@ public enum ParticipantHost {
             value = parsed
         }
         guard let seconds = value else { return fallback }
-        guard seconds > 0, seconds.isFinite else { throw HostConfigurationError(message: "\(flag) must be a positive number of seconds, not \(seconds)") }
-        return .milliseconds(Int64(seconds * 1000))
+        guard seconds > 0, seconds <= 86_400 else { throw HostConfigurationError(message: "\(flag) must be a number of seconds above 0 and at most 86400, not \(seconds)") }
+        return Duration(apiSeconds: seconds)
     }
 }
 

@@ -76,7 +76,8 @@ struct AllowedMethods: Sendable {
 
     /// The methods served on `path`; empty when no route has this path.
     func methods(for path: String) -> [HTTPRequest.Method] {
-        let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+        // As the router reads a path: empty segments do not count.
+        let segments = path.split(separator: "/")
         return templates.first { template in
             template.segments.count == segments.count
                 && zip(template.segments, segments).allSatisfy { pattern, segment in pattern.hasPrefix(":") ? !segment.isEmpty : pattern == segment }
@@ -84,7 +85,7 @@ struct AllowedMethods: Sendable {
     }
 }
 
-/// Turns every error into the JSON error body of quality-bar.md.
+/// Turns every error into the JSON error body (`Error` in Schemas/coordinator-api.yaml).
 struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     let logger: Logger
     let methods: AllowedMethods

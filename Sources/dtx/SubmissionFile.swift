@@ -56,6 +56,12 @@ enum SubmissionFile {
         if let (place, allowed) = RequestShape.submission.unknownProperty(in: .object(fields)) {
             throw Problem(description: "\(name): unknown key '\(place)'; the keys allowed there are \(allowed.joined(separator: ", "))")
         }
+        // As strictly as dtxd reads it (duplicate keys, invalid UTF-8).
+        do {
+            _ = try JSONValue(parsingStrictly: Array(data))
+        } catch {
+            throw Problem(description: "\(name): \(error); dtxd would refuse it")
+        }
 
         let submission: TransactionSubmission
         do {
@@ -70,33 +76,11 @@ enum SubmissionFile {
     }
 
     /// The rules of Schemas/transaction-spec.schema.json that a typed decode does not
-    /// enforce, so that a spec dtxd would refuse is caught before it is sent.
+    /// enforce (the same check dtxd makes, `documentProblem`), so that a spec dtxd would
+    /// refuse is caught before it is sent.
     private static func checkRules(_ submission: TransactionSubmission, in name: String) throws(Problem) {
-        if let gid = submission.gid {
-            do {
-                _ = try GlobalTransactionID(validating: gid)
-            } catch {
-                throw Problem(description: "\(name): gid: \(error.description)")
-            }
-        }
-        if let timeout = submission.timeout, !(timeout > 0 && timeout.isFinite) {
-            throw Problem(description: "\(name): timeout: \(timeout) is not a number of seconds above 0")
-        }
-        let branches = submission.branches ?? []
-        if submission.interactive == true {
-            guard branches.isEmpty else {
-                throw Problem(description: "\(name): an interactive transaction begins with no branches (services enlist them); remove \"branches\", or remove \"interactive\" to run these branches")
-            }
-        } else if branches.isEmpty {
-            throw Problem(description: "\(name): no branches; give at least one {\"participant\", \"operation\"}, or set \"interactive\": true to begin an interactive transaction")
-        }
-        for (index, branch) in branches.enumerated() {
-            if !ParticipantName.isValid(branch.participant) {
-                throw Problem(description: "\(name): branches[\(index)].participant: '\(branch.participant)' is not a participant name (\(ParticipantName.rule))")
-            }
-            if branch.operation.isEmpty {
-                throw Problem(description: "\(name): branches[\(index)].operation is empty; name what the participant should do, e.g. \"debit\"")
-            }
+        if let (_, message) = submission.documentProblem {
+            throw Problem(description: "\(name): \(message)")
         }
     }
 

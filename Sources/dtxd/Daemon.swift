@@ -123,7 +123,7 @@ struct Daemon: AsyncParsableCommand {
         }
         var engine = CoordinatorConfiguration()
         engine.lastAgent = lastAgentOn
-        engine.defaultTimeout = .milliseconds(Int64(timeoutSeconds * 1000))
+        engine.defaultTimeout = Duration(apiSeconds: timeoutSeconds)
         engine.checkpointInterval = .milliseconds(Int64(checkpointSeconds * 1000))
         engine.historyLimit = historyLimit
         do {
@@ -151,7 +151,7 @@ struct Daemon: AsyncParsableCommand {
             }
             logger.info("log open", metadata: ["directory": "\(directory)", "records": "\(opened.recovery.records.count)", "nextLSN": "\(log.nextLSN)"])
             coordinator = try Coordinator(log: log, records: opened.recovery.records,
-                                          transport: HTTPTransport(requestTimeout: .milliseconds(Int64(requestSeconds * 1000))),
+                                          transport: HTTPTransport(requestTimeout: Duration(apiSeconds: requestSeconds)),
                                           configuration: engine, logger: logger)
         } catch let error as LogError {
             FileHandle.standardError.write(Data("dtxd: \(error)\n".utf8))

@@ -502,6 +502,13 @@ private func error(_ code: String, _ message: String) -> JSONValue {
         #expect(Saga.validate([step("a"), step("b", after: [1])]) != nil)
     }
 
+    /// A backoff that starts at 0 stays 0 however many attempts (0 × 2^n was NaN past
+    /// attempt 1025, and converting NaN trapped), and a long one stays at its cap.
+    @Test func backoffStaysFiniteForEveryAttempt() {
+        #expect(RetryPolicy(initialDelay: .zero).delay(attempt: 2000, unit: 0.5) == .zero)
+        #expect(RetryPolicy(initialDelay: .seconds(1), maximumDelay: .seconds(30), jitter: 0).delay(attempt: 5000, unit: 0) == .seconds(30))
+    }
+
     /// API durations keep the millisecond and round up: a positive value never becomes zero.
     @Test func apiSecondsRoundUpToTheMillisecond() {
         #expect(Duration(apiSeconds: 0.0001) == .milliseconds(1))
@@ -509,6 +516,7 @@ private func error(_ code: String, _ message: String) -> JSONValue {
         #expect(Duration(apiSeconds: 2) == .seconds(2))
         #expect(Duration(apiSeconds: 0) == .zero)
         #expect(Duration(apiSeconds: Duration.longestStepSeconds) == .seconds(86_400))
+        #expect(Duration(apiSeconds: 1e300) == .seconds(1_000_000_000), "a value logged before the bound is clamped, not trusted")
     }
 
     @Test func everyNonCompensatableStepMustFollowEveryCompensatableOne() {

@@ -202,6 +202,29 @@ import Testing
         #expect(try await logAppends(cluster) == before, "refused requests write nothing")
     }
 
+    /// Every branch of a committed saga is told `committed`, before and after a restart
+    /// (read back from the log, its pivot decision lists only the steps left to do; the
+    /// finished view once answered `aborted` for the others, presumed abort for a
+    /// branch that was committed).
+    @Test func everyBranchOfACommittedSagaIsToldCommittedAfterARestart() async throws {
+        let cluster = try Cluster("e2e-saga-outcome-restart")
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
+        try await cluster.startDaemon()
+        try await cluster.startParticipant("a")
+        let body = #"{"gid":"trip:9","protocol":"saga","wait":true,"branches":[{"participant":"a","operation":"book"},{"participant":"a","operation":"pay","dependsOn":[0],"compensatable":false}]}"#
+        let submitted = try await http("POST", cluster.url + "/v1/transactions", body: body)
+        #expect((submitted.json as? [String: Any])?["status"] as? String == "committed", "\(String(decoding: submitted.body, as: UTF8.self))")
+        for restarted in [false, true] {
+            if restarted {
+                try await cluster.killDaemon()
+                try await cluster.startDaemon()
+            }
+            for branch in 0..<2 {
+                #expect(try await cluster.client.outcome(gid: "trip:9", branch: branch) == "committed", "branch \(branch), restarted: \(restarted)")
+            }
+        }
+    }
+
     @Test func aTokenIsRequiredWhenConfigured() async throws {
         let cluster = try Cluster("e2e-token")
         defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
