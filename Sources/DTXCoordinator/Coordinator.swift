@@ -170,7 +170,7 @@ public final class Coordinator: Sendable {
 
     @discardableResult
     public func checkpoint() async throws -> WriteAheadLog.CheckpointResult {
-        try await log.checkpoint { record in
+        try await log.checkpoint { [self] record in
             if let live = registry.isLive(type: record.type, lsn: record.lsn) { return live }
             let gid = try LogEntry.gid(type: record.type, payload: record.payload)
             return table.withLock { $0.driver(gid) != nil }

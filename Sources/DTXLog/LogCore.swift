@@ -67,8 +67,6 @@ final class LogCore: @unchecked Sendable {
     private var failure: LogError?
     private var state = State.open
     private var closeWaiters: [CheckedContinuation<Void, Error>] = []
-    /// File-system work that must not run on the cooperative pool (unlink + fsync).
-    private var jobs: [(work: @Sendable () throws -> Void, continuation: CheckedContinuation<Void, Error>)] = []
     private var checkpointRunning = false
     private var stats = WriteAheadLog.Statistics()
 
@@ -210,22 +208,6 @@ final class LogCore: @unchecked Sendable {
         lock.withLock { oldestSequence = boundary }
     }
 
-    /// Runs `work` on the flusher thread and waits for it.
-    func runOnFlusher(_ work: @escaping @Sendable () throws -> Void) async throws {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
-            lock.lock()
-            if failure != nil || state != .open {
-                let error = failure ?? .closed
-                lock.unlock()
-                continuation.resume(throwing: error)
-                return
-            }
-            jobs.append((work, continuation))
-            lock.signal()
-            lock.unlock()
-        }
-    }
-
     // MARK: Flusher thread
 
     func startFlusher() {
@@ -248,21 +230,6 @@ final class LogCore: @unchecked Sendable {
         /// When the current sync was first wanted (0: not yet), for the group commit window.
         var syncWantedAt: UInt64 = 0
         while true {
-            if !jobs.isEmpty {
-                let batch = jobs
-                jobs = []
-                lock.unlock()
-                for job in batch {
-                    do {
-                        try job.work()
-                        job.continuation.resume()
-                    } catch {
-                        job.continuation.resume(throwing: error)
-                    }
-                }
-                lock.lock()
-                continue
-            }
             let mustSync = syncRequestedTicket > durableTicket
             if mustSync && state == .open && groupCommitDelayNanos > 0 && previousGroup > 1 && waiters.count < groupCommitTarget {
                 let now = System.monotonicNanoseconds()
@@ -405,7 +372,7 @@ final class LogCore: @unchecked Sendable {
     }
 }
 
-private final class ThreadBody {
+final class ThreadBody {
     let run: () -> Void
     init(_ run: @escaping () -> Void) { self.run = run }
 }

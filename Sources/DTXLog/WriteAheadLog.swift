@@ -63,8 +63,8 @@ public final class WriteAheadLog: Sendable {
 
     public let directory: String
     private let core: LogCore
-    /// Records a checkpoint reads or copies between two yields.
-    private static let checkpointSlice = 256
+    /// Checkpoints run on it.
+    private let worker = BackgroundWorker()
 
     private init(directory: String, core: LogCore) {
         self.directory = directory
@@ -73,6 +73,7 @@ public final class WriteAheadLog: Sendable {
 
     deinit {
         core.requestStop()
+        worker.stop()
     }
 
     /// Opens (creating if needed) the log in `directory` and takes its lock.
@@ -191,55 +192,53 @@ public final class WriteAheadLog: Sendable {
     /// A crash at any point leaves either the old segments or the copies (or both,
     /// which replay collapses).
     ///
-    /// It runs on the caller's task and yields every `checkpointSlice` records: on a
-    /// daemon whose tasks share two event-loop threads, a checkpoint that read and copied
-    /// tens of thousands of records in one go held a thread for seconds, and every task
-    /// waiting on that thread (committers among them) with it.
-    public func checkpoint(keep: (LogRecord) throws -> Bool) async throws -> CheckpointResult {
+    /// The reading, `keep` and the copying run on the log's background thread
+    /// (`BackgroundWorker`), and so does deleting the old segments: a forced append
+    /// waits for none of it. What it shares with forced appends is the flusher, which
+    /// writes the copies (lazily, between group commits), and the disk.
+    public func checkpoint(keep: @escaping @Sendable (LogRecord) throws -> Bool) async throws -> CheckpointResult {
         guard let (boundary, oldest, ticket) = try core.beginCheckpoint() else {
             return CheckpointResult(segmentsRemoved: 0, recordsRead: 0, recordsKept: 0)
         }
         defer { core.endCheckpoint() }
         try await core.waitDurable(ticket: ticket)
 
-        var read = 0
-        var kept: [LocatedRecord] = []
-        var seen = Set<UInt64>()
-        for sequence in oldest..<boundary {
-            let path = directory + "/" + LogFormat.segmentFileName(sequence)
-            for located in try LogScan.readSealedSegment(path: path, sequence: sequence) {
-                read += 1
-                if seen.insert(located.record.lsn).inserted, try keep(located.record) {
-                    kept.append(located)
+        let directory = directory
+        let core = core
+        let (read, kept) = try await worker.run { () throws -> (Int, Int) in
+            var read = 0
+            var kept = 0
+            var seen = Set<UInt64>()
+            for sequence in oldest..<boundary {
+                let path = directory + "/" + LogFormat.segmentFileName(sequence)
+                for located in try LogScan.readSealedSegment(path: path, sequence: sequence) {
+                    read += 1
+                    guard seen.insert(located.record.lsn).inserted, try keep(located.record) else { continue }
+                    _ = try core.enqueue(type: located.record.type, flags: LogFormat.flagRewritten, originalLSN: located.record.lsn,
+                                         payload: located.record.payload, forced: false)
+                    kept += 1
                 }
-                if read % Self.checkpointSlice == 0 { await Task.yield() }
             }
-            await Task.yield()
-        }
-        for (index, located) in kept.enumerated() {
-            _ = try core.enqueue(type: located.record.type, flags: LogFormat.flagRewritten, originalLSN: located.record.lsn,
-                                 payload: located.record.payload, forced: false)
-            if index % Self.checkpointSlice == Self.checkpointSlice - 1 { await Task.yield() }
+            return (read, kept)
         }
         try await core.waitDurable(ticket: nil)
-        let directory = directory
-        try await core.runOnFlusher {
+        try await worker.run {
             for sequence in oldest..<boundary {
                 try System.unlink(directory + "/" + LogFormat.segmentFileName(sequence))
             }
             try System.fsyncDirectory(directory)
         }
         core.segmentsRemoved(upTo: boundary)
-        return CheckpointResult(segmentsRemoved: Int(boundary - oldest), recordsRead: read, recordsKept: kept.count)
+        return CheckpointResult(segmentsRemoved: Int(boundary - oldest), recordsRead: read, recordsKept: kept)
     }
 
-    /// Writes and syncs everything appended, stops the flusher and releases the
-    /// directory lock. Appends after this throw `LogError.closed`.
+    /// Writes and syncs everything appended, stops the flusher and the background thread
+    /// and releases the directory lock. Appends after this throw `LogError.closed`.
     public func close() async throws {
+        worker.stop()
         try await core.close()
     }
 }
-
 extension LogScan {
     /// The records of a segment that a rotation has sealed; any flaw is corruption.
     static func readSealedSegment(path: String, sequence: UInt64) throws -> [LocatedRecord] {

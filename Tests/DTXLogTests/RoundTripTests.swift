@@ -21,7 +21,8 @@ import Testing
                     // Drop a random half of what is there; the checkpoint must keep the rest.
                     var dropped = Set<UInt64>()
                     for lsn in expected.keys where Bool.random(using: &rng) { dropped.insert(lsn) }
-                    let result = try await log.checkpoint { !dropped.contains($0.lsn) }
+                    let droppedNow = dropped
+                    let result = try await log.checkpoint { !droppedNow.contains($0.lsn) }
                     for lsn in dropped { expected[lsn] = nil }
                     #expect(result.recordsKept <= expected.count)
                 }
