@@ -18,15 +18,7 @@ final class BackgroundWorker: @unchecked Sendable {
     private static let niceness: Int32 = 10
 
     init() {
-        let box = Unmanaged.passRetained(ThreadBody { [self] in runLoop() })
-        var thread = pthread_t()
-        let result = pthread_create(&thread, nil, { argument in
-            let body = Unmanaged<ThreadBody>.fromOpaque(argument!).takeRetainedValue()
-            body.run()
-            return nil
-        }, box.toOpaque())
-        precondition(result == 0, "cannot start the log's background thread: \(String(cString: strerror(result)))")
-        pthread_detach(thread)
+        System.startThread(named: "log background") { [self] in runLoop() }
     }
 
     /// Runs `work` on the worker thread and returns its result.

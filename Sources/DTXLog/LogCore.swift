@@ -211,15 +211,7 @@ final class LogCore: @unchecked Sendable {
     // MARK: Flusher thread
 
     func startFlusher() {
-        let box = Unmanaged.passRetained(ThreadBody { [self] in runFlusher() })
-        var thread = pthread_t()
-        let result = pthread_create(&thread, nil, { argument in
-            let body = Unmanaged<ThreadBody>.fromOpaque(argument!).takeRetainedValue()
-            body.run()
-            return nil
-        }, box.toOpaque())
-        precondition(result == 0, "cannot start the log flusher thread: \(String(cString: strerror(result)))")
-        pthread_detach(thread)
+        System.startThread(named: "log flusher") { [self] in runFlusher() }
     }
 
     private func runFlusher() {
@@ -372,7 +364,3 @@ final class LogCore: @unchecked Sendable {
     }
 }
 
-final class ThreadBody {
-    let run: () -> Void
-    init(_ run: @escaping () -> Void) { self.run = run }
-}

@@ -126,6 +126,26 @@ enum System {
     }
 }
 
+extension System {
+    /// Starts a detached thread of the log's own (never Swift's cooperative pool: it blocks in syscalls).
+    static func startThread(named name: String, _ body: @escaping () -> Void) {
+        let box = Unmanaged.passRetained(ThreadBody(body))
+        var thread = pthread_t()
+        let result = pthread_create(&thread, nil, { argument in
+            let body = Unmanaged<ThreadBody>.fromOpaque(argument!).takeRetainedValue()
+            body.run()
+            return nil
+        }, box.toOpaque())
+        precondition(result == 0, "cannot start the \(name) thread: \(String(cString: strerror(result)))")
+        pthread_detach(thread)
+    }
+}
+
+private final class ThreadBody {
+    let run: () -> Void
+    init(_ run: @escaping () -> Void) { self.run = run }
+}
+
 /// A pthread mutex with a condition variable: the flusher thread sleeps on it, so it
 /// must be a real OS primitive rather than a Swift concurrency one.
 final class ConditionLock: @unchecked Sendable {
