@@ -205,7 +205,10 @@ final class LogCore: @unchecked Sendable {
     }
 
     func segmentsRemoved(upTo boundary: UInt64) {
-        lock.withLock { oldestSequence = boundary }
+        lock.withLock {
+            oldestSequence = boundary
+            stats.checkpoints += 1
+        }
     }
 
     // MARK: Flusher thread

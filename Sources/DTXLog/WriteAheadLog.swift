@@ -53,6 +53,8 @@ public final class WriteAheadLog: Sendable {
         public var largestGroupSize: Int = 0
         public var bytesWritten: UInt64 = 0
         public var segmentsCreated: UInt64 = 0
+        /// Checkpoints that deleted their old segments.
+        public var checkpoints: UInt64 = 0
     }
 
     public struct CheckpointResult: Sendable, Equatable {

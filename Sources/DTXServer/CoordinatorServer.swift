@@ -169,6 +169,8 @@ struct LogMetrics: Sendable {
         gauge("dtx_log_forced_appends", "Forced (durable before return) appends since start").set(Double(stats.forcedAppends))
         gauge("dtx_log_fsyncs", "fdatasync/fsync calls on the log since start").set(Double(stats.fsyncs))
         gauge("dtx_log_group_commit_largest", "Largest number of forced appends covered by one fdatasync").set(Double(stats.largestGroupSize))
+        gauge("dtx_log_segments_created", "Log segments created since start (a segment switch each)").set(Double(stats.segmentsCreated))
+        gauge("dtx_log_checkpoints", "Log checkpoints completed since start").set(Double(stats.checkpoints))
         gauge("dtx_log_group_commit_average", "Forced appends per fdatasync since start")
             .set(stats.fsyncs == 0 ? 0 : Double(stats.forcedAppends) / Double(stats.fsyncs))
         let gauges = coordinator.gauges()

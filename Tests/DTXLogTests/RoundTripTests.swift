@@ -49,6 +49,8 @@ import Testing
         #expect(result.recordsKept == live.count)
         // The checkpoint seals the current segment too, so every one of them goes.
         #expect(result.segmentsRemoved == before)
+        #expect(log.statistics.checkpoints == 1)
+        #expect(log.statistics.segmentsCreated >= UInt64(before), "every rotation, the checkpoint's included, created a segment")
         #expect(try segmentCount(dir) == 1)
         // Appends continue with the next LSN after a checkpoint.
         let next = try await log.append(type: 2, payload: [1, 2, 3], forced: true)
