@@ -257,7 +257,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 if message == .prepare { sentPrepare = true }
                 send(message, to: branches[id], allParticipants: branches.map(\.spec.participant))
             case let .schedule(timer, attempt):
-                schedule(timer, attempt: attempt, branches: branches)
+                schedule(timer, attempt: attempt)
             case .cancel(let timer):
                 state.withLock { $0.timers.removeValue(forKey: timer) }?.cancel()
             case .decided(let decision):
@@ -300,7 +300,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         }
     }
 
-    private func schedule(_ timer: TimerID, attempt: Int, branches: [Branch]) {
+    private func schedule(_ timer: TimerID, attempt: Int) {
         let delay: Duration
         switch timer {
         case .phaseOne:
@@ -311,8 +311,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             context.metrics.retry(proto)
         case .step(let id):
             // A saga step's per-attempt timeout (the machine only arms it for steps that have one).
-            guard branches.indices.contains(id), let seconds = branches[id].spec.timeout else { return }
-            delay = Duration(apiSeconds: seconds)
+            guard let timeout = state.withLock({ $0.machine.stepTimeout(id) }) else { return }
+            delay = timeout
         }
         // An event-loop timer, not a sleeping task: no task and no dispatch timer per
         // transaction. Armed under the lock, so its firing (which takes the lock) finds it.

@@ -254,6 +254,8 @@ public protocol TransactionStateMachine: Sendable {
     static func recovering(_ replayed: TransactionLogReplay.Replayed) -> (Self, Event)
     /// The backoff for branch `id`'s retries, given the engine's policy.
     func retryPolicy(for id: BranchID, base: RetryPolicy) -> RetryPolicy
+    /// The delay of branch `id`'s per-attempt timer (saga steps with a `timeout`); nil elsewhere.
+    func stepTimeout(_ id: BranchID) -> Duration?
     /// The compensations that ran, in the order they completed (sagas); nil elsewhere.
     var completedCompensations: [BranchID]? { get }
     /// The failure that decided the outcome when the machine, not a participant, named
@@ -265,6 +267,7 @@ public protocol TransactionStateMachine: Sendable {
 
 extension TransactionStateMachine {
     public func retryPolicy(for id: BranchID, base: RetryPolicy) -> RetryPolicy { base }
+    public func stepTimeout(_ id: BranchID) -> Duration? { nil }
     public var completedCompensations: [BranchID]? { nil }
     public var decidingFailure: Saga.Failure? { nil }
     public var terminationAnswer: ThreePhaseState? { nil }
@@ -301,10 +304,9 @@ extension Duration {
     public static let longestStepSeconds: Double = 86_400
 
     /// A duration given in the API as a number of seconds, kept to the millisecond and
-    /// rounded up, so that a positive value never becomes zero. The value is validated
-    /// before (finite, 0 or more, bounded).
-    /// Values from before a bound existed (a log written by an older dtxd) are clamped
-    /// to 0...1e9 s rather than trusted.
+    /// rounded up, so that a positive value never becomes zero. Callers validate API
+    /// input first; a value read back from a log written before the bounds existed is
+    /// clamped to 0...1e9 s rather than trusted.
     public init(apiSeconds seconds: Double) {
         let bounded = seconds.isNaN ? 0 : min(max(seconds, 0), 1e9)
         self = .milliseconds(Int64((bounded * 1000).rounded(.up)))

@@ -20,6 +20,16 @@ import Testing
         return Double(line?.split(separator: " ").last ?? "") ?? -1
     }
 
+    /// Each request (method, URL, body) gets its status and error code, as a JSON error.
+    private func expectRefused(_ cases: [(String, String, String?, Int, String)]) async throws {
+        for (method, url, body, status, code) in cases {
+            let exchange = try await http(method, url, body: body)
+            #expect(exchange.status == status, "\(method) \(url.prefix(120)) \(body?.prefix(80) ?? "")")
+            #expect(exchange.errorCode == code, "\(method) \(url.prefix(120)): \(String(decoding: exchange.body.prefix(300), as: UTF8.self))")
+            #expect(exchange.contentType?.hasPrefix("application/json") == true)
+        }
+    }
+
     @Test func badInputGetsAJSONErrorAndChangesNothing() async throws {
         let cluster = try Cluster("e2e-bad-input")
         defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
@@ -59,12 +69,7 @@ import Testing
             ("DELETE", u + "/v1/participants/nobody", nil, 404, "unknown_participant"),
             ("GET", u + "/v2/whatever", nil, 404, "not_found"),
         ]
-        for (method, url, body, status, code) in cases {
-            let exchange = try await http(method, url, body: body)
-            #expect(exchange.status == status, "\(method) \(url.prefix(120)) \(body?.prefix(80) ?? "")")
-            #expect(exchange.errorCode == code, "\(method) \(url.prefix(120)): \(String(decoding: exchange.body.prefix(300), as: UTF8.self))")
-            #expect(exchange.contentType?.hasPrefix("application/json") == true)
-        }
+        try await expectRefused(cases)
         #expect(try await logAppends(cluster) == before, "bad input must not write to the log")
         #expect(try await cluster.client.transaction("done").status == "committed")
     }
@@ -143,10 +148,7 @@ import Testing
             ("GET", "/v1/transactions?olderThan=0x10", 400, "invalid_query"),
             ("GET", "/v1/transactions?cursor=1234567890123456789", 400, "invalid_query"),
         ]
-        for (method, path, status, code) in refused {
-            let exchange = try await http(method, u + path, body: method == "GET" ? nil : "{}")
-            #expect(exchange.status == status && exchange.errorCode == code, "\(method) \(path): \(exchange.status) \(String(decoding: exchange.body, as: UTF8.self))")
-        }
+        try await expectRefused(refused.map { method, path, status, code in (method, u + path, method == "GET" ? nil : "{}", status, code) })
         #expect(try await logAppends(cluster) == before, "refused requests write nothing")
     }
 
