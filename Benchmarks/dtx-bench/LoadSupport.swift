@@ -35,8 +35,11 @@ final class BenchProcesses: Sendable {
         throw ValidationError("\(name) did not start (build it with -c release beside dtx-bench): \(text)")
     }
 
+    /// Stops every process started and waits for them to exit.
     func stopAll() {
-        for process in started.withLock({ $0 }) where process.isRunning { process.terminate() }
+        let processes = started.withLock { $0 }
+        for process in processes where process.isRunning { process.terminate() }
+        for process in processes { process.waitUntilExit() }
     }
 }
 
@@ -53,18 +56,28 @@ func waitForRegistrations(_ http: HTTPClient, _ daemonURL: String, count: Int) a
 
 /// One unlabelled sample from dtxd's /metrics.
 func metric(_ http: HTTPClient, _ daemonURL: String, _ name: String) async throws -> Double {
+    try await metrics(http, daemonURL, [name])[0]
+}
+
+/// Unlabelled samples from one read of dtxd's /metrics, in the order of `names` (0 when absent).
+func metrics(_ http: HTTPClient, _ daemonURL: String, _ names: [String]) async throws -> [Double] {
     let response = try await http.execute(HTTPClientRequest(url: daemonURL + "/metrics"), timeout: .seconds(5))
     let text = String(buffer: try await response.body.collect(upTo: 16 << 20))
-    for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
-        return Double(line.split(separator: " ")[1]) ?? 0
+    var values = [Double](repeating: 0, count: names.count)
+    for line in text.split(separator: "\n") {
+        let fields = line.split(separator: " ")
+        if fields.count == 2, let index = names.firstIndex(where: { $0 == fields[0] }) { values[index] = Double(fields[1]) ?? 0 }
     }
-    return 0
+    return values
 }
 
 struct LoadResult {
     var successes = 0
     var failures = 0
+    /// Seconds, sorted.
     var latencies: [Double] = []
+    /// Each success as (seconds from the start when it completed, its latency), for timelines.
+    var completions: [(at: Double, latency: Double)] = []
     var elapsed: Double = 0
 }
 
@@ -81,8 +94,9 @@ func load(concurrency: Int, seconds: Double, _ operation: @escaping @Sendable ()
                 while clock.now < deadline {
                     let begun = clock.now
                     if try await operation() {
+                        let now = clock.now
                         result.successes += 1
-                        result.latencies.append((clock.now - begun).seconds)
+                        result.completions.append(((now - start).seconds, (now - begun).seconds))
                     } else {
                         result.failures += 1
                     }
@@ -93,11 +107,11 @@ func load(concurrency: Int, seconds: Double, _ operation: @escaping @Sendable ()
         for try await result in group {
             total.successes += result.successes
             total.failures += result.failures
-            total.latencies += result.latencies
+            total.completions += result.completions
         }
     }
     total.elapsed = (clock.now - start).seconds
-    total.latencies.sort()
+    total.latencies = total.completions.map(\.latency).sorted()
     return total
 }
 

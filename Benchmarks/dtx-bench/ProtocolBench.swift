@@ -56,6 +56,15 @@ struct ProtocolBenchOptions: ParsableArguments {
     @Option(name: .customLong("last-agent"), help: "dtxd's --last-agent: on lets a 2PC transaction's last branch commit in one phase and decide; off prepares every branch.")
     var lastAgent: String = "off"
 
+    @Option(help: "Seconds. Instead of the sweep, run the first concurrency level this long twice, each against a fresh dtxd: once with small log segments and frequent checkpoints, once with 64 MiB segments and no checkpoint; report transactions and the slowest one per 100 ms.")
+    var timeline: Double?
+
+    @Option(name: .customLong("segment-size"), help: "MiB per log segment of dtxd in the timeline's switching run.")
+    var segmentSizeMiB: Int = 1
+
+    @Option(name: .customLong("checkpoint-every"), help: "Seconds between dtxd's checkpoints in the timeline's switching run (dtxd --checkpoint-interval).")
+    var checkpointEvery: Double = 2
+
     func validate() throws {
         guard ["memory", "sqlite,postgres"].contains(rm) else { throw ValidationError("--rm takes memory or sqlite,postgres") }
         guard (1...16).contains(participants) else { throw ValidationError("--participants must be 1 to 16") }
@@ -63,6 +72,12 @@ struct ProtocolBenchOptions: ParsableArguments {
         guard ["on", "off"].contains(lastAgent) else { throw ValidationError("--last-agent takes on or off") }
         guard duration > 0, warmup >= 0 else { throw ValidationError("--duration must be above 0 and --warmup 0 or more") }
         guard !levels.isEmpty, levels.allSatisfy({ (1...1024).contains($0) }) else { throw ValidationError("--concurrency takes numbers from 1 to 1024, e.g. 1,16,64") }
+        if let timeline {
+            guard timeline >= 1 && timeline <= 3600 else { throw ValidationError("--timeline takes seconds from 1 to 3600") }
+            guard rm == "memory" else { throw ValidationError("--timeline runs with --rm memory") }
+        }
+        guard (1...1024).contains(segmentSizeMiB) else { throw ValidationError("--segment-size takes MiB from 1 to 1024") }
+        guard checkpointEvery >= 1 && checkpointEvery <= 86400 else { throw ValidationError("--checkpoint-every takes seconds from 1 to 86400") }
     }
 
     var levels: [Int] { concurrency.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
@@ -137,6 +152,10 @@ struct ProtocolBench {
     }
 
     func run() async throws {
+        if let seconds = options.timeline {
+            try await runTimeline(seconds: seconds)
+            return
+        }
         let processes = BenchProcesses()
         if options.rm == "sqlite,postgres" {
             let bank = BankBench(transactionProtocol: transactionProtocol, concurrency: options.levels, duration: options.duration, warmup: options.warmup,
@@ -145,23 +164,11 @@ struct ProtocolBench {
             return
         }
         let directory = NSTemporaryDirectory() + "dtx-bench-\(transactionProtocol.rawValue)-\(getpid())"
-        try? FileManager.default.removeItem(atPath: directory)
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer {
             processes.stopAll()
             try? FileManager.default.removeItem(atPath: directory)
         }
-
-        let (daemon, daemonURL) = try processes.start("dtxd", ["--data-dir", directory + "/data", "--listen", "127.0.0.1:0", "--log-level", "error"], environment: ["DTXD_THREADS": String(options.dtxdThreads)], marker: "dtxd listening on ")
-        var participantURLs: [String] = []
-        var participantPIDs: [Int32] = []
-        for index in 0..<options.participants {
-            let (process, url) = try processes.start("memory-participant", ["--name", "p\(index)", "--coordinator", daemonURL, "--listen", "127.0.0.1:0", "--log-level", "error", "--heartbeat", "5", "--recovery-interval", "60"],
-                                                  environment: ["DTX_PARTICIPANT_THREADS": String(options.participantThreads)], marker: "memory-participant p\(index) listening on ")
-            participantPIDs.append(process.processIdentifier)
-            participantURLs.append(url)
-        }
-
+        let (daemon, daemonURL, participantPIDs, participantURLs) = try startCluster(processes, directory: directory, dtxdArguments: [])
         let http = benchHTTPClient()
         try await waitForRegistrations(http, daemonURL, count: options.participants)
 
@@ -186,6 +193,115 @@ struct ProtocolBench {
             try writeJSON(Report(benchmark: transactionProtocol.rawValue, machine: machine, participants: options.participants, dtxdThreads: options.dtxdThreads,
                                  participantThreads: options.participantThreads, durationSeconds: options.duration, committed: runs, aborted: aborted, abortedCase: abortedCase), to: json)
             print("wrote \(json)")
+        }
+    }
+
+    /// dtxd (its data in `directory`, made fresh) and the no-op participants.
+    private func startCluster(_ processes: BenchProcesses, directory: String, dtxdArguments: [String]) throws
+        -> (daemon: Process, url: String, participantPIDs: [Int32], participantURLs: [String]) {
+        try? FileManager.default.removeItem(atPath: directory)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let (daemon, daemonURL) = try processes.start("dtxd", ["--data-dir", directory + "/data", "--listen", "127.0.0.1:0", "--log-level", "error"] + dtxdArguments,
+                                                      environment: ["DTXD_THREADS": String(options.dtxdThreads)], marker: "dtxd listening on ")
+        var participantURLs: [String] = []
+        var participantPIDs: [Int32] = []
+        for index in 0..<options.participants {
+            let (process, url) = try processes.start("memory-participant", ["--name", "p\(index)", "--coordinator", daemonURL, "--listen", "127.0.0.1:0", "--log-level", "error", "--heartbeat", "5", "--recovery-interval", "60"],
+                                                  environment: ["DTX_PARTICIPANT_THREADS": String(options.participantThreads)], marker: "memory-participant p\(index) listening on ")
+            participantPIDs.append(process.processIdentifier)
+            participantURLs.append(url)
+        }
+        return (daemon, daemonURL, participantPIDs, participantURLs)
+    }
+
+    // MARK: Timeline
+
+    struct TimelineReport: Codable {
+        var benchmark: String
+        var machine: Machine
+        var participants: Int
+        var concurrency: Int
+        var seconds: Double
+        var segmentSizeMiB: Int
+        var checkpointEverySeconds: Double
+        /// Small segments and frequent checkpoints.
+        var switching: Timeline
+        /// 64 MiB segments, no checkpoint: the same load crossing nothing.
+        var steady: Timeline
+        var p99Ratio: Double
+
+        enum CodingKeys: String, CodingKey {
+            case benchmark, machine, participants, concurrency, seconds, switching, steady
+            case segmentSizeMiB = "segment_size_mib"
+            case checkpointEverySeconds = "checkpoint_every_s"
+            case p99Ratio = "p99_switching_over_steady"
+        }
+    }
+
+    /// Unique-gid transactions with `wait: true` at one concurrency against a fresh dtxd
+    /// twice, in turns: switching segments and checkpointing often, then crossing neither.
+    private func runTimeline(seconds: Double) async throws {
+        let concurrency = options.levels[0]
+        print("\(transactionProtocol.rawValue) timeline: \(options.participants) no-op participants, \(concurrency) clients, \(seconds) s each; switching: \(options.segmentSizeMiB) MiB segments, a checkpoint every \(options.checkpointEvery) s")
+        let switching = try await timelineRun(seconds: seconds, concurrency: concurrency,
+                                              dtxdArguments: ["--segment-size", "\(options.segmentSizeMiB)", "--checkpoint-interval", "\(options.checkpointEvery)"])
+        print("  switching: " + switching.summary)
+        let steady = try await timelineRun(seconds: seconds, concurrency: concurrency, dtxdArguments: ["--segment-size", "64", "--checkpoint-interval", "86400"])
+        print("  steady:    " + steady.summary)
+        let ratio = steady.p99Milliseconds > 0 ? switching.p99Milliseconds / steady.p99Milliseconds : 0
+        print(String(format: "  p99 switching / steady: %.2f", ratio))
+        if let json = options.json {
+            try writeJSON(TimelineReport(benchmark: transactionProtocol.rawValue + "-timeline", machine: .current(), participants: options.participants,
+                                         concurrency: concurrency, seconds: seconds, segmentSizeMiB: options.segmentSizeMiB,
+                                         checkpointEverySeconds: options.checkpointEvery, switching: switching, steady: steady, p99Ratio: ratio), to: json)
+            print("wrote \(json)")
+        }
+    }
+
+    private func timelineRun(seconds: Double, concurrency: Int, dtxdArguments: [String]) async throws -> Timeline {
+        let processes = BenchProcesses()
+        let directory = NSTemporaryDirectory() + "dtx-bench-timeline-\(getpid())"
+        defer {
+            processes.stopAll()
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+        let (_, daemonURL, _, _) = try startCluster(processes, directory: directory, dtxdArguments: dtxdArguments)
+        let http = benchHTTPClient()
+        do {
+            try await waitForRegistrations(http, daemonURL, count: options.participants)
+            let branches = (0..<options.participants).map { BranchSpec(participant: "p\($0)", operation: "noop") }
+            let body = try JSONEncoder().encode(TransactionSubmission(protocol: transactionProtocol, branches: branches, timeout: 30, wait: true))
+            let submit: @Sendable () async throws -> Bool = { try await submitTransaction(http, daemonURL, body, expected: "committed") }
+            _ = try await load(concurrency: concurrency, seconds: options.warmup, submit)
+
+            // Switches and checkpoints as /metrics shows them, read every 20 ms.
+            let names = ["dtx_log_segment_switches", "dtx_log_checkpoints", "dtx_log_switches_without_spare"]
+            let first = try await metrics(http, daemonURL, names)
+            let clock = ContinuousClock()
+            let start = clock.now
+            let poller = Task { () -> (switches: [Double], checkpoints: [Double]) in
+                var previous = first
+                var switches: [Double] = [], checkpoints: [Double] = []
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(20))
+                    guard let now = try? await metrics(http, daemonURL, names) else { continue }
+                    let at = (clock.now - start).seconds
+                    switches += Array(repeating: at, count: max(0, Int(now[0] - previous[0])))
+                    checkpoints += Array(repeating: at, count: max(0, Int(now[1] - previous[1])))
+                    previous = now
+                }
+                return (switches, checkpoints)
+            }
+            let result = try await load(concurrency: concurrency, seconds: seconds, submit)
+            poller.cancel()
+            let seen = await poller.value
+            let last = try await metrics(http, daemonURL, names)
+            try await http.shutdown()
+            return Timeline(duration: seconds, completions: result.completions, switches: seen.switches,
+                            switchesWithoutSpare: Int(last[2] - first[2]), checkpoints: seen.checkpoints.map { ($0, $0) })
+        } catch {
+            try? await http.shutdown()
+            throw error
         }
     }
 

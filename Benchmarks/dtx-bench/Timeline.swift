@@ -31,6 +31,8 @@ struct Timeline: Codable {
     var worstDipSeconds: Double
     var worstDipAt: Double?
     var segmentSwitches: Int
+    /// Switches that found no spare segment ready (the log created one while commits waited).
+    var switchesWithoutSpare: Int
     var checkpoints: Int
     var p99Milliseconds: Double
     var maxLatencyMilliseconds: Double
@@ -42,6 +44,7 @@ struct Timeline: Codable {
         case worstDipSeconds = "worst_dip_s"
         case worstDipAt = "worst_dip_at_s"
         case segmentSwitches = "segment_switches"
+        case switchesWithoutSpare = "switches_without_spare"
         case checkpoints
         case p99Milliseconds = "p99_ms"
         case maxLatencyMilliseconds = "max_latency_ms"
@@ -51,7 +54,8 @@ struct Timeline: Codable {
     ///   - completions: (seconds from start when the operation completed, its latency in seconds).
     ///   - switches, checkpoints: seconds from start at which each happened (a checkpoint
     ///     as its start and end).
-    init(duration: Double, completions: [(at: Double, latency: Double)], switches: [Double], checkpoints: [(start: Double, end: Double)]) {
+    init(duration: Double, completions: [(at: Double, latency: Double)], switches: [Double], switchesWithoutSpare: Int,
+         checkpoints: [(start: Double, end: Double)]) {
         let count = max(Int((duration / Self.windowSeconds).rounded(.up)), 1)
         var windows = (0..<count).map { Window(at: Double($0) * Self.windowSeconds, completed: 0, maxLatencyMilliseconds: 0, segmentSwitches: 0, checkpoints: 0) }
         func index(_ at: Double) -> Int { min(max(Int(at / Self.windowSeconds), 0), count - 1) }
@@ -84,6 +88,7 @@ struct Timeline: Codable {
         worstDipSeconds = Double(worst) * Self.windowSeconds
         worstDipAt = worstStart.map { Double($0) * Self.windowSeconds }
         segmentSwitches = switches.count
+        self.switchesWithoutSpare = switchesWithoutSpare
         self.checkpoints = checkpoints.count
         p99Milliseconds = percentile(latencies, 99)
         maxLatencyMilliseconds = latencies.last ?? 0
@@ -91,8 +96,8 @@ struct Timeline: Codable {
 
     /// One line for the table.
     var summary: String {
-        String(format: "median %.0f/100ms, lowest window %.0f%% of it, worst dip %.1f s%@, p99 %.2f ms, max %.1f ms, %d switches, %d checkpoints",
+        String(format: "median %.0f/100ms, lowest window %.0f%% of it, worst dip %.1f s%@, p99 %.2f ms, max %.1f ms, %d switches (%d without a spare), %d checkpoints",
                medianPerWindow, lowestWindowRatio * 100, worstDipSeconds, worstDipAt.map { String(format: " at %.1f s", $0) } ?? "",
-               p99Milliseconds, maxLatencyMilliseconds, segmentSwitches, checkpoints)
+               p99Milliseconds, maxLatencyMilliseconds, segmentSwitches, switchesWithoutSpare, checkpoints)
     }
 }

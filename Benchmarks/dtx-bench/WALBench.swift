@@ -254,11 +254,11 @@ struct WALBench: AsyncParsableCommand {
             }
             group.addTask {
                 // Segment switches, seen within a millisecond.
-                var seen = log.statistics.segmentsCreated
+                var seen = log.statistics.segmentSwitches
                 var times: [Double] = []
                 while clock.now < deadline {
                     try await Task.sleep(for: .milliseconds(1))
-                    let created = log.statistics.segmentsCreated
+                    let created = log.statistics.segmentSwitches
                     if created > seen {
                         times += Array(repeating: (clock.now - start).seconds, count: Int(created - seen))
                         seen = created
@@ -287,8 +287,9 @@ struct WALBench: AsyncParsableCommand {
                 }
             }
         }
+        let withoutSpare = Int(log.statistics.switchesWithoutSpare)
         try await log.close()
         if !keep { try? FileManager.default.removeItem(atPath: logDir) }
-        return Timeline(duration: seconds, completions: completions, switches: switches, checkpoints: checkpointSpans)
+        return Timeline(duration: seconds, completions: completions, switches: switches, switchesWithoutSpare: withoutSpare, checkpoints: checkpointSpans)
     }
 }

@@ -2,57 +2,91 @@
 import Glibc
 #endif
 
-/// A thread of the log's own, at a lower scheduling priority, for work the commit path
-/// must never wait behind: a checkpoint's reading, filtering and copying, and deleting
-/// the segments it emptied. Not the flusher (every forced append waits for it) and not
-/// Swift's cooperative pool or the daemon's event loops, where a checkpoint of tens of
-/// thousands of records held a thread, and every task waiting on it, for seconds.
-/// Jobs run one at a time, in order.
+/// A thread of the log's own, by default at a lower scheduling priority, for work the commit path
+/// must never wait behind: a checkpoint's reading and filtering and the deleting of the
+/// segments it emptied (one worker), preparing the next segment ahead of need (another).
+/// Not the flusher (every forced append waits for it) and not Swift's cooperative pool
+/// or the daemon's event loops, where a checkpoint of tens of thousands of records held
+/// a thread, and every task waiting on it, for seconds. Jobs run one at a time, in order.
 final class BackgroundWorker: @unchecked Sendable {
-    // Safe: `jobs` and `stopping` are only touched with `lock` held.
+    // Safe: every stored var is only touched with `lock` held.
     private let lock = ConditionLock()
     private var jobs: [@Sendable () -> Void] = []
     private var stopping = false
+    private var ended = false
+    private var endWaiters: [CheckedContinuation<Void, Never>] = []
 
-    /// Nice value of the thread: the scheduler gives committers the CPU first.
-    private static let niceness: Int32 = 10
+    private let niceness: Int32
 
-    init() {
-        System.startThread(named: "log background") { [self] in runLoop() }
+    /// - Parameter niceness: nice value of the thread; the default 10 has the scheduler
+    ///   give committers the CPU first.
+    init(named name: String, niceness: Int32 = 10) {
+        self.niceness = niceness
+        System.startThread(named: name) { [self] in runLoop() }
+    }
+
+    /// Queues `job`; false (and `job` never runs) once the worker is stopping.
+    @discardableResult
+    func submit(_ job: @escaping @Sendable () -> Void) -> Bool {
+        lock.withLock {
+            guard !stopping else { return false }
+            jobs.append(job)
+            lock.broadcast()
+            return true
+        }
     }
 
     /// Runs `work` on the worker thread and returns its result.
     func run<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, Error>) in
-            lock.lock()
-            guard !stopping else {
-                lock.unlock()
-                continuation.resume(throwing: LogError.closed)
-                return
-            }
-            jobs.append {
+            let queued = submit {
                 do {
                     continuation.resume(returning: try work())
                 } catch {
                     continuation.resume(throwing: error)
                 }
             }
-            lock.signal()
-            lock.unlock()
+            if !queued { continuation.resume(throwing: LogError.closed) }
         }
     }
 
-    /// Lets queued jobs finish, then ends the thread; later `run` calls throw `LogError.closed`.
+    /// Lets queued jobs finish, then ends the thread; later jobs are refused.
     func stop() {
         lock.withLock {
             stopping = true
-            lock.signal()
+            lock.broadcast()
+        }
+    }
+
+    /// `stop`, then blocks until the thread has run its last job: after this, nothing
+    /// the worker does can touch the directory.
+    func stopAndWait() {
+        lock.lock()
+        stopping = true
+        lock.broadcast()
+        while !ended { lock.wait(nanoseconds: 100_000_000) }
+        lock.unlock()
+    }
+
+    /// `stopAndWait` for async callers: suspends instead of blocking a thread.
+    func stopAndDrain() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            lock.lock()
+            stopping = true
+            lock.broadcast()
+            if ended {
+                lock.unlock()
+                continuation.resume()
+            } else {
+                endWaiters.append(continuation)
+                lock.unlock()
+            }
         }
     }
 
     private func runLoop() {
         // On Linux the nice value is a thread's own, and `who` 0 names the calling thread.
-        _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, Self.niceness)
+        if niceness != 0 { _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, niceness) }
         lock.lock()
         while true {
             if jobs.isEmpty {
@@ -66,6 +100,11 @@ final class BackgroundWorker: @unchecked Sendable {
             for job in batch { job() }
             lock.lock()
         }
+        ended = true
+        lock.broadcast()
+        let waiters = endWaiters
+        endWaiters = []
         lock.unlock()
+        for waiter in waiters { waiter.resume() }
     }
 }

@@ -8,6 +8,11 @@ import Glibc
 /// of everything enqueued). The flusher thread takes the whole pending batch, writes
 /// it, and — when a forced append or `sync` is waiting — issues one `fdatasync` that
 /// makes every ticket in the batch durable, then resumes all covered waiters at once.
+///
+/// The next segment is prepared ahead of need by a worker of its own (a spare: created,
+/// preallocated and made durable with a spare header), so a switch costs the flusher one
+/// `fdatasync` sealing the full segment and a 64-byte header write that the next group
+/// commit syncs with the first records.
 final class LogCore: @unchecked Sendable {
     // Safe: every mutable stored property below is touched only with `lock` held,
     // except those marked "flusher only", which only the flusher thread touches
@@ -69,10 +74,19 @@ final class LogCore: @unchecked Sendable {
     private var closeWaiters: [CheckedContinuation<Void, Error>] = []
     private var checkpointRunning = false
     private var stats = WriteAheadLog.Statistics()
+    /// The next segment, ready, and the one being prepared.
+    private var spare: (sequence: UInt64, fd: Int32)?
+    private var sparePreparing: UInt64?
 
     // Flusher only.
     private var currentFD: Int32
     private var currentPath: String
+    private var currentSequence: UInt64
+
+    /// Prepares spares, so that neither the flusher nor an appender ever waits for a
+    /// segment's creation (unless it fills one faster than the disk can prepare one).
+    /// Not niced: its work is a few syscalls, and a flusher may wait for it.
+    private let spareWorker = BackgroundWorker(named: "log spare", niceness: 0)
 
     init(directory: String, configuration: WriteAheadLog.Configuration, lock: DirectoryLock, tail: Tail) {
         self.directory = directory
@@ -88,6 +102,7 @@ final class LogCore: @unchecked Sendable {
         self.oldestSequence = tail.oldestSequence
         self.currentFD = tail.fd
         self.currentPath = tail.path
+        self.currentSequence = tail.sequence
     }
 
     var nextLSN: UInt64 { lock.withLock { lsnCounter } }
@@ -214,6 +229,7 @@ final class LogCore: @unchecked Sendable {
     // MARK: Flusher thread
 
     func startFlusher() {
+        lock.withLock { requestSpareLocked(currentSequence + 1) }
         System.startThread(named: "log flusher") { [self] in runFlusher() }
     }
 
@@ -260,12 +276,13 @@ final class LogCore: @unchecked Sendable {
 
             var outcome: LogError?
             var written = 0
-            var created = 0
+            var switches = 0
+            var withoutSpare = 0
             do {
                 for chunk in batch {
                     if let firstLSN = chunk.createWithFirstLSN {
-                        try sealAndCreate(sequence: chunk.sequence, firstLSN: firstLSN)
-                        created += 1
+                        if try !sealAndSwitch(sequence: chunk.sequence, firstLSN: firstLSN) { withoutSpare += 1 }
+                        switches += 1
                     }
                     try chunk.bytes.withUnsafeBytes { try System.pwriteAll(currentFD, $0, at: chunk.offset, path: currentPath) }
                     written += chunk.bytes.count
@@ -279,7 +296,8 @@ final class LogCore: @unchecked Sendable {
 
             lock.lock()
             stats.bytesWritten += UInt64(written)
-            stats.segmentsCreated += UInt64(created)
+            stats.segmentSwitches += UInt64(switches)
+            stats.switchesWithoutSpare += UInt64(withoutSpare)
             var resumed: [Waiter] = []
             if let outcome {
                 // After a failed write or fsync the page cache can no longer be trusted:
@@ -318,6 +336,13 @@ final class LogCore: @unchecked Sendable {
         state = .closed
         lock.unlock()
 
+        // The spare is not needed: remove it, so that a closed log is only its segments
+        // (an open after a crash removes a leftover one the same way).
+        spareWorker.stopAndWait()
+        if let spare = lock.withLock({ spare }) {
+            Glibc.close(spare.fd)
+            _ = Glibc.unlink(directory + "/" + LogFormat.segmentFileName(spare.sequence))
+        }
         Glibc.close(currentFD)
         directoryLock.release()
         for waiter in remaining { waiter.continuation.resume(throwing: error ?? LogError.closed) }
@@ -327,13 +352,60 @@ final class LogCore: @unchecked Sendable {
     }
 
     /// Flusher only: syncs the current segment (so no older segment ever has an
-    /// unsynced tail) and creates the next one.
-    private func sealAndCreate(sequence: UInt64, firstLSN: UInt64) throws {
+    /// unsynced tail) and switches to the next one: the spare when it is ready (its
+    /// header is written now and becomes durable with the batch's sync), else a segment
+    /// created here. Returns whether a spare was ready.
+    private func sealAndSwitch(sequence: UInt64, firstLSN: UInt64) throws -> Bool {
         try System.fdatasync(currentFD, path: currentPath)
-        let fd = try WriteAheadLog.createSegment(directory: directory, sequence: sequence, firstLSN: firstLSN, size: segmentSize)
+        let path = directory + "/" + LogFormat.segmentFileName(sequence)
+        var waited = false
+        let ready: Int32? = lock.withLock {
+            // One being prepared will be ready sooner than a new one would be.
+            while sparePreparing != nil {
+                waited = true
+                lock.wait(nanoseconds: 10_000_000)
+            }
+            defer { spare = nil }
+            return spare?.fd
+        }
+        let fd: Int32
+        if let ready {
+            let header = LogFormat.encodeSegmentHeader(sequence: sequence, firstLSN: firstLSN)
+            do {
+                try header.withUnsafeBytes { try System.pwriteAll(ready, $0, at: 0, path: path) }
+            } catch {
+                Glibc.close(ready)
+                throw error
+            }
+            fd = ready
+        } else {
+            // Only a spare can lie at this name: the flusher alone switches segments.
+            fd = try WriteAheadLog.createSegment(directory: directory, sequence: sequence, firstLSN: firstLSN, size: segmentSize, replacing: true)
+        }
         Glibc.close(currentFD)
         currentFD = fd
-        currentPath = directory + "/" + LogFormat.segmentFileName(sequence)
+        currentPath = path
+        currentSequence = sequence
+        lock.withLock { requestSpareLocked(sequence + 1) }
+        return ready != nil && !waited
+    }
+
+    /// Has the spare worker prepare segment `sequence`. Call with `lock` held.
+    private func requestSpareLocked(_ sequence: UInt64) {
+        guard state == .open, spare == nil, sparePreparing == nil else { return }
+        sparePreparing = sequence
+        let queued = spareWorker.submit { [self] in
+            // A failure leaves no spare; the flusher then creates the segment itself
+            // and reports what fails. A closing log needs none.
+            let open = lock.withLock { state == .open }
+            let fd = open ? try? WriteAheadLog.createSegment(directory: directory, sequence: sequence, firstLSN: nil, size: segmentSize, replacing: true) : nil
+            lock.withLock {
+                sparePreparing = nil
+                if let fd { spare = (sequence, fd) }
+                lock.signal()
+            }
+        }
+        if !queued { sparePreparing = nil }
     }
 
     // MARK: Closing

@@ -2,7 +2,9 @@
 ///
 /// A log is a directory of segment files named `NNNNNNNNNNNNNNNN.wal` (the segment's
 /// sequence number in 16 hex digits), preallocated to their full size, so the unused
-/// tail of a segment reads as zeros.
+/// tail of a segment reads as zeros. The newest files may be spares: prepared ahead
+/// of need, with a spare header (magic "DTXSPR\r\n", first LSN 0, otherwise as below)
+/// that a switch overwrites with the segment header (see `LogScan.spares`).
 ///
 /// Segment header, 64 bytes:
 ///
@@ -27,6 +29,7 @@
 enum LogFormat {
     static let version: UInt32 = 1
     static let magic: [UInt8] = Array("DTXWAL\r\n".utf8)
+    static let spareMagic: [UInt8] = Array("DTXSPR\r\n".utf8)
     static let segmentHeaderSize = 64
     static let frameHeaderSize = 24
     static let alignment = 8
@@ -57,6 +60,22 @@ enum LogFormat {
     }
 
     static func encodeSegmentHeader(sequence: UInt64, firstLSN: UInt64) -> [UInt8] {
+        encodeHeader(magic: magic, sequence: sequence, firstLSN: firstLSN)
+    }
+
+    /// The header of a spare: a segment prepared ahead of need, never switched to.
+    static func encodeSpareHeader(sequence: UInt64) -> [UInt8] {
+        encodeHeader(magic: spareMagic, sequence: sequence, firstLSN: 0)
+    }
+
+    /// Whether `bytes` start with a whole, valid spare header for `sequence`.
+    static func isSpareHeader(_ bytes: UnsafeRawBufferPointer, sequence: UInt64) -> Bool {
+        bytes.count >= segmentHeaderSize && bytes[0..<8].elementsEqual(spareMagic)
+            && CRC32C.checksum(UnsafeRawBufferPointer(rebasing: bytes[0..<60])) == bytes.loadLE(UInt32.self, at: 60)
+            && bytes.loadLE(UInt64.self, at: 16) == sequence
+    }
+
+    private static func encodeHeader(magic: [UInt8], sequence: UInt64, firstLSN: UInt64) -> [UInt8] {
         var header = [UInt8](repeating: 0, count: segmentHeaderSize)
         header.replaceSubrange(0..<8, with: magic)
         header.storeLE(version, at: 8)

@@ -57,6 +57,12 @@ public struct LogScan: Sendable {
     public var nextLSN: UInt64
     /// Leftover `*.wal.tmp` files from a segment creation cut short.
     public var temporaryFiles: [String]
+    /// The newest segment files that still carry a spare header: prepared ahead of need
+    /// and never switched to durably (a switch writes the segment header, which the sync
+    /// acknowledging the first records makes durable; the next segment is switched to
+    /// only after this one is sealed). Nothing in them was acknowledged; they are not
+    /// `segments`, and opening removes them.
+    public var spares: [String] = []
 
     /// The records in LSN order with checkpoint copies collapsed: what replay sees.
     public var replayRecords: [LogRecord] {
@@ -76,11 +82,18 @@ public struct LogScan: Sendable {
     /// Reads every segment of `directory`. Never writes.
     public static func read(directory: String) throws -> LogScan {
         let names = try System.listDirectory(directory)
-        let sequences = names.compactMap(LogFormat.segmentSequence(fileName:)).sorted()
+        var sequences = names.compactMap(LogFormat.segmentSequence(fileName:)).sorted()
         var scan = LogScan(
             directory: directory, status: .intact, segments: [], records: [], nextLSN: 1,
             temporaryFiles: names.filter { $0.hasSuffix(LogFormat.temporarySuffix) }.sorted().map { directory + "/" + $0 }
         )
+        while let newest = sequences.last {
+            let path = directory + "/" + LogFormat.segmentFileName(newest)
+            let head = try System.readPrefix(path, count: LogFormat.segmentHeaderSize)
+            guard head.withUnsafeBytes({ LogFormat.isSpareHeader($0, sequence: newest) }) else { break }
+            scan.spares.insert(path, at: 0)
+            sequences.removeLast()
+        }
         for (index, sequence) in sequences.enumerated() {
             let path = directory + "/" + LogFormat.segmentFileName(sequence)
             if index > 0, sequence != sequences[index - 1] + 1 {

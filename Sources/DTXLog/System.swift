@@ -65,12 +65,22 @@ enum System {
     static func readFile(_ path: String) throws -> [UInt8] {
         let fd = try open(path, O_RDONLY)
         defer { Glibc.close(fd) }
-        let size = try fileSize(fd, path: path)
-        var bytes = [UInt8](repeating: 0, count: size)
+        return try read(fd, count: try fileSize(fd, path: path), path: path)
+    }
+
+    /// Up to `count` bytes from the start of the file (fewer when it is shorter).
+    static func readPrefix(_ path: String, count: Int) throws -> [UInt8] {
+        let fd = try open(path, O_RDONLY)
+        defer { Glibc.close(fd) }
+        return try read(fd, count: count, path: path)
+    }
+
+    private static func read(_ fd: Int32, count: Int, path: String) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
         var done = 0
         try bytes.withUnsafeMutableBytes { raw in
-            while done < size {
-                let n = pread(fd, raw.baseAddress! + done, size - done, off_t(done))
+            while done < count {
+                let n = pread(fd, raw.baseAddress! + done, count - done, off_t(done))
                 if n < 0 {
                     if errno == EINTR { continue }
                     throw LogError.io(operation: "read", path: path, errno: errno)
@@ -79,7 +89,7 @@ enum System {
                 done += n
             }
         }
-        return done == size ? bytes : Array(bytes[0..<done])
+        return done == count ? bytes : Array(bytes[0..<done])
     }
 
     static func writeNewFile(_ path: String, _ bytes: [UInt8]) throws {

@@ -9,6 +9,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 
 public final class WriteAheadLog: Sendable {
     public struct Configuration: Sendable {
@@ -41,8 +42,9 @@ public final class WriteAheadLog: Sendable {
         public var records: [LogRecord]
         /// Where a torn tail was cut off, if one was.
         public var truncatedTail: (file: String, offset: Int)?
-        /// Leftovers of an interrupted segment creation that were removed.
-        public var removedTemporaryFiles: [String]
+        /// Removed leftovers: of an interrupted segment creation, and a spare segment
+        /// never switched to.
+        public var removedFiles: [String]
     }
 
     public struct Statistics: Sendable, Equatable {
@@ -52,7 +54,11 @@ public final class WriteAheadLog: Sendable {
         /// The most forced appends one fdatasync has released.
         public var largestGroupSize: Int = 0
         public var bytesWritten: UInt64 = 0
-        public var segmentsCreated: UInt64 = 0
+        /// Segments the log switched to.
+        public var segmentSwitches: UInt64 = 0
+        /// Switches that found no spare ready: the flusher, and the forced appends behind
+        /// it, waited for the one in preparation or created the segment itself.
+        public var switchesWithoutSpare: UInt64 = 0
         /// Checkpoints that deleted their old segments.
         public var checkpoints: UInt64 = 0
     }
@@ -66,7 +72,7 @@ public final class WriteAheadLog: Sendable {
     public let directory: String
     private let core: LogCore
     /// Checkpoints run on it.
-    private let worker = BackgroundWorker()
+    private let worker = BackgroundWorker(named: "log checkpoint")
 
     private init(directory: String, core: LogCore) {
         self.directory = directory
@@ -74,8 +80,9 @@ public final class WriteAheadLog: Sendable {
     }
 
     deinit {
+        // A checkpoint's deleting must be over before the flusher releases the directory.
+        worker.stopAndWait()
         core.requestStop()
-        worker.stop()
     }
 
     /// Opens (creating if needed) the log in `directory` and takes its lock.
@@ -91,14 +98,18 @@ public final class WriteAheadLog: Sendable {
         let lock = try DirectoryLock(directory: directory)
         do {
             let scan = try LogScan.read(directory: directory)
+            if case let .corrupt(file, offset, reason) = scan.status {
+                throw LogError.corrupt(file: file, offset: offset, reason: reason)
+            }
+            let leftovers = scan.temporaryFiles + scan.spares
+            for file in leftovers { try System.unlink(file) }
+            if !leftovers.isEmpty { try System.fsyncDirectory(directory) }
             let tail = try prepareTail(scan: scan, configuration: configuration)
-            for file in scan.temporaryFiles { try System.unlink(file) }
-            if !scan.temporaryFiles.isEmpty { try System.fsyncDirectory(directory) }
             var truncated: (String, Int)?
             if case let .tornTail(file, offset) = scan.status { truncated = (file, offset) }
             let core = LogCore(directory: directory, configuration: configuration, lock: lock, tail: tail)
             core.startFlusher()
-            let recovery = Recovery(records: scan.replayRecords, truncatedTail: truncated, removedTemporaryFiles: scan.temporaryFiles)
+            let recovery = Recovery(records: scan.replayRecords, truncatedTail: truncated, removedFiles: leftovers)
             return (WriteAheadLog(directory: directory, core: core), recovery)
         } catch {
             lock.release()
@@ -109,9 +120,6 @@ public final class WriteAheadLog: Sendable {
     /// Makes the newest segment ready for appends: cuts a torn tail, restores a torn
     /// header, creates the first segment of an empty directory.
     private static func prepareTail(scan: LogScan, configuration: Configuration) throws -> LogCore.Tail {
-        if case let .corrupt(file, offset, reason) = scan.status {
-            throw LogError.corrupt(file: file, offset: offset, reason: reason)
-        }
         guard let newest = scan.segments.last, newest.headerValid else {
             let sequence = scan.segments.last?.sequence ?? 0
             let fd = try createSegment(directory: scan.directory, sequence: sequence, firstLSN: scan.nextLSN, size: configuration.segmentSize, replacing: scan.segments.last != nil)
@@ -137,14 +145,15 @@ public final class WriteAheadLog: Sendable {
 
     /// Creates a segment durably: header and preallocation in a temporary file, synced,
     /// renamed into place, directory synced. Returns a descriptor open for writing.
-    static func createSegment(directory: String, sequence: UInt64, firstLSN: UInt64, size: Int, replacing: Bool = false) throws -> Int32 {
+    /// Without `firstLSN` it gets a spare header (see `LogScan.spares`).
+    static func createSegment(directory: String, sequence: UInt64, firstLSN: UInt64?, size: Int, replacing: Bool = false) throws -> Int32 {
         let path = directory + "/" + LogFormat.segmentFileName(sequence)
         let temporary = path + ".tmp"
         if System.exists(temporary) { try System.unlink(temporary) }
         let fd = try System.open(temporary, O_RDWR | O_CREAT | O_EXCL)
         do {
-            let header = LogFormat.encodeSegmentHeader(sequence: sequence, firstLSN: firstLSN)
             try System.preallocate(fd, size: size, path: temporary)
+            let header = firstLSN.map { LogFormat.encodeSegmentHeader(sequence: sequence, firstLSN: $0) } ?? LogFormat.encodeSpareHeader(sequence: sequence)
             try header.withUnsafeBytes { try System.pwriteAll(fd, $0, at: 0, path: temporary) }
             try System.fsync(fd, path: temporary)
             if !replacing, System.exists(path) {
@@ -194,10 +203,10 @@ public final class WriteAheadLog: Sendable {
     /// A crash at any point leaves either the old segments or the copies (or both,
     /// which replay collapses).
     ///
-    /// The reading, `keep` and the copying run on the log's background thread
-    /// (`BackgroundWorker`), and so does deleting the old segments: a forced append
-    /// waits for none of it. What it shares with forced appends is the flusher, which
-    /// writes the copies (lazily, between group commits), and the disk.
+    /// Reading the old segments (one at a time), `keep`, and deleting them run on the
+    /// log's background thread (`BackgroundWorker`): a forced append waits for none of
+    /// it. The copies are appended a slice (`checkpointSlice` bytes) at a time, each slice
+    /// made durable before the next, so a group commit carries at most one slice of them.
     public func checkpoint(keep: @escaping @Sendable (LogRecord) throws -> Bool) async throws -> CheckpointResult {
         guard let (boundary, oldest, ticket) = try core.beginCheckpoint() else {
             return CheckpointResult(segmentsRemoved: 0, recordsRead: 0, recordsKept: 0)
@@ -206,22 +215,28 @@ public final class WriteAheadLog: Sendable {
         try await core.waitDurable(ticket: ticket)
 
         let directory = directory
-        let core = core
-        let (read, kept) = try await worker.run { () throws -> (Int, Int) in
-            var read = 0
-            var kept = 0
-            var seen = Set<UInt64>()
-            for sequence in oldest..<boundary {
-                let path = directory + "/" + LogFormat.segmentFileName(sequence)
-                for located in try LogScan.readSealedSegment(path: path, sequence: sequence) {
-                    read += 1
-                    guard seen.insert(located.record.lsn).inserted, try keep(located.record) else { continue }
-                    _ = try core.enqueue(type: located.record.type, flags: LogFormat.flagRewritten, originalLSN: located.record.lsn,
-                                         payload: located.record.payload, forced: false)
-                    kept += 1
+        var read = 0, kept = 0, slice = 0
+        let seen = Mutex(Set<UInt64>())
+        for sequence in oldest..<boundary {
+            let path = directory + "/" + LogFormat.segmentFileName(sequence)
+            let (count, records) = try await worker.run { () throws -> (Int, [LogRecord]) in
+                let located = try LogScan.readSealedSegment(path: path, sequence: sequence)
+                let records = try located.lazy.map(\.record).filter { record in
+                    try seen.withLock { $0.insert(record.lsn).inserted } && keep(record)
+                }
+                return (located.count, records)
+            }
+            read += count
+            for record in records {
+                let (_, copied) = try core.enqueue(type: record.type, flags: LogFormat.flagRewritten, originalLSN: record.lsn,
+                                                   payload: record.payload, forced: false)
+                kept += 1
+                slice += LogFormat.frameSize(payloadCount: record.payload.count)
+                if slice >= Self.checkpointSlice {
+                    try await core.waitDurable(ticket: copied)
+                    slice = 0
                 }
             }
-            return (read, kept)
         }
         try await core.waitDurable(ticket: nil)
         try await worker.run {
@@ -234,10 +249,14 @@ public final class WriteAheadLog: Sendable {
         return CheckpointResult(segmentsRemoved: Int(boundary - oldest), recordsRead: read, recordsKept: kept)
     }
 
-    /// Writes and syncs everything appended, stops the flusher and the background thread
+    /// Bytes of checkpoint copies one group commit carries at most.
+    static let checkpointSlice = 64 << 10
+
+    /// Writes and syncs everything appended, stops the flusher and the background threads
     /// and releases the directory lock. Appends after this throw `LogError.closed`.
     public func close() async throws {
-        worker.stop()
+        // A checkpoint's deleting must be over before another opener can take the directory.
+        await worker.stopAndDrain()
         try await core.close()
     }
 }

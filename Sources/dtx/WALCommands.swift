@@ -64,6 +64,9 @@ struct WAL: ParsableCommand {
             if !scan.temporaryFiles.isEmpty {
                 print("note: \(scan.temporaryFiles.count) leftover segment file(s) from an interrupted creation will be removed at the next open")
             }
+            for spare in scan.spares {
+                print("note: \(spare) is a spare segment never switched to (it holds no acknowledged record); it will be removed at the next open")
+            }
         }
     }
 

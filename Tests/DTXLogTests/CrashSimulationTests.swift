@@ -169,3 +169,97 @@ struct CrashFixture {
         }
     }
 }
+
+/// What a crash can leave of the next segments, prepared ahead of need (spares) or
+/// switched to without the segment header reaching the disk: nothing in them was
+/// acknowledged.
+@Suite struct SpareSegmentTests {
+    private func sequence(after fixture: CrashFixture, _ offset: UInt64 = 1) -> UInt64 {
+        LogFormat.segmentSequence(fileName: fixture.newestName)! + offset
+    }
+
+    /// A spare as the log prepares it, with `frames` written after its header.
+    private func spare(_ sequence: UInt64, frames: ClosedRange<UInt64>? = nil) -> [UInt8] {
+        var bytes = LogFormat.encodeSpareHeader(sequence: sequence)
+        for lsn in frames.map(Array.init) ?? [] {
+            [UInt8](repeating: 0x33, count: 40).withUnsafeBytes { LogFormat.appendFrame(to: &bytes, lsn: lsn, type: 1, flags: 0, payload: $0) }
+        }
+        return bytes + [UInt8](repeating: 0, count: 4096 - bytes.count)
+    }
+
+    @Test func aSpareBehindATornTailIsRemovedAndTheTailCut() async throws {
+        let fixture = try await CrashFixture.make()
+        let dir = TemporaryDirectory("spare-torn")
+        let final = fixture.newestFrames.last!
+        try fixture.install(in: dir, newest: Array(fixture.newestBytes.prefix(final.offset + final.size / 2)))
+        let sparePath = dir.file(LogFormat.segmentFileName(sequence(after: fixture)))
+        try FileManagerNames.write(sparePath, spare(sequence(after: fixture)))
+
+        let (log, recovery) = try WriteAheadLog.open(directory: dir.path, configuration: smallSegments)
+        #expect(recovery.records == Array(fixture.acknowledged.dropLast()))
+        #expect(recovery.truncatedTail?.file == dir.file(fixture.newestName))
+        #expect(recovery.removedFiles == [sparePath])
+        #expect(try await log.append(type: 1, payload: [7], forced: true) == UInt64(fixture.acknowledged.count))
+        try await log.close()
+        let (again, replay) = try WriteAheadLog.open(directory: dir.path, configuration: smallSegments)
+        #expect(replay.records == Array(fixture.acknowledged.dropLast()) + [LogRecord(lsn: UInt64(fixture.acknowledged.count), type: 1, payload: [7])])
+        try await again.close()
+    }
+
+    @Test func switchesWhoseHeaderNeverReachedTheDiskAreDroppedWithTheirRecords() async throws {
+        // The flusher wrote the segment header and records into the spare; the power loss
+        // kept the records' bytes but not the header's, and the next spare was ready too.
+        let fixture = try await CrashFixture.make()
+        let dir = TemporaryDirectory("spare-headerless")
+        let next = UInt64(fixture.acknowledged.count + 1)
+        for spares in 1...2 {
+            try fixture.install(in: dir, newest: fixture.newestBytes)
+            var paths: [String] = []
+            for offset in 1...UInt64(spares) {
+                paths.append(dir.file(LogFormat.segmentFileName(sequence(after: fixture, offset))))
+                try FileManagerNames.write(paths.last!, spare(sequence(after: fixture, offset), frames: offset == 1 ? next...(next + 2) : nil))
+            }
+            let (log, recovery) = try WriteAheadLog.open(directory: dir.path, configuration: smallSegments)
+            #expect(recovery.records == fixture.acknowledged, "\(spares) spares")
+            #expect(recovery.removedFiles == paths, "\(spares) spares")
+            #expect(try await log.append(type: 1, payload: [], forced: true) == next, "\(spares) spares")
+            try await log.close()
+        }
+    }
+
+    @Test func aSparePreparationCutShortLeavesATemporaryFileThatIsRemoved() async throws {
+        let fixture = try await CrashFixture.make()
+        let dir = TemporaryDirectory("spare-tmp")
+        try fixture.install(in: dir, newest: fixture.newestBytes)
+        let temporary = dir.file(LogFormat.segmentFileName(sequence(after: fixture)) + ".tmp")
+        try FileManagerNames.write(temporary, [UInt8](repeating: 0, count: 1000))
+        let (log, recovery) = try WriteAheadLog.open(directory: dir.path, configuration: smallSegments)
+        #expect(recovery.records == fixture.acknowledged)
+        #expect(recovery.removedFiles == [temporary])
+        try await log.close()
+    }
+
+    @Test func aSpareHeaderInFrontOfASegmentIsCorruption() async throws {
+        // Only the newest files can be spares.
+        let fixture = try await CrashFixture.make()
+        let dir = TemporaryDirectory("spare-middle")
+        try fixture.install(in: dir, newest: fixture.newestBytes)
+        let middle = dir.file(fixture.files[1].name)
+        var bytes = try FileManagerNames.read(middle)
+        bytes.replaceSubrange(0..<LogFormat.segmentHeaderSize, with: LogFormat.encodeSpareHeader(sequence: LogFormat.segmentSequence(fileName: fixture.files[1].name)!))
+        try FileManagerNames.write(middle, bytes)
+        #expect(throws: LogError.self) { _ = try WriteAheadLog.open(directory: dir.path, configuration: smallSegments) }
+        #expect(try FileManagerNames.read(middle) == bytes, "refusing changed nothing")
+    }
+
+    @Test func aZeroedHeaderBeforeValidRecordsIsCorruptionNotASpare() async throws {
+        // Acknowledged records behind a damaged header are reported, never dropped.
+        let fixture = try await CrashFixture.make()
+        let dir = TemporaryDirectory("zeroed-header")
+        var bytes = fixture.newestBytes
+        bytes.replaceSubrange(0..<LogFormat.segmentHeaderSize, with: repeatElement(0, count: LogFormat.segmentHeaderSize))
+        try fixture.install(in: dir, newest: bytes)
+        #expect(throws: LogError.self) { _ = try WriteAheadLog.open(directory: dir.path, configuration: smallSegments) }
+        #expect(try FileManagerNames.read(dir.file(fixture.newestName)) == bytes, "refusing changed nothing")
+    }
+}
