@@ -89,7 +89,8 @@ public final class Coordinator: Sendable {
         for gid in replay.order {
             guard let replayed = replay.transactions[gid] else { continue }
             if replayed.ended {
-                insertFinished(FinishedTransaction(replayed, sequence: nextSequence(), timeout: configuration.defaultTimeout))
+                insertFinished(FinishedTransaction(replayed, sequence: nextSequence(), createdAt: replayed.createdAt ?? Date(),
+                                                   timeout: replayed.timeout ?? configuration.defaultTimeout))
                 continue
             }
             switch replayed.protocol {
@@ -106,7 +107,7 @@ public final class Coordinator: Sendable {
     /// Rebuilds an unfinished transaction of `Machine`'s protocol and resumes it.
     private func resume<Machine: TransactionStateMachine>(_: Machine.Type, _ replayed: TransactionLogReplay.Replayed) {
         let (machine, event) = Machine.recovering(replayed)
-        let driver = makeDriver(machine, proto: replayed.protocol, createdAt: Date(), timeout: configuration.defaultTimeout,
+        let driver = makeDriver(machine, proto: replayed.protocol, createdAt: replayed.createdAt ?? Date(), timeout: replayed.timeout ?? configuration.defaultTimeout,
                                 spec: SubmittedSpec(proto: replayed.protocol, branches: replayed.branches, interactive: replayed.interactive))
         table.withLock { $0.live[replayed.gid] = driver }
         driver.resume(with: event)
@@ -236,6 +237,10 @@ public final class Coordinator: Sendable {
             if submission.wait == true { try await existing.waitForOutcome(decisionLimit: timeout + .seconds(30), phaseTwoLimit: configuration.phaseTwoWait) }
             return (existing.view(), false)
         }
+        // What its view shows after a restart; lazy, and written before the machine's
+        // first record (replay pairs them by gid).
+        let submitted = LogEntry.submitted(gid: gid, at: driver.createdAt, timeout: timeout).encoded()
+        _ = try? log.append(type: submitted.type, payload: submitted.payload)
         await driver.start(with: interactive ? .open : .start)
         if submission.wait == true, !interactive { try await driver.waitForOutcome(decisionLimit: timeout + .seconds(30), phaseTwoLimit: configuration.phaseTwoWait) }
         return (driver.view(), true)

@@ -3,20 +3,19 @@ import DTXCore
 import Foundation
 
 /// A transaction the log shows as ended, rebuilt at start for queries, outcome answers
-/// and idempotent resubmission. Its details are what the log holds: no timeline, no results.
+/// and idempotent resubmission. Its details are what the log holds: its submission time
+/// and timeout, no timeline, no results.
 final class FinishedTransaction: TransactionDriving {
     let gid: GlobalTransactionID
     let sequence: UInt64
     let proto: TransactionProtocol
-    let createdAt = Date()
+    let createdAt: Date
     let spec: SubmittedSpec
     private let replayed: TransactionLogReplay.Replayed
-
-    /// The log does not keep a transaction's timeout: the view shows `timeout`, the
-    /// daemon's default.
     private let timeout: Duration
 
-    init(_ replayed: TransactionLogReplay.Replayed, sequence: UInt64, timeout: Duration) {
+    init(_ replayed: TransactionLogReplay.Replayed, sequence: UInt64, createdAt: Date, timeout: Duration) {
+        self.createdAt = createdAt
         self.timeout = timeout
         gid = replayed.gid
         proto = replayed.protocol

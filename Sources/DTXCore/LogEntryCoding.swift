@@ -12,6 +12,7 @@ extension LogEntry {
         case resolution = 6
         case preCommit = 7
         case delegation = 8
+        case submitted = 9
 
         public var name: String {
             switch self {
@@ -23,6 +24,7 @@ extension LogEntry {
             case .resolution: return "resolution"
             case .preCommit: return "pre_commit"
             case .delegation: return "delegation"
+            case .submitted: return "submitted"
             }
         }
     }
@@ -38,7 +40,8 @@ extension LogEntry {
     public var gid: GlobalTransactionID {
         switch self {
         case let .begin(gid, _, _), let .decision(gid, _, _), let .end(gid), let .open(gid, _),
-             let .enlist(gid, _, _), let .resolution(gid, _, _, _, _), let .preCommit(gid), let .delegation(gid, _, _):
+             let .enlist(gid, _, _), let .resolution(gid, _, _, _, _), let .preCommit(gid), let .delegation(gid, _, _),
+             let .submitted(gid, _, _):
             return gid
         }
     }
@@ -49,7 +52,7 @@ extension LogEntry {
     public var fixesTheOutcome: Bool {
         switch self {
         case .decision, .resolution, .delegation: return true
-        case .begin, .end, .open, .enlist, .preCommit: return false
+        case .begin, .end, .open, .enlist, .preCommit, .submitted: return false
         }
     }
 
@@ -64,6 +67,9 @@ extension LogEntry {
         var reason: String?
         var heuristic: Bool?
         var agent: BranchID?
+        /// Seconds since 1970.
+        var at: Double?
+        var timeout: Double?
     }
 
     /// The record: JSON with sorted keys, written by hand (this is on every transaction's
@@ -121,6 +127,13 @@ extension LogEntry {
             json.member("{\"agent\":", agent)
             json.member(",\"gid\":", gid.rawValue)
             json.member(",\"targets\":", .array(targets.map { .number(Double($0)) }))
+            json.raw("}")
+        case let .submitted(gid, at, timeout):
+            type = .submitted
+            // Milliseconds are what a view shows.
+            json.member("{\"at\":", .number((at.timeIntervalSince1970 * 1000).rounded(.down) / 1000))
+            json.member(",\"gid\":", gid.rawValue)
+            json.member(",\"timeout\":", .number(timeout.seconds))
             json.raw("}")
         }
         return (type.rawValue, json.bytes)
@@ -180,6 +193,9 @@ extension LogEntry {
         case .delegation:
             guard let agent = body.agent, let targets = body.targets else { throw missing("agent or targets") }
             self = .delegation(gid: body.gid, agent: agent, targets: targets)
+        case .submitted:
+            guard let at = body.at, let timeout = body.timeout else { throw missing("time or timeout") }
+            self = .submitted(gid: body.gid, at: Date(timeIntervalSince1970: at), timeout: Duration(apiSeconds: timeout))
         }
     }
 }
@@ -207,11 +223,17 @@ public struct TransactionLogReplay: Sendable {
         /// delegation is logged; the only branch of a submitted single-branch transaction
         /// from its `begin` (nothing else can have prepared, so no delegation is logged).
         public var lastAgent: BranchID?
+        /// From its `submitted` record; nil when that lazy record did not reach the disk.
+        public var createdAt: Date?
+        public var timeout: Duration?
     }
 
     /// Kept for the checkpoint's and the history's sake, in the order they appeared.
     public private(set) var transactions: [GlobalTransactionID: Replayed] = [:]
     public private(set) var order: [GlobalTransactionID] = []
+    /// `submitted` records ahead of their transaction's first record (the engine logs
+    /// it before starting the machine).
+    private var submissions: [GlobalTransactionID: (at: Date, timeout: Duration)] = [:]
 
     public init() {}
 
@@ -255,11 +277,23 @@ public struct TransactionLogReplay: Sendable {
             transactions[gid] = replayed
         case let .end(gid):
             transactions[gid]?.ended = true
+        case let .submitted(gid, at, timeout):
+            if transactions[gid] == nil {
+                submissions[gid] = (at, timeout)
+            } else if transactions[gid]?.createdAt == nil {
+                transactions[gid]?.createdAt = at
+                transactions[gid]?.timeout = timeout
+            }
         }
     }
 
     private mutating func insert(_ replayed: Replayed) {
         guard transactions[replayed.gid] == nil else { return }  // a checkpoint copy
+        var replayed = replayed
+        if let submission = submissions.removeValue(forKey: replayed.gid) {
+            replayed.createdAt = submission.at
+            replayed.timeout = submission.timeout
+        }
         transactions[replayed.gid] = replayed
         order.append(replayed.gid)
     }

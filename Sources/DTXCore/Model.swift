@@ -195,6 +195,9 @@ public enum LogEntry: Sendable, Equatable {
     /// restart must send PreCommit again rather than abort, since participants may
     /// already be in p (and so may commit on their own through termination).
     case preCommit(gid: GlobalTransactionID)
+    /// The engine's, not a machine's: when the transaction was submitted and its
+    /// timeout, so that a view read back after a restart shows them. Lazy.
+    case submitted(gid: GlobalTransactionID, at: Date, timeout: Duration)
 }
 
 /// What the engine must do, in order. A forced log action completes (is durable)

@@ -28,6 +28,7 @@ private let sagaSteps = [
         LogEntry.begin(gid: a, protocol: .threePhaseCommit, branches: specs),
         LogEntry.preCommit(gid: a),
         LogEntry.delegation(gid: a, agent: 1, targets: [0]),
+        LogEntry.submitted(gid: a, at: Date(timeIntervalSince1970: 1_780_000_000.5), timeout: .milliseconds(2_501)),
     ])
     func entriesRoundTripThroughRecords(_ entry: LogEntry) throws {
         let (type, payload) = entry.encoded()
@@ -120,5 +121,24 @@ private let sagaSteps = [
         #expect(ThreePhaseCommit.Recovered(replay.unfinished[a]!) == .preCommitted)
         #expect(replay.transactions[c]?.ended == true)
         #expect(replay.order == [a, b, c])
+    }
+
+    @Test func aSubmittedRecordGivesTheReplayedTransactionItsTimeAndTimeout() throws {
+        let at = Date(timeIntervalSince1970: 1_780_000_000.25)
+        var replay = TransactionLogReplay()
+        for entry: LogEntry in [
+            .submitted(gid: a, at: at, timeout: .seconds(7)),  // the engine logs it before the machine's first record
+            .begin(gid: a, protocol: .saga, branches: sagaSteps),
+            .open(gid: b, protocol: .tcc),  // its lazy record never reached the disk
+            .end(gid: a),
+        ] {
+            replay.apply(entry)
+        }
+        #expect(replay.transactions[a]?.createdAt == at && replay.transactions[a]?.timeout == .seconds(7))
+        #expect(replay.transactions[b]?.createdAt == nil && replay.transactions[b]?.timeout == nil)
+        // Kept to the millisecond, never rounded up into the next second.
+        let (type, payload) = LogEntry.submitted(gid: a, at: Date(timeIntervalSince1970: 59.9996), timeout: .seconds(1)).encoded()
+        #expect(String(decoding: payload, as: UTF8.self) == #"{"at":59.999,"gid":"a","timeout":1}"#)
+        #expect(type == 9 && LogEntry.RecordType(rawValue: type)?.name == "submitted")
     }
 }

@@ -135,6 +135,38 @@ import Testing
         #expect(try await eventually { try await cluster.client.transaction("t-kill-after").status == "committed" })
     }
 
+    /// A transaction read back from the log after a SIGKILL shows when it was submitted
+    /// and its own timeout, not the restart's time and the daemon's default; one resumed
+    /// after the restart too.
+    @Test func aRestartKeepsEachTransactionsCreationTimeAndTimeout() async throws {
+        let cluster = try Cluster("e2e-history")
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
+        try await cluster.startDaemon()
+        for name in ["a", "b"] { try await cluster.startParticipant(name) }
+        var finished = transfer("t-history-done", ["a", "b"])
+        finished.timeout = 7
+        let before = try await cluster.client.submit(finished)
+        #expect(before.status == "committed" && before.timeout == 7)
+        // Two seconds on, a second transaction is killed at its decision and resumed later.
+        try await Task.sleep(for: .seconds(2))
+        try await cluster.killDaemon()
+        try await cluster.startDaemon(failpoints: "after-commit-decision")
+        _ = try? await cluster.client.submit(transfer("t-history-resumed", ["a", "b"]))
+        #expect(try await cluster.daemon?.waitForExit() == SIGKILL)
+        let killedAt = Date()
+        // Views show whole seconds: let the restart fall in a later one.
+        try await Task.sleep(for: .milliseconds(1100))
+
+        try await cluster.startDaemon(arguments: ["--default-timeout", "30"])
+        let after = try await cluster.client.transaction("t-history-done")
+        #expect(after.createdAt == before.createdAt)
+        #expect(after.timeout == 7)
+        #expect(try await eventually { try await cluster.client.transaction("t-history-resumed").status == "committed" })
+        let resumed = try await cluster.client.transaction("t-history-resumed")
+        #expect(resumed.timeout == 10)
+        #expect(resumed.createdAt > before.createdAt && resumed.createdAt <= killedAt, "its own time, not the restart's")
+    }
+
     @Test func dtxdKilledBeforeTheDecisionAbortsEverywhereAfterRestart() async throws {
         let cluster = try Cluster("e2e-kill-before")
         defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
