@@ -28,9 +28,7 @@ struct Daemon: AsyncParsableCommand {
         tasks (default: one per core).
 
         Tests only: DTXD_FAILPOINTS=name[,name] kills the daemon with SIGKILL at a named \
-        point (before-commit-decision, after-commit-decision, after-prepare-sent, \
-        after-abort-decision, before-pre-commit-decision, after-pre-commit-decision, \
-        after-pre-commit-acknowledged).
+        point (\(Failpoints.Point.allCases.map(\.rawValue).joined(separator: ", "))).
         """
     )
 

@@ -43,6 +43,12 @@ import Testing
         #expect(badListen.err.contains("write it as host:port"))
         let help = try await run("dtxd", ["--help"])
         #expect(help.out.contains("DTXD_DATA_DIR") && help.out.contains("DTXD_LISTEN"))
+        // Every failpoint the tests (and drivers written from the README) may arm.
+        for point in ["before-commit-decision", "after-commit-decision", "after-prepare-sent", "after-abort-decision",
+                      "before-pre-commit-decision", "after-pre-commit-decision", "after-pre-commit-acknowledged",
+                      "before-delegation", "after-delegation", "after-one-phase-commit", "before-outcome-answer"] {
+            #expect(help.out.contains(point), "dtxd --help does not name \(point)")
+        }
     }
 }
 
