@@ -115,11 +115,10 @@ public struct ParticipantInfo: Codable, Sendable, Equatable {
     public var lastSeen: Date?
     /// Branches of unfinished transactions on this participant.
     public var unfinishedBranches: Int
-    /// The coordinator may send it several messages in one `POST {base}/dtx/batch`
-    /// (nil from a coordinator older than batches).
-    public var batch: Bool?
+    /// The coordinator may send it several messages in one `POST {base}/dtx/batch`.
+    public var batch: Bool
 
-    public init(name: String, url: String, protocols: [TransactionProtocol], hasToken: Bool, registeredAt: Date, lastSeen: Date?, unfinishedBranches: Int, batch: Bool? = false) {
+    public init(name: String, url: String, protocols: [TransactionProtocol], hasToken: Bool, registeredAt: Date, lastSeen: Date?, unfinishedBranches: Int, batch: Bool = false) {
         self.name = name
         self.url = url
         self.protocols = protocols

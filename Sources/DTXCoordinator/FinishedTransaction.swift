@@ -25,12 +25,9 @@ final class FinishedTransaction: TransactionDriving {
     }
 
     var isFinished: Bool { true }
-    /// 2PC and TCC log a decision for every abort, so one that ended without any was
-    /// committed: by a dtxd older than the lazily logged commits of one-phase, all
-    /// read-only and empty interactive transactions.
-    private var decision: Decision {
-        replayed.decision ?? (proto == .twoPhaseCommit || proto == .tcc ? .commit : .abort)
-    }
+    /// Every ending logs its decision before its `end`, and the log keeps their order:
+    /// an ended transaction always has one.
+    private var decision: Decision { replayed.decision ?? .abort }
     private var status: TransactionStatus { decision == .commit ? .committed : .aborted }
 
     private func state(of branch: BranchID) -> BranchState {

@@ -46,7 +46,7 @@ final class ParticipantRegistry: Sendable {
             url = try container.decode(String.self, forKey: .url)
             protocols = try container.decode([TransactionProtocol].self, forKey: .protocols)
             token = try container.decodeIfPresent(String.self, forKey: .token)
-            batch = try container.decodeIfPresent(Bool.self, forKey: .batch) ?? false  // records before batches had none
+            batch = try container.decode(Bool.self, forKey: .batch)
             registeredAt = try container.decode(Date.self, forKey: .registeredAt)
             lsn = 0
         }

@@ -6,8 +6,7 @@ public typealias BranchID = Int
 /// What one branch of a global transaction asks of one participant.
 ///
 /// The optional fields are a saga step's (see `Saga`); other protocols leave them nil.
-/// Absent keys decode as nil and nil fields are not encoded, so older JSON and log
-/// records read as before.
+/// Absent keys decode as nil and nil fields are not encoded.
 public struct BranchSpec: Sendable, Codable, Equatable {
     public var participant: String
     public var operation: String
@@ -308,8 +307,8 @@ extension Duration {
 
     /// A duration given in the API as a number of seconds, kept to the millisecond and
     /// rounded up, so that a positive value never becomes zero. Callers validate API
-    /// input first; a value read back from a log written before the bounds existed is
-    /// clamped to 0...1e9 s rather than trusted.
+    /// input first; anything else (NaN, out of 0...1e9 s) is clamped, so that no value
+    /// can trap the conversion.
     public init(apiSeconds seconds: Double) {
         let bounded = seconds.isNaN ? 0 : min(max(seconds, 0), 1e9)
         self = .milliseconds(Int64((bounded * 1000).rounded(.up)))

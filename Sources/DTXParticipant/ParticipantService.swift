@@ -237,7 +237,7 @@ public final class ParticipantService: Sendable {
                         logger.warning("the coordinator lists this participant's name at another URL; another process has it, or the coordinator's registry is out of date (restart this service to register it here again)",
                                        metadata: ["coordinator": .string(client.baseURL), "listedURL": .string(listed.url), "url": .string(url)])
                     }
-                } else if Set(listed.protocols) != Set(registration.protocols ?? [.twoPhaseCommit]) || (listed.batch.map { $0 != (registration.batch ?? false) } ?? false) {
+                } else if Set(listed.protocols) != Set(registration.protocols ?? [.twoPhaseCommit]) || listed.batch != (registration.batch ?? false) {
                     // This process, listed with what it served before: register what it serves now.
                     try await client.register(registration)
                     logger.info("registered again with the protocols this process serves", metadata: ["coordinator": .string(client.baseURL), "url": .string(url)])

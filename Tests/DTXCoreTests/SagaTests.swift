@@ -516,7 +516,8 @@ private func error(_ code: String, _ message: String) -> JSONValue {
         #expect(Duration(apiSeconds: 2) == .seconds(2))
         #expect(Duration(apiSeconds: 0) == .zero)
         #expect(Duration(apiSeconds: Duration.longestStepSeconds) == .seconds(86_400))
-        #expect(Duration(apiSeconds: 1e300) == .seconds(1_000_000_000), "a value logged before the bound is clamped, not trusted")
+        #expect(Duration(apiSeconds: 1e300) == .seconds(1_000_000_000), "out of bounds is clamped, never a trap")
+        #expect(Duration(apiSeconds: .nan) == .zero)
     }
 
     @Test func everyNonCompensatableStepMustFollowEveryCompensatableOne() {
