@@ -5,7 +5,7 @@ CREATE TABLE IF NOT EXISTS dtx_branches (
     branch BIGINT NOT NULL,
     operation TEXT NOT NULL,
     result TEXT,
-    digest TEXT,
+    digest TEXT NOT NULL,
     PRIMARY KEY (gid, branch)
 );
 

@@ -46,9 +46,7 @@ public final class InMemoryResourceManager: ResourceManager, BarrierResourceMana
         public var state: State
         public var result: JSONValue?
         /// `BranchDigest.of(operation:payload:)` of the work the branch was prepared (or
-        /// committed in one phase) for; nil for a rollback of a branch never prepared, and
-        /// for records of a journal written before digests were kept (a repeated PREPARE
-        /// is then accepted as a duplicate, as it was).
+        /// committed in one phase) for; nil for a rollback of a branch never prepared.
         public var digest: String?
         /// 3PC: every branch's participant, from CANCOMMIT; nil for a 2PC branch.
         public var participants: [ThreePhasePeer]?
@@ -60,7 +58,7 @@ public final class InMemoryResourceManager: ResourceManager, BarrierResourceMana
         /// Refuses a repeated PREPARE or one-phase commit of this branch that asks for
         /// other work than the branch was recorded with.
         func check(_ digest: String) throws {
-            if let recorded = self.digest, recorded != digest { throw BranchDigest.mismatch(ref) }
+            if self.digest != digest { throw BranchDigest.mismatch(ref) }
         }
     }
 
@@ -97,7 +95,7 @@ public final class InMemoryResourceManager: ResourceManager, BarrierResourceMana
             let journal = Journal(path: path)
             let contents = try journal.load()
             for record in contents.branches { ledger.record(record) }
-            for record in contents.barriers ?? [] { ledger.record(record) }
+            for record in contents.barriers { ledger.record(record) }
             self.journal = journal
         } else {
             journal = nil

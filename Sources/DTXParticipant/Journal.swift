@@ -16,11 +16,10 @@ public struct JournalError: Error, CustomStringConvertible, Sendable {
 /// The file an `InMemoryResourceManager` keeps its ledger in: the whole state as JSON,
 /// replaced atomically and durably on each change.
 final class Journal: Sendable {
-    /// The whole ledger. `barriers` is absent in journals written before the resource
-    /// manager served TCC and sagas.
+    /// The whole ledger.
     struct Contents: Codable, Sendable {
         var branches: [InMemoryResourceManager.BranchRecord]
-        var barriers: [InMemoryResourceManager.BarrierRecord]?
+        var barriers: [InMemoryResourceManager.BarrierRecord]
     }
 
     let path: String

@@ -30,9 +30,8 @@ import Synchronization
 /// `dtx_branches` row (after it committed). A repeated PREPARE or one-phase commit of a
 /// prepared or committed branch is a duplicate when it asks for the same work, and is
 /// refused with `branch_mismatch` when it asks for other work (a gid reused after the
-/// coordinator lost it). Branches prepared or committed by older versions have no
-/// digest: their repeats are taken as duplicates. COMMIT and ROLLBACK find the
-/// branch's prepared transaction by its gid and branch, whatever its digest.
+/// coordinator lost it). COMMIT and ROLLBACK find the branch's prepared transaction by
+/// its gid and branch, whatever its digest.
 ///
 /// Concurrent calls for the same branch are serialized by a transaction-level advisory
 /// lock on `prefix:gid:branch` (whatever the digest), which a prepared transaction
@@ -63,14 +62,14 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
 
     /// Outcome records: one row per committed branch, written in the branch's own
     /// transaction. `result` is the operation's result as JSON text; `digest` the
-    /// `BranchDigest` of its operation and payload (NULL in rows of older versions).
+    /// `BranchDigest` of its operation and payload.
     public static let branchesTableDDL = """
         CREATE TABLE IF NOT EXISTS dtx_branches (
             gid TEXT NOT NULL,
             branch BIGINT NOT NULL,
             operation TEXT NOT NULL,
             result TEXT,
-            digest TEXT,
+            digest TEXT NOT NULL,
             PRIMARY KEY (gid, branch)
         )
         """
@@ -107,9 +106,8 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
         public var ref: BranchRef
         /// The prepared transaction's name (`gid` in `pg_prepared_xacts`).
         public var transactionName: String
-        /// The `BranchDigest` of the work it was prepared for; nil when an older version
-        /// prepared it (its name has no digest).
-        public var digest: String?
+        /// The `BranchDigest` of the work it was prepared for.
+        public var digest: String
         /// When PREPARE TRANSACTION ran.
         public var preparedAt: Date
         /// The database role that prepared it.
@@ -121,10 +119,6 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
     let pool: PostgresPool
     let lockTimeout: String
     let logger: Logger
-    /// Whether `dtx_branches` has its `digest` column. It is added at start to a table
-    /// made by an older version, unless prepared transactions lock the table (see
-    /// `addDigestColumn`); until a later start adds it, commits record no digest.
-    private let recordsDigests: Bool
     private let operations = Mutex<[String: Operation]>([:])
     /// The names of the transactions this process prepared, by branch, for phase two.
     private let preparedNames = Mutex<[BranchRef: PreparedTransactionName]>([:])
@@ -132,8 +126,7 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
     let barrierOperations = BarrierOperations<Operation>()
 
     /// Checks that the server can prepare transactions and creates the participant
-    /// tables when they are missing (or adds the `digest` column to a `dtx_branches`
-    /// made by an older version).
+    /// tables when they are missing.
     /// - Parameters:
     ///   - pool: connections to the database that holds the business tables.
     ///   - prefix: 1 to 16 ASCII letters and digits that start this resource manager's
@@ -153,11 +146,9 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
         self.pool = pool
         self.lockTimeout = "\(milliseconds)ms"
         self.logger = logger
-        let lockTimeout = self.lockTimeout
-        recordsDigests = try await pool.withConnection { connection in
+        try await pool.withConnection { connection in
             try Self.checkPreparedTransactions(connection)
             try Self.createTables(connection)
-            return try Self.addDigestColumn(connection, lockTimeout: lockTimeout, logger: logger)
         }
         logger.info("PostgreSQL resource manager ready", metadata: ["prefix": .string(prefix)])
     }
@@ -202,7 +193,7 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
             case .prepared:
                 throw PostgresError(code: .branchBusy, message: "branch \(branch) was prepared while its COMMIT ran; retry the COMMIT")
             case nil:
-                throw BusinessError(code: "unknown_branch", message: "no prepared transaction \(name) or \(name):<digest> and no record of branch \(branch): it never prepared in this database")
+                throw BusinessError(code: "unknown_branch", message: "no prepared transaction \(name):<digest> and no record of branch \(branch): it never prepared in this database")
             }
         }
         logger.debug(committedNow ? "committed branch" : "branch was already committed", metadata: metadata(branch))
@@ -375,8 +366,7 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
     /// What the database says about a branch: its outcome record in `dtx_branches` or
     /// `dtx_rollbacks`, else its prepared transaction.
     private enum BranchState {
-        /// `digest` is nil in a row an older version wrote.
-        case committed(result: JSONValue?, digest: String?)
+        case committed(result: JSONValue?, digest: String)
         case rolledBack
         case prepared(PreparedTransactionName)
     }
@@ -418,13 +408,12 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
     }
 
     /// Refuses a repeat of `branch` that asks for other work than the work it was
-    /// prepared or committed for. An unknown digest (`recorded` nil: an older version
-    /// prepared or committed the branch) counts as the same work.
-    private func checkSameWork(_ branch: BranchRef, recorded: String?, requested: PreparedTransactionName, operation: String) throws {
-        guard let recorded, recorded != requested.digest else { return }
+    /// prepared or committed for.
+    private func checkSameWork(_ branch: BranchRef, recorded: String, requested: PreparedTransactionName, operation: String) throws {
+        guard recorded != requested.digest else { return }
         logger.warning(
             "refused a repeat of a branch that asks for other work: its gid was reused",
-            metadata: metadata(branch, operation: operation).merging(["digest": .string(requested.digest ?? ""), "recorded_digest": .string(recorded)]) { $1 })
+            metadata: metadata(branch, operation: operation).merging(["digest": .string(requested.digest), "recorded_digest": .string(recorded)]) { $1 })
         throw BranchDigest.mismatch(branch)
     }
 
@@ -451,7 +440,7 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
     /// Takes the branch's advisory lock for the current transaction (and bounds lock
     /// waits for its other statements), or throws `.branchBusy`. The lock's key is
     /// `prefix:gid:branch` (`PreparedTransactionName.base`), without the digest: the
-    /// same for any work, and the key older versions used.
+    /// same for any work.
     private func lockBranch(_ lockKey: String, _ branch: BranchRef, _ connection: PostgresConnection) throws {
         let (sql, parameters) = lockStatement(lockKey)
         guard try connection.execute(sql, parameters).rows.first?.bool("locked") == true else { throw Self.busy(branch) }
@@ -481,14 +470,9 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
             throw PostgresError(code: .invalidValue, message: "operation \(operation) ended the branch's transaction; an operation must not run BEGIN, COMMIT or ROLLBACK")
         }
         let encoded: PostgresValue? = try result.map { .text(try Self.encode($0)) }
-        let record: (sql: String, parameters: [PostgresValue?])
-        if recordsDigests {
-            record = ("INSERT INTO dtx_branches (gid, branch, operation, result, digest) VALUES ($1, $2, $3, $4, $5)",
-                      [.text(branch.gid), .int(branch.branch), .text(operation), encoded, name.digest.map { .text($0) }])
-        } else {
-            record = ("INSERT INTO dtx_branches (gid, branch, operation, result) VALUES ($1, $2, $3, $4)",
-                      [.text(branch.gid), .int(branch.branch), .text(operation), encoded])
-        }
+        let record: (sql: String, parameters: [PostgresValue?]) = (
+            "INSERT INTO dtx_branches (gid, branch, operation, result, digest) VALUES ($1, $2, $3, $4, $5)",
+            [.text(branch.gid), .int(branch.branch), .text(operation), encoded, .text(name.digest)])
         // The record and the statement that ends the transaction, in one round trip.
         let results = try connection.executeInOneRoundTrip([record, (ending.statement, [])])
         guard results[1].commandTag == ending.tag else {
@@ -521,16 +505,16 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
     }
 
     /// The branch's prepared transaction in this database: `prefix:gid:branch:digest`
-    /// for any digest, or the old-format `prefix:gid:branch`. The gid may contain `:`,
-    /// so names of other branches can start the same way (gid `a:1`, branch 2 starts
-    /// with `prefix:a:1:`); each candidate is parsed back to its branch.
+    /// for any digest. The gid may contain `:`, so names of other branches can start the
+    /// same way (gid `a:1`, branch 2 starts with `prefix:a:1:`); each candidate is parsed
+    /// back to its branch.
     private func preparedTransaction(of branch: BranchRef, _ connection: PostgresConnection) throws -> PreparedTransactionName? {
-        let base = PreparedTransactionName(prefix: prefix, branch: branch, digest: nil).base
+        let base = PreparedTransactionName.base(prefix: prefix, branch: branch)
         let rows = try connection.execute(
             """
             SELECT gid FROM pg_prepared_xacts
             WHERE database = current_database()
-              AND (gid = $1::text OR left(gid, length($1::text) + 1) = $1::text || ':')
+              AND left(gid, length($1::text) + 1) = $1::text || ':'
             ORDER BY prepared
             """, [.text(base)]
         ).rows
@@ -556,13 +540,13 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
     /// One query for all of the branch's state: its outcome records and the names of the
     /// prepared transactions that may be its own.
     private func recordedStateStatement(of branch: BranchRef) -> (sql: String, parameters: [PostgresValue?]) {
-        let base = PreparedTransactionName(prefix: prefix, branch: branch, digest: nil).base
+        let base = PreparedTransactionName.base(prefix: prefix, branch: branch)
         return ("""
-            SELECT b.result, \(recordsDigests ? "b.digest" : "NULL::text") AS digest, b.gid IS NOT NULL AS committed,
+            SELECT b.result, b.digest, b.gid IS NOT NULL AS committed,
                    EXISTS (SELECT 1 FROM dtx_rollbacks r WHERE r.gid = $1 AND r.branch = $2) AS rolled_back,
                    (SELECT json_agg(p.gid ORDER BY p.prepared) FROM pg_prepared_xacts p
                     WHERE p.database = current_database()
-                      AND (p.gid = $3::text OR left(p.gid, length($3::text) + 1) = $3::text || ':')) AS prepared
+                      AND left(p.gid, length($3::text) + 1) = $3::text || ':') AS prepared
             FROM (SELECT 1) AS one
             LEFT JOIN dtx_branches b ON b.gid = $1 AND b.branch = $2
             """, [.text(branch.gid), .int(branch.branch), .text(base)])
@@ -571,7 +555,10 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
     private func recordedState(of branch: BranchRef, from result: PostgresResult) throws -> BranchState? {
         guard let row = result.rows.first else { return nil }
         if try row.bool("committed") == true {
-            return .committed(result: try row.string("result").map(Self.decode), digest: try row.string("digest"))
+            guard let digest = try row.string("digest") else {
+                throw PostgresError(code: .invalidValue, message: "the dtx_branches row of branch \(branch) is damaged: it has no digest")
+            }
+            return .committed(result: try row.string("result").map(Self.decode), digest: digest)
         }
         if try row.bool("rolled_back") == true { return .rolledBack }
         guard let names = try row.string("prepared"), case .array(let candidates) = try JSONValue(parsing: Array(names.utf8)) else { return nil }
@@ -603,38 +590,6 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
             try connection.execute(barrierTableDDL)
             try connection.execute(threePhaseStateTableDDL)
             try connection.execute("COMMIT")
-        } catch {
-            connection.rollbackIfInTransaction()
-            throw error
-        }
-    }
-
-    /// Adds the `digest` column to a `dtx_branches` made by an older version; true when
-    /// the table has it. ALTER TABLE needs an exclusive lock on the table, which
-    /// branches an older version left prepared hold (they inserted into it) until they
-    /// are resolved, and resolving them needs this resource manager running: so it
-    /// waits at most the lock timeout, and on timeout the resource manager runs without
-    /// recording digests in `dtx_branches` (prepared-transaction names still carry
-    /// them) until a later start adds the column.
-    private static func addDigestColumn(_ connection: PostgresConnection, lockTimeout: String, logger: Logger) throws -> Bool {
-        try connection.execute("BEGIN")
-        do {
-            try connection.execute("SELECT pg_advisory_xact_lock(hashtextextended('dtx participant schema', 0)), set_config('lock_timeout', $1, true)", [.text(lockTimeout)])
-            let present = try connection.execute(
-                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('dtx_branches') AND attname = 'digest' AND NOT attisdropped) AS present"
-            ).rows.first?.bool("present") == true
-            if !present {
-                try connection.execute("ALTER TABLE dtx_branches ADD COLUMN IF NOT EXISTS digest TEXT")
-                logger.notice("added column digest to dtx_branches")
-            }
-            try connection.execute("COMMIT")
-            return true
-        } catch let error as PostgresError where error.sqlState == "55P03" {
-            connection.rollbackIfInTransaction()
-            logger.warning(
-                "cannot add column digest to dtx_branches now: prepared transactions lock the table. Branches committed until a later start adds it record no digest, so a PREPARE that reuses their gid for other work is not refused",
-                metadata: ["lock_timeout": .string(lockTimeout)])
-            return false
         } catch {
             connection.rollbackIfInTransaction()
             throw error

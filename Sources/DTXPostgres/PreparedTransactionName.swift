@@ -6,16 +6,12 @@ import DTXParticipant
 /// branch's operation and payload. The prefix marks the transactions one resource
 /// manager owns. While a branch is prepared its `dtx_branches` row is inside the
 /// prepared transaction, invisible to other sessions: the name is where a repeated
-/// PREPARE reads the work the branch was prepared for.
-///
-/// Older versions named a branch's prepared transaction `prefix:gid:branch` (no
-/// digest); such names are still read, with an unknown digest. `prefix:gid:branch` is
-/// also the branch's lock key, in both formats.
+/// PREPARE reads the work the branch was prepared for. `prefix:gid:branch` (`base`) is
+/// the branch's lock key.
 ///
 /// The gid may itself contain `:`, so parsing takes the prefix from the front and the
-/// digest and the branch from the back: a last component of 16 lowercase hex digits
-/// preceded by a branch id is a digest. (An old name whose branch id is itself a
-/// 16-digit number would read as a new one; coordinators number branches from 0.)
+/// digest and the branch from the back: the last component is the digest (16 lowercase
+/// hex digits), the one before it the branch id.
 /// At most 16 + 1 + 128 + 1 + 20 + 1 + 16 = 183 bytes, under PostgreSQL's limit of 199
 /// (200 with the terminating NUL).
 struct PreparedTransactionName: Equatable {
@@ -27,15 +23,15 @@ struct PreparedTransactionName: Equatable {
     /// The resource manager's prefix.
     let prefix: String
     let branch: BranchRef
-    /// The fingerprint of the branch's work; nil for a name of the old format.
-    let digest: String?
+    /// The fingerprint of the branch's work.
+    let digest: String
 
-    /// `prefix:gid:branch`: the whole name in the old format, the branch's lock key, and
-    /// followed by `:` the start of the name in the current format.
+    /// `prefix:gid:branch`: the branch's lock key, and followed by `:` the start of the
+    /// name.
     var base: String { Self.base(prefix: prefix, branch: branch) }
 
     /// The name as PostgreSQL stores it.
-    var text: String { digest.map { base + ":" + $0 } ?? base }
+    var text: String { base + ":" + digest }
 
     /// The prefix is embedded in SQL literals and LIKE patterns: letters and digits only.
     static func validate(prefix: String) throws {
@@ -70,17 +66,14 @@ struct PreparedTransactionName: Equatable {
         return base(prefix: prefix, branch: branch)
     }
 
-    /// The name, or nil when it is not one of `prefix`'s names (in either format).
+    /// The name, or nil when it is not one of `prefix`'s names.
     static func parse(_ name: String, prefix: String) -> PreparedTransactionName? {
         guard name.hasPrefix(prefix + ":") else { return nil }
         let rest = Substring(name.dropFirst(prefix.count + 1))
-        if let separator = rest.lastIndex(of: ":") {
-            let last = rest[rest.index(after: separator)...]
-            if isDigest(last), let branch = parseBranch(rest[..<separator]) {
-                return PreparedTransactionName(prefix: prefix, branch: branch, digest: String(last))
-            }
-        }
-        return parseBranch(rest).map { PreparedTransactionName(prefix: prefix, branch: $0, digest: nil) }
+        guard let separator = rest.lastIndex(of: ":") else { return nil }
+        let digest = rest[rest.index(after: separator)...]
+        guard isDigest(digest), let branch = parseBranch(rest[..<separator]) else { return nil }
+        return PreparedTransactionName(prefix: prefix, branch: branch, digest: String(digest))
     }
 
     /// `gid:branch`, with a valid gid and a branch id written as `String(branch)` writes
@@ -94,7 +87,8 @@ struct PreparedTransactionName: Equatable {
         return BranchRef(gid: gid, branch: branch)
     }
 
-    private static func base(prefix: String, branch: BranchRef) -> String {
+    /// `prefix:gid:branch` for `branch`, whose gid is not validated.
+    static func base(prefix: String, branch: BranchRef) -> String {
         "\(prefix):\(branch.gid):\(branch.branch)"
     }
 

@@ -26,9 +26,8 @@ public enum SQLiteParticipantSchema {
     ///   compensate whose try or action never ran writes a marker row
     ///   (`null_compensation` = 1) that refuses the late try or action.
     ///
-    /// `digest` is NULL in rows of `dtx_prepared` and `dtx_outcomes` written before the
-    /// resource manager kept digests (the column is added to older files when they are
-    /// opened); such a row accepts a repeat as a duplicate, as before.
+    /// `digest` is NULL only in `dtx_outcomes` rows of branches rolled back without
+    /// having prepared (presumed abort); it is not read for rolled-back branches.
     public static let ddl = """
         CREATE TABLE IF NOT EXISTS dtx_prepared (
             gid TEXT NOT NULL,

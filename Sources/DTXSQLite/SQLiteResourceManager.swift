@@ -74,24 +74,6 @@ public final class SQLiteResourceManager: ResourceManager, ThreePhaseResourceMan
         self.logger = logger
         try await database.run { connection in
             try connection.executeScript(SQLiteParticipantSchema.ddl)
-            try Self.addDigestColumns(in: connection)
-        }
-    }
-
-    /// Adds the `digest` column to the tables of a file created before the resource
-    /// manager kept branch digests (its rows keep NULL: their repeats are accepted as
-    /// before). Checked and altered in one write transaction, so that two processes
-    /// opening the file at once do not both add it.
-    private static func addDigestColumns(in connection: SQLiteConnection) throws {
-        func hasDigest(_ table: String) throws -> Bool {
-            try connection.query("SELECT 1 FROM pragma_table_info(?) WHERE name = 'digest'", [.text(table)]).isEmpty == false
-        }
-        let tables = ["dtx_prepared", "dtx_outcomes"]
-        guard try !tables.allSatisfy(hasDigest) else { return }
-        try connection.transaction(immediate: true) {
-            for table in tables where try !hasDigest(table) {
-                try connection.execute("ALTER TABLE \(table) ADD COLUMN digest TEXT")
-            }
         }
     }
 
@@ -331,10 +313,10 @@ public final class SQLiteResourceManager: ResourceManager, ThreePhaseResourceMan
     // MARK: Work on the database thread
 
     /// What the resource manager knows of a branch: its result and the digest of its
-    /// work (nil for a record written before digests were kept).
+    /// work.
     private enum Recorded {
-        case prepared(JSONValue?, digest: String?)
-        case committed(JSONValue?, digest: String?)
+        case prepared(JSONValue?, digest: String)
+        case committed(JSONValue?, digest: String)
         case rolledBack
     }
 
@@ -359,10 +341,9 @@ public final class SQLiteResourceManager: ResourceManager, ThreePhaseResourceMan
     }
 
     /// Refuses a repeated PREPARE or one-phase commit that asks for other work than the
-    /// branch was recorded with. A record without a digest (written before digests were
-    /// kept) accepts the repeat, as before.
-    private static func check(_ digest: String, against recorded: String?, of branch: BranchRef) throws {
-        if let recorded, recorded != digest { throw BranchDigest.mismatch(branch) }
+    /// branch was recorded with.
+    private static func check(_ digest: String, against recorded: String, of branch: BranchRef) throws {
+        if recorded != digest { throw BranchDigest.mismatch(branch) }
     }
 
     /// Applies a prepared branch's changeset, drops its locks and records it committed.
@@ -531,13 +512,12 @@ public final class SQLiteResourceManager: ResourceManager, ThreePhaseResourceMan
         }
     }
 
-    /// A stored digest: text, or NULL for a record written before digests were kept.
-    private static func digest(_ stored: SQLiteValue, of branch: BranchRef) throws -> String? {
-        switch stored {
-        case .null: return nil
-        case .text(let text): return text
-        default: throw SQLiteResourceManagerError.corruptRecord(branch: branch, reason: "its stored digest is \(stored), not text")
+    /// A stored digest of a prepared or committed branch: text.
+    private static func digest(_ stored: SQLiteValue, of branch: BranchRef) throws -> String {
+        guard case .text(let text) = stored else {
+            throw SQLiteResourceManagerError.corruptRecord(branch: branch, reason: "its stored digest is \(stored), not text")
         }
+        return text
     }
 
     /// `name` as an SQL identifier.

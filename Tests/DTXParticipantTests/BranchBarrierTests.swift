@@ -198,19 +198,6 @@ import Testing
         }
         #expect(manager.barrierRecords().map(\.gid) == ["g1", "g1", "g2", "g2"])
     }
-
-    @Test func aJournalWrittenBeforeBarriersLoads() async throws {
-        let directory = Directory()
-        let old = #"{"branches":[{"gid":"g","branch":1,"operation":"debit","state":"prepared","digest":"0011223344556677"}]}"#
-        try Data(old.utf8).write(to: URL(fileURLWithPath: directory.journal))
-        let manager = try InMemoryResourceManager(name: "a", journal: directory.journal)
-        #expect(try await manager.inDoubt() == [BranchRef(gid: "g", branch: 1)])
-        #expect(manager.barrierRecords().isEmpty)
-        _ = try await manager.try(branch, operation: "freeze", payload: nil)
-        let reopened = try InMemoryResourceManager(name: "a", journal: directory.journal)
-        #expect(reopened.barrierRecords().count == 1)
-        #expect(try await reopened.inDoubt() == [BranchRef(gid: "g", branch: 1)])
-    }
 }
 
 /// A fresh temporary directory, removed when the test is done with it.

@@ -205,7 +205,7 @@ import Testing
 
     @Test func validJSONOfTheWrongShapeIsACorruptJournalToo() throws {
         let directory = Directory()
-        let wrong = Data(#"{"branches": [{"gid": "order-1", "branch": 0, "operation": "x", "state": "half-done"}]}"#.utf8)
+        let wrong = Data(#"{"branches": [{"gid": "order-1", "branch": 0, "operation": "x", "state": "half-done"}], "barriers": []}"#.utf8)
         try wrong.write(to: URL(fileURLWithPath: directory.journal))
         #expect(throws: JournalError.self) { _ = try InMemoryResourceManager(name: "a", journal: directory.journal) }
         #expect(try Data(contentsOf: URL(fileURLWithPath: directory.journal)) == wrong)
@@ -295,40 +295,5 @@ import Testing
         // A rolled-back branch still refuses as before, whatever the work.
         try await reopened.rollback(BranchRef(gid: "order-3", branch: 0))
         #expect(await businessError { _ = try await reopened.prepare(BranchRef(gid: "order-3", branch: 0), operation: "debit", payload: payload) }?.code == "already_rolled_back")
-    }
-
-    @Test func aJournalWrittenBeforeDigestsLoadsAndAcceptsRepeatsAsBefore() async throws {
-        let directory = Directory()
-        // The journal format before digests were kept: records have no "digest".
-        let old = #"""
-            {"branches": [
-              {"gid": "old-1", "branch": 0, "operation": "debit", "payload": {"amount": 10}, "state": "committed", "result": {"operation": "debit", "participant": "a"}},
-              {"gid": "old-2", "branch": 0, "operation": "debit", "payload": {"amount": 20}, "state": "rolled_back"},
-              {"gid": "old-3", "branch": 1, "operation": "credit", "payload": {"amount": 30}, "state": "prepared", "result": {"operation": "credit", "participant": "a"}}
-            ]}
-            """#
-        try Data(old.utf8).write(to: URL(fileURLWithPath: directory.journal))
-        let manager = try InMemoryResourceManager(name: "a", journal: directory.journal)
-        #expect(manager.branches().count == 3)
-        #expect(manager.branches().allSatisfy { $0.digest == nil })
-        let inDoubt = BranchRef(gid: "old-3", branch: 1)
-        #expect(try await manager.inDoubt() == [inDoubt])
-
-        // Without a digest a repeat is accepted as a duplicate, as it was.
-        #expect(try await manager.prepare(inDoubt, operation: "credit", payload: .object(["amount": .number(31)])) == .prepared(result: .object(["operation": .string("credit"), "participant": .string("a")])))
-        let committed = BranchRef(gid: "old-1", branch: 0)
-        #expect(try await manager.commitOnePhase(committed, operation: "debit", payload: .object(["amount": .number(11)])) == .object(["operation": .string("debit"), "participant": .string("a")]))
-        #expect(await businessError { _ = try await manager.prepare(BranchRef(gid: "old-2", branch: 0), operation: "debit", payload: nil) }?.code == "already_rolled_back")
-        try await manager.commit(inDoubt)
-        #expect(manager.branches().first { $0.ref == inDoubt }?.state == .committed)
-        #expect(manager.branches().first { $0.ref == inDoubt }?.payload == .object(["amount": .number(30)]))
-
-        // New branches get digests, kept in the rewritten journal.
-        let fresh = BranchRef(gid: "new-1", branch: 0)
-        _ = try await manager.prepare(fresh, operation: "debit", payload: nil)
-        let reopened = try InMemoryResourceManager(name: "a", journal: directory.journal)
-        #expect(reopened.branches().count == 4)
-        #expect(await businessError { _ = try await reopened.prepare(fresh, operation: "debit", payload: .object(["amount": .number(1)])) }?.code == "branch_mismatch")
-        #expect(try await reopened.inDoubt() == [fresh])
     }
 }

@@ -194,17 +194,18 @@ struct PostgresResourceManagerTests {
         let bank = try await Bank.open(accounts: [1: 100])
         // psql plays a service process: it prepares the branch the way the resource
         // manager does, then exits.
+        let ref = BranchRef(gid: "crashed-svc", branch: 4)
+        let work = payload(account: 1, amount: 25)
         _ = try await bank.server.psql(
             """
             BEGIN;
             UPDATE accounts SET balance = balance - 25 WHERE id = 1;
-            INSERT INTO dtx_branches (gid, branch, operation, result) VALUES ('crashed-svc', 4, 'withdraw', NULL);
-            PREPARE TRANSACTION 'dtx:crashed-svc:4';
+            INSERT INTO dtx_branches (gid, branch, operation, result, digest) VALUES ('crashed-svc', 4, 'withdraw', NULL, '\(BranchDigest.of(operation: "withdraw", payload: work))');
+            PREPARE TRANSACTION '\(preparedName(ref, "withdraw", work))';
             """, database: bank.database)
-        let ref = BranchRef(gid: "crashed-svc", branch: 4)
         #expect(try await bank.manager.inDoubt() == [ref])
         // A repeated PREPARE waits for the outcome instead of doing the work again.
-        #expect(try await bank.manager.prepare(ref, operation: "withdraw", payload: payload(account: 1, amount: 25)) == .prepared(result: nil))
+        #expect(try await bank.manager.prepare(ref, operation: "withdraw", payload: work) == .prepared(result: nil))
         try await bank.manager.commit(ref)
         #expect(try await bank.balance(1) == 75)
         #expect(try await bank.manager.inDoubt() == [])

@@ -53,10 +53,7 @@ struct Bank {
     let manager: PostgresResourceManager
     let observer: PostgresPool
 
-    /// - Parameter setUp: SQL scripts that psql runs one by one (each in its own session)
-    ///   after the accounts exist and before the resource manager starts, e.g. tables or
-    ///   prepared transactions an older version left.
-    static func open(accounts: [Int: Int], prefix: String = "dtx", poolSize: Int = 4, lockTimeout: Duration = .seconds(5), setUp: [String] = []) async throws -> Bank {
+    static func open(accounts: [Int: Int], prefix: String = "dtx", poolSize: Int = 4, lockTimeout: Duration = .seconds(5)) async throws -> Bank {
         let server = try PostgresServerScope.server()
         let database = "t_" + UUID().uuidString.prefix(8).lowercased()
         try await server.createDatabase(database)
@@ -67,7 +64,6 @@ struct Bank {
                 try connection.execute("INSERT INTO accounts (id, balance) VALUES ($1, $2)", [.int(id), .int(balance)])
             }
         }
-        for script in setUp { _ = try await server.psql(script, database: database) }
         let pool = try await PostgresPool(server.connectionString(database: database), size: poolSize, logger: testLogger)
         let manager = try await makeManager(pool: pool, prefix: prefix, lockTimeout: lockTimeout)
         return Bank(server: server, database: database, pool: pool, manager: manager, observer: observer)

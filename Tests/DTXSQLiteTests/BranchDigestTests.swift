@@ -79,103 +79,10 @@ import Testing
         #expect(await businessError { _ = try await reopened.commitOnePhase(rolledBack, operation: "transfer", payload: Bank.transfer(1, 2, 6)) }?.code == "already_rolled_back")
     }
 
-    /// The resource manager's tables as they were created before digests were kept.
-    private static let ddlWithoutDigests = """
-        CREATE TABLE IF NOT EXISTS dtx_prepared (
-            gid TEXT NOT NULL,
-            branch INTEGER NOT NULL,
-            operation TEXT NOT NULL,
-            changeset BLOB NOT NULL,
-            result TEXT,
-            prepared_at TEXT NOT NULL,
-            PRIMARY KEY (gid, branch)
-        );
-        CREATE TABLE IF NOT EXISTS dtx_locks (
-            tbl TEXT NOT NULL,
-            pk BLOB NOT NULL,
-            gid TEXT NOT NULL,
-            branch INTEGER NOT NULL,
-            PRIMARY KEY (tbl, pk)
-        );
-        CREATE INDEX IF NOT EXISTS dtx_locks_by_branch ON dtx_locks (gid, branch);
-        CREATE TABLE IF NOT EXISTS dtx_outcomes (
-            gid TEXT NOT NULL,
-            branch INTEGER NOT NULL,
-            outcome TEXT NOT NULL CHECK (outcome IN ('committed', 'rolled_back')),
-            result TEXT,
-            decided_at TEXT NOT NULL,
-            PRIMARY KEY (gid, branch)
-        );
-        """
-
-    @Test func aFileCreatedBeforeDigestsGainsTheColumnAndAcceptsRepeatsAsBefore() async throws {
-        // A prepared branch's changeset and locks, taken from a scratch database with the
-        // same accounts.
-        let scratch = try TemporaryDirectory()
-        let source = try await Bank.open(scratch.database)
-        _ = try await source.prepare(branch, operation: "transfer", payload: Bank.transfer(1, 2, 30))
-        let changeset = try await source.read { connection in try connection.query("SELECT changeset FROM dtx_prepared").first?.values[0] }
-        let locks = try await source.read { connection in try connection.query("SELECT tbl, pk FROM dtx_locks").map(\.values) }
-        await source.close()
-
-        // The old file: the tables without digests, one branch prepared, one committed,
-        // one rolled back.
-        let directory = try TemporaryDirectory()
-        do {
-            let old = try SQLiteConnection(path: directory.database)
-            try old.executeScript(Self.ddlWithoutDigests + Bank.schema)
-            for id in 1...4 { try old.execute("INSERT INTO accounts (id, balance) VALUES (?, 100)", [.integer(Int64(id))]) }
-            try old.execute(
-                "INSERT INTO dtx_prepared (gid, branch, operation, changeset, result, prepared_at) VALUES ('order-1', 1, 'transfer', ?, '{\"balance\":70}', '2024-01-01T00:00:00.000Z')",
-                [try #require(changeset)])
-            for lock in locks {
-                try old.execute("INSERT INTO dtx_locks (tbl, pk, gid, branch) VALUES (?, ?, 'order-1', 1)", lock)
-            }
-            try old.execute("INSERT INTO dtx_outcomes (gid, branch, outcome, result, decided_at) VALUES ('old-committed', 1, 'committed', '{\"balance\":50}', '2024-01-01T00:00:00.000Z')")
-            try old.execute("INSERT INTO dtx_outcomes (gid, branch, outcome, result, decided_at) VALUES ('old-rolled-back', 1, 'rolled_back', NULL, '2024-01-01T00:00:00.000Z')")
-        }
-
-        let manager = try await Bank.open(directory.database)
-        #expect(try await Self.columns("dtx_prepared", manager).last == "digest")
-        #expect(try await Self.columns("dtx_outcomes", manager).last == "digest")
-        #expect(try await Self.digests("dtx_prepared", manager) == [nil])
-        #expect(try await manager.inDoubt() == [branch])
-
-        // Records without a digest accept a repeat as a duplicate, as before.
-        #expect(try await manager.prepare(branch, operation: "transfer", payload: Bank.transfer(1, 2, 40)) == .prepared(result: .object(["balance": .number(70)])))
-        let committed = BranchRef(gid: "old-committed", branch: 1)
-        #expect(try await manager.prepare(committed, operation: "transfer", payload: Bank.transfer(3, 4, 1)) == .prepared(result: .object(["balance": .number(50)])))
-        #expect(try await manager.commitOnePhase(committed, operation: "deposit", payload: nil) == .object(["balance": .number(50)]))
-        #expect(await businessError { _ = try await manager.prepare(BranchRef(gid: "old-rolled-back", branch: 1), operation: "transfer", payload: Bank.transfer(1, 2, 1)) }?.code == "already_rolled_back")
-
-        // The old prepared branch commits its changeset (its locks held until then).
-        #expect(await businessError { _ = try await manager.prepare(BranchRef(gid: "order-9", branch: 1), operation: "transfer", payload: Bank.transfer(2, 3, 1)) }?.code == "row_locked")
-        try await manager.commit(branch)
-        #expect(try await Bank.balances(manager) == [1: 70, 2: 130, 3: 100, 4: 100])
-        #expect(try await Bank.count("dtx_locks", manager) == 0)
-
-        // New branches get digests, and a second open finds the columns already there.
-        let fresh = BranchRef(gid: "order-10", branch: 1)
-        _ = try await manager.prepare(fresh, operation: "transfer", payload: Bank.transfer(3, 4, 10))
-        await manager.close()
-        let reopened = try await Bank.open(directory.database)
-        #expect(try await Self.columns("dtx_prepared", reopened).filter { $0 == "digest" }.count == 1)
-        #expect(await businessError { _ = try await reopened.prepare(fresh, operation: "transfer", payload: Bank.transfer(3, 4, 11)) }?.code == "branch_mismatch")
-        try await reopened.commit(fresh)
-        #expect(try await Bank.balances(reopened) == [1: 70, 2: 130, 3: 90, 4: 110])
-    }
-
     /// The `digest` column of every row of `table`.
     private static func digests(_ table: String, _ manager: SQLiteResourceManager) async throws -> [String?] {
         try await manager.read { connection in
             try connection.query("SELECT digest FROM \(table) ORDER BY gid, branch").map { $0.values[0].textValue }
-        }
-    }
-
-    /// The columns of `table`, in order.
-    private static func columns(_ table: String, _ manager: SQLiteResourceManager) async throws -> [String] {
-        try await manager.read { connection in
-            try connection.query("SELECT name FROM pragma_table_info(?) ORDER BY cid", [.text(table)]).compactMap { $0.values[0].textValue }
         }
     }
 }
