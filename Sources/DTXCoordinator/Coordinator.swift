@@ -56,28 +56,30 @@ public final class Coordinator: Sendable {
         }
     }
 
-    private let log: WriteAheadLog
+    private let store: any CoordinatorStore
     private let transport: any Transport
     private let configuration: CoordinatorConfiguration
     private let logger: Logger
     let registry = ParticipantRegistry()
     private let table = Mutex(Table())
+    private let fenced = Mutex(false)
     private let context: EngineContext
 
     /// Rebuilds the coordinator from the log's records (registry and transactions) and
     /// resumes every unfinished transaction: undecided ones abort, decided ones drive
     /// phase two until every branch acknowledges.
-    public init(log: WriteAheadLog, records: [LogRecord], transport: any Transport, configuration: CoordinatorConfiguration = .init(), logger: Logger) throws {
-        self.log = log
+    public init(store: any CoordinatorStore, transport: any Transport, configuration: CoordinatorConfiguration = .init(), logger: Logger) throws {
+        self.store = store
         self.transport = transport
         self.configuration = configuration
         self.logger = logger
-        context = EngineContext(log: log, transport: transport, registry: registry, failpoints: configuration.failpoints,
+        context = EngineContext(store: store, fence: FenceSignal(), transport: transport, registry: registry, failpoints: configuration.failpoints,
                                 retryPolicy: configuration.retryPolicy, stuckAfterAttempts: configuration.stuckAfterAttempts,
                                 metrics: EngineMetrics(), logger: logger)
+        context.fence.onFenced { [weak self] in self?.fenceOff() }
 
         var replay = TransactionLogReplay()
-        for record in records {
+        for record in store.recordsAtStart() {
             do {
                 if try registry.replay(type: record.type, payload: record.payload, lsn: record.lsn) { continue }
                 replay.apply(try LogEntry(type: record.type, payload: record.payload))
@@ -155,13 +157,13 @@ public final class Coordinator: Sendable {
     /// Checkpoints the log every `checkpointInterval` until cancelled: keeps the records of
     /// unfinished and remembered transactions and the current registrations.
     public func runMaintenance() async {
-        var checkpointedAt = log.nextLSN
+        var checkpointedAt = store.position
         while !Task.isCancelled {
             try? await Task.sleep(for: configuration.checkpointInterval)
-            guard !Task.isCancelled, log.nextLSN != checkpointedAt else { continue }
+            guard !Task.isCancelled, store.position != checkpointedAt else { continue }
             do {
                 let result = try await checkpoint()
-                checkpointedAt = log.nextLSN
+                checkpointedAt = store.position
                 logger.debug("checkpoint", metadata: ["read": "\(result.recordsRead)", "kept": "\(result.recordsKept)", "segmentsRemoved": "\(result.segmentsRemoved)"])
             } catch {
                 logger.error("checkpoint failed", metadata: ["error": "\(error)"])
@@ -170,13 +172,25 @@ public final class Coordinator: Sendable {
     }
 
     @discardableResult
-    public func checkpoint() async throws -> WriteAheadLog.CheckpointResult {
-        try await log.checkpoint { [self] record in
+    public func checkpoint() async throws -> CompactionResult {
+        try await store.compact { [self] record in
             if let live = registry.isLive(type: record.type, lsn: record.lsn) { return live }
             let gid = try LogEntry.gid(type: record.type, payload: record.payload)
             return table.withLock { $0.driver(gid) != nil }
         }
     }
+
+    /// The store refused a forced append as fenced: another node owns this one's work.
+    /// Every driver stops at once (nothing more is sent for any of them) and new
+    /// submissions are refused; what the store holds is the new owner's to drive.
+    private func fenceOff() {
+        guard fenced.withLock({ was in defer { was = true }; return !was }) else { return }
+        logger.critical("the store fenced this coordinator off; every transaction stops here")
+        let drivers = table.withLock { Array($0.live.values) }
+        drivers.forEach { $0.stop() }
+    }
+
+    public var isFenced: Bool { fenced.withLock { $0 } }
 
     /// Stops every transaction's timers and loop. Whatever is unfinished resumes from the
     /// log at the next start; nothing is decided here.
@@ -194,6 +208,9 @@ public final class Coordinator: Sendable {
         // What the document refuses (400) first; then what it allows but this daemon
         // cannot serve (422).
         if let (code, message) = submission.documentProblem { throw CoordinatorError(400, code, message) }
+        if isFenced {
+            throw CoordinatorError(503, "fenced", "this coordinator's store fenced it off: another node owns its transactions now; send requests to that node")
+        }
         let gid: GlobalTransactionID
         do {
             gid = try GlobalTransactionID(validating: submission.gid ?? "dtx-\(UUID().uuidString.lowercased())")
@@ -240,7 +257,7 @@ public final class Coordinator: Sendable {
         // What its view shows after a restart; lazy, and written before the machine's
         // first record (replay pairs them by gid).
         let submitted = LogEntry.submitted(gid: gid, at: driver.createdAt, timeout: timeout).encoded()
-        _ = try? log.append(type: submitted.type, payload: submitted.payload)
+        try? store.append(type: submitted.type, payload: submitted.payload)
         await driver.start(with: interactive ? .open : .start)
         if submission.wait == true, !interactive { try await driver.waitForOutcome(decisionLimit: timeout + .seconds(30), phaseTwoLimit: configuration.phaseTwoWait) }
         return (driver.view(), true)
@@ -407,7 +424,7 @@ public final class Coordinator: Sendable {
         return gauges
     }
 
-    public var logStatistics: WriteAheadLog.Statistics { log.statistics }
+    public var storeMetrics: [StoreMetric] { store.metrics }
 
     // MARK: Participants
 
@@ -438,7 +455,7 @@ public final class Coordinator: Sendable {
                                               registeredAt: previous?.registeredAt ?? now, lastSeen: now, lsn: 0)
         do {
             try await registry.changing {
-                entry.lsn = try await log.append(type: ParticipantRegistry.RecordType.registered.rawValue, payload: ParticipantRegistry.registrationRecord(entry), forced: true)
+                entry.lsn = try await store.appendForced(type: ParticipantRegistry.RecordType.registered.rawValue, payload: ParticipantRegistry.registrationRecord(entry))
                 registry.store(entry)
             }
         } catch {
@@ -470,7 +487,7 @@ public final class Coordinator: Sendable {
         }
         do {
             try await registry.changing {
-                _ = try await log.append(type: ParticipantRegistry.RecordType.deregistered.rawValue, payload: ParticipantRegistry.deregistrationRecord(name), forced: true)
+                _ = try await store.appendForced(type: ParticipantRegistry.RecordType.deregistered.rawValue, payload: ParticipantRegistry.deregistrationRecord(name))
                 registry.remove(name)
             }
         } catch {

@@ -9,7 +9,8 @@ import Synchronization
 
 /// What a driver needs from the rest of the engine.
 struct EngineContext: Sendable {
-    var log: WriteAheadLog
+    var store: any CoordinatorStore
+    var fence: FenceSignal
     var transport: any Transport
     var registry: ParticipantRegistry
     var failpoints: Failpoints
@@ -219,6 +220,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     private func perform(_ actions: [TransactionAction], branches: [Branch]) async {
         var sentPrepare = false
         for action in actions {
+            // Halted (the store failed or fenced this node off, or shutting down): nothing more goes out.
+            if state.withLock({ $0.halted }) { return }
             switch action {
             case let .log(entry, forced):
                 let isCommitDecision: Bool
@@ -239,13 +242,14 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 let (type, payload) = entry.encoded()
                 do {
                     if forced {
-                        _ = try await context.log.append(type: type, payload: payload, forced: true)
+                        try await context.store.appendForced(type: type, payload: payload)
                         if entry.fixesTheOutcome { state.withLock { $0.outcomeForced = true } }
                     } else {
-                        _ = try context.log.append(type: type, payload: payload)
+                        try context.store.append(type: type, payload: payload)
                     }
                 } catch {
                     halt("log write failed: \(error)")
+                    if case StoreError.fenced = error { context.fence.raise() }
                     return
                 }
                 if isCommitDecision { context.failpoints.hit(.afterCommitDecision) }
@@ -551,9 +555,10 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         guard decided else { return }
         if !covered {
             do {
-                try await context.log.sync()
+                try await context.store.sync()
             } catch {
                 halt("log sync failed: \(error)")
+                if case StoreError.fenced = error { context.fence.raise() }
                 throw CoordinatorError(503, "log_unavailable", "the coordinator's log cannot be written (\(error)): transaction \(gid) is decided, but its outcome is not durable; it resumes from the log after a restart")
             }
         }

@@ -164,17 +164,7 @@ struct LogMetrics: Sendable {
     }
 
     func render() -> String {
-        let stats = coordinator.logStatistics
-        gauge("dtx_log_appends", "Records appended to the log since start").set(Double(stats.appends))
-        gauge("dtx_log_forced_appends", "Forced (durable before return) appends since start").set(Double(stats.forcedAppends))
-        gauge("dtx_log_fsyncs", "fdatasync/fsync calls on the log since start").set(Double(stats.fsyncs))
-        gauge("dtx_log_group_commit_largest", "Largest number of forced appends covered by one fdatasync").set(Double(stats.largestGroupSize))
-        gauge("dtx_log_segment_switches", "Log segments switched to since start").set(Double(stats.segmentSwitches))
-        gauge("dtx_log_switches_without_spare", "Segment switches that found no prepared spare and created the segment while commits waited")
-            .set(Double(stats.switchesWithoutSpare))
-        gauge("dtx_log_checkpoints", "Log checkpoints completed since start").set(Double(stats.checkpoints))
-        gauge("dtx_log_group_commit_average", "Forced appends per fdatasync since start")
-            .set(stats.fsyncs == 0 ? 0 : Double(stats.forcedAppends) / Double(stats.fsyncs))
+        for metric in coordinator.storeMetrics { gauge(metric.name, metric.help).set(metric.value) }
         let gauges = coordinator.gauges()
         gauge("dtx_unfinished_transactions", "Transactions not yet finished").set(Double(gauges.unfinished))
         gauge("dtx_in_doubt_transactions", "Unfinished transactions whose branches may hold prepared work").set(Double(gauges.inDoubt))

@@ -148,7 +148,7 @@ struct Daemon: AsyncParsableCommand {
                 logger.notice("truncated a torn log tail", metadata: ["file": "\(torn.file)", "offset": "\(torn.offset)"])
             }
             logger.info("log open", metadata: ["directory": "\(directory)", "records": "\(opened.recovery.records.count)", "nextLSN": "\(log.nextLSN)"])
-            coordinator = try Coordinator(log: log, records: opened.recovery.records,
+            coordinator = try Coordinator(store: WALStore(log: log, records: opened.recovery.records),
                                           transport: HTTPTransport(requestTimeout: Duration(apiSeconds: requestSeconds)),
                                           configuration: engine, logger: logger)
         } catch let error as LogError {

@@ -19,7 +19,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: directory) }
         for run in 0..<2 {
             let (log, recovery) = try WriteAheadLog.open(directory: directory)
-            let coordinator = try Coordinator(log: log, records: recovery.records, transport: HTTPTransport(), logger: logger)
+            let coordinator = try Coordinator(store: WALStore(log: log, records: recovery.records), transport: HTTPTransport(), logger: logger)
             do {
                 if run == 0 { try await before(log, coordinator) } else { try after(coordinator) }
             } catch {

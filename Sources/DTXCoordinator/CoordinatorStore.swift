@@ -1,0 +1,126 @@
+import DTXLog
+import Synchronization
+
+/// Where the engine keeps what it must not forget: transactions' records and the
+/// participant registry, as typed records with a JSON payload (`LogEntry`,
+/// `ParticipantRegistry.RecordType`). The write-ahead log in the data directory is the
+/// first implementation (`WALStore`); a store shared by several nodes (PostgreSQL,
+/// shards under leases) is the next, and may refuse a forced append as
+/// `StoreError.fenced`: another node owns the work now, and the engine stops every
+/// driver at once and sends nothing more.
+public protocol CoordinatorStore: Sendable {
+    /// The records at start, in order (checkpoint copies collapsed): what the engine
+    /// replays. Asked once.
+    func recordsAtStart() -> [LogRecord]
+
+    /// Appends a record that becomes durable with the next forced append or `sync`.
+    func append(type: UInt16, payload: [UInt8]) throws
+
+    /// Appends a record and returns once it, and everything appended before it, is
+    /// durable. Returns its position, which `recordsAtStart` and `compact` show as the
+    /// record's `lsn`.
+    @discardableResult
+    func appendForced(type: UInt16, payload: [UInt8]) async throws -> UInt64
+
+    /// Returns once everything appended so far is durable.
+    func sync() async throws
+
+    /// Keeps the records `keep` answers true for and forgets the rest. `keep` answers
+    /// false only for records it knows are obsolete.
+    func compact(keep: @escaping @Sendable (LogRecord) throws -> Bool) async throws -> CompactionResult
+
+    /// Grows with every append: compaction skips a store where it has not moved.
+    var position: UInt64 { get }
+
+    /// What `/metrics` shows of the store.
+    var metrics: [StoreMetric] { get }
+}
+
+public enum StoreError: Error, Equatable, CustomStringConvertible {
+    /// This node no longer owns what the record is about (its lease was taken over).
+    case fenced(String)
+
+    public var description: String {
+        switch self {
+        case let .fenced(why): "fenced: \(why)"
+        }
+    }
+}
+
+public struct CompactionResult: Sendable, Equatable {
+    public var recordsRead: Int
+    public var recordsKept: Int
+    /// Segments (or the store's own units) freed.
+    public var segmentsRemoved: Int
+}
+
+/// How a driver that met `StoreError.fenced` tells the coordinator, which then stops
+/// every driver at once.
+final class FenceSignal: Sendable {
+    private let handler = Mutex<(@Sendable () -> Void)?>(nil)
+
+    func onFenced(_ body: @escaping @Sendable () -> Void) {
+        handler.withLock { $0 = body }
+    }
+
+    func raise() {
+        handler.withLock { $0 }?()
+    }
+}
+
+/// One gauge of `/metrics`.
+public struct StoreMetric: Sendable, Equatable {
+    public var name: String
+    public var help: String
+    public var value: Double
+}
+
+/// The embedded store: the write-ahead log in dtxd's data directory.
+public final class WALStore: CoordinatorStore {
+    public let log: WriteAheadLog
+    private let records: [LogRecord]
+
+    /// `records`: what opening the log recovered.
+    public init(log: WriteAheadLog, records: [LogRecord]) {
+        self.log = log
+        self.records = records
+    }
+
+    public func recordsAtStart() -> [LogRecord] { records }
+
+    public func append(type: UInt16, payload: [UInt8]) throws {
+        try log.append(type: type, payload: payload)
+    }
+
+    @discardableResult
+    public func appendForced(type: UInt16, payload: [UInt8]) async throws -> UInt64 {
+        try await log.append(type: type, payload: payload, forced: true)
+    }
+
+    public func sync() async throws {
+        try await log.sync()
+    }
+
+    public func compact(keep: @escaping @Sendable (LogRecord) throws -> Bool) async throws -> CompactionResult {
+        let result = try await log.checkpoint(keep: keep)
+        return CompactionResult(recordsRead: result.recordsRead, recordsKept: result.recordsKept, segmentsRemoved: result.segmentsRemoved)
+    }
+
+    public var position: UInt64 { log.nextLSN }
+
+    public var metrics: [StoreMetric] {
+        let stats = log.statistics
+        return [
+            StoreMetric(name: "dtx_log_appends", help: "Records appended to the log since start", value: Double(stats.appends)),
+            StoreMetric(name: "dtx_log_forced_appends", help: "Forced (durable before return) appends since start", value: Double(stats.forcedAppends)),
+            StoreMetric(name: "dtx_log_fsyncs", help: "fdatasync/fsync calls on the log since start", value: Double(stats.fsyncs)),
+            StoreMetric(name: "dtx_log_group_commit_largest", help: "Largest number of forced appends covered by one fdatasync", value: Double(stats.largestGroupSize)),
+            StoreMetric(name: "dtx_log_segment_switches", help: "Log segments switched to since start", value: Double(stats.segmentSwitches)),
+            StoreMetric(name: "dtx_log_switches_without_spare", help: "Segment switches that found no prepared spare and created the segment while commits waited",
+                        value: Double(stats.switchesWithoutSpare)),
+            StoreMetric(name: "dtx_log_checkpoints", help: "Log checkpoints completed since start", value: Double(stats.checkpoints)),
+            StoreMetric(name: "dtx_log_group_commit_average", help: "Forced appends per fdatasync since start",
+                        value: stats.fsyncs == 0 ? 0 : Double(stats.forcedAppends) / Double(stats.fsyncs)),
+        ]
+    }
+}
