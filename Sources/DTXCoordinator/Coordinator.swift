@@ -8,15 +8,33 @@ import Foundation
 import Logging
 import Synchronization
 
-/// A request the coordinator refuses: the HTTP status, a stable code and a message
-/// that says what was wrong and what to do.
+/// A request the coordinator refuses: what kind of refusal (the server maps it to an
+/// HTTP status), a stable code and a message that says what was wrong and what to do.
 public struct CoordinatorError: Error, Equatable, CustomStringConvertible {
-    public var status: Int
+    public enum Kind: Sendable, Equatable {
+        /// The request itself is malformed or breaks the document's rules.
+        case invalid
+        /// No or a wrong bearer token.
+        case unauthorized
+        /// No such transaction or participant.
+        case notFound
+        /// The request conflicts with the current state (already finished, other spec, …).
+        case conflict
+        /// The request is well-formed but this daemon cannot serve it (unknown
+        /// participant, protocol not served, steps that do not make a saga).
+        case unserviceable
+        /// The store cannot be written, or fenced this node off: try again, or elsewhere.
+        case unavailable
+        /// The log holds what this build cannot read.
+        case broken
+    }
+
+    public var kind: Kind
     public var code: String
     public var message: String
 
-    public init(_ status: Int, _ code: String, _ message: String) {
-        self.status = status
+    public init(_ kind: Kind, _ code: String, _ message: String) {
+        self.kind = kind
         self.code = code
         self.message = message
     }
@@ -84,7 +102,7 @@ public final class Coordinator: Sendable {
                 if try registry.replay(type: record.type, payload: record.payload, lsn: record.lsn) { continue }
                 replay.apply(try LogEntry(type: record.type, payload: record.payload))
             } catch {
-                throw CoordinatorError(500, "unreadable_log", "log record \(record.lsn) cannot be read: \(error); run `dtx wal dump` on the data directory")
+                throw CoordinatorError(.broken, "unreadable_log", "log record \(record.lsn) cannot be read: \(error); run `dtx wal dump` on the data directory")
             }
         }
         var resumed = 0
@@ -207,15 +225,15 @@ public final class Coordinator: Sendable {
     public func submit(_ submission: TransactionSubmission) async throws(CoordinatorError) -> (TransactionView, created: Bool) {
         // What the document refuses (400) first; then what it allows but this daemon
         // cannot serve (422).
-        if let (code, message) = submission.documentProblem { throw CoordinatorError(400, code, message) }
+        if let (code, message) = submission.documentProblem { throw CoordinatorError(.invalid, code, message) }
         if isFenced {
-            throw CoordinatorError(503, "fenced", "this coordinator's store fenced it off: another node owns its transactions now; send requests to that node")
+            throw CoordinatorError(.unavailable, "fenced", "this coordinator's store fenced it off: another node owns its transactions now; send requests to that node")
         }
         let gid: GlobalTransactionID
         do {
             gid = try GlobalTransactionID(validating: submission.gid ?? "dtx-\(UUID().uuidString.lowercased())")
         } catch {
-            throw CoordinatorError(400, "invalid_gid", error.description)
+            throw CoordinatorError(.invalid, "invalid_gid", error.description)
         }
         let interactive = submission.interactive ?? false
         let branches = submission.branches ?? []
@@ -226,7 +244,7 @@ public final class Coordinator: Sendable {
         // Steps the document allows one by one, which do not make a saga (a dependency on
         // a later step, a pivot before a compensatable step).
         if submission.protocol == .saga, let problem = Saga.validate(branches) {
-            throw CoordinatorError(422, "invalid_branches", problem)
+            throw CoordinatorError(.unserviceable, "invalid_branches", problem)
         }
         let spec = SubmittedSpec(proto: submission.protocol, branches: branches, interactive: interactive)
         let driver: any TransactionDriving
@@ -249,7 +267,7 @@ public final class Coordinator: Sendable {
         }
         if let existing {
             guard existing.spec == spec else {
-                throw CoordinatorError(409, "gid_conflict", "transaction \(gid) already exists with a different protocol or branches; choose another gid")
+                throw CoordinatorError(.conflict, "gid_conflict", "transaction \(gid) already exists with a different protocol or branches; choose another gid")
             }
             if submission.wait == true { try await existing.waitForOutcome(decisionLimit: timeout + .seconds(30), phaseTwoLimit: configuration.phaseTwoWait) }
             return (existing.view(), false)
@@ -266,10 +284,10 @@ public final class Coordinator: Sendable {
     /// A branch against this daemon (422): its participant is registered and serves the protocol.
     private func checkServed(_ branch: BranchSpec, at path: String, proto: TransactionProtocol) throws(CoordinatorError) {
         guard let participant = registry.entry(branch.participant) else {
-            throw CoordinatorError(422, "unknown_participant", "\(path).participant: no participant named '\(branch.participant)' is registered; see GET /v1/participants")
+            throw CoordinatorError(.unserviceable, "unknown_participant", "\(path).participant: no participant named '\(branch.participant)' is registered; see GET /v1/participants")
         }
         guard participant.protocols.contains(proto) else {
-            throw CoordinatorError(422, "protocol_not_served", "\(path).participant: '\(branch.participant)' does not serve \(proto.rawValue) (it serves \(participant.protocols.map(\.rawValue).joined(separator: ", ")))")
+            throw CoordinatorError(.unserviceable, "protocol_not_served", "\(path).participant: '\(branch.participant)' does not serve \(proto.rawValue) (it serves \(participant.protocols.map(\.rawValue).joined(separator: ", ")))")
         }
     }
 
@@ -279,7 +297,7 @@ public final class Coordinator: Sendable {
 
     private func driver(_ gid: GlobalTransactionID) throws(CoordinatorError) -> any TransactionDriving {
         guard let driver = table.withLock({ $0.driver(gid) }) else {
-            throw CoordinatorError(404, "unknown_transaction", "no transaction '\(gid)' is known (it may never have existed, or be older than the kept history)")
+            throw CoordinatorError(.notFound, "unknown_transaction", "no transaction '\(gid)' is known (it may never have existed, or be older than the kept history)")
         }
         return driver
     }
@@ -305,11 +323,11 @@ public final class Coordinator: Sendable {
     public func enlist(gid: GlobalTransactionID, _ request: EnlistRequest) async throws(CoordinatorError) -> EnlistAnswer {
         let driver = try driver(gid)
         let spec = BranchSpec(participant: request.participant, operation: request.operation, payload: request.payload)
-        if let problem = spec.documentProblem(at: "enlistment", proto: driver.proto) { throw CoordinatorError(400, "invalid_branches", problem) }
+        if let problem = spec.documentProblem(at: "enlistment", proto: driver.proto) { throw CoordinatorError(.invalid, "invalid_branches", problem) }
         try checkServed(spec, at: "enlistment", proto: driver.proto)
         switch await driver.request(.enlisted(spec)) {
         case .accepted(let count): return EnlistAnswer(gid: gid.rawValue, branch: count - 1)
-        case .rejected(let why): throw CoordinatorError(409, "not_open", "cannot enlist in \(gid): \(why)")
+        case .rejected(let why): throw CoordinatorError(.conflict, "not_open", "cannot enlist in \(gid): \(why)")
         }
     }
 
@@ -327,13 +345,13 @@ public final class Coordinator: Sendable {
     private func resolve(gid: GlobalTransactionID, _ decision: Decision, reason: String?, wait: Bool) async throws(CoordinatorError) -> TransactionView {
         // Something to read: a character other than a space or an ASCII control (the document's pattern).
         if let reason, !reason.unicodeScalars.contains(where: { $0.value > 0x20 && $0.value != 0x7F }) || reason.unicodeScalars.count > 1000 {
-            throw CoordinatorError(400, "invalid_reason", "reason must be 1 to 1000 characters, not only spaces: say why the outcome is forced")
+            throw CoordinatorError(.invalid, "invalid_reason", "reason must be 1 to 1000 characters, not only spaces: say why the outcome is forced")
         }
         let driver = try driver(gid)
         if driver.isFinished {
             let view = driver.view()
             guard view.decision == decision else {
-                throw CoordinatorError(409, "already_finished", "transaction \(gid) is already \(view.status); it cannot be \(decision == .commit ? "committed" : "aborted") now")
+                throw CoordinatorError(.conflict, "already_finished", "transaction \(gid) is already \(view.status); it cannot be \(decision == .commit ? "committed" : "aborted") now")
             }
             return try await finishWaiting(driver, wait)
         }
@@ -341,10 +359,10 @@ public final class Coordinator: Sendable {
         if case .rejected(let why) = await driver.request(plain) {
             guard let reason else {
                 if driver.view().decision == decision { return try await finishWaiting(driver, wait) }
-                throw CoordinatorError(409, "reason_required", "\(why). To force the outcome as an operator, give a reason.")
+                throw CoordinatorError(.conflict, "reason_required", "\(why). To force the outcome as an operator, give a reason.")
             }
             if case .rejected(let why) = await driver.request(.forced(decision, reason: reason)) {
-                throw CoordinatorError(409, "cannot_force", "cannot force \(decision.rawValue) on \(gid): \(why)")
+                throw CoordinatorError(.conflict, "cannot_force", "cannot force \(decision.rawValue) on \(gid): \(why)")
             }
             logger.warning("operator forced an outcome", metadata: ["gid": "\(gid)", "decision": "\(decision.rawValue)", "reason": "\(reason)"])
         }
@@ -430,19 +448,19 @@ public final class Coordinator: Sendable {
 
     public func register(_ registration: ParticipantRegistration) async throws(CoordinatorError) -> (ParticipantInfo, created: Bool) {
         guard ParticipantName.isValid(registration.name) else {
-            throw CoordinatorError(400, "invalid_name", "name must be \(ParticipantName.rule)")
+            throw CoordinatorError(.invalid, "invalid_name", "name must be \(ParticipantName.rule)")
         }
         guard ParticipantRegistration.isValidURL(registration.url) else {
-            throw CoordinatorError(400, "invalid_url", "url must be an http:// or https:// base URL with a host, an optional port (1-65535) and no query, e.g. http://127.0.0.1:8081")
+            throw CoordinatorError(.invalid, "invalid_url", "url must be an http:// or https:// base URL with a host, an optional port (1-65535) and no query, e.g. http://127.0.0.1:8081")
         }
         var url = registration.url
         while url.hasSuffix("/") { url.removeLast() }
         let protocols = registration.protocols ?? [.twoPhaseCommit]
         guard !protocols.isEmpty, Set(protocols).count == protocols.count else {
-            throw CoordinatorError(400, "invalid_protocols", "protocols must name at least one of 2pc, 3pc, tcc, saga, each once")
+            throw CoordinatorError(.invalid, "invalid_protocols", "protocols must name at least one of 2pc, 3pc, tcc, saga, each once")
         }
         if let token = registration.token, !(1...512).contains(token.unicodeScalars.count) {
-            throw CoordinatorError(400, "invalid_token", "token must be 1 to 512 characters")
+            throw CoordinatorError(.invalid, "invalid_token", "token must be 1 to 512 characters")
         }
         let now = Date()
         let previous = registry.entry(registration.name)
@@ -459,7 +477,7 @@ public final class Coordinator: Sendable {
                 registry.store(entry)
             }
         } catch {
-            throw CoordinatorError(503, "log_unavailable", "the coordinator's log cannot be written: \(error)")
+            throw CoordinatorError(.unavailable, "log_unavailable", "the coordinator's log cannot be written: \(error)")
         }
         logger.info(previous == nil ? "participant registered" : "participant re-registered", metadata: ["name": "\(entry.name)", "url": "\(entry.url)"])
         return (info(entry), previous == nil)
@@ -483,7 +501,7 @@ public final class Coordinator: Sendable {
         guard registry.entry(name) != nil else { throw unknownParticipant(name) }
         let unfinished = unfinishedBranches(on: name)
         guard unfinished == 0 else {
-            throw CoordinatorError(409, "participant_busy", "participant '\(name)' has \(unfinished) unfinished branch(es); deregister it once they finish (see dtx list --participant \(name))")
+            throw CoordinatorError(.conflict, "participant_busy", "participant '\(name)' has \(unfinished) unfinished branch(es); deregister it once they finish (see dtx list --participant \(name))")
         }
         do {
             try await registry.changing {
@@ -491,13 +509,13 @@ public final class Coordinator: Sendable {
                 registry.remove(name)
             }
         } catch {
-            throw CoordinatorError(503, "log_unavailable", "the coordinator's log cannot be written: \(error)")
+            throw CoordinatorError(.unavailable, "log_unavailable", "the coordinator's log cannot be written: \(error)")
         }
         logger.info("participant deregistered", metadata: ["name": "\(name)"])
     }
 
     private func unknownParticipant(_ name: String) -> CoordinatorError {
-        CoordinatorError(404, "unknown_participant", "no participant named '\(name)' is registered")
+        CoordinatorError(.notFound, "unknown_participant", "no participant named '\(name)' is registered")
     }
 
     private func unfinishedBranches(on name: String) -> Int {

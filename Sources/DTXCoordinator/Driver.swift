@@ -559,7 +559,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             } catch {
                 halt("log sync failed: \(error)")
                 if case StoreError.fenced = error { context.fence.raise() }
-                throw CoordinatorError(503, "log_unavailable", "the coordinator's log cannot be written (\(error)): transaction \(gid) is decided, but its outcome is not durable; it resumes from the log after a restart")
+                throw CoordinatorError(.unavailable, "log_unavailable", "the coordinator's log cannot be written (\(error)): transaction \(gid) is decided, but its outcome is not durable; it resumes from the log after a restart")
             }
         }
         context.failpoints.hit(.beforeOutcomeAnswer)

@@ -94,7 +94,7 @@ struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         do {
             return try await next(request, context)
         } catch let error as CoordinatorError {
-            return jsonError(status: error.status, code: error.code, message: error.message)
+            return jsonError(status: error.kind.httpStatus, code: error.code, message: error.message)
         } catch let error as HTTPResponseError {
             let status = error.status
             switch status {
@@ -126,7 +126,7 @@ struct BearerTokenMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         if request.uri.path == "/healthz" { return try await next(request, context) }
         guard let header = request.headers[.authorization], header == "Bearer \(token)" else {
-            throw CoordinatorError(401, "unauthorized", "this dtxd requires a bearer token: send Authorization: Bearer <token> (dtx --token or DTX_TOKEN)")
+            throw CoordinatorError(.unauthorized, "unauthorized", "this dtxd requires a bearer token: send Authorization: Bearer <token> (dtx --token or DTX_TOKEN)")
         }
         return try await next(request, context)
     }
@@ -171,5 +171,20 @@ struct LogMetrics: Sendable {
         gauge("dtx_stuck_transactions", "Unfinished transactions whose deliveries keep failing").set(Double(gauges.stuck))
         gauge("dtx_participants", "Registered participants").set(Double(gauges.participants))
         return registry.emitToString()
+    }
+}
+
+extension CoordinatorError.Kind {
+    /// The one place an engine refusal becomes an HTTP status.
+    var httpStatus: Int {
+        switch self {
+        case .invalid: 400
+        case .unauthorized: 401
+        case .notFound: 404
+        case .conflict: 409
+        case .unserviceable: 422
+        case .broken: 500
+        case .unavailable: 503
+        }
     }
 }

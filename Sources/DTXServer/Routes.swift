@@ -97,7 +97,7 @@ struct CoordinatorRoutes: Sendable {
         do {
             return try GlobalTransactionID(validating: text)
         } catch {
-            throw CoordinatorError(400, "invalid_gid", "the gid in the path: \(error.description)")
+            throw CoordinatorError(.invalid, "invalid_gid", "the gid in the path: \(error.description)")
         }
     }
 
@@ -105,7 +105,7 @@ struct CoordinatorRoutes: Sendable {
     private func participantName(_ context: some RequestContext) throws(CoordinatorError) -> String {
         let text = try pathParameter("name", context, code: "invalid_name")
         guard ParticipantName.isValid(text) else {
-            throw CoordinatorError(400, "invalid_name", "the participant name in the path must be \(ParticipantName.rule), not '\(text)'")
+            throw CoordinatorError(.invalid, "invalid_name", "the participant name in the path must be \(ParticipantName.rule), not '\(text)'")
         }
         return text
     }
@@ -113,7 +113,7 @@ struct CoordinatorRoutes: Sendable {
     private func pathParameter(_ name: String, _ context: some RequestContext, code: String) throws(CoordinatorError) -> String {
         let raw = context.parameters.get(name) ?? ""
         guard let text = PathSegment.decode(raw) else {
-            throw CoordinatorError(400, code, "the \(name) in the path is not percent-encoded correctly: '\(raw)' (encode each byte outside A-Z a-z 0-9 - . _ ~ as %XX)")
+            throw CoordinatorError(.invalid, code, "the \(name) in the path is not percent-encoded correctly: '\(raw)' (encode each byte outside A-Z a-z 0-9 - . _ ~ as %XX)")
         }
         return text
     }
@@ -122,7 +122,7 @@ struct CoordinatorRoutes: Sendable {
     private func branchQuery(_ request: Request) throws -> BranchID? {
         guard let text = request.uri.queryParameters["branch"] else { return nil }
         guard let value = QueryNumber.branch(text) else {
-            throw CoordinatorError(400, "invalid_query", "branch must be a branch number (0 or more), not '\(text)'")
+            throw CoordinatorError(.invalid, "invalid_query", "branch must be a branch number (0 or more), not '\(text)'")
         }
         return value
     }
@@ -132,38 +132,38 @@ struct CoordinatorRoutes: Sendable {
         let statuses = TransactionStatus.allCases.map(\.rawValue) + ["stuck"]
         if let status = parameters["status"].map(String.init) {
             guard statuses.contains(status) else {
-                throw CoordinatorError(400, "invalid_query", "status must be one of \(statuses.joined(separator: ", ")), not '\(status)'")
+                throw CoordinatorError(.invalid, "invalid_query", "status must be one of \(statuses.joined(separator: ", ")), not '\(status)'")
             }
             query.status = status
         }
         if let text = parameters["protocol"].map(String.init) {
             guard let proto = TransactionProtocol(rawValue: text) else {
-                throw CoordinatorError(400, "invalid_query", "protocol must be 2pc, 3pc, tcc or saga, not '\(text)'")
+                throw CoordinatorError(.invalid, "invalid_query", "protocol must be 2pc, 3pc, tcc or saga, not '\(text)'")
             }
             query.protocol = proto
         }
         if let name = parameters["participant"].map(String.init) {
             guard ParticipantName.isValid(name) else {
-                throw CoordinatorError(400, "invalid_query", "participant must be a participant name, \(ParticipantName.rule), not '\(name)'")
+                throw CoordinatorError(.invalid, "invalid_query", "participant must be a participant name, \(ParticipantName.rule), not '\(name)'")
             }
             query.participant = name
         }
         if let text = parameters["olderThan"].map(String.init) {
             // A JSON number, as the document declares it (no hex, no "inf").
             guard case .number(let seconds)? = try? JSONValue(parsingStrictly: Array(text.utf8)), seconds.isFinite, seconds >= 0 else {
-                throw CoordinatorError(400, "invalid_query", "olderThan must be a number of seconds (0 or more), not '\(text)'")
+                throw CoordinatorError(.invalid, "invalid_query", "olderThan must be a number of seconds (0 or more), not '\(text)'")
             }
             query.olderThan = seconds
         }
         if let text = parameters["limit"].map(String.init) {
             guard let limit = QueryNumber.whole(text, digits: 4), (1...1000).contains(limit) else {
-                throw CoordinatorError(400, "invalid_query", "limit must be a whole number from 1 to 1000, not '\(text)'")
+                throw CoordinatorError(.invalid, "invalid_query", "limit must be a whole number from 1 to 1000, not '\(text)'")
             }
             query.limit = limit
         }
         if let text = parameters["cursor"].map(String.init) {
             guard let cursor = QueryNumber.whole(text, digits: 18).map(UInt64.init) else {
-                throw CoordinatorError(400, "invalid_query", "cursor must be a value returned as nextCursor, not '\(text)'")
+                throw CoordinatorError(.invalid, "invalid_query", "cursor must be a value returned as nextCursor, not '\(text)'")
             }
             query.cursor = cursor
         }
@@ -187,22 +187,22 @@ struct CoordinatorRoutes: Sendable {
     /// strictly valid (duplicate keys, invalid UTF-8), a property `shape` does not
     /// define, or anything else that is not the expected JSON.
     private func decode<Body: Decodable>(_ type: Body.Type, _ shape: RequestShape, from buffer: ByteBuffer) throws -> Body {
-        guard buffer.readableBytes > 0 else { throw CoordinatorError(400, "invalid_json", "the request needs a JSON body") }
+        guard buffer.readableBytes > 0 else { throw CoordinatorError(.invalid, "invalid_json", "the request needs a JSON body") }
         let document: JSONValue
         do {
             document = try JSONValue(parsingStrictly: Array(buffer.readableBytesView))
         } catch {
-            throw CoordinatorError(400, "invalid_json", "the body is not valid JSON: \(error)")
+            throw CoordinatorError(.invalid, "invalid_json", "the body is not valid JSON: \(error)")
         }
         if let (path, allowed) = shape.unknownProperty(in: document) {
-            throw CoordinatorError(400, "invalid_json", "\(path) is not a property of this request; the properties allowed there are \(allowed.joined(separator: ", "))")
+            throw CoordinatorError(.invalid, "invalid_json", "\(path) is not a property of this request; the properties allowed there are \(allowed.joined(separator: ", "))")
         }
         do {
             return try JSONDecoder.dtx().decode(type, from: Data(buffer.readableBytesView))
         } catch let error as DecodingError {
-            throw CoordinatorError(400, "invalid_json", describe(error))
+            throw CoordinatorError(.invalid, "invalid_json", describe(error))
         } catch {
-            throw CoordinatorError(400, "invalid_json", "the body cannot be read: \(error)")
+            throw CoordinatorError(.invalid, "invalid_json", "the body cannot be read: \(error)")
         }
     }
 

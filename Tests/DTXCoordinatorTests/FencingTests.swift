@@ -56,7 +56,7 @@ private final class FencingStore: CoordinatorStore {
         let refused = await #expect(throws: CoordinatorError.self) {
             _ = try await coordinator.submit(TransactionSubmission(gid: "t-after", protocol: .tcc, branches: branches))
         }
-        #expect(refused?.status == 503 && refused?.code == "fenced")
+        #expect(refused?.kind == .unavailable && refused?.code == "fenced")
         await coordinator.shutdown()
         try await log.close()
 
