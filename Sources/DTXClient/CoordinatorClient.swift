@@ -66,7 +66,7 @@ public final class CoordinatorClient: Sendable {
             http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
             ownsHTTPClient = true
         }
-        self.timeout = .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000)
+        self.timeout = TimeAmount(timeout)
     }
 
     /// Shuts down the HTTP client this object made (a shared one is left alone).

@@ -323,7 +323,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         let replaced = state.withLock { s -> ArmedTimer? in
             s.nextTimerGeneration += 1
             let generation = s.nextTimerGeneration
-            let scheduled = Self.eventLoops.next().scheduleTask(in: .nanoseconds(delay.nanosecondsValue)) { [weak self] () -> Void in
+            let scheduled = Self.eventLoops.next().scheduleTask(in: TimeAmount(delay)) { [weak self] () -> Void in
                 self?.fire(timer, generation: generation)
             }
             return s.timers.updateValue(ArmedTimer(scheduled: scheduled, generation: generation), forKey: timer)
@@ -444,7 +444,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             return TransactionView(
                 gid: gid.rawValue, protocol: proto, status: displayStatus(s.machine.status), decision: s.decision,
                 interactive: spec.interactive, heuristic: s.machine.heuristic, stuck: isStuck(s),
-                createdAt: createdAt, updatedAt: s.updatedAt, timeout: timeout.secondsValue, error: error,
+                createdAt: createdAt, updatedAt: s.updatedAt, timeout: timeout.apiSeconds, error: error,
                 branches: s.machine.branches.map {
                     BranchView(id: $0.id, participant: $0.spec.participant, operation: $0.spec.operation, state: $0.state.rawValue,
                                attempts: $0.attempts, lastError: $0.lastError, result: results[$0.id])
@@ -576,7 +576,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 let resumeNow = state.withLock { s -> Bool in
                     if s.finished || s.halted || Task.isCancelled { return true }
                     let remaining = max(deadline - .now, .zero)
-                    let timer = Self.eventLoops.next().scheduleTask(in: .nanoseconds(remaining.nanosecondsValue)) { [weak self] () -> Void in
+                    let timer = Self.eventLoops.next().scheduleTask(in: TimeAmount(remaining)) { [weak self] () -> Void in
                         self?.state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
                     }
                     s.waiters[id] = Waiter(continuation: continuation, deadline: timer)
@@ -607,18 +607,6 @@ private struct Waiter {
     func resume() {
         deadline.cancel()
         continuation.resume()
-    }
-}
-
-extension Duration {
-    var secondsValue: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) + Double(attoseconds) / 1e18
-    }
-
-    var nanosecondsValue: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
     }
 }
 

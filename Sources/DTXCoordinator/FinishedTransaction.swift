@@ -70,7 +70,7 @@ final class FinishedTransaction: TransactionDriving {
     func view() -> TransactionView {
         TransactionView(
             gid: gid.rawValue, protocol: proto, status: status.rawValue, decision: decision, interactive: replayed.interactive,
-            heuristic: replayed.heuristic, stuck: false, createdAt: createdAt, updatedAt: createdAt, timeout: timeout.secondsValue, error: replayed.reason,
+            heuristic: replayed.heuristic, stuck: false, createdAt: createdAt, updatedAt: createdAt, timeout: timeout.apiSeconds, error: replayed.reason,
             branches: replayed.branches.enumerated().map {
                 BranchView(id: $0.offset, participant: $0.element.participant, operation: $0.element.operation,
                            state: state(of: $0.offset).rawValue, attempts: 0, lastError: nil, result: nil)

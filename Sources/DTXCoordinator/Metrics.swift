@@ -1,5 +1,6 @@
 import DTXCore
 import Metrics
+import NIOCore
 
 /// The engine's metrics, through swift-metrics (the daemon bootstraps Prometheus). Every
 /// series is made once, at start: the hot path only increments.
@@ -35,8 +36,7 @@ struct EngineMetrics: Sendable {
 
     /// `phase`: prepare (start to decision), commit or rollback (decision to end).
     func phase(_ proto: TransactionProtocol, _ phase: String, _ duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        series[proto]?.phases[phase]?.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+        series[proto]?.phases[phase]?.recordNanoseconds(TimeAmount(duration).nanoseconds)
     }
 
     func retry(_ proto: TransactionProtocol) {

@@ -48,8 +48,7 @@ public final class HTTPTransport: Transport {
         self.connectionsPerParticipant = connectionsPerParticipant
         self.batchRequestsInFlight = max(1, batchRequestsInFlight)
         connections = ParticipantConnections(maxConnectionsPerHost: connectionsPerParticipant)
-        let (seconds, attoseconds) = requestTimeout.components
-        timeout = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+        timeout = TimeAmount(requestTimeout)
     }
 
     public func send(_ message: ParticipantMessage, protocol proto: TransactionProtocol, request: ParticipantRequest, to endpoint: ParticipantEndpoint) async -> ParticipantResponse {

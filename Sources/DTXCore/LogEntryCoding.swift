@@ -133,7 +133,7 @@ extension LogEntry {
             // Milliseconds are what a view shows.
             json.member("{\"at\":", .number((at.timeIntervalSince1970 * 1000).rounded(.down) / 1000))
             json.member(",\"gid\":", gid.rawValue)
-            json.member(",\"timeout\":", .number(timeout.seconds))
+            json.member(",\"timeout\":", .number(timeout.apiSeconds))
             json.raw("}")
         }
         return (type.rawValue, json.bytes)

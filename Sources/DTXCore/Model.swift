@@ -294,8 +294,8 @@ public struct RetryPolicy: Sendable, Equatable {
     /// The delay before retry number `attempt` (1-based), given a random `unit` in 0..<1.
     public func delay(attempt: Int, unit: Double) -> Duration {
         // The exponent is capped: a delay that started at 0 would become 0 × ∞ = NaN.
-        let base = initialDelay.seconds * pow(multiplier, Double(min(max(attempt - 1, 0), 64)))
-        let capped = min(base, maximumDelay.seconds)
+        let base = initialDelay.apiSeconds * pow(multiplier, Double(min(max(attempt - 1, 0), 64)))
+        let capped = min(base, maximumDelay.apiSeconds)
         return .nanoseconds(Int64(capped * (1 - jitter * unit) * 1e9))
     }
 }
@@ -314,7 +314,8 @@ extension Duration {
         self = .milliseconds(Int64((bounded * 1000).rounded(.up)))
     }
 
-    var seconds: Double {
+    /// The duration as the API writes it: seconds, as a number.
+    public var apiSeconds: Double {
         let (s, atto) = components
         return Double(s) + Double(atto) / 1e18
     }

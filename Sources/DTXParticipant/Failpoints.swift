@@ -80,8 +80,7 @@ public enum FailpointAction: Sendable, Equatable, CustomStringConvertible {
         case .unavailable: return "unavailable"
         case .crash: return "crash"
         case let .stall(duration):
-            let (seconds, attoseconds) = duration.components
-            return "stall:\(Double(seconds) + Double(attoseconds) / 1e18)"
+            return "stall:\(duration.apiSeconds)"
         }
     }
 }

@@ -287,10 +287,8 @@ final class ThreePhaseBranch: Sendable {
         let replaced = state.withLock { s -> Scheduled<Void>? in
             s.timerGeneration += 1
             let generation = s.timerGeneration
-            let (seconds, attoseconds) = delay.components
-            let nanoseconds = seconds * 1_000_000_000 + attoseconds / 1_000_000_000
             defer {
-                s.timer = MultiThreadedEventLoopGroup.singleton.next().scheduleTask(in: .nanoseconds(nanoseconds)) { [weak self] () -> Void in
+                s.timer = MultiThreadedEventLoopGroup.singleton.next().scheduleTask(in: TimeAmount(delay)) { [weak self] () -> Void in
                     self?.fire(generation)
                 }
             }

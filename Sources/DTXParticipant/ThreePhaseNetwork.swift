@@ -29,7 +29,7 @@ final class ThreePhaseNetwork: Sendable {
         self.coordinator = coordinator
         self.coordinatorToken = coordinatorToken
         self.peerToken = peerToken
-        self.timeout = .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000)
+        self.timeout = TimeAmount(timeout)
     }
 
     /// Every branch's participant with its base URL, from the names CANCOMMIT lists.
