@@ -224,21 +224,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             if state.withLock({ $0.halted }) { return }
             switch action {
             case let .log(entry, forced):
-                let isCommitDecision: Bool
-                // Forced commit decisions only: a saga's closing decision is lazy, nothing to crash at.
-                if case .decision(_, .commit, _) = entry { isCommitDecision = forced } else { isCommitDecision = false }
-                let isForcedAbortDecision: Bool
-                switch entry {
-                case .decision(_, .abort, _), .resolution(_, .abort, _, _, _): isForcedAbortDecision = forced
-                default: isForcedAbortDecision = false
-                }
-                let isPreCommit: Bool
-                if case .preCommit = entry { isPreCommit = true } else { isPreCommit = false }
-                let isDelegation: Bool
-                if case .delegation = entry { isDelegation = true } else { isDelegation = false }
-                if isCommitDecision { context.failpoints.hit(.beforeCommitDecision) }
-                if isPreCommit { context.failpoints.hit(.beforePreCommitDecision) }
-                if isDelegation { context.failpoints.hit(.beforeDelegation) }
+                let milestone = entry.milestone(forced: forced)
+                if let milestone { context.failpoints.hit(before: milestone) }
                 let (type, payload) = entry.encoded()
                 do {
                     if forced {
@@ -252,10 +239,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                     if case StoreError.fenced = error { context.fence.raise() }
                     return
                 }
-                if isCommitDecision { context.failpoints.hit(.afterCommitDecision) }
-                if isPreCommit { context.failpoints.hit(.afterPreCommitDecision) }
-                if isForcedAbortDecision { context.failpoints.hit(.afterAbortDecision) }
-                if isDelegation { context.failpoints.hit(.afterDelegation) }
+                if let milestone { context.failpoints.hit(after: milestone) }
             case let .send(message, id):
                 guard branches.indices.contains(id) else { continue }
                 if message == .prepare { sentPrepare = true }

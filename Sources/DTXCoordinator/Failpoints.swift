@@ -1,3 +1,4 @@
+import DTXCore
 import Foundation
 
 /// Named points where the daemon kills itself with SIGKILL, so that tests can crash it
@@ -52,6 +53,16 @@ public struct Failpoints: Sendable {
     }
 
     public var isEmpty: Bool { armed.isEmpty }
+
+    /// The failpoint just before a milestone record is logged, if there is one.
+    func hit(before milestone: LogEntry.Milestone) {
+        Point(rawValue: "before-" + milestone.rawValue).map(hit)
+    }
+
+    /// The failpoint just after a milestone record is durable, if there is one.
+    func hit(after milestone: LogEntry.Milestone) {
+        Point(rawValue: "after-" + milestone.rawValue).map(hit)
+    }
 
     func hit(_ point: Point) {
         guard armed.contains(point) else { return }

@@ -56,6 +56,27 @@ extension LogEntry {
         }
     }
 
+    /// The forced records a crash test stops just before or just after (dtxd's failpoints
+    /// `before-<name>` and `after-<name>`): the points where what a restart finds changes.
+    public enum Milestone: String, Sendable, CaseIterable {
+        case commitDecision = "commit-decision"
+        case abortDecision = "abort-decision"
+        case preCommitDecision = "pre-commit-decision"
+        case delegation
+    }
+
+    /// The milestone this record is when logged `forced`, if any.
+    public func milestone(forced: Bool) -> Milestone? {
+        guard forced else { return nil }
+        switch self {
+        case .decision(_, .commit, _): return .commitDecision
+        case .decision(_, .abort, _), .resolution(_, .abort, _, _, _): return .abortDecision
+        case .preCommit: return .preCommitDecision
+        case .delegation: return .delegation
+        case .begin, .end, .open, .enlist, .resolution, .submitted: return nil
+        }
+    }
+
     private struct Body: Codable {
         var gid: GlobalTransactionID
         var `protocol`: TransactionProtocol?
