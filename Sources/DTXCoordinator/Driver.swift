@@ -426,7 +426,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 error = error ?? failure.message
             }
             return TransactionView(
-                gid: gid.rawValue, protocol: proto, status: displayStatus(s.machine.status), decision: s.decision,
+                gid: gid.rawValue, protocol: proto, status: s.machine.displayStatus.rawValue, decision: s.decision,
                 interactive: spec.interactive, heuristic: s.machine.heuristic, stuck: isStuck(s),
                 createdAt: createdAt, updatedAt: s.updatedAt, timeout: timeout.apiSeconds, error: error,
                 branches: s.machine.branches.map {
@@ -443,21 +443,11 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         state.withLock { s in
             var seen = Set<String>()
             let participants = s.machine.branches.map(\.spec.participant).filter { seen.insert($0).inserted }
-            return TransactionSummary(gid: gid.rawValue, protocol: proto, status: displayStatus(s.machine.status), stuck: isStuck(s),
+            return TransactionSummary(gid: gid.rawValue, protocol: proto, status: s.machine.displayStatus.rawValue, stuck: isStuck(s),
                                       heuristic: s.machine.heuristic, createdAt: createdAt, participants: participants)
         }
     }
 
-    /// A transaction whose first event is still queued is shown as what it is about to be.
-    private func displayStatus(_ status: TransactionStatus) -> String {
-        guard status == .created else { return status.rawValue }
-        if spec.interactive { return TransactionStatus.active.rawValue }
-        switch proto {
-        case .twoPhaseCommit, .threePhaseCommit: return TransactionStatus.preparing.rawValue
-        case .tcc: return TransactionStatus.trying.rawValue
-        case .saga: return TransactionStatus.running.rawValue
-        }
-    }
 
     private func isStuck(_ s: State) -> Bool {
         !s.finished && (s.halted || s.machine.branches.contains { $0.attempts >= context.stuckAfterAttempts })

@@ -243,6 +243,9 @@ public protocol TransactionStateMachine: Sendable {
     associatedtype Event: Sendable
     var gid: GlobalTransactionID { get }
     var status: TransactionStatus { get }
+    /// What a view shows: the status, except that a transaction whose first event is
+    /// still to come shows the status that event leads to (never `created`).
+    var displayStatus: TransactionStatus { get }
     var branches: [Branch] { get }
     /// An operator overrode a logged decision.
     var heuristic: Bool { get }

@@ -66,6 +66,7 @@ public struct Saga: TransactionStateMachine {
 
     public let gid: GlobalTransactionID
     public private(set) var status: TransactionStatus = .created
+    public var displayStatus: TransactionStatus { status == .created ? .running : status }
     public private(set) var branches: [Branch]
     /// The steps each step waits for (declared, or the previous step).
     public let dependencies: [[BranchID]]

@@ -52,6 +52,7 @@ public struct TryConfirmCancel: TransactionStateMachine {
     public let gid: GlobalTransactionID
     public let interactive: Bool
     public internal(set) var status: TransactionStatus = .created
+    public var displayStatus: TransactionStatus { status == .created ? (interactive ? .active : .trying) : status }
     public internal(set) var branches: [Branch]
     /// Branches that must receive the decision (Confirm or Cancel) and acknowledge it.
     public internal(set) var targets: Set<BranchID> = []

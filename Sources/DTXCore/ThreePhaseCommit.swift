@@ -59,6 +59,7 @@ public struct ThreePhaseCommit: TransactionStateMachine {
 
     public let gid: GlobalTransactionID
     public internal(set) var status: TransactionStatus = .created
+    public var displayStatus: TransactionStatus { status == .created ? .preparing : status }
     public internal(set) var branches: [Branch]
     /// Branches the decision (DoCommit or ROLLBACK) must reach.
     public internal(set) var targets: Set<BranchID> = []

@@ -72,6 +72,7 @@ public struct TwoPhaseCommit: TransactionStateMachine {
     public let gid: GlobalTransactionID
     public let interactive: Bool
     public internal(set) var status: TransactionStatus = .created
+    public var displayStatus: TransactionStatus { status == .created ? (interactive ? .active : .preparing) : status }
     public internal(set) var branches: [Branch]
     /// Branches phase two must reach.
     public internal(set) var targets: Set<BranchID> = []
