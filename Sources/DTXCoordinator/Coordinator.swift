@@ -55,7 +55,7 @@ public struct CoordinatorConfiguration: Sendable {
     public var lastAgent = false
     /// How long a waiting caller waits for phase two after the decision.
     public var phaseTwoWait: Duration = .seconds(5)
-    public var failpoints = Failpoints()
+    public var failpoints = DaemonFailpoints()
 
     public init() {}
 }

@@ -13,7 +13,7 @@ struct EngineContext: Sendable {
     var fence: FenceSignal
     var transport: any Transport
     var registry: ParticipantRegistry
-    var failpoints: Failpoints
+    var failpoints: DaemonFailpoints
     var retryPolicy: RetryPolicy
     /// A branch that has needed this many deliveries makes its transaction *stuck*.
     var stuckAfterAttempts: Int

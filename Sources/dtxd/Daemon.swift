@@ -28,7 +28,7 @@ struct Daemon: AsyncParsableCommand {
         tasks (default: one per core).
 
         Tests only: DTXD_FAILPOINTS=name[,name] kills the daemon with SIGKILL at a named \
-        point (\(Failpoints.Point.allCases.map(\.rawValue).joined(separator: ", "))).
+        point (\(DaemonFailpoints.Point.allCases.map(\.rawValue).joined(separator: ", "))).
         """
     )
 
@@ -125,7 +125,7 @@ struct Daemon: AsyncParsableCommand {
         engine.checkpointInterval = .milliseconds(Int64(checkpointSeconds * 1000))
         engine.historyLimit = historyLimit
         do {
-            engine.failpoints = try Failpoints(parsing: env["DTXD_FAILPOINTS"] ?? "")
+            engine.failpoints = try DaemonFailpoints(parsing: env["DTXD_FAILPOINTS"] ?? "")
         } catch {
             throw ValidationError("DTXD_FAILPOINTS: \(error)")
         }

@@ -7,10 +7,10 @@ import Testing
     /// every milestone has its `after-` point, and the `before-` points that tests use exist.
     @Test func milestoneFailpointsAreNamedAfterTheirRecords() {
         for milestone in LogEntry.Milestone.allCases {
-            #expect(Failpoints.Point(rawValue: "after-" + milestone.rawValue) != nil, "after-\(milestone.rawValue)")
+            #expect(DaemonFailpoints.Point(rawValue: "after-" + milestone.rawValue) != nil, "after-\(milestone.rawValue)")
         }
         for milestone: LogEntry.Milestone in [.commitDecision, .preCommitDecision, .delegation] {
-            #expect(Failpoints.Point(rawValue: "before-" + milestone.rawValue) != nil, "before-\(milestone.rawValue)")
+            #expect(DaemonFailpoints.Point(rawValue: "before-" + milestone.rawValue) != nil, "before-\(milestone.rawValue)")
         }
         let gid = try! GlobalTransactionID(validating: "g")
         #expect(LogEntry.decision(gid: gid, .commit, targets: []).milestone(forced: true) == .commitDecision)

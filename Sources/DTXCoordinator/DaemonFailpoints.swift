@@ -3,7 +3,7 @@ import Foundation
 
 /// Named points where the daemon kills itself with SIGKILL, so that tests can crash it
 /// exactly there. Armed by `DTXD_FAILPOINTS=name[,name…]`; never armed in production.
-public struct Failpoints: Sendable {
+public struct DaemonFailpoints: Sendable {
     public enum Point: String, Sendable, CaseIterable {
         /// Every vote is in, the commit decision is about to be logged.
         case beforeCommitDecision = "before-commit-decision"
@@ -45,7 +45,7 @@ public struct Failpoints: Sendable {
         var points: Set<Point> = []
         for name in text.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !name.isEmpty {
             guard let point = Point(rawValue: name) else {
-                throw FailpointError(message: "unknown failpoint '\(name)'; known: \(Point.allCases.map(\.rawValue).joined(separator: ", "))")
+                throw DaemonFailpointError(message: "unknown failpoint '\(name)'; known: \(Point.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             points.insert(point)
         }
@@ -71,7 +71,7 @@ public struct Failpoints: Sendable {
     }
 }
 
-public struct FailpointError: Error, CustomStringConvertible {
+public struct DaemonFailpointError: Error, CustomStringConvertible {
     public var message: String
     public var description: String { message }
 }
