@@ -1,6 +1,6 @@
 import DTXCore
 
-/// The participant protocol (architecture §6): the coordinator calls
+/// The participant protocol (Schemas/participant-api.yaml): the coordinator calls
 /// `POST {base}/dtx/{protocol}/{message}` with this body, e.g. `/dtx/2pc/prepare`.
 /// Answers: 200 with a `ParticipantReply`; 409 with an `APIErrorBody` for a definitive
 /// business failure (a NO vote); 425 or 503 to be retried later; anything else is

@@ -111,7 +111,7 @@ public final class HTTPTransport: Transport {
         }
     }
 
-    /// A participant's answer to one message, read as architecture §6 says.
+    /// A participant's answer to one message, read as Schemas/participant-api.yaml says.
     static func interpret(status: Int, json: JSONValue?, from name: String, text: () -> String) -> ParticipantResponse {
         switch status {
         case 200:

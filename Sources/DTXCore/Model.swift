@@ -141,7 +141,7 @@ public enum TransactionStatus: String, Sendable, Codable, Equatable, CaseIterabl
     case preCommitting = "pre_committing"
 }
 
-/// The messages the coordinator sends to participants (architecture §6).
+/// The messages the coordinator sends to participants (Schemas/participant-api.yaml).
 public enum ParticipantMessage: String, Sendable, Equatable {
     case prepare
     case commit

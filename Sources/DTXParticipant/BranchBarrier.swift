@@ -32,7 +32,7 @@ public enum BarrierPhase: String, Sendable, CaseIterable, Codable {
     public var path: String { "/dtx/\(transactionProtocol.rawValue)/\(rawValue)" }
 }
 
-/// The branch barrier's rules (architecture §3, TCC and Saga), shared by every resource
+/// The branch barrier's rules (docs/PROTOCOLS.md, "The anomalies the barrier removes"), shared by every resource
 /// manager. A resource manager keeps one record per (gid, branch, phase) in the same
 /// local transaction as the business work of the phase, reads a branch's records under a
 /// lock that orders the branch's messages, and asks `step` what to do:

@@ -1,5 +1,5 @@
 /// DTXParticipant: the participant kit a service embeds to take part in dtx global
-/// transactions (architecture §6).
+/// transactions (Schemas/participant-api.yaml).
 ///
 /// The service implements a `ResourceManager` (its local, durable side of each branch);
 /// `ParticipantService` serves the participant protocol over HTTP with it, registers the

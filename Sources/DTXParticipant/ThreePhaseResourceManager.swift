@@ -30,7 +30,7 @@ public struct ThreePhaseBranchRecord: Sendable, Equatable {
     }
 }
 
-/// The local side of a participant in three-phase commit (architecture §3): the durable
+/// The local side of a participant in three-phase commit (docs/PROTOCOLS.md, 3PC): the durable
 /// states w (prepared) and p (pre-committed) besides `ResourceManager`'s commit and
 /// rollback, which end a branch in c or a. The kit's `ThreePhaseBranches` runs the
 /// protocol (`ThreePhaseParticipant`) on top of it, timers and termination included.

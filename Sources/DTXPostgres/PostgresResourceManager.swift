@@ -1,4 +1,4 @@
-/// DTXPostgres: PostgreSQL as a participant in dtx global transactions (architecture §5),
+/// DTXPostgres: PostgreSQL as a participant in dtx global transactions (docs/INTERNALS.md, "Resource managers"),
 /// through libpq (no Swift driver).
 ///
 /// `PostgresResourceManager` runs each branch's operation in a local transaction and

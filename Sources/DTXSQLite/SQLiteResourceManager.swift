@@ -4,7 +4,7 @@ import Foundation
 import Logging
 import Synchronization
 
-/// SQLite as a two-phase-commit participant (architecture §5): the branch's work is
+/// SQLite as a two-phase-commit participant (docs/INTERNALS.md, "Resource managers"): the branch's work is
 /// recorded as a changeset and kept, with locks on the rows it changes, in the service's
 /// own database file.
 ///

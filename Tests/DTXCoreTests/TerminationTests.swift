@@ -62,7 +62,7 @@ private func reachable(_ row: [ThreePhaseState?]) -> [BranchID: ThreePhaseState]
     }
 
     @Test(arguments: [
-        // architecture §3, rule by rule
+        // docs/PROTOCOLS.md (3PC), rule by rule
         ([.committed, .prepared, nil], .decided(.commit)),
         ([.committed, .preCommitted, .initial], .decided(.commit)),
         ([.aborted, .prepared, .prepared], .decided(.abort)),
@@ -93,7 +93,7 @@ private func reachable(_ row: [ThreePhaseState?]) -> [BranchID: ThreePhaseState]
         #expect(lost.contains("[1]"))
     }
 
-    /// 3PC's known limit (architecture §3): when a partition, not a crash, makes branches
+    /// 3PC's known limit (docs/PROTOCOLS.md, 3PC): when a partition, not a crash, makes branches
     /// unreachable, the two sides apply the rule to different states and decide apart.
     /// 2PC never does (a prepared participant there waits for the coordinator).
     @Test func underAPartitionTheTwoSidesCanDecideDifferently() {
