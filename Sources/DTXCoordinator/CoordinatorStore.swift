@@ -10,7 +10,7 @@ import Synchronization
 /// driver at once and sends nothing more.
 public protocol CoordinatorStore: Sendable {
     /// The records at start, in order (checkpoint copies collapsed): what the engine
-    /// replays. Asked once.
+    /// replays. Asked once: a store may let them go once handed over.
     func recordsAtStart() -> [LogRecord]
 
     /// Appends a record that becomes durable with the next forced append or `sync`.
@@ -78,15 +78,21 @@ public struct StoreMetric: Sendable, Equatable {
 /// The embedded store: the write-ahead log in dtxd's data directory.
 public final class WALStore: CoordinatorStore {
     public let log: WriteAheadLog
-    private let records: [LogRecord]
+    /// Handed over once, then let go (they can be many).
+    private let records: Mutex<[LogRecord]>
 
     /// `records`: what opening the log recovered.
     public init(log: WriteAheadLog, records: [LogRecord]) {
         self.log = log
-        self.records = records
+        self.records = Mutex(records)
     }
 
-    public func recordsAtStart() -> [LogRecord] { records }
+    public func recordsAtStart() -> [LogRecord] {
+        records.withLock { records in
+            defer { records = [] }
+            return records
+        }
+    }
 
     public func append(type: UInt16, payload: [UInt8]) throws {
         try log.append(type: type, payload: payload)
