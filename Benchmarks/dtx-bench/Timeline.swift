@@ -33,6 +33,8 @@ struct Timeline: Codable {
     var segmentSwitches: Int
     /// Switches that found no spare segment ready (the log created one while commits waited).
     var switchesWithoutSpare: Int
+    /// The longest a switch held the log's flusher (WAL runs only).
+    var slowestSwitchMilliseconds: Double?
     var checkpoints: Int
     var p99Milliseconds: Double
     var maxLatencyMilliseconds: Double
@@ -45,6 +47,7 @@ struct Timeline: Codable {
         case worstDipAt = "worst_dip_at_s"
         case segmentSwitches = "segment_switches"
         case switchesWithoutSpare = "switches_without_spare"
+        case slowestSwitchMilliseconds = "slowest_switch_ms"
         case checkpoints
         case p99Milliseconds = "p99_ms"
         case maxLatencyMilliseconds = "max_latency_ms"
@@ -99,5 +102,6 @@ struct Timeline: Codable {
         String(format: "median %.0f/100ms, lowest window %.0f%% of it, worst dip %.1f s%@, p99 %.2f ms, max %.1f ms, %d switches (%d without a spare), %d checkpoints",
                medianPerWindow, lowestWindowRatio * 100, worstDipSeconds, worstDipAt.map { String(format: " at %.1f s", $0) } ?? "",
                p99Milliseconds, maxLatencyMilliseconds, segmentSwitches, switchesWithoutSpare, checkpoints)
+            + (slowestSwitchMilliseconds.map { String(format: ", slowest switch %.1f ms", $0) } ?? "")
     }
 }

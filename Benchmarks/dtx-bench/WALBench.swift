@@ -287,9 +287,12 @@ struct WALBench: AsyncParsableCommand {
                 }
             }
         }
-        let withoutSpare = Int(log.statistics.switchesWithoutSpare)
+        let stats = log.statistics
         try await log.close()
         if !keep { try? FileManager.default.removeItem(atPath: logDir) }
-        return Timeline(duration: seconds, completions: completions, switches: switches, switchesWithoutSpare: withoutSpare, checkpoints: checkpointSpans)
+        var timeline = Timeline(duration: seconds, completions: completions, switches: switches, switchesWithoutSpare: Int(stats.switchesWithoutSpare),
+                                checkpoints: checkpointSpans)
+        timeline.slowestSwitchMilliseconds = Double(stats.slowestSwitchNanoseconds) / 1e6
+        return timeline
     }
 }

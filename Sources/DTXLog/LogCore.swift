@@ -278,10 +278,13 @@ final class LogCore: @unchecked Sendable {
             var written = 0
             var switches = 0
             var withoutSpare = 0
+            var slowestSwitch: UInt64 = 0
             do {
                 for chunk in batch {
                     if let firstLSN = chunk.createWithFirstLSN {
+                        let begun = System.monotonicNanoseconds()
                         if try !sealAndSwitch(sequence: chunk.sequence, firstLSN: firstLSN) { withoutSpare += 1 }
+                        slowestSwitch = max(slowestSwitch, System.monotonicNanoseconds() - begun)
                         switches += 1
                     }
                     try chunk.bytes.withUnsafeBytes { try System.pwriteAll(currentFD, $0, at: chunk.offset, path: currentPath) }
@@ -298,6 +301,7 @@ final class LogCore: @unchecked Sendable {
             stats.bytesWritten += UInt64(written)
             stats.segmentSwitches += UInt64(switches)
             stats.switchesWithoutSpare += UInt64(withoutSpare)
+            stats.slowestSwitchNanoseconds = max(stats.slowestSwitchNanoseconds, slowestSwitch)
             var resumed: [Waiter] = []
             if let outcome {
                 // After a failed write or fsync the page cache can no longer be trusted:

@@ -59,6 +59,8 @@ public final class WriteAheadLog: Sendable {
         /// Switches that found no spare ready: the flusher, and the forced appends behind
         /// it, waited for the one in preparation or created the segment itself.
         public var switchesWithoutSpare: UInt64 = 0
+        /// The longest a switch held the flusher (seal, header or creation), in nanoseconds.
+        public var slowestSwitchNanoseconds: UInt64 = 0
         /// Checkpoints that deleted their old segments.
         public var checkpoints: UInt64 = 0
     }
