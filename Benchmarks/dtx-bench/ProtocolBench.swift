@@ -245,11 +245,8 @@ struct ProtocolBench {
         print("\(transactionProtocol.rawValue) timeline: \(options.participants) no-op participants, \(concurrency) clients, \(seconds) s each; switching: \(options.segmentSizeMiB) MiB segments, a checkpoint every \(options.checkpointEvery) s")
         let switching = try await timelineRun(seconds: seconds, concurrency: concurrency,
                                               dtxdArguments: ["--segment-size", "\(options.segmentSizeMiB)", "--checkpoint-interval", "\(options.checkpointEvery)"])
-        print("  switching: " + switching.summary)
         let steady = try await timelineRun(seconds: seconds, concurrency: concurrency, dtxdArguments: ["--segment-size", "64", "--checkpoint-interval", "86400"])
-        print("  steady:    " + steady.summary)
-        let ratio = steady.p99Milliseconds > 0 ? switching.p99Milliseconds / steady.p99Milliseconds : 0
-        print(String(format: "  p99 switching / steady: %.2f", ratio))
+        let ratio = Timeline.printComparison(switching: switching, steady: steady)
         if let json = options.json {
             try writeJSON(TimelineReport(benchmark: transactionProtocol.rawValue + "-timeline", machine: .current(), participants: options.participants,
                                          concurrency: concurrency, seconds: seconds, segmentSizeMiB: options.segmentSizeMiB,

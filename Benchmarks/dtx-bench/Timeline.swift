@@ -97,6 +97,15 @@ struct Timeline: Codable {
         maxLatencyMilliseconds = latencies.last ?? 0
     }
 
+    /// Prints both runs and the ratio of their p99s; returns the ratio (0 without a steady p99).
+    static func printComparison(switching: Timeline, steady: Timeline) -> Double {
+        print("  switching: " + switching.summary)
+        print("  steady:    " + steady.summary)
+        let ratio = steady.p99Milliseconds > 0 ? switching.p99Milliseconds / steady.p99Milliseconds : 0
+        print(String(format: "  p99 switching / steady: %.2f", ratio))
+        return ratio
+    }
+
     /// One line for the table.
     var summary: String {
         String(format: "median %.0f/100ms, lowest window %.0f%% of it, worst dip %.1f s%@, p99 %.2f ms, max %.1f ms, %d switches (%d without a spare), %d checkpoints",

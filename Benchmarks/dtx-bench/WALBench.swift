@@ -211,11 +211,8 @@ struct WALBench: AsyncParsableCommand {
         let segmentSize = segmentSizeKiB << 10
         print("timeline: \(concurrency) appenders, \(seconds) s each; switching: \(segmentSizeKiB) KiB segments, a checkpoint every \(checkpointEvery) s keeping \(live) records")
         let switching = try await timelineRun(concurrency: concurrency, seconds: seconds, segmentSize: segmentSize, checkpoints: true)
-        print("  switching: " + switching.summary)
         let steady = try await timelineRun(concurrency: concurrency, seconds: seconds, segmentSize: 1 << 30, checkpoints: false)
-        print("  steady:    " + steady.summary)
-        let ratio = steady.p99Milliseconds > 0 ? switching.p99Milliseconds / steady.p99Milliseconds : 0
-        print(String(format: "  p99 switching / steady: %.2f", ratio))
+        let ratio = Timeline.printComparison(switching: switching, steady: steady)
         return TimelineReport(concurrency: concurrency, seconds: seconds, segmentSize: segmentSize, checkpointEverySeconds: checkpointEvery,
                               liveRecords: live, switching: switching, steady: steady, p99Ratio: ratio)
     }

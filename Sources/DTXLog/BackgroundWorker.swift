@@ -14,7 +14,6 @@ final class BackgroundWorker: @unchecked Sendable {
     private var jobs: [@Sendable () -> Void] = []
     private var stopping = false
     private var ended = false
-    private var endWaiters: [CheckedContinuation<Void, Never>] = []
 
     private let niceness: Int32
 
@@ -50,38 +49,15 @@ final class BackgroundWorker: @unchecked Sendable {
         }
     }
 
-    /// Lets queued jobs finish, then ends the thread; later jobs are refused.
-    func stop() {
-        lock.withLock {
-            stopping = true
-            lock.broadcast()
-        }
-    }
-
-    /// `stop`, then blocks until the thread has run its last job: after this, nothing
-    /// the worker does can touch the directory.
+    /// Refuses later jobs, lets queued ones finish, and blocks until the thread has run
+    /// its last: after this, nothing the worker does can touch the directory. Called on
+    /// the log's flusher thread as it closes, never on Swift's cooperative pool.
     func stopAndWait() {
         lock.lock()
         stopping = true
         lock.broadcast()
         while !ended { lock.wait(nanoseconds: 100_000_000) }
         lock.unlock()
-    }
-
-    /// `stopAndWait` for async callers: suspends instead of blocking a thread.
-    func stopAndDrain() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            lock.lock()
-            stopping = true
-            lock.broadcast()
-            if ended {
-                lock.unlock()
-                continuation.resume()
-            } else {
-                endWaiters.append(continuation)
-                lock.unlock()
-            }
-        }
     }
 
     private func runLoop() {
@@ -102,9 +78,6 @@ final class BackgroundWorker: @unchecked Sendable {
         }
         ended = true
         lock.broadcast()
-        let waiters = endWaiters
-        endWaiters = []
         lock.unlock()
-        for waiter in waiters { waiter.resume() }
     }
 }

@@ -87,6 +87,8 @@ final class LogCore: @unchecked Sendable {
     /// segment's creation (unless it fills one faster than the disk can prepare one).
     /// Not niced: its work is a few syscalls, and a flusher may wait for it.
     private let spareWorker = BackgroundWorker(named: "log spare", niceness: 0)
+    /// Runs checkpoints' reading, filtering and deleting (`WriteAheadLog.checkpoint`).
+    let checkpointWorker = BackgroundWorker(named: "log checkpoint")
 
     init(directory: String, configuration: WriteAheadLog.Configuration, lock: DirectoryLock, tail: Tail) {
         self.directory = directory
@@ -340,8 +342,11 @@ final class LogCore: @unchecked Sendable {
         state = .closed
         lock.unlock()
 
-        // The spare is not needed: remove it, so that a closed log is only its segments
-        // (an open after a crash removes a leftover one the same way).
+        // Nothing of the workers may touch the directory once another opener can take it:
+        // a checkpoint's deleting ends first. The spare is not needed: remove it, so that
+        // a closed log is only its segments (an open after a crash removes a leftover one
+        // the same way).
+        checkpointWorker.stopAndWait()
         spareWorker.stopAndWait()
         if let spare = lock.withLock({ spare }) {
             Glibc.close(spare.fd)

@@ -73,8 +73,6 @@ public final class WriteAheadLog: Sendable {
 
     public let directory: String
     private let core: LogCore
-    /// Checkpoints run on it.
-    private let worker = BackgroundWorker(named: "log checkpoint")
 
     private init(directory: String, core: LogCore) {
         self.directory = directory
@@ -82,8 +80,6 @@ public final class WriteAheadLog: Sendable {
     }
 
     deinit {
-        // A checkpoint's deleting must be over before the flusher releases the directory.
-        worker.stopAndWait()
         core.requestStop()
     }
 
@@ -217,6 +213,7 @@ public final class WriteAheadLog: Sendable {
         try await core.waitDurable(ticket: ticket)
 
         let directory = directory
+        let worker = core.checkpointWorker
         var read = 0, kept = 0, slice = 0
         let seen = Mutex(Set<UInt64>())
         for sequence in oldest..<boundary {
@@ -257,8 +254,6 @@ public final class WriteAheadLog: Sendable {
     /// Writes and syncs everything appended, stops the flusher and the background threads
     /// and releases the directory lock. Appends after this throw `LogError.closed`.
     public func close() async throws {
-        // A checkpoint's deleting must be over before another opener can take the directory.
-        await worker.stopAndDrain()
         try await core.close()
     }
 }
