@@ -93,84 +93,70 @@ extension LogEntry {
         var timeout: Double?
     }
 
-    /// The record: JSON with sorted keys, written by hand (this is on every transaction's
-    /// path); `init(type:payload:)` reads it back through Codable.
+    /// The record: JSON with the gid first and the other keys sorted, written by hand
+    /// (this is on every transaction's path); `init(type:payload:)` reads it back through
+    /// Codable, and `gid(type:payload:)` reads the gid alone from the front.
     public func encoded() -> (type: UInt16, payload: [UInt8]) {
         var json = JSONWriter()
+        json.member("{\"gid\":", gid.rawValue)
         let type: RecordType
         switch self {
-        case let .begin(gid, proto, branches):
+        case let .begin(_, proto, branches):
             type = .begin
-            json.raw("{\"branches\":[")
+            json.raw(",\"branches\":[")
             for (index, branch) in branches.enumerated() {
                 if index > 0 { json.raw(",") }
                 json.branch(branch)
             }
-            json.member("],\"gid\":", gid.rawValue)
-            json.member(",\"protocol\":", proto.rawValue)
-            json.raw("}")
-        case let .decision(gid, decision, targets):
+            json.member("],\"protocol\":", proto.rawValue)
+        case let .decision(_, decision, targets):
             type = .decision
-            json.member("{\"decision\":", decision.rawValue)
-            json.member(",\"gid\":", gid.rawValue)
+            json.member(",\"decision\":", decision.rawValue)
             json.member(",\"targets\":", .array(targets.map { .number(Double($0)) }))
-            json.raw("}")
-        case let .end(gid):
+        case .end:
             type = .end
-            json.member("{\"gid\":", gid.rawValue)
-            json.raw("}")
-        case let .open(gid, proto):
+        case let .open(_, proto):
             type = .open
-            json.member("{\"gid\":", gid.rawValue)
             json.member(",\"protocol\":", proto.rawValue)
-            json.raw("}")
-        case let .enlist(gid, branch, spec):
+        case let .enlist(_, branch, spec):
             type = .enlist
-            json.member("{\"branch\":", branch)
-            json.member(",\"gid\":", gid.rawValue)
+            json.member(",\"branch\":", branch)
             json.raw(",\"spec\":")
             json.branch(spec)
-            json.raw("}")
-        case let .resolution(gid, decision, targets, reason, heuristic):
+        case let .resolution(_, decision, targets, reason, heuristic):
             type = .resolution
-            json.member("{\"decision\":", decision.rawValue)
-            json.member(",\"gid\":", gid.rawValue)
+            json.member(",\"decision\":", decision.rawValue)
             json.member(",\"heuristic\":", heuristic)
             json.member(",\"reason\":", reason)
             json.member(",\"targets\":", .array(targets.map { .number(Double($0)) }))
-            json.raw("}")
-        case let .preCommit(gid):
+        case .preCommit:
             type = .preCommit
-            json.member("{\"gid\":", gid.rawValue)
-            json.raw("}")
-        case let .delegation(gid, agent, targets):
+        case let .delegation(_, agent, targets):
             type = .delegation
-            json.member("{\"agent\":", agent)
-            json.member(",\"gid\":", gid.rawValue)
+            json.member(",\"agent\":", agent)
             json.member(",\"targets\":", .array(targets.map { .number(Double($0)) }))
-            json.raw("}")
-        case let .submitted(gid, at, timeout):
+        case let .submitted(_, at, timeout):
             type = .submitted
             // Milliseconds are what a view shows.
-            json.member("{\"at\":", .number((at.timeIntervalSince1970 * 1000).rounded(.down) / 1000))
-            json.member(",\"gid\":", gid.rawValue)
+            json.member(",\"at\":", .number((at.timeIntervalSince1970 * 1000).rounded(.down) / 1000))
             json.member(",\"timeout\":", .number(timeout.apiSeconds))
-            json.raw("}")
         }
+        json.raw("}")
         return (type.rawValue, json.bytes)
     }
 
-    /// The gid of the transaction a record is about, read without decoding the rest of
-    /// the record: a checkpoint asks it of every record it may copy forward.
+    /// The gid of the transaction a record is about, read from the front of the record
+    /// without decoding the rest: a checkpoint asks it of every record it may copy forward.
     public static func gid(type: UInt16, payload: [UInt8]) throws -> GlobalTransactionID {
         guard let recordType = RecordType(rawValue: type) else {
             throw DecodingProblem(description: "unknown log record type \(type)")
         }
-        guard let text = (try? JSONValue(parsing: payload))?["gid"]?.stringValue else {
-            throw DecodingProblem(description: "unreadable \(recordType.name) record: no gid")
+        let prefix = Array(#"{"gid":""#.utf8)
+        guard payload.starts(with: prefix), let close = payload[prefix.count...].firstIndex(of: UInt8(ascii: "\"")) else {
+            throw DecodingProblem(description: "unreadable \(recordType.name) record: it does not start with its gid")
         }
         do {
-            return try GlobalTransactionID(validating: text)
+            return try GlobalTransactionID(validating: String(decoding: payload[prefix.count..<close], as: UTF8.self))
         } catch {
             throw DecodingProblem(description: "\(recordType.name) record: \(error)")
         }
