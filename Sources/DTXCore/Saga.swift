@@ -74,6 +74,9 @@ public struct Saga: TransactionStateMachine {
     public private(set) var decision: Decision?
     /// Past the pivot: the steps still to run forward; compensating: the steps to compensate.
     public private(set) var targets: Set<BranchID> = []
+    /// Recovered with no decision logged: sends are not logged, so any step may have run
+    /// before the restart, and backward recovery compensates every step.
+    private var everyStepMayHaveRun = false
     /// An operator gave up on steps that kept failing past the pivot.
     public private(set) var heuristic = false
     /// Why the saga compensates, when a step's failure made it.
@@ -394,7 +397,8 @@ public struct Saga: TransactionStateMachine {
         }
         status = .compensating
         decision = .abort
-        let sent = branches.indices.filter { branches[$0].state != .pending }
+        // After a restart with no decision logged, any step may have run before it.
+        let sent = everyStepMayHaveRun ? Array(branches.indices) : branches.indices.filter { branches[$0].state != .pending }
         targets = Set(sent)
         let entry: LogEntry = reason.map { .resolution(gid: gid, .abort, targets: sent, reason: $0, heuristic: false) }
             ?? .decision(gid: gid, .abort, targets: sent)
@@ -444,7 +448,11 @@ public struct Saga: TransactionStateMachine {
         switch recovered {
         case .undecided:
             // No decision: nothing past the pivot ran. Run forward again from the start.
+            // Sends are not logged, so any step may have run before the restart: should
+            // the saga compensate, it compensates every step (a step that never ran gets
+            // a null compensation from its participant's barrier).
             status = .running
+            everyStepMayHaveRun = true
             return runReadySteps()
         case let .decided(.commit, forward, wasHeuristic):
             // Past the pivot: the steps before it are done; run the rest forward.

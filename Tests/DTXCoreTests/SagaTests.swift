@@ -611,6 +611,17 @@ private func error(_ code: String, _ message: String) -> JSONValue {
         #expect(forcedWrites(p.handle(.stepDone(1, result: nil))) == [.decision(gid: gid, .commit, targets: [2, 3])])
     }
 
+    /// Found by dtx-sim (seed 246): a step that ran before the restart, and is not re-sent
+    /// before another step fails, was never compensated.
+    @Test func aFailureAfterARestartWithoutDecisionCompensatesEveryStep() {
+        var m = Saga(gid: gid, steps: sequence(4))
+        _ = m.handle(.recovered(.undecided))
+        // Steps 1-3 may have run before the restart; the re-sent first action is refused.
+        let actions = m.handle(.stepRefused(0, code: "no_seat", message: "sold out"))
+        #expect(forcedWrites(actions) == [.decision(gid: gid, .abort, targets: [0, 1, 2, 3])])
+        #expect(sent(.compensate, actions) == [3])
+    }
+
     @Test func aCommitDecisionRunsTheStepsPastThePivotForward() {
         var m = Saga(gid: gid, steps: withPivot)
         #expect(m.handle(.recovered(.decided(.commit, targets: [2, 3]))) == [.decided(.commit), .send(.action, to: 2)])
