@@ -56,8 +56,24 @@ public struct CoordinatorConfiguration: Sendable {
     /// How long a waiting caller waits for phase two after the decision.
     public var phaseTwoWait: Duration = .seconds(5)
     public var failpoints = DaemonFailpoints()
+    /// Told when an action would break one of the engine's invariants (see
+    /// `TransactionDriver.check`); nil: a failed assertion in debug builds, nothing in release.
+    public var invariantBroken: (@Sendable (String) -> Void)?
+    /// Simulation only: classic mistakes put back so that `dtx-sim` can show it finds
+    /// them. dtxd never sets any.
+    public var simulatedBugs: Set<SimulatedBug> = []
 
     public init() {}
+}
+
+/// A classic coordinator mistake the simulator can switch on (`dtx-sim --bug NAME`).
+public enum SimulatedBug: String, Sendable, CaseIterable {
+    /// A commit decision is written lazily, so COMMIT can go out before it is durable.
+    case commitBeforeDurable = "commit-before-durable"
+    /// A participant asking about an undecided transaction is told `aborted`.
+    case abortedWhileInFlight = "aborted-while-in-flight"
+    /// A restart rebuilds decided transactions but does not resume their phase two.
+    case noPhaseTwoAfterRestart = "no-phase-two-after-restart"
 }
 
 public final class Coordinator: Sendable {
@@ -82,18 +98,23 @@ public final class Coordinator: Sendable {
     private let table = Mutex(Table())
     private let fenced = Mutex(false)
     private let context: EngineContext
+    private let environment: any EngineEnvironment
 
     /// Rebuilds the coordinator from the log's records (registry and transactions) and
     /// resumes every unfinished transaction: undecided ones abort, decided ones drive
     /// phase two until every branch acknowledges.
-    public init(store: any CoordinatorStore, transport: any Transport, configuration: CoordinatorConfiguration = .init(), logger: Logger) throws {
+    public init(store: any CoordinatorStore, transport: any Transport, configuration: CoordinatorConfiguration = .init(),
+                environment: any EngineEnvironment = SystemEnvironment(), logger: Logger) throws {
         self.store = store
+        self.environment = environment
         self.transport = transport
         self.configuration = configuration
         self.logger = logger
-        context = EngineContext(store: store, fence: FenceSignal(), transport: transport, registry: registry, failpoints: configuration.failpoints,
+        context = EngineContext(store: store, environment: environment, fence: FenceSignal(), transport: transport, registry: registry, failpoints: configuration.failpoints,
                                 retryPolicy: configuration.retryPolicy, stuckAfterAttempts: configuration.stuckAfterAttempts,
-                                metrics: EngineMetrics(), logger: logger)
+                                metrics: EngineMetrics(), logger: logger,
+                                invariantBroken: configuration.invariantBroken ?? { assertionFailure("engine invariant broken: \($0)") },
+                                bugs: configuration.simulatedBugs)
         context.fence.onFenced { [weak self] in self?.fenceOff() }
 
         var replay = TransactionLogReplay()
@@ -109,7 +130,7 @@ public final class Coordinator: Sendable {
         for gid in replay.order {
             guard let replayed = replay.transactions[gid] else { continue }
             if replayed.ended {
-                insertFinished(FinishedTransaction(replayed, sequence: nextSequence(), createdAt: replayed.createdAt ?? Date(),
+                insertFinished(FinishedTransaction(replayed, sequence: nextSequence(), createdAt: replayed.createdAt ?? environment.now(),
                                                    timeout: replayed.timeout ?? configuration.defaultTimeout))
                 continue
             }
@@ -127,10 +148,11 @@ public final class Coordinator: Sendable {
     /// Rebuilds an unfinished transaction of `Machine`'s protocol and resumes it.
     private func resume<Machine: TransactionStateMachine>(_: Machine.Type, _ replayed: TransactionLogReplay.Replayed) {
         let (machine, event) = Machine.recovering(replayed)
-        let driver = makeDriver(machine, proto: replayed.protocol, createdAt: replayed.createdAt ?? Date(), timeout: replayed.timeout ?? configuration.defaultTimeout,
+        let driver = makeDriver(machine, proto: replayed.protocol, createdAt: replayed.createdAt ?? environment.now(), timeout: replayed.timeout ?? configuration.defaultTimeout,
                                 spec: SubmittedSpec(proto: replayed.protocol, branches: replayed.branches, interactive: replayed.interactive))
         table.withLock { $0.live[replayed.gid] = driver }
-        driver.resume(with: event)
+        if replayed.decision != nil, configuration.simulatedBugs.contains(.noPhaseTwoAfterRestart) { return }
+        driver.resume(with: event, outcomeDurable: replayed.decision != nil || replayed.lastAgent != nil)
     }
 
     private func nextSequence() -> UInt64 {
@@ -204,17 +226,20 @@ public final class Coordinator: Sendable {
     private func fenceOff() {
         guard fenced.withLock({ was in defer { was = true }; return !was }) else { return }
         logger.critical("the store fenced this coordinator off; every transaction stops here")
-        let drivers = table.withLock { Array($0.live.values) }
-        drivers.forEach { $0.stop() }
+        liveDrivers().forEach { $0.stop() }
     }
 
     public var isFenced: Bool { fenced.withLock { $0 } }
 
+    /// The unfinished transactions, oldest first (an order that does not depend on hashing).
+    private func liveDrivers() -> [any TransactionDriving] {
+        table.withLock { Array($0.live.values) }.sorted { $0.sequence < $1.sequence }
+    }
+
     /// Stops every transaction's timers and loop. Whatever is unfinished resumes from the
     /// log at the next start; nothing is decided here.
     public func shutdown() async {
-        let drivers = table.withLock { Array($0.live.values) }
-        drivers.forEach { $0.stop() }
+        liveDrivers().forEach { $0.stop() }
         await transport.shutdown()
     }
 
@@ -247,18 +272,19 @@ public final class Coordinator: Sendable {
             throw CoordinatorError(.unserviceable, "invalid_branches", problem)
         }
         let spec = SubmittedSpec(proto: submission.protocol, branches: branches, interactive: interactive)
+        let now = environment.now()
         let driver: any TransactionDriving
         switch submission.protocol {
         case .tcc:
             let machine = interactive ? TryConfirmCancel(interactive: gid) : TryConfirmCancel(gid: gid, branches: branches)
-            driver = makeDriver(machine, proto: .tcc, createdAt: Date(), timeout: timeout, spec: spec)
+            driver = makeDriver(machine, proto: .tcc, createdAt: now, timeout: timeout, spec: spec)
         case .saga:
-            driver = makeDriver(Saga(gid: gid, steps: branches), proto: .saga, createdAt: Date(), timeout: timeout, spec: spec)
+            driver = makeDriver(Saga(gid: gid, steps: branches), proto: .saga, createdAt: now, timeout: timeout, spec: spec)
         case .threePhaseCommit:
-            driver = makeDriver(ThreePhaseCommit(gid: gid, branches: branches), proto: .threePhaseCommit, createdAt: Date(), timeout: timeout, spec: spec)
+            driver = makeDriver(ThreePhaseCommit(gid: gid, branches: branches), proto: .threePhaseCommit, createdAt: now, timeout: timeout, spec: spec)
         case .twoPhaseCommit:
             let machine = interactive ? TwoPhaseCommit(interactive: gid) : TwoPhaseCommit(gid: gid, branches: branches, lastAgent: configuration.lastAgent)
-            driver = makeDriver(machine, proto: .twoPhaseCommit, createdAt: Date(), timeout: timeout, spec: spec)
+            driver = makeDriver(machine, proto: .twoPhaseCommit, createdAt: now, timeout: timeout, spec: spec)
         }
         let existing: (any TransactionDriving)? = table.withLock { t in
             if let existing = t.driver(gid) { return existing }
@@ -309,7 +335,9 @@ public final class Coordinator: Sendable {
     /// The outcome a participant acts on: an unknown gid is aborted (presumed abort).
     public func outcome(gid: GlobalTransactionID, branch: BranchID?) -> OutcomeAnswer {
         guard let driver = table.withLock({ $0.driver(gid) }) else { return OutcomeAnswer(gid: gid.rawValue, outcome: "aborted") }
-        return OutcomeAnswer(gid: gid.rawValue, outcome: driver.outcome(branch: branch))
+        let outcome = driver.outcome(branch: branch)
+        if outcome == "pending", configuration.simulatedBugs.contains(.abortedWhileInFlight) { return OutcomeAnswer(gid: gid.rawValue, outcome: "aborted") }
+        return OutcomeAnswer(gid: gid.rawValue, outcome: outcome)
     }
 
     /// What a 3PC participant running termination is told: the coordinator's own state
@@ -390,7 +418,7 @@ public final class Coordinator: Sendable {
         let drivers = table.withLock { t in Array(t.live.values) + t.finished.values }
             .filter { query.cursor == nil || $0.sequence < query.cursor! }
             .sorted { $0.sequence > $1.sequence }
-        let now = Date()
+        let now = environment.now()
         var page: [TransactionSummary] = []
         var last: UInt64?
         var more = false
@@ -411,7 +439,7 @@ public final class Coordinator: Sendable {
 
     /// Retries every pending delivery now instead of waiting for its backoff.
     public func recoverNow() -> RecoveryReport {
-        let drivers = table.withLock { Array($0.live.values) }
+        let drivers = liveDrivers()
         var transactions = 0
         var deliveries = 0
         for driver in drivers {
@@ -462,7 +490,7 @@ public final class Coordinator: Sendable {
         if let token = registration.token, !(1...512).contains(token.unicodeScalars.count) {
             throw CoordinatorError(.invalid, "invalid_token", "token must be 1 to 512 characters")
         }
-        let now = Date()
+        let now = environment.now()
         let previous = registry.entry(registration.name)
         let batch = registration.batch ?? false
         if let previous, previous.url == url, previous.protocols == protocols, previous.token == registration.token, previous.batch == batch {

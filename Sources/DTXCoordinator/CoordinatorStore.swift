@@ -52,6 +52,12 @@ public struct CompactionResult: Sendable, Equatable {
     public var recordsKept: Int
     /// Segments (or the store's own units) freed.
     public var segmentsRemoved: Int
+
+    public init(recordsRead: Int, recordsKept: Int, segmentsRemoved: Int) {
+        self.recordsRead = recordsRead
+        self.recordsKept = recordsKept
+        self.segmentsRemoved = segmentsRemoved
+    }
 }
 
 /// How a driver that met `StoreError.fenced` tells the coordinator, which then stops

@@ -3,13 +3,12 @@ import DTXCore
 import DTXLog
 import Foundation
 import Logging
-import NIOCore
-import NIOPosix
 import Synchronization
 
 /// What a driver needs from the rest of the engine.
 struct EngineContext: Sendable {
     var store: any CoordinatorStore
+    var environment: any EngineEnvironment
     var fence: FenceSignal
     var transport: any Transport
     var registry: ParticipantRegistry
@@ -19,6 +18,8 @@ struct EngineContext: Sendable {
     var stuckAfterAttempts: Int
     var metrics: EngineMetrics
     var logger: Logger
+    var invariantBroken: @Sendable (String) -> Void
+    var bugs: Set<SimulatedBug>
 }
 
 enum RequestResult: Sendable, Equatable {
@@ -99,7 +100,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         /// Set by the `decided` action: for a commit, only once it is durable (in the log,
         /// or with a last agent, in the agent's database).
         var decision: Decision?
-        var decidedAt: ContinuousClock.Instant?
+        var decidedAt: Date?
         /// A forced decision, resolution or delegation of this transaction is durable: a
         /// restart finds its outcome (or, delegated, the branch to ask) in the log.
         var outcomeForced = false
@@ -115,6 +116,13 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         /// Events not yet processed, and whether a task is processing them.
         var queue: [Input] = []
         var draining = false
+
+        /// The waiting callers, in the order they came (resumed in that order, so that a
+        /// simulated run does not depend on hashing).
+        mutating func takeWaiters() -> [Waiter] {
+            defer { waiters = [:] }
+            return waiters.sorted { $0.key < $1.key }.map(\.value)
+        }
     }
 
     static var timelineLimit: Int { 64 }
@@ -125,7 +133,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     let createdAt: Date
     let spec: SubmittedSpec
     let timeout: Duration
-    private let started = ContinuousClock.now
+    private let started: Date
     private let context: EngineContext
     private let onFinish: @Sendable (GlobalTransactionID) -> Void
     private let state: Mutex<State>
@@ -140,6 +148,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         self.timeout = timeout
         self.context = context
         self.onFinish = onFinish
+        started = context.environment.now()
         state = Mutex(State(machine: machine, updatedAt: createdAt))
     }
 
@@ -151,10 +160,12 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         await enqueue(.common(event, nil))
     }
 
-    /// Resumes a transaction rebuilt from the log.
-    func resume(with event: Machine.Event) {
+    /// Resumes a transaction rebuilt from the log; `outcomeDurable` when the log holds its
+    /// decision (or the delegation that names the branch holding it).
+    func resume(with event: Machine.Event, outcomeDurable: Bool) {
+        state.withLock { $0.outcomeForced = outcomeDurable }
         note("recovered from the log")
-        Task { await self.enqueue(.own(event)) }
+        context.environment.spawn { await self.enqueue(.own(event)) }
     }
 
     func request(_ event: CommonEvent) async -> RequestResult {
@@ -206,7 +217,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 event = own
             }
             let actions = s.machine.handle(event)
-            if !actions.isEmpty { s.updatedAt = Date() }
+            if !actions.isEmpty { s.updatedAt = context.environment.now() }
             return (actions, s.machine.branches, nil)
         }
         // Answered once the actions are performed: what the request caused (an
@@ -228,7 +239,10 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 if let milestone { context.failpoints.hit(before: milestone) }
                 let (type, payload) = entry.encoded()
                 do {
-                    if forced {
+                    if forced, context.bugs.contains(.commitBeforeDurable), case .decision(_, .commit, _) = entry {
+                        try context.store.append(type: type, payload: payload)
+                        state.withLock { $0.outcomeForced = true }
+                    } else if forced {
                         try await context.store.appendForced(type: type, payload: payload)
                         if entry.fixesTheOutcome { state.withLock { $0.outcomeForced = true } }
                     } else {
@@ -242,6 +256,9 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 if let milestone { context.failpoints.hit(after: milestone) }
             case let .send(message, id):
                 guard branches.indices.contains(id) else { continue }
+                if message.confirmsTheOutcome, !state.withLock({ $0.outcomeForced }) {
+                    context.invariantBroken("\(gid): \(message.rawValue) to branch \(id) before a forced record made the outcome durable")
+                }
                 if message == .prepare { sentPrepare = true }
                 send(message, to: branches[id], allParticipants: branches.map(\.spec.participant))
             case let .schedule(timer, attempt):
@@ -249,15 +266,18 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             case .cancel(let timer):
                 state.withLock { $0.timers.removeValue(forKey: timer) }?.cancel()
             case .decided(let decision):
-                let (phaseOne, waiters) = state.withLock { s -> (Duration, [Waiter]) in
+                let now = context.environment.now()
+                let waiters = state.withLock { s -> [Waiter] in
+                    if let earlier = s.decision, earlier != decision, !s.machine.heuristic {
+                        context.invariantBroken("\(gid): decided \(decision.rawValue) after \(earlier.rawValue) with no operator override")
+                    }
                     s.decision = decision
-                    s.decidedAt = .now
-                    record(TimelineEntry(at: Date(), event: "decided \(decision.rawValue)"), in: &s)
-                    defer { s.waiters = [:] }
-                    return (s.decidedAt! - started, Array(s.waiters.values))
+                    s.decidedAt = now
+                    record(TimelineEntry(at: now, event: "decided \(decision.rawValue)"), in: &s)
+                    return s.takeWaiters()
                 }
                 waiters.forEach { $0.resume() }
-                context.metrics.phase(proto, "prepare", phaseOne)
+                context.metrics.phase(proto, "prepare", .seconds(now.timeIntervalSince(started)))
             case .finish(let status):
                 finish(status)
             }
@@ -270,7 +290,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             // Deregistration is refused while branches are unfinished, so this is a bug or a
             // hand-edited log: report it as a failed delivery and let the protocol decide.
             let id = branch.id
-            Task { await self.post(.replied(id, message, .failed("participant \(branch.spec.participant) is not registered"))) }
+            context.environment.spawn { await self.post(.replied(id, message, .failed("participant \(branch.spec.participant) is not registered"))) }
             return
         }
         let request = ParticipantRequest(gid: gid.rawValue, branch: branch.id, operation: branch.spec.operation, payload: branch.spec.payload,
@@ -279,7 +299,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         let registry = context.registry
         let failpoints = context.failpoints
         let proto = proto
-        Task {
+        context.environment.spawn {
             let response = await transport.send(message, protocol: proto, request: request, to: endpoint)
             if case .failed = response {} else { registry.touch(endpoint.name) }
             if message == .preCommit, case .done = response { failpoints.hit(.afterPreCommitAcknowledged) }
@@ -295,19 +315,19 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             delay = timeout
         case .retry(let id):
             let policy = state.withLock { $0.machine.retryPolicy(for: id, base: context.retryPolicy) }
-            delay = policy.delay(attempt: attempt, unit: Double.random(in: 0..<1))
+            delay = policy.delay(attempt: attempt, unit: context.environment.random())
             context.metrics.retry(proto)
         case .step(let id):
             // A saga step's per-attempt timeout (the machine only arms it for steps that have one).
             guard let timeout = state.withLock({ $0.machine.stepTimeout(id) }) else { return }
             delay = timeout
         }
-        // An event-loop timer, not a sleeping task: no task and no dispatch timer per
-        // transaction. Armed under the lock, so its firing (which takes the lock) finds it.
+        // Armed under the lock, so its firing (which takes the lock) finds it.
+        let environment = context.environment
         let replaced = state.withLock { s -> ArmedTimer? in
             s.nextTimerGeneration += 1
             let generation = s.nextTimerGeneration
-            let scheduled = Self.eventLoops.next().scheduleTask(in: TimeAmount(delay)) { [weak self] () -> Void in
+            let scheduled = environment.schedule(after: delay) { [weak self] in
                 self?.fire(timer, generation: generation)
             }
             return s.timers.updateValue(ArmedTimer(scheduled: scheduled, generation: generation), forKey: timer)
@@ -323,22 +343,20 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             s.timers[timer] = nil
             return true
         }
-        if armed { Task { await self.post(.timedOut(timer)) } }
+        if armed { context.environment.spawn { await self.post(.timedOut(timer)) } }
     }
 
-    /// The loops timers and wait deadlines run on (dtxd's concurrency executor too).
-    private static var eventLoops: MultiThreadedEventLoopGroup { .singleton }
-
     private func finish(_ status: TransactionStatus) {
+        let now = context.environment.now()
         let (timers, waiters, decidedAt) = state.withLock { s in
             s.finished = true
-            s.timeline.append(TimelineEntry(at: Date(), event: "finished \(status.rawValue)"))
-            defer { s.timers = [:]; s.waiters = [:] }
-            return (s.timers.values, s.waiters.values, s.decidedAt)
+            s.timeline.append(TimelineEntry(at: now, event: "finished \(status.rawValue)"))
+            defer { s.timers = [:] }
+            return (s.timers.values, s.takeWaiters(), s.decidedAt)
         }
         timers.forEach { $0.cancel() }
         waiters.forEach { $0.resume() }
-        if let decidedAt { context.metrics.phase(proto, status == .committed ? "commit" : "rollback", .now - decidedAt) }
+        if let decidedAt { context.metrics.phase(proto, status == .committed ? "commit" : "rollback", .seconds(now.timeIntervalSince(decidedAt))) }
         context.metrics.finished(proto, status)
         onFinish(gid)
     }
@@ -358,8 +376,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     func stop() {
         let (timers, waiters) = state.withLock { s in
             s.halted = true
-            defer { s.timers = [:]; s.waiters = [:] }
-            return (s.timers.values, s.waiters.values)
+            defer { s.timers = [:] }
+            return (s.timers.values, s.takeWaiters())
         }
         timers.forEach { $0.cancel() }
         waiters.forEach { $0.resume() }
@@ -368,7 +386,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     // MARK: Timeline and results
 
     private func note(_ event: String, branch: BranchID? = nil, detail: String? = nil) {
-        state.withLock { record(TimelineEntry(at: Date(), event: event, branch: branch, detail: detail), in: &$0) }
+        let now = context.environment.now()
+        state.withLock { record(TimelineEntry(at: now, event: event, branch: branch, detail: detail), in: &$0) }
     }
 
     private func record(_ entry: TimelineEntry, in s: inout State) {
@@ -378,7 +397,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
     /// Keeps what a participant answered and writes the timeline.
     private func record(_ event: CommonEvent, in s: inout State) {
-        let now = Date()
+        let now = context.environment.now()
         switch event {
         case let .replied(id, message, .done(status, result)):
             if let result, message.carriesResult { s.results[id] = result }
@@ -497,11 +516,11 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
     func retryNow() -> Int {
         let due = state.withLock { s -> [TimerID] in
-            let retries = s.timers.keys.filter { if case .retry = $0 { return true } else { return false } }
+            let retries = s.timers.keys.compactMap { timer -> BranchID? in if case .retry(let id) = timer { id } else { nil } }.sorted().map(TimerID.retry)
             for timer in retries { s.timers.removeValue(forKey: timer)?.cancel() }
             return retries
         }
-        for timer in due { Task { await self.post(.timedOut(timer)) } }
+        for timer in due { context.environment.spawn { await self.post(.timedOut(timer)) } }
         return due.count
     }
 
@@ -514,15 +533,15 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     /// restart never forgets or reverses what a waiting caller was told. Throws
     /// `log_unavailable` (503) when that sync fails.
     func waitForOutcome(decisionLimit: Duration, phaseTwoLimit: Duration) async throws(CoordinatorError) {
-        let clock = ContinuousClock()
-        let decisionDeadline = clock.now + decisionLimit
-        var finishDeadline: ContinuousClock.Instant?
+        let environment = context.environment
+        let decisionDeadline = environment.now().addingTimeInterval(decisionLimit.apiSeconds)
+        var finishDeadline: Date?
         while true {
             let (finished, decided) = state.withLock { ($0.finished || $0.halted, $0.decision != nil) }
             if finished { break }
-            if decided, finishDeadline == nil { finishDeadline = clock.now + phaseTwoLimit }
+            if decided, finishDeadline == nil { finishDeadline = environment.now().addingTimeInterval(phaseTwoLimit.apiSeconds) }
             let deadline = finishDeadline ?? decisionDeadline
-            guard clock.now < deadline else { break }
+            guard environment.now() < deadline else { break }
             await waitForChange(until: deadline)
         }
         let (decided, covered) = state.withLock { ($0.decision != nil, $0.outcomeForced) }
@@ -540,7 +559,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     }
 
     /// Returns at the next decision or finish, or at `deadline`.
-    private func waitForChange(until deadline: ContinuousClock.Instant) async {
+    private func waitForChange(until deadline: Date) async {
+        let environment = context.environment
         let id = state.withLock { s -> UInt64 in
             s.nextWaiter += 1
             return s.nextWaiter
@@ -549,8 +569,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             await withCheckedContinuation { continuation in
                 let resumeNow = state.withLock { s -> Bool in
                     if s.finished || s.halted || Task.isCancelled { return true }
-                    let remaining = max(deadline - .now, .zero)
-                    let timer = Self.eventLoops.next().scheduleTask(in: TimeAmount(remaining)) { [weak self] () -> Void in
+                    let remaining = Duration.seconds(max(deadline.timeIntervalSince(environment.now()), 0))
+                    let timer = environment.schedule(after: remaining) { [weak self] in
                         self?.state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
                     }
                     s.waiters[id] = Waiter(continuation: continuation, deadline: timer)
@@ -567,7 +587,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 /// A timer armed on an event loop; `generation` tells its firing whether it is still the
 /// armed one.
 private struct ArmedTimer {
-    var scheduled: Scheduled<Void>
+    var scheduled: ScheduledCall
     var generation: UInt64
 
     func cancel() { scheduled.cancel() }
@@ -576,7 +596,7 @@ private struct ArmedTimer {
 /// A caller waiting for the outcome, and the timer that ends its wait.
 private struct Waiter {
     var continuation: CheckedContinuation<Void, Never>
-    var deadline: Scheduled<Void>
+    var deadline: ScheduledCall
 
     func resume() {
         deadline.cancel()
@@ -585,6 +605,14 @@ private struct Waiter {
 }
 
 extension ParticipantMessage {
+    /// Phase two's positive messages: each may go out only once the outcome is durable.
+    fileprivate var confirmsTheOutcome: Bool {
+        switch self {
+        case .commit, .confirm, .doCommit: return true
+        case .prepare, .commitOnePhase, .rollback, .try, .cancel, .action, .compensate, .canCommit, .preCommit: return false
+        }
+    }
+
     /// Whether the answer to this message is the branch's result (or business error)
     /// shown to the caller: the work's answer, not phase two's or a compensation's.
     fileprivate var carriesResult: Bool {

@@ -1,0 +1,26 @@
+import Foundation
+
+/// What the engine takes from the world besides the network and the store: the time,
+/// timers, new tasks and randomness. Production passes the system's (`SystemEnvironment`
+/// in DTXCoordinator); the simulator passes its own, so that one seed is one run.
+public protocol EngineEnvironment: Sendable {
+    /// The wall-clock time: what views and records show, and what deadlines count in.
+    func now() -> Date
+    /// Calls `body` once, after `delay`, unless the returned call is cancelled first.
+    func schedule(after delay: Duration, _ body: @escaping @Sendable () -> Void) -> ScheduledCall
+    /// Runs `body` as a new task.
+    func spawn(_ body: @escaping @Sendable () async -> Void)
+    /// A value in 0..<1 (the jitter of retries).
+    func random() -> Double
+}
+
+/// A call `EngineEnvironment.schedule` armed.
+public struct ScheduledCall: Sendable {
+    private let cancelling: @Sendable () -> Void
+
+    public init(cancel: @escaping @Sendable () -> Void) {
+        cancelling = cancel
+    }
+
+    public func cancel() { cancelling() }
+}
