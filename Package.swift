@@ -8,6 +8,7 @@ let package = Package(
         .executable(name: "dtxd", targets: ["dtxd"]),
         .executable(name: "dtx", targets: ["dtx"]),
         .executable(name: "dtx-bench", targets: ["dtx-bench"]),
+        .executable(name: "dtx-sim", targets: ["dtx-sim"]),
         .library(name: "DTXCore", targets: ["DTXCore"]),
         .library(name: "DTXLog", targets: ["DTXLog"]),
         .library(name: "DTXClient", targets: ["DTXClient"]),
@@ -60,6 +61,14 @@ let package = Package(
             ]
         ),
         // HTTP API of the daemon.
+        .target(
+            name: "DTXSimulation",
+            dependencies: ["DTXCoordinator", "DTXCore", "DTXAPI", "DTXLog", .product(name: "Logging", package: "swift-log")]
+        ),
+        .executableTarget(
+            name: "dtx-sim",
+            dependencies: ["DTXSimulation", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         .target(
             name: "DTXServer",
             dependencies: [
@@ -249,6 +258,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "DTXLogTests", dependencies: ["DTXLog", "DTXTestSupport"]),
+        .testTarget(name: "DTXSimulationTests", dependencies: ["DTXSimulation", "DTXCoordinator"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CSQLite", "CLibPQ"]),
         .testTarget(
             name: "DTXParticipantTests",

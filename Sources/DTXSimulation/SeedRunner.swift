@@ -1,0 +1,85 @@
+import DTXCoordinator
+import Foundation
+import Synchronization
+
+/// Runs many seeds, `jobs` at a time on threads of their own (each run is
+/// single-threaded and shares nothing), and sums them up.
+public struct SeedRunner: Sendable {
+    public var first: UInt64
+    public var count: Int
+    public var jobs: Int
+    /// Wall-clock seconds after which no new seed starts.
+    public var budget: Double?
+    public var bugs: Set<SimulatedBug>
+    /// Stop at the first failing seed.
+    public var stopAtFailure = true
+
+    public init(first: UInt64, count: Int, jobs: Int, budget: Double? = nil, bugs: Set<SimulatedBug> = []) {
+        self.first = first
+        self.count = count
+        self.jobs = jobs
+        self.budget = budget
+        self.bugs = bugs
+    }
+
+    public struct Report: Sendable {
+        public var seeds = 0
+        public var transactions = 0
+        public var committed = 0
+        public var faults = Simulation.Faults()
+        public var wallSeconds = 0.0
+        public var simulatedSeconds = 0.0
+        public var firstFailure: Simulation.Result?
+
+        public var summary: String {
+            let rate = wallSeconds > 0 ? Double(transactions) / wallSeconds : 0
+            return String(format: "%d seeds, %d transactions (%d committed) in %.1f s of wall time: %.0f transactions/s, %.0f simulated s; ",
+                          seeds, transactions, committed, wallSeconds, rate, simulatedSeconds)
+                + "faults: \(faults.coordinatorCrashes) coordinator crashes (\(faults.unsyncedRecordsLost) unsynced records lost), \(faults.participantCrashes) participant crashes, \(faults.partitions) partitions, \(faults.messagesLost) messages lost, \(faults.messagesDuplicated) duplicated, \(faults.operatorCalls) operator calls (\(faults.heuristicOutcomes) heuristic outcomes); "
+                + (firstFailure == nil ? "0 violations" : "seed \(firstFailure!.seed) FAILED")
+        }
+    }
+
+    public func run() -> Report {
+        let started = Date()
+        let next = Mutex(0)
+        let report = Mutex(Report())
+        let deadline = budget.map { started.addingTimeInterval($0) }
+        DispatchQueue.concurrentPerform(iterations: jobs) { _ in
+            while true {
+                let index = next.withLock { n -> Int? in
+                    guard n < count else { return nil }
+                    defer { n += 1 }
+                    return n
+                }
+                guard let index, deadline.map({ Date() < $0 }) ?? true else { return }
+                if stopAtFailure, report.withLock({ $0.firstFailure != nil }) { return }
+                let result = Simulation(seed: first + UInt64(index), bugs: bugs).run()
+                report.withLock { r in
+                    r.seeds += 1
+                    r.transactions += result.transactions
+                    r.committed += result.committed
+                    r.simulatedSeconds += result.simulatedSeconds
+                    r.faults.add(result.faults)
+                    if !result.violations.isEmpty, r.firstFailure.map({ result.seed < $0.seed }) ?? true { r.firstFailure = result }
+                }
+            }
+        }
+        var final = report.withLock { $0 }
+        final.wallSeconds = Date().timeIntervalSince(started)
+        return final
+    }
+}
+
+extension Simulation.Faults {
+    mutating func add(_ other: Self) {
+        coordinatorCrashes += other.coordinatorCrashes
+        unsyncedRecordsLost += other.unsyncedRecordsLost
+        participantCrashes += other.participantCrashes
+        partitions += other.partitions
+        messagesLost += other.messagesLost
+        messagesDuplicated += other.messagesDuplicated
+        operatorCalls += other.operatorCalls
+        heuristicOutcomes += other.heuristicOutcomes
+    }
+}

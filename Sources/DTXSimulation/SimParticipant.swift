@@ -1,0 +1,201 @@
+import DTXAPI
+import DTXCore
+import Foundation
+
+/// A participant keeping the participant protocol's duties on an in-memory resource
+/// manager whose journal survives its crashes (each change is durable before the reply):
+/// idempotent answers, the barrier's anti-hanging and null compensation, and for 2PC
+/// and 3PC, asking the coordinator about a branch left in doubt.
+final class SimParticipant: @unchecked Sendable {
+    enum State: String {
+        case prepared, preCommitted = "pre_committed", committed, rolledBack = "rolled_back", refused
+        case tried, confirmed, cancelled
+        case done, compensated
+        /// A compensation (or Cancel) that found nothing done: the barrier remembers it so
+        /// that a late action (or Try) is refused.
+        case nullCompensated = "null_compensated"
+
+        /// Holding resources until it hears the outcome.
+        var inDoubt: Bool { self == .prepared || self == .preCommitted || self == .tried }
+    }
+
+    struct Key: Hashable, CustomStringConvertible {
+        var gid: String
+        var branch: BranchID
+        var description: String { "\(gid)/\(branch)" }
+    }
+
+    struct Entry {
+        var state: State
+        var proto: TransactionProtocol
+    }
+
+    let name: String
+    private unowned let sim: Simulation
+    var up = true
+    private(set) var journal: [Key: Entry] = [:]
+    /// A saga step's transient failures still to give (from the payload's `flaky`).
+    private var flakyLeft: [Key: Int] = [:]
+    /// The order in which real compensations ran, across all transactions.
+    private(set) var compensationOrder: [Key: Int] = [:]
+
+    init(name: String, sim: Simulation) {
+        self.name = name
+        self.sim = sim
+    }
+
+    func state(_ gid: String, _ branch: BranchID) -> State? { journal[Key(gid: gid, branch: branch)]?.state }
+
+    func handle(_ message: ParticipantMessage, _ proto: TransactionProtocol, _ request: ParticipantRequest) -> ParticipantResponse {
+        let key = Key(gid: request.gid, branch: request.branch)
+        let current = journal[key]?.state
+        let refuses = request.payload?["refuse"] == .bool(true)
+        func set(_ state: State) {
+            sim.world.note("\(name) \(key) \(current?.rawValue ?? "-") -> \(state.rawValue) on \(message.rawValue)")
+            journal[key] = Entry(state: state, proto: proto)
+            if state.inDoubt { watch(key) }
+        }
+        func done(_ word: String) -> ParticipantResponse { .done(status: word, result: nil) }
+        func wrong(_ what: String) -> ParticipantResponse {
+            sim.violation(request.gid, "\(name) branch \(request.branch): \(message.rawValue) \(what) (state \(current?.rawValue ?? "none"))")
+            return done(current?.rawValue ?? "none")
+        }
+        let rolledBack = ParticipantResponse.refused(code: proto == .threePhaseCommit ? "already_aborted" : "already_rolled_back", message: "the branch was rolled back")
+        switch message {
+        case .prepare, .canCommit:
+            switch current {
+            case nil where refuses: set(.refused); return .refused(code: "refused", message: "the simulation votes no")
+            case nil: set(.prepared); return done("prepared")
+            case .prepared?, .preCommitted?: return done("prepared")
+            case .committed?: return done("committed")
+            case .refused?, .rolledBack?: return rolledBack
+            default: return wrong("for a branch of another protocol")
+            }
+        case .commitOnePhase:
+            switch current {
+            case nil where refuses: set(.refused); return .refused(code: "refused", message: "the simulation votes no")
+            case nil: set(.committed); return done("committed")
+            case .committed?: return done("committed")
+            case .refused?, .rolledBack?: return rolledBack
+            default: return wrong("for a branch it had prepared")
+            }
+        case .preCommit:
+            switch current {
+            case .prepared?: set(.preCommitted); return done("pre_committed")
+            case .preCommitted?: return done("pre_committed")
+            case .committed?: return done("committed")
+            case .rolledBack?: return rolledBack
+            default: return wrong("for a branch that is not prepared")
+            }
+        case .commit, .doCommit:
+            switch current {
+            case .prepared?, .preCommitted?: set(.committed); return done("committed")
+            case .committed?: return done("committed")
+            // Only after an operator forced a commit: the transaction is heuristic.
+            case nil, .refused?, .rolledBack? where proto == .threePhaseCommit: return rolledBack
+            case nil: return .refused(code: "unknown_branch", message: "no record of this branch")
+            case .refused?, .rolledBack?: return rolledBack
+            default: return wrong("for a branch of another protocol")
+            }
+        case .rollback:
+            switch current {
+            // 3PC answers with the participant's state (Schemas/participant-api.yaml), 2PC with the branch's.
+            case nil, .prepared?, .preCommitted?, .refused?: set(.rolledBack); return done(proto == .threePhaseCommit ? "aborted" : "rolled_back")
+            case .rolledBack?: return done(proto == .threePhaseCommit ? "aborted" : "rolled_back")
+            // Committed in one phase (a lost answer), or after an operator's override.
+            case .committed?: return .refused(code: "already_committed", message: "the branch is committed")
+            default: return wrong("for a branch of another protocol")
+            }
+        case .try:
+            switch current {
+            case nil where refuses: set(.refused); return .refused(code: "refused", message: "the simulation refuses the Try")
+            case nil: set(.tried); return done("tried")
+            case .tried?, .confirmed?: return done("tried")
+            case .refused?, .cancelled?, .nullCompensated?: return .refused(code: "cancelled", message: "the branch was cancelled")
+            default: return wrong("for a branch of another protocol")
+            }
+        case .confirm:
+            switch current {
+            case .tried?: set(.confirmed); return done("confirmed")
+            case .confirmed?: return done("confirmed")
+            default: return wrong("for a branch that was not tried")
+            }
+        case .cancel:
+            switch current {
+            case .tried?: set(.cancelled); return done("cancelled")
+            case nil, .refused?: set(.nullCompensated); return done("cancelled")
+            case .cancelled?, .nullCompensated?: return done("cancelled")
+            default: return wrong("for a confirmed branch")
+            }
+        case .action:
+            switch current {
+            case nil:
+                let flaky = flakyLeft[key] ?? Int(request.payload?["flaky"]?.doubleValue ?? 0)
+                if flaky > 0 {
+                    flakyLeft[key] = flaky - 1
+                    return .failed("503: the simulation fails this attempt")
+                }
+                if refuses { set(.refused); return .refused(code: "refused", message: "the simulation refuses the step") }
+                set(.done)
+                return done("done")
+            case .done?: return done("done")
+            case .refused?: return .refused(code: "refused", message: "the simulation refuses the step")
+            case .compensated?, .nullCompensated?: return .refused(code: "compensated", message: "the step was compensated")
+            default: return wrong("for a branch of another protocol")
+            }
+        case .compensate:
+            switch current {
+            case .done?:
+                set(.compensated)
+                compensationOrder[key] = sim.nextCompensation()
+                return done("compensated")
+            case nil, .refused?: set(.nullCompensated); return done("compensated")
+            case .compensated?, .nullCompensated?: return done("compensated")
+            default: return wrong("for a branch of another protocol")
+            }
+        }
+    }
+
+    // MARK: Branches in doubt
+
+    /// A prepared (2PC, 3PC) branch asks the coordinator how it ended, a few seconds
+    /// after entering doubt and then every few seconds while the answer is pending.
+    private func watch(_ key: Key) {
+        _ = sim.world.schedule(after: Simulation.askAfter) { [self] in ask(key) }
+    }
+
+    private func ask(_ key: Key) {
+        guard let entry = journal[key], entry.state.inDoubt, entry.proto != .tcc else { return }
+        guard up, let coordinator = sim.reachableCoordinator(from: name) else {
+            watch(key)
+            return
+        }
+        let gid = try! GlobalTransactionID(validating: key.gid)
+        let outcome: Decision?
+        if entry.proto == .threePhaseCommit {
+            let answer = coordinator.threePhaseState(gid: gid, branch: key.branch)
+            outcome = answer == .committed ? .commit : answer == .aborted ? .abort : nil
+        } else {
+            let answer = coordinator.outcome(gid: gid, branch: key.branch).outcome
+            outcome = answer == "committed" ? .commit : answer == "aborted" ? .abort : nil
+        }
+        sim.world.note("\(name) \(key) asked: \(outcome?.rawValue ?? "pending")")
+        switch outcome {
+        case .commit?:
+            journal[key]?.state = .committed
+        case .abort?:
+            sim.answeredAborted.insert(key.gid)
+            journal[key]?.state = .rolledBack
+        case nil:
+            watch(key)
+        }
+    }
+
+    /// After a restart: branches still in doubt are asked about again.
+    func restart() {
+        up = true
+        for (key, entry) in journal.sorted(by: { ($0.key.gid, $0.key.branch) < ($1.key.gid, $1.key.branch) }) where entry.state.inDoubt {
+            watch(key)
+        }
+    }
+}

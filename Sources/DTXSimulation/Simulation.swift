@@ -1,0 +1,485 @@
+import DTXAPI
+import DTXCoordinator
+import DTXCore
+import Foundation
+import Logging
+
+/// One seeded run of the real engine (Coordinator, drivers, the four protocols' machines,
+/// registry, recovery, checkpoints) in one thread on simulated time: simulated
+/// participants behind a simulated network, crashes of the coordinator (losing what was
+/// not synced) and of participants, partitions, operator calls. Then everything heals,
+/// the run goes on until nothing is left to do, and the checks run (see `check`).
+public final class Simulation: @unchecked Sendable {
+    /// The faults and the workload stop here; everything heals.
+    public static let healAt: Duration = .seconds(20)
+    /// After healing, every transaction must be final within this much simulated time.
+    public static let quiescenceBound: Duration = .seconds(600)
+    /// A branch in doubt asks the coordinator after this long, and again as often.
+    static let askAfter: Duration = .seconds(3)
+    /// A message with no answer fails after this long (the transport's request timeout).
+    static let requestTimeout: Duration = .seconds(2)
+
+    public let seed: UInt64
+    let world: World
+    private let bugs: Set<SimulatedBug>
+    private let disk = SimDisk()
+    private var configuration = CoordinatorConfiguration()
+    private(set) var participants: [SimParticipant] = []
+    /// nil while the coordinator is down.
+    private(set) var coordinator: Coordinator?
+    private var store: SimStore?
+    private var transport: SimTransport?
+    private var incarnation = 0
+    private var planned: [Planned] = []
+    private var clientsRunning = 0
+    /// Outcomes waiting callers were told.
+    private var told: [String: Decision] = [:]
+    /// Gids a participant was told `aborted` for, and acted on.
+    var answeredAborted: Set<String> = []
+    private var violations: [(gid: String?, text: String)] = []
+    private var compensations = 0
+    private var healed = false
+    private var quiescent = false
+    private var loss = 0.0
+    private var duplication = 0.0
+    private var delay: ClosedRange<Int> = 1...10
+    private var partitionedUntil: [String: Duration] = [:]
+    public private(set) var faults = Faults()
+
+    public struct Faults: Sendable, Equatable {
+        public var coordinatorCrashes = 0
+        public var unsyncedRecordsLost = 0
+        public var participantCrashes = 0
+        public var partitions = 0
+        public var messagesLost = 0
+        public var messagesDuplicated = 0
+        public var operatorCalls = 0
+        /// Transactions an operator's override left heuristic (outside the atomicity and liveness checks).
+        public var heuristicOutcomes = 0
+    }
+
+    struct Planned {
+        var gid: String
+        var proto: TransactionProtocol
+        var branches: [BranchSpec]
+        var timeout: Double
+        var wait: Bool
+        var start: Duration
+    }
+
+    public init(seed: UInt64, bugs: Set<SimulatedBug> = [], tracing: Bool = false) {
+        self.seed = seed
+        self.bugs = bugs
+        world = World(seed: seed, tracing: tracing)
+    }
+
+    // MARK: The run
+
+    public struct Result: Sendable {
+        public var seed: UInt64
+        public var transactions: Int
+        public var committed: Int
+        public var violations: [String]
+        public var faults: Faults
+        /// The last lines of the trace (only when traced).
+        public var trace: [String]
+        public var traceDigest: UInt64
+        public var simulatedSeconds: Double
+    }
+
+    public func run() -> Result {
+        configure()
+        restartCoordinator()
+        let registration = participants.map { ParticipantRegistration(name: $0.name, url: "http://\($0.name).sim", protocols: [.twoPhaseCommit, .threePhaseCommit, .tcc, .saga]) }
+        world.spawn { [self] in
+            for entry in registration { _ = try? await coordinator?.register(entry) }
+        }
+        world.run(until: .seconds(1))
+        planWorkload()
+        planFaults()
+        _ = world.schedule(after: Self.healAt - world.time) { [self] in heal() }
+        watchForQuiescence()
+        let finished = world.run(until: Self.healAt + Self.quiescenceBound) { quiescent }
+        if !finished { violation(nil, "liveness: not quiescent \(Self.quiescenceBound) after healing") }
+        let committed = check()
+        let heuristic = Set(planned.compactMap { t in (try? coordinator?.transaction(gid(t.gid)))?.heuristic == true ? t.gid : nil })
+        let kept = violations.filter { $0.gid.map { !heuristic.contains($0) } ?? true }.map { v in v.gid.map { "\($0): \(v.text)" } ?? v.text }
+        return Result(seed: seed, transactions: planned.count, committed: committed, violations: kept, faults: faults,
+                      trace: (world.tracing ? world.trace : []), traceDigest: world.traceDigest, simulatedSeconds: world.time.apiSeconds)
+    }
+
+    private func configure() {
+        var random = world.rng
+        defer { world.rng = random }
+        configuration.defaultTimeout = .seconds(5)
+        configuration.lastAgent = random.chance(0.3)
+        configuration.simulatedBugs = bugs
+        configuration.invariantBroken = { [unowned self] in violation(nil, "invariant: \($0)") }
+        participants = (0..<random.int(2...5)).map { SimParticipant(name: "p\($0)", sim: self) }
+        loss = random.pick([0, 0.01, 0.05, 0.1])
+        duplication = random.pick([0, 0.02, 0.1])
+        delay = random.pick([1...2, 1...10, 1...50])
+        world.note("seed \(seed): \(participants.count) participants, loss \(loss), duplication \(duplication), delay \(delay) ms, last agent \(configuration.lastAgent)")
+    }
+
+    // MARK: The coordinator's life
+
+    private static let silent = Logger(label: "dtx-sim") { _ in SwiftLogNoOpLogHandler() }
+
+    private func restartCoordinator() {
+        guard coordinator == nil else { return }
+        incarnation += 1
+        let store = SimStore(disk: disk, world: world, syncMicroseconds: 100...3000)
+        let transport = SimTransport(sim: self, incarnation: incarnation)
+        do {
+            coordinator = try Coordinator(store: store, transport: transport, configuration: configuration, environment: world, logger: Self.silent)
+            self.store = store
+            self.transport = transport
+            world.note("coordinator \(incarnation) started")
+        } catch {
+            violation(nil, "the coordinator cannot start from its log: \(error)")
+        }
+    }
+
+    private func crashCoordinator() {
+        guard let crashed = coordinator else { return }
+        coordinator = nil
+        store?.alive = false
+        transport?.alive = false
+        let lost = disk.crash(&world.rng)
+        faults.coordinatorCrashes += 1
+        faults.unsyncedRecordsLost += lost
+        world.note("coordinator \(incarnation) crashed, \(lost) unsynced record(s) lost")
+        world.spawn { await crashed.shutdown() }
+    }
+
+    func reachableCoordinator(from participant: String) -> Coordinator? {
+        guard let coordinator, !isPartitioned(participant) else { return nil }
+        if world.rng.chance(loss) { return nil }
+        return coordinator
+    }
+
+    func isPartitioned(_ participant: String) -> Bool {
+        guard let until = partitionedUntil[participant] else { return false }
+        return world.time < until
+    }
+
+    // MARK: Workload
+
+    private func gid(_ text: String) -> GlobalTransactionID { try! GlobalTransactionID(validating: text) }
+
+    private func planWorkload() {
+        let count = world.rng.int(10...40)
+        for n in 0..<count {
+            let proto = world.rng.pick([TransactionProtocol.twoPhaseCommit, .threePhaseCommit, .tcc, .saga])
+            let t = Planned(gid: "s\(seed)-\(n)", proto: proto, branches: branches(for: proto), timeout: Double(world.rng.int(1...5)),
+                            wait: world.rng.chance(0.6), start: .seconds(1) + world.rng.milliseconds(0...12_000))
+            planned.append(t)
+            clientsRunning += 1
+            world.spawn { [self] in
+                await world.sleep(t.start - world.time)
+                await submit(t)
+                clientsRunning -= 1
+            }
+        }
+    }
+
+    private func branches(for proto: TransactionProtocol) -> [BranchSpec] {
+        let count = world.rng.int(1...4)
+        var specs: [BranchSpec] = (0..<count).map { _ in
+            let refuse = world.rng.chance(0.04)
+            return BranchSpec(participant: world.rng.pick(participants).name, operation: "op", payload: refuse ? .object(["refuse": .bool(true)]) : nil)
+        }
+        guard proto == .saga else { return specs }
+        for id in specs.indices {
+            if world.rng.chance(0.15) {
+                var payload: [String: JSONValue] = ["flaky": .number(Double(world.rng.int(1...2)))]
+                if specs[id].payload != nil { payload["refuse"] = .bool(true) }
+                specs[id].payload = .object(payload)
+            }
+            if world.rng.chance(0.3) { specs[id].retry = StepRetry(maxAttempts: world.rng.int(1...4), initialDelay: 0.05, maxDelay: 1) }
+            if world.rng.chance(0.2) { specs[id].timeout = 1 }
+            // Some steps run beside the one before them (both after its predecessor).
+            if id >= 2, world.rng.chance(0.3) { specs[id].dependsOn = [id - 2] }
+        }
+        // A pivot last, which must not be refused: nothing after it can undo the steps before.
+        if count >= 2, world.rng.chance(0.25), specs[count - 1].payload?["refuse"] == nil {
+            specs[count - 1].compensatable = false
+        }
+        return Saga.validate(specs) == nil ? specs : specs.map { BranchSpec(participant: $0.participant, operation: $0.operation, payload: $0.payload) }
+    }
+
+    private func submit(_ t: Planned) async {
+        let submission = TransactionSubmission(gid: t.gid, protocol: t.proto, branches: t.branches, timeout: t.timeout, wait: t.wait)
+        for _ in 0..<6 {
+            if let coordinator {
+                do {
+                    let (view, _) = try await coordinator.submit(submission)
+                    world.note("client \(t.gid): \(view.status)")
+                    if t.wait, let decision = view.decision { told[t.gid] = decision }
+                    return
+                } catch {
+                    world.note("client \(t.gid): \(error.code)")
+                    guard error.kind == .unavailable else {
+                        violation(t.gid, "the submission was refused: \(error.code): \(error.message)")
+                        return
+                    }
+                }
+            }
+            await world.sleep(.seconds(1))
+        }
+    }
+
+    // MARK: Faults
+
+    private func planFaults() {
+        let window = 1_000...Int(Self.healAt.components.seconds) * 1000 - 1000
+        for _ in 0..<world.rng.int(0...2) {
+            _ = world.schedule(after: world.rng.milliseconds(window) - world.time) { [self] in
+                crashCoordinator()
+                _ = world.schedule(after: world.rng.milliseconds(50...3000)) { [self] in restartCoordinator() }
+            }
+        }
+        for _ in 0..<world.rng.int(0...2) {
+            let participant = world.rng.pick(participants)
+            _ = world.schedule(after: world.rng.milliseconds(window) - world.time) { [self] in
+                guard participant.up else { return }
+                participant.up = false
+                faults.participantCrashes += 1
+                world.note("\(participant.name) crashed")
+                _ = world.schedule(after: world.rng.milliseconds(500...5000)) { [self] in
+                    world.note("\(participant.name) restarted")
+                    participant.restart()
+                }
+            }
+        }
+        for _ in 0..<world.rng.int(0...2) {
+            let participant = world.rng.pick(participants)
+            _ = world.schedule(after: world.rng.milliseconds(window) - world.time) { [self] in
+                faults.partitions += 1
+                let until = world.time + world.rng.milliseconds(500...5000)
+                partitionedUntil[participant.name] = until
+                world.note("\(participant.name) cut off until \(until)")
+            }
+        }
+        for _ in 0..<world.rng.int(0...3) {
+            _ = world.schedule(after: world.rng.milliseconds(window) - world.time) { [self] in operatorCall() }
+        }
+        var at = Duration.seconds(3)
+        while at < Self.healAt + Self.quiescenceBound {
+            _ = world.schedule(after: at - world.time) { [self] in
+                guard let coordinator else { return }
+                world.spawn { _ = try? await coordinator.checkpoint() }
+            }
+            at += world.rng.milliseconds(2000...8000)
+        }
+    }
+
+    private func operatorCall() {
+        guard let coordinator, let t = planned.isEmpty ? nil : world.rng.pick(planned) else { return }
+        faults.operatorCalls += 1
+        let gid = gid(t.gid)
+        switch world.rng.int(0...3) {
+        case 0:
+            world.note("operator: recover now")
+            _ = coordinator.recoverNow()
+        case 1:
+            world.note("operator: abort \(gid)")
+            world.spawn { _ = try? await coordinator.abort(gid: gid, reason: nil, wait: false) }
+        case 2:
+            world.note("operator: force abort \(gid)")
+            world.spawn { _ = try? await coordinator.abort(gid: gid, reason: "simulated operator", wait: false) }
+        default:
+            world.note("operator: force commit \(gid)")
+            world.spawn { _ = try? await coordinator.commit(gid: gid, reason: "simulated operator", wait: false) }
+        }
+    }
+
+    private func heal() {
+        healed = true
+        loss = 0
+        duplication = 0
+        partitionedUntil = [:]
+        world.note("healed")
+        for participant in participants where !participant.up { participant.restart() }
+        restartCoordinator()
+    }
+
+    private func watchForQuiescence() {
+        _ = world.schedule(after: .seconds(1)) { [self] in
+            if healed, isQuiescent() { quiescent = true } else { watchForQuiescence() }
+        }
+    }
+
+    private func isQuiescent() -> Bool {
+        guard clientsRunning == 0, let coordinator else { return false }
+        for t in planned {
+            let view = try? coordinator.transaction(gid(t.gid))
+            // An operator's override may leave a transaction stuck for an operator, by design.
+            if view?.heuristic == true { continue }
+            if let view, view.status != "committed", view.status != "aborted" { return false }
+            for (id, spec) in t.branches.enumerated() where participant(spec.participant).state(t.gid, id)?.inDoubt == true { return false }
+        }
+        return true
+    }
+
+    func participant(_ name: String) -> SimParticipant { participants.first { $0.name == name }! }
+
+    // MARK: Network
+
+    /// Delivers one message: lost, duplicated, delayed and reordered as the seed says, and
+    /// never to a participant that is down or cut off. The answer comes back once; with
+    /// none, the send fails after the request timeout.
+    func deliver(_ message: ParticipantMessage, _ proto: TransactionProtocol, _ request: ParticipantRequest, to name: String,
+                 from sender: SimTransport, reply: @escaping @Sendable (ParticipantResponse) -> Void) {
+        let answer = OneAnswer(reply)
+        let timeout = world.schedule(after: Self.requestTimeout) { answer.give(.failed("simulated request timeout")) }
+        answer.onGiven = { timeout.cancel() }
+        let target = participant(name)
+        let what = "\(message.rawValue) \(request.gid)/\(request.branch)"
+        guard target.up, !isPartitioned(name) else {
+            world.note("→ \(name) \(what): unreachable")
+            _ = world.schedule(after: .milliseconds(1)) { answer.give(.failed("simulated connection refused")) }
+            return
+        }
+        if world.rng.chance(loss) {
+            faults.messagesLost += 1
+            world.note("→ \(name) \(what): lost")
+            return
+        }
+        let copies = world.rng.chance(duplication) ? 2 : 1
+        if copies == 2 { faults.messagesDuplicated += 1 }
+        for copy in 0..<copies {
+            _ = world.schedule(after: world.rng.milliseconds(delay)) { [self] in
+                guard target.up, !isPartitioned(name) else { return }
+                let response = target.handle(message, proto, request)
+                guard copy == 0, sender.alive else { return }
+                if world.rng.chance(loss) {
+                    faults.messagesLost += 1
+                    world.note("← \(name) \(what): answer lost")
+                    return
+                }
+                _ = world.schedule(after: world.rng.milliseconds(delay)) { [self] in
+                    world.note("← \(name) \(what): \(response)")
+                    answer.give(response)
+                }
+            }
+        }
+    }
+
+    func nextCompensation() -> Int {
+        compensations += 1
+        return compensations
+    }
+
+    func violation(_ gid: String?, _ text: String) {
+        world.note("VIOLATION \(gid ?? "-"): \(text)")
+        violations.append((gid, text))
+    }
+
+    // MARK: Checks
+
+    /// After quiescence, for every planned transaction: liveness (final, no branch in
+    /// doubt), durability (a waiting caller's outcome is the final one), presumed abort
+    /// (a gid a participant was told `aborted` never commits) and atomicity per protocol.
+    /// Returns how many committed.
+    private func check() -> Int {
+        guard let coordinator else {
+            violation(nil, "the coordinator is down at the end")
+            return 0
+        }
+        var committed = 0
+        for t in planned {
+            let view = try? coordinator.transaction(gid(t.gid))
+            if view?.heuristic == true {
+                faults.heuristicOutcomes += 1
+                continue
+            }
+            let final: Decision
+            switch view?.status {
+            case nil:
+                // Never durable. One branch may have committed in one phase (it decides
+                // alone, and nothing else is logged first); otherwise nothing may have.
+                final = .abort
+                if t.proto == .twoPhaseCommit, t.branches.count == 1 {
+                    if told[t.gid] == .commit { violation(t.gid, "durability: the caller was told commit, the coordinator forgot the transaction") }
+                    continue
+                }
+            case "committed"?: final = .commit
+            case "aborted"?: final = .abort
+            case let other?:
+                violation(t.gid, "liveness: still \(other) after healing")
+                continue
+            }
+            if final == .commit { committed += 1 }
+            let states = t.branches.enumerated().map { participant($0.element.participant).state(t.gid, $0.offset) }
+            let shown = states.map { $0?.rawValue ?? "none" }.joined(separator: ",")
+            if states.contains(where: { $0?.inDoubt == true }) { violation(t.gid, "liveness: a branch is still in doubt [\(shown)]") }
+            if let said = told[t.gid], said != final { violation(t.gid, "durability: the caller was told \(said.rawValue), the outcome is \(final.rawValue)") }
+            if final == .commit, answeredAborted.contains(t.gid) { violation(t.gid, "presumed abort: a participant was told aborted, then it committed") }
+            let atomic: Bool
+            switch (t.proto, final) {
+            case (.twoPhaseCommit, .commit), (.threePhaseCommit, .commit): atomic = states.allSatisfy { $0 == .committed }
+            case (.twoPhaseCommit, .abort), (.threePhaseCommit, .abort): atomic = !states.contains(.committed)
+            case (.tcc, .commit): atomic = states.allSatisfy { $0 == .confirmed }
+            case (.tcc, .abort): atomic = !states.contains(.confirmed)
+            case (.saga, .commit): atomic = states.allSatisfy { $0 == .done }
+            case (.saga, .abort):
+                atomic = !states.contains(.done)
+                checkCompensationOrder(t)
+            }
+            if !atomic { violation(t.gid, "atomicity: \(t.proto.rawValue) \(final.rawValue) with branches [\(shown)]") }
+        }
+        return committed
+    }
+
+    /// A saga's compensations ran in reverse dependency order: a step's after every step that depends on it.
+    private func checkCompensationOrder(_ t: Planned) {
+        func order(_ id: BranchID) -> Int? { participant(t.branches[id].participant).compensationOrder[.init(gid: t.gid, branch: id)] }
+        for (id, spec) in t.branches.enumerated() {
+            for dependency in spec.dependsOn ?? (id > 0 ? [id - 1] : []) {
+                if let later = order(id), let earlier = order(dependency), earlier < later {
+                    violation(t.gid, "saga: step \(dependency) was compensated before step \(id), which depends on it")
+                }
+            }
+        }
+    }
+}
+
+/// An answer given once: the first of the reply and the timeout wins.
+final class OneAnswer: @unchecked Sendable {
+    private var reply: (@Sendable (ParticipantResponse) -> Void)?
+    var onGiven: (() -> Void)?
+
+    init(_ reply: @escaping @Sendable (ParticipantResponse) -> Void) {
+        self.reply = reply
+    }
+
+    func give(_ response: ParticipantResponse) {
+        guard let reply else { return }
+        self.reply = nil
+        onGiven?()
+        onGiven = nil
+        reply(response)
+    }
+}
+
+/// The coordinator's transport in a run: messages go through `Simulation.deliver`.
+final class SimTransport: Transport, @unchecked Sendable {
+    private unowned let sim: Simulation
+    let incarnation: Int
+    var alive = true
+
+    init(sim: Simulation, incarnation: Int) {
+        self.sim = sim
+        self.incarnation = incarnation
+    }
+
+    func send(_ message: ParticipantMessage, protocol proto: TransactionProtocol, request: ParticipantRequest, to endpoint: ParticipantEndpoint) async -> ParticipantResponse {
+        await withCheckedContinuation { answer in
+            sim.deliver(message, proto, request, to: endpoint.name, from: self) { answer.resume(returning: $0) }
+        }
+    }
+
+    func shutdown() async {}
+}

@@ -1,0 +1,32 @@
+import DTXCoordinator
+import DTXSimulation
+import Testing
+
+/// The CI budget of the simulator (about a minute of seeds in a debug build): the
+/// engine survives a fixed range of fault schedules, a seed replays exactly, and each
+/// classic mistake switched back on is caught within the budget.
+@Suite struct SimulationTests {
+    @Test func aFixedRangeOfSeedsBreaksNoInvariant() {
+        let report = SeedRunner(first: 1, count: 2000, jobs: 2).run()
+        #expect(report.firstFailure == nil, "\(report.summary)\n\(report.firstFailure?.violations.joined(separator: "\n") ?? "")")
+        #expect(report.seeds == 2000)
+        // The faults happened: the run is not vacuous.
+        #expect(report.faults.coordinatorCrashes > 500 && report.faults.unsyncedRecordsLost > 100)
+        #expect(report.faults.participantCrashes > 500 && report.faults.partitions > 500 && report.faults.messagesLost > 1000)
+        #expect(report.committed > 0 && report.committed < report.transactions)
+    }
+
+    @Test func aSeedReplaysTheSameTraceByteForByte() {
+        let first = Simulation(seed: 77, tracing: true).run()
+        let again = Simulation(seed: 77, tracing: true).run()
+        #expect(first.trace == again.trace && first.traceDigest == again.traceDigest)
+        #expect(first.trace.count > 100)
+        #expect(Simulation(seed: 78, tracing: true).run().traceDigest != first.traceDigest)
+    }
+
+    @Test(arguments: SimulatedBug.allCases)
+    func eachClassicMistakeIsCaughtWithinTheBudget(_ bug: SimulatedBug) {
+        let report = SeedRunner(first: 1, count: 4000, jobs: 2, bugs: [bug]).run()
+        #expect(report.firstFailure != nil, "\(bug.rawValue) went unnoticed through \(report.seeds) seeds")
+    }
+}
