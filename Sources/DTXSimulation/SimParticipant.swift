@@ -91,9 +91,9 @@ final class SimParticipant: @unchecked Sendable {
             switch current {
             case .prepared?, .preCommitted?: set(.committed); return done("committed")
             case .committed?: return done("committed")
-            // Only after an operator forced a commit: the transaction is heuristic.
-            case nil, .refused?, .rolledBack? where proto == .threePhaseCommit: return rolledBack
-            case nil: return .refused(code: "unknown_branch", message: "no record of this branch")
+            // Only after an operator forced a commit: the transaction is heuristic. A 3PC
+            // branch with no record is in q, aborted; 2PC refuses an unknown branch.
+            case nil: return proto == .threePhaseCommit ? rolledBack : .refused(code: "unknown_branch", message: "no record of this branch")
             case .refused?, .rolledBack?: return rolledBack
             default: return wrong("for a branch of another protocol")
             }
