@@ -129,27 +129,31 @@ public final class Coordinator: Sendable {
         var resumed = 0
         for gid in replay.order {
             guard let replayed = replay.transactions[gid] else { continue }
-            if replayed.ended {
-                insertFinished(FinishedTransaction(replayed, sequence: nextSequence(), createdAt: replayed.createdAt ?? environment.now(),
-                                                   timeout: replayed.timeout ?? configuration.defaultTimeout))
-                continue
-            }
             switch replayed.protocol {
-            case .twoPhaseCommit: resume(TwoPhaseCommit.self, replayed)
-            case .tcc: resume(TryConfirmCancel.self, replayed)
-            case .saga: resume(Saga.self, replayed)
-            case .threePhaseCommit: resume(ThreePhaseCommit.self, replayed)
+            case .twoPhaseCommit: rebuild(TwoPhaseCommit.self, replayed)
+            case .tcc: rebuild(TryConfirmCancel.self, replayed)
+            case .saga: rebuild(Saga.self, replayed)
+            case .threePhaseCommit: rebuild(ThreePhaseCommit.self, replayed)
             }
-            resumed += 1
+            if !replayed.ended { resumed += 1 }
         }
         if resumed > 0 { logger.notice("recovering unfinished transactions", metadata: ["count": "\(resumed)"]) }
     }
 
-    /// Rebuilds an unfinished transaction of `Machine`'s protocol and resumes it.
-    private func resume<Machine: TransactionStateMachine>(_: Machine.Type, _ replayed: TransactionLogReplay.Replayed) {
+    /// Rebuilds a transaction of `Machine`'s protocol from its records: an ended one
+    /// joins the history, an unfinished one resumes.
+    private func rebuild<Machine: TransactionStateMachine>(_: Machine.Type, _ replayed: TransactionLogReplay.Replayed) {
+        let createdAt = replayed.createdAt ?? environment.now()
+        let timeout = replayed.timeout ?? configuration.defaultTimeout
+        let spec = SubmittedSpec(proto: replayed.protocol, branches: replayed.branches, interactive: replayed.interactive)
+        if replayed.ended {
+            // Every ending logs its decision before its `end`, and the log keeps their order.
+            insertFinished(TransactionDriver(ended: Machine.ended(replayed), decision: replayed.decision ?? .abort, error: replayed.reason, proto: replayed.protocol,
+                                             sequence: nextSequence(), createdAt: createdAt, spec: spec, timeout: timeout, context: context))
+            return
+        }
         let (machine, event) = Machine.recovering(replayed)
-        let driver = makeDriver(machine, proto: replayed.protocol, createdAt: replayed.createdAt ?? environment.now(), timeout: replayed.timeout ?? configuration.defaultTimeout,
-                                spec: SubmittedSpec(proto: replayed.protocol, branches: replayed.branches, interactive: replayed.interactive))
+        let driver = makeDriver(machine, proto: replayed.protocol, createdAt: createdAt, timeout: timeout, spec: spec)
         table.withLock { $0.live[replayed.gid] = driver }
         if replayed.decision != nil, configuration.simulatedBugs.contains(.noPhaseTwoAfterRestart) { return }
         driver.resume(with: event, outcomeDurable: replayed.decision != nil || replayed.lastAgent != nil)

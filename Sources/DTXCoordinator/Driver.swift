@@ -95,7 +95,6 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
     private struct State: Sendable {
         var machine: Machine
-        var results: [BranchID: JSONValue] = [:]
         var timeline: [TimelineEntry] = []
         /// Set by the `decided` action: for a commit, only once it is durable (in the log,
         /// or with a last agent, in the agent's database).
@@ -150,6 +149,20 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         self.onFinish = onFinish
         started = context.environment.now()
         state = Mutex(State(machine: machine, updatedAt: createdAt))
+    }
+
+    /// A transaction the log shows as ended (`Machine.ended`), for queries, outcome
+    /// answers and idempotent resubmission. Its details are what the log holds.
+    convenience init(ended machine: Machine, decision: Decision, error: String?, proto: TransactionProtocol, sequence: UInt64, createdAt: Date,
+                     spec: SubmittedSpec, timeout: Duration, context: EngineContext) {
+        self.init(machine: machine, proto: proto, sequence: sequence, createdAt: createdAt, spec: spec, timeout: timeout, context: context) { _ in }
+        state.withLock { s in
+            s.finished = true
+            s.decision = decision
+            s.outcomeForced = true
+            s.error = error
+            s.timeline = [TimelineEntry(at: createdAt, event: "read from the log at start")]
+        }
     }
 
     var isFinished: Bool { state.withLock { $0.finished } }
@@ -395,19 +408,13 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         s.timeline.append(entry)
     }
 
-    /// Keeps what a participant answered and writes the timeline.
+    /// Writes the timeline (what participants answered is the machine's to keep).
     private func record(_ event: CommonEvent, in s: inout State) {
         let now = context.environment.now()
         switch event {
-        case let .replied(id, message, .done(status, result)):
-            if let result, message.carriesResult { s.results[id] = result }
+        case let .replied(id, message, .done(status, _)):
             record(TimelineEntry(at: now, event: "\(message.rawValue): \(status)", branch: id), in: &s)
         case let .replied(id, message, .refused(code, text)):
-            // A refused Cancel or compensation is retried: it is not the branch's answer.
-            if message.carriesResult {
-                s.results[id] = .object(["error": .object(["code": .string(code), "message": .string(text)])])
-                if s.error == nil { s.error = text }
-            }
             record(TimelineEntry(at: now, event: "\(message.rawValue): refused", branch: id, detail: "\(code): \(text)"), in: &s)
         case let .replied(id, message, .failed(error)):
             record(TimelineEntry(at: now, event: "\(message.rawValue): failed", branch: id, detail: error), in: &s)
@@ -436,21 +443,15 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
     func view() -> TransactionView {
         state.withLock { s in
-            var results = s.results
-            var error = s.error
-            // A failure no participant reported (a saga step out of attempts) is the step's
-            // error all the same.
-            if let failure = s.machine.decidingFailure, results[failure.step] == nil {
-                results[failure.step] = .object(["error": .object(["code": .string(failure.code), "message": .string(failure.message)])])
-                error = error ?? failure.message
-            }
+            // An abort's or an operator's reason, else the first refused work.
+            let error = s.error ?? s.machine.branches.lazy.compactMap { $0.result?.refusalMessage }.first
             return TransactionView(
                 gid: gid.rawValue, protocol: proto, status: s.machine.displayStatus.rawValue, decision: s.decision,
                 interactive: spec.interactive, heuristic: s.machine.heuristic, stuck: isStuck(s),
                 createdAt: createdAt, updatedAt: s.updatedAt, timeout: timeout.apiSeconds, error: error,
                 branches: s.machine.branches.map {
                     BranchView(id: $0.id, participant: $0.spec.participant, operation: $0.spec.operation, state: $0.state.rawValue,
-                               attempts: $0.attempts, lastError: $0.lastError, result: results[$0.id])
+                               attempts: $0.attempts, lastError: $0.lastError, result: $0.result)
                 },
                 timeline: s.timeline,
                 compensations: s.machine.completedCompensations
@@ -610,15 +611,6 @@ extension ParticipantMessage {
         switch self {
         case .commit, .confirm, .doCommit: return true
         case .prepare, .commitOnePhase, .rollback, .try, .cancel, .action, .compensate, .canCommit, .preCommit: return false
-        }
-    }
-
-    /// Whether the answer to this message is the branch's result (or business error)
-    /// shown to the caller: the work's answer, not phase two's or a compensation's.
-    fileprivate var carriesResult: Bool {
-        switch self {
-        case .prepare, .commitOnePhase, .try, .confirm, .action, .canCommit: return true
-        case .commit, .rollback, .cancel, .compensate, .preCommit, .doCommit: return false
         }
     }
 }

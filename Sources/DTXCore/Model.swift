@@ -95,6 +95,16 @@ public enum BranchState: String, Sendable, Codable, Equatable {
     case preCommitted = "pre_committed"
 }
 
+extension JSONValue {
+    /// A branch's result when its work was refused (or, a saga step, ran out of attempts).
+    public static func refusal(code: String, message: String) -> JSONValue {
+        .object(["error": .object(["code": .string(code), "message": .string(message)])])
+    }
+
+    /// The message of a `refusal`, or nil.
+    public var refusalMessage: String? { self["error"]?["message"]?.stringValue }
+}
+
 public struct Branch: Sendable, Equatable {
     public var id: BranchID
     public var spec: BranchSpec
@@ -102,9 +112,9 @@ public struct Branch: Sendable, Equatable {
     /// Deliveries tried for the current step (reset when the step changes).
     public var attempts: Int
     public var lastError: String?
-    /// TCC and Saga: what the participant answered to the branch's forward work (a Try,
-    /// a Confirm that returned one, a step's action), or `{"error": {"code", "message"}}`
-    /// when it refused it — the same shape the engine keeps for 2PC.
+    /// What the participant answered to the branch's work (a PREPARE, a one-phase
+    /// commit, a CanCommit, a Try, a Confirm that returned one, a step's action), or
+    /// `JSONValue.refusal` when it refused it. Set by the machines; the view shows it.
     public var result: JSONValue?
 
     public init(id: BranchID, spec: BranchSpec, state: BranchState = .pending) {
@@ -257,15 +267,15 @@ public protocol TransactionStateMachine: Sendable {
     func rejection(of event: CommonEvent) -> String?
     /// The machine a restart rebuilds from the log, and the event that resumes it.
     static func recovering(_ replayed: TransactionLogReplay.Replayed) -> (Self, Event)
+    /// The machine of a transaction the log shows as ended: final, each branch where
+    /// the logged outcome left it.
+    static func ended(_ replayed: TransactionLogReplay.Replayed) -> Self
     /// The backoff for branch `id`'s retries, given the engine's policy.
     func retryPolicy(for id: BranchID, base: RetryPolicy) -> RetryPolicy
     /// The delay of branch `id`'s per-attempt timer (saga steps with a `timeout`); nil elsewhere.
     func stepTimeout(_ id: BranchID) -> Duration?
     /// The compensations that ran, in the order they completed (sagas); nil elsewhere.
     var completedCompensations: [BranchID]? { get }
-    /// The failure that decided the outcome when the machine, not a participant, named
-    /// it (a saga step out of attempts); nil elsewhere.
-    var decidingFailure: Saga.Failure? { get }
     /// What a 3PC participant running termination is told (3PC); nil elsewhere.
     var terminationAnswer: ThreePhaseState? { get }
 }
@@ -274,7 +284,6 @@ extension TransactionStateMachine {
     public func retryPolicy(for id: BranchID, base: RetryPolicy) -> RetryPolicy { base }
     public func stepTimeout(_ id: BranchID) -> Duration? { nil }
     public var completedCompensations: [BranchID]? { nil }
-    public var decidingFailure: Saga.Failure? { nil }
     public var terminationAnswer: ThreePhaseState? { nil }
 }
 

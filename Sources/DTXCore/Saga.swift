@@ -258,7 +258,7 @@ public struct Saga: TransactionStateMachine {
             guard state(of: id) == .running else { return [] }
             var actions = answered(id)
             branches[id].lastError = message
-            branches[id].result = .object(["error": .object(["code": .string(code), "message": .string(message)])])
+            branches[id].result = .refusal(code: code, message: message)
             if decision == .commit {
                 // Past the pivot nothing can be compensated, so a refusal cannot end the
                 // saga: the step is retried with backoff until the participant does it,
@@ -379,7 +379,7 @@ public struct Saga: TransactionStateMachine {
         if limited, branches[id].attempts >= limit {
             branches[id].state = .failed
             let message = "step \(id) failed after \(branches[id].attempts) attempt\(branches[id].attempts == 1 ? "" : "s"): \(error)"
-            branches[id].result = .object(["error": .object(["code": .string("retries_exhausted"), "message": .string(message)])])
+            branches[id].result = .refusal(code: "retries_exhausted", message: message)
             failure = Failure(step: id, code: "retries_exhausted", message: message)
             return compensate(reason: nil)
         }
@@ -514,8 +514,22 @@ extension Saga {
         }
     }
 
-    public var completedCompensations: [BranchID]? { compensations }
-    public var decidingFailure: Failure? { failure }
+    public var completedCompensations: [BranchID]? { compensations.isEmpty ? nil : compensations }
+
+    /// A completed saga ran every step; a compensated one compensated those that may have
+    /// run (in an order the log does not keep).
+    public static func ended(_ replayed: TransactionLogReplay.Replayed) -> Saga {
+        var machine = recovering(replayed).0
+        let commit = replayed.decision == .commit
+        let compensated = Set(replayed.targets)
+        for id in machine.branches.indices {
+            machine.branches[id].state = commit ? .done : compensated.contains(id) ? .compensated : .pending
+        }
+        machine.status = commit ? .committed : .aborted
+        machine.decision = commit ? .commit : .abort
+        machine.heuristic = replayed.heuristic
+        return machine
+    }
 
     public static func recovering(_ replayed: TransactionLogReplay.Replayed) -> (Saga, Event) {
         (Saga(gid: replayed.gid, steps: replayed.branches), .recovered(Recovered(replayed)))

@@ -129,7 +129,7 @@ public struct TryConfirmCancel: TransactionStateMachine {
             guard state(of: id) == .trying else { return [] }
             branches[id].state = .failed
             branches[id].lastError = message
-            branches[id].result = .object(["error": .object(["code": .string(code), "message": .string(message)])])
+            branches[id].result = .refusal(code: code, message: message)
             return cancelAll(reason: nil)
         case let (.trying, .deliveryFailed(id, .try, error)):
             guard state(of: id) == .trying else { return [] }
@@ -249,6 +249,15 @@ extension TryConfirmCancel {
         default:
             return nil
         }
+    }
+
+    public static func ended(_ replayed: TransactionLogReplay.Replayed) -> TryConfirmCancel {
+        var machine = recovering(replayed).0
+        let commit = replayed.decision == .commit
+        for id in machine.branches.indices { machine.branches[id].state = commit ? .confirmed : .cancelled }
+        machine.status = commit ? .committed : .aborted
+        machine.heuristic = replayed.heuristic
+        return machine
     }
 
     public static func recovering(_ replayed: TransactionLogReplay.Replayed) -> (TryConfirmCancel, Event) {

@@ -38,7 +38,8 @@ public struct ThreePhaseCommit: TransactionStateMachine {
         /// An operator forces the outcome (see `forceRejection`).
         case forced(Decision, reason: String)
         /// A CanCommit answer.
-        case voted(BranchID, Vote)
+        /// A CanCommit answer, with what the participant answered (the branch's result).
+        case voted(BranchID, Vote, result: JSONValue? = nil)
         /// The state a participant reported in answer to PreCommit, DoCommit or ROLLBACK.
         case reported(BranchID, ThreePhaseState)
         /// `message` could not be delivered or got no usable answer.
@@ -140,8 +141,8 @@ public struct ThreePhaseCommit: TransactionStateMachine {
             case .preCommitting: return decide(decision, reason: reason)
             default: return override(decision, reason: reason)
             }
-        case (.preparing, .voted(let id, let vote)):
-            return voted(id, vote)
+        case (.preparing, .voted(let id, let vote, let result)):
+            return voted(id, vote, result: result)
         case (.preparing, .deliveryFailed(let id, .canCommit, let error)):
             guard state(of: id) == .preparing else { return [] }
             branches[id].lastError = error
@@ -185,8 +186,9 @@ public struct ThreePhaseCommit: TransactionStateMachine {
         return [begin] + sendToEveryBranch(.canCommit, as: .preparing) + [.schedule(.phaseOne, attempt: 1)]
     }
 
-    private mutating func voted(_ id: BranchID, _ vote: Vote) -> [TransactionAction] {
+    private mutating func voted(_ id: BranchID, _ vote: Vote, result: JSONValue?) -> [TransactionAction] {
         guard state(of: id) == .preparing else { return [] }  // duplicate or unknown branch
+        branches[id].result = result
         switch vote {
         case .yes, .readOnly:
             // 3PC has no read-only optimisation: every branch takes part in every round.
@@ -342,8 +344,8 @@ extension ThreePhaseCommit {
         case .timedOut(let timer): return .timedOut(timer)
         case let .replied(id, message, response):
             switch (message, response) {
-            case (.canCommit, .done): return .voted(id, .yes)
-            case let (.canCommit, .refused(_, text)): return .voted(id, .no(text))
+            case let (.canCommit, .done(_, result)): return .voted(id, .yes, result: result)
+            case let (.canCommit, .refused(code, text)): return .voted(id, .no(text), result: .refusal(code: code, message: text))
             case let (.preCommit, .done(status, _)), let (.doCommit, .done(status, _)), let (.rollback, .done(status, _)):
                 // Every answer is the state the participant is in after the message.
                 guard let state = ThreePhaseState(rawValue: status) else {
@@ -377,6 +379,16 @@ extension ThreePhaseCommit {
         default:
             return nil
         }
+    }
+
+    /// 3PC has no read-only branches: those outside a commit's targets had committed by termination.
+    public static func ended(_ replayed: TransactionLogReplay.Replayed) -> ThreePhaseCommit {
+        var machine = recovering(replayed).0
+        let commit = replayed.decision == .commit
+        for id in machine.branches.indices { machine.branches[id].state = commit ? .committed : .rolledBack }
+        machine.status = commit ? .committed : .aborted
+        machine.heuristic = replayed.heuristic
+        return machine
     }
 
     public static func recovering(_ replayed: TransactionLogReplay.Replayed) -> (ThreePhaseCommit, Event) {

@@ -45,9 +45,11 @@ public struct TwoPhaseCommit: TransactionStateMachine {
         case abortRequested(reason: String)
         /// An operator forces the outcome (see `forceRejection`).
         case forced(Decision, reason: String)
-        case voted(BranchID, Vote)
-        /// The participant confirmed COMMIT or ROLLBACK (or, in one phase, its commit).
-        case acknowledged(BranchID)
+        /// A vote, with what the participant answered (the branch's result).
+        case voted(BranchID, Vote, result: JSONValue? = nil)
+        /// The participant confirmed COMMIT or ROLLBACK (or, in one phase, its commit,
+        /// with its result).
+        case acknowledged(BranchID, result: JSONValue? = nil)
         /// A message could not be delivered or got no usable answer.
         case deliveryFailed(BranchID, String)
         /// Phase two found the branch already ended the other way (a COMMIT answered
@@ -155,15 +157,15 @@ public struct TwoPhaseCommit: TransactionStateMachine {
             guard forceRejection(decision) == nil else { return [] }
             if status == .active || status == .preparing { return abort(reason: reason) }
             return override(decision, reason: reason)
-        case (.preparing, .voted(let id, let vote)):
-            return voted(id, vote)
+        case (.preparing, .voted(let id, let vote, let result)):
+            return voted(id, vote, result: result)
         case (.preparing, .deliveryFailed(let id, let error)):
             guard isPending(id) else { return [] }
             branches[id].lastError = error
             return abort(reason: nil)
         case (.preparing, .timedOut(.phaseOne)):
             return abort(reason: "phase one timed out")
-        case (.committing, .acknowledged(let id)), (.aborting, .acknowledged(let id)):
+        case (.committing, .acknowledged(let id, _)), (.aborting, .acknowledged(let id, _)):
             return acknowledged(id)
         case let (.committing, .endedOtherwise(id, actual, detail)), let (.aborting, .endedOtherwise(id, actual, detail)):
             let expected: BranchState = status == .committing ? .committing : .rollingBack
@@ -219,10 +221,13 @@ public struct TwoPhaseCommit: TransactionStateMachine {
     private mutating func handleDelegated(_ event: Event) -> [TransactionAction] {
         guard let agent = lastAgent else { return [] }
         switch event {
-        case .acknowledged(agent):
+        case .acknowledged(agent, let result):
             // COMMIT_ONE_PHASE committed, or (while asking) ROLLBACK rolled back.
-            return askingTheAgent ? agentEnded(.rolledBack, reason: nil) : agentEnded(.committed, reason: nil)
-        case .voted(agent, let vote) where !askingTheAgent:
+            if askingTheAgent { return agentEnded(.rolledBack, reason: nil) }
+            branches[agent].result = result
+            return agentEnded(.committed, reason: nil)
+        case .voted(agent, let vote, let result) where !askingTheAgent:
+            branches[agent].result = result
             switch vote {
             case .yes: return agentEnded(.committed, reason: nil)
             case .readOnly: return agentEnded(.readOnly, reason: nil)
@@ -269,9 +274,10 @@ public struct TwoPhaseCommit: TransactionStateMachine {
 
     /// A vote from branch `id`; nil is the interactive commit request (every enlisted
     /// branch has already prepared).
-    private mutating func voted(_ id: BranchID?, _ vote: Vote) -> [TransactionAction] {
+    private mutating func voted(_ id: BranchID?, _ vote: Vote, result: JSONValue? = nil) -> [TransactionAction] {
         guard let id else { return decideAfterVotes() }
         guard isPending(id) else { return [] }  // duplicate or unknown branch
+        branches[id].result = result
         switch vote {
         case .yes:
             branches[id].state = .prepared
@@ -362,10 +368,11 @@ extension TwoPhaseCommit {
         case .timedOut(let timer): return .timedOut(timer)
         case let .replied(id, message, response):
             switch (message, response) {
-            case (.prepare, .done(let status, _)): return .voted(id, status == "read_only" ? .readOnly : .yes)
-            case (.prepare, .refused(_, let message)), (.commitOnePhase, .refused(_, let message)): return .voted(id, .no(message))
-            case (.commitOnePhase, .done("read_only", _)): return .voted(id, .readOnly)
-            case (.commitOnePhase, .done("committed", _)): return .acknowledged(id)
+            case let (.prepare, .done(status, result)): return .voted(id, status == "read_only" ? .readOnly : .yes, result: result)
+            case let (.prepare, .refused(code, message)), let (.commitOnePhase, .refused(code, message)):
+                return .voted(id, .no(message), result: .refusal(code: code, message: message))
+            case let (.commitOnePhase, .done("read_only", result)): return .voted(id, .readOnly, result: result)
+            case let (.commitOnePhase, .done("committed", result)): return .acknowledged(id, result: result)
             case (.commitOnePhase, .done(let status, _)): return .deliveryFailed(id, "commit_one_phase answered '\(status)', neither committed nor read_only")
             case (.commit, .done), (.rollback, .done): return .acknowledged(id)
             case (.try, .done), (.confirm, .done), (.cancel, .done), (.action, .done), (.compensate, .done),
@@ -393,6 +400,20 @@ extension TwoPhaseCommit {
         default:
             return nil
         }
+    }
+
+    public static func ended(_ replayed: TransactionLogReplay.Replayed) -> TwoPhaseCommit {
+        var machine = recovering(replayed).0
+        let decision = replayed.decision ?? .abort  // an ended transaction always logged one
+        // Outside the commit's targets (and the last agent, whose commit decided): read-only voters.
+        let committed = Set(replayed.targets + (replayed.lastAgent.map { [$0] } ?? []))
+        for id in machine.branches.indices {
+            machine.branches[id].state = decision == .abort ? .rolledBack : committed.contains(id) ? .committed : .readOnly
+        }
+        machine.status = decision == .commit ? .committed : .aborted
+        machine.targets = committed
+        machine.heuristic = replayed.heuristic
+        return machine
     }
 
     public static func recovering(_ replayed: TransactionLogReplay.Replayed) -> (TwoPhaseCommit, Event) {

@@ -282,8 +282,8 @@ private func sends(_ actions: [TransactionAction]) -> [TransactionAction] {
 
 @Suite struct ThreePhaseCommitEngineTests {
     @Test(arguments: [
-        (ParticipantMessage.canCommit, ParticipantResponse.done(status: "prepared", result: .number(1)), ThreePhaseCommit.Event.voted(1, .yes)),
-        (.canCommit, .refused(code: "insufficient_funds", message: "balance 3"), .voted(1, .no("balance 3"))),
+        (ParticipantMessage.canCommit, ParticipantResponse.done(status: "prepared", result: .number(1)), ThreePhaseCommit.Event.voted(1, .yes, result: .number(1))),
+        (.canCommit, .refused(code: "insufficient_funds", message: "balance 3"), .voted(1, .no("balance 3"), result: .refusal(code: "insufficient_funds", message: "balance 3"))),
         (.canCommit, .failed("unreachable"), .deliveryFailed(1, .canCommit, "unreachable")),
         (.preCommit, .done(status: "pre_committed", result: nil), .reported(1, .preCommitted)),
         (.preCommit, .done(status: "committed", result: nil), .reported(1, .committed)),

@@ -360,7 +360,10 @@ private func forcedWrites(_ actions: [TransactionAction]) -> Int {
     @Test func participantAnswersTranslateIntoVotesAndAcknowledgements() {
         #expect(TwoPhaseCommit.translate(.replied(0, .prepare, .done(status: "prepared", result: nil))) == .voted(0, .yes))
         #expect(TwoPhaseCommit.translate(.replied(0, .prepare, .done(status: "read_only", result: nil))) == .voted(0, .readOnly))
-        #expect(TwoPhaseCommit.translate(.replied(0, .prepare, .refused(code: "voted_no", message: "no funds"))) == .voted(0, .no("no funds")))
+        #expect(TwoPhaseCommit.translate(.replied(0, .prepare, .refused(code: "voted_no", message: "no funds"))) == .voted(0, .no("no funds"), result: .refusal(code: "voted_no", message: "no funds")))
+        // What the participant answered travels with the vote, for the machine to keep.
+        #expect(TwoPhaseCommit.translate(.replied(0, .prepare, .done(status: "prepared", result: .number(7)))) == .voted(0, .yes, result: .number(7)))
+        #expect(TwoPhaseCommit.translate(.replied(1, .commitOnePhase, .done(status: "committed", result: .number(8)))) == .acknowledged(1, result: .number(8)))
         #expect(TwoPhaseCommit.translate(.replied(1, .commit, .done(status: "committed", result: nil))) == .acknowledged(1))
         #expect(TwoPhaseCommit.translate(.replied(1, .commit, .refused(code: "unknown_branch", message: "?"))) == .deliveryFailed(1, "unknown_branch: ?"))
         #expect(TwoPhaseCommit.translate(.replied(1, .rollback, .failed("down"))) == .deliveryFailed(1, "down"))
