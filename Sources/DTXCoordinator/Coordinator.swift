@@ -148,7 +148,8 @@ public final class Coordinator: Sendable {
         let spec = SubmittedSpec(proto: replayed.protocol, branches: replayed.branches, interactive: replayed.interactive)
         if replayed.ended {
             // Every ending logs its decision before its `end`, and the log keeps their order.
-            insertFinished(TransactionDriver(ended: Machine.ended(replayed), decision: replayed.decision ?? .abort, error: replayed.reason, proto: replayed.protocol,
+            insertFinished(TransactionDriver(ended: Machine.ended(replayed), decision: replayed.decision ?? .abort, error: replayed.reason,
+                                             history: replayed.history, proto: replayed.protocol,
                                              sequence: nextSequence(), createdAt: createdAt, spec: spec, timeout: timeout, context: context))
             return
         }

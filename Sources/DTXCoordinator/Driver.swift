@@ -153,15 +153,21 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
     /// A transaction the log shows as ended (`Machine.ended`), for queries, outcome
     /// answers and idempotent resubmission. Its details are what the log holds.
-    convenience init(ended machine: Machine, decision: Decision, error: String?, proto: TransactionProtocol, sequence: UInt64, createdAt: Date,
-                     spec: SubmittedSpec, timeout: Duration, context: EngineContext) {
+    /// With its `history` record, its view is the view it had when it finished.
+    convenience init(ended machine: Machine, decision: Decision, error: String?, history: TransactionHistory?, proto: TransactionProtocol,
+                     sequence: UInt64, createdAt: Date, spec: SubmittedSpec, timeout: Duration, context: EngineContext) {
         self.init(machine: machine, proto: proto, sequence: sequence, createdAt: createdAt, spec: spec, timeout: timeout, context: context) { _ in }
         state.withLock { s in
             s.finished = true
             s.decision = decision
             s.outcomeForced = true
-            s.error = error
-            s.timeline = [TimelineEntry(at: createdAt, event: "read from the log at start")]
+            s.error = history?.error ?? error
+            if let history {
+                s.updatedAt = Date(timeIntervalSince1970: history.updatedAt)
+                s.timeline = history.timeline.map { TimelineEntry(at: Date(timeIntervalSince1970: $0.at), event: $0.event, branch: $0.branch, detail: $0.detail) }
+            } else {
+                s.timeline = [TimelineEntry(at: createdAt, event: "read from the log at start")]
+            }
         }
     }
 
@@ -361,12 +367,16 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
     private func finish(_ status: TransactionStatus) {
         let now = context.environment.now()
-        let (timers, waiters, decidedAt) = state.withLock { s in
+        let (timers, waiters, decidedAt, history) = state.withLock { s in
             s.finished = true
             s.timeline.append(TimelineEntry(at: now, event: "finished \(status.rawValue)"))
             defer { s.timers = [:] }
-            return (s.timers.values, s.takeWaiters(), s.decidedAt)
+            return (s.timers.values, s.takeWaiters(), s.decidedAt, Self.history(s))
         }
+        // Lazy: lost with a crash before the next sync, the view after a restart shows
+        // only what the protocol's records say.
+        let record = LogEntry.history(gid: gid, history).encoded()
+        try? context.store.append(type: record.type, payload: record.payload)
         timers.forEach { $0.cancel() }
         waiters.forEach { $0.resume() }
         if let decidedAt { context.metrics.phase(proto, status == .committed ? "commit" : "rollback", .seconds(now.timeIntervalSince(decidedAt))) }
@@ -441,10 +451,21 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
     // MARK: Views
 
+    /// An abort's or an operator's reason, else the first refused work.
+    private static func error(_ s: State) -> String? {
+        s.error ?? s.machine.branches.lazy.compactMap { $0.result?.refusalMessage }.first
+    }
+
+    private static func history(_ s: State) -> TransactionHistory {
+        TransactionHistory(
+            branches: s.machine.branches.map { TransactionHistory.BranchDetail(attempts: $0.attempts, lastError: $0.lastError, result: $0.result) },
+            timeline: s.timeline.map { TransactionHistory.Event(at: $0.at, event: $0.event, branch: $0.branch, detail: $0.detail) },
+            error: error(s), updatedAt: s.updatedAt, compensations: s.machine.completedCompensations)
+    }
+
     func view() -> TransactionView {
         state.withLock { s in
-            // An abort's or an operator's reason, else the first refused work.
-            let error = s.error ?? s.machine.branches.lazy.compactMap { $0.result?.refusalMessage }.first
+            let error = Self.error(s)
             return TransactionView(
                 gid: gid.rawValue, protocol: proto, status: s.machine.displayStatus.rawValue, decision: s.decision,
                 interactive: spec.interactive, heuristic: s.machine.heuristic, stuck: isStuck(s),
@@ -475,9 +496,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
     func health() -> (stuck: Bool, inDoubt: Bool) {
         state.withLock { s in
-            // Prepared (2PC, 3PC), pre-committed (3PC) and tried (TCC) branches hold resources until they hear the outcome.
-            let holding: Set<BranchState> = [.prepared, .preCommitted, .tried]
-            let inDoubt = !s.finished && (s.decision != nil || s.machine.branches.contains { holding.contains($0.state) })
+            let inDoubt = !s.finished && (s.decision != nil || s.machine.branches.contains { $0.state.holdsResources })
             return (isStuck(s), inDoubt)
         }
     }
@@ -488,10 +507,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             case nil: return "pending"
             case .abort?: return "aborted"
             case .commit?:
-                guard let branch, proto == .twoPhaseCommit else { return "committed" }
-                guard s.machine.branches.indices.contains(branch) else { return "aborted" }
-                let committed: Set<BranchState> = [.committing, .committed]
-                return committed.contains(s.machine.branches[branch].state) ? "committed" : "aborted"
+                guard let branch else { return "committed" }
+                return s.machine.outcome(of: branch, decided: .commit) == .commit ? "committed" : "aborted"
             }
         }
     }

@@ -13,6 +13,7 @@ extension LogEntry {
         case preCommit = 7
         case delegation = 8
         case submitted = 9
+        case history = 10
 
         public var name: String {
             switch self {
@@ -25,6 +26,7 @@ extension LogEntry {
             case .preCommit: return "pre_commit"
             case .delegation: return "delegation"
             case .submitted: return "submitted"
+            case .history: return "history"
             }
         }
     }
@@ -41,7 +43,7 @@ extension LogEntry {
         switch self {
         case let .begin(gid, _, _), let .decision(gid, _, _), let .end(gid), let .open(gid, _),
              let .enlist(gid, _, _), let .resolution(gid, _, _, _, _), let .preCommit(gid), let .delegation(gid, _, _),
-             let .submitted(gid, _, _):
+             let .submitted(gid, _, _), let .history(gid, _):
             return gid
         }
     }
@@ -52,7 +54,7 @@ extension LogEntry {
     public var fixesTheOutcome: Bool {
         switch self {
         case .decision, .resolution, .delegation: return true
-        case .begin, .end, .open, .enlist, .preCommit, .submitted: return false
+        case .begin, .end, .open, .enlist, .preCommit, .submitted, .history: return false
         }
     }
 
@@ -73,7 +75,7 @@ extension LogEntry {
         case .decision(_, .abort, _), .resolution(_, .abort, _, _, _): return .abortDecision
         case .preCommit: return .preCommitDecision
         case .delegation: return .delegation
-        case .begin, .end, .open, .enlist, .resolution, .submitted: return nil
+        case .begin, .end, .open, .enlist, .resolution, .submitted, .history: return nil
         }
     }
 
@@ -91,6 +93,12 @@ extension LogEntry {
         /// Seconds since 1970.
         var at: Double?
         var timeout: Double?
+        // history
+        var details: [TransactionHistory.BranchDetail]?
+        var timeline: [TransactionHistory.Event]?
+        var error: String?
+        var updatedAt: Double?
+        var compensations: [BranchID]?
     }
 
     /// The record: JSON with the gid first and the other keys sorted, written by hand
@@ -140,6 +148,30 @@ extension LogEntry {
             // Milliseconds are what a view shows.
             json.member(",\"at\":", .number((at.timeIntervalSince1970 * 1000).rounded(.down) / 1000))
             json.member(",\"timeout\":", .number(timeout.apiSeconds))
+        case let .history(_, history):
+            type = .history
+            if let compensations = history.compensations {
+                json.member(",\"compensations\":", .array(compensations.map { .number(Double($0)) }))
+            }
+            json.raw(",\"details\":[")
+            for (index, branch) in history.branches.enumerated() {
+                json.raw(index == 0 ? "{" : ",{")
+                json.member("\"attempts\":", branch.attempts)
+                if let lastError = branch.lastError { json.member(",\"lastError\":", lastError) }
+                if let result = branch.result { json.member(",\"result\":", result) }
+                json.raw("}")
+            }
+            json.raw("]")
+            if let error = history.error { json.member(",\"error\":", error) }
+            json.raw(",\"timeline\":[")
+            for (index, event) in history.timeline.enumerated() {
+                json.member(index == 0 ? "{\"at\":" : ",{\"at\":", .number(event.at))
+                if let branch = event.branch { json.member(",\"branch\":", branch) }
+                if let detail = event.detail { json.member(",\"detail\":", detail) }
+                json.member(",\"event\":", event.event)
+                json.raw("}")
+            }
+            json.member("],\"updatedAt\":", .number(history.updatedAt))
         }
         json.raw("}")
         return (type.rawValue, json.bytes)
@@ -203,6 +235,11 @@ extension LogEntry {
         case .submitted:
             guard let at = body.at, let timeout = body.timeout else { throw missing("time or timeout") }
             self = .submitted(gid: body.gid, at: Date(timeIntervalSince1970: at), timeout: Duration(apiSeconds: timeout))
+        case .history:
+            guard let details = body.details, let timeline = body.timeline, let updatedAt = body.updatedAt else { throw missing("details, timeline or update time") }
+            var history = TransactionHistory(branches: details, timeline: [], error: body.error, updatedAt: Date(timeIntervalSince1970: updatedAt), compensations: body.compensations)
+            history.timeline = timeline
+            self = .history(gid: body.gid, history)
         }
     }
 }
@@ -233,6 +270,20 @@ public struct TransactionLogReplay: Sendable {
         /// From its `submitted` record; nil when that lazy record did not reach the disk.
         public var createdAt: Date?
         public var timeout: Duration?
+        /// From its `history` record, logged lazily when it finished.
+        public var history: TransactionHistory?
+
+        /// `branches` with the attempts, last errors and results the history kept.
+        public func restoring(_ branches: [Branch]) -> [Branch] {
+            guard let details = history?.branches, details.count == branches.count else { return branches }
+            var restored = branches
+            for (id, detail) in details.enumerated() {
+                restored[id].attempts = detail.attempts
+                restored[id].lastError = detail.lastError
+                restored[id].result = detail.result
+            }
+            return restored
+        }
     }
 
     /// Kept for the checkpoint's and the history's sake, in the order they appeared.
@@ -284,6 +335,8 @@ public struct TransactionLogReplay: Sendable {
             transactions[gid] = replayed
         case let .end(gid):
             transactions[gid]?.ended = true
+        case let .history(gid, history):
+            transactions[gid]?.history = history
         case let .submitted(gid, at, timeout):
             if transactions[gid] == nil {
                 submissions[gid] = (at, timeout)

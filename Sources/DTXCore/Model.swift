@@ -93,6 +93,10 @@ public enum BranchState: String, Sendable, Codable, Equatable {
     case preCommitting = "pre_committing"
     /// The participant acknowledged PreCommit: it is in 3PC's state p.
     case preCommitted = "pre_committed"
+
+    /// Prepared (2PC, 3PC), pre-committed (3PC) and tried (TCC) branches hold resources
+    /// until they hear the outcome.
+    public var holdsResources: Bool { self == .prepared || self == .preCommitted || self == .tried }
 }
 
 extension JSONValue {
@@ -207,6 +211,59 @@ public enum LogEntry: Sendable, Equatable {
     /// The engine's, not a machine's: when the transaction was submitted and its
     /// timeout, so that a view read back after a restart shows them. Lazy.
     case submitted(gid: GlobalTransactionID, at: Date, timeout: Duration)
+    /// The engine's: what the view of a finished transaction shows beyond its protocol's
+    /// records. Lazy, logged when it finishes (after its `end`).
+    case history(gid: GlobalTransactionID, TransactionHistory)
+}
+
+/// What a finished transaction's view shows beyond its protocol's records: each branch's
+/// attempts, last error and result, the timeline (bounded as the view's is), the error
+/// shown, when it last changed and a saga's compensation order. Times are kept to the
+/// millisecond (views show seconds).
+public struct TransactionHistory: Sendable, Equatable, Codable {
+    public struct BranchDetail: Sendable, Equatable, Codable {
+        public var attempts: Int
+        public var lastError: String?
+        public var result: JSONValue?
+
+        public init(attempts: Int, lastError: String?, result: JSONValue?) {
+            self.attempts = attempts
+            self.lastError = lastError
+            self.result = result
+        }
+    }
+
+    public struct Event: Sendable, Equatable, Codable {
+        /// Seconds since 1970.
+        public var at: Double
+        public var event: String
+        public var branch: BranchID?
+        public var detail: String?
+
+        public init(at: Date, event: String, branch: BranchID?, detail: String?) {
+            self.at = TransactionHistory.milliseconds(at)
+            self.event = event
+            self.branch = branch
+            self.detail = detail
+        }
+    }
+
+    public var branches: [BranchDetail]
+    public var timeline: [Event]
+    public var error: String?
+    /// Seconds since 1970.
+    public var updatedAt: Double
+    public var compensations: [BranchID]?
+
+    public init(branches: [BranchDetail], timeline: [Event], error: String?, updatedAt: Date, compensations: [BranchID]?) {
+        self.branches = branches
+        self.timeline = timeline
+        self.error = error
+        self.updatedAt = Self.milliseconds(updatedAt)
+        self.compensations = compensations
+    }
+
+    static func milliseconds(_ date: Date) -> Double { (date.timeIntervalSince1970 * 1000).rounded(.down) / 1000 }
 }
 
 /// What the engine must do, in order. A forced log action completes (is durable)
@@ -270,6 +327,9 @@ public protocol TransactionStateMachine: Sendable {
     /// The machine of a transaction the log shows as ended: final, each branch where
     /// the logged outcome left it.
     static func ended(_ replayed: TransactionLogReplay.Replayed) -> Self
+    /// How branch `id` ended, or ends, given the transaction's durable decision: what a
+    /// participant asking about that branch is told.
+    func outcome(of id: BranchID, decided: Decision) -> Decision
     /// The backoff for branch `id`'s retries, given the engine's policy.
     func retryPolicy(for id: BranchID, base: RetryPolicy) -> RetryPolicy
     /// The delay of branch `id`'s per-attempt timer (saga steps with a `timeout`); nil elsewhere.
@@ -281,6 +341,7 @@ public protocol TransactionStateMachine: Sendable {
 }
 
 extension TransactionStateMachine {
+    public func outcome(of id: BranchID, decided: Decision) -> Decision { decided }
     public func retryPolicy(for id: BranchID, base: RetryPolicy) -> RetryPolicy { base }
     public func stepTimeout(_ id: BranchID) -> Duration? { nil }
     public var completedCompensations: [BranchID]? { nil }

@@ -528,6 +528,8 @@ extension Saga {
         machine.status = commit ? .committed : .aborted
         machine.decision = commit ? .commit : .abort
         machine.heuristic = replayed.heuristic
+        machine.branches = replayed.restoring(machine.branches)
+        machine.compensations = replayed.history?.compensations ?? []
         return machine
     }
 

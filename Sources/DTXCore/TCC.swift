@@ -257,6 +257,7 @@ extension TryConfirmCancel {
         for id in machine.branches.indices { machine.branches[id].state = commit ? .confirmed : .cancelled }
         machine.status = commit ? .committed : .aborted
         machine.heuristic = replayed.heuristic
+        machine.branches = replayed.restoring(machine.branches)
         return machine
     }
 

@@ -388,6 +388,7 @@ extension ThreePhaseCommit {
         for id in machine.branches.indices { machine.branches[id].state = commit ? .committed : .rolledBack }
         machine.status = commit ? .committed : .aborted
         machine.heuristic = replayed.heuristic
+        machine.branches = replayed.restoring(machine.branches)
         return machine
     }
 

@@ -402,6 +402,14 @@ extension TwoPhaseCommit {
         }
     }
 
+    /// Under a commit, only the branches phase two reaches (and a last agent, whose
+    /// commit decided) commit: a read-only voter, or a branch beyond those enlisted, is
+    /// told aborted (it holds nothing to commit).
+    public func outcome(of id: BranchID, decided: Decision) -> Decision {
+        guard decided == .commit, branches.indices.contains(id) else { return .abort }
+        return branches[id].state == .committing || branches[id].state == .committed ? .commit : .abort
+    }
+
     public static func ended(_ replayed: TransactionLogReplay.Replayed) -> TwoPhaseCommit {
         var machine = recovering(replayed).0
         let decision = replayed.decision ?? .abort  // an ended transaction always logged one
@@ -413,6 +421,7 @@ extension TwoPhaseCommit {
         machine.status = decision == .commit ? .committed : .aborted
         machine.targets = committed
         machine.heuristic = replayed.heuristic
+        machine.branches = replayed.restoring(machine.branches)
         return machine
     }
 

@@ -161,6 +161,7 @@ final class SimParticipant: @unchecked Sendable {
     /// A prepared (2PC, 3PC) branch asks the coordinator how it ended, a few seconds
     /// after entering doubt and then every few seconds while the answer is pending.
     private func watch(_ key: Key) {
+        guard !sim.over else { return }
         _ = sim.world.schedule(after: Simulation.askAfter) { [self] in ask(key) }
     }
 

@@ -39,6 +39,8 @@ public final class Simulation: @unchecked Sendable {
     private var violations: [(gid: String?, text: String)] = []
     private var compensations = 0
     private var healed = false
+    /// The checks ran: participants stop asking, and the run winds down.
+    private(set) var over = false
     private var quiescent = false
     private var loss = 0.0
     private var duplication = 0.0
@@ -104,8 +106,20 @@ public final class Simulation: @unchecked Sendable {
         let committed = check()
         let heuristic = Set(planned.compactMap { t in (try? coordinator?.transaction(gid(t.gid)))?.heuristic == true ? t.gid : nil })
         let kept = violations.filter { $0.gid.map { !heuristic.contains($0) } ?? true }.map { v in v.gid.map { "\($0): \(v.text)" } ?? v.text }
+        let simulated = world.time.apiSeconds
+        windDown()
         return Result(seed: seed, transactions: planned.count, committed: committed, violations: kept, faults: faults,
-                      trace: (world.tracing ? world.trace : []), traceDigest: world.traceDigest, simulatedSeconds: world.time.apiSeconds)
+                      trace: (world.tracing ? world.trace : []), traceDigest: world.traceDigest, simulatedSeconds: simulated)
+    }
+
+    /// Lets every task of the run end (the coordinator stops its drivers, which wakes
+    /// their waiters; every send and sync has a timer), then drops what is left.
+    private func windDown() {
+        over = true
+        if let coordinator { world.spawn { await coordinator.shutdown() } }
+        coordinator = nil
+        world.run(until: world.time + .seconds(3600))
+        world.discard()
     }
 
     private func configure() {

@@ -83,6 +83,14 @@ final class World: TaskExecutor, EngineEnvironment, @unchecked Sendable {
         }
     }
 
+    /// Drops whatever is still scheduled, so that nothing of a run outlives it (the
+    /// timers' closures hold the run).
+    func discard() {
+        timers = TimerHeap()
+        jobs = []
+        nextJob = 0
+    }
+
     func note(_ line: @autoclosure () -> String) {
         guard tracing else { return }
         let text = "\(String(format: "%10.3f", time.apiSeconds)) \(line())"

@@ -29,6 +29,12 @@ private let sagaSteps = [
         LogEntry.preCommit(gid: a),
         LogEntry.delegation(gid: a, agent: 1, targets: [0]),
         LogEntry.submitted(gid: a, at: Date(timeIntervalSince1970: 1_780_000_000.5), timeout: .milliseconds(2_501)),
+        LogEntry.history(gid: a, TransactionHistory(
+            branches: [.init(attempts: 1, lastError: nil, result: .object(["gid": .string("x")])), .init(attempts: 3, lastError: "down \"again\"", result: .refusal(code: "no", message: "sold out"))],
+            timeline: [.init(at: Date(timeIntervalSince1970: 1_780_000_000.123), event: "submitted", branch: nil, detail: nil),
+                       .init(at: Date(timeIntervalSince1970: 1_780_000_001), event: "prepare: failed", branch: 1, detail: "refused\n")],
+            error: "sold out", updatedAt: Date(timeIntervalSince1970: 1_780_000_002.0009), compensations: [1, 0])),
+        LogEntry.history(gid: a, TransactionHistory(branches: [], timeline: [], error: nil, updatedAt: Date(timeIntervalSince1970: 0), compensations: nil)),
     ])
     func entriesRoundTripThroughRecords(_ entry: LogEntry) throws {
         let (type, payload) = entry.encoded()
