@@ -31,8 +31,8 @@ struct WALBench: AsyncParsableCommand {
     @Option(help: "Seconds. Instead of the sweep, run the first concurrency level this long twice, in turns: once with small segments and periodic checkpoints, once crossing neither; report throughput and the slowest append per 100 ms.")
     var timeline: Double?
 
-    @Option(name: .customLong("segment-size"), help: "KiB per segment in the timeline's switching run (small, so that it switches often).")
-    var segmentSizeKiB: Int = 1024
+    @Option(name: .customLong("segment-size"), help: "MiB per segment in the timeline's switching run (small, so that it switches often), as dtxd's --segment-size.")
+    var segmentSizeMiB: Int = 1
 
     @Option(name: .customLong("checkpoint-every"), help: "Seconds between checkpoints in the timeline's switching run.")
     var checkpointEvery: Double = 2
@@ -105,7 +105,7 @@ struct WALBench: AsyncParsableCommand {
         guard records > 0 else { throw ValidationError("--records must be positive") }
         guard (0...(1 << 20)).contains(recordSize) else { throw ValidationError("--record-size must be between 0 and 1048576 bytes") }
         if let timeline, !(timeline >= 1 && timeline <= 3600) { throw ValidationError("--timeline takes seconds from 1 to 3600") }
-        guard (64...(1 << 20)).contains(segmentSizeKiB) else { throw ValidationError("--segment-size takes KiB from 64 to 1048576") }
+        guard (1...1024).contains(segmentSizeMiB) else { throw ValidationError("--segment-size takes MiB from 1 to 1024, as dtxd's") }
         guard checkpointEvery >= 0.1 else { throw ValidationError("--checkpoint-every takes seconds, at least 0.1") }
         guard live >= 0 else { throw ValidationError("--live must be 0 or more") }
     }
@@ -208,8 +208,8 @@ struct WALBench: AsyncParsableCommand {
 
     /// The timeline: the switching run and the steady one, each `seconds` long.
     private func measureTimeline(concurrency: Int, seconds: Double) async throws -> TimelineReport {
-        let segmentSize = segmentSizeKiB << 10
-        print("timeline: \(concurrency) appenders, \(seconds) s each; switching: \(segmentSizeKiB) KiB segments, a checkpoint every \(checkpointEvery) s keeping \(live) records")
+        let segmentSize = segmentSizeMiB << 20
+        print("timeline: \(concurrency) appenders, \(seconds) s each; switching: \(segmentSizeMiB) MiB segments, a checkpoint every \(checkpointEvery) s keeping \(live) records")
         let switching = try await timelineRun(concurrency: concurrency, seconds: seconds, segmentSize: segmentSize, checkpoints: true)
         let steady = try await timelineRun(concurrency: concurrency, seconds: seconds, segmentSize: 1 << 30, checkpoints: false)
         let ratio = Timeline.printComparison(switching: switching, steady: steady)

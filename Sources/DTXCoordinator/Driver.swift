@@ -254,6 +254,9 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             if state.withLock({ $0.halted }) { return }
             switch action {
             case let .log(entry, forced):
+                if case .end = entry, let busy = branches.first(where: { $0.state.awaitsAnAnswer }) {
+                    context.invariantBroken("\(gid): end logged while branch \(busy.id) is \(busy.state.rawValue)")
+                }
                 let milestone = entry.milestone(forced: forced)
                 if let milestone { context.failpoints.hit(before: milestone) }
                 let (type, payload) = entry.encoded()

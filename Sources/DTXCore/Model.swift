@@ -97,6 +97,16 @@ public enum BranchState: String, Sendable, Codable, Equatable {
     /// Prepared (2PC, 3PC), pre-committed (3PC) and tried (TCC) branches hold resources
     /// until they hear the outcome.
     public var holdsResources: Bool { self == .prepared || self == .preCommitted || self == .tried }
+
+    /// A message is out to the branch and its answer is awaited: a transaction may not
+    /// end while one of its branches is in such a state.
+    public var awaitsAnAnswer: Bool {
+        switch self {
+        case .preparing, .committing, .rollingBack, .trying, .confirming, .cancelling, .running, .compensating, .preCommitting: return true
+        case .pending, .prepared, .readOnly, .votedNo, .committed, .rolledBack, .tried, .confirmed, .cancelled, .done, .failed, .compensated,
+             .preCommitted: return false
+        }
+    }
 }
 
 extension JSONValue {
