@@ -624,13 +624,3 @@ private struct Waiter {
         continuation.resume()
     }
 }
-
-extension ParticipantMessage {
-    /// Phase two's positive messages: each may go out only once the outcome is durable.
-    fileprivate var confirmsTheOutcome: Bool {
-        switch self {
-        case .commit, .confirm, .doCommit: return true
-        case .prepare, .commitOnePhase, .rollback, .try, .cancel, .action, .compensate, .canCommit, .preCommit: return false
-        }
-    }
-}

@@ -311,17 +311,3 @@ final class MessageBatcher: Sendable {
         }
     }
 }
-
-extension ParticipantMessage {
-    /// Phase two and compensation: it finishes what a branch did and never waits for
-    /// another branch. Only these go in batches. Work (prepare, try, action) may wait in
-    /// the database for a row that another branch holds until that branch is finished,
-    /// and that branch's vote could be in the same batch, whose answer waits for every
-    /// message in it: the two would wait for each other until a lock timeout.
-    var finishesABranch: Bool {
-        switch self {
-        case .commit, .rollback, .confirm, .cancel, .compensate, .doCommit: true
-        case .prepare, .commitOnePhase, .try, .action, .canCommit, .preCommit: false
-        }
-    }
-}

@@ -185,6 +185,29 @@ public enum ParticipantMessage: String, Sendable, Equatable {
     case doCommit = "do_commit"
 }
 
+extension ParticipantMessage {
+    /// Phase two's positive messages: each may go out only once the outcome is durable
+    /// (an invariant the engine checks).
+    public var confirmsTheOutcome: Bool {
+        switch self {
+        case .commit, .confirm, .doCommit: true
+        case .prepare, .commitOnePhase, .rollback, .try, .cancel, .action, .compensate, .canCommit, .preCommit: false
+        }
+    }
+
+    /// Phase two and compensation: it finishes what a branch did and never waits for
+    /// another branch. Only these go in batches. Work (prepare, try, action) may wait in
+    /// the database for a row that another branch holds until that branch is finished,
+    /// and that branch's vote could be in the same batch, whose answer waits for every
+    /// message in it: the two would wait for each other until a lock timeout.
+    public var finishesABranch: Bool {
+        switch self {
+        case .commit, .rollback, .confirm, .cancel, .compensate, .doCommit: true
+        case .prepare, .commitOnePhase, .try, .action, .canCommit, .preCommit: false
+        }
+    }
+}
+
 /// Timers a state machine asks the engine to run; the engine turns them into delays
 /// (the transaction timeout, or `RetryPolicy` with jitter) and feeds `timedOut` back.
 public enum TimerID: Hashable, Sendable {

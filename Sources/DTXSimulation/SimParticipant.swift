@@ -156,6 +156,18 @@ final class SimParticipant: @unchecked Sendable {
         }
     }
 
+    /// An interactive 2PC branch: the service prepares its work here before it enlists it.
+    /// Returns false when the work fails (nothing is left prepared).
+    func prepareLocally(_ gid: String, _ branch: BranchID, refuse: Bool) -> Bool {
+        guard up, !refuse else { return false }
+        let key = Key(gid: gid, branch: branch)
+        guard journal[key] == nil else { return false }
+        sim.world.note("\(name) \(key) - -> prepared locally")
+        journal[key] = Entry(state: .prepared, proto: .twoPhaseCommit)
+        watch(key)
+        return true
+    }
+
     // MARK: Branches in doubt
 
     /// A prepared (2PC, 3PC) branch asks the coordinator how it ended, a few seconds
@@ -185,7 +197,7 @@ final class SimParticipant: @unchecked Sendable {
         case .commit?:
             journal[key]?.state = .committed
         case .abort?:
-            sim.answeredAborted.insert(key.gid)
+            sim.answeredAborted.insert(key.description)
             journal[key]?.state = .rolledBack
         case nil:
             watch(key)

@@ -34,8 +34,10 @@ public final class Simulation: @unchecked Sendable {
     private var clientsRunning = 0
     /// Outcomes waiting callers were told.
     private var told: [String: Decision] = [:]
-    /// Gids a participant was told `aborted` for, and acted on.
+    /// Branches (`gid/branch`) a participant was told `aborted` for, and acted on.
     var answeredAborted: Set<String> = []
+    /// Gids an operator forced an outcome on (with a reason): only these may end heuristic.
+    private var overridden: Set<String> = []
     private var violations: [(gid: String?, text: String)] = []
     private var compensations = 0
     private var healed = false
@@ -67,6 +69,8 @@ public final class Simulation: @unchecked Sendable {
         var timeout: Double
         var wait: Bool
         var start: Duration
+        /// 2PC only: opened, each branch prepared by its service and enlisted, then committed.
+        var interactive = false
     }
 
     public init(seed: UInt64, bugs: Set<SimulatedBug> = [], tracing: Bool = false) {
@@ -104,7 +108,7 @@ public final class Simulation: @unchecked Sendable {
         let finished = world.run(until: Self.healAt + Self.quiescenceBound) { quiescent }
         if !finished { violation(nil, "liveness: not quiescent \(Self.quiescenceBound) after healing") }
         let committed = check()
-        let heuristic = Set(planned.compactMap { t in (try? coordinator?.transaction(gid(t.gid)))?.heuristic == true ? t.gid : nil })
+        let heuristic = Set(planned.compactMap { t in (try? coordinator?.transaction(gid(t.gid)))?.heuristic == true ? t.gid : nil }).intersection(overridden)
         let kept = violations.filter { $0.gid.map { !heuristic.contains($0) } ?? true }.map { v in v.gid.map { "\($0): \(v.text)" } ?? v.text }
         let simulated = world.time.apiSeconds
         windDown()
@@ -186,13 +190,15 @@ public final class Simulation: @unchecked Sendable {
         let count = world.rng.int(10...40)
         for n in 0..<count {
             let proto = world.rng.pick([TransactionProtocol.twoPhaseCommit, .threePhaseCommit, .tcc, .saga])
-            let t = Planned(gid: "s\(seed)-\(n)", proto: proto, branches: branches(for: proto), timeout: Double(world.rng.int(1...5)),
-                            wait: world.rng.chance(0.6), start: .seconds(1) + world.rng.milliseconds(0...12_000))
+            var plan = Planned(gid: "s\(seed)-\(n)", proto: proto, branches: branches(for: proto), timeout: Double(world.rng.int(1...5)),
+                               wait: world.rng.chance(0.6), start: .seconds(1) + world.rng.milliseconds(0...12_000))
+            plan.interactive = proto == .twoPhaseCommit && world.rng.chance(0.3)
+            let t = plan
             planned.append(t)
             clientsRunning += 1
             world.spawn { [self] in
                 await world.sleep(t.start - world.time)
-                await submit(t)
+                if t.interactive { await runInteractive(t) } else { await submit(t) }
                 clientsRunning -= 1
             }
         }
@@ -242,6 +248,60 @@ public final class Simulation: @unchecked Sendable {
             }
             await world.sleep(.seconds(1))
         }
+    }
+
+    /// An interactive 2PC transaction as a service runs one: open it, then for each branch
+    /// prepare the work at its participant (the service's own resource manager) and enlist
+    /// it, then commit. Any refusal or failure on the way: ask for an abort, and leave
+    /// prepared branches to find their outcome by asking, as the contract says.
+    private func runInteractive(_ t: Planned) async {
+        let gid = gid(t.gid)
+        let open = TransactionSubmission(gid: t.gid, protocol: .twoPhaseCommit, timeout: t.timeout, interactive: true)
+        var opened = false
+        for _ in 0..<6 where !opened {
+            if let coordinator {
+                do {
+                    _ = try await coordinator.submit(open)
+                    opened = true
+                    break
+                } catch {
+                    world.note("client \(t.gid): open: \(error.code)")
+                    guard error.kind == .unavailable else {
+                        violation(t.gid, "the interactive open was refused: \(error.code): \(error.message)")
+                        return
+                    }
+                }
+            }
+            await world.sleep(.seconds(1))
+        }
+        guard opened else { return }
+        for (id, spec) in t.branches.enumerated() {
+            await world.sleep(world.rng.milliseconds(0...200))
+            guard participant(spec.participant).prepareLocally(t.gid, id, refuse: spec.payload?["refuse"] == .bool(true)) else {
+                world.note("client \(t.gid): branch \(id) failed locally")
+                return await abandon(gid)
+            }
+            do {
+                guard let coordinator else { throw SimulatedCrash() }
+                let answer = try await coordinator.enlist(gid: gid, EnlistRequest(participant: spec.participant, operation: spec.operation, payload: spec.payload))
+                if answer.branch != id { violation(t.gid, "enlisted as branch \(answer.branch), expected \(id)") }
+            } catch {
+                world.note("client \(t.gid): enlist \(id): \(error)")
+                return await abandon(gid)
+            }
+        }
+        do {
+            guard let coordinator else { throw SimulatedCrash() }
+            let view = try await coordinator.commit(gid: gid, reason: nil, wait: t.wait)
+            world.note("client \(t.gid): commit: \(view.status)")
+            if t.wait, let decision = view.decision { told[t.gid] = decision }
+        } catch {
+            world.note("client \(t.gid): commit: \(error)")
+        }
+    }
+
+    private func abandon(_ gid: GlobalTransactionID) async {
+        _ = try? await coordinator?.abort(gid: gid, reason: nil, wait: false)
     }
 
     // MARK: Faults
@@ -301,9 +361,11 @@ public final class Simulation: @unchecked Sendable {
             world.note("operator: abort \(gid)")
             world.spawn { _ = try? await coordinator.abort(gid: gid, reason: nil, wait: false) }
         case 2:
+            overridden.insert(t.gid)
             world.note("operator: force abort \(gid)")
             world.spawn { _ = try? await coordinator.abort(gid: gid, reason: "simulated operator", wait: false) }
         default:
+            overridden.insert(t.gid)
             world.note("operator: force commit \(gid)")
             world.spawn { _ = try? await coordinator.commit(gid: gid, reason: "simulated operator", wait: false) }
         }
@@ -330,7 +392,7 @@ public final class Simulation: @unchecked Sendable {
         for t in planned {
             let view = try? coordinator.transaction(gid(t.gid))
             // An operator's override may leave a transaction stuck for an operator, by design.
-            if view?.heuristic == true { continue }
+            if view?.heuristic == true, overridden.contains(t.gid) { continue }
             if let view, view.status != "committed", view.status != "aborted" { return false }
             for (id, spec) in t.branches.enumerated() where participant(spec.participant).state(t.gid, id)?.inDoubt == true { return false }
         }
@@ -406,6 +468,10 @@ public final class Simulation: @unchecked Sendable {
         for t in planned {
             let view = try? coordinator.transaction(gid(t.gid))
             if view?.heuristic == true {
+                guard overridden.contains(t.gid) else {
+                    violation(t.gid, "a heuristic outcome no operator's override explains")
+                    continue
+                }
                 faults.heuristicOutcomes += 1
                 continue
             }
@@ -426,11 +492,18 @@ public final class Simulation: @unchecked Sendable {
                 continue
             }
             if final == .commit { committed += 1 }
-            let states = t.branches.enumerated().map { participant($0.element.participant).state(t.gid, $0.offset) }
-            let shown = states.map { $0?.rawValue ?? "none" }.joined(separator: ",")
-            if states.contains(where: { $0?.inDoubt == true }) { violation(t.gid, "liveness: a branch is still in doubt [\(shown)]") }
+            let all = t.branches.enumerated().map { participant($0.element.participant).state(t.gid, $0.offset) }
+            let shown = all.map { $0?.rawValue ?? "none" }.joined(separator: ",")
+            if all.contains(where: { $0?.inDoubt == true }) { violation(t.gid, "liveness: a branch is still in doubt [\(shown)]") }
             if let said = told[t.gid], said != final { violation(t.gid, "durability: the caller was told \(said.rawValue), the outcome is \(final.rawValue)") }
-            if final == .commit, answeredAborted.contains(t.gid) { violation(t.gid, "presumed abort: a participant was told aborted, then it committed") }
+            // An interactive transaction's branches are those it enlisted (in order); a
+            // branch its service prepared but could not enlist is no part of it.
+            let enlisted = t.interactive ? (view?.branches.count ?? 0) : t.branches.count
+            let states = Array(all.prefix(enlisted))
+            if all.dropFirst(enlisted).contains(.committed) { violation(t.gid, "atomicity: a branch that was never enlisted committed [\(shown)]") }
+            for id in 0..<enlisted where final == .commit && answeredAborted.contains("\(t.gid)/\(id)") {
+                violation(t.gid, "presumed abort: branch \(id)'s participant was told aborted, then the transaction committed")
+            }
             let atomic: Bool
             switch (t.proto, final) {
             case (.twoPhaseCommit, .commit), (.threePhaseCommit, .commit): atomic = states.allSatisfy { $0 == .committed }
