@@ -61,8 +61,11 @@ struct DTXSim: ParsableCommand {
         let report = SeedRunner(first: first, count: seeds, jobs: jobs, budget: budget, bugs: bugs).run()
         print(report.summary)
         if let failed = report.firstFailure {
-            print("seed \(failed.seed) failed:")
-            failed.violations.prefix(10).forEach { print("  \($0)") }
+            // Replayed with its trace: the same run, so the same events.
+            let traced = Simulation(seed: failed.seed, bugs: bugs, tracing: true).run()
+            print("seed \(failed.seed) failed; the last events of its run:")
+            traced.trace.suffix(40).forEach { print("  \($0)") }
+            failed.violations.prefix(10).forEach { print("VIOLATION \($0)") }
             print("replay it: dtx-sim --seed \(failed.seed)\(bug.map { " --bug \($0)" }.joined())")
             throw ExitCode(1)
         }
