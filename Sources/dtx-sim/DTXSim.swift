@@ -37,6 +37,7 @@ struct DTXSim: ParsableCommand {
     mutating func validate() throws {
         guard jobs >= 1 else { throw ValidationError("--jobs must be at least 1") }
         guard seeds >= 1 else { throw ValidationError("--seeds must be at least 1") }
+        if let budget, !(budget > 0) { throw ValidationError("--budget takes a number of seconds above 0, e.g. --budget 600") }
         for name in bug where SimulatedBug(rawValue: name) == nil {
             throw ValidationError("unknown bug '\(name)': choose from \(SimulatedBug.allCases.map(\.rawValue).joined(separator: ", "))")
         }
