@@ -147,8 +147,7 @@ public final class Coordinator: Sendable {
         let timeout = replayed.timeout ?? configuration.defaultTimeout
         let spec = SubmittedSpec(proto: replayed.protocol, branches: replayed.branches, interactive: replayed.interactive)
         if replayed.ended {
-            // Every ending logs its decision before its `end`, and the log keeps their order.
-            insertFinished(TransactionDriver(ended: Machine.ended(replayed), decision: replayed.decision ?? .abort, error: replayed.reason,
+            insertFinished(TransactionDriver(ended: Machine.ended(replayed), decision: replayed.endedDecision, error: replayed.reason,
                                              history: replayed.history, proto: replayed.protocol,
                                              sequence: nextSequence(), createdAt: createdAt, spec: spec, timeout: timeout, context: context))
             return

@@ -273,16 +273,25 @@ public struct TransactionLogReplay: Sendable {
         /// From its `history` record, logged lazily when it finished.
         public var history: TransactionHistory?
 
-        /// `branches` with the attempts, last errors and results the history kept.
-        public func restoring(_ branches: [Branch]) -> [Branch] {
-            guard let details = history?.branches, details.count == branches.count else { return branches }
-            var restored = branches
+        /// An ended transaction's outcome: every ending logs its decision before its `end`.
+        public var endedDecision: Decision { decision ?? .abort }
+
+        /// An ended transaction's status.
+        public var endedStatus: TransactionStatus { endedDecision == .commit ? .committed : .aborted }
+
+        /// An ended transaction's branches: each in the state `state(branch, decision)`
+        /// says (the protocol's rule), with the attempts, last errors and results the
+        /// history kept.
+        public func endedBranches(_ branches: [Branch], _ state: (BranchID, Decision) -> BranchState) -> [Branch] {
+            var ended = branches
+            for id in ended.indices { ended[id].state = state(id, endedDecision) }
+            guard let details = history?.branches, details.count == ended.count else { return ended }
             for (id, detail) in details.enumerated() {
-                restored[id].attempts = detail.attempts
-                restored[id].lastError = detail.lastError
-                restored[id].result = detail.result
+                ended[id].attempts = detail.attempts
+                ended[id].lastError = detail.lastError
+                ended[id].result = detail.result
             }
-            return restored
+            return ended
         }
     }
 

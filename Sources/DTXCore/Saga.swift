@@ -520,15 +520,13 @@ extension Saga {
     /// run (in an order the log does not keep).
     public static func ended(_ replayed: TransactionLogReplay.Replayed) -> Saga {
         var machine = recovering(replayed).0
-        let commit = replayed.decision == .commit
         let compensated = Set(replayed.targets)
-        for id in machine.branches.indices {
-            machine.branches[id].state = commit ? .done : compensated.contains(id) ? .compensated : .pending
+        machine.branches = replayed.endedBranches(machine.branches) { id, decision in
+            decision == .commit ? .done : compensated.contains(id) ? .compensated : .pending
         }
-        machine.status = commit ? .committed : .aborted
-        machine.decision = commit ? .commit : .abort
+        machine.status = replayed.endedStatus
+        machine.decision = replayed.endedDecision
         machine.heuristic = replayed.heuristic
-        machine.branches = replayed.restoring(machine.branches)
         machine.compensations = replayed.history?.compensations ?? []
         return machine
     }

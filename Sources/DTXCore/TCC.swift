@@ -253,11 +253,9 @@ extension TryConfirmCancel {
 
     public static func ended(_ replayed: TransactionLogReplay.Replayed) -> TryConfirmCancel {
         var machine = recovering(replayed).0
-        let commit = replayed.decision == .commit
-        for id in machine.branches.indices { machine.branches[id].state = commit ? .confirmed : .cancelled }
-        machine.status = commit ? .committed : .aborted
+        machine.branches = replayed.endedBranches(machine.branches) { _, decision in decision == .commit ? .confirmed : .cancelled }
+        machine.status = replayed.endedStatus
         machine.heuristic = replayed.heuristic
-        machine.branches = replayed.restoring(machine.branches)
         return machine
     }
 

@@ -384,11 +384,9 @@ extension ThreePhaseCommit {
     /// 3PC has no read-only branches: those outside a commit's targets had committed by termination.
     public static func ended(_ replayed: TransactionLogReplay.Replayed) -> ThreePhaseCommit {
         var machine = recovering(replayed).0
-        let commit = replayed.decision == .commit
-        for id in machine.branches.indices { machine.branches[id].state = commit ? .committed : .rolledBack }
-        machine.status = commit ? .committed : .aborted
+        machine.branches = replayed.endedBranches(machine.branches) { _, decision in decision == .commit ? .committed : .rolledBack }
+        machine.status = replayed.endedStatus
         machine.heuristic = replayed.heuristic
-        machine.branches = replayed.restoring(machine.branches)
         return machine
     }
 

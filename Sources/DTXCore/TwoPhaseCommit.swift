@@ -412,16 +412,14 @@ extension TwoPhaseCommit {
 
     public static func ended(_ replayed: TransactionLogReplay.Replayed) -> TwoPhaseCommit {
         var machine = recovering(replayed).0
-        let decision = replayed.decision ?? .abort  // an ended transaction always logged one
         // Outside the commit's targets (and the last agent, whose commit decided): read-only voters.
         let committed = Set(replayed.targets + (replayed.lastAgent.map { [$0] } ?? []))
-        for id in machine.branches.indices {
-            machine.branches[id].state = decision == .abort ? .rolledBack : committed.contains(id) ? .committed : .readOnly
+        machine.branches = replayed.endedBranches(machine.branches) { id, decision in
+            decision == .abort ? .rolledBack : committed.contains(id) ? .committed : .readOnly
         }
-        machine.status = decision == .commit ? .committed : .aborted
+        machine.status = replayed.endedStatus
         machine.targets = committed
         machine.heuristic = replayed.heuristic
-        machine.branches = replayed.restoring(machine.branches)
         return machine
     }
 

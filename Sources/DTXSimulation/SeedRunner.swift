@@ -2,8 +2,9 @@ import DTXCoordinator
 import Foundation
 import Synchronization
 
-/// Runs many seeds, `jobs` at a time on threads of their own (each run is
-/// single-threaded and shares nothing), and sums them up.
+/// Runs many seeds, `jobs` at a time, each on a thread of its own (never on the
+/// cooperative pool: a run keeps its thread busy until it ends; each run is
+/// single-threaded and shares nothing), and sums them up. Stops at the first failing seed.
 public struct SeedRunner: Sendable {
     public var first: UInt64
     public var count: Int
@@ -11,8 +12,6 @@ public struct SeedRunner: Sendable {
     /// Wall-clock seconds after which no new seed starts.
     public var budget: Double?
     public var bugs: Set<SimulatedBug>
-    /// Stop at the first failing seed.
-    public var stopAtFailure = true
 
     public init(first: UInt64, count: Int, jobs: Int, budget: Double? = nil, bugs: Set<SimulatedBug> = []) {
         self.first = first
@@ -40,34 +39,61 @@ public struct SeedRunner: Sendable {
         }
     }
 
-    public func run() -> Report {
+    public func run() async -> Report {
         let started = Date()
-        let next = Mutex(0)
-        let report = Mutex(Report())
+        let progress = Progress(threads: jobs)
         let deadline = budget.map { started.addingTimeInterval($0) }
-        DispatchQueue.concurrentPerform(iterations: jobs) { _ in
-            while true {
-                let index = next.withLock { n -> Int? in
-                    guard n < count else { return nil }
-                    defer { n += 1 }
-                    return n
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            for _ in 0..<jobs {
+                let thread = Thread { [self] in
+                    runSeeds(progress, deadline: deadline)
+                    if progress.threadEnded() { done.resume() }
                 }
-                guard let index, deadline.map({ Date() < $0 }) ?? true else { return }
-                if stopAtFailure, report.withLock({ $0.firstFailure != nil }) { return }
-                let result = Simulation(seed: first + UInt64(index), bugs: bugs).run()
-                report.withLock { r in
-                    r.seeds += 1
-                    r.transactions += result.transactions
-                    r.committed += result.committed
-                    r.simulatedSeconds += result.simulatedSeconds
-                    r.faults.add(result.faults)
-                    if !result.violations.isEmpty, r.firstFailure.map({ result.seed < $0.seed }) ?? true { r.firstFailure = result }
-                }
+                thread.stackSize = 8 << 20
+                thread.start()
             }
         }
-        var final = report.withLock { $0 }
+        var final = progress.report.withLock { $0 }
         final.wallSeconds = Date().timeIntervalSince(started)
         return final
+    }
+
+    private func runSeeds(_ progress: Progress, deadline: Date?) {
+        while let index = progress.next.withLock({ n -> Int? in
+            guard n < count else { return nil }
+            defer { n += 1 }
+            return n
+        }) {
+            guard deadline.map({ Date() < $0 }) ?? true, progress.report.withLock({ $0.firstFailure == nil }) else { return }
+            let result = Simulation(seed: first + UInt64(index), bugs: bugs).run()
+            progress.report.withLock { r in
+                r.seeds += 1
+                r.transactions += result.transactions
+                r.committed += result.committed
+                r.simulatedSeconds += result.simulatedSeconds
+                r.faults.add(result.faults)
+                if !result.violations.isEmpty, r.firstFailure.map({ result.seed < $0.seed }) ?? true { r.firstFailure = result }
+            }
+        }
+    }
+
+    /// What the threads share.
+    private final class Progress: Sendable {
+        let next = Mutex(0)
+        let report = Mutex(Report())
+        private let running: Mutex<Int>
+
+        init(threads: Int) {
+            running = Mutex(threads)
+        }
+
+        /// True for the last thread to end.
+        func threadEnded() -> Bool {
+            running.withLock { n in
+                n -= 1
+                return n == 0
+            }
+        }
     }
 }
 

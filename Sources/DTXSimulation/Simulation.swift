@@ -148,7 +148,7 @@ public final class Simulation: @unchecked Sendable {
         guard coordinator == nil else { return }
         incarnation += 1
         let store = SimStore(disk: disk, world: world, syncMicroseconds: 100...3000)
-        let transport = SimTransport(sim: self, incarnation: incarnation)
+        let transport = SimTransport(sim: self)
         do {
             coordinator = try Coordinator(store: store, transport: transport, configuration: configuration, environment: world, logger: Self.silent)
             self.store = store
@@ -231,23 +231,30 @@ public final class Simulation: @unchecked Sendable {
 
     private func submit(_ t: Planned) async {
         let submission = TransactionSubmission(gid: t.gid, protocol: t.proto, branches: t.branches, timeout: t.timeout, wait: t.wait)
+        if let view = await submitRetrying(submission), t.wait, let decision = view.decision { told[t.gid] = decision }
+    }
+
+    /// Submits (or opens), again with the same gid while the coordinator is down, as a
+    /// caller would. nil: no answer, or a refusal, which is a violation (the workload is valid).
+    private func submitRetrying(_ submission: TransactionSubmission) async -> TransactionView? {
+        let gid = submission.gid ?? "-"
         for _ in 0..<6 {
             if let coordinator {
                 do {
                     let (view, _) = try await coordinator.submit(submission)
-                    world.note("client \(t.gid): \(view.status)")
-                    if t.wait, let decision = view.decision { told[t.gid] = decision }
-                    return
+                    world.note("client \(gid): \(view.status)")
+                    return view
                 } catch {
-                    world.note("client \(t.gid): \(error.code)")
+                    world.note("client \(gid): \(error.code)")
                     guard error.kind == .unavailable else {
-                        violation(t.gid, "the submission was refused: \(error.code): \(error.message)")
-                        return
+                        violation(gid, "the submission was refused: \(error.code): \(error.message)")
+                        return nil
                     }
                 }
             }
             await world.sleep(.seconds(1))
         }
+        return nil
     }
 
     /// An interactive 2PC transaction as a service runs one: open it, then for each branch
@@ -257,24 +264,7 @@ public final class Simulation: @unchecked Sendable {
     private func runInteractive(_ t: Planned) async {
         let gid = gid(t.gid)
         let open = TransactionSubmission(gid: t.gid, protocol: .twoPhaseCommit, timeout: t.timeout, interactive: true)
-        var opened = false
-        for _ in 0..<6 where !opened {
-            if let coordinator {
-                do {
-                    _ = try await coordinator.submit(open)
-                    opened = true
-                    break
-                } catch {
-                    world.note("client \(t.gid): open: \(error.code)")
-                    guard error.kind == .unavailable else {
-                        violation(t.gid, "the interactive open was refused: \(error.code): \(error.message)")
-                        return
-                    }
-                }
-            }
-            await world.sleep(.seconds(1))
-        }
-        guard opened else { return }
+        guard await submitRetrying(open) != nil else { return }
         for (id, spec) in t.branches.enumerated() {
             await world.sleep(world.rng.milliseconds(0...200))
             guard participant(spec.participant).prepareLocally(t.gid, id, refuse: spec.payload?["refuse"] == .bool(true)) else {
@@ -554,12 +544,11 @@ final class OneAnswer: @unchecked Sendable {
 /// The coordinator's transport in a run: messages go through `Simulation.deliver`.
 final class SimTransport: Transport, @unchecked Sendable {
     private unowned let sim: Simulation
-    let incarnation: Int
+    /// False once its coordinator crashed: answers are no longer delivered to it.
     var alive = true
 
-    init(sim: Simulation, incarnation: Int) {
+    init(sim: Simulation) {
         self.sim = sim
-        self.incarnation = incarnation
     }
 
     func send(_ message: ParticipantMessage, protocol proto: TransactionProtocol, request: ParticipantRequest, to endpoint: ParticipantEndpoint) async -> ParticipantResponse {

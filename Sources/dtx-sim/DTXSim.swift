@@ -4,7 +4,7 @@ import DTXSimulation
 import Foundation
 
 @main
-struct DTXSim: ParsableCommand {
+struct DTXSim: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dtx-sim",
         abstract: "Runs dtx's engine through seeded fault schedules on simulated time and checks atomicity, durability, presumed abort and liveness.",
@@ -43,7 +43,7 @@ struct DTXSim: ParsableCommand {
         }
     }
 
-    func run() throws {
+    func run() async throws {
         let bugs = Set(bug.compactMap(SimulatedBug.init(rawValue:)))
         if let seed {
             let result = Simulation(seed: seed, bugs: bugs, tracing: true).run()
@@ -59,7 +59,7 @@ struct DTXSim: ParsableCommand {
             }
             return
         }
-        let report = SeedRunner(first: first, count: seeds, jobs: jobs, budget: budget, bugs: bugs).run()
+        let report = await SeedRunner(first: first, count: seeds, jobs: jobs, budget: budget, bugs: bugs).run()
         print(report.summary)
         if let failed = report.firstFailure {
             // Replayed with its trace: the same run, so the same events.

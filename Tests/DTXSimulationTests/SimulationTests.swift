@@ -7,8 +7,8 @@ import Testing
 /// engine survives a fixed range of fault schedules, a seed replays exactly, and each
 /// classic mistake switched back on is caught within the budget.
 @Suite(.serialized) struct SimulationTests {
-    @Test func aFixedRangeOfSeedsBreaksNoInvariant() {
-        let report = SeedRunner(first: 1, count: 2000, jobs: 1).run()
+    @Test func aFixedRangeOfSeedsBreaksNoInvariant() async {
+        let report = await SeedRunner(first: 1, count: 2000, jobs: 1).run()
         #expect(report.firstFailure == nil, "\(report.summary)\n\(report.firstFailure?.violations.joined(separator: "\n") ?? "")")
         #expect(report.seeds == 2000)
         // The faults happened: the run is not vacuous.
@@ -26,8 +26,8 @@ import Testing
     }
 
     @Test(arguments: SimulatedBug.allCases)
-    func eachClassicMistakeIsCaughtWithinTheBudget(_ bug: SimulatedBug) {
-        let report = SeedRunner(first: 1, count: 4000, jobs: 1, bugs: [bug]).run()
+    func eachClassicMistakeIsCaughtWithinTheBudget(_ bug: SimulatedBug) async {
+        let report = await SeedRunner(first: 1, count: 4000, jobs: 1, bugs: [bug]).run()
         #expect(report.firstFailure != nil, "\(bug.rawValue) went unnoticed through \(report.seeds) seeds")
     }
 }
