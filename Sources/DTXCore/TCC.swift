@@ -152,9 +152,14 @@ public struct TryConfirmCancel: TransactionStateMachine {
             return state(of: id) == .confirming ? [.send(.confirm, to: id)] : []
         case (.cancelling, .timedOut(.retry(let id))):
             return state(of: id) == .cancelling ? [.send(.cancel, to: id)] : []
+        case let (.cancelling, .tried(id, result)) where state(of: id) == .cancelling && branches[id].result == nil:
+            // A Try that was still running when another branch's refusal cancelled the
+            // transaction: its Cancel is on its way; what the Try did is kept to be shown.
+            branches[id].result = result
+            return []
         default:
-            // Late, duplicate and out-of-order messages change nothing; nor do the
-            // timeout after the decision and a Try's answer after the Cancel went out.
+            // Late, duplicate and out-of-order messages change nothing (beyond the result
+            // kept above); nor do the timeout after the decision and other late Try answers.
             return []
         }
     }

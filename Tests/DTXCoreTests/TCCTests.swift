@@ -228,6 +228,19 @@ private func sends(_ actions: [TransactionAction]) -> [TransactionAction] {
         #expect(x.branches.allSatisfy { $0.state == .cancelling })
     }
 
+    @Test func aTryThatAnswersAfterTheCancelWentOutKeepsItsResultAndChangesNothingElse() {
+        var m = trying()
+        _ = m.handle(.tryRefused(1, code: "no_funds", message: "too poor"))
+        #expect(m.status == .cancelling)
+        #expect(m.handle(.tried(0, result: .object(["reserved": .number(1)]))) == [])
+        #expect(m.branches[0].result == .object(["reserved": .number(1)]))
+        #expect(m.branches[0].state == .cancelling)
+        #expect(m.handle(.tried(0, result: .string("again"))) == [])           // the first answer stays
+        #expect(m.handle(.tried(1, result: .string("refused one"))) == [])     // a refusal is not overwritten
+        #expect(m.branches[0].result == .object(["reserved": .number(1)]))
+        #expect(m.branches[1].result == .refusal(code: "no_funds", message: "too poor"))
+    }
+
     @Test func submittedTransactionsRefuseEnlistmentAndCommitButTakeAnAbortWhileTrying() {
         var m = trying()
         #expect(m.rejection(of: .enlisted(specs[0])) != nil)
