@@ -45,8 +45,12 @@ let package = Package(
         .target(name: "DTXCore"),
         // The durable write-ahead log: depends on the system only.
         .target(name: "DTXLog"),
-        // JSON bodies of the coordinator API and the participant protocol.
-        .target(name: "DTXAPI", dependencies: ["DTXCore"]),
+        // JSON bodies of the coordinator API and the participant protocol; the system's
+        // `EngineEnvironment` (event-loop timers) for the engine and the kit.
+        .target(
+            name: "DTXAPI",
+            dependencies: ["DTXCore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]
+        ),
         // The engine: runs the state machines, logs, talks to participants, recovers.
         .target(
             name: "DTXCoordinator",

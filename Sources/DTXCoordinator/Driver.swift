@@ -65,32 +65,8 @@ struct SubmittedSpec: Sendable, Equatable {
 final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriving {
     private enum Input: Sendable {
         case own(Machine.Event)
-        case common(CommonEvent, Reply?)
-    }
-
-    /// The answer to a request, set by whichever task processes it.
-    private final class Reply: Sendable {
-        private let slot = Mutex<(result: RequestResult?, waiter: CheckedContinuation<RequestResult, Never>?)>((nil, nil))
-
-        func set(_ result: RequestResult) {
-            let waiter = slot.withLock { s -> CheckedContinuation<RequestResult, Never>? in
-                s.result = result
-                defer { s.waiter = nil }
-                return s.waiter
-            }
-            waiter?.resume(returning: result)
-        }
-
-        func value() async -> RequestResult {
-            await withCheckedContinuation { waiter in
-                let ready = slot.withLock { s -> RequestResult? in
-                    if let result = s.result { return result }
-                    s.waiter = waiter
-                    return nil
-                }
-                if let ready { waiter.resume(returning: ready) }
-            }
-        }
+        /// A request's answer is set once its actions are performed.
+        case common(CommonEvent, OneShot<RequestResult>?)
     }
 
     private struct State: Sendable {
@@ -108,13 +84,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         var finished = false
         /// The log failed: nothing more is performed; a restart recovers from the log.
         var halted = false
-        var timers: [TimerID: ArmedTimer] = [:]
-        var nextTimerGeneration: UInt64 = 0
         var waiters: [UInt64: Waiter] = [:]
         var nextWaiter: UInt64 = 0
-        /// Events not yet processed, and whether a task is processing them.
-        var queue: [Input] = []
-        var draining = false
 
         /// The waiting callers, in the order they came (resumed in that order, so that a
         /// simulated run does not depend on hashing).
@@ -136,6 +107,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     private let context: EngineContext
     private let onFinish: @Sendable (GlobalTransactionID) -> Void
     private let state: Mutex<State>
+    private let mailbox = Mailbox<Input>()
+    private let timers: Timers<TimerID>
 
     init(machine: Machine, proto: TransactionProtocol, sequence: UInt64, createdAt: Date, spec: SubmittedSpec, timeout: Duration,
          context: EngineContext, onFinish: @escaping @Sendable (GlobalTransactionID) -> Void) {
@@ -148,6 +121,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         self.context = context
         self.onFinish = onFinish
         started = context.environment.now()
+        timers = Timers(environment: context.environment)
         state = Mutex(State(machine: machine, updatedAt: createdAt))
     }
 
@@ -188,7 +162,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     }
 
     func request(_ event: CommonEvent) async -> RequestResult {
-        let reply = Reply()
+        let reply = OneShot<RequestResult>()
         await enqueue(.common(event, reply))
         return await reply.value()
     }
@@ -199,26 +173,9 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
     // MARK: The loop
 
-    /// Events are processed one at a time, in arrival order, by whichever task finds
-    /// nobody processing: no task of its own, no hop per event. A task that arrives
-    /// while another drains leaves its event in the queue and returns.
+    /// Events are processed one at a time, in arrival order (`Mailbox`).
     private func enqueue(_ input: Input) async {
-        let drain = state.withLock { s -> Bool in
-            s.queue.append(input)
-            guard !s.draining else { return false }
-            s.draining = true
-            return true
-        }
-        guard drain else { return }
-        while let next = state.withLock({ s -> Input? in
-            guard !s.queue.isEmpty else {
-                s.draining = false
-                return nil
-            }
-            return s.queue.removeFirst()
-        }) {
-            await process(next)
-        }
+        await mailbox.deliver(input) { await process($0) }
     }
 
     private func process(_ input: Input) async {
@@ -286,7 +243,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             case let .schedule(timer, attempt):
                 schedule(timer, attempt: attempt)
             case .cancel(let timer):
-                state.withLock { $0.timers.removeValue(forKey: timer) }?.cancel()
+                timers.cancel(timer)
             case .decided(let decision):
                 let now = context.environment.now()
                 let waiters = state.withLock { s -> [Waiter] in
@@ -344,43 +301,25 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             guard let timeout = state.withLock({ $0.machine.stepTimeout(id) }) else { return }
             delay = timeout
         }
-        // Armed under the lock, so its firing (which takes the lock) finds it.
         let environment = context.environment
-        let replaced = state.withLock { s -> ArmedTimer? in
-            s.nextTimerGeneration += 1
-            let generation = s.nextTimerGeneration
-            let scheduled = environment.schedule(after: delay) { [weak self] in
-                self?.fire(timer, generation: generation)
-            }
-            return s.timers.updateValue(ArmedTimer(scheduled: scheduled, generation: generation), forKey: timer)
+        timers.arm(timer, after: delay) { [weak self] in
+            guard let self else { return }
+            environment.spawn { await self.post(.timedOut(timer)) }
         }
-        replaced?.cancel()
-    }
-
-    /// A timer's firing: posts the timeout unless the timer was cancelled or armed again
-    /// meanwhile (a cancel that races with the firing wins).
-    private func fire(_ timer: TimerID, generation: UInt64) {
-        let armed = state.withLock { s -> Bool in
-            guard s.timers[timer]?.generation == generation else { return false }
-            s.timers[timer] = nil
-            return true
-        }
-        if armed { context.environment.spawn { await self.post(.timedOut(timer)) } }
     }
 
     private func finish(_ status: TransactionStatus) {
         let now = context.environment.now()
-        let (timers, waiters, decidedAt, history) = state.withLock { s in
+        let (waiters, decidedAt, history) = state.withLock { s in
             s.finished = true
             s.timeline.append(TimelineEntry(at: now, event: "finished \(status.rawValue)"))
-            defer { s.timers = [:] }
-            return (s.timers.values, s.takeWaiters(), s.decidedAt, Self.history(s))
+            return (s.takeWaiters(), s.decidedAt, Self.history(s))
         }
         // Lazy: lost with a crash before the next sync, the view after a restart shows
         // only what the protocol's records say.
         let record = LogEntry.history(gid: gid, history).encoded()
         try? context.store.append(type: record.type, payload: record.payload)
-        timers.forEach { $0.cancel() }
+        timers.close()
         waiters.forEach { $0.resume() }
         if let decidedAt { context.metrics.phase(proto, status == .committed ? "commit" : "rollback", .seconds(now.timeIntervalSince(decidedAt))) }
         context.metrics.finished(proto, status)
@@ -389,23 +328,20 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
     private func halt(_ error: String) {
         context.logger.error("transaction halted; it resumes from the log after a restart", metadata: ["gid": "\(gid)", "error": "\(error)"])
-        let timers = state.withLock { s in
+        state.withLock { s in
             s.halted = true
             s.error = error
-            defer { s.timers = [:] }
-            return s.timers.values
         }
-        timers.forEach { $0.cancel() }
+        timers.close()
     }
 
     /// Stops timers and the loop at shutdown; what the log holds is recovered at restart.
     func stop() {
-        let (timers, waiters) = state.withLock { s in
+        let waiters = state.withLock { s in
             s.halted = true
-            defer { s.timers = [:] }
-            return (s.timers.values, s.takeWaiters())
+            return s.takeWaiters()
         }
-        timers.forEach { $0.cancel() }
+        timers.close()
         waiters.forEach { $0.resume() }
     }
 
@@ -536,11 +472,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     }
 
     func retryNow() -> Int {
-        let due = state.withLock { s -> [TimerID] in
-            let retries = s.timers.keys.compactMap { timer -> BranchID? in if case .retry(let id) = timer { id } else { nil } }.sorted().map(TimerID.retry)
-            for timer in retries { s.timers.removeValue(forKey: timer)?.cancel() }
-            return retries
-        }
+        let due = timers.take { if case .retry = $0 { true } else { false } }
+            .compactMap { timer -> BranchID? in if case .retry(let id) = timer { id } else { nil } }.sorted().map(TimerID.retry)
         for timer in due { context.environment.spawn { await self.post(.timedOut(timer)) } }
         return due.count
     }
@@ -603,15 +536,6 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             self.state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
         }
     }
-}
-
-/// A timer armed on an event loop; `generation` tells its firing whether it is still the
-/// armed one.
-private struct ArmedTimer {
-    var scheduled: ScheduledCall
-    var generation: UInt64
-
-    func cancel() { scheduled.cancel() }
 }
 
 /// A caller waiting for the outcome, and the timer that ends its wait.

@@ -1,8 +1,8 @@
 import Foundation
 
-/// What the engine takes from the world besides the network and the store: the time,
-/// timers, new tasks and randomness. Production passes the system's (`SystemEnvironment`
-/// in DTXCoordinator); the simulator passes its own, so that one seed is one run.
+/// What the engine and the kit's 3PC branches take from the world besides the network and
+/// the store: the time, timers, new tasks and randomness. Production passes the system's
+/// (`SystemEnvironment` in DTXAPI); the simulator passes its own, so that one seed is one run.
 public protocol EngineEnvironment: Sendable {
     /// The wall-clock time: what views and records show, and what deadlines count in.
     func now() -> Date

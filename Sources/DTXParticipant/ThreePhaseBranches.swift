@@ -2,8 +2,6 @@ import DTXAPI
 import DTXCore
 import Foundation
 import Logging
-import NIOCore
-import NIOPosix
 import Synchronization
 
 /// Runs 3PC's participant side (`ThreePhaseParticipant`) for every branch in progress on
@@ -24,13 +22,16 @@ final class ThreePhaseBranches: Sendable {
     let network: ThreePhaseNetwork
     /// The wait in q, w or p before the branch acts alone (later waits are longer).
     let timeout: Duration
+    let environment: any EngineEnvironment
     let logger: Logger
     private let live = Mutex<[BranchRef: ThreePhaseBranch]>([:])
 
-    init(resourceManager: any ThreePhaseResourceManager, network: ThreePhaseNetwork, timeout: Duration, logger: Logger) {
+    init(resourceManager: any ThreePhaseResourceManager, network: ThreePhaseNetwork, timeout: Duration,
+         environment: any EngineEnvironment = SystemEnvironment(), logger: Logger) {
         self.resourceManager = resourceManager
         self.network = network
         self.timeout = timeout
+        self.environment = environment
         self.logger = logger
     }
 
@@ -63,7 +64,7 @@ final class ThreePhaseBranches: Sendable {
             live[record.ref] = branch
             return true
         }
-        if resumed { Task { _ = await branch.submit(event, work: nil) } }
+        if resumed { environment.spawn { _ = await branch.submit(event, work: nil) } }
     }
 
     /// The live branch, or one rebuilt from the resource manager's record (q when it has none).
@@ -87,49 +88,31 @@ final class ThreePhaseBranches: Sendable {
             if live[branch.ref] === branch { live[branch.ref] = nil }
         }
         guard failed else { return }
-        Task {
-            try? await Task.sleep(for: timeout)
-            if let record = try? await resourceManager.threePhaseBranch(branch.ref), record.state == .prepared || record.state == .preCommitted {
-                resume(record)
-            }
+        let ref = branch.ref
+        _ = environment.schedule(after: timeout) { [self] in
+            environment.spawn { await self.resumeIfUnfinished(ref) }
+        }
+    }
+
+    private func resumeIfUnfinished(_ ref: BranchRef) async {
+        if let record = try? await resourceManager.threePhaseBranch(ref), record.state == .prepared || record.state == .preCommitted {
+            resume(record)
         }
     }
 }
 
-/// One branch's machine, fed one event at a time; the actions of an event are performed
-/// in order (durable ones awaited) before the next event is handled. The work, the
-/// questions and the PRECOMMITs to peers run as tasks that post their outcome back.
+/// One branch's machine, fed one event at a time by the engine's runner (`Mailbox`,
+/// `OneShot`, `Timers` in DTXCore, as the coordinator's transaction driver is); the actions
+/// of an event are performed in order (durable ones awaited) before the next event is
+/// handled. The work, the questions and the PRECOMMITs to peers run as tasks that post
+/// their outcome back.
 final class ThreePhaseBranch: Sendable {
     private typealias Event = ThreePhaseParticipant.Event
     typealias Answer = ThreePhaseBranches.Answer
-
     /// Where the answer to one message goes, once known.
-    private final class Slot: Sendable {
-        private let slot = Mutex<(answer: Answer?, waiter: CheckedContinuation<Answer, Never>?)>((nil, nil))
-
-        func set(_ answer: Answer) {
-            let waiter = slot.withLock { s -> CheckedContinuation<Answer, Never>? in
-                guard s.answer == nil else { return nil }
-                s.answer = answer
-                defer { s.waiter = nil }
-                return s.waiter
-            }
-            waiter?.resume(returning: answer)
-        }
-
-        var isSet: Bool { slot.withLock { $0.answer != nil } }
-
-        func value() async -> Answer {
-            await withCheckedContinuation { waiter in
-                let ready = slot.withLock { s -> Answer? in
-                    if let answer = s.answer { return answer }
-                    s.waiter = waiter
-                    return nil
-                }
-                if let ready { waiter.resume(returning: ready) }
-            }
-        }
-    }
+    private typealias Slot = OneShot<Answer>
+    /// The branch's one timer: the wait before it acts alone.
+    private struct Wait: Hashable {}
 
     private struct State: Sendable {
         var machine: ThreePhaseParticipant
@@ -139,19 +122,18 @@ final class ThreePhaseBranch: Sendable {
         var result: JSONValue?
         /// The CANCOMMIT whose work is running: answered when the work's outcome is handled.
         var canCommit: Slot?
-        var queue: [(Event, Slot?)] = []
-        var draining = false
-        var timer: Scheduled<Void>?
-        var timerGeneration: UInt64 = 0
     }
 
     let ref: BranchRef
     private let owner: ThreePhaseBranches
     private let state: Mutex<State>
+    private let mailbox = Mailbox<(Event, Slot?)>()
+    private let timer: Timers<Wait>
 
     init(ref: BranchRef, machine: ThreePhaseParticipant, participants: [ThreePhasePeer], owner: ThreePhaseBranches) {
         self.ref = ref
         self.owner = owner
+        timer = Timers(environment: owner.environment)
         state = Mutex(State(machine: machine, participants: participants))
     }
 
@@ -164,28 +146,11 @@ final class ThreePhaseBranch: Sendable {
     }
 
     private func post(_ event: Event) {
-        Task { await self.enqueue(event, nil) }
+        owner.environment.spawn { await self.enqueue(event, nil) }
     }
 
-    /// Events are handled one at a time, in arrival order, by whichever task finds nobody
-    /// handling them (as the coordinator's transaction driver does).
     private func enqueue(_ event: Event, _ slot: Slot?) async {
-        let drain = state.withLock { s -> Bool in
-            s.queue.append((event, slot))
-            guard !s.draining else { return false }
-            s.draining = true
-            return true
-        }
-        guard drain else { return }
-        while let (next, nextSlot) = state.withLock({ s -> (Event, Slot?)? in
-            guard !s.queue.isEmpty else {
-                s.draining = false
-                return nil
-            }
-            return s.queue.removeFirst()
-        }) {
-            await process(next, nextSlot)
-        }
+        await mailbox.deliver((event, slot)) { await process($0.0, $0.1) }
     }
 
     private func process(_ event: Event, _ slot: Slot?) async {
@@ -212,7 +177,7 @@ final class ThreePhaseBranch: Sendable {
             let failure = Answer(reply: .refused(code: "unavailable", message: "\(error); retry later"), result: nil)
             slot?.set(failure)
             replyTo?.set(failure)
-            cancelTimer()
+            timer.cancel(Wait())
             owner.forget(self, failed: true)
             return
         }
@@ -232,7 +197,7 @@ final class ThreePhaseBranch: Sendable {
         switch action {
         case .prepare:
             state.withLock { $0.canCommit = slot }
-            Task { await self.runWork() }
+            owner.environment.spawn { await self.runWork() }
         case .recordPreCommit:
             try await owner.resourceManager.preCommit(ref)
         case .commit:
@@ -245,15 +210,15 @@ final class ThreePhaseBranch: Sendable {
         case .schedule(let attempt):
             arm(attempt: attempt)
         case .cancelTimer:
-            cancelTimer()
+            timer.cancel(Wait())
         case .askCoordinator:
-            Task { self.post(.coordinatorAnswered(await owner.network.coordinatorState(of: ref))) }
+            owner.environment.spawn { self.post(.coordinatorAnswered(await owner.network.coordinatorState(of: ref))) }
         case .askPeers(let peers):
             let participants = state.withLock { $0.participants }
-            Task { self.post(.peersAnswered(await owner.network.peerStates(gid: ref.gid, peers, of: participants))) }
+            owner.environment.spawn { self.post(.peersAnswered(await owner.network.peerStates(gid: ref.gid, peers, of: participants))) }
         case .sendPreCommit(let peers):
             let participants = state.withLock { $0.participants }
-            Task { self.post(.peersPreCommitted(await owner.network.preCommit(gid: ref.gid, peers, of: participants))) }
+            owner.environment.spawn { self.post(.peersPreCommitted(await owner.network.preCommit(gid: ref.gid, peers, of: participants))) }
         }
     }
 
@@ -281,39 +246,7 @@ final class ThreePhaseBranch: Sendable {
 
     /// Arms the branch's one timer (replacing the armed one); later waits are longer.
     private func arm(attempt: Int) {
-        let delay = owner.timeout * min(max(attempt, 1), 4)
-        // An event-loop timer, not a sleeping task: no dispatch timer and thread wake-up
-        // per branch. Armed under the lock, so its firing (which takes the lock) finds it.
-        let replaced = state.withLock { s -> Scheduled<Void>? in
-            s.timerGeneration += 1
-            let generation = s.timerGeneration
-            defer {
-                s.timer = MultiThreadedEventLoopGroup.singleton.next().scheduleTask(in: TimeAmount(delay)) { [weak self] () -> Void in
-                    self?.fire(generation)
-                }
-            }
-            return s.timer
-        }
-        replaced?.cancel()
-    }
-
-    private func cancelTimer() {
-        let armed = state.withLock { s -> Scheduled<Void>? in
-            s.timerGeneration += 1
-            defer { s.timer = nil }
-            return s.timer
-        }
-        armed?.cancel()
-    }
-
-    /// A timer's firing, unless it was cancelled or replaced meanwhile.
-    private func fire(_ generation: UInt64) {
-        let current = state.withLock { s -> Bool in
-            guard s.timerGeneration == generation else { return false }
-            s.timer = nil
-            return true
-        }
-        if current { post(.timedOut) }
+        timer.arm(Wait(), after: owner.timeout * min(max(attempt, 1), 4)) { [weak self] in self?.post(.timedOut) }
     }
 
     private static func isMessage(_ event: Event) -> Bool {
