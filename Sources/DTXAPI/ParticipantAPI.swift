@@ -33,12 +33,65 @@ public struct ParticipantReply: Codable, Sendable, Equatable {
     }
 }
 
-extension ParticipantMessage {
-    /// The path the coordinator posts this message to, under the participant's base URL:
-    /// `/dtx/2pc/prepare`, `/dtx/tcc/try|confirm|cancel`, `/dtx/saga/action|compensate`.
-    public func path(for proto: TransactionProtocol) -> String {
-        "/dtx/\(proto.rawValue)/\(rawValue)"
+/// A message of the participant protocol as it travels: `POST {base}/dtx/{protocol}/{message}`.
+/// The one list of those routes (`all`), with the word each is answered with when done;
+/// the coordinator posts to them, the kit serves them and names its failpoints after them.
+public struct ParticipantRoute: Hashable, Sendable {
+    public let proto: TransactionProtocol
+    public let message: ParticipantMessage
+
+    private init(listing proto: TransactionProtocol, _ message: ParticipantMessage) {
+        self.proto = proto
+        self.message = message
     }
+
+    /// Every route, in the contract's order: 2PC, TCC, saga, 3PC (whose ROLLBACK is its abort).
+    public static let all: [ParticipantRoute] = [
+        .init(listing: .twoPhaseCommit, .prepare), .init(listing: .twoPhaseCommit, .commit), .init(listing: .twoPhaseCommit, .rollback),
+        .init(listing: .twoPhaseCommit, .commitOnePhase),
+        .init(listing: .tcc, .try), .init(listing: .tcc, .confirm), .init(listing: .tcc, .cancel),
+        .init(listing: .saga, .action), .init(listing: .saga, .compensate),
+        .init(listing: .threePhaseCommit, .canCommit), .init(listing: .threePhaseCommit, .preCommit), .init(listing: .threePhaseCommit, .doCommit),
+        .init(listing: .threePhaseCommit, .rollback),
+    ]
+
+    private static let byPath = Dictionary(uniqueKeysWithValues: all.map { ($0.path, $0) })
+
+    /// The route of `message` in `proto`, nil when that protocol does not send it.
+    public init?(_ proto: TransactionProtocol, _ message: ParticipantMessage) {
+        guard Self.all.contains(ParticipantRoute(listing: proto, message)) else { return nil }
+        self.init(listing: proto, message)
+    }
+
+    /// The route posted to `path`, if any.
+    public init?(path: String) {
+        guard let route = Self.byPath[path] else { return nil }
+        self = route
+    }
+
+    /// `/dtx/2pc/prepare`, `/dtx/tcc/try`, `/dtx/3pc/can_commit`…
+    public var path: String { "/dtx/\(proto.rawValue)/\(message.rawValue)" }
+
+    /// The `status` a participant answers with once it has done the message (2PC's
+    /// PREPARE and COMMIT_ONE_PHASE may also answer `read_only`; 3PC answers its state).
+    public var doneStatus: String {
+        switch message {
+        case .prepare: "prepared"
+        case .commit, .commitOnePhase, .doCommit: "committed"
+        case .rollback: proto == .threePhaseCommit ? ThreePhaseState.aborted.rawValue : "rolled_back"
+        case .try: "tried"
+        case .confirm: "confirmed"
+        case .cancel: "cancelled"
+        case .action: "done"
+        case .compensate: "compensated"
+        case .canCommit: ThreePhaseState.prepared.rawValue
+        case .preCommit: ThreePhaseState.preCommitted.rawValue
+        }
+    }
+
+    /// `GET {base}/dtx/state?gid=…&branch=…`: where the coordinator and 3PC peers ask a
+    /// branch's state during termination.
+    public static let statePath = "/dtx/state"
 }
 
 /// `POST {base}/dtx/batch`, served by participants that registered `batch: true`:

@@ -52,7 +52,9 @@ public final class HTTPTransport: Transport {
     }
 
     public func send(_ message: ParticipantMessage, protocol proto: TransactionProtocol, request: ParticipantRequest, to endpoint: ParticipantEndpoint) async -> ParticipantResponse {
-        let path = message.path(for: proto)
+        guard let path = ParticipantRoute(proto, message)?.path else {
+            return .failed("\(proto.rawValue) has no \(message.rawValue) message")
+        }
         let body = Self.encode(request)
         if endpoint.batch, message.finishesABranch, proto != .threePhaseCommit {
             return await batcher(for: endpoint).send(path: path, body: body)

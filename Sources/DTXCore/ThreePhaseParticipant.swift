@@ -45,6 +45,18 @@ public struct ThreePhaseParticipant: Sendable {
         case peersPreCommitted([BranchID: ThreePhaseState])
         /// A restart: the machine holds the state the participant's records hold.
         case recovered
+
+        /// The event a 3PC message's arrival is (ROLLBACK is 3PC's abort); nil for another
+        /// protocol's message.
+        public init?(arrivalOf message: ParticipantMessage) {
+            switch message {
+            case .canCommit: self = .canCommit
+            case .preCommit: self = .preCommit
+            case .doCommit: self = .doCommit
+            case .rollback: self = .abort
+            default: return nil
+            }
+        }
     }
 
     /// The answer to the message being handled (for CANCOMMIT, once the work is done).

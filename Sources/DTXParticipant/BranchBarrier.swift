@@ -1,35 +1,29 @@
+import DTXAPI
 import DTXCore
 import Synchronization
 
-/// A TCC or Saga message that runs behind the branch barrier.
+/// The TCC and saga messages, which run behind the branch barrier (the raw values are
+/// the messages', kept in the barrier's records). What travels is their `route`'s.
 public enum BarrierPhase: String, Sendable, CaseIterable, Codable {
     case `try`, confirm, cancel
     case action, compensate
 
-    /// The protocol the phase belongs to.
-    public var transactionProtocol: TransactionProtocol {
-        switch self {
-        case .try, .confirm, .cancel: .tcc
-        case .action, .compensate: .saga
-        }
+    /// The phase's message and protocol: `/dtx/tcc/try`, `/dtx/saga/action`…
+    public var route: ParticipantRoute {
+        let message = ParticipantMessage(rawValue: rawValue)!
+        return ParticipantRoute(.tcc, message) ?? ParticipantRoute(.saga, message)!
     }
+
+    /// The protocol the phase belongs to.
+    public var transactionProtocol: TransactionProtocol { route.proto }
 
     /// The phase that does the branch's work and may be refused: `try` or `action`.
     public var isForward: Bool { self == .try || self == .action }
 
     /// The word a participant answers the phase with (`ParticipantReply.status`).
-    public var replyStatus: String {
-        switch self {
-        case .try: "tried"
-        case .confirm: "confirmed"
-        case .cancel: "cancelled"
-        case .action: "done"
-        case .compensate: "compensated"
-        }
-    }
+    public var replyStatus: String { route.doneStatus }
 
-    /// The path the coordinator posts the phase to: `/dtx/tcc/try`, `/dtx/saga/action`…
-    public var path: String { "/dtx/\(transactionProtocol.rawValue)/\(rawValue)" }
+    public var path: String { route.path }
 }
 
 /// The branch barrier's rules (docs/PROTOCOLS.md, "The anomalies the barrier removes"), shared by every resource

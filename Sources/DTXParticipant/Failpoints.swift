@@ -38,6 +38,11 @@ public enum FailpointName: String, CaseIterable, Sendable {
     /// 3PC's commit (DOCOMMIT or termination) checks `before-commit`.
     case beforePreCommit = "before-pre-commit", afterPreCommit = "after-pre-commit"
 
+    /// The failpoint checked when a message arrives: named after the message.
+    init(arrivalOf route: ParticipantRoute) {
+        self.init(rawValue: route.message.rawValue)!
+    }
+
     /// The failpoints around the resource manager's work of a TCC or saga phase.
     static func around(_ phase: BarrierPhase) -> (before: FailpointName, after: FailpointName) {
         switch phase {
@@ -172,7 +177,7 @@ public struct RequestFailpointMiddleware<Context: RequestContext>: RouterMiddlew
     }
 
     public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard let name = ServedMessage(path: request.uri.path)?.arrivalFailpoint ?? ThreePhaseMessage(path: request.uri.path)?.arrivalFailpoint else {
+        guard let name = ParticipantRoute(path: request.uri.path).map(FailpointName.init(arrivalOf:)) else {
             return try await next(request, context)
         }
         do {

@@ -4,46 +4,11 @@ import Foundation
 import Hummingbird
 import Logging
 
-/// A message of the participant protocol that this kit serves, at
-/// `POST /dtx/<protocol>/<message>`. The kit's own list (not `ParticipantMessage`), so
-/// that the routes name exactly what they serve.
-enum ServedMessage: String, CaseIterable, Sendable {
-    case prepare, commit, rollback
-    case commitOnePhase = "commit_one_phase"
-    case `try`, confirm, cancel
-    case action, compensate
-
-    var transactionProtocol: TransactionProtocol {
-        barrierPhase?.transactionProtocol ?? .twoPhaseCommit
-    }
-
-    /// The TCC or saga phase, nil for a 2PC message.
-    var barrierPhase: BarrierPhase? { BarrierPhase(rawValue: rawValue) }
-
-    var path: String { "/dtx/\(transactionProtocol.rawValue)/\(rawValue)" }
-
-    /// The failpoint checked when this message arrives.
-    var arrivalFailpoint: FailpointName {
-        switch self {
-        case .prepare: .prepare
-        case .commit: .commit
-        case .rollback: .rollback
-        case .commitOnePhase: .commitOnePhase
-        case .try: .try
-        case .confirm: .confirm
-        case .cancel: .cancel
-        case .action: .action
-        case .compensate: .compensate
-        }
-    }
-
-    private static let byPath = Dictionary(uniqueKeysWithValues: allCases.map { ($0.path, $0) })
-
-    /// The message posted to `path`, if any.
-    init?(path: String) {
-        guard let message = Self.byPath[path] else { return nil }
-        self = message
-    }
+extension ParticipantRoute {
+    /// The routes of 2PC, TCC and sagas, which the kit serves here and takes in batches
+    /// (3PC's are in ThreePhaseRoutes.swift).
+    static let served = all.filter { $0.proto != .threePhaseCommit }
+    static let threePhase = all.filter { $0.proto == .threePhaseCommit }
 }
 
 extension ParticipantService {
@@ -68,20 +33,20 @@ extension ParticipantService {
     public func addRoutes<Context: RequestContext>(to router: some RouterMethods<Context>, failpoints: Failpoints? = nil) {
         let expectedAuthorization = configuration.callbackToken.map { Array("Bearer \($0)".utf8) }
         let unauthorized = Answer.error(.unauthorized, code: "unauthorized", message: "this participant requires 'Authorization: Bearer <token>' with the callback token it registered")
-        for message in ServedMessage.allCases {
-            let path = RouterPath(message.path)
+        for route in ParticipantRoute.served {
+            let path = RouterPath(route.path)
             router.post(path) { request, context -> Response in
                 if let expectedAuthorization, !Self.matches(request.headers[.authorization], expectedAuthorization) {
                     return unauthorized.response
                 }
                 do throws(Rejection) {
                     let body = try await Self.collectBody(request, context: context)
-                    return await self.answer(message, body: body).response
+                    return await self.answer(route, body: body).response
                 } catch {
                     return error.response
                 }
             }
-            Self.refuseOtherMethods(on: message.path, allowing: [.post], router)
+            Self.refuseOtherMethods(on: route.path, allowing: [.post], router)
         }
         router.post(RouterPath(ParticipantBatch.path)) { request, context -> Response in
             if let expectedAuthorization, !Self.matches(request.headers[.authorization], expectedAuthorization) {
@@ -99,8 +64,8 @@ extension ParticipantService {
             guard let expectedAuthorization, !Self.matches(request.headers[.authorization], expectedAuthorization) else { return nil }
             return JSONResponse.error(.unauthorized, code: "unauthorized", message: "this participant requires 'Authorization: Bearer <token>' with the callback token it registered")
         }
-        let threePhasePaths = threePhase == nil ? [] : ThreePhaseMessage.allCases.map(\.path) + [ThreePhaseMessage.statePath]
-        let known = (ServedMessage.allCases.filter { servedProtocols.contains($0.transactionProtocol) }.map(\.path) + threePhasePaths
+        let threePhasePaths = threePhase == nil ? [] : ParticipantRoute.threePhase.map(\.path) + [ParticipantRoute.statePath]
+        let known = (ParticipantRoute.served.filter { servedProtocols.contains($0.proto) }.map(\.path) + threePhasePaths
             + [ParticipantBatch.path]).joined(separator: ", ")
         for method in Self.everyMethod {
             router.on("/dtx/**", method: method) { request, _ -> Response in
@@ -125,11 +90,12 @@ extension ParticipantService {
     }
 
     /// What `message` with the request body `bytes` answers, alone or in a batch.
-    private func answer(_ message: ServedMessage, body bytes: [UInt8]) async -> Answer {
-        if let phase = message.barrierPhase, !servedProtocols.contains(phase.transactionProtocol) {
+    private func answer(_ route: ParticipantRoute, body bytes: [UInt8]) async -> Answer {
+        if route.proto != .twoPhaseCommit, !servedProtocols.contains(route.proto) {
             let served = servedProtocols.map(\.rawValue).joined(separator: ", ")
-            return .error(.notFound, code: "protocol_not_served", message: "\(ProtocolNotServed(transactionProtocol: phase.transactionProtocol)); it serves \(served)")
+            return .error(.notFound, code: "protocol_not_served", message: "\(ProtocolNotServed(transactionProtocol: route.proto)); it serves \(served)")
         }
+        let message = route.message
         let body: ParticipantRequest
         let ref: BranchRef
         do {
@@ -142,27 +108,22 @@ extension ParticipantService {
             return Self.reply(phase.replyStatus, result)
         }
         do {
+            if let phase = BarrierPhase(rawValue: message.rawValue) { return try await barrier(phase) }
             switch message {
             case .prepare:
                 switch try await resourceManager.prepare(ref, operation: body.operation, payload: body.payload) {
-                case let .prepared(result): return Self.reply("prepared", result)
+                case let .prepared(result): return Self.reply(route.doneStatus, result)
                 case let .readOnly(result): return Self.reply("read_only", result)
                 }
             case .commit:
                 try await resourceManager.commit(ref)
-                return Self.reply("committed", nil)
             case .rollback:
                 try await resourceManager.rollback(ref)
-                return Self.reply("rolled_back", nil)
-            case .commitOnePhase:
+            default:  // commit_one_phase: the served routes hold no other message
                 let result = try await resourceManager.commitOnePhase(ref, operation: body.operation, payload: body.payload)
-                return Self.reply("committed", result)
-            case .try: return try await barrier(.try)
-            case .confirm: return try await barrier(.confirm)
-            case .cancel: return try await barrier(.cancel)
-            case .action: return try await barrier(.action)
-            case .compensate: return try await barrier(.compensate)
+                return Self.reply(route.doneStatus, result)
             }
+            return Self.reply(route.doneStatus, nil)
         } catch let error as BusinessError {
             logger.debug("business refusal", metadata: ["gid": .string(ref.gid), "branch": .stringConvertible(ref.branch), "message": .string(message.rawValue), "code": .string(error.code)])
             return .error(.conflict, code: error.code, message: error.message)
@@ -209,13 +170,13 @@ extension ParticipantService {
 
     /// One message of a batch: its arrival failpoint, then what its own path answers.
     private func answerBatched(_ item: JSONValue, failpoints: Failpoints?) async -> Answer {
-        guard let path = item["path"]?.stringValue, let message = ServedMessage(path: path) else {
-            let known = ServedMessage.allCases.map(\.path).joined(separator: ", ")
+        guard let path = item["path"]?.stringValue, let route = ParticipantRoute(path: path), ParticipantRoute.served.contains(route) else {
+            let known = ParticipantRoute.served.map(\.path).joined(separator: ", ")
             return .error(.notFound, code: "not_found", message: "a batched message's 'path' must be one of \(known)")
         }
         if let failpoints {
             do {
-                try await failpoints.reach(message.arrivalFailpoint)
+                try await failpoints.reach(FailpointName(arrivalOf: route))
             } catch let error as BusinessError {
                 return .error(.conflict, code: error.code, message: error.message)
             } catch {
@@ -224,7 +185,7 @@ extension ParticipantService {
         }
         var request = JSONWriter()
         request.value(item["request"]!)
-        return await answer(message, body: request.bytes)
+        return await answer(route, body: request.bytes)
     }
 
     /// Runs a TCC or saga phase on the resource manager.

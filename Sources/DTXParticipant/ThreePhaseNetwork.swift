@@ -54,7 +54,7 @@ final class ThreePhaseNetwork: Sendable {
     /// The states of the peers that answered `GET {base}/dtx/state`.
     func peerStates(gid: String, _ peers: [BranchID], of participants: [ThreePhasePeer]) async -> [BranchID: ThreePhaseState] {
         await ask(peers, of: participants) { id, url in
-            let json = await self.call(url + "/dtx/state?gid=\(PathSegment.encode(gid))&branch=\(id)", token: self.peerToken, posting: nil)
+            let json = await self.call(url + ParticipantRoute.statePath + "?gid=\(PathSegment.encode(gid))&branch=\(id)", token: self.peerToken, posting: nil)
             return json?["status"]?.stringValue.flatMap(ThreePhaseState.init(rawValue:))
         }
     }
@@ -65,7 +65,7 @@ final class ThreePhaseNetwork: Sendable {
             // A peer does not know the branch's operation; PRECOMMIT needs only the branch.
             let request = (try? JSONEncoder.dtx().encode(ParticipantRequest(gid: gid, branch: id, operation: ""))) ?? Data()
             let body = HTTPClientRequest.Body.bytes(ByteBuffer(bytes: request))
-            guard let json = await self.call(url + ThreePhaseMessage.preCommit.path, token: self.peerToken, posting: body) else { return nil }
+            guard let json = await self.call(url + ParticipantRoute(.threePhaseCommit, .preCommit)!.path, token: self.peerToken, posting: body) else { return nil }
             if json["error"]?["code"]?.stringValue == "already_aborted" { return .aborted }
             return json["status"]?.stringValue.flatMap(ThreePhaseState.init(rawValue:))
         }

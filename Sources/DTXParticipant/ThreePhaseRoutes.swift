@@ -3,45 +3,6 @@ import DTXCore
 import Foundation
 import Hummingbird
 
-/// A 3PC message this kit serves at `POST /dtx/3pc/<message>`. ROLLBACK is 3PC's abort.
-enum ThreePhaseMessage: String, CaseIterable, Sendable {
-    case canCommit = "can_commit"
-    case preCommit = "pre_commit"
-    case doCommit = "do_commit"
-    case rollback
-
-    var path: String { "/dtx/3pc/\(rawValue)" }
-
-    var event: ThreePhaseParticipant.Event {
-        switch self {
-        case .canCommit: .canCommit
-        case .preCommit: .preCommit
-        case .doCommit: .doCommit
-        case .rollback: .abort
-        }
-    }
-
-    /// The failpoint checked when this message arrives.
-    var arrivalFailpoint: FailpointName {
-        switch self {
-        case .canCommit: .canCommit
-        case .preCommit: .preCommit
-        case .doCommit: .doCommit
-        case .rollback: .rollback
-        }
-    }
-
-    private static let byPath = Dictionary(uniqueKeysWithValues: allCases.map { ($0.path, $0) })
-
-    init?(path: String) {
-        guard let message = Self.byPath[path] else { return nil }
-        self = message
-    }
-
-    /// Where peers ask for a branch's state during termination.
-    static let statePath = "/dtx/state"
-}
-
 extension ParticipantService {
     /// 3PC's routes: `POST /dtx/3pc/can_commit`, `/pre_commit`, `/do_commit`, `/rollback`
     /// (a `ParticipantRequest`; 200 with the branch's state as `status`, 409
@@ -50,8 +11,9 @@ extension ParticipantService {
     /// `{"status": <state>}`), all behind the callback token when one is configured.
     func addThreePhaseRoutes<Context: RequestContext>(to router: some RouterMethods<Context>, authorized: @escaping @Sendable (Request) -> Response?) {
         guard let threePhase else { return }
-        for message in ThreePhaseMessage.allCases {
-            router.post(RouterPath(message.path)) { request, context -> Response in
+        for route in ParticipantRoute.threePhase {
+            let event = ThreePhaseParticipant.Event(arrivalOf: route.message)!
+            router.post(RouterPath(route.path)) { request, context -> Response in
                 if let refusal = authorized(request) { return refusal }
                 let body: ParticipantRequest
                 let ref: BranchRef
@@ -60,17 +22,17 @@ extension ParticipantService {
                 } catch {
                     return error.response
                 }
-                return await self.answer(threePhase, message.event, ref, body)
+                return await self.answer(threePhase, event, ref, body)
             }
-            Self.refuseOtherMethods(on: message.path, allowing: [.post], router)
+            Self.refuseOtherMethods(on: route.path, allowing: [.post], router)
         }
-        Self.refuseOtherMethods(on: ThreePhaseMessage.statePath, allowing: [.get], router)
-        router.get(RouterPath(ThreePhaseMessage.statePath)) { request, _ -> Response in
+        Self.refuseOtherMethods(on: ParticipantRoute.statePath, allowing: [.get], router)
+        router.get(RouterPath(ParticipantRoute.statePath)) { request, _ -> Response in
             if let refusal = authorized(request) { return refusal }
             let query = request.uri.queryParameters
             guard let gid = query["gid"].map(String.init), (try? GlobalTransactionID(validating: gid)) != nil,
                   let branch = query["branch"].flatMap(QueryNumber.branch) else {
-                return JSONResponse.error(.badRequest, code: "bad_request", message: "GET \(ThreePhaseMessage.statePath) needs ?gid=<gid>&branch=<branch id, 0 to 2147483647>")
+                return JSONResponse.error(.badRequest, code: "bad_request", message: "GET \(ParticipantRoute.statePath) needs ?gid=<gid>&branch=<branch id, 0 to 2147483647>")
             }
             return await self.answer(threePhase, .stateRequested, BranchRef(gid: gid, branch: branch), nil)
         }
