@@ -5,7 +5,7 @@ import DTXCore
 /// Answers: 200 with a `ParticipantReply`; 409 with an `APIErrorBody` for a definitive
 /// business failure (a NO vote); 425 or 503 to be retried later; anything else is
 /// retried with backoff.
-public struct ParticipantRequest: Codable, Sendable, Equatable {
+public struct ParticipantRequest: Sendable, Equatable {
     public var gid: String
     public var branch: BranchID
     public var operation: String
@@ -22,7 +22,7 @@ public struct ParticipantRequest: Codable, Sendable, Equatable {
     }
 }
 
-public struct ParticipantReply: Codable, Sendable, Equatable {
+public struct ParticipantReply: Sendable, Equatable {
     /// 2PC: `prepared`, `read_only`, `committed`, `rolled_back`.
     public var status: String
     public var result: JSONValue?

@@ -55,7 +55,7 @@ public final class HTTPTransport: Transport {
         guard let path = ParticipantRoute(proto, message)?.path else {
             return .failed("\(proto.rawValue) has no \(message.rawValue) message")
         }
-        let body = Self.encode(request)
+        let body = request.jsonBytes()
         if endpoint.batch, message.finishesABranch, proto != .threePhaseCommit {
             return await batcher(for: endpoint).send(path: path, body: body)
         }
@@ -196,21 +196,6 @@ public final class HTTPTransport: Transport {
     }
 
     /// The `ParticipantRequest` body, written directly (it is on every message's path).
-    static func encode(_ request: ParticipantRequest) -> [UInt8] {
-        var json = JSONWriter()
-        json.member("{\"branch\":", request.branch)
-        json.member(",\"gid\":", request.gid)
-        json.member(",\"operation\":", request.operation)
-        if let participants = request.participants {
-            json.member(",\"participants\":", .array(participants.map { .string($0) }))
-        }
-        if let payload = request.payload {
-            json.member(",\"payload\":", payload)
-        }
-        json.raw("}")
-        return json.bytes
-    }
-
     private static func describe(_ error: Error) -> String {
         if let error = error as? HTTPClientError, error == .deadlineExceeded { return "no answer within the request timeout" }
         if let error = error as? ParticipantConnections.Failure { return error.description }

@@ -12,9 +12,6 @@ extension ParticipantRoute {
 }
 
 extension ParticipantService {
-    /// Shared by all requests: its options never change, and decoding is thread-safe.
-    private static let requestDecoder = JSONDecoder.dtx()
-
     /// Adds the participant protocol's routes: for 2PC `POST /dtx/2pc/prepare`,
     /// `/commit`, `/rollback` and `/commit_one_phase`; for TCC `POST /dtx/tcc/try`,
     /// `/confirm` and `/cancel`; for sagas `POST /dtx/saga/action` and `/compensate`.
@@ -222,11 +219,9 @@ extension ParticipantService {
     static func parse(_ bytes: [UInt8]) throws(Rejection) -> (ParticipantRequest, BranchRef) {
         let body: ParticipantRequest
         do {
-            body = try ParticipantRequest(fastParsing: bytes) ?? Self.requestDecoder.decode(ParticipantRequest.self, from: Data(bytes))
-        } catch let error as DecodingError {
-            throw Rejection(.badRequest, code: "bad_request", message: Self.describe(error, bodyIsEmpty: bytes.isEmpty))
+            body = try ParticipantRequest(json: bytes)
         } catch {
-            throw Rejection(.badRequest, code: "bad_request", message: "cannot read the request body: \(error)")
+            throw Rejection(.badRequest, code: "bad_request", message: error.message)
         }
         do {
             _ = try GlobalTransactionID(validating: body.gid)
@@ -255,29 +250,6 @@ extension ParticipantService {
         var difference: UInt8 = 0
         for index in bytes.indices { difference |= bytes[index] ^ expected[index] }
         return difference == 0
-    }
-
-    private static func describe(_ error: DecodingError, bodyIsEmpty: Bool) -> String {
-        let expected = "send a JSON object with 'gid' (string), 'branch' (integer), 'operation' (string) and optionally 'payload'"
-        func field(_ path: [any CodingKey]) -> String {
-            path.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".")
-        }
-        switch error {
-        case let .keyNotFound(key, context):
-            return "missing field '\(field(context.codingPath + [key]))'; \(expected)"
-        case let .valueNotFound(_, context):
-            return "field '\(field(context.codingPath))' is null; \(expected)"
-        case let .typeMismatch(_, context) where context.codingPath.isEmpty:
-            return "the body is not a JSON object; \(expected)"
-        case let .typeMismatch(type, context):
-            return "field '\(field(context.codingPath))' must be of type \(type); \(expected)"
-        case let .dataCorrupted(context) where context.codingPath.isEmpty:
-            return bodyIsEmpty ? "the request body is empty; \(expected)" : "the body is not valid JSON; \(expected)"
-        case let .dataCorrupted(context):
-            return "field '\(field(context.codingPath))' is invalid: \(context.debugDescription)"
-        @unknown default:
-            return "cannot read the request body: \(error); \(expected)"
-        }
     }
 }
 

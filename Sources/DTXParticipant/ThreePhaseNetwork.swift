@@ -63,8 +63,7 @@ final class ThreePhaseNetwork: Sendable {
     func preCommit(gid: String, _ peers: [BranchID], of participants: [ThreePhasePeer]) async -> [BranchID: ThreePhaseState] {
         await ask(peers, of: participants) { id, url in
             // A peer does not know the branch's operation; PRECOMMIT needs only the branch.
-            let request = (try? JSONEncoder.dtx().encode(ParticipantRequest(gid: gid, branch: id, operation: ""))) ?? Data()
-            let body = HTTPClientRequest.Body.bytes(ByteBuffer(bytes: request))
+            let body = HTTPClientRequest.Body.bytes(ByteBuffer(bytes: ParticipantRequest(gid: gid, branch: id, operation: "").jsonBytes()))
             guard let json = await self.call(url + ParticipantRoute(.threePhaseCommit, .preCommit)!.path, token: self.peerToken, posting: body) else { return nil }
             if json["error"]?["code"]?.stringValue == "already_aborted" { return .aborted }
             return json["status"]?.stringValue.flatMap(ThreePhaseState.init(rawValue:))

@@ -81,24 +81,44 @@ import Testing
 }
 
 @Suite struct ParticipantMessageEncodingTests {
-    @Test(arguments: [
-        #"{"gid":"g-1","branch":0,"operation":"debit"}"#,
-        #"{"gid":"g-1","branch":7,"operation":"debit","payload":{"amount":5,"to":["x"]},"participants":["a","b"]}"#,
-        #"{"branch":2,"operation":"op","gid":"g","payload":null,"extra":true}"#,
-    ])
-    func theFastReaderAgreesWithCodable(_ text: String) throws {
-        let fast = try #require(ParticipantRequest(fastParsing: Array(text.utf8)))
-        #expect(fast == (try JSONDecoder().decode(ParticipantRequest.self, from: Data(text.utf8))))
-    }
-
-    @Test(arguments: [#"{"gid":"g","branch":1.5,"operation":"x"}"#, #"{"gid":"g","operation":"x"}"#, #"{"gid":1,"branch":0,"operation":"x"}"#, #"{"gid":"g","branch":0,"operation":"x","participants":[1]}"#, "[]", "{"])
-    func anythingElseIsLeftToCodableToDiagnose(_ text: String) {
-        #expect(ParticipantRequest(fastParsing: Array(text.utf8)) == nil)
-    }
-
-    @Test func repliesAreWhatCodableWrites() throws {
-        for reply in [ParticipantReply(status: "prepared"), ParticipantReply(status: "committed", result: .object(["id": .number(3), "s": .string("é\"")]))] {
-            #expect(String(decoding: reply.jsonBytes(), as: UTF8.self) == String(decoding: try JSONEncoder.dtx().encode(reply), as: UTF8.self))
+    @Test func theReaderReadsWhatTheWriterWritesAndIgnoresUnknownFields() throws {
+        let requests = [
+            ParticipantRequest(gid: "g-1", branch: 0, operation: "debit"),
+            ParticipantRequest(gid: "g-1", branch: 7, operation: "debit", payload: .object(["amount": .number(5), "to": .array([.string("x")])]), participants: ["a", "b"]),
+        ]
+        for request in requests {
+            #expect(try ParticipantRequest(json: request.jsonBytes()) == request)
         }
+        #expect(String(decoding: requests[1].jsonBytes(), as: UTF8.self)
+                == #"{"branch":7,"gid":"g-1","operation":"debit","participants":["a","b"],"payload":{"amount":5,"to":["x"]}}"#)
+        let loose = #"{"branch":2,"operation":"op","gid":"g","payload":null,"participants":null,"extra":true}"#
+        #expect(try ParticipantRequest(json: Array(loose.utf8)) == ParticipantRequest(gid: "g", branch: 2, operation: "op"))
+    }
+
+    @Test(arguments: [
+        (#"{"gid":"g","branch":1.5,"operation":"x"}"#, "field 'branch' must be an integer"),
+        (#"{"gid":"g","operation":"x"}"#, "missing field 'branch'"),
+        (#"{"gid":null,"branch":0,"operation":"x"}"#, "field 'gid' is null"),
+        (#"{"gid":1,"branch":0,"operation":"x"}"#, "field 'gid' must be a string"),
+        (#"{"gid":"g","branch":0,"operation":"x","participants":[1]}"#, "field 'participants.0' must be a string"),
+        (#"{"gid":"g","branch":0,"operation":"x","participants":"a"}"#, "field 'participants' must be an array"),
+        ("[]", "the body is not a JSON object"),
+        ("{", "the body is not valid JSON"),
+        ("", "the request body is empty"),
+    ])
+    func anythingElseIsRefusedSayingWhatToSend(_ text: String, _ why: String) {
+        #expect(throws: ParticipantRequest.Unreadable.self) { try ParticipantRequest(json: Array(text.utf8)) }
+        do {
+            _ = try ParticipantRequest(json: Array(text.utf8))
+        } catch {
+            #expect(error.message.hasPrefix(why), "\(error.message)")
+            #expect(error.message.contains("send a JSON object with 'gid' (string)"))
+        }
+    }
+
+    @Test func repliesAreWrittenWithSortedKeys() {
+        #expect(String(decoding: ParticipantReply(status: "prepared").jsonBytes(), as: UTF8.self) == #"{"status":"prepared"}"#)
+        let reply = ParticipantReply(status: "committed", result: .object(["s": .string("é\""), "id": .number(3)]))
+        #expect(String(decoding: reply.jsonBytes(), as: UTF8.self) == #"{"result":{"id":3,"s":"é\""},"status":"committed"}"#)
     }
 }
