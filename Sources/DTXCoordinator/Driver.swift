@@ -188,12 +188,16 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 event = own
             case .common(let common, _):
                 if let why = s.machine.rejection(of: common) { return ([], [], why) }
+                if let id = common.branch, !s.machine.branches.indices.contains(id) {
+                    // Answers and timers name only branches this driver sent to or armed for.
+                    return ([.impossible("\(gid): \(common) names branch \(id), which does not exist")], [], nil)
+                }
                 record(common, in: &s)
                 guard let own = Machine.translate(common) else { return ([], [], nil) }
                 event = own
             }
             let actions = s.machine.handle(event)
-            if !actions.isEmpty { s.updatedAt = context.environment.now() }
+            if actions.contains(where: { if case .impossible = $0 { false } else { true } }) { s.updatedAt = context.environment.now() }
             return (actions, s.machine.branches, nil)
         }
         // Answered once the actions are performed: what the request caused (an
@@ -259,6 +263,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 context.metrics.phase(proto, "prepare", .seconds(now.timeIntervalSince(started)))
             case .finish(let status):
                 finish(status)
+            case .impossible(let why):
+                context.invariantBroken(why)
             }
         }
         if sentPrepare { context.failpoints.hit(.afterPrepareSent) }

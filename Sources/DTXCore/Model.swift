@@ -310,6 +310,19 @@ public enum TransactionAction: Sendable, Equatable {
     case decided(Decision)
     /// Every branch has acknowledged; the transaction is over.
     case finish(TransactionStatus)
+    /// The event could not have come had the engine kept its invariants (an answer to a
+    /// message never sent, a second start, a request `rejection(of:)` refuses): the
+    /// machine changes nothing and the engine reports it as a broken invariant. Events a
+    /// machine ignores as late or duplicate yield no action at all.
+    case impossible(String)
+}
+
+extension TransactionStateMachine {
+    /// What a machine answers an event its states do not act on: nothing when the event
+    /// is late or a duplicate; `impossible` when `impossible`.
+    func ignoring(_ event: Event, impossible: Bool) -> [TransactionAction] {
+        impossible ? [.impossible("\(gid): \(event) while \(status.rawValue)")] : []
+    }
 }
 
 /// How a participant answered one message, as the engine reports it to a machine.
@@ -325,6 +338,14 @@ public enum ParticipantResponse: Sendable, Equatable {
 /// The events the engine feeds every protocol, whatever the protocol. A machine
 /// translates each into its own `Event` (or ignores one that means nothing to it).
 public enum CommonEvent: Sendable, Equatable {
+    /// The branch an answer or a timer is about.
+    public var branch: BranchID? {
+        switch self {
+        case .replied(let id, _, _), .timedOut(.retry(let id)), .timedOut(.step(let id)): id
+        default: nil
+        }
+    }
+
     case start
     /// Interactive: open the transaction for enlistment.
     case open

@@ -302,10 +302,25 @@ public struct Saga: TransactionStateMachine {
             compensations.append(id)
             return actions + runReadyCompensations()
         default:
-            // Late, duplicate and out-of-order messages change nothing: an action's answer
-            // once compensating (its step is compensated anyway), a compensation's answer
-            // before it was sent, messages for unknown steps, `phaseOne` (unused).
-            return []
+            return ignored(event)
+        }
+    }
+
+    /// Late and duplicate answers and timers change nothing: an action's answer once
+    /// compensating (its step is compensated anyway) or after the end, a compensation's
+    /// answer repeated, a retry or step timer overtaken. Impossible: a second start or
+    /// recovery, an abort request `rejection(of:)` refuses, an answer or timer before the
+    /// start, a compensation's answer while running forward, `phaseOne` (never armed).
+    private func ignored(_ event: Event) -> [TransactionAction] {
+        switch event {
+        case .start, .recovered, .abortRequested, .timedOut(.phaseOne):
+            return ignoring(event, impossible: true)
+        case .forced:
+            return []  // taken above in every state
+        case .stepDone, .stepRefused, .stepFailed, .timedOut:
+            return ignoring(event, impossible: status == .created)
+        case .compensated, .compensationFailed:
+            return ignoring(event, impossible: status == .created || status == .running)
         }
     }
 

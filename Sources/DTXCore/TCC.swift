@@ -158,9 +158,30 @@ public struct TryConfirmCancel: TransactionStateMachine {
             branches[id].result = result
             return []
         default:
-            // Late, duplicate and out-of-order messages change nothing (beyond the result
-            // kept above); nor do the timeout after the decision and other late Try answers.
-            return []
+            return ignored(event)
+        }
+    }
+
+    /// Late and duplicate answers and timers change nothing (beyond the result kept
+    /// above): a Try's answer after the decision, the timeout after it, an acknowledgement
+    /// repeated. Impossible: a second start, a request `rejection(of:)` refuses, a Try's
+    /// answer in an interactive transaction (it sends none), a Confirm's or Cancel's answer
+    /// or a retry before the decision, any timer before the start.
+    private func ignored(_ event: Event) -> [TransactionAction] {
+        let undecided = status == .created || status == .active || status == .trying
+        switch event {
+        case .start, .open, .recovered, .enlisted, .commitRequested, .abortRequested:
+            return ignoring(event, impossible: true)
+        case .forced:
+            return []  // taken above in every state
+        case .tried, .tryRefused, .deliveryFailed(_, .try, _):
+            return ignoring(event, impossible: interactive || status == .created || status == .active)
+        case .confirmed, .cancelled, .deliveryFailed(_, .confirm, _), .deliveryFailed(_, .cancel, _), .timedOut(.retry):
+            return ignoring(event, impossible: undecided)
+        case .deliveryFailed, .timedOut(.step):
+            return ignoring(event, impossible: true)  // TCC sends nothing else, arms no step timer
+        case .timedOut(.phaseOne):
+            return ignoring(event, impossible: status == .created)
         }
     }
 

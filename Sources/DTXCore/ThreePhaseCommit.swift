@@ -160,8 +160,25 @@ public struct ThreePhaseCommit: TransactionStateMachine {
         case (_, .timedOut(.retry(let id))):
             return awaitedMessage(of: id).map { [.send($0, to: id)] } ?? []
         default:
-            // Late, duplicate and out-of-order messages change nothing.
-            return []
+            return ignored(event)
+        }
+    }
+
+    /// Late and duplicate answers and timers change nothing: a vote after the pre-commit
+    /// or the abort, a state reported twice, the timeout after the decision. Impossible:
+    /// a second start or recovery, an abort request `rejection(of:)` refuses, an answer to
+    /// PreCommit, DoCommit or ROLLBACK while every branch is still asked CanCommit, any
+    /// answer or timer before the start.
+    private func ignored(_ event: Event) -> [TransactionAction] {
+        switch event {
+        case .start, .recovered, .abortRequested, .timedOut(.step):
+            return ignoring(event, impossible: true)
+        case .forced, .deliveryFailed, .timedOut(.retry):
+            return []  // taken above in every state
+        case .voted, .timedOut(.phaseOne):
+            return ignoring(event, impossible: status == .created)
+        case .reported:
+            return ignoring(event, impossible: status == .created || status == .preparing)
         }
     }
 

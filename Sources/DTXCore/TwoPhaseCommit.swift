@@ -183,8 +183,30 @@ public struct TwoPhaseCommit: TransactionStateMachine {
         case (.aborting, .timedOut(.retry(let id))):
             return state(of: id) == .rollingBack ? [.send(.rollback, to: id)] : []
         default:
-            // Late, duplicate and out-of-order messages change nothing.
-            return []
+            return ignored(event)
+        }
+    }
+
+    /// Late and duplicate answers and timers change nothing: a vote after the decision, an
+    /// acknowledgement repeated, the timeout after the decision. Impossible: a second
+    /// start or recovery, a request `rejection(of:)` refuses, a vote in an interactive
+    /// transaction (it sends no PREPARE), a phase-two answer before phase two, any answer
+    /// or timer before the start.
+    private func ignored(_ event: Event) -> [TransactionAction] {
+        let started = status != .created && status != .active
+        switch event {
+        case .start, .open, .recovered, .recoveredDelegation, .enlisted, .commitRequested, .abortRequested:
+            return ignoring(event, impossible: true)
+        case .forced:
+            return []  // taken above in every state
+        case .voted:
+            return ignoring(event, impossible: interactive || !started)
+        case .deliveryFailed:
+            return ignoring(event, impossible: status == .created || status == .active)
+        case .acknowledged, .endedOtherwise:
+            return ignoring(event, impossible: !started || status == .preparing)
+        case .timedOut:
+            return ignoring(event, impossible: status == .created)
         }
     }
 
