@@ -142,7 +142,7 @@ public struct ParticipantList: Codable, Sendable, Equatable {
 
 /// `POST /v1/transactions`: a whole transaction (submit-and-run), or with
 /// `interactive: true` and no branches, the begin of an XA-style transaction.
-public struct TransactionSubmission: Codable, Sendable, Equatable {
+public struct TransactionSubmission: Encodable, Sendable, Equatable {
     /// Client-chosen id; submitting the same gid and spec again returns the same transaction.
     public var gid: String?
     public var `protocol`: TransactionProtocol
@@ -226,44 +226,6 @@ extension BranchSpec {
             }
         }
         return nil
-    }
-}
-
-extension TransactionSubmission {
-    /// Reads the common submission — `gid`, `protocol`, `timeout`, `wait`, `interactive`
-    /// and branches of `participant`, `operation` and `payload` — from parsed JSON, with
-    /// what Codable makes of it (an absent or null optional is nil). nil for anything
-    /// else (saga fields, other keys, a wrong type, invalid JSON): the caller then decodes
-    /// with Codable, which says what is wrong. This spares dtxd Foundation's decoder on
-    /// every submission.
-    public init?(commonJSON bytes: [UInt8]) {
-        guard let parsed = try? JSONValue(parsingStrictly: bytes), case .object(let fields) = parsed,
-              case .string(let name)? = fields["protocol"], let proto = TransactionProtocol(rawValue: name)
-        else { return nil }
-        var submission = TransactionSubmission(protocol: proto)
-        for (key, value) in fields {
-            switch (key, value) {
-            case ("protocol", _), ("gid", .null), ("timeout", .null), ("wait", .null), ("interactive", .null), ("branches", .null): continue
-            case ("gid", .string(let gid)): submission.gid = gid
-            case ("timeout", .number(let seconds)): submission.timeout = seconds
-            case ("wait", .bool(let flag)): submission.wait = flag
-            case ("interactive", .bool(let flag)): submission.interactive = flag
-            case ("branches", .array(let items)):
-                var branches: [BranchSpec] = []
-                branches.reserveCapacity(items.count)
-                for item in items {
-                    guard case .object(let branch) = item, case .string(let participant)? = branch["participant"],
-                          case .string(let operation)? = branch["operation"],
-                          branch.count == (branch["payload"] == nil ? 2 : 3)
-                    else { return nil }
-                    let payload = branch["payload"]
-                    branches.append(BranchSpec(participant: participant, operation: operation, payload: payload == .null ? nil : payload))
-                }
-                submission.branches = branches
-            default: return nil
-            }
-        }
-        self = submission
     }
 }
 

@@ -50,8 +50,12 @@ struct CoordinatorRoutes: Sendable {
             Route(method: .post, path: "/v1/transactions") { request, _ in
                 var request = request
                 let buffer = try await request.collectBody(upTo: maxBodySize)
-                let submission = try TransactionSubmission(commonJSON: Array(buffer.readableBytesView))
-                    ?? decode(TransactionSubmission.self, .submission, from: buffer)
+                let submission: TransactionSubmission
+                do {
+                    submission = try TransactionSubmission(json: try document(.submission, from: buffer))
+                } catch let error as TransactionSubmission.Unreadable {
+                    throw CoordinatorError(.invalid, "invalid_json", error.message)
+                }
                 let (view, created) = try await coordinator.submit(submission)
                 return jsonResponse(view, status: created ? 201 : 200)
             },
@@ -187,6 +191,19 @@ struct CoordinatorRoutes: Sendable {
     /// strictly valid (duplicate keys, invalid UTF-8), a property `shape` does not
     /// define, or anything else that is not the expected JSON.
     private func decode<Body: Decodable>(_ type: Body.Type, _ shape: RequestShape, from buffer: ByteBuffer) throws -> Body {
+        _ = try document(shape, from: buffer)
+        do {
+            return try JSONDecoder.dtx().decode(type, from: Data(buffer.readableBytesView))
+        } catch let error as DecodingError {
+            throw CoordinatorError(.invalid, "invalid_json", describe(error))
+        } catch {
+            throw CoordinatorError(.invalid, "invalid_json", "the body cannot be read: \(error)")
+        }
+    }
+
+    /// The body as JSON, refused (400) when empty, not strictly valid JSON (duplicate keys,
+    /// invalid UTF-8) or holding a property `shape` does not define.
+    private func document(_ shape: RequestShape, from buffer: ByteBuffer) throws -> JSONValue {
         guard buffer.readableBytes > 0 else { throw CoordinatorError(.invalid, "invalid_json", "the request needs a JSON body") }
         let document: JSONValue
         do {
@@ -197,13 +214,7 @@ struct CoordinatorRoutes: Sendable {
         if let (path, allowed) = shape.unknownProperty(in: document) {
             throw CoordinatorError(.invalid, "invalid_json", "\(path) is not a property of this request; the properties allowed there are \(allowed.joined(separator: ", "))")
         }
-        do {
-            return try JSONDecoder.dtx().decode(type, from: Data(buffer.readableBytesView))
-        } catch let error as DecodingError {
-            throw CoordinatorError(.invalid, "invalid_json", describe(error))
-        } catch {
-            throw CoordinatorError(.invalid, "invalid_json", "the body cannot be read: \(error)")
-        }
+        return document
     }
 
     private func describe(_ error: DecodingError) -> String {

@@ -65,11 +65,9 @@ enum SubmissionFile {
 
         let submission: TransactionSubmission
         do {
-            submission = try decoder.decode(TransactionSubmission.self, from: data)
-        } catch let error as DecodingError {
-            throw Problem(description: "\(name): \(describe(error))")
+            submission = try TransactionSubmission(json: document)
         } catch {
-            throw Problem(description: "\(name): \(error)")
+            throw Problem(description: "\(name): \(error.message)")
         }
         try checkRules(submission, in: name)
         return submission
@@ -128,43 +126,5 @@ enum SubmissionFile {
         let found = rest.isEmpty ? "the end of the input" : "'\(String(decoding: rest, as: UTF8.self))'"
         let what = detail.hasPrefix("Invalid value") ? "unexpected" : detail.replacingOccurrences(of: #" around character \d+\.?"#, with: "", options: .regularExpression) + ";"
         return "\(what) \(found) at line \(line), column \(column)"
-    }
-
-    /// `branches[0].operation`: where in the document a decoding error happened.
-    static func path(_ codingPath: [CodingKey]) -> String {
-        var text = ""
-        for key in codingPath {
-            if let index = key.intValue {
-                text += "[\(index)]"
-            } else {
-                text += text.isEmpty ? key.stringValue : ".\(key.stringValue)"
-            }
-        }
-        return text.isEmpty ? "(top level)" : text
-    }
-
-    static func describe(_ error: DecodingError) -> String {
-        switch error {
-        case let .keyNotFound(key, context):
-            let place = path(context.codingPath + [key])
-            let hint = key.stringValue == "protocol" ? " (one of \(protocolNames))" : ""
-            return "missing required key '\(place)'\(hint)"
-        case let .typeMismatch(_, context):
-            return "\(path(context.codingPath)): \(context.debugDescription)"
-        case let .valueNotFound(_, context):
-            return "\(path(context.codingPath)): \(context.debugDescription)"
-        case let .dataCorrupted(context):
-            var text = "\(path(context.codingPath)): \(context.debugDescription)"
-            if context.codingPath.last?.stringValue == "protocol" {
-                text += "; use one of \(protocolNames)"
-            }
-            return text
-        @unknown default:
-            return "\(error)"
-        }
-    }
-
-    private static var protocolNames: String {
-        TransactionProtocol.allCases.map(\.rawValue).joined(separator: ", ")
     }
 }
