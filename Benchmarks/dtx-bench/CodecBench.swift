@@ -59,6 +59,28 @@ struct CodecBench: AsyncParsableCommand {
         var interactive: Bool?
     }
 
+    struct CodableView: Encodable {
+        var gid: String
+        var `protocol`: TransactionProtocol
+        var status: String
+        var decision: Decision?
+        var interactive: Bool
+        var heuristic: Bool
+        var stuck: Bool
+        var createdAt: Date
+        var updatedAt: Date
+        var timeout: Double
+        var error: String?
+        var branches: [BranchView]
+        var timeline: [TimelineEntry]
+        var compensations: [BranchID]?
+
+        init(_ view: TransactionView) {
+            (gid, `protocol`, status, decision, interactive, heuristic, stuck) = (view.gid, view.protocol, view.status, view.decision, view.interactive, view.heuristic, view.stuck)
+            (createdAt, updatedAt, timeout, error, branches, timeline, compensations) = (view.createdAt, view.updatedAt, view.timeout, view.error, view.branches, view.timeline, view.compensations)
+        }
+    }
+
     struct CodableReply: Codable {
         var status: String
         var result: JSONValue?
@@ -97,6 +119,7 @@ struct CodecBench: AsyncParsableCommand {
             timeline: ["submitted", "prepare: prepared", "prepare: prepared", "decided commit", "commit: committed", "commit: committed", "finished committed"]
                 .enumerated().map { TimelineEntry(at: now, event: $0.element, branch: $0.offset % 3 == 0 ? nil : $0.offset % 2) },
             compensations: nil)
+        let codableView = CodableView(view)
         let begin = LogEntry.begin(gid: try GlobalTransactionID(validating: gid), protocol: .twoPhaseCommit, branches: submission.branches ?? [])
         let beginRecord = begin.encoded()
 
@@ -128,7 +151,7 @@ struct CodecBench: AsyncParsableCommand {
                     codable: { try decoder.decode(CodableSubmission.self, from: Data(submissionBytes)).branches?.count ?? 0 })
         try measure("view", "write", perTransaction: 1,
                     hand: { view.jsonBytes().count },
-                    codable: { try encoder.encode(view).count })
+                    codable: { try encoder.encode(codableView).count })
         try measure("participant request", "write", perTransaction: 4,
                     hand: { request.jsonBytes().count },
                     codable: { try encoder.encode(codableRequest).count })

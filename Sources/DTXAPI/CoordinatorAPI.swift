@@ -266,7 +266,7 @@ public struct TimelineEntry: Codable, Sendable, Equatable {
 
 /// Status strings: `active` (interactive, open for enlistment), `preparing`,
 /// `committing`, `aborting`, `committed`, `aborted`.
-public struct TransactionView: Codable, Sendable, Equatable {
+public struct TransactionView: Decodable, Sendable, Equatable {
     public var gid: String
     public var `protocol`: TransactionProtocol
     public var status: String

@@ -134,6 +134,11 @@ enum Format {
 
 /// `--json`: the daemon's answer as it came, pretty-printed with sorted keys and ISO dates.
 enum JSONOutput {
+    /// A view is written by dtxd's one writer of that shape (`jsonBytes`), then pretty-printed.
+    static func print(_ view: TransactionView) throws {
+        try print(try JSONValue(parsing: view.jsonBytes()))
+    }
+
     static func print<Value: Encodable>(_ value: Value) throws {
         let encoder = JSONEncoder.dtx()
         encoder.outputFormatting.insert(.prettyPrinted)
