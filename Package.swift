@@ -247,7 +247,7 @@ let package = Package(
         ),
 
         .target(name: "DTXTestSupport", path: "Tests/DTXTestSupport"),
-        .testTarget(name: "DTXCoreTests", dependencies: ["DTXCore"]),
+        .testTarget(name: "DTXCoreTests", dependencies: ["DTXCore", "DTXAPI"]),
         .testTarget(name: "DTXAPITests", dependencies: ["DTXAPI", "DTXCore"]),
         .testTarget(name: "DTXSQLiteTests", dependencies: ["DTXSQLite", "DTXParticipant", "DTXCore", "DTXTestSupport"]),
         .testTarget(name: "DTXPostgresTests", dependencies: ["DTXPostgres", "DTXParticipant", "DTXCore", "DTXTestSupport"]),

@@ -81,6 +81,12 @@ struct CodecBench: AsyncParsableCommand {
         }
     }
 
+    struct CodableBegin: Codable {
+        var gid: String
+        var `protocol`: TransactionProtocol
+        var branches: [BranchSpec]
+    }
+
     struct CodableReply: Codable {
         var status: String
         var result: JSONValue?
@@ -166,8 +172,8 @@ struct CodecBench: AsyncParsableCommand {
                     codable: { try decoder.decode(CodableReply.self, from: Data(replyBytes)).status.count })
         // Log records are read only at start (replay): nothing per transaction.
         try measure("log record (begin)", "read", perTransaction: 0,
-                    hand: { try JSONValue(parsing: beginRecord.payload)["gid"]?.stringValue?.count ?? 0 },
-                    codable: { try LogEntry(type: beginRecord.type, payload: beginRecord.payload).gid.rawValue.count })
+                    hand: { try LogEntry(type: beginRecord.type, payload: beginRecord.payload).gid.rawValue.count },
+                    codable: { try decoder.decode(CodableBegin.self, from: Data(beginRecord.payload)).gid.count })
 
         print("JSON shapes: hand-written vs Codable, \(iterations) operations × \(rounds) rounds (median), \(Machine.current().build) build")
         print("  shape                  dir      hand ns  codable ns   ratio   Codable's extra µs per 2PC tx")

@@ -52,8 +52,8 @@ extension BranchSpec {
 }
 
 /// The members of a JSON object at `path`, read with the errors a submission's author
-/// needs: which place, what it must be.
-private struct Members {
+/// (or a reader of the log) needs: which place, what it must be.
+struct Members {
     typealias Unreadable = TransactionSubmission.Unreadable
     let members: [String: JSONValue]
     let path: String

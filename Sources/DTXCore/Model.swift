@@ -253,8 +253,8 @@ public enum LogEntry: Sendable, Equatable {
 /// attempts, last error and result, the timeline (bounded as the view's is), the error
 /// shown, when it last changed and a saga's compensation order. Times are kept to the
 /// millisecond (views show seconds).
-public struct TransactionHistory: Sendable, Equatable, Codable {
-    public struct BranchDetail: Sendable, Equatable, Codable {
+public struct TransactionHistory: Sendable, Equatable {
+    public struct BranchDetail: Sendable, Equatable {
         public var attempts: Int
         public var lastError: String?
         public var result: JSONValue?
@@ -266,7 +266,7 @@ public struct TransactionHistory: Sendable, Equatable, Codable {
         }
     }
 
-    public struct Event: Sendable, Equatable, Codable {
+    public struct Event: Sendable, Equatable {
         /// Seconds since 1970.
         public var at: Double
         public var event: String

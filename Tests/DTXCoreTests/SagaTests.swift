@@ -1,3 +1,4 @@
+import DTXAPI
 import DTXCore
 import Testing
 
