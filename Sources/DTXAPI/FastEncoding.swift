@@ -86,11 +86,19 @@ extension ParticipantRequest {
     /// Reads a request: the one reader of this shape (`dtx-bench codec`: JSONDecoder costs
     /// five times as much, on every participant message). Unknown fields are ignored.
     public init(json bytes: [UInt8]) throws(Unreadable) {
-        let expected = "send a JSON object with 'gid' (string), 'branch' (integer), 'operation' (string) and optionally 'payload'"
-        func unreadable(_ what: String) -> Unreadable { Unreadable(message: "\(what); \(expected)") }
         guard let parsed = try? JSONValue(parsing: bytes) else {
-            throw unreadable(bytes.isEmpty ? "the request body is empty" : "the body is not valid JSON")
+            throw Self.unreadable(bytes.isEmpty ? "the request body is empty" : "the body is not valid JSON")
         }
+        try self.init(json: parsed)
+    }
+
+    private static func unreadable(_ what: String) -> Unreadable {
+        Unreadable(message: "\(what); send a JSON object with 'gid' (string), 'branch' (integer), 'operation' (string) and optionally 'payload'")
+    }
+
+    /// Reads a request already parsed (a batch's item).
+    public init(json parsed: JSONValue) throws(Unreadable) {
+        func unreadable(_ what: String) -> Unreadable { Self.unreadable(what) }
         guard case .object(let members) = parsed else { throw unreadable("the body is not a JSON object") }
         func required(_ name: String) throws(Unreadable) -> JSONValue {
             switch members[name] {

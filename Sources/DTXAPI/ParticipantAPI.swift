@@ -102,4 +102,40 @@ public enum ParticipantBatch {
     public static let path = "/dtx/batch"
     /// The most messages one batch carries.
     public static let maximumMessages = 256
+
+    /// The batch's body: each message's path and its request body (JSON), in order.
+    public static func body(_ messages: [(path: String, body: [UInt8])]) -> [UInt8] {
+        var json = JSONWriter(capacity: 64 + messages.reduce(0) { $0 + $1.body.count + 48 })
+        json.raw("{\"messages\":[")
+        for (index, message) in messages.enumerated() {
+            json.raw(index == 0 ? "{\"path\":" : ",{\"path\":")
+            json.string(message.path)
+            json.raw(",\"request\":")
+            json.encoded(message.body)
+            json.raw("}")
+        }
+        json.raw("]}")
+        return json.bytes
+    }
+
+    /// The answer's body: each message's HTTP status and answer body (JSON), in order.
+    public static func answers(_ answers: [(status: Int, body: [UInt8])]) -> [UInt8] {
+        var json = JSONWriter(capacity: 32 + 64 * answers.count)
+        json.raw("{\"answers\":[")
+        for (index, answer) in answers.enumerated() {
+            json.raw(index == 0 ? "{\"status\":" : ",{\"status\":")
+            json.int(answer.status)
+            json.raw(",\"body\":")
+            json.encoded(answer.body)
+            json.raw("}")
+        }
+        json.raw("]}")
+        return json.bytes
+    }
+
+    /// The answers in `data`, nil unless it holds exactly `count`.
+    public static func answers(in data: [UInt8], count: Int) -> [JSONValue]? {
+        guard case .array(let answers)? = (try? JSONValue(parsing: data))?["answers"], answers.count == count else { return nil }
+        return answers
+    }
 }

@@ -447,28 +447,11 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     }
 
     func outcome(branch: BranchID?) -> String {
-        state.withLock { s in
-            switch s.decision {
-            case nil: return "pending"
-            case .abort?: return "aborted"
-            case .commit?:
-                guard let branch else { return "committed" }
-                return s.machine.outcome(of: branch, decided: .commit) == .commit ? "committed" : "aborted"
-            }
-        }
+        state.withLock { s in s.machine.answer(about: branch, decided: s.decision).map { $0 == .commit ? "committed" : "aborted" } ?? "pending" }
     }
 
     func threePhaseState(branch: BranchID?) -> ThreePhaseState {
-        state.withLock { s in
-            if let branch, !s.machine.branches.indices.contains(branch) { return .aborted }
-            if let answer = s.machine.terminationAnswer { return answer }
-            // Another protocol's gid: only its decision means anything to the asker.
-            switch s.decision {
-            case .commit?: return .committed
-            case .abort?: return .aborted
-            case nil: return .prepared
-            }
-        }
+        state.withLock { s in s.machine.threePhaseAnswer(about: branch, decided: s.decision) }
     }
 
     func unfinishedBranches(on participant: String) -> Int {

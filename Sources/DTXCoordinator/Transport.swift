@@ -76,25 +76,15 @@ public final class HTTPTransport: Transport {
 
     /// Several messages in one `POST {base}/dtx/batch`; one response per message, in order.
     func sendBatch(_ messages: [(path: String, body: [UInt8])], to endpoint: ParticipantEndpoint) async -> [ParticipantResponse] {
-        var json = JSONWriter(capacity: 64 + messages.reduce(0) { $0 + $1.body.count + 48 })
-        json.raw("{\"messages\":[")
-        for (index, message) in messages.enumerated() {
-            json.raw(index == 0 ? "{\"path\":" : ",{\"path\":")
-            json.string(message.path)
-            json.raw(",\"request\":")
-            json.encoded(message.body)
-            json.raw("}")
-        }
-        json.raw("]}")
         let status: Int
         let data: [UInt8]
         do {
-            (status, data) = try await post(ParticipantBatch.path, body: json.bytes, to: endpoint)
+            (status, data) = try await post(ParticipantBatch.path, body: ParticipantBatch.body(messages), to: endpoint)
         } catch {
             let failure = ParticipantResponse.failed("\(endpoint.name) at \(endpoint.url) unreachable: \(Self.describe(error))")
             return messages.map { _ in failure }
         }
-        guard status == 200, case .array(let answers)? = (try? JSONValue(parsing: data))?["answers"], answers.count == messages.count else {
+        guard status == 200, let answers = ParticipantBatch.answers(in: data, count: messages.count) else {
             let why = status == 200
                 ? "answered a batch of \(messages.count) without one answer per message"
                 : "answered a batch with HTTP \(status): \(String(decoding: data.prefix(200), as: UTF8.self))"

@@ -400,6 +400,23 @@ extension TransactionStateMachine {
     public func stepTimeout(_ id: BranchID) -> Duration? { nil }
     public var completedCompensations: [BranchID]? { nil }
     public var terminationAnswer: ThreePhaseState? { nil }
+
+    /// What a participant asking how branch `branch` (nil: the transaction) ended is told,
+    /// given the durable decision: nil while there is none (pending).
+    public func answer(about branch: BranchID?, decided: Decision?) -> Decision? {
+        guard let decided else { return nil }
+        guard let branch, decided == .commit else { return decided }
+        return outcome(of: branch, decided: .commit)
+    }
+
+    /// What a 3PC participant running termination is told about branch `branch`: a branch
+    /// the transaction does not have is aborted; a 3PC transaction answers its state;
+    /// another protocol's gid, only its decision (or `prepared` while undecided).
+    public func threePhaseAnswer(about branch: BranchID?, decided: Decision?) -> ThreePhaseState {
+        if let branch, !branches.indices.contains(branch) { return .aborted }
+        if let terminationAnswer { return terminationAnswer }
+        return decided.map { $0 == .commit ? .committed : .aborted } ?? .prepared
+    }
 }
 
 /// Capped exponential backoff; the engine supplies the jitter (a value in 0..<1) so

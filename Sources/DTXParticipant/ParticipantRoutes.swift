@@ -88,6 +88,11 @@ extension ParticipantService {
 
     /// What `message` with the request body `bytes` answers, alone or in a batch.
     private func answer(_ route: ParticipantRoute, body bytes: [UInt8]) async -> Answer {
+        await answer(route, Result { () throws(Rejection) in try Self.parse(bytes) })
+    }
+
+    /// What `route` answers for its request, read (or refused) from a body or a batch's item.
+    private func answer(_ route: ParticipantRoute, _ request: Result<(ParticipantRequest, BranchRef), Rejection>) async -> Answer {
         if route.proto != .twoPhaseCommit, !servedProtocols.contains(route.proto) {
             let served = servedProtocols.map(\.rawValue).joined(separator: ", ")
             return .error(.notFound, code: "protocol_not_served", message: "\(ProtocolNotServed(transactionProtocol: route.proto)); it serves \(served)")
@@ -96,7 +101,7 @@ extension ParticipantService {
         let body: ParticipantRequest
         let ref: BranchRef
         do {
-            (body, ref) = try Self.parse(bytes)
+            (body, ref) = try request.get()
         } catch {
             return error.answer
         }
@@ -152,17 +157,7 @@ extension ParticipantService {
             for await (index, answer) in group { answers[index] = answer }
             return answers
         }
-        var json = JSONWriter(capacity: 32 + 64 * answers.count)
-        json.raw("{\"answers\":[")
-        for (index, answer) in answers.enumerated() {
-            json.raw(index == 0 ? "{\"status\":" : ",{\"status\":")
-            json.int(Int(answer!.status.code))
-            json.raw(",\"body\":")
-            json.encoded(answer!.body)
-            json.raw("}")
-        }
-        json.raw("]}")
-        return Answer(status: .ok, body: json.bytes)
+        return Answer(status: .ok, body: ParticipantBatch.answers(answers.map { (Int($0!.status.code), $0!.body) }))
     }
 
     /// One message of a batch: its arrival failpoint, then what its own path answers.
@@ -180,9 +175,7 @@ extension ParticipantService {
                 return .error(.serviceUnavailable, code: "unavailable", message: "\(error); retry later")
             }
         }
-        var request = JSONWriter()
-        request.value(item["request"]!)
-        return await answer(route, body: request.bytes)
+        return await answer(route, Result { () throws(Rejection) in try Self.parse(item["request"]!) })
     }
 
     /// Runs a TCC or saga phase on the resource manager.
@@ -217,11 +210,19 @@ extension ParticipantService {
     }
 
     static func parse(_ bytes: [UInt8]) throws(Rejection) -> (ParticipantRequest, BranchRef) {
+        try check(Result { () throws(ParticipantRequest.Unreadable) in try ParticipantRequest(json: bytes) })
+    }
+
+    static func parse(_ parsed: JSONValue) throws(Rejection) -> (ParticipantRequest, BranchRef) {
+        try check(Result { () throws(ParticipantRequest.Unreadable) in try ParticipantRequest(json: parsed) })
+    }
+
+    /// The request read, with its gid, branch and participant names as the contract allows them.
+    private static func check(_ read: Result<ParticipantRequest, ParticipantRequest.Unreadable>) throws(Rejection) -> (ParticipantRequest, BranchRef) {
         let body: ParticipantRequest
-        do {
-            body = try ParticipantRequest(json: bytes)
-        } catch {
-            throw Rejection(.badRequest, code: "bad_request", message: error.message)
+        switch read {
+        case .success(let request): body = request
+        case .failure(let error): throw Rejection(.badRequest, code: "bad_request", message: error.message)
         }
         do {
             _ = try GlobalTransactionID(validating: body.gid)
