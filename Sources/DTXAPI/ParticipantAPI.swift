@@ -89,6 +89,10 @@ public struct ParticipantRoute: Hashable, Sendable {
         }
     }
 
+    /// A message that may travel in a `/dtx/batch`: one that finishes a branch
+    /// (`finishesABranch`), outside 3PC (whose messages the batch does not take).
+    public var batchable: Bool { message.finishesABranch && proto != .threePhaseCommit }
+
     /// `GET {base}/dtx/state?gid=…&branch=…`: where the coordinator and 3PC peers ask a
     /// branch's state during termination.
     public static let statePath = "/dtx/state"

@@ -279,7 +279,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             return
         }
         let request = ParticipantRequest(gid: gid.rawValue, branch: branch.id, operation: branch.spec.operation, payload: branch.spec.payload,
-                                         participants: proto == .threePhaseCommit ? allParticipants : nil)
+                                         participants: proto.participantsKnowTheirPeers ? allParticipants : nil)
         let transport = context.transport
         let registry = context.registry
         let failpoints = context.failpoints

@@ -52,14 +52,14 @@ public final class HTTPTransport: Transport {
     }
 
     public func send(_ message: ParticipantMessage, protocol proto: TransactionProtocol, request: ParticipantRequest, to endpoint: ParticipantEndpoint) async -> ParticipantResponse {
-        guard let path = ParticipantRoute(proto, message)?.path else {
+        guard let route = ParticipantRoute(proto, message) else {
             return .failed("\(proto.rawValue) has no \(message.rawValue) message")
         }
         let body = request.jsonBytes()
-        if endpoint.batch, message.finishesABranch, proto != .threePhaseCommit {
-            return await batcher(for: endpoint).send(path: path, body: body)
+        if endpoint.batch, route.batchable {
+            return await batcher(for: endpoint).send(path: route.path, body: body)
         }
-        return await sendAlone(path: path, body: body, to: endpoint)
+        return await sendAlone(path: route.path, body: body, to: endpoint)
     }
 
     /// One message in its own request.

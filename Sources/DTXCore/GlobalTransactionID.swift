@@ -7,6 +7,10 @@ public enum TransactionProtocol: String, Sendable, Codable, CaseIterable {
     case threePhaseCommit = "3pc"
     case tcc
     case saga
+
+    /// 3PC's participants end a transaction among themselves when the coordinator is
+    /// gone, so every message to them lists the transaction's participants.
+    public var participantsKnowTheirPeers: Bool { self == .threePhaseCommit }
 }
 
 /// A global transaction id. Clients may choose their own; it travels in URLs, log

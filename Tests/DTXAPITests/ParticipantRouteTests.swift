@@ -31,5 +31,6 @@ import Testing
         #expect(ParticipantRoute(.threePhaseCommit, .rollback)?.doneStatus == "aborted")
         #expect(ParticipantRoute(.tcc, .try)?.doneStatus == "tried")
         #expect(ParticipantRoute(.saga, .action)?.doneStatus == "done")
+        #expect(ParticipantRoute.all.filter(\.batchable).map(\.path) == ["/dtx/2pc/commit", "/dtx/2pc/rollback", "/dtx/tcc/confirm", "/dtx/tcc/cancel", "/dtx/saga/compensate"])
     }
 }
