@@ -360,6 +360,7 @@ public final class Coordinator: Sendable {
         switch await driver.request(.enlisted(spec)) {
         case .accepted(let count): return EnlistAnswer(gid: gid.rawValue, branch: count - 1)
         case .rejected(let why): throw CoordinatorError(.conflict, "not_open", "cannot enlist in \(gid): \(why)")
+        case .unavailable(let why): throw Self.unavailable(gid, why)
         }
     }
 
@@ -388,17 +389,30 @@ public final class Coordinator: Sendable {
             return try await finishWaiting(driver, wait)
         }
         let plain: CommonEvent = decision == .commit ? .commitRequested : .abortRequested(reason: reason ?? "aborted on request")
-        if case .rejected(let why) = await driver.request(plain) {
+        switch await driver.request(plain) {
+        case .accepted:
+            break
+        case .unavailable(let why):
+            throw Self.unavailable(gid, why)
+        case .rejected(let why):
             guard let reason else {
                 if driver.view().decision == decision { return try await finishWaiting(driver, wait) }
                 throw CoordinatorError(.conflict, "reason_required", "\(why). To force the outcome as an operator, give a reason.")
             }
-            if case .rejected(let why) = await driver.request(.forced(decision, reason: reason)) {
-                throw CoordinatorError(.conflict, "cannot_force", "cannot force \(decision.rawValue) on \(gid): \(why)")
+            switch await driver.request(.forced(decision, reason: reason)) {
+            case .accepted: break
+            case .unavailable(let why): throw Self.unavailable(gid, why)
+            case .rejected(let why): throw CoordinatorError(.conflict, "cannot_force", "cannot force \(decision.rawValue) on \(gid): \(why)")
             }
             logger.warning("operator forced an outcome", metadata: ["gid": "\(gid)", "decision": "\(decision.rawValue)", "reason": "\(reason)"])
         }
         return try await finishWaiting(driver, wait)
+    }
+
+    /// A request whose effect the store could not make durable: retry it later (or on
+    /// another node); the transaction resumes from the log.
+    private static func unavailable(_ gid: GlobalTransactionID, _ why: String) -> CoordinatorError {
+        CoordinatorError(.unavailable, "log_unavailable", "\(gid): \(why); retry the request later")
     }
 
     private func finishWaiting(_ driver: any TransactionDriving, _ wait: Bool) async throws(CoordinatorError) -> TransactionView {

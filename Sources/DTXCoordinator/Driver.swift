@@ -25,6 +25,9 @@ struct EngineContext: Sendable {
 enum RequestResult: Sendable, Equatable {
     case accepted(branchCount: Int)
     case rejected(String)
+    /// The store failed (or fenced this node off) before what the request caused was as
+    /// durable as its protocol requires: nothing may be taken as done.
+    case unavailable(String)
 }
 
 /// The coordinator's table holds drivers of any protocol through this face.
@@ -179,8 +182,9 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     }
 
     private func process(_ input: Input) async {
+        let halted = "the coordinator's log failed or it is shutting down; the transaction resumes after a restart"
         let (actions, branches, rejection): ([TransactionAction], [Branch], String?) = state.withLock { s in
-            guard !s.halted else { return ([], [], "the coordinator's log failed or it is shutting down; the transaction resumes after a restart") }
+            guard !s.halted else { return ([], [], halted) }
             guard !s.finished else { return ([], [], "the transaction is \(s.machine.status.rawValue)") }
             let event: Machine.Event
             switch input {
@@ -204,7 +208,11 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         // enlistment, a commit decision) is then as durable as its protocol requires.
         await perform(actions, branches: branches)
         if case .common(_, let reply?) = input {
-            reply.set(rejection.map { .rejected($0) } ?? .accepted(branchCount: branches.count))
+            if state.withLock({ $0.halted }) {
+                reply.set(.unavailable(halted))
+            } else {
+                reply.set(rejection.map { .rejected($0) } ?? .accepted(branchCount: branches.count))
+            }
         }
     }
 
