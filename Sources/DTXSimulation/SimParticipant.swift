@@ -168,6 +168,28 @@ final class SimParticipant: @unchecked Sendable {
         return true
     }
 
+    /// An interactive TCC branch: the service runs its Try here before it enlists it.
+    /// Returns false when the Try fails (nothing is left tried).
+    func tryLocally(_ gid: String, _ branch: BranchID, refuse: Bool) -> Bool {
+        guard up, !refuse else { return false }
+        let key = Key(gid: gid, branch: branch)
+        guard journal[key] == nil else { return false }
+        sim.world.note("\(name) \(key) - -> tried locally")
+        journal[key] = Entry(state: .tried, proto: .tcc)
+        return true
+    }
+
+    /// The service undoes a Try it could not enlist (the coordinator, which may or may not
+    /// have its enlistment, will never confirm it: the transaction cannot commit without
+    /// the application's commit, which it does not send). A Cancel the coordinator sends
+    /// later finds it cancelled.
+    func cancelLocally(_ gid: String, _ branch: BranchID) {
+        let key = Key(gid: gid, branch: branch)
+        guard journal[key]?.state == .tried else { return }
+        sim.world.note("\(name) \(key) tried -> cancelled locally")
+        journal[key]?.state = .cancelled
+    }
+
     // MARK: Branches in doubt
 
     /// A prepared (2PC, 3PC) branch asks the coordinator how it ended, a few seconds

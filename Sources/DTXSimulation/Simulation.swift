@@ -69,7 +69,7 @@ public final class Simulation: @unchecked Sendable {
         var timeout: Double
         var wait: Bool
         var start: Duration
-        /// 2PC only: opened, each branch prepared by its service and enlisted, then committed.
+        /// 2PC and TCC: opened, each branch done by its service (prepared, or its Try run) and enlisted, then committed.
         var interactive = false
     }
 
@@ -192,7 +192,7 @@ public final class Simulation: @unchecked Sendable {
             let proto = world.rng.pick([TransactionProtocol.twoPhaseCommit, .threePhaseCommit, .tcc, .saga])
             var plan = Planned(gid: "s\(seed)-\(n)", proto: proto, branches: branches(for: proto), timeout: Double(world.rng.int(1...5)),
                                wait: world.rng.chance(0.6), start: .seconds(1) + world.rng.milliseconds(0...12_000))
-            plan.interactive = proto == .twoPhaseCommit && world.rng.chance(0.3)
+            plan.interactive = (proto == .twoPhaseCommit || proto == .tcc) && world.rng.chance(0.3)
             let t = plan
             planned.append(t)
             clientsRunning += 1
@@ -257,17 +257,20 @@ public final class Simulation: @unchecked Sendable {
         return nil
     }
 
-    /// An interactive 2PC transaction as a service runs one: open it, then for each branch
-    /// prepare the work at its participant (the service's own resource manager) and enlist
-    /// it, then commit. Any refusal or failure on the way: ask for an abort, and leave
-    /// prepared branches to find their outcome by asking, as the contract says.
+    /// An interactive 2PC or TCC transaction as a service runs one: open it, then for each
+    /// branch do the work at its participant (the service's own resource manager: 2PC
+    /// prepares it, TCC runs its Try) and enlist it, then commit. Any refusal or failure on
+    /// the way: ask for an abort. A prepared branch finds its outcome by asking, as the
+    /// contract says; a Try that could not be enlisted is cancelled by its service.
     private func runInteractive(_ t: Planned) async {
         let gid = gid(t.gid)
-        let open = TransactionSubmission(gid: t.gid, protocol: .twoPhaseCommit, timeout: t.timeout, interactive: true)
+        let open = TransactionSubmission(gid: t.gid, protocol: t.proto, timeout: t.timeout, interactive: true)
         guard await submitRetrying(open) != nil else { return }
         for (id, spec) in t.branches.enumerated() {
             await world.sleep(world.rng.milliseconds(0...200))
-            guard participant(spec.participant).prepareLocally(t.gid, id, refuse: spec.payload?["refuse"] == .bool(true)) else {
+            let service = participant(spec.participant)
+            let refuse = spec.payload?["refuse"] == .bool(true)
+            guard t.proto == .tcc ? service.tryLocally(t.gid, id, refuse: refuse) : service.prepareLocally(t.gid, id, refuse: refuse) else {
                 world.note("client \(t.gid): branch \(id) failed locally")
                 return await abandon(gid)
             }
@@ -277,6 +280,7 @@ public final class Simulation: @unchecked Sendable {
                 if answer.branch != id { violation(t.gid, "enlisted as branch \(answer.branch), expected \(id)") }
             } catch {
                 world.note("client \(t.gid): enlist \(id): \(error)")
+                if t.proto == .tcc { service.cancelLocally(t.gid, id) }
                 return await abandon(gid)
             }
         }
@@ -490,7 +494,9 @@ public final class Simulation: @unchecked Sendable {
             // branch its service prepared but could not enlist is no part of it.
             let enlisted = t.interactive ? (view?.branches.count ?? 0) : t.branches.count
             let states = Array(all.prefix(enlisted))
-            if all.dropFirst(enlisted).contains(.committed) { violation(t.gid, "atomicity: a branch that was never enlisted committed [\(shown)]") }
+            if all.dropFirst(enlisted).contains(where: { $0 == .committed || $0 == .confirmed }) {
+                violation(t.gid, "atomicity: a branch that was never enlisted committed [\(shown)]")
+            }
             for id in 0..<enlisted where final == .commit && answeredAborted.contains("\(t.gid)/\(id)") {
                 violation(t.gid, "presumed abort: branch \(id)'s participant was told aborted, then the transaction committed")
             }

@@ -25,6 +25,15 @@ import Testing
         #expect(Simulation(seed: 78, tracing: true).run().traceDigest != first.traceDigest)
     }
 
+    /// Seed 640 found that an enlistment whose forced record died with the coordinator
+    /// was answered as done: its service never cancelled the Try, and no Cancel came.
+    @Test func seedsThatOnceFailedPass() {
+        for seed: UInt64 in [640] {
+            let result = Simulation(seed: seed).run()
+            #expect(result.violations.isEmpty, "seed \(seed): \(result.violations.joined(separator: "\n"))")
+        }
+    }
+
     @Test(arguments: SimulatedBug.allCases)
     func eachClassicMistakeIsCaughtWithinTheBudget(_ bug: SimulatedBug) async {
         let report = await SeedRunner(first: 1, count: 4000, jobs: 1, bugs: [bug]).run()
