@@ -9,10 +9,11 @@
 /// without Try a no-op and a Try after its Cancel a no-op) — retried until done → `end`.
 /// A Try is never retried: its failure cancels the transaction.
 ///
-/// Interactive (XA style): `open` **forced** → services enlist branches whose Try they
-/// have already run (`enlist`, **forced**: the coordinator owes that Try a Confirm or a
-/// Cancel) → the application's commit confirms them all; its abort, or the timeout,
-/// cancels them all.
+/// Interactive (XA style): `open` **forced** → services enlist their branches and run
+/// their Trys, in either order (`enlist`, **forced**: the coordinator owes the branch a
+/// Confirm or a Cancel; the kit enlists first, and the barrier makes a Cancel that
+/// overtakes its Try a no-op and the late Try refused) → the application's commit
+/// confirms them all; its abort, or the timeout, cancels them all.
 ///
 /// An operator may force an outcome with a reason, as in 2PC: cancel of an undecided
 /// transaction is an ordinary abort; the opposite of a logged decision is a heuristic

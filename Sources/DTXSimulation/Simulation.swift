@@ -259,18 +259,22 @@ public final class Simulation: @unchecked Sendable {
 
     /// An interactive 2PC or TCC transaction as a service runs one: open it, then for each
     /// branch do the work at its participant (the service's own resource manager: 2PC
-    /// prepares it, TCC runs its Try) and enlist it, then commit. Any refusal or failure on
-    /// the way: ask for an abort. A prepared branch finds its outcome by asking, as the
-    /// contract says; a Try that could not be enlisted is cancelled by its service.
+    /// prepares it, TCC runs its Try) and enlist it, then commit. A TCC service may also
+    /// enlist first and run its Try after, as the kit does (the barrier refuses a Try
+    /// whose Cancel came first). Any refusal or failure on the way: ask for an abort. A
+    /// prepared branch finds its outcome by asking, as the contract says; a Try that
+    /// could not be enlisted is cancelled by its service.
     private func runInteractive(_ t: Planned) async {
         let gid = gid(t.gid)
         let open = TransactionSubmission(gid: t.gid, protocol: t.proto, timeout: t.timeout, interactive: true)
         guard await submitRetrying(open) != nil else { return }
+        let enlistFirst = t.proto == .tcc && world.rng.chance(0.5)
         for (id, spec) in t.branches.enumerated() {
             await world.sleep(world.rng.milliseconds(0...200))
             let service = participant(spec.participant)
             let refuse = spec.payload?["refuse"] == .bool(true)
-            guard t.proto == .tcc ? service.tryLocally(t.gid, id, refuse: refuse) : service.prepareLocally(t.gid, id, refuse: refuse) else {
+            let work = { t.proto == .tcc ? service.tryLocally(t.gid, id, refuse: refuse) : service.prepareLocally(t.gid, id, refuse: refuse) }
+            guard enlistFirst || work() else {
                 world.note("client \(t.gid): branch \(id) failed locally")
                 return await abandon(gid)
             }
@@ -281,6 +285,10 @@ public final class Simulation: @unchecked Sendable {
             } catch {
                 world.note("client \(t.gid): enlist \(id): \(error)")
                 if t.proto == .tcc { service.cancelLocally(t.gid, id) }
+                return await abandon(gid)
+            }
+            if enlistFirst, !work() {
+                world.note("client \(t.gid): branch \(id) failed locally after its enlistment")
                 return await abandon(gid)
             }
         }
