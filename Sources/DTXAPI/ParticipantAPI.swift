@@ -109,28 +109,25 @@ public enum ParticipantBatch {
 
     /// The batch's body: each message's path and its request body (JSON), in order.
     public static func body(_ messages: [(path: String, body: [UInt8])]) -> [UInt8] {
-        var json = JSONWriter(capacity: 64 + messages.reduce(0) { $0 + $1.body.count + 48 })
-        json.raw("{\"messages\":[")
-        for (index, message) in messages.enumerated() {
-            json.raw(index == 0 ? "{\"path\":" : ",{\"path\":")
-            json.string(message.path)
-            json.raw(",\"request\":")
-            json.encoded(message.body)
-            json.raw("}")
-        }
-        json.raw("]}")
-        return json.bytes
+        list("{\"messages\":[", messages.map { ($0.body, $0.path) }, first: "{\"path\":", then: ",\"request\":") { $0.string($1) }
     }
 
     /// The answer's body: each message's HTTP status and answer body (JSON), in order.
     public static func answers(_ answers: [(status: Int, body: [UInt8])]) -> [UInt8] {
-        var json = JSONWriter(capacity: 32 + 64 * answers.count)
-        json.raw("{\"answers\":[")
-        for (index, answer) in answers.enumerated() {
-            json.raw(index == 0 ? "{\"status\":" : ",{\"status\":")
-            json.int(answer.status)
-            json.raw(",\"body\":")
-            json.encoded(answer.body)
+        list("{\"answers\":[", answers.map { ($0.body, $0.status) }, first: "{\"status\":", then: ",\"body\":") { $0.int($1) }
+    }
+
+    /// `head`, then per item `{<first><key>,<then><json>}`, then `]}`.
+    private static func list<Key>(_ head: StaticString, _ items: [(json: [UInt8], key: Key)], first: StaticString, then: StaticString,
+                                  _ key: (inout JSONWriter, Key) -> Void) -> [UInt8] {
+        var json = JSONWriter(capacity: 64 + items.reduce(0) { $0 + $1.json.count + 48 })
+        json.raw(head)
+        for (index, item) in items.enumerated() {
+            if index > 0 { json.raw(",") }
+            json.raw(first)
+            key(&json, item.key)
+            json.raw(then)
+            json.encoded(item.json)
             json.raw("}")
         }
         json.raw("]}")

@@ -156,26 +156,17 @@ final class SimParticipant: @unchecked Sendable {
         }
     }
 
-    /// An interactive 2PC branch: the service prepares its work here before it enlists it.
-    /// Returns false when the work fails (nothing is left prepared).
-    func prepareLocally(_ gid: String, _ branch: BranchID, refuse: Bool) -> Bool {
+    /// An interactive branch's work, done by its service here (2PC: prepared; TCC: its
+    /// Try run). Returns false when the work fails, or (TCC) when a Cancel came first:
+    /// nothing is left in doubt then.
+    func workLocally(_ gid: String, _ branch: BranchID, _ proto: TransactionProtocol, refuse: Bool) -> Bool {
         guard up, !refuse else { return false }
         let key = Key(gid: gid, branch: branch)
         guard journal[key] == nil else { return false }
-        sim.world.note("\(name) \(key) - -> prepared locally")
-        journal[key] = Entry(state: .prepared, proto: .twoPhaseCommit)
-        watch(key)
-        return true
-    }
-
-    /// An interactive TCC branch: the service runs its Try here before it enlists it.
-    /// Returns false when the Try fails (nothing is left tried).
-    func tryLocally(_ gid: String, _ branch: BranchID, refuse: Bool) -> Bool {
-        guard up, !refuse else { return false }
-        let key = Key(gid: gid, branch: branch)
-        guard journal[key] == nil else { return false }
-        sim.world.note("\(name) \(key) - -> tried locally")
-        journal[key] = Entry(state: .tried, proto: .tcc)
+        let state: State = proto == .tcc ? .tried : .prepared
+        sim.world.note("\(name) \(key) - -> \(state.rawValue) locally")
+        journal[key] = Entry(state: state, proto: proto)
+        if proto != .tcc { watch(key) }
         return true
     }
 

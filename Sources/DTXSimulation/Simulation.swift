@@ -273,7 +273,7 @@ public final class Simulation: @unchecked Sendable {
             await world.sleep(world.rng.milliseconds(0...200))
             let service = participant(spec.participant)
             let refuse = spec.payload?["refuse"] == .bool(true)
-            let work = { t.proto == .tcc ? service.tryLocally(t.gid, id, refuse: refuse) : service.prepareLocally(t.gid, id, refuse: refuse) }
+            let work = { service.workLocally(t.gid, id, t.proto, refuse: refuse) }
             guard enlistFirst || work() else {
                 world.note("client \(t.gid): branch \(id) failed locally")
                 return await abandon(gid)
