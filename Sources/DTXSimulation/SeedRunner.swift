@@ -34,7 +34,7 @@ public struct SeedRunner: Sendable {
             let rate = wallSeconds > 0 ? Double(transactions) / wallSeconds : 0
             return String(format: "%d seeds, %d transactions (%d committed) in %.1f s of wall time: %.0f transactions/s, %.0f simulated s; ",
                           seeds, transactions, committed, wallSeconds, rate, simulatedSeconds)
-                + "faults: \(faults.coordinatorCrashes) coordinator crashes (\(faults.unsyncedRecordsLost) unsynced records lost), \(faults.participantCrashes) participant crashes, \(faults.partitions) partitions, \(faults.messagesLost) messages lost, \(faults.messagesDuplicated) duplicated, \(faults.operatorCalls) operator calls (\(faults.heuristicOutcomes) heuristic outcomes); "
+                + "faults: \(faults.coordinatorCrashes) coordinator crashes (\(faults.unsyncedRecordsLost) unsynced records lost), \(faults.participantCrashes) participant crashes, \(faults.partitions) partitions, \(faults.messagesLost) messages lost, \(faults.messagesDuplicated) duplicated, \(faults.operatorCalls) operator calls (\(faults.heuristicOutcomes) heuristic outcomes), \(faults.terminations) 3PC terminations among peers; "
                 + (firstFailure == nil ? "0 violations" : "seed \(firstFailure!.seed) FAILED")
         }
     }
@@ -107,5 +107,6 @@ extension Simulation.Faults {
         messagesDuplicated += other.messagesDuplicated
         operatorCalls += other.operatorCalls
         heuristicOutcomes += other.heuristicOutcomes
+        terminations += other.terminations
     }
 }

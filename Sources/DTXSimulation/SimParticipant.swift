@@ -5,7 +5,8 @@ import Foundation
 /// A participant keeping the participant protocol's duties on an in-memory resource
 /// manager whose journal survives its crashes (each change is durable before the reply):
 /// idempotent answers, the barrier's anti-hanging and null compensation, and for 2PC
-/// and 3PC, asking the coordinator about a branch left in doubt.
+/// and 3PC, asking the coordinator about a branch left in doubt; a 3PC branch that
+/// cannot reach the coordinator terminates among its peers (DTXCore's `Termination`).
 final class SimParticipant: @unchecked Sendable {
     enum State: String {
         case prepared, preCommitted = "pre_committed", committed, rolledBack = "rolled_back", refused
@@ -38,6 +39,8 @@ final class SimParticipant: @unchecked Sendable {
     private var flakyLeft: [Key: Int] = [:]
     /// The order in which real compensations ran, across all transactions.
     private(set) var compensationOrder: [Key: Int] = [:]
+    /// 3PC: the participants of each transaction, from its CanCommit (who to ask in a termination).
+    private var peers: [String: [String]] = [:]
 
     init(name: String, sim: Simulation) {
         self.name = name
@@ -63,6 +66,7 @@ final class SimParticipant: @unchecked Sendable {
         let rolledBack = ParticipantResponse.refused(code: proto == .threePhaseCommit ? "already_aborted" : "already_rolled_back", message: "the branch was rolled back")
         switch message {
         case .prepare, .canCommit:
+            if message == .canCommit, let names = request.participants { peers[request.gid] = names }
             switch current {
             case nil where refuses: set(.refused); return .refused(code: "refused", message: "the simulation votes no")
             case nil: set(.prepared); return done("prepared")
@@ -192,9 +196,9 @@ final class SimParticipant: @unchecked Sendable {
 
     private func ask(_ key: Key) {
         guard let entry = journal[key], entry.state.inDoubt, entry.proto != .tcc else { return }
-        guard up, let coordinator = sim.reachableCoordinator(from: name) else {
-            watch(key)
-            return
+        guard up else { return watch(key) }
+        guard let coordinator = sim.reachableCoordinator(from: name) else {
+            return entry.proto == .threePhaseCommit ? terminate(key) : watch(key)
         }
         let gid = try! GlobalTransactionID(validating: key.gid)
         let outcome: Decision?
@@ -215,6 +219,51 @@ final class SimParticipant: @unchecked Sendable {
         case nil:
             watch(key)
         }
+    }
+
+    /// 3PC's termination among peers, the coordinator out of reach: the states of the
+    /// branches whose participants are up (its own included; a branch still in q is
+    /// aborted by being asked, as the kit does), decided by DTXCore's `Termination`.
+    private func terminate(_ key: Key) {
+        guard let names = peers[key.gid] else { return watch(key) }
+        var states: [BranchID: ThreePhaseState] = [:]
+        for (id, peerName) in names.enumerated() {
+            let peer = sim.participant(peerName)
+            if peer.up { states[id] = peer.stateAsked(Key(gid: key.gid, branch: id)) }
+        }
+        let outcome = Termination.decide(states)
+        sim.world.note("\(name) \(key) terminates: \(states.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value.rawValue)" }.joined(separator: ",")) -> \(outcome)")
+        switch outcome {
+        case .decided(let decision):
+            journal[key]?.state = decision == .commit ? .committed : .rolledBack
+            sim.terminated(key.gid)
+        case .preCommitFirst(let behind):
+            for id in behind { sim.participant(names[id]).preCommitAsked(Key(gid: key.gid, branch: id)) }
+            watch(key)
+        case .undecidable:
+            watch(key)
+        }
+    }
+
+    /// A peer asks this branch's 3PC state (`GET /dtx/state`).
+    private func stateAsked(_ key: Key) -> ThreePhaseState {
+        switch journal[key]?.state {
+        case nil:
+            sim.world.note("\(name) \(key) - -> rolled_back on a peer's question")
+            journal[key] = Entry(state: .rolledBack, proto: .threePhaseCommit)
+            return .aborted
+        case .prepared?: return .prepared
+        case .preCommitted?: return .preCommitted
+        case .committed?: return .committed
+        default: return .aborted
+        }
+    }
+
+    /// A peer running termination sends PRECOMMIT.
+    private func preCommitAsked(_ key: Key) {
+        guard up, journal[key]?.state == .prepared else { return }
+        sim.world.note("\(name) \(key) prepared -> pre_committed on a peer's PRECOMMIT")
+        journal[key]?.state = .preCommitted
     }
 
     /// After a restart: branches still in doubt are asked about again.

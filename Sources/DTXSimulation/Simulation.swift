@@ -38,6 +38,12 @@ public final class Simulation: @unchecked Sendable {
     var answeredAborted: Set<String> = []
     /// Gids an operator forced an outcome on (with a reason): only these may end heuristic.
     private var overridden: Set<String> = []
+    /// 3PC gids some participant decided by termination among its peers. Termination is
+    /// safe only when "out of reach" means "crashed"; here partitions and lost messages
+    /// also put a live coordinator out of reach (it may commit after its PreCommit round
+    /// timed out), so these gids may end heuristic-mixed, which the coordinator flags:
+    /// 3PC's known limit, no violation. Unflagged atomicity is still checked.
+    private var terminatedApart: Set<String> = []
     private var violations: [(gid: String?, text: String)] = []
     private var compensations = 0
     private var healed = false
@@ -58,8 +64,11 @@ public final class Simulation: @unchecked Sendable {
         public var messagesLost = 0
         public var messagesDuplicated = 0
         public var operatorCalls = 0
-        /// Transactions an operator's override left heuristic (outside the atomicity and liveness checks).
+        /// Transactions an operator's override, or 3PC participants terminating while cut
+        /// off from a live coordinator, left heuristic (outside the atomicity and liveness checks).
         public var heuristicOutcomes = 0
+        /// 3PC branches that decided by termination among their peers.
+        public var terminations = 0
     }
 
     struct Planned {
@@ -108,7 +117,7 @@ public final class Simulation: @unchecked Sendable {
         let finished = world.run(until: Self.healAt + Self.quiescenceBound) { quiescent }
         if !finished { violation(nil, "liveness: not quiescent \(Self.quiescenceBound) after healing") }
         let committed = check()
-        let heuristic = Set(planned.compactMap { t in (try? coordinator?.transaction(gid(t.gid)))?.heuristic == true ? t.gid : nil }).intersection(overridden)
+        let heuristic = Set(planned.compactMap { t in (try? coordinator?.transaction(gid(t.gid)))?.heuristic == true ? t.gid : nil }).intersection(overridden.union(terminatedApart))
         let kept = violations.filter { $0.gid.map { !heuristic.contains($0) } ?? true }.map { v in v.gid.map { "\($0): \(v.text)" } ?? v.text }
         let simulated = world.time.apiSeconds
         windDown()
@@ -175,6 +184,12 @@ public final class Simulation: @unchecked Sendable {
         guard let coordinator, !isPartitioned(participant) else { return nil }
         if world.rng.chance(loss) { return nil }
         return coordinator
+    }
+
+    /// A 3PC branch of `gid` decided by termination among its peers.
+    func terminated(_ gid: String) {
+        faults.terminations += 1
+        terminatedApart.insert(gid)
     }
 
     func isPartitioned(_ participant: String) -> Bool {
@@ -394,7 +409,7 @@ public final class Simulation: @unchecked Sendable {
         for t in planned {
             let view = try? coordinator.transaction(gid(t.gid))
             // An operator's override may leave a transaction stuck for an operator, by design.
-            if view?.heuristic == true, overridden.contains(t.gid) { continue }
+            if view?.heuristic == true, overridden.contains(t.gid) || terminatedApart.contains(t.gid) { continue }
             if let view, view.status != "committed", view.status != "aborted" { return false }
             for (id, spec) in t.branches.enumerated() where participant(spec.participant).state(t.gid, id)?.inDoubt == true { return false }
         }
@@ -470,7 +485,7 @@ public final class Simulation: @unchecked Sendable {
         for t in planned {
             let view = try? coordinator.transaction(gid(t.gid))
             if view?.heuristic == true {
-                guard overridden.contains(t.gid) else {
+                guard overridden.contains(t.gid) || terminatedApart.contains(t.gid) else {
                     violation(t.gid, "a heuristic outcome no operator's override explains")
                     continue
                 }

@@ -14,6 +14,7 @@ import Testing
         // The faults happened: the run is not vacuous.
         #expect(report.faults.coordinatorCrashes > 500 && report.faults.unsyncedRecordsLost > 100)
         #expect(report.faults.participantCrashes > 500 && report.faults.partitions > 500 && report.faults.messagesLost > 1000)
+        #expect(report.faults.terminations > 100, "3PC branches terminated among peers: \(report.faults.terminations)")
         #expect(report.committed > 0 && report.committed < report.transactions)
     }
 
