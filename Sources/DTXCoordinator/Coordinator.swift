@@ -110,11 +110,8 @@ public final class Coordinator: Sendable {
         self.transport = transport
         self.configuration = configuration
         self.logger = logger
-        context = EngineContext(store: store, environment: environment, fence: FenceSignal(), transport: transport, registry: registry, failpoints: configuration.failpoints,
-                                retryPolicy: configuration.retryPolicy, stuckAfterAttempts: configuration.stuckAfterAttempts,
-                                metrics: EngineMetrics(), logger: logger,
-                                invariantBroken: configuration.invariantBroken ?? { assertionFailure("engine invariant broken: \($0)") },
-                                bugs: configuration.simulatedBugs)
+        context = EngineContext(store: store, environment: environment, fence: FenceSignal(), transport: transport, registry: registry,
+                                configuration: configuration, metrics: EngineMetrics(), logger: logger)
         context.fence.onFenced { [weak self] in self?.fenceOff() }
 
         var replay = TransactionLogReplay()
@@ -147,9 +144,10 @@ public final class Coordinator: Sendable {
         let timeout = replayed.timeout ?? configuration.defaultTimeout
         let spec = SubmittedSpec(proto: replayed.protocol, branches: replayed.branches, interactive: replayed.interactive)
         if replayed.ended {
-            insertFinished(TransactionDriver(ended: Machine.ended(replayed), decision: replayed.endedDecision, error: replayed.reason,
+            let driver = TransactionDriver(ended: Machine.ended(replayed), decision: replayed.endedDecision, error: replayed.reason,
                                              history: replayed.history, proto: replayed.protocol,
-                                             sequence: nextSequence(), createdAt: createdAt, spec: spec, timeout: timeout, context: context))
+                                             sequence: nextSequence(), createdAt: createdAt, spec: spec, timeout: timeout, context: context)
+            table.withLock { Self.remember(driver, in: &$0, limit: configuration.historyLimit) }
             return
         }
         let (machine, event) = Machine.recovering(replayed)
@@ -177,10 +175,6 @@ public final class Coordinator: Sendable {
             guard let driver = t.live.removeValue(forKey: gid) else { return }
             Self.remember(driver, in: &t, limit: configuration.historyLimit)
         }
-    }
-
-    private func insertFinished(_ driver: any TransactionDriving) {
-        table.withLock { Self.remember(driver, in: &$0, limit: configuration.historyLimit) }
     }
 
     private static func remember(_ driver: any TransactionDriving, in t: inout Table, limit: Int) {
@@ -357,10 +351,9 @@ public final class Coordinator: Sendable {
         let spec = BranchSpec(participant: request.participant, operation: request.operation, payload: request.payload)
         if let problem = spec.documentProblem(at: "enlistment", proto: driver.proto) { throw CoordinatorError(.invalid, "invalid_branches", problem) }
         try checkServed(spec, at: "enlistment", proto: driver.proto)
-        switch await driver.request(.enlisted(spec)) {
+        switch try await driver.request(.enlisted(spec)) {
         case .accepted(let count): return EnlistAnswer(gid: gid.rawValue, branch: count - 1)
         case .rejected(let why): throw CoordinatorError(.conflict, "not_open", "cannot enlist in \(gid): \(why)")
-        case .unavailable(let why): throw Self.unavailable(gid, why)
         }
     }
 
@@ -389,30 +382,17 @@ public final class Coordinator: Sendable {
             return try await finishWaiting(driver, wait)
         }
         let plain: CommonEvent = decision == .commit ? .commitRequested : .abortRequested(reason: reason ?? "aborted on request")
-        switch await driver.request(plain) {
-        case .accepted:
-            break
-        case .unavailable(let why):
-            throw Self.unavailable(gid, why)
-        case .rejected(let why):
+        if case .rejected(let why) = try await driver.request(plain) {
             guard let reason else {
                 if driver.view().decision == decision { return try await finishWaiting(driver, wait) }
                 throw CoordinatorError(.conflict, "reason_required", "\(why). To force the outcome as an operator, give a reason.")
             }
-            switch await driver.request(.forced(decision, reason: reason)) {
-            case .accepted: break
-            case .unavailable(let why): throw Self.unavailable(gid, why)
-            case .rejected(let why): throw CoordinatorError(.conflict, "cannot_force", "cannot force \(decision.rawValue) on \(gid): \(why)")
+            if case .rejected(let why) = try await driver.request(.forced(decision, reason: reason)) {
+                throw CoordinatorError(.conflict, "cannot_force", "cannot force \(decision.rawValue) on \(gid): \(why)")
             }
             logger.warning("operator forced an outcome", metadata: ["gid": "\(gid)", "decision": "\(decision.rawValue)", "reason": "\(reason)"])
         }
         return try await finishWaiting(driver, wait)
-    }
-
-    /// A request whose effect the store could not make durable: retry it later (or on
-    /// another node); the transaction resumes from the log.
-    private static func unavailable(_ gid: GlobalTransactionID, _ why: String) -> CoordinatorError {
-        CoordinatorError(.unavailable, "log_unavailable", "\(gid): \(why); retry the request later")
     }
 
     private func finishWaiting(_ driver: any TransactionDriving, _ wait: Bool) async throws(CoordinatorError) -> TransactionView {

@@ -64,6 +64,18 @@ public struct DaemonFailpoints: Sendable {
         Point(rawValue: "after-" + milestone.rawValue).map(hit)
     }
 
+    /// The failpoint once `message` went out to a step's branches (`after-prepare-sent`), or
+    /// once a participant did it (`done`: `after-pre-commit-acknowledged`, `after-one-phase-commit`).
+    func hit(after message: ParticipantMessage, done: Bool) {
+        let point: Point? = switch (message, done) {
+        case (.prepare, false): .afterPrepareSent
+        case (.preCommit, true): .afterPreCommitAcknowledged
+        case (.commitOnePhase, true): .afterOnePhaseCommit
+        default: nil
+        }
+        point.map(hit)
+    }
+
     func hit(_ point: Point) {
         guard armed.contains(point) else { return }
         FileHandle.standardError.write(Data("dtxd: failpoint \(point.rawValue) hit, killing the process\n".utf8))

@@ -12,22 +12,19 @@ struct EngineContext: Sendable {
     var fence: FenceSignal
     var transport: any Transport
     var registry: ParticipantRegistry
-    var failpoints: DaemonFailpoints
-    var retryPolicy: RetryPolicy
-    /// A branch that has needed this many deliveries makes its transaction *stuck*.
-    var stuckAfterAttempts: Int
+    var configuration: CoordinatorConfiguration
     var metrics: EngineMetrics
     var logger: Logger
-    var invariantBroken: @Sendable (String) -> Void
-    var bugs: Set<SimulatedBug>
+
+    /// Reports a broken invariant: `configuration.invariantBroken`, else a failed assertion.
+    func invariantBroken(_ why: String) {
+        (configuration.invariantBroken ?? { assertionFailure("engine invariant broken: \($0)") })(why)
+    }
 }
 
 enum RequestResult: Sendable, Equatable {
     case accepted(branchCount: Int)
     case rejected(String)
-    /// The store failed (or fenced this node off) before what the request caused was as
-    /// durable as its protocol requires: nothing may be taken as done.
-    case unavailable(String)
 }
 
 /// The coordinator's table holds drivers of any protocol through this face.
@@ -39,7 +36,9 @@ protocol TransactionDriving: AnyObject, Sendable {
     var spec: SubmittedSpec { get }
     var isFinished: Bool { get }
     func start(with event: CommonEvent) async
-    func request(_ event: CommonEvent) async -> RequestResult
+    /// Throws `log_unavailable` when the store failed (or fenced this node off) before what
+    /// the request caused was as durable as its protocol requires: nothing may be taken as done.
+    func request(_ event: CommonEvent) async throws(CoordinatorError) -> RequestResult
     func waitForOutcome(decisionLimit: Duration, phaseTwoLimit: Duration) async throws(CoordinatorError)
     func view() -> TransactionView
     func summary() -> TransactionSummary
@@ -69,7 +68,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     private enum Input: Sendable {
         case own(Machine.Event)
         /// A request's answer is set once its actions are performed.
-        case common(CommonEvent, OneShot<RequestResult>?)
+        case common(CommonEvent, OneShot<RequestResult?>?)
     }
 
     private struct State: Sendable {
@@ -164,10 +163,13 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         context.environment.spawn { await self.enqueue(.own(event)) }
     }
 
-    func request(_ event: CommonEvent) async -> RequestResult {
-        let reply = OneShot<RequestResult>()
+    func request(_ event: CommonEvent) async throws(CoordinatorError) -> RequestResult {
+        let reply = OneShot<RequestResult?>()
         await enqueue(.common(event, reply))
-        return await reply.value()
+        guard let result = await reply.value() else {
+            throw CoordinatorError(.unavailable, "log_unavailable", "\(gid): the coordinator's log failed or it is shutting down; retry the request later")
+        }
+        return result
     }
 
     private func post(_ event: CommonEvent) async {
@@ -208,16 +210,12 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         // enlistment, a commit decision) is then as durable as its protocol requires.
         await perform(actions, branches: branches)
         if case .common(_, let reply?) = input {
-            if state.withLock({ $0.halted }) {
-                reply.set(.unavailable(halted))
-            } else {
-                reply.set(rejection.map { .rejected($0) } ?? .accepted(branchCount: branches.count))
-            }
+            reply.set(state.withLock({ $0.halted }) ? nil : rejection.map { .rejected($0) } ?? .accepted(branchCount: branches.count))
         }
     }
 
     private func perform(_ actions: [TransactionAction], branches: [Branch]) async {
-        var sentPrepare = false
+        var sent: ParticipantMessage?
         for action in actions {
             // Halted (the store failed or fenced this node off, or shutting down): nothing more goes out.
             if state.withLock({ $0.halted }) { return }
@@ -227,10 +225,10 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                     context.invariantBroken("\(gid): end logged while branch \(busy.id) is \(busy.state.rawValue)")
                 }
                 let milestone = entry.milestone(forced: forced)
-                if let milestone { context.failpoints.hit(before: milestone) }
+                if let milestone { context.configuration.failpoints.hit(before: milestone) }
                 let (type, payload) = entry.encoded()
                 do {
-                    if forced, context.bugs.contains(.commitBeforeDurable), case .decision(_, .commit, _) = entry {
+                    if forced, context.configuration.simulatedBugs.contains(.commitBeforeDurable), case .decision(_, .commit, _) = entry {
                         try context.store.append(type: type, payload: payload)
                         state.withLock { $0.outcomeForced = true }
                     } else if forced {
@@ -244,13 +242,13 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                     if case StoreError.fenced = error { context.fence.raise() }
                     return
                 }
-                if let milestone { context.failpoints.hit(after: milestone) }
+                if let milestone { context.configuration.failpoints.hit(after: milestone) }
             case let .send(message, id):
                 guard branches.indices.contains(id) else { continue }
                 if message.confirmsTheOutcome, !state.withLock({ $0.outcomeForced }) {
                     context.invariantBroken("\(gid): \(message.rawValue) to branch \(id) before a forced record made the outcome durable")
                 }
-                if message == .prepare { sentPrepare = true }
+                sent = message
                 send(message, to: branches[id], allParticipants: branches.map(\.spec.participant))
             case let .schedule(timer, attempt):
                 schedule(timer, attempt: attempt)
@@ -275,7 +273,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 context.invariantBroken(why)
             }
         }
-        if sentPrepare { context.failpoints.hit(.afterPrepareSent) }
+        if let sent { context.configuration.failpoints.hit(after: sent, done: false) }
     }
 
     private func send(_ message: ParticipantMessage, to branch: Branch, allParticipants: [String]) {
@@ -290,13 +288,12 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                                          participants: proto.participantsKnowTheirPeers ? allParticipants : nil)
         let transport = context.transport
         let registry = context.registry
-        let failpoints = context.failpoints
+        let failpoints = context.configuration.failpoints
         let proto = proto
         context.environment.spawn {
             let response = await transport.send(message, protocol: proto, request: request, to: endpoint)
             if case .failed = response {} else { registry.touch(endpoint.name) }
-            if message == .preCommit, case .done = response { failpoints.hit(.afterPreCommitAcknowledged) }
-            if message == .commitOnePhase, case .done = response { failpoints.hit(.afterOnePhaseCommit) }
+            if case .done = response { failpoints.hit(after: message, done: true) }
             await self.post(.replied(branch.id, message, response))
         }
     }
@@ -307,7 +304,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         case .phaseOne:
             delay = timeout
         case .retry(let id):
-            let policy = state.withLock { $0.machine.retryPolicy(for: id, base: context.retryPolicy) }
+            let policy = state.withLock { $0.machine.retryPolicy(for: id, base: context.configuration.retryPolicy) }
             delay = policy.delay(attempt: attempt, unit: context.environment.random())
             context.metrics.retry(proto)
         case .step(let id):
@@ -373,33 +370,25 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
     /// Writes the timeline (what participants answered is the machine's to keep).
     private func record(_ event: CommonEvent, in s: inout State) {
-        let now = context.environment.now()
+        let entry: (event: String, branch: BranchID?, detail: String?)
         switch event {
-        case let .replied(id, message, .done(status, _)):
-            record(TimelineEntry(at: now, event: "\(message.rawValue): \(status)", branch: id), in: &s)
-        case let .replied(id, message, .refused(code, text)):
-            record(TimelineEntry(at: now, event: "\(message.rawValue): refused", branch: id, detail: "\(code): \(text)"), in: &s)
-        case let .replied(id, message, .failed(error)):
-            record(TimelineEntry(at: now, event: "\(message.rawValue): failed", branch: id, detail: error), in: &s)
-        case .timedOut(.phaseOne):
-            record(TimelineEntry(at: now, event: "timed out"), in: &s)
-        case .timedOut(.retry):
-            break
-        case .timedOut(.step(let id)):
-            record(TimelineEntry(at: now, event: "attempt timed out", branch: id), in: &s)
-        case .enlisted(let spec):
-            record(TimelineEntry(at: now, event: "enlisted", branch: s.machine.branches.count, detail: "\(spec.participant) \(spec.operation)"), in: &s)
-        case .commitRequested:
-            record(TimelineEntry(at: now, event: "commit requested"), in: &s)
+        case let .replied(id, message, .done(status, _)): entry = ("\(message.rawValue): \(status)", id, nil)
+        case let .replied(id, message, .refused(code, text)): entry = ("\(message.rawValue): refused", id, "\(code): \(text)")
+        case let .replied(id, message, .failed(error)): entry = ("\(message.rawValue): failed", id, error)
+        case .timedOut(.phaseOne): entry = ("timed out", nil, nil)
+        case .timedOut(.step(let id)): entry = ("attempt timed out", id, nil)
+        case .enlisted(let spec): entry = ("enlisted", s.machine.branches.count, "\(spec.participant) \(spec.operation)")
+        case .commitRequested: entry = ("commit requested", nil, nil)
         case .abortRequested(let reason):
             s.error = s.error ?? reason
-            record(TimelineEntry(at: now, event: "abort requested", detail: reason), in: &s)
+            entry = ("abort requested", nil, reason)
         case let .forced(decision, reason):
             s.error = reason
-            record(TimelineEntry(at: now, event: "operator forced \(decision.rawValue)", detail: reason), in: &s)
-        case .start, .open:
-            break
+            entry = ("operator forced \(decision.rawValue)", nil, reason)
+        case .timedOut(.retry), .start, .open:
+            return
         }
+        record(TimelineEntry(at: context.environment.now(), event: entry.event, branch: entry.branch, detail: entry.detail), in: &s)
     }
 
     // MARK: Views
@@ -444,7 +433,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
 
     private func isStuck(_ s: State) -> Bool {
-        !s.finished && (s.halted || s.machine.branches.contains { $0.attempts >= context.stuckAfterAttempts })
+        !s.finished && (s.halted || s.machine.branches.contains { $0.attempts >= context.configuration.stuckAfterAttempts })
     }
 
     func health() -> (stuck: Bool, inDoubt: Bool) {
@@ -506,7 +495,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 throw CoordinatorError(.unavailable, "log_unavailable", "the coordinator's log cannot be written (\(error)): transaction \(gid) is decided, but its outcome is not durable; it resumes from the log after a restart")
             }
         }
-        context.failpoints.hit(.beforeOutcomeAnswer)
+        context.configuration.failpoints.hit(.beforeOutcomeAnswer)
     }
 
     /// Returns at the next decision or finish, or at `deadline`.
