@@ -154,7 +154,7 @@ public final class Coordinator: Sendable {
         let driver = makeDriver(machine, proto: replayed.protocol, createdAt: createdAt, timeout: timeout, spec: spec)
         table.withLock { $0.live[replayed.gid] = driver }
         if replayed.decision != nil, configuration.simulatedBugs.contains(.noPhaseTwoAfterRestart) { return }
-        driver.resume(with: event, outcomeDurable: replayed.decision != nil || replayed.lastAgent != nil)
+        driver.resume(with: event, outcomeDurable: replayed.decision != nil || replayed.lastAgent != nil, history: replayed.history)
     }
 
     private func nextSequence() -> UInt64 {

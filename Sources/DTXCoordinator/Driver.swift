@@ -137,10 +137,9 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             s.finished = true
             s.decision = decision
             s.outcomeForced = true
-            s.error = history?.error ?? error
+            s.error = error
             if let history {
-                s.updatedAt = Date(timeIntervalSince1970: history.updatedAt)
-                s.timeline = history.timeline.map { TimelineEntry(at: Date(timeIntervalSince1970: $0.at), event: $0.event, branch: $0.branch, detail: $0.detail) }
+                Self.restore(history, in: &s)
             } else {
                 s.timeline = [TimelineEntry(at: createdAt, event: "read from the log at start")]
             }
@@ -157,8 +156,12 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
     /// Resumes a transaction rebuilt from the log; `outcomeDurable` when the log holds its
     /// decision (or the delegation that names the branch holding it).
-    func resume(with event: Machine.Event, outcomeDurable: Bool) {
-        state.withLock { $0.outcomeForced = outcomeDurable }
+    /// With its latest `history` record, its view starts as the view it had then.
+    func resume(with event: Machine.Event, outcomeDurable: Bool, history: TransactionHistory?) {
+        state.withLock { s in
+            s.outcomeForced = outcomeDurable
+            if let history { Self.restore(history, in: &s) }
+        }
         note("recovered from the log")
         context.environment.spawn { await self.enqueue(.own(event)) }
     }
@@ -256,15 +259,18 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 timers.cancel(timer)
             case .decided(let decision):
                 let now = context.environment.now()
-                let waiters = state.withLock { s -> [Waiter] in
+                let finishing = actions.contains { if case .finish = $0 { true } else { false } }
+                let (waiters, history) = state.withLock { s -> ([Waiter], TransactionHistory?) in
                     if let earlier = s.decision, earlier != decision, !s.machine.heuristic {
                         context.invariantBroken("\(gid): decided \(decision.rawValue) after \(earlier.rawValue) with no operator override")
                     }
                     s.decision = decision
                     s.decidedAt = now
                     record(TimelineEntry(at: now, event: "decided \(decision.rawValue)"), in: &s)
-                    return s.takeWaiters()
+                    return (s.takeWaiters(), finishing ? nil : Self.history(s))
                 }
+                // A restart before the end finds the view as it was at the decision.
+                if let history { log(history) }
                 waiters.forEach { $0.resume() }
                 context.metrics.phase(proto, "prepare", .seconds(now.timeIntervalSince(started)))
             case .finish(let status):
@@ -326,15 +332,19 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             s.timeline.append(TimelineEntry(at: now, event: "finished \(status.rawValue)"))
             return (s.takeWaiters(), s.decidedAt, Self.history(s))
         }
-        // Lazy: lost with a crash before the next sync, the view after a restart shows
-        // only what the protocol's records say.
-        let record = LogEntry.history(gid: gid, history).encoded()
-        try? context.store.append(type: record.type, payload: record.payload)
+        log(history)
         timers.close()
         waiters.forEach { $0.resume() }
         if let decidedAt { context.metrics.phase(proto, status == .committed ? "commit" : "rollback", .seconds(now.timeIntervalSince(decidedAt))) }
         context.metrics.finished(proto, status)
         onFinish(gid)
+    }
+
+    /// Lazy: lost with a crash before the next sync, the view after a restart shows only
+    /// what the protocol's records (and any earlier history record) say.
+    private func log(_ history: TransactionHistory) {
+        let record = LogEntry.history(gid: gid, history).encoded()
+        try? context.store.append(type: record.type, payload: record.payload)
     }
 
     private func halt(_ error: String) {
@@ -396,6 +406,13 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     /// An abort's or an operator's reason, else the first refused work.
     private static func error(_ s: State) -> String? {
         s.error ?? s.machine.branches.lazy.compactMap { $0.result?.refusalMessage }.first
+    }
+
+    /// What a history record kept (the machine restores the branches' details itself).
+    private static func restore(_ history: TransactionHistory, in s: inout State) {
+        s.error = history.error ?? s.error
+        s.updatedAt = Date(timeIntervalSince1970: history.updatedAt)
+        s.timeline = history.timeline.map { TimelineEntry(at: Date(timeIntervalSince1970: $0.at), event: $0.event, branch: $0.branch, detail: $0.detail) }
     }
 
     private static func history(_ s: State) -> TransactionHistory {

@@ -71,7 +71,7 @@ public struct TransactionLogReplay: Sendable {
         /// From its `submitted` record; nil when that lazy record did not reach the disk.
         public var createdAt: Date?
         public var timeout: Duration?
-        /// From its `history` record, logged lazily when it finished.
+        /// From its latest `history` record, logged lazily at its decision and when it finished.
         public var history: TransactionHistory?
 
         /// An ended transaction's outcome: every ending logs its decision before its `end`.
@@ -81,18 +81,24 @@ public struct TransactionLogReplay: Sendable {
         public var endedStatus: TransactionStatus { endedDecision == .commit ? .committed : .aborted }
 
         /// An ended transaction's branches: each in the state `state(branch, decision)`
-        /// says (the protocol's rule), with the attempts, last errors and results the
-        /// history kept.
+        /// says (the protocol's rule).
         public func endedBranches(_ branches: [Branch], _ state: (BranchID, Decision) -> BranchState) -> [Branch] {
             var ended = branches
             for id in ended.indices { ended[id].state = state(id, endedDecision) }
-            guard let details = history?.branches, details.count == ended.count else { return ended }
-            for (id, detail) in details.enumerated() {
-                ended[id].attempts = detail.attempts
-                ended[id].lastError = detail.lastError
-                ended[id].result = detail.result
-            }
             return ended
+        }
+
+        /// The branches with the attempts, last errors and results the history kept (each
+        /// machine's `recovering` applies them, so that a view after a restart shows them).
+        public func withDetails(_ branches: [Branch]) -> [Branch] {
+            guard let details = history?.branches, details.count == branches.count else { return branches }
+            var restored = branches
+            for (id, detail) in details.enumerated() {
+                restored[id].attempts = detail.attempts
+                restored[id].lastError = detail.lastError
+                restored[id].result = detail.result
+            }
+            return restored
         }
     }
 

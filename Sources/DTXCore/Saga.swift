@@ -547,6 +547,8 @@ extension Saga {
     }
 
     public static func recovering(_ replayed: TransactionLogReplay.Replayed) -> (Saga, Event) {
-        (Saga(gid: replayed.gid, steps: replayed.branches), .recovered(Recovered(replayed)))
+        var machine = Saga(gid: replayed.gid, steps: replayed.branches)
+        machine.branches = replayed.withDetails(machine.branches)
+        return (machine, .recovered(Recovered(replayed)))
     }
 }

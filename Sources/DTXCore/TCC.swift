@@ -287,9 +287,10 @@ extension TryConfirmCancel {
     }
 
     public static func recovering(_ replayed: TransactionLogReplay.Replayed) -> (TryConfirmCancel, Event) {
-        let machine = replayed.interactive
+        var machine = replayed.interactive
             ? TryConfirmCancel(interactive: replayed.gid, enlisted: replayed.branches)
             : TryConfirmCancel(gid: replayed.gid, branches: replayed.branches)
+        machine.branches = replayed.withDetails(machine.branches)
         return (machine, .recovered(Recovered(replayed)))
     }
 }

@@ -408,7 +408,9 @@ extension ThreePhaseCommit {
     }
 
     public static func recovering(_ replayed: TransactionLogReplay.Replayed) -> (ThreePhaseCommit, Event) {
-        (ThreePhaseCommit(gid: replayed.gid, branches: replayed.branches), .recovered(Recovered(replayed)))
+        var machine = ThreePhaseCommit(gid: replayed.gid, branches: replayed.branches)
+        machine.branches = replayed.withDetails(machine.branches)
+        return (machine, .recovered(Recovered(replayed)))
     }
 }
 

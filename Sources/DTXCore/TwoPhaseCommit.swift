@@ -446,9 +446,10 @@ extension TwoPhaseCommit {
     }
 
     public static func recovering(_ replayed: TransactionLogReplay.Replayed) -> (TwoPhaseCommit, Event) {
-        let machine = replayed.interactive
+        var machine = replayed.interactive
             ? TwoPhaseCommit(interactive: replayed.gid, enlisted: replayed.branches)
             : TwoPhaseCommit(gid: replayed.gid, branches: replayed.branches, lastAgent: replayed.lastAgent != nil)
+        machine.branches = replayed.withDetails(machine.branches)
         if replayed.decision == nil, replayed.lastAgent != nil, machine.lastAgent != nil {
             return (machine, .recoveredDelegation(targets: replayed.targets))
         }
