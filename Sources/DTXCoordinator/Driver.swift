@@ -187,41 +187,47 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     }
 
     private func process(_ input: Input) async {
-        let halted = "the coordinator's log failed or it is shutting down; the transaction resumes after a restart"
-        let (actions, branches, rejection): ([TransactionAction], [Branch], String?) = state.withLock { s in
-            guard !s.halted else { return ([], [], halted) }
-            guard !s.finished else { return ([], [], "the transaction is \(s.machine.status.rawValue)") }
+        let (actions, branches, rejection, halted): ([TransactionAction], [Branch], String?, Bool) = state.withLock { s in
+            guard !s.halted else { return ([], [], nil, true) }
+            guard !s.finished else { return ([], [], "the transaction is \(s.machine.status.rawValue)", false) }
             let event: Machine.Event
             switch input {
             case .own(let own):
                 event = own
             case .common(let common, _):
-                if let why = s.machine.rejection(of: common) { return ([], [], why) }
+                if let why = s.machine.rejection(of: common) { return ([], [], why, false) }
                 if let id = common.branch, !s.machine.branches.indices.contains(id) {
                     // Answers and timers name only branches this driver sent to or armed for.
-                    return ([.impossible("\(gid): \(common) names branch \(id), which does not exist")], [], nil)
+                    return ([.impossible("\(gid): \(common) names branch \(id), which does not exist")], [], nil, false)
                 }
                 record(common, in: &s)
-                guard let own = Machine.translate(common) else { return ([], [], nil) }
+                guard let own = Machine.translate(common) else { return ([], [], nil, false) }
                 event = own
             }
             let actions = s.machine.handle(event)
             if actions.contains(where: { if case .impossible = $0 { false } else { true } }) { s.updatedAt = context.environment.now() }
-            return (actions, s.machine.branches, nil)
+            return (actions, s.machine.branches, nil, false)
         }
         // Answered once the actions are performed: what the request caused (an
         // enlistment, a commit decision) is then as durable as its protocol requires.
-        await perform(actions, branches: branches)
+        // A driver found halted, or a record of these actions left unwritten, makes the
+        // answer "unavailable" (nil); a halt after every record was written does not.
+        let written = await perform(actions, branches: branches)
         if case .common(_, let reply?) = input {
-            reply.set(state.withLock({ $0.halted }) ? nil : rejection.map { .rejected($0) } ?? .accepted(branchCount: branches.count))
+            reply.set(halted || !written ? nil : rejection.map { .rejected($0) } ?? .accepted(branchCount: branches.count))
         }
     }
 
-    private func perform(_ actions: [TransactionAction], branches: [Branch]) async {
+    /// Performs `actions` in order; false when one of their log records was not written
+    /// (the store failed, or a halt stopped the actions before it).
+    @discardableResult
+    private func perform(_ actions: [TransactionAction], branches: [Branch]) async -> Bool {
         var sent: ParticipantMessage?
-        for action in actions {
+        for (index, action) in actions.enumerated() {
             // Halted (the store failed or fenced this node off, or shutting down): nothing more goes out.
-            if state.withLock({ $0.halted }) { return }
+            if state.withLock({ $0.halted }) {
+                return !actions[index...].contains { if case .log = $0 { true } else { false } }
+            }
             switch action {
             case let .log(entry, forced):
                 if case .end = entry, let busy = branches.first(where: { $0.state.awaitsAnAnswer }) {
@@ -243,7 +249,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 } catch {
                     halt("log write failed: \(error)")
                     if case StoreError.fenced = error { context.fence.raise() }
-                    return
+                    return false
                 }
                 if let milestone { context.configuration.failpoints.hit(after: milestone) }
             case let .send(message, id):
@@ -280,6 +286,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             }
         }
         if let sent { context.configuration.failpoints.hit(after: sent, done: false) }
+        return true
     }
 
     private func send(_ message: ParticipantMessage, to branch: Branch, allParticipants: [String]) {
