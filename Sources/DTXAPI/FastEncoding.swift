@@ -77,30 +77,24 @@ extension ParticipantRequest {
         return json.bytes
     }
 
-    /// Why a body is not a request; `message` says what to send instead.
-    public struct Unreadable: Error, Equatable, CustomStringConvertible {
-        public var message: String
-        public var description: String { message }
-    }
-
     /// Reads a request: the one reader of this shape (`dtx-bench codec`: JSONDecoder costs
     /// five times as much, on every participant message). Unknown fields are ignored.
-    public init(json bytes: [UInt8]) throws(Unreadable) {
+    public init(json bytes: [UInt8]) throws(UnreadableJSON) {
         guard let parsed = try? JSONValue(parsing: bytes) else {
             throw Self.unreadable(bytes.isEmpty ? "the request body is empty" : "the body is not valid JSON")
         }
         try self.init(json: parsed)
     }
 
-    private static func unreadable(_ what: String) -> Unreadable {
-        Unreadable(message: "\(what); send a JSON object with 'gid' (string), 'branch' (integer), 'operation' (string) and optionally 'payload'")
+    private static func unreadable(_ what: String) -> UnreadableJSON {
+        UnreadableJSON(message: "\(what); send a JSON object with 'gid' (string), 'branch' (integer), 'operation' (string) and optionally 'payload'")
     }
 
     /// Reads a request already parsed (a batch's item).
-    public init(json parsed: JSONValue) throws(Unreadable) {
-        func unreadable(_ what: String) -> Unreadable { Self.unreadable(what) }
+    public init(json parsed: JSONValue) throws(UnreadableJSON) {
+        func unreadable(_ what: String) -> UnreadableJSON { Self.unreadable(what) }
         guard case .object(let members) = parsed else { throw unreadable("the body is not a JSON object") }
-        func required(_ name: String) throws(Unreadable) -> JSONValue {
+        func required(_ name: String) throws(UnreadableJSON) -> JSONValue {
             switch members[name] {
             case nil: throw unreadable("missing field '\(name)'")
             case .null?: throw unreadable("field '\(name)' is null")
@@ -108,7 +102,7 @@ extension ParticipantRequest {
             }
         }
         guard let gid = try required("gid").stringValue else { throw unreadable("field 'gid' must be a string") }
-        guard let number = try required("branch").doubleValue, number.rounded() == number, abs(number) < 1e15 else {
+        guard let branch = try required("branch").doubleValue.flatMap({ Int(exactly: $0) }) else {
             throw unreadable("field 'branch' must be an integer")
         }
         guard let operation = try required("operation").stringValue else { throw unreadable("field 'operation' must be a string") }
@@ -116,14 +110,14 @@ extension ParticipantRequest {
         switch members["participants"] {
         case nil, .null?: participants = nil
         case .array(let names)?:
-            participants = try names.enumerated().map { (index, name) throws(Unreadable) -> String in
+            participants = try names.enumerated().map { (index, name) throws(UnreadableJSON) -> String in
                 guard let text = name.stringValue else { throw unreadable("field 'participants.\(index)' must be a string") }
                 return text
             }
         default: throw unreadable("field 'participants' must be an array of participant names")
         }
         let payload = members["payload"].flatMap { $0 == .null ? nil : $0 }
-        self.init(gid: gid, branch: Int(number), operation: operation, payload: payload, participants: participants)
+        self.init(gid: gid, branch: branch, operation: operation, payload: payload, participants: participants)
     }
 }
 

@@ -3,6 +3,17 @@ import DTXCore
 // The JSON reader of every hand-written path (the engine itself reads no JSON: DTXCore
 // only writes it).
 
+/// JSON that is not the shape a reader expected; `message` names the place and what it
+/// must be (the readers of participant requests, submissions and log records).
+public struct UnreadableJSON: Error, Equatable, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+
+    public init(message: String) {
+        self.message = message
+    }
+}
+
 extension JSONValue {
     public struct ParseError: Error, Equatable, CustomStringConvertible {
         public var offset: Int

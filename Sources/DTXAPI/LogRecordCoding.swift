@@ -163,25 +163,25 @@ extension LogEntry {
     private static func read(_ recordType: RecordType, _ document: JSONValue) throws -> LogEntry {
         let record = try Members(document, at: "")
         guard let text = try record.string("gid", required: true), let gid = try? GlobalTransactionID(validating: text) else {
-            throw TransactionSubmission.Unreadable(message: "gid must be a transaction id")
+            throw UnreadableJSON(message: "gid must be a transaction id")
         }
         func lacking(_ what: String) -> Lacking { Lacking(gid: gid, what: what) }
-        func integers(_ key: String) throws(TransactionSubmission.Unreadable) -> [Int]? {
-            try record.array(key).map { items throws(TransactionSubmission.Unreadable) in
-                try items.enumerated().map { (index, item) throws(TransactionSubmission.Unreadable) -> Int in
+        func integers(_ key: String) throws(UnreadableJSON) -> [Int]? {
+            try record.array(key).map { items throws(UnreadableJSON) in
+                try items.enumerated().map { (index, item) throws(UnreadableJSON) -> Int in
                     guard let number = Members.integer(item) else { throw record.wrong("\(key)[\(index)]", "an integer") }
                     return number
                 }
             }
         }
-        func decision() throws(TransactionSubmission.Unreadable) -> Decision? {
-            try record.string("decision").map { word throws(TransactionSubmission.Unreadable) in
+        func decision() throws(UnreadableJSON) -> Decision? {
+            try record.string("decision").map { word throws(UnreadableJSON) in
                 guard let decision = Decision(rawValue: word) else { throw record.wrong("decision", "commit or abort") }
                 return decision
             }
         }
-        func transactionProtocol() throws(TransactionSubmission.Unreadable) -> TransactionProtocol? {
-            try record.string("protocol").map { name throws(TransactionSubmission.Unreadable) in
+        func transactionProtocol() throws(UnreadableJSON) -> TransactionProtocol? {
+            try record.string("protocol").map { name throws(UnreadableJSON) in
                 guard let proto = TransactionProtocol(rawValue: name) else { throw record.wrong("protocol", "a protocol") }
                 return proto
             }

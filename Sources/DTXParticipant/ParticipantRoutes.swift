@@ -210,15 +210,15 @@ extension ParticipantService {
     }
 
     static func parse(_ bytes: [UInt8]) throws(Rejection) -> (ParticipantRequest, BranchRef) {
-        try check(Result { () throws(ParticipantRequest.Unreadable) in try ParticipantRequest(json: bytes) })
+        try check(Result { () throws(UnreadableJSON) in try ParticipantRequest(json: bytes) })
     }
 
     static func parse(_ parsed: JSONValue) throws(Rejection) -> (ParticipantRequest, BranchRef) {
-        try check(Result { () throws(ParticipantRequest.Unreadable) in try ParticipantRequest(json: parsed) })
+        try check(Result { () throws(UnreadableJSON) in try ParticipantRequest(json: parsed) })
     }
 
     /// The request read, with its gid, branch and participant names as the contract allows them.
-    private static func check(_ read: Result<ParticipantRequest, ParticipantRequest.Unreadable>) throws(Rejection) -> (ParticipantRequest, BranchRef) {
+    private static func check(_ read: Result<ParticipantRequest, UnreadableJSON>) throws(Rejection) -> (ParticipantRequest, BranchRef) {
         let body: ParticipantRequest
         switch read {
         case .success(let request): body = request

@@ -53,7 +53,7 @@ struct CoordinatorRoutes: Sendable {
                 let submission: TransactionSubmission
                 do {
                     submission = try TransactionSubmission(json: try document(.submission, from: buffer))
-                } catch let error as TransactionSubmission.Unreadable {
+                } catch let error as UnreadableJSON {
                     throw CoordinatorError(.invalid, "invalid_json", error.message)
                 }
                 let (view, created) = try await coordinator.submit(submission)

@@ -53,6 +53,8 @@ import Testing
         // An absent or null optional is nil.
         #expect(try read(#"{"protocol":"2pc","interactive":true,"gid":null,"branches":null,"timeout":null,"wait":null}"#)
                 == TransactionSubmission(protocol: .twoPhaseCommit, interactive: true))
+        // Any integer an Int holds, as JSONDecoder reads it.
+        #expect(try read(#"{"protocol":"saga","branches":[{"participant":"a","operation":"o","retry":{"maxAttempts":1e16}}]}"#).branches?[0].retry?.maxAttempts == 10_000_000_000_000_000)
         #expect(try read(#"{"protocol":"tcc","branches":[{"participant":"a","operation":"o","payload":null,"retry":null}]}"#)
                 == TransactionSubmission(protocol: .tcc, branches: [BranchSpec(participant: "a", operation: "o")]))
     }
@@ -69,13 +71,14 @@ import Testing
         (#"{"protocol":"2pc","branches":[{"participant":"a","operation":"o"},{"participant":1,"operation":"o"}]}"#, "branches[1].participant has the wrong type (expected a string)"),
         (#"{"protocol":"saga","branches":[{"participant":"a","operation":"o","dependsOn":[0.5]}]}"#, "branches[0].dependsOn[0] has the wrong type (expected an integer)"),
         (#"{"protocol":"saga","branches":[{"participant":"a","operation":"o","retry":{"maxAttempts":"3"}}]}"#, "branches[0].retry.maxAttempts has the wrong type (expected an integer)"),
+        (#"{"protocol":"saga","branches":[{"participant":"a","operation":"o","retry":{"maxAttempts":1e19}}]}"#, "branches[0].retry.maxAttempts has the wrong type (expected an integer)"),
         ("[]", "the body has the wrong type (expected an object)"),
     ])
     func anythingElseIsRefusedNamingThePlace(_ text: String, _ why: String) throws {
         do {
             _ = try read(text)
             Issue.record("\(text) was read")
-        } catch let error as TransactionSubmission.Unreadable {
+        } catch let error as UnreadableJSON {
             #expect(error.message == why)
         }
     }
@@ -121,7 +124,7 @@ import Testing
         ("", "the request body is empty"),
     ])
     func anythingElseIsRefusedSayingWhatToSend(_ text: String, _ why: String) {
-        #expect(throws: ParticipantRequest.Unreadable.self) { try ParticipantRequest(json: Array(text.utf8)) }
+        #expect(throws: UnreadableJSON.self) { try ParticipantRequest(json: Array(text.utf8)) }
         do {
             _ = try ParticipantRequest(json: Array(text.utf8))
         } catch {
