@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "DTXParticipant", targets: ["DTXParticipant"]),
         .library(name: "DTXSQLite", targets: ["DTXSQLite"]),
         .library(name: "DTXPostgres", targets: ["DTXPostgres"]),
+        .library(name: "DTXPostgresClient", targets: ["DTXPostgresClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
@@ -127,7 +128,7 @@ let package = Package(
         .executableTarget(
             name: "dtx-bench",
             dependencies: [
-                "DTXLog", "DTXClient", "DTXAPI", "DTXCore", "DTXSQLite", "DTXPostgres", "DTXTestSupport",
+                "DTXLog", "DTXClient", "DTXAPI", "DTXCore", "DTXSQLite", "DTXPostgres", "DTXPostgresClient", "DTXTestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -152,7 +153,13 @@ let package = Package(
         ),
         .target(
             name: "DTXPostgres",
-            dependencies: ["CLibPQ", "DTXParticipant", "DTXCore", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["DTXPostgresClient", "DTXParticipant", "DTXCore", .product(name: "Logging", package: "swift-log")]
+        ),
+        // libpq connections and a pool of them on threads of their own: what the
+        // resource manager and the coordinator's cluster store share.
+        .target(
+            name: "DTXPostgresClient",
+            dependencies: ["CLibPQ", .product(name: "Logging", package: "swift-log")]
         ),
 
         // A participant service on the kit with an in-memory (file-journalled) resource
@@ -175,7 +182,7 @@ let package = Package(
         .executableTarget(
             name: "accounts-service",
             dependencies: [
-                "DTXParticipant", "DTXSQLite", "DTXPostgres", "DTXAPI", "DTXCore",
+                "DTXParticipant", "DTXSQLite", "DTXPostgres", "DTXPostgresClient", "DTXAPI", "DTXCore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -196,7 +203,7 @@ let package = Package(
         .target(
             name: "ExampleSupport",
             dependencies: [
-                "DTXParticipant", "DTXSQLite", "DTXPostgres", "DTXCore",
+                "DTXParticipant", "DTXSQLite", "DTXPostgres", "DTXPostgresClient", "DTXCore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -250,7 +257,7 @@ let package = Package(
         .testTarget(name: "DTXCoreTests", dependencies: ["DTXCore", "DTXAPI"]),
         .testTarget(name: "DTXAPITests", dependencies: ["DTXAPI", "DTXCore"]),
         .testTarget(name: "DTXSQLiteTests", dependencies: ["DTXSQLite", "DTXParticipant", "DTXCore", "DTXTestSupport"]),
-        .testTarget(name: "DTXPostgresTests", dependencies: ["DTXPostgres", "DTXParticipant", "DTXCore", "DTXTestSupport"]),
+        .testTarget(name: "DTXPostgresTests", dependencies: ["DTXPostgres", "DTXPostgresClient", "DTXParticipant", "DTXCore", "DTXTestSupport"]),
         .testTarget(
             name: "DTXCoordinatorTests",
             dependencies: [

@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import DTXAPI
 import DTXCore
 import DTXPostgres
+import DTXPostgresClient
 import DTXSQLite
 import DTXTestSupport
 import Foundation

@@ -1,4 +1,5 @@
 import DTXCore
+import DTXPostgresClient
 import DTXParticipant
 import Logging
 

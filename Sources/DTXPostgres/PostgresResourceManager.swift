@@ -8,6 +8,7 @@
 /// `PostgresPool` keeps libpq's blocking calls on threads of their own;
 /// `PostgresConnection` is one libpq connection.
 import DTXCore
+import DTXPostgresClient
 import DTXParticipant
 import Foundation
 import Logging

@@ -1,4 +1,5 @@
 import DTXCore
+import DTXPostgresClient
 import DTXParticipant
 
 /// The name of a branch's prepared transaction: `prefix:gid:branch:digest`, e.g.

@@ -1,4 +1,5 @@
-@testable import DTXPostgres
+import DTXPostgres
+@testable import DTXPostgresClient
 import DTXTestSupport
 import Foundation
 import Testing

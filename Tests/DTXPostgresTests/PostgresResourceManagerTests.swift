@@ -1,6 +1,7 @@
 import DTXCore
 import DTXParticipant
 import DTXPostgres
+import DTXPostgresClient
 import DTXTestSupport
 import Foundation
 import Testing

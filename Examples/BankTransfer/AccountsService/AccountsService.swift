@@ -3,6 +3,7 @@ import DTXAPI
 import DTXCore
 import DTXParticipant
 import DTXPostgres
+import DTXPostgresClient
 import Foundation
 import Hummingbird
 import Logging

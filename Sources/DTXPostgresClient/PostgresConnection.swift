@@ -209,14 +209,14 @@ public final class PostgresConnection {
     }
 
     /// Whether a transaction block is open (and possibly failed) on this connection.
-    var isInTransaction: Bool {
+    public var isInTransaction: Bool {
         let status = PQtransactionStatus(handle)
         return status == PQTRANS_INTRANS || status == PQTRANS_INERROR || status == PQTRANS_ACTIVE
     }
 
     /// Rolls back an open transaction block, if any. Used on error paths, where the
     /// first error is the one to report: a failure here is only logged.
-    func rollbackIfInTransaction() {
+    public func rollbackIfInTransaction() {
         guard isInTransaction else { return }
         do {
             try execute("ROLLBACK")
