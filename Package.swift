@@ -65,7 +65,11 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
-        // HTTP API of the daemon.
+        // Cluster mode: dtxd nodes sharing a PostgreSQL store, shards under leases.
+        .target(
+            name: "DTXCluster",
+            dependencies: ["DTXCoordinator", "DTXCore", "DTXAPI", "DTXLog", "DTXPostgresClient", .product(name: "Logging", package: "swift-log")]
+        ),
         .target(
             name: "DTXSimulation",
             dependencies: ["DTXCoordinator", "DTXCore", "DTXAPI", "DTXLog", .product(name: "Logging", package: "swift-log")]
@@ -78,6 +82,7 @@ let package = Package(
             name: "DTXServer",
             dependencies: [
                 "DTXCoordinator", "DTXAPI", "DTXLog",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -108,7 +113,7 @@ let package = Package(
         .executableTarget(
             name: "dtxd",
             dependencies: [
-                "DTXServer", "DTXCoordinator", "DTXLog",
+                "DTXServer", "DTXCoordinator", "DTXCluster", "DTXLog",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

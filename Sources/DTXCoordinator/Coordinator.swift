@@ -66,6 +66,18 @@ public struct CoordinatorConfiguration: Sendable {
     public init() {}
 }
 
+/// Numbers transactions in the order they were made here (the list's order and cursor);
+/// the coordinators of one node's shards share one.
+public final class SequenceCounter: Sendable {
+    private let value = Atomic<UInt64>(1)
+
+    public init() {}
+
+    func next() -> UInt64 {
+        value.add(1, ordering: .relaxed).oldValue
+    }
+}
+
 /// A classic coordinator mistake the simulator can switch on (`dtx-sim --bug NAME`).
 public enum SimulatedBug: String, Sendable, CaseIterable {
     /// A commit decision is written lazily, so COMMIT can go out before it is durable.
@@ -83,7 +95,6 @@ public final class Coordinator: Sendable {
         /// Finished gids, oldest first, from `finishedHead` on.
         var finishedOrder: [GlobalTransactionID] = []
         var finishedHead = 0
-        var nextSequence: UInt64 = 1
 
         func driver(_ gid: GlobalTransactionID) -> (any TransactionDriving)? {
             live[gid] ?? finished[gid]
@@ -94,9 +105,14 @@ public final class Coordinator: Sendable {
     private let transport: any Transport
     private let configuration: CoordinatorConfiguration
     private let logger: Logger
-    let registry = ParticipantRegistry()
+    let registry: ParticipantRegistry
+    /// Registration and lookup of participants: this coordinator's own (its records in
+    /// its store), or in a cluster the node's, shared by every shard's coordinator.
+    public let participants: Participants
     private let table = Mutex(Table())
     private let fenced = Mutex(false)
+    private let whenFencedOff = Mutex<(@Sendable () -> Void)?>(nil)
+    private let sequences: SequenceCounter
     private let context: EngineContext
     private let environment: any EngineEnvironment
 
@@ -104,8 +120,15 @@ public final class Coordinator: Sendable {
     /// resumes every unfinished transaction: undecided ones abort, decided ones drive
     /// phase two until every branch acknowledges.
     public init(store: any CoordinatorStore, transport: any Transport, configuration: CoordinatorConfiguration = .init(),
-                environment: any EngineEnvironment = SystemEnvironment(), logger: Logger) throws {
+                environment: any EngineEnvironment = SystemEnvironment(), participants: Participants? = nil,
+                sequences: SequenceCounter = SequenceCounter(), logger: Logger) throws {
         self.store = store
+        self.sequences = sequences
+        let ownsParticipants = participants == nil
+        let participants = participants ?? Participants(registry: ParticipantRegistry(), persist: { try await store.appendForced(type: $0, payload: $1) },
+                                                        now: { environment.now() }, logger: logger)
+        self.participants = participants
+        registry = participants.registry
         self.environment = environment
         self.transport = transport
         self.configuration = configuration
@@ -135,6 +158,7 @@ public final class Coordinator: Sendable {
             if !replayed.ended { resumed += 1 }
         }
         if resumed > 0 { logger.notice("recovering unfinished transactions", metadata: ["count": "\(resumed)"]) }
+        if ownsParticipants { participants.countUnfinishedBranches { [weak self] in self?.unfinishedBranches(on: $0) ?? 0 } }
     }
 
     /// Rebuilds a transaction of `Machine`'s protocol from its records: an ended one
@@ -158,10 +182,7 @@ public final class Coordinator: Sendable {
     }
 
     private func nextSequence() -> UInt64 {
-        table.withLock { t in
-            defer { t.nextSequence += 1 }
-            return t.nextSequence
-        }
+        sequences.next()
     }
 
     private func makeDriver<M: TransactionStateMachine>(_ machine: M, proto: TransactionProtocol, createdAt: Date, timeout: Duration, spec: SubmittedSpec) -> TransactionDriver<M> {
@@ -225,6 +246,12 @@ public final class Coordinator: Sendable {
         guard fenced.withLock({ was in defer { was = true }; return !was }) else { return }
         logger.critical("the store fenced this coordinator off; every transaction stops here")
         liveDrivers().forEach { $0.stop() }
+        whenFencedOff.withLock { $0 }?()
+    }
+
+    /// Called once, after the store fenced this coordinator off and every driver stopped.
+    public func whenFenced(_ body: @escaping @Sendable () -> Void) {
+        whenFencedOff.withLock { $0 = body }
     }
 
     public var isFenced: Bool { fenced.withLock { $0 } }
@@ -237,8 +264,14 @@ public final class Coordinator: Sendable {
     /// Stops every transaction's timers and loop. Whatever is unfinished resumes from the
     /// log at the next start; nothing is decided here.
     public func shutdown() async {
-        liveDrivers().forEach { $0.stop() }
+        stopDriving()
         await transport.shutdown()
+    }
+
+    /// Stops every transaction's timers and loop, deciding nothing, and leaves the
+    /// transport open (in a cluster, a shard moving to another node).
+    public func stopDriving() {
+        liveDrivers().forEach { $0.stop() }
     }
 
     // MARK: Transactions
@@ -254,7 +287,7 @@ public final class Coordinator: Sendable {
         }
         let gid: GlobalTransactionID
         do {
-            gid = try GlobalTransactionID(validating: submission.gid ?? "dtx-\(UUID().uuidString.lowercased())")
+            gid = try submission.gid.map { text throws(GlobalTransactionID.Problem) in try GlobalTransactionID(validating: text) } ?? Self.newGID()
         } catch {
             throw CoordinatorError(.invalid, "invalid_gid", error.description)
         }
@@ -413,10 +446,16 @@ public final class Coordinator: Sendable {
 
     /// Newest first; the cursor is the sequence number of the last one returned.
     public func list(_ query: ListQuery) -> TransactionList {
-        let drivers = table.withLock { t in Array(t.live.values) + t.finished.values }
+        Self.list(query, in: [self])
+    }
+
+    /// One list across several coordinators (a cluster node's shards), which number
+    /// their transactions from one `SequenceCounter`.
+    public static func list(_ query: ListQuery, in coordinators: [Coordinator]) -> TransactionList {
+        let drivers = coordinators.flatMap { c in c.table.withLock { t in Array(t.live.values) + t.finished.values } }
             .filter { query.cursor == nil || $0.sequence < query.cursor! }
             .sorted { $0.sequence > $1.sequence }
-        let now = environment.now()
+        let now = coordinators.first?.environment.now() ?? Date()
         var page: [TransactionSummary] = []
         var last: UInt64?
         var more = false
@@ -455,6 +494,13 @@ public final class Coordinator: Sendable {
         public var inDoubt: Int
         public var stuck: Int
         public var participants: Int
+
+        public init(unfinished: Int = 0, inDoubt: Int = 0, stuck: Int = 0, participants: Int = 0) {
+            self.unfinished = unfinished
+            self.inDoubt = inDoubt
+            self.stuck = stuck
+            self.participants = participants
+        }
     }
 
     public func gauges() -> Gauges {
@@ -470,87 +516,8 @@ public final class Coordinator: Sendable {
 
     public var storeMetrics: [StoreMetric] { store.metrics }
 
-    // MARK: Participants
-
-    public func register(_ registration: ParticipantRegistration) async throws(CoordinatorError) -> (ParticipantInfo, created: Bool) {
-        guard ParticipantName.isValid(registration.name) else {
-            throw CoordinatorError(.invalid, "invalid_name", "name must be \(ParticipantName.rule)")
-        }
-        guard ParticipantRegistration.isValidURL(registration.url) else {
-            throw CoordinatorError(.invalid, "invalid_url", "url must be an http:// or https:// base URL with a host, an optional port (1-65535) and no query, e.g. http://127.0.0.1:8081")
-        }
-        var url = registration.url
-        while url.hasSuffix("/") { url.removeLast() }
-        let protocols = registration.protocols ?? [.twoPhaseCommit]
-        guard !protocols.isEmpty, Set(protocols).count == protocols.count else {
-            throw CoordinatorError(.invalid, "invalid_protocols", "protocols must name at least one of 2pc, 3pc, tcc, saga, each once")
-        }
-        if let token = registration.token, !(1...512).contains(token.unicodeScalars.count) {
-            throw CoordinatorError(.invalid, "invalid_token", "token must be 1 to 512 characters")
-        }
-        let now = environment.now()
-        let previous = registry.entry(registration.name)
-        let batch = registration.batch ?? false
-        if let previous, previous.url == url, previous.protocols == protocols, previous.token == registration.token, previous.batch == batch {
-            registry.touch(registration.name, at: now)
-            return (info(registry.entry(registration.name) ?? previous), false)
-        }
-        var entry = ParticipantRegistry.Entry(name: registration.name, url: url, protocols: protocols, token: registration.token, batch: batch,
-                                              registeredAt: previous?.registeredAt ?? now, lastSeen: now, lsn: 0)
-        do {
-            try await registry.changing {
-                entry.lsn = try await store.appendForced(type: ParticipantRegistry.RecordType.registered.rawValue, payload: ParticipantRegistry.registrationRecord(entry))
-                registry.store(entry)
-            }
-        } catch {
-            throw CoordinatorError(.unavailable, "log_unavailable", "the coordinator's log cannot be written: \(error)")
-        }
-        logger.info(previous == nil ? "participant registered" : "participant re-registered", metadata: ["name": "\(entry.name)", "url": "\(entry.url)"])
-        return (info(entry), previous == nil)
-    }
-
-    public func participants() -> [ParticipantInfo] {
-        registry.all().map(info)
-    }
-
-    public func participant(_ name: String) throws(CoordinatorError) -> ParticipantInfo {
-        guard let entry = registry.entry(name) else { throw unknownParticipant(name) }
-        return info(entry)
-    }
-
-    public func heartbeat(_ name: String) throws(CoordinatorError) -> ParticipantInfo {
-        guard registry.touch(name), let entry = registry.entry(name) else { throw unknownParticipant(name) }
-        return info(entry)
-    }
-
-    public func deregister(_ name: String) async throws(CoordinatorError) {
-        guard registry.entry(name) != nil else { throw unknownParticipant(name) }
-        let unfinished = unfinishedBranches(on: name)
-        guard unfinished == 0 else {
-            throw CoordinatorError(.conflict, "participant_busy", "participant '\(name)' has \(unfinished) unfinished branch(es); deregister it once they finish (see dtx list --participant \(name))")
-        }
-        do {
-            try await registry.changing {
-                _ = try await store.appendForced(type: ParticipantRegistry.RecordType.deregistered.rawValue, payload: ParticipantRegistry.deregistrationRecord(name))
-                registry.remove(name)
-            }
-        } catch {
-            throw CoordinatorError(.unavailable, "log_unavailable", "the coordinator's log cannot be written: \(error)")
-        }
-        logger.info("participant deregistered", metadata: ["name": "\(name)"])
-    }
-
-    private func unknownParticipant(_ name: String) -> CoordinatorError {
-        CoordinatorError(.notFound, "unknown_participant", "no participant named '\(name)' is registered")
-    }
-
-    private func unfinishedBranches(on name: String) -> Int {
+    /// Unfinished branches on a participant among this coordinator's transactions.
+    public func unfinishedBranches(on name: String) -> Int {
         table.withLock { Array($0.live.values) }.reduce(0) { $0 + $1.unfinishedBranches(on: name) }
-    }
-
-    private func info(_ entry: ParticipantRegistry.Entry) -> ParticipantInfo {
-        ParticipantInfo(name: entry.name, url: entry.url, protocols: entry.protocols, hasToken: entry.token != nil,
-                        registeredAt: entry.registeredAt, lastSeen: entry.lastSeen, unfinishedBranches: unfinishedBranches(on: entry.name),
-                        batch: entry.batch)
     }
 }

@@ -34,6 +34,16 @@ public protocol CoordinatorStore: Sendable {
 
     /// What `/metrics` shows of the store.
     var metrics: [StoreMetric] { get }
+
+    /// Whether this node may still act on what the store holds: write, decide, send. A
+    /// shared store answers false once the node's lease could have expired (another
+    /// node may be taking its work over); the engine then stops as if fenced.
+    var mayAct: Bool { get }
+}
+
+extension CoordinatorStore {
+    /// A store of this node's own (the log in its data directory) is always its to act on.
+    public var mayAct: Bool { true }
 }
 
 public enum StoreError: Error, Equatable, CustomStringConvertible {
@@ -79,6 +89,12 @@ public struct StoreMetric: Sendable, Equatable {
     public var name: String
     public var help: String
     public var value: Double
+
+    public init(name: String, help: String, value: Double) {
+        self.name = name
+        self.help = help
+        self.value = value
+    }
 }
 
 /// The embedded store: the write-ahead log in dtxd's data directory.

@@ -228,6 +228,13 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             if state.withLock({ $0.halted }) {
                 return !actions[index...].contains { if case .log = $0 { true } else { false } }
             }
+            // A lease that could have expired: another node may be taking this
+            // transaction over, so nothing more is written or sent from here.
+            if action.reachesOut, !context.store.mayAct {
+                halt("this node's lease on the transaction's shard could have expired")
+                context.fence.raise()
+                return !actions[index...].contains { if case .log = $0 { true } else { false } }
+            }
             switch action {
             case let .log(entry, forced):
                 if case .end = entry, let busy = branches.first(where: { $0.state.awaitsAnAnswer }) {
@@ -556,5 +563,15 @@ private struct Waiter {
     func resume() {
         deadline.cancel()
         continuation.resume()
+    }
+}
+
+extension TransactionAction {
+    /// Writes to the store or sends to a participant.
+    fileprivate var reachesOut: Bool {
+        switch self {
+        case .log, .send: true
+        default: false
+        }
     }
 }

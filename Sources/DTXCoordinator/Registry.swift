@@ -5,9 +5,9 @@ import Synchronization
 
 /// The participant registry. Registrations and deregistrations are logged (forced, they
 /// are rare), so the registry survives restarts; heartbeats only touch memory.
-final class ParticipantRegistry: Sendable {
+public final class ParticipantRegistry: Sendable {
     /// Log record types of the registry (protocol records use 1–15).
-    enum RecordType: UInt16 {
+    public enum RecordType: UInt16, Sendable {
         case registered = 16
         case deregistered = 17
     }
@@ -59,6 +59,8 @@ final class ParticipantRegistry: Sendable {
     }
 
     private let entries = Mutex<[String: Entry]>([:])
+
+    public init() {}
     /// Registrations and deregistrations whose record is being written and whose change
     /// to memory has not been made yet.
     private let changesInFlight = Mutex(0)
@@ -66,12 +68,16 @@ final class ParticipantRegistry: Sendable {
     // MARK: Replay and checkpoint
 
     /// Applies a registry record found in the log; false when the type is not the registry's.
-    func replay(type: UInt16, payload: [UInt8], lsn: UInt64) throws -> Bool {
+    public func replay(type: UInt16, payload: [UInt8], lsn: UInt64) throws -> Bool {
         switch RecordType(rawValue: type) {
         case .registered:
             var entry = try JSONDecoder.dtx().decode(Entry.self, from: Data(payload))
             entry.lsn = lsn
-            entries.withLock { $0[entry.name] = entry }
+            // Heard from since (a cluster node reading a registration it made itself).
+            entries.withLock { entries in
+                entry.lastSeen = entries[entry.name]?.lastSeen
+                entries[entry.name] = entry
+            }
             return true
         case .deregistered:
             let gone = try JSONDecoder.dtx().decode(Deregistration.self, from: Data(payload))

@@ -74,6 +74,17 @@ public final class PostgresConnection {
         }
     }
 
+    /// Runs a script of statements separated by semicolons, with no parameters (schema
+    /// creation). Outside a transaction block they run as one implicit transaction.
+    /// - Throws: `PostgresError` as `execute` does.
+    public func executeScript(_ sql: String) throws {
+        guard let result = PQexec(handle, sql) else {
+            throw failure(of: sql, sqlState: nil, serverMessage: Self.errorMessage(handle))
+        }
+        defer { PQclear(result) }
+        _ = try read(result, of: sql)
+    }
+
     /// After "cached plan must not change result type" (0A000: the table changed) the
     /// statement is prepared afresh next time; after "prepared statement does not
     /// exist" (26000: something ran DISCARD or DEALLOCATE) every one is.

@@ -1,4 +1,5 @@
 /// DTXServer: the daemon's HTTP API (routes, auth, limits, metrics) over the engine.
+import AsyncHTTPClient
 import DTXAPI
 import DTXCoordinator
 import DTXCore
@@ -30,15 +31,25 @@ public struct ServerConfiguration: Sendable {
 
 /// Builds the daemon's HTTP application. `onListening` receives the bound port (useful
 /// when `port` is 0). `metrics` is the registry the daemon bootstrapped swift-metrics with.
+/// `node`: the coordinator itself, or a cluster node (`nodeID` names it in forwarded
+/// requests).
 public func makeCoordinatorApplication(
     configuration: ServerConfiguration,
-    coordinator: Coordinator,
+    node: any CoordinatorNode,
+    nodeID: String = "dtxd",
+    forwardPatience: Duration = .seconds(15),
     metrics: PrometheusCollectorRegistry,
     logger: Logger,
     onListening: @escaping @Sendable (Int) async -> Void
 ) -> some ApplicationProtocol {
     let router = Router()
-    let api = CoordinatorRoutes(coordinator: coordinator, maxBodySize: configuration.maxBodySize, metrics: LogMetrics(registry: metrics, coordinator: coordinator))
+    // Connection attempts to another node give up after a second (the shared client
+    // keeps retrying a refused connection for 90 s): the shard is looked up again.
+    var clientConfiguration = HTTPClient.Configuration()
+    clientConfiguration.timeout.connect = .seconds(1)
+    let forwarder = Forwarder(node: nodeID, client: HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration),
+                              timeout: .seconds(3600 + 60), patience: forwardPatience)
+    let api = CoordinatorRoutes(node: node, maxBodySize: configuration.maxBodySize, metrics: LogMetrics(registry: metrics, node: node), forwarder: forwarder)
     let routes = api.routes(BasicRequestContext.self)
     // Middleware wraps the routes added after it, and the router's not-found answer.
     router.add(middleware: JSONErrorMiddleware(logger: logger, methods: AllowedMethods(routes)))
@@ -157,15 +168,15 @@ func jsonResponse(bytes: [UInt8], status: Int) -> Response {
 /// Publishes the log's own counters and the engine's gauges at scrape time.
 struct LogMetrics: Sendable {
     let registry: PrometheusCollectorRegistry
-    let coordinator: Coordinator
+    let node: any CoordinatorNode
 
     private func gauge(_ name: String, _ help: String) -> Gauge {
         registry.makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help))
     }
 
     func render() -> String {
-        for metric in coordinator.storeMetrics { gauge(metric.name, metric.help).set(metric.value) }
-        let gauges = coordinator.gauges()
+        for metric in node.storeMetrics { gauge(metric.name, metric.help).set(metric.value) }
+        let gauges = node.gauges()
         gauge("dtx_unfinished_transactions", "Transactions not yet finished").set(Double(gauges.unfinished))
         gauge("dtx_in_doubt_transactions", "Unfinished transactions whose branches may hold prepared work").set(Double(gauges.inDoubt))
         gauge("dtx_stuck_transactions", "Unfinished transactions whose deliveries keep failing").set(Double(gauges.stuck))

@@ -11,16 +11,18 @@ struct Route<Context: RequestContext>: Sendable {
     var handler: @Sendable (Request, Context) async throws -> Response
 }
 
-/// The routes of Schemas/coordinator-api.yaml.
+/// The routes of Schemas/coordinator-api.yaml. A request about a gid whose shard another
+/// node owns (a cluster) is forwarded to that node and its answer relayed.
 struct CoordinatorRoutes: Sendable {
-    let coordinator: Coordinator
+    let node: any CoordinatorNode
     let maxBodySize: Int
     let metrics: LogMetrics
+    let forwarder: Forwarder
 
     func routes<Context: RequestContext>(_: Context.Type) -> [Route<Context>] {
         [
             Route(method: .get, path: "/healthz") { _, _ in
-                let gauges = coordinator.gauges()
+                let gauges = node.gauges()
                 return jsonResponse(HealthAnswer(status: "ok", unfinishedTransactions: gauges.unfinished, participants: gauges.participants))
             },
             Route(method: .get, path: "/metrics") { _, _ in
@@ -30,68 +32,137 @@ struct CoordinatorRoutes: Sendable {
 
             Route(method: .post, path: "/v1/participants") { request, _ in
                 let registration = try await decode(ParticipantRegistration.self, .registration, from: request)
-                let (info, created) = try await coordinator.register(registration)
+                let (info, created) = try await node.participants.register(registration)
                 return jsonResponse(info, status: created ? 201 : 200)
             },
             Route(method: .get, path: "/v1/participants") { _, _ in
-                jsonResponse(ParticipantList(participants: coordinator.participants()))
+                jsonResponse(ParticipantList(participants: node.participants.all()))
             },
             Route(method: .get, path: "/v1/participants/:name") { _, context in
-                jsonResponse(try coordinator.participant(try participantName(context)))
+                jsonResponse(try node.participants.participant(try participantName(context)))
             },
             Route(method: .delete, path: "/v1/participants/:name") { _, context in
-                try await coordinator.deregister(try participantName(context))
+                try await node.participants.deregister(try participantName(context))
                 return Response(status: .noContent)
             },
             Route(method: .post, path: "/v1/participants/:name/heartbeat") { _, context in
-                jsonResponse(try coordinator.heartbeat(try participantName(context)))
+                jsonResponse(try node.participants.heartbeat(try participantName(context)))
             },
 
             Route(method: .post, path: "/v1/transactions") { request, _ in
                 var request = request
                 let buffer = try await request.collectBody(upTo: maxBodySize)
-                let submission: TransactionSubmission
+                var submission: TransactionSubmission
                 do {
                     submission = try TransactionSubmission(json: try document(.submission, from: buffer))
                 } catch let error as UnreadableJSON {
                     throw CoordinatorError(.invalid, "invalid_json", error.message)
                 }
+                let coordinator: Coordinator
+                if let text = submission.gid {
+                    let gid: GlobalTransactionID
+                    do throws(GlobalTransactionID.Problem) {
+                        gid = try GlobalTransactionID(validating: text)
+                    } catch {
+                        throw CoordinatorError(.invalid, "invalid_gid", error.description)
+                    }
+                    switch try await placement(of: gid, request, body: buffer) {
+                    case .here(let here): coordinator = here
+                    case .forwarded(let response): return response
+                    }
+                } else {
+                    let (here, gid) = try await node.placeNewTransaction()
+                    coordinator = here
+                    submission.gid = gid.rawValue
+                }
                 let (view, created) = try await coordinator.submit(submission)
                 return jsonResponse(view, status: created ? 201 : 200)
             },
             Route(method: .get, path: "/v1/transactions") { request, _ in
-                jsonResponse(coordinator.list(try listQuery(request.uri.queryParameters)))
+                jsonResponse(node.list(try listQuery(request.uri.queryParameters)))
             },
-            Route(method: .get, path: "/v1/transactions/:gid") { _, context in
-                jsonResponse(try coordinator.transaction(try gid(context)))
+            Route(method: .get, path: "/v1/transactions/:gid") { request, context in
+                try await at(try gid(context), request) { coordinator, gid in
+                    jsonResponse(try coordinator.transaction(gid))
+                }
             },
             Route(method: .get, path: "/v1/transactions/:gid/outcome") { request, context in
-                jsonResponse(coordinator.outcome(gid: try gid(context), branch: try branchQuery(request)))
+                try await at(try gid(context), request) { coordinator, gid in
+                    jsonResponse(coordinator.outcome(gid: gid, branch: try branchQuery(request)))
+                }
             },
             Route(method: .get, path: "/v1/transactions/:gid/state") { request, context in
-                let gid = try gid(context)
-                return jsonResponse(ThreePhaseStateAnswer(gid: gid.rawValue, state: coordinator.threePhaseState(gid: gid, branch: try branchQuery(request))))
+                try await at(try gid(context), request) { coordinator, gid in
+                    jsonResponse(ThreePhaseStateAnswer(gid: gid.rawValue, state: coordinator.threePhaseState(gid: gid, branch: try branchQuery(request))))
+                }
             },
             Route(method: .post, path: "/v1/transactions/:gid/branches") { request, context in
-                let gid = try gid(context)
-                let enlist = try await decode(EnlistRequest.self, .enlistment, from: request)
-                return jsonResponse(try await coordinator.enlist(gid: gid, enlist), status: 201)
+                try await at(try gid(context), request) { coordinator, gid, body in
+                    let enlist = try decode(EnlistRequest.self, .enlistment, from: body)
+                    return jsonResponse(try await coordinator.enlist(gid: gid, enlist), status: 201)
+                }
             },
             Route(method: .post, path: "/v1/transactions/:gid/commit") { request, context in
-                let gid = try gid(context)
-                let body = try await decodeOptional(ResolveRequest.self, .resolution, from: request) ?? ResolveRequest()
-                return jsonResponse(try await coordinator.commit(gid: gid, reason: body.reason, wait: body.wait ?? false))
+                try await at(try gid(context), request) { coordinator, gid, body in
+                    let resolution = try decodeOptional(ResolveRequest.self, .resolution, from: body) ?? ResolveRequest()
+                    return jsonResponse(try await coordinator.commit(gid: gid, reason: resolution.reason, wait: resolution.wait ?? false))
+                }
             },
             Route(method: .post, path: "/v1/transactions/:gid/abort") { request, context in
-                let gid = try gid(context)
-                let body = try await decodeOptional(ResolveRequest.self, .resolution, from: request) ?? ResolveRequest()
-                return jsonResponse(try await coordinator.abort(gid: gid, reason: body.reason, wait: body.wait ?? false))
+                try await at(try gid(context), request) { coordinator, gid, body in
+                    let resolution = try decodeOptional(ResolveRequest.self, .resolution, from: body) ?? ResolveRequest()
+                    return jsonResponse(try await coordinator.abort(gid: gid, reason: resolution.reason, wait: resolution.wait ?? false))
+                }
             },
 
             Route(method: .post, path: "/v1/admin/recover") { _, _ in
-                jsonResponse(coordinator.recoverNow())
+                jsonResponse(node.recoverNow())
             },
         ]
+    }
+
+    /// Answers a request about `gid` here, or relays the answer of the node that owns it.
+    private func at(_ gid: GlobalTransactionID, _ request: Request,
+                    _ body: (Coordinator, GlobalTransactionID) async throws -> Response) async throws -> Response {
+        switch try await placement(of: gid, request, body: ByteBuffer()) {
+        case .here(let coordinator): return try await body(coordinator, gid)
+        case .forwarded(let response): return response
+        }
+    }
+
+    /// As above, for a request with a body (collected once, forwarded as it came).
+    private func at(_ gid: GlobalTransactionID, _ request: Request,
+                    _ body: (Coordinator, GlobalTransactionID, ByteBuffer) async throws -> Response) async throws -> Response {
+        var request = request
+        let buffer = try await request.collectBody(upTo: maxBodySize)
+        switch try await placement(of: gid, request, body: buffer) {
+        case .here(let coordinator): return try await body(coordinator, gid, buffer)
+        case .forwarded(let response): return response
+        }
+    }
+
+    private enum Served {
+        case here(Coordinator)
+        case forwarded(Response)
+    }
+
+    /// The coordinator here for `gid`, or the owner's answer. An owner that cannot be
+    /// reached may be dead: its shard is looked up again until its lease expires and this
+    /// node takes the shard over (or another node does, which is then asked).
+    private func placement(of gid: GlobalTransactionID, _ request: Request, body: ByteBuffer) async throws -> Served {
+        let deadline = ContinuousClock.now + forwarder.patience
+        while true {
+            switch try await node.placement(of: gid) {
+            case .here(let coordinator):
+                return .here(coordinator)
+            case let .elsewhere(owner, url):
+                do {
+                    return .forwarded(try await forwarder.forward(request, body: body, to: url, owner: owner))
+                } catch let error as CoordinatorError where error.code == "owner_unreachable" && ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(250))
+                }
+            }
+        }
     }
 
     /// The gid in the path, percent-decoded once and validated: a request for an invalid
@@ -180,9 +251,7 @@ struct CoordinatorRoutes: Sendable {
     }
 
     /// nil for an empty body; a clear 400 for anything that is not the expected JSON.
-    private func decodeOptional<Body: Decodable>(_ type: Body.Type, _ shape: RequestShape, from request: Request) async throws -> Body? {
-        var request = request
-        let buffer = try await request.collectBody(upTo: maxBodySize)
+    private func decodeOptional<Body: Decodable>(_ type: Body.Type, _ shape: RequestShape, from buffer: ByteBuffer) throws -> Body? {
         guard buffer.readableBytes > 0 else { return nil }
         return try decode(type, shape, from: buffer)
     }

@@ -107,7 +107,7 @@ public final class Simulation: @unchecked Sendable {
         restartCoordinator()
         let registration = participants.map { ParticipantRegistration(name: $0.name, url: "http://\($0.name).sim", protocols: [.twoPhaseCommit, .threePhaseCommit, .tcc, .saga]) }
         world.spawn { [self] in
-            for entry in registration { _ = try? await coordinator?.register(entry) }
+            for entry in registration { _ = try? await coordinator?.participants.register(entry) }
         }
         world.run(until: .seconds(1))
         planWorkload()

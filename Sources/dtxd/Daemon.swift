@@ -1,4 +1,5 @@
 import ArgumentParser
+import DTXCluster
 import DTXCoordinator
 import DTXLog
 import DTXServer
@@ -64,6 +65,24 @@ struct Daemon: AsyncParsableCommand {
 
     @Option(name: .customLong("history"), help: "Finished transactions kept for queries and idempotent resubmission. (env DTXD_HISTORY, default 10000)")
     var history: Int?
+
+    @Option(help: "Where transactions are kept: wal (the write-ahead log in --data-dir) or postgres (a PostgreSQL store shared by the nodes of a cluster; see docs/CLUSTER.md). (env DTXD_STORE, default wal)")
+    var store: String?
+
+    @Option(name: .customLong("store-url"), help: "With --store postgres: the libpq connection string of the store, e.g. 'host=db1,db2 dbname=dtx user=dtx target_session_attrs=read-write'. (env DTXD_STORE_URL)")
+    var storeURL: String?
+
+    @Option(name: .customLong("node-id"), help: "With --store postgres: this node's name in the cluster. (env DTXD_NODE_ID, default: generated once and kept in --data-dir)")
+    var nodeID: String?
+
+    @Option(name: .customLong("advertise-url"), help: "With --store postgres: the base URL other nodes forward requests to. (env DTXD_ADVERTISE_URL, default http://<listen address>)")
+    var advertiseURL: String?
+
+    @Option(name: .customLong("lease-ttl"), help: "With --store postgres: seconds after its last renewal that a node's shards may be taken over. (env DTXD_LEASE_TTL, default 5)")
+    var leaseTTL: Double?
+
+    @Option(help: "With --store postgres, when the cluster is created: its number of shards, fixed for ever. (env DTXD_SHARDS, default 64)")
+    var shards: Int?
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (env DTXD_LOG_LEVEL, default info)")
     var logLevel: String?
@@ -139,6 +158,57 @@ struct Daemon: AsyncParsableCommand {
         let metrics = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics))
 
+        let storeKind = (store ?? env["DTXD_STORE"] ?? "wal").lowercased()
+        guard ["wal", "postgres"].contains(storeKind) else {
+            throw ValidationError("store must be wal or postgres, not '\(storeKind)'")
+        }
+        let transport = HTTPTransport(requestTimeout: Duration(apiSeconds: requestSeconds))
+        if storeKind == "postgres" {
+            guard let url = storeURL ?? env["DTXD_STORE_URL"], !url.isEmpty else {
+                throw ValidationError("--store postgres needs --store-url (or DTXD_STORE_URL): the libpq connection string of the cluster's PostgreSQL, e.g. 'host=127.0.0.1 dbname=dtx user=dtx'")
+            }
+            let ttl = try number(leaseTTL, "DTXD_LEASE_TTL", 5, { $0 >= 0.5 && $0 <= 600 }, "seconds from 0.5 to 600")
+            let shardCount: Int? = try (shards ?? env["DTXD_SHARDS"].map { text in
+                guard let value = Int(text) else { throw ValidationError("DTXD_SHARDS must be a whole number from 1 to 4096, not '\(text)'") }
+                return value
+            })
+            if let shardCount, !(1...4096).contains(shardCount) { throw ValidationError("shards must be a whole number from 1 to 4096, not \(shardCount)") }
+            let id = try nodeID ?? env["DTXD_NODE_ID"] ?? Self.keptNodeID(in: directory)
+            guard !id.isEmpty, id.utf8.count <= 128, id.unicodeScalars.allSatisfy({ $0.isASCII && $0.value > 0x20 && $0.value < 0x7F }) else {
+                throw ValidationError("node-id must be 1 to 128 printable ASCII characters without spaces, not '\(id)'")
+            }
+            let advertised = advertiseURL ?? env["DTXD_ADVERTISE_URL"]
+            if advertised == nil, port == 0 || host == "0.0.0.0" || host == "::" {
+                throw ValidationError("listening on \(address), other nodes cannot know where to forward requests: pass --advertise-url (or DTXD_ADVERTISE_URL), e.g. http://10.0.0.5:7070")
+            }
+            var cluster = ClusterConfiguration(storeURL: url, nodeID: id, advertiseURL: advertised ?? "http://\(host.contains(":") ? "[\(host)]" : host):\(port)")
+            cluster.leaseTTL = .milliseconds(Int64(ttl * 1000))
+            cluster.shards = shardCount
+            let node: ClusterNode
+            do {
+                node = try await ClusterNode(configuration: cluster, transport: transport, engine: engine, logger: logger)
+            } catch {
+                FileHandle.standardError.write(Data("dtxd: cannot join the cluster through the store: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+            let app = makeCoordinatorApplication(
+                configuration: server, node: node, nodeID: id, forwardPatience: .milliseconds(Int64(ttl * 3000)), metrics: metrics, logger: logger,
+                onListening: { port in
+                    FileHandle.standardOutput.write(Data("dtxd listening on http://\(host):\(port) (cluster node \(id), \(node.shardMap.count) shards)\n".utf8))
+                }
+            )
+            let group = ServiceGroup(
+                configuration: .init(
+                    services: [.init(service: ClusterService(node: node)), .init(service: app)],
+                    gracefulShutdownSignals: [.sigterm, .sigint],
+                    logger: logger
+                )
+            )
+            try await group.run()
+            logger.info("stopped cleanly")
+            return
+        }
+
         let log: WriteAheadLog
         let coordinator: Coordinator
         do {
@@ -148,9 +218,7 @@ struct Daemon: AsyncParsableCommand {
                 logger.notice("truncated a torn log tail", metadata: ["file": "\(torn.file)", "offset": "\(torn.offset)"])
             }
             logger.info("log open", metadata: ["directory": "\(directory)", "records": "\(opened.recovery.records.count)", "nextLSN": "\(log.nextLSN)"])
-            coordinator = try Coordinator(store: WALStore(log: log, records: opened.recovery.records),
-                                          transport: HTTPTransport(requestTimeout: Duration(apiSeconds: requestSeconds)),
-                                          configuration: engine, logger: logger)
+            coordinator = try Coordinator(store: WALStore(log: log, records: opened.recovery.records), transport: transport, configuration: engine, logger: logger)
         } catch let error as LogError {
             FileHandle.standardError.write(Data("dtxd: \(error)\n".utf8))
             throw ExitCode(1)
@@ -160,7 +228,7 @@ struct Daemon: AsyncParsableCommand {
         }
 
         let app = makeCoordinatorApplication(
-            configuration: server, coordinator: coordinator, metrics: metrics, logger: logger,
+            configuration: server, node: coordinator, metrics: metrics, logger: logger,
             onListening: { port in
                 // Written unbuffered: scripts and tests wait for this line.
                 FileHandle.standardOutput.write(Data("dtxd listening on http://\(host):\(port) (data directory \(directory))\n".utf8))
@@ -179,6 +247,23 @@ struct Daemon: AsyncParsableCommand {
         logger.info("stopped cleanly")
     }
 
+    /// The node id kept in the data directory, made on first use.
+    static func keptNodeID(in directory: String) throws -> String {
+        let path = (directory as NSString).appendingPathComponent("node-id")
+        if let text = try? String(contentsOfFile: path, encoding: .utf8) {
+            let id = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            if !id.isEmpty { return id }
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let id = "node-" + UUID().uuidString.lowercased().prefix(8)
+            try Data((id + "\n").utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
+            return id
+        } catch {
+            throw ValidationError("cannot keep a node id in \(path): \(error); pass --node-id or fix the data directory")
+        }
+    }
+
     static func parseAddress(_ text: String) -> (String, Int)? {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
         var host = String(text[..<colon])
@@ -194,6 +279,19 @@ struct LogService: Service {
     func run() async throws {
         try? await gracefulShutdown()
         try await log.close()
+    }
+}
+
+/// Runs a cluster node (leases, balancing, the record writer) and leaves the cluster on
+/// shutdown.
+struct ClusterService: Service {
+    let node: ClusterNode
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await node.run()
+        }
+        await node.shutdown()
     }
 }
 

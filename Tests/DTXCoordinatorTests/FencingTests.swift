@@ -44,7 +44,7 @@ private final class FencingStore: CoordinatorStore {
         var (log, recovery) = try WriteAheadLog.open(directory: directory)
         let store = FencingStore(WALStore(log: log, records: recovery.records))
         let coordinator = try Coordinator(store: store, transport: HTTPTransport(), logger: Self.logger)
-        _ = try await coordinator.register(ParticipantRegistration(name: "svc", url: "http://127.0.0.1:9", protocols: [.tcc]))
+        _ = try await coordinator.participants.register(ParticipantRegistration(name: "svc", url: "http://127.0.0.1:9", protocols: [.tcc]))
         let branches = [BranchSpec(participant: "svc", operation: "reserve")]
 
         store.fence()

@@ -46,16 +46,16 @@ import Testing
     /// reads the new record in between keeps it: the next start lists the new URL.
     @Test func aCheckpointBetweenARegistrationsRecordAndMemoryKeepsTheNewURL() async throws {
         try await Self.acrossARestart { log, coordinator in
-            _ = try await coordinator.register(Self.registration("http://127.0.0.1:1001"))
+            _ = try await coordinator.participants.register(Self.registration("http://127.0.0.1:1001"))
             // The moment in between: the record of the move is in the log, memory has the old URL.
             try await coordinator.registry.changing {
                 try await log.append(type: ParticipantRegistry.RecordType.registered.rawValue, payload: Self.registrationRecord("http://127.0.0.1:1002"), forced: true)
-                #expect(try coordinator.participant("svc").url == "http://127.0.0.1:1001")
+                #expect(try coordinator.participants.participant("svc").url == "http://127.0.0.1:1001")
                 let result = try await coordinator.checkpoint()
                 #expect(result.segmentsRemoved == 1)
             }
         } then: { coordinator throws in
-            #expect(try coordinator.participant("svc").url == "http://127.0.0.1:1002")
+            #expect(try coordinator.participants.participant("svc").url == "http://127.0.0.1:1002")
         }
     }
 
@@ -63,27 +63,27 @@ import Testing
     /// memory has nothing for the name, and the checkpoint keeps the record all the same.
     @Test func aCheckpointDuringAFirstRegistrationKeepsIt() async throws {
         try await Self.acrossARestart { log, coordinator in
-            _ = try await coordinator.register(Self.registration("http://127.0.0.1:1000", name: "other"))
+            _ = try await coordinator.participants.register(Self.registration("http://127.0.0.1:1000", name: "other"))
             try await coordinator.registry.changing {
                 try await log.append(type: ParticipantRegistry.RecordType.registered.rawValue, payload: Self.registrationRecord("http://127.0.0.1:1001"), forced: true)
-                #expect(throws: CoordinatorError.self) { try coordinator.participant("svc") }
+                #expect(throws: CoordinatorError.self) { try coordinator.participants.participant("svc") }
                 _ = try await coordinator.checkpoint()
             }
         } then: { coordinator throws in
-            #expect(coordinator.participants().map(\.name) == ["other", "svc"])
+            #expect(coordinator.participants.all().map(\.name) == ["other", "svc"])
         }
     }
 
     /// Likewise a deregistration whose record is durable while memory still lists the participant.
     @Test func aCheckpointBetweenADeregistrationsRecordAndMemoryKeepsItGone() async throws {
         try await Self.acrossARestart { log, coordinator in
-            _ = try await coordinator.register(Self.registration("http://127.0.0.1:1001"))
+            _ = try await coordinator.participants.register(Self.registration("http://127.0.0.1:1001"))
             try await coordinator.registry.changing {
                 try await log.append(type: ParticipantRegistry.RecordType.deregistered.rawValue, payload: ParticipantRegistry.deregistrationRecord("svc"), forced: true)
                 _ = try await coordinator.checkpoint()
             }
         } then: { coordinator throws in
-            #expect(coordinator.participants().isEmpty)
+            #expect(coordinator.participants.all().isEmpty)
         }
     }
 
@@ -91,15 +91,15 @@ import Testing
     /// older URLs and finished deregistrations are dropped.
     @Test func aCheckpointKeepsOnlyTheCurrentRegistration() async throws {
         try await Self.acrossARestart { _, coordinator in
-            _ = try await coordinator.register(Self.registration("http://127.0.0.1:1001"))
-            _ = try await coordinator.register(Self.registration("http://127.0.0.1:1002"))
-            _ = try await coordinator.register(Self.registration("http://127.0.0.1:1003", name: "gone"))
-            try await coordinator.deregister("gone")
+            _ = try await coordinator.participants.register(Self.registration("http://127.0.0.1:1001"))
+            _ = try await coordinator.participants.register(Self.registration("http://127.0.0.1:1002"))
+            _ = try await coordinator.participants.register(Self.registration("http://127.0.0.1:1003", name: "gone"))
+            try await coordinator.participants.deregister("gone")
             let result = try await coordinator.checkpoint()
             #expect(result.recordsRead == 4)
             #expect(result.recordsKept == 1)
         } then: { coordinator throws in
-            #expect(coordinator.participants().map(\.url) == ["http://127.0.0.1:1002"])
+            #expect(coordinator.participants.all().map(\.url) == ["http://127.0.0.1:1002"])
         }
     }
 }

@@ -35,7 +35,7 @@ private struct HalfDownTransport: Transport {
         let coordinator = try Coordinator(store: WALStore(log: log, records: recovery.records), transport: HalfDownTransport(),
                                           configuration: configuration, logger: Self.logger)
         for name in ["a", "b"] {
-            _ = try await coordinator.register(ParticipantRegistration(name: name, url: "http://127.0.0.1:9"))
+            _ = try await coordinator.participants.register(ParticipantRegistration(name: name, url: "http://127.0.0.1:9"))
         }
         let gid = try GlobalTransactionID(validating: "unfinished-1")
         _ = try await coordinator.submit(TransactionSubmission(gid: gid.rawValue, branches: [

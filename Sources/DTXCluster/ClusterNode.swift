@@ -1,0 +1,456 @@
+/// DTXCluster: dtxd nodes sharing a PostgreSQL store. Each node owns some of the shards
+/// under a lease (docs/CLUSTER.md) and runs one `Coordinator` per shard it owns, over
+/// that shard's records; requests about another node's shard are forwarded to it.
+import DTXAPI
+import DTXCoordinator
+import DTXCore
+import DTXLog
+import DTXPostgresClient
+import Foundation
+import Logging
+import Synchronization
+
+public struct ClusterConfiguration: Sendable {
+    /// libpq connection string (several hosts and `target_session_attrs=read-write` for
+    /// a primary with standbys).
+    public var storeURL: String
+    public var nodeID: String
+    /// The base URL other nodes forward requests to.
+    public var advertiseURL: String
+    /// A node that stops renewing loses its shards this long after its last renewal, by
+    /// the store's clock.
+    public var leaseTTL: Duration = .seconds(5)
+    /// The number of shards of a cluster being created; nil: the store's (64 for a new one).
+    public var shards: Int?
+    /// How long a lazy record may wait for a forced write to carry it to the store.
+    public var lazyDelay: Duration = .milliseconds(5)
+
+    public init(storeURL: String, nodeID: String, advertiseURL: String) {
+        self.storeURL = storeURL
+        self.nodeID = nodeID
+        self.advertiseURL = advertiseURL
+    }
+
+    var renewEvery: Duration { max(.milliseconds(100), leaseTTL / 5) }
+}
+
+public final class ClusterNode: CoordinatorNode {
+    private enum Slot {
+        case loading(Task<Void, Never>)
+        case ready(Coordinator, ShardStore, Task<Void, Never>)
+        /// Its records cannot be read by this build.
+        case broken(CoordinatorError)
+    }
+
+    private struct State {
+        var slots: [Int: Slot] = [:]
+        var view = Leases.View()
+        var incarnation = UUID().uuidString.lowercased()
+        var registered = false
+        var registryVersion = 0
+        var acquisitions = 0
+        var takeovers = 0
+        var fencedShards = 0
+        var leaseLosses = 0
+        var released = 0
+    }
+
+    public let configuration: ClusterConfiguration
+    public let shardMap: ShardMap
+    public let participants: Participants
+    private let engine: CoordinatorConfiguration
+    private let transport: any Transport
+    private let control: PostgresPool
+    private let writerPool: PostgresPool
+    private let writer: RecordWriter
+    private let lease = NodeLease()
+    private let sequences = SequenceCounter()
+    private let registry: ParticipantRegistry
+    private let state: Mutex<State>
+    private let logger: Logger
+
+    /// Connects to the store (creating its tables on first use), joins the cluster and
+    /// reads the participant registry. `engine` is every shard's coordinator's
+    /// configuration (its history limit is shared out among the shards).
+    public init(configuration: ClusterConfiguration, transport: any Transport, engine: CoordinatorConfiguration, logger: Logger) async throws {
+        self.configuration = configuration
+        self.transport = transport
+        self.logger = logger
+        control = try await PostgresPool(configuration.storeURL, size: 2, logger: logger)
+        writerPool = try await PostgresPool(configuration.storeURL, size: 1, logger: logger)
+        let requested = configuration.shards
+        let shards = try await control.withConnection { try StoreSchema.prepare($0, shards: requested) }
+        shardMap = ShardMap(count: shards)
+        var engine = engine
+        engine.historyLimit = (engine.historyLimit + shards - 1) / shards
+        self.engine = engine
+        let initial = State()
+        let incarnation = initial.incarnation
+        state = Mutex(initial)
+        let lease = lease
+        let fencedOff = Mutex<(@Sendable (Set<RecordWriter.ShardEpoch>) -> Void)?>(nil)
+        writer = RecordWriter(pool: writerPool, node: configuration.nodeID, writer: "\(configuration.nodeID)/\(incarnation)", lease: lease,
+                              lazyDelay: configuration.lazyDelay, onFenced: { refused in fencedOff.withLock { $0 }?(refused) }, logger: logger)
+        registry = ParticipantRegistry()
+        let control = control
+        participants = Participants(registry: registry, persist: { type, payload in try await Self.persistRegistration(control, type: type, payload: payload) },
+                                    now: { Date() }, logger: logger)
+        fencedOff.withLock { $0 = { [weak self] refused in self?.fenced(refused) } }
+        participants.countUnfinishedBranches { [weak self] name in
+            self?.readyCoordinators().reduce(0) { $0 + $1.unfinishedBranches(on: name) } ?? 0
+        }
+        try await join()
+        try await pollRegistry()
+        logger.notice("joined the cluster", metadata: ["node": "\(configuration.nodeID)", "shards": "\(shards)", "url": "\(configuration.advertiseURL)"])
+    }
+
+    // MARK: Running
+
+    /// Renews the lease, balances shards and reads registry changes every
+    /// `renewEvery`, and writes records, until cancelled.
+    public func run() async {
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.writer.run() }
+            while !Task.isCancelled {
+                await tick()
+                try? await Task.sleep(for: configuration.renewEvery)
+            }
+            writer.close()
+        }
+    }
+
+    /// Leaves the cluster: stops every shard's transactions (they resume on the nodes
+    /// that take the shards), writes what is queued, gives the shards up and deletes
+    /// this node's row, so others take over at once instead of after the lease.
+    public func shutdown() async {
+        let slots = state.withLock { s in
+            defer { s.slots = [:] }
+            return s.slots
+        }
+        var held: [(Int, Int64)] = []
+        for (shard, slot) in slots {
+            if case let .ready(coordinator, store, maintenance) = slot {
+                maintenance.cancel()
+                coordinator.stopDriving()
+                try? await store.sync()
+                store.drop()
+                held.append((shard, store.epoch))
+            } else if case .loading(let task) = slot {
+                task.cancel()
+            }
+        }
+        writer.close()
+        let (node, incarnation) = (configuration.nodeID, state.withLock { $0.incarnation })
+        do {
+            try await control.withConnection { [held] connection in
+                for (shard, epoch) in held { try Leases.release(connection, shard: shard, node: node, epoch: epoch) }
+                try Leases.leave(connection, node: node, incarnation: incarnation)
+            }
+        } catch {
+            logger.warning("could not give the shards up; others take them when the lease expires", metadata: ["error": "\(error)"])
+        }
+        lease.lapse()
+        await transport.shutdown()
+        await control.close()
+        await writerPool.close()
+    }
+
+    private func tick() async {
+        do {
+            try await renewOrJoin()
+            let view = try await control.withConnection { try Leases.view($0) }
+            state.withLock { $0.view = view }
+            try await balance(view)
+            try await pollRegistry()
+        } catch {
+            logger.warning("cannot reach the cluster store", metadata: ["error": "\(error)"])
+        }
+        if !lease.isValid, state.withLock({ !$0.slots.isEmpty }) {
+            loseAll("its lease could have expired while the store was unreachable")
+        }
+    }
+
+    private func join() async throws {
+        let (node, url, ttl) = (configuration.nodeID, configuration.advertiseURL, configuration.leaseTTL)
+        let incarnation = state.withLock { $0.incarnation }
+        let sent = ContinuousClock.now
+        try await control.withConnection { try Leases.register($0, node: node, url: url, incarnation: incarnation, ttl: ttl) }
+        lease.renewed(sentAt: sent, ttl: ttl)
+        state.withLock { $0.registered = true }
+    }
+
+    private func renewOrJoin() async throws {
+        guard state.withLock({ $0.registered }) else { return try await join() }
+        let (node, ttl) = (configuration.nodeID, configuration.leaseTTL)
+        let incarnation = state.withLock { $0.incarnation }
+        let sent = ContinuousClock.now
+        if try await control.withConnection({ try Leases.renew($0, node: node, incarnation: incarnation, ttl: ttl) }) {
+            lease.renewed(sentAt: sent, ttl: ttl)
+        } else {
+            loseAll("another node evicted it after its lease expired")
+            state.withLock { s in
+                s.registered = false
+                s.incarnation = UUID().uuidString.lowercased()
+            }
+            try await join()
+        }
+    }
+
+    /// Live nodes share the shards evenly: a node holding more than its share gives the
+    /// surplus up, one holding less takes shards nobody owns or whose owner's lease
+    /// expired.
+    private func balance(_ view: Leases.View) async throws {
+        guard lease.isValid else { return }
+        let live = Set(view.liveNodes.map(\.id))
+        let share = (shardMap.count + max(1, live.count) - 1) / max(1, live.count)
+        let held = state.withLock { Set($0.slots.keys) }
+        if held.count > share {
+            for shard in held.sorted().suffix(held.count - share) { await release(shard) }
+            return
+        }
+        let wanted = share - held.count
+        guard wanted > 0 else { return }
+        let free = view.shards.filter { entry in
+            !held.contains(entry.shard) && (entry.owner == nil || entry.owner == configuration.nodeID || !live.contains(entry.owner!))
+        }
+        for entry in free.prefix(wanted) {
+            _ = try await take(entry.shard)
+        }
+    }
+
+    // MARK: Shards
+
+    /// Acquires a shard and loads its transactions; false when another node holds it.
+    @discardableResult
+    private func take(_ shard: Int) async throws -> Bool {
+        let node = configuration.nodeID
+        switch try await control.withConnection({ try Leases.acquire($0, shard: shard, node: node) }) {
+        case .held:
+            return false
+        case let .acquired(epoch, from):
+            state.withLock { s in
+                s.acquisitions += 1
+                if from != nil { s.takeovers += 1 }
+            }
+            if let from { logger.notice("took a shard over", metadata: ["shard": "\(shard)", "epoch": "\(epoch)", "from": "\(from)"]) }
+            await load(shard, epoch: epoch)
+            return true
+        }
+    }
+
+    private func load(_ shard: Int, epoch: Int64) async {
+        let task = Task {
+            do {
+                let records = try await control.withConnection { try ShardRecords.load($0, shard: shard) }
+                let store = ShardStore(shard: shard, epoch: epoch, records: records, writer: writer, control: control, node: configuration.nodeID, lease: lease)
+                var shardLogger = logger
+                shardLogger[metadataKey: "shard"] = "\(shard)"
+                let coordinator = try Coordinator(store: store, transport: transport, configuration: engine, participants: participants,
+                                                  sequences: sequences, logger: shardLogger)
+                coordinator.whenFenced { [weak self] in self?.drop(shard, epoch: epoch, why: "a write was fenced or the lease lapsed") }
+                let maintenance = Task { await coordinator.runMaintenance() }
+                state.withLock { $0.slots[shard] = .ready(coordinator, store, maintenance) }
+            } catch let error as CoordinatorError {
+                logger.critical("a shard's records cannot be read", metadata: ["shard": "\(shard)", "error": "\(error)"])
+                state.withLock { $0.slots[shard] = .broken(error) }
+            } catch {
+                logger.error("could not load a shard", metadata: ["shard": "\(shard)", "error": "\(error)"])
+                state.withLock { _ = $0.slots.removeValue(forKey: shard) }
+            }
+        }
+        state.withLock { $0.slots[shard] = .loading(task) }
+        await task.value
+    }
+
+    /// Gives a shard up to balance the cluster: its transactions stop here, what is
+    /// queued for it is written, and the shard is released for another node.
+    private func release(_ shard: Int) async {
+        guard let slot = state.withLock({ $0.slots[shard] }), case let .ready(coordinator, store, maintenance) = slot else { return }
+        state.withLock { s in
+            s.slots.removeValue(forKey: shard)
+            s.released += 1
+        }
+        maintenance.cancel()
+        coordinator.stopDriving()
+        try? await store.sync()
+        store.drop()
+        let (node, epoch) = (configuration.nodeID, store.epoch)
+        do {
+            try await control.withConnection { try Leases.release($0, shard: shard, node: node, epoch: epoch) }
+            logger.debug("released a shard", metadata: ["shard": "\(shard)", "epoch": "\(epoch)"])
+        } catch {
+            logger.warning("could not release a shard; it is taken when this node's lease expires", metadata: ["shard": "\(shard)", "error": "\(error)"])
+        }
+    }
+
+    /// The writer found these shards fenced: another node owns them now.
+    private func fenced(_ refused: Set<RecordWriter.ShardEpoch>) {
+        for pair in refused { drop(pair.shard, epoch: pair.epoch, why: "a write was fenced: another node owns the shard now") }
+    }
+
+    /// Stops a shard's transactions at once; nothing more is written or sent for them.
+    private func drop(_ shard: Int, epoch: Int64, why: String) {
+        let slot: Slot? = state.withLock { s in
+            guard case let .ready(_, store, _)? = s.slots[shard], store.epoch == epoch else { return nil }
+            s.fencedShards += 1
+            return s.slots.removeValue(forKey: shard)
+        }
+        guard case let .ready(coordinator, store, maintenance)? = slot else { return }
+        store.drop()
+        maintenance.cancel()
+        coordinator.stopDriving()
+        logger.error("dropped a shard", metadata: ["shard": "\(shard)", "epoch": "\(epoch)", "why": "\(why)"])
+    }
+
+    /// The lease is gone: every shard stops here.
+    private func loseAll(_ why: String) {
+        lease.lapse()
+        let slots = state.withLock { s in
+            s.leaseLosses += 1
+            defer { s.slots = [:] }
+            return s.slots
+        }
+        for (_, slot) in slots {
+            switch slot {
+            case let .ready(coordinator, store, maintenance):
+                store.drop()
+                maintenance.cancel()
+                coordinator.stopDriving()
+            case .loading(let task):
+                task.cancel()
+            case .broken:
+                break
+            }
+        }
+        logger.error("this node lost its lease; every shard stops here", metadata: ["why": "\(why)", "shards": "\(slots.count)"])
+    }
+
+    private func readyCoordinators() -> [Coordinator] {
+        state.withLock { s in
+            s.slots.values.compactMap { if case let .ready(coordinator, _, _) = $0 { coordinator } else { nil } }
+        }
+    }
+
+    // MARK: Registry
+
+    /// Keeps a registry record as the participant's row; returns its version.
+    private static func persistRegistration(_ control: PostgresPool, type: UInt16, payload: [UInt8]) async throws -> UInt64 {
+        guard case .object(let members) = try JSONValue(parsingStrictly: payload), case .string(let name)? = members["name"] else {
+            throw ClusterError("a registry record without a name")
+        }
+        let record = String(decoding: payload, as: UTF8.self)
+        let version = try await control.withConnection { connection in
+            try connection.execute("""
+                INSERT INTO dtx_participants (name, version, type, record, last_seen) VALUES ($1, nextval('dtx_participant_versions'), $2, $3, now())
+                ON CONFLICT (name) DO UPDATE SET version = excluded.version, type = excluded.type, record = excluded.record, last_seen = excluded.last_seen
+                RETURNING version
+                """, [.text(name), .int(Int(type)), .text(record)]).rows.first?.int("version")
+        }
+        return UInt64(version ?? 0)
+    }
+
+    /// Applies the registrations and deregistrations made since the last look (by any node).
+    private func pollRegistry() async throws {
+        let since = state.withLock { $0.registryVersion }
+        let rows = try await control.withConnection { connection in
+            try connection.execute("SELECT version, type, record FROM dtx_participants WHERE version > $1 ORDER BY version", [.int(since)]).rows
+        }
+        var newest = since
+        for row in rows {
+            guard let version = try row.int("version"), let type = try row.int("type"), let record = try row.string("record") else { continue }
+            _ = try registry.replay(type: UInt16(type), payload: Array(record.utf8), lsn: UInt64(version))
+            newest = max(newest, version)
+        }
+        state.withLock { $0.registryVersion = max($0.registryVersion, newest) }
+    }
+
+    // MARK: CoordinatorNode
+
+    public func placement(of gid: GlobalTransactionID) async throws(CoordinatorError) -> Placement {
+        let shard = shardMap.shard(of: gid)
+        for _ in 0..<3 {
+            guard lease.isValid else {
+                throw CoordinatorError(.unavailable, "no_lease", "this node has no valid lease on the cluster store right now; retry, or send the request to another node")
+            }
+            switch state.withLock({ $0.slots[shard] }) {
+            case let .ready(coordinator, _, _)?:
+                return .here(coordinator)
+            case .loading(let task)?:
+                await task.value
+                continue
+            case .broken(let error)?:
+                throw error
+            case nil:
+                break
+            }
+            let view = state.withLock { $0.view }
+            if let owner = view.owner(of: shard), owner != configuration.nodeID, let node = view.node(owner), node.live {
+                return .elsewhere(node: owner, url: node.url)
+            }
+            // Nobody holds it, or its owner's lease expired: take it over first.
+            do {
+                if try await take(shard) { continue }
+                let fresh = try await control.withConnection { try Leases.view($0) }
+                state.withLock { $0.view = fresh }
+            } catch {
+                throw CoordinatorError(.unavailable, "store_unavailable", "the cluster store cannot be reached to find shard \(shard)'s owner: \(error); retry")
+            }
+        }
+        throw CoordinatorError(.unavailable, "shard_moving", "shard \(shard), which holds \(gid), is moving between nodes; retry")
+    }
+
+    public func placeNewTransaction() async throws(CoordinatorError) -> (Coordinator, GlobalTransactionID) {
+        let ready = state.withLock { s in
+            s.slots.compactMapValues { if case let .ready(coordinator, _, _) = $0 { coordinator } else { nil } }
+        }
+        guard lease.isValid, !ready.isEmpty else {
+            throw CoordinatorError(.unavailable, "no_shard", "this node owns no shard right now (it is joining the cluster, or lost its lease); retry, or send the submission to another node")
+        }
+        // A gid falls in a shard of this node about once in (shards / owned) draws.
+        while true {
+            let gid = Coordinator.newGID()
+            if let coordinator = ready[shardMap.shard(of: gid)] { return (coordinator, gid) }
+        }
+    }
+
+    public func list(_ query: Coordinator.ListQuery) -> TransactionList {
+        Coordinator.list(query, in: readyCoordinators())
+    }
+
+    public func recoverNow() -> RecoveryReport {
+        readyCoordinators().map { $0.recoverNow() }.reduce(RecoveryReport(transactions: 0, deliveries: 0)) {
+            RecoveryReport(transactions: $0.transactions + $1.transactions, deliveries: $0.deliveries + $1.deliveries)
+        }
+    }
+
+    public func gauges() -> Coordinator.Gauges {
+        var total = Coordinator.Gauges(participants: participants.count)
+        for coordinator in readyCoordinators() {
+            let gauges = coordinator.gauges()
+            total.unfinished += gauges.unfinished
+            total.inDoubt += gauges.inDoubt
+            total.stuck += gauges.stuck
+        }
+        return total
+    }
+
+    public var storeMetrics: [StoreMetric] {
+        let s = state.withLock { $0 }
+        let w = writer.statistics
+        let held = s.slots.values.filter { if case .ready = $0 { true } else { false } }.count
+        return [
+            StoreMetric(name: "dtx_cluster_shards_held", help: "Shards this node owns and serves", value: Double(held)),
+            StoreMetric(name: "dtx_cluster_acquisitions", help: "Shards acquired by this node since start", value: Double(s.acquisitions)),
+            StoreMetric(name: "dtx_cluster_takeovers", help: "Shards taken over from another node since start", value: Double(s.takeovers)),
+            StoreMetric(name: "dtx_cluster_shards_released", help: "Shards given up to balance the cluster since start", value: Double(s.released)),
+            StoreMetric(name: "dtx_cluster_fenced_shards", help: "Shards dropped because a write was fenced or the lease lapsed", value: Double(s.fencedShards)),
+            StoreMetric(name: "dtx_cluster_lease_losses", help: "Times this node lost its lease and every shard", value: Double(s.leaseLosses)),
+            StoreMetric(name: "dtx_store_commits", help: "PostgreSQL commits of record batches since start", value: Double(w.commits)),
+            StoreMetric(name: "dtx_store_records", help: "Records written to PostgreSQL since start", value: Double(w.records)),
+            StoreMetric(name: "dtx_store_forced_waits", help: "Forced writes and syncs waited for since start", value: Double(w.forcedWaits)),
+            StoreMetric(name: "dtx_store_fenced_batches", help: "Batches with records refused because their shard moved on", value: Double(w.fencedBatches)),
+            StoreMetric(name: "dtx_store_commit_seconds_average", help: "Average time of one batch's commit", value: w.commits == 0 ? 0 : w.commitSeconds / Double(w.commits)),
+            StoreMetric(name: "dtx_store_commit_seconds_max", help: "Slowest batch commit since start", value: w.slowestCommit),
+        ]
+    }
+}

@@ -1,0 +1,132 @@
+import DTXPostgresClient
+import Foundation
+
+/// The statements of the lease rules (docs/CLUSTER.md), each judged by PostgreSQL's clock.
+enum Leases {
+    struct Node: Sendable, Equatable {
+        var id: String
+        var url: String
+        var live: Bool
+        var renewedAgo: Double
+    }
+
+    struct Shard: Sendable, Equatable {
+        var shard: Int
+        var owner: String?
+        var epoch: Int64
+        var heldFor: Double?
+    }
+
+    /// The cluster as the store sees it now.
+    struct View: Sendable {
+        var nodes: [Node] = []
+        var shards: [Shard] = []
+
+        var liveNodes: [Node] { nodes.filter(\.live) }
+
+        func node(_ id: String) -> Node? { nodes.first { $0.id == id } }
+
+        func owner(of shard: Int) -> String? {
+            shards.indices.contains(shard) ? shards[shard].owner : nil
+        }
+    }
+
+    static func register(_ connection: PostgresConnection, node: String, url: String, incarnation: String, ttl: Duration) throws {
+        try connection.execute("""
+            INSERT INTO dtx_nodes (node_id, url, incarnation, started_at, renewed_at, lease_expires)
+            VALUES ($1, $2, $3, now(), now(), now() + $4::bigint * interval '1 millisecond')
+            ON CONFLICT (node_id) DO UPDATE SET url = excluded.url, incarnation = excluded.incarnation,
+                started_at = excluded.started_at, renewed_at = excluded.renewed_at, lease_expires = excluded.lease_expires
+            """, [.text(node), .text(url), .text(incarnation), .int(ttl.milliseconds)])
+    }
+
+    /// False when the node was evicted (another node took its shards over) or another
+    /// process registered under its id since: it owns nothing any more.
+    static func renew(_ connection: PostgresConnection, node: String, incarnation: String, ttl: Duration) throws -> Bool {
+        try connection.execute("""
+            UPDATE dtx_nodes SET renewed_at = now(), lease_expires = now() + $3::bigint * interval '1 millisecond'
+            WHERE node_id = $1 AND incarnation = $2 AND lease_expires <> '-infinity'
+            """, [.text(node), .text(incarnation), .int(ttl.milliseconds)]).affectedRows == 1
+    }
+
+    static func view(_ connection: PostgresConnection) throws -> View {
+        let results = try connection.executeInOneRoundTrip([
+            ("SELECT node_id, url, lease_expires > now() AS live, extract(epoch FROM now() - renewed_at)::float8 AS renewed_ago FROM dtx_nodes ORDER BY node_id", []),
+            ("SELECT shard, owner, epoch, extract(epoch FROM now() - acquired_at)::float8 AS held_for FROM dtx_shards ORDER BY shard", []),
+        ])
+        var view = View()
+        for row in results[0].rows {
+            view.nodes.append(Node(id: try row.string("node_id") ?? "", url: try row.string("url") ?? "", live: try row.bool("live") ?? false,
+                                   renewedAgo: try row.double("renewed_ago") ?? 0))
+        }
+        for row in results[1].rows {
+            view.shards.append(Shard(shard: try row.int("shard") ?? 0, owner: try row.string("owner"), epoch: Int64(try row.int("epoch") ?? 0),
+                                     heldFor: try row.double("held_for")))
+        }
+        return view
+    }
+
+    enum Acquisition: Sendable, Equatable {
+        /// Ours now, at this epoch; `from` the node that had it (nil: nobody, or this node before).
+        case acquired(epoch: Int64, from: String?)
+        /// Another node holds it under a live lease.
+        case held(by: String)
+    }
+
+    /// Takes a shard that nobody owns, that this node owned before (a restart, a lapsed
+    /// lease), or whose owner's lease expired; in the last case the owner is evicted
+    /// first, in the same transaction, so that its renewal fails from now on. The
+    /// shard's row stays locked until the commit: a write of the old owner still in
+    /// flight completes before, and one after finds the new epoch.
+    static func acquire(_ connection: PostgresConnection, shard: Int, node: String) throws -> Acquisition {
+        try connection.execute("BEGIN")
+        do {
+            guard let row = try connection.execute("""
+                SELECT s.owner, n.node_id IS NOT NULL AS known, COALESCE(n.lease_expires > now(), false) AS live
+                FROM dtx_shards s LEFT JOIN dtx_nodes n ON n.node_id = s.owner
+                WHERE s.shard = $1 FOR UPDATE OF s
+                """, [.int(shard)]).rows.first else {
+                throw ClusterError("shard \(shard) has no row in dtx_shards: the store is damaged")
+            }
+            let owner = try row.string("owner")
+            var previous: String?
+            if let owner, owner != node, try row.bool("known") == true {
+                if try row.bool("live") == true {
+                    try connection.execute("ROLLBACK")
+                    return .held(by: owner)
+                }
+                let evicted = try connection.execute("UPDATE dtx_nodes SET lease_expires = '-infinity' WHERE node_id = $1 AND lease_expires <= now()", [.text(owner)]).affectedRows
+                if evicted == 0 {
+                    // It renewed meanwhile.
+                    try connection.execute("ROLLBACK")
+                    return .held(by: owner)
+                }
+                previous = owner
+            } else if let owner, owner != node {
+                previous = owner
+            }
+            guard let epoch = try connection.execute("UPDATE dtx_shards SET owner = $2, epoch = epoch + 1, acquired_at = now() WHERE shard = $1 RETURNING epoch",
+                                                     [.int(shard), .text(node)]).rows.first?.int("epoch") else {
+                throw ClusterError("shard \(shard) vanished while being acquired")
+            }
+            try connection.execute("COMMIT")
+            return .acquired(epoch: Int64(epoch), from: previous)
+        } catch {
+            connection.rollbackIfInTransaction()
+            throw error
+        }
+    }
+
+    /// Gives a shard up (balancing, shutdown) once nothing more is written for it here.
+    static func release(_ connection: PostgresConnection, shard: Int, node: String, epoch: Int64) throws {
+        try connection.execute("UPDATE dtx_shards SET owner = NULL WHERE shard = $1 AND owner = $2 AND epoch = $3", [.int(shard), .text(node), .int(Int(epoch))])
+    }
+
+    static func leave(_ connection: PostgresConnection, node: String, incarnation: String) throws {
+        try connection.execute("DELETE FROM dtx_nodes WHERE node_id = $1 AND incarnation = $2", [.text(node), .text(incarnation)])
+    }
+}
+
+extension Duration {
+    var milliseconds: Int { Int(components.seconds) * 1000 + Int(components.attoseconds / 1_000_000_000_000_000) }
+}

@@ -1,0 +1,279 @@
+import DTXCoordinator
+import DTXPostgresClient
+import Foundation
+import Logging
+import Synchronization
+
+/// Writes the node's transaction records to `dtx_records`, in batches: every record
+/// appended while a batch commits goes into the next one, so the forced writes of
+/// concurrent transactions share one PostgreSQL commit (group commit) and lazy records
+/// ride along (or go within `lazyDelay`). Each batch is one statement: it locks the
+/// rows of the shards it writes for FOR SHARE, checks that this node still owns each at
+/// the epoch it acquired, and inserts only the records of those shards. Records of a
+/// shard found moved on are fenced: not written, and their waiters told so.
+final class RecordWriter: Sendable {
+    struct Record: Sendable {
+        var shard: Int
+        var epoch: Int64
+        var gid: String
+        var type: UInt16
+        var payload: String
+        var seq: Int64
+    }
+
+    private struct Waiter {
+        var shard: Int
+        var epoch: Int64
+        var continuation: CheckedContinuation<Void, any Error>
+    }
+
+    private struct State {
+        var pending: [Record] = []
+        var waiters: [Waiter] = []
+        var idle: CheckedContinuation<Void, Never>?
+        var nextSeq: Int64 = 1
+        var closed = false
+        /// Lazy records have waited `lazyDelay`: the next batch takes them with no waiter.
+        var lazyDue = false
+        /// (shard, epoch) pairs a batch found fenced: a later flush for them fails too.
+        var fenced: Set<ShardEpoch> = []
+        var statistics = Statistics()
+
+        mutating func takeIdle() -> CheckedContinuation<Void, Never>? {
+            defer { idle = nil }
+            return idle
+        }
+    }
+
+    struct ShardEpoch: Hashable, Sendable {
+        var shard: Int
+        var epoch: Int64
+    }
+
+    struct Statistics: Sendable {
+        var commits = 0
+        var records = 0
+        var forcedWaits = 0
+        var fencedBatches = 0
+        var failedBatches = 0
+        var commitSeconds = 0.0
+        var slowestCommit = 0.0
+    }
+
+    private let pool: PostgresPool
+    private let node: String
+    /// Names this process's records (with `seq`): a batch repeated after a lost
+    /// connection inserts nothing twice.
+    private let writer: String
+    private let lease: NodeLease
+    private let lazyDelay: Duration
+    private let onFenced: @Sendable (Set<ShardEpoch>) -> Void
+    private let logger: Logger
+    private let state = Mutex(State())
+
+    init(pool: PostgresPool, node: String, writer: String, lease: NodeLease, lazyDelay: Duration,
+         onFenced: @escaping @Sendable (Set<ShardEpoch>) -> Void, logger: Logger) {
+        self.pool = pool
+        self.node = node
+        self.writer = writer
+        self.lease = lease
+        self.lazyDelay = lazyDelay
+        self.onFenced = onFenced
+        self.logger = logger
+    }
+
+    var statistics: Statistics { state.withLock { $0.statistics } }
+
+    /// Queues a record; returns its sequence number. Durable with the next flush.
+    func append(shard: Int, epoch: Int64, gid: String, type: UInt16, payload: String) -> Int64 {
+        state.withLock { s in
+            defer { s.nextSeq += 1 }
+            s.pending.append(Record(shard: shard, epoch: epoch, gid: gid, type: type, payload: payload, seq: s.nextSeq))
+            return s.nextSeq
+        }
+    }
+
+    /// Returns once every record appended before the call is written; throws
+    /// `StoreError.fenced` when the shard's records were refused (it moved to another
+    /// node) or could not be written while this node's lease held.
+    func flush(shard: Int, epoch: Int64) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let (closed, wake) = state.withLock { s -> (Bool, CheckedContinuation<Void, Never>?) in
+                if s.closed { return (true, nil) }
+                s.waiters.append(Waiter(shard: shard, epoch: epoch, continuation: continuation))
+                s.statistics.forcedWaits += 1
+                return (false, s.takeIdle())
+            }
+            if closed { continuation.resume(throwing: StoreError.fenced("the node's store writer is closed")) }
+            wake?.resume()
+        }
+    }
+
+    /// Writes batches until `close`.
+    func run() async {
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.flushLazyRecords() }
+            while let (batch, waiters) = await nextBatch() {
+                await write(batch, waiters)
+            }
+            group.cancelAll()
+        }
+    }
+
+    /// Refuses further flushes once what is queued is written.
+    func close() {
+        let wake = state.withLock { s in
+            s.closed = true
+            return s.takeIdle()
+        }
+        wake?.resume()
+    }
+
+    private func nextBatch() async -> ([Record], [Waiter])? {
+        while true {
+            let taken: ([Record], [Waiter])?? = state.withLock { s in
+                if !s.waiters.isEmpty || ((s.closed || s.lazyDue) && !s.pending.isEmpty) {
+                    defer { s.pending = []; s.waiters = []; s.lazyDue = false }
+                    return (s.pending, s.waiters)
+                }
+                return s.closed ? .some(nil) : nil
+            }
+            if let taken { return taken }
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { s in
+                    if !s.waiters.isEmpty || s.closed || (s.lazyDue && !s.pending.isEmpty) { return true }
+                    s.idle = continuation
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+        }
+    }
+
+    /// Lazy records wait at most `lazyDelay` for a forced write to carry them.
+    private func flushLazyRecords() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: lazyDelay)
+            let wake = state.withLock { s -> CheckedContinuation<Void, Never>? in
+                guard !s.pending.isEmpty else { return nil }
+                s.lazyDue = true
+                return s.takeIdle()
+            }
+            wake?.resume()
+        }
+    }
+
+    private func write(_ batch: [Record], _ waiters: [Waiter]) async {
+        var failure: (any Error)?
+        var refused: Set<ShardEpoch> = []
+        if !batch.isEmpty {
+            switch await commit(batch) {
+            case .success(let held):
+                refused = Set(batch.map { ShardEpoch(shard: $0.shard, epoch: $0.epoch) }).subtracting(held)
+            case .failure(let error):
+                failure = error
+                refused = Set(batch.map { ShardEpoch(shard: $0.shard, epoch: $0.epoch) })
+            }
+        }
+        let fenced = state.withLock { s in
+            s.fenced.formUnion(refused)
+            if failure != nil { s.statistics.failedBatches += 1 } else if !refused.isEmpty { s.statistics.fencedBatches += 1 }
+            return s.fenced
+        }
+        for waiter in waiters {
+            if fenced.contains(ShardEpoch(shard: waiter.shard, epoch: waiter.epoch)) {
+                let why = failure.map { "the store could not be written while this node's lease held: \($0)" }
+                    ?? "shard \(waiter.shard) moved to another node (its epoch is past \(waiter.epoch))"
+                waiter.continuation.resume(throwing: StoreError.fenced(why))
+            } else {
+                waiter.continuation.resume()
+            }
+        }
+        if !refused.isEmpty { onFenced(refused) }
+    }
+
+    private static let insert = """
+        WITH held AS (
+            SELECT s.shard, s.epoch
+            FROM dtx_shards s
+            JOIN unnest($1::integer[], $2::bigint[]) AS h(shard, epoch) ON h.shard = s.shard AND h.epoch = s.epoch
+            WHERE s.owner = $3
+            FOR SHARE OF s
+        ), written AS (
+            INSERT INTO dtx_records (shard, gid, type, payload, writer, seq)
+            SELECT r.shard, r.gid, r.type, r.payload, $4, r.seq
+            FROM unnest($5::integer[], $6::bigint[], $7::text[], $8::integer[], $9::text[], $10::bigint[]) AS r(shard, epoch, gid, type, payload, seq)
+            WHERE (r.shard, r.epoch) IN (SELECT shard, epoch FROM held)
+            ORDER BY r.seq
+            ON CONFLICT (writer, seq) DO NOTHING
+            RETURNING 1
+        )
+        SELECT shard, epoch FROM held
+        """
+
+    /// One statement, one commit; repeated after a lost connection while the lease holds.
+    private func commit(_ batch: [Record]) async -> Result<Set<ShardEpoch>, any Error> {
+        let pairs = Array(Set(batch.map { ShardEpoch(shard: $0.shard, epoch: $0.epoch) }))
+        let parameters: [PostgresValue?] = [
+            .text(PostgresArray.numbers(pairs.map(\.shard))), .text(PostgresArray.numbers(pairs.map(\.epoch))), .text(node), .text(writer),
+            .text(PostgresArray.numbers(batch.map(\.shard))), .text(PostgresArray.numbers(batch.map(\.epoch))),
+            .text(PostgresArray.texts(batch.map(\.gid))), .text(PostgresArray.numbers(batch.map { Int($0.type) })),
+            .text(PostgresArray.texts(batch.map(\.payload))), .text(PostgresArray.numbers(batch.map(\.seq))),
+        ]
+        var attempt = 0
+        while true {
+            let started = ContinuousClock.now
+            do {
+                let result = try await pool.withConnection { try $0.execute(Self.insert, parameters) }
+                var held: Set<ShardEpoch> = []
+                for row in result.rows {
+                    if let shard = try row.int("shard"), let epoch = try row.int("epoch") { held.insert(ShardEpoch(shard: shard, epoch: Int64(epoch))) }
+                }
+                let seconds = (ContinuousClock.now - started).seconds
+                state.withLock { s in
+                    s.statistics.commits += 1
+                    s.statistics.records += batch.count
+                    s.statistics.commitSeconds += seconds
+                    s.statistics.slowestCommit = max(s.statistics.slowestCommit, seconds)
+                }
+                return .success(held)
+            } catch let error as PostgresError where error.code == .connectionLost || error.code == .connectionFailed {
+                attempt += 1
+                guard lease.isValid else { return .failure(error) }
+                if attempt == 1 || attempt % 20 == 0 {
+                    logger.warning("the store is unreachable; retrying the batch while the lease holds", metadata: ["error": "\(error)", "records": "\(batch.count)"])
+                }
+                try? await Task.sleep(for: .milliseconds(min(50 * attempt, 250)))
+            } catch {
+                logger.error("a batch of records was refused by the store", metadata: ["error": "\(error)", "records": "\(batch.count)"])
+                return .failure(error)
+            }
+        }
+    }
+}
+
+/// PostgreSQL array literals, passed as text parameters and cast in the statement.
+enum PostgresArray {
+    static func numbers<T: BinaryInteger>(_ values: [T]) -> String {
+        "{" + values.map { String($0) }.joined(separator: ",") + "}"
+    }
+
+    /// Every element quoted, with `"` and `\` escaped.
+    static func texts(_ values: [String]) -> String {
+        var out = "{"
+        for (index, value) in values.enumerated() {
+            if index > 0 { out += "," }
+            out += "\""
+            for character in value.unicodeScalars {
+                if character == "\"" || character == "\\" { out += "\\" }
+                out.unicodeScalars.append(character)
+            }
+            out += "\""
+        }
+        return out + "}"
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}

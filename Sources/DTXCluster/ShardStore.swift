@@ -1,0 +1,153 @@
+import DTXAPI
+import DTXCoordinator
+import DTXCore
+import DTXLog
+import DTXPostgresClient
+import Foundation
+import Synchronization
+
+/// How long this node may act on what it owns: until the instant its last successful
+/// renewal was sent plus the lease's time to live (less a margin). PostgreSQL sets the
+/// expiry from its own clock when the renewal arrives, which is later, so no other node
+/// can take a shard over before this instant passes here; only the rates of the clocks
+/// need agree, never their readings.
+final class NodeLease: Sendable {
+    private let validUntil = Mutex<ContinuousClock.Instant?>(nil)
+
+    var isValid: Bool {
+        validUntil.withLock { $0.map { ContinuousClock.now < $0 } ?? false }
+    }
+
+    /// A renewal sent at `sent` succeeded.
+    func renewed(sentAt sent: ContinuousClock.Instant, ttl: Duration) {
+        let until = sent + ttl * 0.9
+        validUntil.withLock { $0 = max($0 ?? until, until) }
+    }
+
+    /// The lease is gone (evicted, or this node stops): nothing may act any more.
+    func lapse() {
+        validUntil.withLock { $0 = nil }
+    }
+}
+
+/// One shard's records in the cluster store, as the shard's coordinator sees them: it
+/// reads what the shard held when this node acquired it, and writes through the node's
+/// `RecordWriter` at the epoch of that acquisition.
+final class ShardStore: CoordinatorStore {
+    let shard: Int
+    let epoch: Int64
+    private let writer: RecordWriter
+    private let control: PostgresPool
+    private let node: String
+    private let lease: NodeLease
+    private let loaded: Mutex<[LogRecord]>
+    private let appended = Atomic<UInt64>(0)
+    /// Set when the shard leaves this node (released, fenced, lease lapsed).
+    private let dropped = Atomic<Bool>(false)
+
+    init(shard: Int, epoch: Int64, records: [LogRecord], writer: RecordWriter, control: PostgresPool, node: String, lease: NodeLease) {
+        self.shard = shard
+        self.epoch = epoch
+        self.writer = writer
+        self.control = control
+        self.node = node
+        self.lease = lease
+        loaded = Mutex(records)
+    }
+
+    func drop() {
+        dropped.store(true, ordering: .sequentiallyConsistent)
+    }
+
+    var mayAct: Bool { !dropped.load(ordering: .sequentiallyConsistent) && lease.isValid }
+
+    func recordsAtStart() -> [LogRecord] {
+        loaded.withLock { records in
+            defer { records = [] }
+            return records
+        }
+    }
+
+    func append(type: UInt16, payload: [UInt8]) throws {
+        _ = try queue(type: type, payload: payload)
+    }
+
+    @discardableResult
+    func appendForced(type: UInt16, payload: [UInt8]) async throws -> UInt64 {
+        let seq = try queue(type: type, payload: payload)
+        try await writer.flush(shard: shard, epoch: epoch)
+        return UInt64(seq)
+    }
+
+    func sync() async throws {
+        guard !dropped.load(ordering: .sequentiallyConsistent) else { throw fenced }
+        try await writer.flush(shard: shard, epoch: epoch)
+    }
+
+    private func queue(type: UInt16, payload: [UInt8]) throws -> Int64 {
+        guard !dropped.load(ordering: .sequentiallyConsistent) else { throw fenced }
+        // Only transactions' records come here (the registry has a table of its own);
+        // each starts with its gid.
+        let gid = try LogEntry.gid(type: type, payload: payload)
+        appended.add(1, ordering: .relaxed)
+        return writer.append(shard: shard, epoch: epoch, gid: gid.rawValue, type: type, payload: String(decoding: payload, as: UTF8.self))
+    }
+
+    private var fenced: StoreError { .fenced("shard \(shard) (epoch \(epoch)) is no longer this node's") }
+
+    /// Reads the shard's records and deletes those `keep` refuses, in batches, each
+    /// delete conditional on this node still owning the shard at its epoch.
+    func compact(keep: @escaping @Sendable (LogRecord) throws -> Bool) async throws -> CompactionResult {
+        try await sync()
+        let (shard, epoch, node) = (shard, epoch, node)
+        let records = try await control.withConnection { try ShardRecords.load($0, shard: shard) }
+        var obsolete: [UInt64] = []
+        for record in records {
+            if try !keep(record) { obsolete.append(record.lsn) }
+        }
+        var start = 0
+        while start < obsolete.count {
+            let slice = Array(obsolete[start..<min(start + 1000, obsolete.count)])
+            start += slice.count
+            let deleted = try await control.withConnection { connection in
+                try connection.execute("""
+                    WITH held AS (SELECT shard FROM dtx_shards WHERE shard = $1 AND owner = $2 AND epoch = $3 FOR SHARE)
+                    DELETE FROM dtx_records WHERE shard IN (SELECT shard FROM held) AND lsn = ANY($4::bigint[])
+                    """, [.int(shard), .text(node), .int(Int(epoch)), .text(PostgresArray.numbers(slice))]).affectedRows
+            }
+            if deleted == 0, !slice.isEmpty {
+                let held = try await control.withConnection { connection in
+                    try connection.execute("SELECT 1 FROM dtx_shards WHERE shard = $1 AND owner = $2 AND epoch = $3", [.int(shard), .text(node), .int(Int(epoch))]).rows.count
+                }
+                if held == 0 { throw fenced }
+            }
+        }
+        return CompactionResult(recordsRead: records.count, recordsKept: records.count - obsolete.count, segmentsRemoved: 0)
+    }
+
+    var position: UInt64 { appended.load(ordering: .relaxed) }
+
+    var metrics: [StoreMetric] { [] }
+}
+
+enum ShardRecords {
+    static func load(_ connection: PostgresConnection, shard: Int) throws -> [LogRecord] {
+        try connection.execute("SELECT lsn, type, payload FROM dtx_records WHERE shard = $1 ORDER BY lsn", [.int(shard)]).rows.map(record)
+    }
+
+    static func record(_ row: PostgresRow) throws -> LogRecord {
+        guard let lsn = try row.int("lsn"), let type = try row.int("type"), let payload = try row.string("payload") else {
+            throw ClusterError("a record of dtx_records has a NULL column")
+        }
+        return LogRecord(lsn: UInt64(lsn), type: UInt16(type), payload: Array(payload.utf8))
+    }
+}
+
+/// A cluster store problem, said so that an operator knows what to do.
+public struct ClusterError: Error, CustomStringConvertible {
+    public var description: String
+
+    init(_ description: String) {
+        self.description = description
+    }
+}

@@ -1,0 +1,42 @@
+import DTXAPI
+import DTXCore
+import Foundation
+
+/// Where the transaction of a gid is driven: by a coordinator on this node, or by
+/// another node (a cluster), to which requests about it are forwarded.
+public enum Placement: Sendable {
+    case here(Coordinator)
+    case elsewhere(node: String, url: String)
+}
+
+/// What dtxd's API serves from: one coordinator over its own log, or a cluster node
+/// holding the coordinators of the shards it owns (DTXCluster).
+public protocol CoordinatorNode: Sendable {
+    /// The coordinator driving `gid`, or the node that owns its shard.
+    func placement(of gid: GlobalTransactionID) async throws(CoordinatorError) -> Placement
+    /// A coordinator here for a submission that names no gid, and the gid it gets.
+    func placeNewTransaction() async throws(CoordinatorError) -> (Coordinator, GlobalTransactionID)
+    var participants: Participants { get }
+    /// This node's transactions, newest first.
+    func list(_ query: Coordinator.ListQuery) -> TransactionList
+    func recoverNow() -> RecoveryReport
+    func gauges() -> Coordinator.Gauges
+    /// What `/metrics` shows of the store (and, in a cluster, of leases and fencing).
+    var storeMetrics: [StoreMetric] { get }
+}
+
+extension Coordinator: CoordinatorNode {
+    public func placement(of gid: GlobalTransactionID) async throws(CoordinatorError) -> Placement {
+        .here(self)
+    }
+
+    public func placeNewTransaction() async throws(CoordinatorError) -> (Coordinator, GlobalTransactionID) {
+        (self, Self.newGID())
+    }
+
+    /// A fresh gid for a submission that names none.
+    public static func newGID() -> GlobalTransactionID {
+        // Letters, digits and '-': always valid.
+        try! GlobalTransactionID(validating: "dtx-\(UUID().uuidString.lowercased())")
+    }
+}
