@@ -274,6 +274,10 @@ let package = Package(
             ]
         ),
         .testTarget(name: "DTXLogTests", dependencies: ["DTXLog", "DTXTestSupport"]),
+        .testTarget(
+            name: "DTXClusterTests",
+            dependencies: ["DTXCluster", "DTXCoordinator", "DTXAPI", "DTXCore", "DTXPostgresClient", "DTXTestSupport", .product(name: "Logging", package: "swift-log")]
+        ),
         .testTarget(name: "DTXSimulationTests", dependencies: ["DTXSimulation", "DTXCoordinator"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CSQLite", "CLibPQ"]),
         .testTarget(

@@ -36,7 +36,9 @@ public struct ClusterConfiguration: Sendable {
 
 public final class ClusterNode: CoordinatorNode {
     private enum Slot {
-        case loading(Task<Void, Never>)
+        /// Being acquired and loaded; the task says whether the shard is now served here.
+        /// `attempt` tells this acquisition from a later one of the same shard.
+        case loading(Task<Bool, Never>, attempt: Int)
         case ready(Coordinator, ShardStore, Task<Void, Never>)
         /// Its records cannot be read by this build.
         case broken(CoordinatorError)
@@ -53,6 +55,7 @@ public final class ClusterNode: CoordinatorNode {
         var fencedShards = 0
         var leaseLosses = 0
         var released = 0
+        var attempts = 0
     }
 
     public let configuration: ClusterConfiguration
@@ -60,9 +63,13 @@ public final class ClusterNode: CoordinatorNode {
     public let participants: Participants
     private let engine: CoordinatorConfiguration
     private let transport: any Transport
+    /// Loads, compactions and the registry.
     private let control: PostgresPool
+    /// Leases alone, so that a renewal never waits behind a large load.
+    private let leasePool: PostgresPool
     private let writerPool: PostgresPool
-    private let writer: RecordWriter
+    private let writerTask = Mutex<Task<Void, Never>?>(nil)
+    let writer: RecordWriter
     private let lease = NodeLease()
     private let sequences = SequenceCounter()
     private let registry: ParticipantRegistry
@@ -76,7 +83,8 @@ public final class ClusterNode: CoordinatorNode {
         self.configuration = configuration
         self.transport = transport
         self.logger = logger
-        control = try await PostgresPool(configuration.storeURL, size: 2, logger: logger)
+        control = try await PostgresPool(configuration.storeURL, size: 3, logger: logger)
+        leasePool = try await PostgresPool(configuration.storeURL, size: 1, logger: logger)
         writerPool = try await PostgresPool(configuration.storeURL, size: 1, logger: logger)
         let requested = configuration.shards
         let shards = try await control.withConnection { try StoreSchema.prepare($0, shards: requested) }
@@ -96,9 +104,12 @@ public final class ClusterNode: CoordinatorNode {
         participants = Participants(registry: registry, persist: { type, payload in try await Self.persistRegistration(control, type: type, payload: payload) },
                                     now: { Date() }, logger: logger)
         fencedOff.withLock { $0 = { [weak self] refused in self?.fenced(refused) } }
+        participants.refreshWith { [weak self] in try? await self?.pollRegistry() }
         participants.countUnfinishedBranches { [weak self] name in
             self?.readyCoordinators().reduce(0) { $0 + $1.unfinishedBranches(on: name) } ?? 0
         }
+        let writer = writer
+        writerTask.withLock { $0 = Task { await writer.run() } }
         try await join()
         try await pollRegistry()
         logger.notice("joined the cluster", metadata: ["node": "\(configuration.nodeID)", "shards": "\(shards)", "url": "\(configuration.advertiseURL)"])
@@ -109,13 +120,9 @@ public final class ClusterNode: CoordinatorNode {
     /// Renews the lease, balances shards and reads registry changes every
     /// `renewEvery`, and writes records, until cancelled.
     public func run() async {
-        await withDiscardingTaskGroup { group in
-            group.addTask { await self.writer.run() }
-            while !Task.isCancelled {
-                await tick()
-                try? await Task.sleep(for: configuration.renewEvery)
-            }
-            writer.close()
+        while !Task.isCancelled {
+            await tick()
+            try? await Task.sleep(for: configuration.renewEvery)
         }
     }
 
@@ -135,14 +142,11 @@ public final class ClusterNode: CoordinatorNode {
                 try? await store.sync()
                 store.drop()
                 held.append((shard, store.epoch))
-            } else if case .loading(let task) = slot {
-                task.cancel()
             }
         }
-        writer.close()
         let (node, incarnation) = (configuration.nodeID, state.withLock { $0.incarnation })
         do {
-            try await control.withConnection { [held] connection in
+            try await leasePool.withConnection { [held] connection in
                 for (shard, epoch) in held { try Leases.release(connection, shard: shard, node: node, epoch: epoch) }
                 try Leases.leave(connection, node: node, incarnation: incarnation)
             }
@@ -150,17 +154,38 @@ public final class ClusterNode: CoordinatorNode {
             logger.warning("could not give the shards up; others take them when the lease expires", metadata: ["error": "\(error)"])
         }
         lease.lapse()
+        writer.close()
+        await writerTask.withLock { $0 }?.value
         await transport.shutdown()
         await control.close()
+        await leasePool.close()
         await writerPool.close()
+    }
+
+    /// Tests: this node's process dies. Every shard stops here and nothing is said to
+    /// the store; the lease runs out by itself (stop calling `run`).
+    func crash() {
+        loseAll("crashed (a test)")
+        writer.close()
+    }
+
+    /// The epoch at which this node holds a shard, if it does.
+    func epoch(of shard: Int) -> Int64? {
+        guard case let .ready(_, store, _)? = state.withLock({ $0.slots[shard] }) else { return nil }
+        return store.epoch
+    }
+
+    /// The shards this node serves.
+    var heldShards: Set<Int> {
+        state.withLock { s in Set(s.slots.compactMap { if case .ready = $0.value { $0.key } else { nil } }) }
     }
 
     private func tick() async {
         do {
             try await renewOrJoin()
-            let view = try await control.withConnection { try Leases.view($0) }
+            let view = try await leasePool.withConnection { try Leases.view($0) }
             state.withLock { $0.view = view }
-            try await balance(view)
+            await balance(view)
             try await pollRegistry()
         } catch {
             logger.warning("cannot reach the cluster store", metadata: ["error": "\(error)"])
@@ -174,7 +199,7 @@ public final class ClusterNode: CoordinatorNode {
         let (node, url, ttl) = (configuration.nodeID, configuration.advertiseURL, configuration.leaseTTL)
         let incarnation = state.withLock { $0.incarnation }
         let sent = ContinuousClock.now
-        try await control.withConnection { try Leases.register($0, node: node, url: url, incarnation: incarnation, ttl: ttl) }
+        try await leasePool.withConnection { try Leases.register($0, node: node, url: url, incarnation: incarnation, ttl: ttl) }
         lease.renewed(sentAt: sent, ttl: ttl)
         state.withLock { $0.registered = true }
     }
@@ -184,7 +209,7 @@ public final class ClusterNode: CoordinatorNode {
         let (node, ttl) = (configuration.nodeID, configuration.leaseTTL)
         let incarnation = state.withLock { $0.incarnation }
         let sent = ContinuousClock.now
-        if try await control.withConnection({ try Leases.renew($0, node: node, incarnation: incarnation, ttl: ttl) }) {
+        if try await leasePool.withConnection({ try Leases.renew($0, node: node, incarnation: incarnation, ttl: ttl) }) {
             lease.renewed(sentAt: sent, ttl: ttl)
         } else {
             loseAll("another node evicted it after its lease expired")
@@ -199,7 +224,7 @@ public final class ClusterNode: CoordinatorNode {
     /// Live nodes share the shards evenly: a node holding more than its share gives the
     /// surplus up, one holding less takes shards nobody owns or whose owner's lease
     /// expired.
-    private func balance(_ view: Leases.View) async throws {
+    private func balance(_ view: Leases.View) async {
         guard lease.isValid else { return }
         let live = Set(view.liveNodes.map(\.id))
         let share = (shardMap.count + max(1, live.count) - 1) / max(1, live.count)
@@ -214,52 +239,82 @@ public final class ClusterNode: CoordinatorNode {
             !held.contains(entry.shard) && (entry.owner == nil || entry.owner == configuration.nodeID || !live.contains(entry.owner!))
         }
         for entry in free.prefix(wanted) {
-            _ = try await take(entry.shard)
+            await take(entry.shard)
         }
     }
 
     // MARK: Shards
 
-    /// Acquires a shard and loads its transactions; false when another node holds it.
+    /// Acquires a shard and loads its transactions; false when another node holds it (or
+    /// the store cannot be reached). Concurrent calls for one shard share one attempt.
     @discardableResult
-    private func take(_ shard: Int) async throws -> Bool {
+    private func take(_ shard: Int) async -> Bool {
+        let task: Task<Bool, Never>? = state.withLock { s in
+            switch s.slots[shard] {
+            case .loading(let task, _)?:
+                return task
+            case .ready?, .broken?:
+                return nil
+            case nil:
+                s.attempts += 1
+                let attempt = s.attempts
+                let task = Task { await self.acquireAndLoad(shard, attempt: attempt) }
+                s.slots[shard] = .loading(task, attempt: attempt)
+                return task
+            }
+        }
+        guard let task else { return true }
+        return await task.value
+    }
+
+    private func acquireAndLoad(_ shard: Int, attempt: Int) async -> Bool {
         let node = configuration.nodeID
-        switch try await control.withConnection({ try Leases.acquire($0, shard: shard, node: node) }) {
-        case .held:
-            return false
-        case let .acquired(epoch, from):
+        /// Installs the outcome unless the attempt was abandoned meanwhile (the lease was lost).
+        func settle(_ slot: Slot?) -> Bool {
+            state.withLock { s in
+                guard case .loading(_, attempt)? = s.slots[shard] else { return false }
+                s.slots[shard] = slot
+                return true
+            }
+        }
+        do {
+            guard lease.isValid, case let .acquired(epoch, from) = try await leasePool.withConnection({ try Leases.acquire($0, shard: shard, node: node) }) else {
+                _ = settle(nil)
+                return false
+            }
             state.withLock { s in
                 s.acquisitions += 1
                 if from != nil { s.takeovers += 1 }
             }
             if let from { logger.notice("took a shard over", metadata: ["shard": "\(shard)", "epoch": "\(epoch)", "from": "\(from)"]) }
-            await load(shard, epoch: epoch)
-            return true
-        }
-    }
-
-    private func load(_ shard: Int, epoch: Int64) async {
-        let task = Task {
+            let records = try await control.withConnection { try ShardRecords.load($0, shard: shard) }
+            let store = ShardStore(shard: shard, epoch: epoch, records: records, writer: writer, control: control, node: node, lease: lease)
+            var shardLogger = logger
+            shardLogger[metadataKey: "shard"] = "\(shard)"
+            let coordinator: Coordinator
             do {
-                let records = try await control.withConnection { try ShardRecords.load($0, shard: shard) }
-                let store = ShardStore(shard: shard, epoch: epoch, records: records, writer: writer, control: control, node: configuration.nodeID, lease: lease)
-                var shardLogger = logger
-                shardLogger[metadataKey: "shard"] = "\(shard)"
-                let coordinator = try Coordinator(store: store, transport: transport, configuration: engine, participants: participants,
-                                                  sequences: sequences, logger: shardLogger)
-                coordinator.whenFenced { [weak self] in self?.drop(shard, epoch: epoch, why: "a write was fenced or the lease lapsed") }
-                let maintenance = Task { await coordinator.runMaintenance() }
-                state.withLock { $0.slots[shard] = .ready(coordinator, store, maintenance) }
-            } catch let error as CoordinatorError {
-                logger.critical("a shard's records cannot be read", metadata: ["shard": "\(shard)", "error": "\(error)"])
-                state.withLock { $0.slots[shard] = .broken(error) }
+                coordinator = try Coordinator(store: store, transport: transport, configuration: engine, participants: participants,
+                                              sequences: sequences, logger: shardLogger)
             } catch {
-                logger.error("could not load a shard", metadata: ["shard": "\(shard)", "error": "\(error)"])
-                state.withLock { _ = $0.slots.removeValue(forKey: shard) }
+                logger.critical("a shard's records cannot be read", metadata: ["shard": "\(shard)", "error": "\(error)"])
+                store.drop()
+                _ = settle(.broken(error as? CoordinatorError ?? CoordinatorError(.broken, "unreadable_log", "\(error)")))
+                return false
             }
+            coordinator.whenFenced { [weak self] in self?.drop(shard, epoch: epoch, why: "a write was fenced or the lease lapsed") }
+            let maintenance = Task { await coordinator.runMaintenance() }
+            guard settle(.ready(coordinator, store, maintenance)) else {
+                store.drop()
+                maintenance.cancel()
+                coordinator.stopDriving()
+                return false
+            }
+            return true
+        } catch {
+            logger.warning("could not take a shard", metadata: ["shard": "\(shard)", "error": "\(error)"])
+            _ = settle(nil)
+            return false
         }
-        state.withLock { $0.slots[shard] = .loading(task) }
-        await task.value
     }
 
     /// Gives a shard up to balance the cluster: its transactions stop here, what is
@@ -276,7 +331,7 @@ public final class ClusterNode: CoordinatorNode {
         store.drop()
         let (node, epoch) = (configuration.nodeID, store.epoch)
         do {
-            try await control.withConnection { try Leases.release($0, shard: shard, node: node, epoch: epoch) }
+            try await leasePool.withConnection { try Leases.release($0, shard: shard, node: node, epoch: epoch) }
             logger.debug("released a shard", metadata: ["shard": "\(shard)", "epoch": "\(epoch)"])
         } catch {
             logger.warning("could not release a shard; it is taken when this node's lease expires", metadata: ["shard": "\(shard)", "error": "\(error)"])
@@ -316,9 +371,7 @@ public final class ClusterNode: CoordinatorNode {
                 store.drop()
                 maintenance.cancel()
                 coordinator.stopDriving()
-            case .loading(let task):
-                task.cancel()
-            case .broken:
+            case .loading, .broken:
                 break
             }
         }
@@ -375,8 +428,8 @@ public final class ClusterNode: CoordinatorNode {
             switch state.withLock({ $0.slots[shard] }) {
             case let .ready(coordinator, _, _)?:
                 return .here(coordinator)
-            case .loading(let task)?:
-                await task.value
+            case .loading(let task, _)?:
+                _ = await task.value
                 continue
             case .broken(let error)?:
                 throw error
@@ -388,9 +441,9 @@ public final class ClusterNode: CoordinatorNode {
                 return .elsewhere(node: owner, url: node.url)
             }
             // Nobody holds it, or its owner's lease expired: take it over first.
+            if await take(shard) { continue }
             do {
-                if try await take(shard) { continue }
-                let fresh = try await control.withConnection { try Leases.view($0) }
+                let fresh = try await leasePool.withConnection { try Leases.view($0) }
                 state.withLock { $0.view = fresh }
             } catch {
                 throw CoordinatorError(.unavailable, "store_unavailable", "the cluster store cannot be reached to find shard \(shard)'s owner: \(error); retry")

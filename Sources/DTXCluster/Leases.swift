@@ -81,29 +81,27 @@ enum Leases {
     static func acquire(_ connection: PostgresConnection, shard: Int, node: String) throws -> Acquisition {
         try connection.execute("BEGIN")
         do {
-            guard let row = try connection.execute("""
-                SELECT s.owner, n.node_id IS NOT NULL AS known, COALESCE(n.lease_expires > now(), false) AS live
-                FROM dtx_shards s LEFT JOIN dtx_nodes n ON n.node_id = s.owner
-                WHERE s.shard = $1 FOR UPDATE OF s
-                """, [.int(shard)]).rows.first else {
+            // The shard's row alone: a lock that waits for another acquisition re-reads
+            // the row it locked, but would not re-read a row joined to it.
+            guard let row = try connection.execute("SELECT owner FROM dtx_shards WHERE shard = $1 FOR UPDATE", [.int(shard)]).rows.first else {
                 throw ClusterError("shard \(shard) has no row in dtx_shards: the store is damaged")
             }
             let owner = try row.string("owner")
             var previous: String?
-            if let owner, owner != node, try row.bool("known") == true {
-                if try row.bool("live") == true {
+            if let owner, owner != node {
+                previous = owner
+                let live = try connection.execute("SELECT lease_expires > now() AS live FROM dtx_nodes WHERE node_id = $1", [.text(owner)]).rows.first?.bool("live")
+                if live == true {
                     try connection.execute("ROLLBACK")
                     return .held(by: owner)
                 }
-                let evicted = try connection.execute("UPDATE dtx_nodes SET lease_expires = '-infinity' WHERE node_id = $1 AND lease_expires <= now()", [.text(owner)]).affectedRows
-                if evicted == 0 {
-                    // It renewed meanwhile.
+                // Evicted in this transaction, so that its renewal fails from now on; a
+                // renewal that got in first makes this update find nothing.
+                if live == false,
+                   try connection.execute("UPDATE dtx_nodes SET lease_expires = '-infinity' WHERE node_id = $1 AND lease_expires <= now()", [.text(owner)]).affectedRows == 0 {
                     try connection.execute("ROLLBACK")
                     return .held(by: owner)
                 }
-                previous = owner
-            } else if let owner, owner != node {
-                previous = owner
             }
             guard let epoch = try connection.execute("UPDATE dtx_shards SET owner = $2, epoch = epoch + 1, acquired_at = now() WHERE shard = $1 RETURNING epoch",
                                                      [.int(shard), .text(node)]).rows.first?.int("epoch") else {

@@ -294,6 +294,7 @@ public final class Coordinator: Sendable {
         let interactive = submission.interactive ?? false
         let branches = submission.branches ?? []
         let timeout = submission.timeout.map { Duration(apiSeconds: $0) } ?? configuration.defaultTimeout
+        await participants.refresh(ifUnknown: branches.map(\.participant))
         for (index, branch) in branches.enumerated() {
             try checkServed(branch, at: "branches[\(index)]", proto: submission.protocol)
         }
@@ -383,6 +384,7 @@ public final class Coordinator: Sendable {
         let driver = try driver(gid)
         let spec = BranchSpec(participant: request.participant, operation: request.operation, payload: request.payload)
         if let problem = spec.documentProblem(at: "enlistment", proto: driver.proto) { throw CoordinatorError(.invalid, "invalid_branches", problem) }
+        await participants.refresh(ifUnknown: [spec.participant])
         try checkServed(spec, at: "enlistment", proto: driver.proto)
         switch try await driver.request(.enlisted(spec)) {
         case .accepted(let count): return EnlistAnswer(gid: gid.rawValue, branch: count - 1)

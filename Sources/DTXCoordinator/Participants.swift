@@ -31,6 +31,20 @@ public final class Participants: Sendable {
         counter.withLock { $0 = body }
     }
 
+    private let refresher = Mutex<(@Sendable () async -> Void)?>(nil)
+
+    /// How to read registrations made elsewhere (another node of a cluster) at once,
+    /// when a request names a participant this node has not heard of yet.
+    public func refreshWith(_ body: @escaping @Sendable () async -> Void) {
+        refresher.withLock { $0 = body }
+    }
+
+    /// Reads registrations made elsewhere when any of `names` is unknown here.
+    func refresh(ifUnknown names: [String]) async {
+        guard names.contains(where: { registry.entry($0) == nil }), let refresh = refresher.withLock({ $0 }) else { return }
+        await refresh()
+    }
+
     private func unfinishedBranches(_ name: String) -> Int {
         counter.withLock { $0 }?(name) ?? 0
     }
