@@ -443,3 +443,58 @@ public enum ISO8601 {
         return "\(year)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
     }
 }
+
+/// `GET /v1/cluster`: the cluster as the store sees it, from the node asked. Unfinished
+/// transactions are counted by each shard's owner: the answering node fills them in for
+/// its own shards only (`dtx cluster` asks every live node).
+public struct ClusterStatus: Codable, Sendable, Equatable {
+    public struct Node: Codable, Sendable, Equatable {
+        public var id: String
+        public var url: String
+        /// Its lease has not expired (by the store's clock).
+        public var live: Bool
+        /// Seconds since its last renewal, by the store's clock.
+        public var renewedAgo: Double
+        public var shards: Int
+
+        public init(id: String, url: String, live: Bool, renewedAgo: Double, shards: Int) {
+            self.id = id
+            self.url = url
+            self.live = live
+            self.renewedAgo = renewedAgo
+            self.shards = shards
+        }
+    }
+
+    public struct Shard: Codable, Sendable, Equatable {
+        public var shard: Int
+        public var owner: String?
+        /// Grows by one at every acquisition: the fencing token.
+        public var epoch: Int
+        /// Seconds since the owner acquired it.
+        public var heldFor: Double?
+        /// Unfinished transactions, when the answering node owns the shard.
+        public var unfinished: Int?
+
+        public init(shard: Int, owner: String?, epoch: Int, heldFor: Double?, unfinished: Int?) {
+            self.shard = shard
+            self.owner = owner
+            self.epoch = epoch
+            self.heldFor = heldFor
+            self.unfinished = unfinished
+        }
+    }
+
+    /// The node that answered.
+    public var node: String
+    public var leaseTTL: Double
+    public var nodes: [Node]
+    public var shards: [Shard]
+
+    public init(node: String, leaseTTL: Double, nodes: [Node], shards: [Shard]) {
+        self.node = node
+        self.leaseTTL = leaseTTL
+        self.nodes = nodes
+        self.shards = shards
+    }
+}

@@ -168,6 +168,11 @@ public final class CoordinatorClient: Sendable {
         try await call(.GET, "/healthz")
     }
 
+    /// The cluster as the node at `baseURL` sees it (a dtxd on its own log answers 404 `not_a_cluster`).
+    public func cluster() async throws -> ClusterStatus {
+        try await call(.GET, "/v1/cluster")
+    }
+
     // MARK: Plumbing
 
     private struct Empty: Encodable {}

@@ -487,6 +487,26 @@ public final class ClusterNode: CoordinatorNode {
         return total
     }
 
+    public func clusterStatus() async throws(CoordinatorError) -> ClusterStatus {
+        let view: Leases.View
+        do {
+            view = try await leasePool.withConnection { try Leases.view($0) }
+        } catch {
+            throw CoordinatorError(.unavailable, "store_unavailable", "the cluster store cannot be read: \(error); retry")
+        }
+        let mine = state.withLock { s in
+            s.slots.compactMapValues { if case let .ready(coordinator, _, _) = $0 { coordinator } else { nil } }
+        }
+        let counts = Dictionary(grouping: view.shards.compactMap(\.owner), by: { $0 }).mapValues(\.count)
+        return ClusterStatus(
+            node: configuration.nodeID, leaseTTL: configuration.leaseTTL.seconds,
+            nodes: view.nodes.map { ClusterStatus.Node(id: $0.id, url: $0.url, live: $0.live, renewedAgo: $0.renewedAgo, shards: counts[$0.id] ?? 0) },
+            shards: view.shards.map { entry in
+                ClusterStatus.Shard(shard: entry.shard, owner: entry.owner, epoch: Int(entry.epoch), heldFor: entry.heldFor,
+                                    unfinished: entry.owner == configuration.nodeID ? mine[entry.shard]?.gauges().unfinished : nil)
+            })
+    }
+
     public var storeMetrics: [StoreMetric] {
         let s = state.withLock { $0 }
         let w = writer.statistics

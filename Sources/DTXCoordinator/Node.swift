@@ -23,6 +23,8 @@ public protocol CoordinatorNode: Sendable {
     func gauges() -> Coordinator.Gauges
     /// What `/metrics` shows of the store (and, in a cluster, of leases and fencing).
     var storeMetrics: [StoreMetric] { get }
+    /// The cluster's nodes and shards (`GET /v1/cluster`); a dtxd on its own log is no cluster.
+    func clusterStatus() async throws(CoordinatorError) -> ClusterStatus
 }
 
 extension Coordinator: CoordinatorNode {
@@ -32,6 +34,10 @@ extension Coordinator: CoordinatorNode {
 
     public func placeNewTransaction() async throws(CoordinatorError) -> (Coordinator, GlobalTransactionID) {
         (self, Self.newGID())
+    }
+
+    public func clusterStatus() async throws(CoordinatorError) -> ClusterStatus {
+        throw CoordinatorError(.notFound, "not_a_cluster", "this dtxd keeps its transactions in its own log (--store wal): it is not a node of a cluster")
     }
 
     /// A fresh gid for a submission that names none.

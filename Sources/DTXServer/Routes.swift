@@ -118,6 +118,9 @@ struct CoordinatorRoutes: Sendable {
             Route(method: .post, path: "/v1/admin/recover") { _, _ in
                 jsonResponse(node.recoverNow())
             },
+            Route(method: .get, path: "/v1/cluster") { _, _ in
+                jsonResponse(try await node.clusterStatus())
+            },
         ]
     }
 

@@ -22,7 +22,7 @@ struct DTX: AsyncParsableCommand {
         """,
         subcommands: [
             Participants.self, ListTransactions.self, ShowTransaction.self, SubmitTransaction.self,
-            CommitTransaction.self, AbortTransaction.self, Recover.self, WAL.self,
+            CommitTransaction.self, AbortTransaction.self, Recover.self, ClusterCommand.self, WAL.self,
         ]
     )
 }

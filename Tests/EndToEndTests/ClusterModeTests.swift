@@ -1,0 +1,153 @@
+import DTXAPI
+import DTXClient
+import DTXCore
+import DTXTestSupport
+import Foundation
+import Testing
+
+/// dtxd nodes in cluster mode (`--store postgres`) on one throwaway PostgreSQL, with
+/// memory participants; nodes can be killed, stopped and continued.
+final class NodeCluster: @unchecked Sendable {
+    // Safe: a test drives its cluster from one task at a time.
+    let directory: String
+    let storeURL: String
+    let shards: Int
+    private(set) var nodes: [String: ChildProcess] = [:]
+    private(set) var ports: [String: Int] = [:]
+    private(set) var participants: [String: ChildProcess] = [:]
+    private(set) var participantURLs: [String: String] = [:]
+
+    init(_ name: String, storeURL: String, shards: Int = 16) {
+        directory = makeTemporaryDirectory(name)
+        self.storeURL = storeURL
+        self.shards = shards
+    }
+
+    static func make(_ name: String, shards: Int = 16) async throws -> NodeCluster {
+        let server = try BankPostgres.server()
+        let database = "cm_" + UUID().uuidString.prefix(8).lowercased()
+        try await server.createDatabase(database)
+        return NodeCluster(name, storeURL: server.connectionString(database: database), shards: shards)
+    }
+
+    func url(_ node: String) -> String { "http://127.0.0.1:\(ports[node]!)" }
+
+    func startNode(_ id: String, failpoints: String? = nil, leaseTTL: Double = 2) async throws {
+        let port = ports[id] ?? freeLoopbackPort()
+        ports[id] = port
+        var environment: [String: String] = [:]
+        if let failpoints { environment["DTXD_FAILPOINTS"] = failpoints }
+        let child = try ChildProcess("dtxd", [
+            "--store", "postgres", "--store-url", storeURL, "--node-id", id, "--shards", "\(shards)", "--lease-ttl", "\(leaseTTL)",
+            "--listen", "127.0.0.1:\(port)", "--data-dir", directory + "/\(id)", "--log-level", "warning",
+        ], environment: environment)
+        nodes[id] = child
+        _ = try await child.waitForOutput { $0.contains("dtxd listening on") ? true : nil }
+    }
+
+    /// A memory participant registering with `node`.
+    func startParticipant(_ name: String, coordinator node: String) async throws {
+        let child = try ChildProcess("memory-participant", [
+            "--name", name, "--coordinator", url(node), "--listen", "127.0.0.1:0", "--journal", directory + "/\(name).journal",
+            "--heartbeat", "1", "--recovery-interval", "1", "--log-level", "warning",
+        ])
+        participants[name] = child
+        participantURLs[name] = try await child.waitForOutput { text -> String? in
+            guard let range = text.range(of: "memory-participant \(name) listening on ") else { return nil }
+            let rest = text[range.upperBound...]
+            guard let end = rest.firstIndex(of: "\n") else { return nil }
+            return String(rest[..<end])
+        }
+    }
+
+    func status(via node: String) async throws -> ClusterStatus {
+        let exchange = try await http("GET", url(node) + "/v1/cluster")
+        return try JSONDecoder.dtx().decode(ClusterStatus.self, from: exchange.body)
+    }
+
+    /// Every shard owned by a live node.
+    func balanced(via node: String) async -> Bool {
+        guard let status = try? await status(via: node) else { return false }
+        let live = Set(status.nodes.filter(\.live).map(\.id))
+        return status.shards.allSatisfy { $0.owner.map(live.contains) ?? false }
+    }
+
+    /// A gid whose shard `owner` holds now.
+    func gid(ownedBy owner: String, via node: String, prefix: String) async throws -> String {
+        let status = try await status(via: node)
+        let owned = Set(status.shards.filter { $0.owner == owner }.map(\.shard))
+        let map = ShardMap(count: shards)
+        for index in 0..<100_000 {
+            let gid = "\(prefix)-\(index)"
+            if owned.contains(map.shard(of: try GlobalTransactionID(validating: gid))) { return gid }
+        }
+        throw BankError("no gid falls in a shard of \(owner)")
+    }
+
+    func branchStates(_ name: String, gid: String) async throws -> [Int: String] {
+        guard let base = participantURLs[name] else { return [:] }
+        let exchange = try await http("GET", base + "/test/state")
+        var states: [Int: String] = [:]
+        for branch in ((exchange.json as? [String: Any])?["branches"] as? [[String: Any]]) ?? [] where branch["gid"] as? String == gid {
+            if let id = branch["branch"] as? Int, let state = branch["state"] as? String { states[id] = state }
+        }
+        return states
+    }
+
+    func shutdown() async {
+        for child in Array(nodes.values) + Array(participants.values) where child.process.isRunning { child.kill(SIGKILL) }
+        for child in Array(nodes.values) + Array(participants.values) { _ = try? await child.waitForExit() }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+@Suite(.bankPostgres, .serialized) struct ClusterModeTests {
+    /// The node owning a 2PC transaction is SIGKILLed right after its commit decision is
+    /// durable (or right before it): another node takes the shard over once the lease
+    /// expires and commits everywhere (or aborts everywhere), within lease TTL + 2 s.
+    @Test(arguments: [("after-commit-decision", "committed"), ("before-commit-decision", "rolled_back")])
+    func aKilledOwnersTransactionFinishesOnAnotherNode(point: String, outcome: String) async throws {
+        let cluster = try await NodeCluster.make("cluster-kill")
+        defer { Task { await cluster.shutdown() } }
+        // n0 and n1 die at the point; participants talk to n2.
+        try await cluster.startNode("n0", failpoints: point)
+        try await cluster.startNode("n1", failpoints: point)
+        try await cluster.startNode("n2")
+        #expect(await eventually { await cluster.balanced(via: "n2") })
+        for name in ["p1", "p2"] { try await cluster.startParticipant(name, coordinator: "n2") }
+        #expect(await eventually { (try? await http("GET", cluster.url("n0") + "/v1/participants/p2"))?.status == 200 })
+
+        let gid = try await cluster.gid(ownedBy: "n0", via: "n2", prefix: point)
+        let body = #"{"gid":"\#(gid)","protocol":"2pc","wait":true,"branches":[{"participant":"p1","operation":"debit"},{"participant":"p2","operation":"credit"}]}"#
+        // Sent to n1, which forwards it to n0; n0 dies at the decision, and n1 keeps
+        // asking for the gid's owner until the shard is taken over (by n1 or n2).
+        let sent = Date()
+        let answer = Task { try await http("POST", cluster.url("n1") + "/v1/transactions", body: body) }
+        let n0 = cluster.nodes["n0"]!
+        #expect(await eventually(seconds: 30) { !n0.process.isRunning })
+        let died = Date()
+        #expect(n0.process.terminationStatus == 9, "n0 was killed at \(point)")
+        let reply = try await answer.value
+        #expect(reply.status == 201 || reply.status == 200, "\(String(decoding: reply.body, as: UTF8.self))")
+        #expect((reply.json as? [String: Any])?["status"] as? String == (outcome == "committed" ? "committed" : "aborted"),
+                "the caller is told the outcome: \(String(decoding: reply.body, as: UTF8.self))")
+
+        let finished = await eventually(seconds: 30) {
+            guard let exchange = try? await http("GET", cluster.url("n2") + "/v1/transactions/\(gid)") else { return false }
+            let status = (exchange.json as? [String: Any])?["status"] as? String
+            return status == (outcome == "committed" ? "committed" : "aborted") || (exchange.status == 404 && outcome == "rolled_back")
+        }
+        #expect(finished)
+        let participantsAgree = await eventually(seconds: 30) {
+            let states = [try? await cluster.branchStates("p1", gid: gid), try? await cluster.branchStates("p2", gid: gid)]
+            return states.allSatisfy { $0?.values.allSatisfy { $0 == outcome } ?? false } && states.compactMap { $0?.count }.reduce(0, +) == 2
+        }
+        let (p1, p2) = (try await cluster.branchStates("p1", gid: gid), try await cluster.branchStates("p2", gid: gid))
+        #expect(participantsAgree, "p1 \(p1), p2 \(p2)")
+        let takeover = Date().timeIntervalSince(died)
+        print("cluster takeover at \(point): every branch \(outcome) \(String(format: "%.2f", takeover)) s after the kill, \(String(format: "%.2f", Date().timeIntervalSince(sent))) s after the submission (lease ttl 2 s)")
+        #expect(takeover < 2 + 2, "within lease TTL + 2 s")
+        let outcomeAnswer = try await http("GET", cluster.url("n1") + "/v1/transactions/\(gid)/outcome")
+        #expect((outcomeAnswer.json as? [String: Any])?["outcome"] as? String == (outcome == "committed" ? "committed" : "aborted"))
+    }
+}
