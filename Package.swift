@@ -115,6 +115,7 @@ let package = Package(
             dependencies: [
                 "DTXServer", "DTXCoordinator", "DTXCluster", "DTXLog",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOCore", package: "swift-nio"),

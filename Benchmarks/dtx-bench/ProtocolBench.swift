@@ -65,6 +65,18 @@ struct ProtocolBenchOptions: ParsableArguments {
     @Option(name: .customLong("checkpoint-every"), help: "Seconds between dtxd's checkpoints in the timeline's switching run (dtxd --checkpoint-interval).")
     var checkpointEvery: Double = 2
 
+    @Option(help: "wal: one dtxd on its own log. postgres: clusters of dtxd nodes (--nodes) on a throwaway PostgreSQL, the load spread over them, each run after one on the WAL.")
+    var store = "wal"
+
+    @Option(help: "With --store postgres: comma-separated numbers of nodes.")
+    var nodes = "1,2,3"
+
+    @Option(name: .customLong("lease-ttl"), help: "With --store postgres: the nodes' --lease-ttl in seconds.")
+    var leaseTTL: Double = 5
+
+    @Option(help: "With --store postgres: after the runs, kill a transaction's owner right after its commit decision this many times, and report how long another node takes to commit it.")
+    var kills = 0
+
     func validate() throws {
         guard ["memory", "sqlite,postgres"].contains(rm) else { throw ValidationError("--rm takes memory or sqlite,postgres") }
         guard (1...16).contains(participants) else { throw ValidationError("--participants must be 1 to 16") }
@@ -78,9 +90,16 @@ struct ProtocolBenchOptions: ParsableArguments {
         }
         guard (1...1024).contains(segmentSizeMiB) else { throw ValidationError("--segment-size takes MiB from 1 to 1024") }
         guard checkpointEvery >= 1 && checkpointEvery <= 86400 else { throw ValidationError("--checkpoint-every takes seconds from 1 to 86400") }
+        guard ["wal", "postgres"].contains(store) else { throw ValidationError("--store takes wal or postgres") }
+        guard !nodeCounts.isEmpty, nodeCounts.allSatisfy({ (1...8).contains($0) }) else { throw ValidationError("--nodes takes numbers from 1 to 8, e.g. 1,2,3") }
+        guard leaseTTL >= 0.5 && leaseTTL <= 600 else { throw ValidationError("--lease-ttl takes seconds from 0.5 to 600") }
+        guard (0...1000).contains(kills) else { throw ValidationError("--kills takes 0 to 1000") }
+        if store == "postgres" { guard rm == "memory", timeline == nil else { throw ValidationError("--store postgres runs with --rm memory and no --timeline") } }
     }
 
     var levels: [Int] { concurrency.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+
+    var nodeCounts: [Int] { nodes.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
 }
 
 /// Submit-and-wait transactions of one protocol through a real dtxd to no-op participant
@@ -152,6 +171,10 @@ struct ProtocolBench {
     }
 
     func run() async throws {
+        if options.store == "postgres" {
+            try await ClusterBench(transactionProtocol: transactionProtocol, options: options).run()
+            return
+        }
         if let seconds = options.timeline {
             try await runTimeline(seconds: seconds)
             return

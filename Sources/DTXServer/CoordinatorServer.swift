@@ -31,24 +31,41 @@ public struct ServerConfiguration: Sendable {
 
 /// Builds the daemon's HTTP application. `onListening` receives the bound port (useful
 /// when `port` is 0). `metrics` is the registry the daemon bootstrapped swift-metrics with.
-/// `node`: the coordinator itself, or a cluster node (`nodeID` names it in forwarded
-/// requests).
+/// How a cluster node reaches the others: its id (sent along with forwarded requests),
+/// an HTTP client the caller shuts down after the application stops, and how long an
+/// unreachable owner is retried (longer than a lease, so that a dead owner's shard is
+/// taken over meanwhile).
+public struct Forwarding: Sendable {
+    public var nodeID: String
+    public var client: HTTPClient
+    public var patience: Duration
+
+    public init(nodeID: String, client: HTTPClient, patience: Duration) {
+        self.nodeID = nodeID
+        self.client = client
+        self.patience = patience
+    }
+
+    /// A client whose connection attempts give up after a second (the shared client keeps
+    /// retrying a refused connection for 90 s): the shard is then looked up again.
+    public static func makeClient() -> HTTPClient {
+        var configuration = HTTPClient.Configuration()
+        configuration.timeout.connect = .seconds(1)
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }
+}
+
+/// `node`: the coordinator itself, or a cluster node (with `forwarding`).
 public func makeCoordinatorApplication(
     configuration: ServerConfiguration,
     node: any CoordinatorNode,
-    nodeID: String = "dtxd",
-    forwardPatience: Duration = .seconds(15),
+    forwarding: Forwarding? = nil,
     metrics: PrometheusCollectorRegistry,
     logger: Logger,
     onListening: @escaping @Sendable (Int) async -> Void
 ) -> some ApplicationProtocol {
     let router = Router()
-    // Connection attempts to another node give up after a second (the shared client
-    // keeps retrying a refused connection for 90 s): the shard is looked up again.
-    var clientConfiguration = HTTPClient.Configuration()
-    clientConfiguration.timeout.connect = .seconds(1)
-    let forwarder = Forwarder(node: nodeID, client: HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration),
-                              timeout: .seconds(3600 + 60), patience: forwardPatience)
+    let forwarder = forwarding.map { Forwarder(node: $0.nodeID, client: $0.client, timeout: .seconds(3600 + 60), patience: $0.patience) }
     let api = CoordinatorRoutes(node: node, maxBodySize: configuration.maxBodySize, metrics: LogMetrics(registry: metrics, node: node), forwarder: forwarder)
     let routes = api.routes(BasicRequestContext.self)
     // Middleware wraps the routes added after it, and the router's not-found answer.

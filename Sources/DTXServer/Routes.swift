@@ -17,7 +17,8 @@ struct CoordinatorRoutes: Sendable {
     let node: any CoordinatorNode
     let maxBodySize: Int
     let metrics: LogMetrics
-    let forwarder: Forwarder
+    /// nil for a dtxd on its own log, whose node never places a gid elsewhere.
+    let forwarder: Forwarder?
 
     func routes<Context: RequestContext>(_: Context.Type) -> [Route<Context>] {
         [
@@ -153,16 +154,19 @@ struct CoordinatorRoutes: Sendable {
     /// reached may be dead: its shard is looked up again until its lease expires and this
     /// node takes the shard over (or another node does, which is then asked).
     private func placement(of gid: GlobalTransactionID, _ request: Request, body: ByteBuffer) async throws -> Served {
-        let deadline = ContinuousClock.now + forwarder.patience
+        let deadline = ContinuousClock.now + (forwarder?.patience ?? .zero)
         while true {
             switch try await node.placement(of: gid) {
             case .here(let coordinator):
                 return .here(coordinator)
             case let .elsewhere(owner, url):
+                guard let forwarder else {
+                    throw CoordinatorError(.unavailable, "not_owner", "node \(owner) owns this transaction's shard and this dtxd cannot forward requests; send it to \(url)")
+                }
                 do {
                     return .forwarded(try await forwarder.forward(request, body: body, to: url, owner: owner))
                 } catch let error as CoordinatorError where error.code == "owner_unreachable" && ContinuousClock.now < deadline {
-                    try await Task.sleep(for: .milliseconds(250))
+                    try await Task.sleep(for: .milliseconds(100))
                 }
             }
         }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import AsyncHTTPClient
 import DTXCluster
 import DTXCoordinator
 import DTXLog
@@ -191,15 +192,17 @@ struct Daemon: AsyncParsableCommand {
                 FileHandle.standardError.write(Data("dtxd: cannot join the cluster through the store: \(error)\n".utf8))
                 throw ExitCode(1)
             }
+            let client = Forwarding.makeClient()
             let app = makeCoordinatorApplication(
-                configuration: server, node: node, nodeID: id, forwardPatience: .milliseconds(Int64(ttl * 3000)), metrics: metrics, logger: logger,
+                configuration: server, node: node, forwarding: Forwarding(nodeID: id, client: client, patience: .milliseconds(Int64(ttl * 3000))),
+                metrics: metrics, logger: logger,
                 onListening: { port in
                     FileHandle.standardOutput.write(Data("dtxd listening on http://\(host):\(port) (cluster node \(id), \(node.shardMap.count) shards)\n".utf8))
                 }
             )
             let group = ServiceGroup(
                 configuration: .init(
-                    services: [.init(service: ClusterService(node: node)), .init(service: app)],
+                    services: [.init(service: ClusterService(node: node, client: client)), .init(service: app)],
                     gracefulShutdownSignals: [.sigterm, .sigint],
                     logger: logger
                 )
@@ -286,12 +289,15 @@ struct LogService: Service {
 /// shutdown.
 struct ClusterService: Service {
     let node: ClusterNode
+    /// The forwarding client, shut down once the server stopped.
+    let client: HTTPClient
 
     func run() async throws {
         await cancelWhenGracefulShutdown {
             await node.run()
         }
         await node.shutdown()
+        try? await client.shutdown()
     }
 }
 
