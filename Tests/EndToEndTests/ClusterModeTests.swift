@@ -151,3 +151,59 @@ final class NodeCluster: @unchecked Sendable {
         #expect((outcomeAnswer.json as? [String: Any])?["outcome"] as? String == (outcome == "committed" ? "committed" : "aborted"))
     }
 }
+
+extension NodeCluster {
+    /// A TCC or saga participant's barrier records for `gid`, as "branch phase".
+    func barriers(_ name: String, gid: String) async throws -> [String] {
+        guard let base = participantURLs[name] else { return [] }
+        let exchange = try await http("GET", base + "/test/state")
+        let records = ((exchange.json as? [String: Any])?["barriers"] as? [[String: Any]]) ?? []
+        return records.filter { $0["gid"] as? String == gid }.compactMap { record in
+            guard let branch = record["branch"] as? Int, let phase = record["phase"] as? String else { return nil }
+            return "\(branch) \(phase)" + (record["nullCompensation"] as? Bool == true ? " null" : "")
+        }
+    }
+}
+
+extension ClusterModeTests {
+    /// Likewise for a TCC confirm, a saga's compensation and a 3PC pre-commit: the owner
+    /// is killed right after the forced record; the node that takes the shard over
+    /// finishes what the record decided, and the caller is told.
+    @Test(arguments: [("tcc", "after-commit-decision"), ("saga", "after-abort-decision"), ("3pc", "after-pre-commit-decision")])
+    func aKilledOwnersDecisionIsCarriedOutByAnotherNode(proto: String, point: String) async throws {
+        let cluster = try await NodeCluster.make("cluster-\(proto)")
+        defer { Task { await cluster.shutdown() } }
+        try await cluster.startNode("n0", failpoints: point)
+        try await cluster.startNode("n1", failpoints: point)
+        try await cluster.startNode("n2")
+        #expect(await eventually { await cluster.balanced(via: "n2") })
+        for name in ["p1", "p2"] { try await cluster.startParticipant(name, coordinator: "n2") }
+        #expect(await eventually { (try? await http("GET", cluster.url("n1") + "/v1/participants/p2"))?.status == 200 })
+
+        let gid = try await cluster.gid(ownedBy: "n0", via: "n2", prefix: proto)
+        // The saga's second step is refused, so its first is compensated.
+        let refusal = proto == "saga" ? #","payload":{"vote":"no"}"# : ""
+        let body = #"{"gid":"\#(gid)","protocol":"\#(proto)","wait":true,"branches":[{"participant":"p1","operation":"reserve"},{"participant":"p2","operation":"charge"\#(refusal)}]}"#
+        let answer = Task { try await http("POST", cluster.url("n1") + "/v1/transactions", body: body) }
+        let n0 = cluster.nodes["n0"]!
+        #expect(await eventually(seconds: 30) { !n0.process.isRunning })
+        #expect(n0.process.terminationStatus == 9, "n0 was killed at \(point)")
+        let reply = try await answer.value
+        let status = (reply.json as? [String: Any])?["status"] as? String
+        #expect(status == (proto == "saga" ? "aborted" : "committed"), "\(String(decoding: reply.body, as: UTF8.self))")
+        switch proto {
+        case "tcc":
+            #expect(try await eventually {
+                let (p1, p2) = (try await cluster.barriers("p1", gid: gid), try await cluster.barriers("p2", gid: gid))
+                return p1 == ["0 try", "0 confirm"] && p2 == ["1 try", "1 confirm"]
+            })
+        case "saga":
+            #expect(try await eventually { try await cluster.barriers("p1", gid: gid) == ["0 action", "0 compensate"] })
+        default:
+            #expect(try await eventually {
+                let (p1, p2) = (try await cluster.branchStates("p1", gid: gid), try await cluster.branchStates("p2", gid: gid))
+                return p1 == [0: "committed"] && p2 == [1: "committed"]
+            })
+        }
+    }
+}
