@@ -41,6 +41,9 @@ struct MemoryParticipant: AsyncParsableCommand {
         stall:SECONDS (sleep, then go on), crash (SIGKILL itself). GET /test/state \
         lists the branches and the barrier records.
 
+        Tests only: DTX_PARTICIPANT_RECORD=1 records every protocol message received (its \
+        time, path, gid and dtx-node header), listed by GET /test/messages.
+
         DTX_PARTICIPANT_THREADS sets the number of event-loop threads (default: one per \
         core); on a small machine shared with dtxd, 1 avoids needless context switches.
         """
@@ -152,6 +155,11 @@ struct MemoryParticipant: AsyncParsableCommand {
         }
 
         let router = Router()
+        if env["DTX_PARTICIPANT_RECORD"] == "1" {
+            let recorder = MessageRecorder()
+            router.add(middleware: MessageRecordingMiddleware(recorder: recorder))
+            addMessageRoutes(to: router, recorder: recorder)
+        }
         service.addRoutes(to: router.group().add(middleware: RequestFailpointMiddleware(failpoints: failpoints)), failpoints: failpoints)
         addTestRoutes(to: router, store: store, service: service, failpoints: failpoints)
 

@@ -3,6 +3,7 @@ import DTXCore
 import DTXParticipant
 import Foundation
 import Hummingbird
+import Synchronization
 
 /// Routes for tests: what the resource manager holds (`GET /test/state`:
 /// `{"branches": [{"gid", "branch", "operation", "payload"?, "state", "result"?,
@@ -67,4 +68,49 @@ func jsonResponse(_ status: HTTPResponse.Status, _ value: some Encodable) -> Res
     // Only plain structs of strings and JSON values come here: encoding cannot fail.
     let data = (try? JSONEncoder.dtx().encode(value)) ?? Data()
     return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+}
+
+/// With `DTX_PARTICIPANT_RECORD=1`: every protocol message received, in order, for tests
+/// that must say who sent what when (`GET /test/messages`: `{"messages": [{"at"
+/// (seconds since 1970, to the microsecond), "path", "node" (its `dtx-node` header, when
+/// sent), "gid"?}]}`; a batch is one message whose gid is absent).
+final class MessageRecorder: Sendable {
+    struct Message: Encodable, Sendable {
+        var at: Double
+        var path: String
+        var node: String?
+        var gid: String?
+    }
+
+    private let messages = Mutex<[Message]>([])
+
+    func record(_ message: Message) { messages.withLock { $0.append(message) } }
+
+    var all: [Message] { messages.withLock { $0 } }
+}
+
+struct MessageRecordingMiddleware<Context: RequestContext>: RouterMiddleware {
+    let recorder: MessageRecorder
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard request.uri.path.hasPrefix("/dtx/") else { return try await next(request, context) }
+        var request = request
+        let at = Date().timeIntervalSince1970
+        let body = try await request.collectBody(upTo: 16 << 20)
+        var gid: String?
+        if case .object(let members)? = try? JSONValue(parsing: Array(body.readableBytesView)), case .string(let text)? = members["gid"] { gid = text }
+        let node = request.headers.first { $0.name.canonicalName == "dtx-node" }?.value
+        recorder.record(.init(at: at, path: request.uri.path, node: node, gid: gid))
+        return try await next(request, context)
+    }
+}
+
+func addMessageRoutes(to router: Router<some RequestContext>, recorder: MessageRecorder) {
+    router.get("/test/messages") { _, _ -> Response in
+        jsonResponse(.ok, MessagesAnswer(messages: recorder.all))
+    }
+}
+
+private struct MessagesAnswer: Encodable {
+    var messages: [MessageRecorder.Message]
 }

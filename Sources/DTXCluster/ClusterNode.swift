@@ -105,6 +105,7 @@ public final class ClusterNode: CoordinatorNode {
                                     now: { Date() }, logger: logger)
         fencedOff.withLock { $0 = { [weak self] refused in self?.fenced(refused) } }
         participants.refreshWith { [weak self] in try? await self?.pollRegistry() }
+        transport.sendOnlyWhile { [lease] in lease.isValid }
         participants.countUnfinishedBranches { [weak self] name in
             self?.readyCoordinators().reduce(0) { $0 + $1.unfinishedBranches(on: name) } ?? 0
         }

@@ -96,7 +96,9 @@ final class ParticipantConnections: Sendable {
     /// POSTs a JSON body to `path` under the target. A request that fails on a reused
     /// connection before any answer (the participant closed it while idle) is sent once
     /// more on a new connection; participant messages are idempotent.
-    func post(_ target: Target, path: String, body: [UInt8], token: String?, timeout: TimeAmount) async throws -> Response {
+    /// `gate`, when given, is asked right before each write: false fails the request unsent.
+    func post(_ target: Target, path: String, body: [UInt8], token: String?, sender: String? = nil, gate: (@Sendable () -> Bool)? = nil,
+              timeout: TimeAmount) async throws -> Response {
         let pool = pool(for: target)
         var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: target.basePath + path)
         head.headers.reserveCapacity(4)
@@ -104,12 +106,13 @@ final class ParticipantConnections: Sendable {
         head.headers.add(name: "Content-Type", value: "application/json")
         head.headers.add(name: "Content-Length", value: String(body.count))
         if let token { head.headers.add(name: "Authorization", value: "Bearer \(token)") }
+        if let sender { head.headers.add(name: "dtx-node", value: sender) }
         let deadline = NIODeadline.now() + timeout
         var retried = false
         while true {
             let (connection, reused) = try await pool.acquire(deadline: deadline).get()
             do {
-                return try await connection.exchange(head: head, body: body, deadline: deadline).get()
+                return try await connection.exchange(head: head, body: body, deadline: deadline, gate: gate).get()
             } catch Failure.closed where reused && !retried {
                 retried = true
             }
@@ -302,10 +305,16 @@ private final class Connection: @unchecked Sendable {
         self.pool = pool
     }
 
-    func exchange(head: HTTPRequestHead, body: [UInt8], deadline: NIODeadline) -> EventLoopFuture<ParticipantConnections.Response> {
+    /// `gate` is asked on the loop right before the request is written: false fails it unsent.
+    func exchange(head: HTTPRequestHead, body: [UInt8], deadline: NIODeadline, gate: (@Sendable () -> Bool)? = nil) -> EventLoopFuture<ParticipantConnections.Response> {
         let loop = channel.eventLoop
         let promise = loop.makePromise(of: ParticipantConnections.Response.self)
         loop.execute { [self] in
+            if let gate, !gate() {
+                pool.release(self, reusable: true)
+                promise.fail(SendingStopped())
+                return
+            }
             let timer = loop.scheduleTask(deadline: deadline) { [self] in
                 handler.fail(ParticipantConnections.Failure.timedOut)
             }

@@ -27,6 +27,20 @@ public struct ParticipantEndpoint: Sendable, Equatable {
 public protocol Transport: Sendable {
     func send(_ message: ParticipantMessage, protocol: TransactionProtocol, request: ParticipantRequest, to endpoint: ParticipantEndpoint) async -> ParticipantResponse
     func shutdown() async
+    /// From now on, a message goes out only while `condition` holds, checked right
+    /// before its bytes are written (a cluster node: while its lease is valid, so that a
+    /// node paused between deciding to send and sending sends nothing once it wakes
+    /// without its lease). A message held back is reported failed.
+    func sendOnlyWhile(_ condition: @escaping @Sendable () -> Bool)
+}
+
+extension Transport {
+    public func sendOnlyWhile(_ condition: @escaping @Sendable () -> Bool) {}
+}
+
+/// Why a message was not sent: the transport's `sendOnlyWhile` condition did not hold.
+struct SendingStopped: Error, CustomStringConvertible {
+    var description: String { "this node may no longer send (its lease could have expired)" }
 }
 
 /// The participant protocol over HTTP/1.1 with pooled keep-alive connections and a
@@ -40,11 +54,16 @@ public final class HTTPTransport: Transport {
     private let templates = Mutex<[String: HTTPClient.Request]>([:])
     private let batchers = Mutex<[String: MessageBatcher]>([:])
     private let batchRequestsInFlight: Int
+    /// A cluster node's id, sent as `dtx-node` with every message (participants may log it).
+    private let sender: String?
+    private let gate = Mutex<(@Sendable () -> Bool)?>(nil)
 
     /// - Parameter batchRequestsInFlight: for a participant that takes batches, how many
     ///   requests may be outstanding before further messages wait and go together in
     ///   the next batch.
-    public init(requestTimeout: Duration = .seconds(10), connectionsPerParticipant: Int = 256, batchRequestsInFlight: Int = 4) {
+    /// - Parameter sender: the cluster node sending (the `dtx-node` header); nil outside a cluster.
+    public init(requestTimeout: Duration = .seconds(10), connectionsPerParticipant: Int = 256, batchRequestsInFlight: Int = 4, sender: String? = nil) {
+        self.sender = sender
         self.connectionsPerParticipant = connectionsPerParticipant
         self.batchRequestsInFlight = max(1, batchRequestsInFlight)
         connections = ParticipantConnections(maxConnectionsPerHost: connectionsPerParticipant)
@@ -123,16 +142,22 @@ public final class HTTPTransport: Transport {
         }
     }
 
+    public func sendOnlyWhile(_ condition: @escaping @Sendable () -> Bool) {
+        gate.withLock { $0 = condition }
+    }
+
     /// POSTs `body` to `path` under the endpoint's URL; the status and body of the answer.
     private func post(_ path: String, body: [UInt8], to endpoint: ParticipantEndpoint) async throws -> (Int, [UInt8]) {
+        let gate = gate.withLock { $0 }
         if let target = connections.target(endpoint.url) {
-            let response = try await connections.post(target, path: path, body: body, token: endpoint.token, timeout: timeout)
+            let response = try await connections.post(target, path: path, body: body, token: endpoint.token, sender: sender, gate: gate, timeout: timeout)
             return (response.status, response.body)
         }
         // The future-based API with a collected body: cheaper per call than the
         // streaming async one, and participant answers are small.
         var http = try template(endpoint.url + path, token: endpoint.token)
         http.body = .bytes(body)
+        if let gate, !gate() { throw SendingStopped() }
         let response = try await tlsClient().execute(request: http, deadline: .now() + timeout).get()
         return (Int(response.status.code), response.body.map { Array($0.readableBytesView) } ?? [])
     }
@@ -177,6 +202,7 @@ public final class HTTPTransport: Transport {
         if let cached = templates.withLock({ $0[key] }) { return cached }
         var headers: HTTPHeaders = ["Content-Type": "application/json"]
         if let token { headers.add(name: "Authorization", value: "Bearer \(token)") }
+        if let sender { headers.add(name: "dtx-node", value: sender) }
         let request = try HTTPClient.Request(url: url, method: .POST, headers: headers)
         templates.withLock { templates in
             if templates.count > 4096 { templates.removeAll() }  // URLs of deregistered or moved participants

@@ -163,7 +163,6 @@ struct Daemon: AsyncParsableCommand {
         guard ["wal", "postgres"].contains(storeKind) else {
             throw ValidationError("store must be wal or postgres, not '\(storeKind)'")
         }
-        let transport = HTTPTransport(requestTimeout: Duration(apiSeconds: requestSeconds))
         if storeKind == "postgres" {
             guard let url = storeURL ?? env["DTXD_STORE_URL"], !url.isEmpty else {
                 throw ValidationError("--store postgres needs --store-url (or DTXD_STORE_URL): the libpq connection string of the cluster's PostgreSQL, e.g. 'host=127.0.0.1 dbname=dtx user=dtx'")
@@ -182,6 +181,7 @@ struct Daemon: AsyncParsableCommand {
             if advertised == nil, port == 0 || host == "0.0.0.0" || host == "::" {
                 throw ValidationError("listening on \(address), other nodes cannot know where to forward requests: pass --advertise-url (or DTXD_ADVERTISE_URL), e.g. http://10.0.0.5:7070")
             }
+            let transport = HTTPTransport(requestTimeout: Duration(apiSeconds: requestSeconds), sender: id)
             var cluster = ClusterConfiguration(storeURL: url, nodeID: id, advertiseURL: advertised ?? "http://\(host.contains(":") ? "[\(host)]" : host):\(port)")
             cluster.leaseTTL = .milliseconds(Int64(ttl * 1000))
             cluster.shards = shardCount
@@ -221,7 +221,8 @@ struct Daemon: AsyncParsableCommand {
                 logger.notice("truncated a torn log tail", metadata: ["file": "\(torn.file)", "offset": "\(torn.offset)"])
             }
             logger.info("log open", metadata: ["directory": "\(directory)", "records": "\(opened.recovery.records.count)", "nextLSN": "\(log.nextLSN)"])
-            coordinator = try Coordinator(store: WALStore(log: log, records: opened.recovery.records), transport: transport, configuration: engine, logger: logger)
+            coordinator = try Coordinator(store: WALStore(log: log, records: opened.recovery.records),
+                                          transport: HTTPTransport(requestTimeout: Duration(apiSeconds: requestSeconds)), configuration: engine, logger: logger)
         } catch let error as LogError {
             FileHandle.standardError.write(Data("dtxd: \(error)\n".utf8))
             throw ExitCode(1)

@@ -45,12 +45,12 @@ final class NodeCluster: @unchecked Sendable {
         _ = try await child.waitForOutput { $0.contains("dtxd listening on") ? true : nil }
     }
 
-    /// A memory participant registering with `node`.
+    /// A memory participant registering with `node`; it records every message it receives.
     func startParticipant(_ name: String, coordinator node: String) async throws {
         let child = try ChildProcess("memory-participant", [
             "--name", name, "--coordinator", url(node), "--listen", "127.0.0.1:0", "--journal", directory + "/\(name).journal",
             "--heartbeat", "1", "--recovery-interval", "1", "--log-level", "warning",
-        ])
+        ], environment: ["DTX_PARTICIPANT_RECORD": "1"])
         participants[name] = child
         participantURLs[name] = try await child.waitForOutput { text -> String? in
             guard let range = text.range(of: "memory-participant \(name) listening on ") else { return nil }
@@ -205,5 +205,103 @@ extension ClusterModeTests {
                 return p1 == [0: "committed"] && p2 == [1: "committed"]
             })
         }
+    }
+}
+
+extension NodeCluster {
+    struct Received {
+        var at: Date
+        var path: String
+        var node: String?
+        var gid: String?
+    }
+
+    /// What a participant received, in order (its `/test/messages`).
+    func received(_ name: String) async throws -> [Received] {
+        guard let base = participantURLs[name] else { return [] }
+        let exchange = try await http("GET", base + "/test/messages")
+        return (((exchange.json as? [String: Any])?["messages"] as? [[String: Any]]) ?? []).map { message in
+            Received(at: Date(timeIntervalSince1970: message["at"] as? Double ?? 0), path: message["path"] as? String ?? "",
+                     node: message["node"] as? String, gid: message["gid"] as? String)
+        }
+    }
+
+    /// Every gid any participant holds a branch of, with each participant's branch states.
+    func outcomes(_ names: [String]) async throws -> [String: [String]] {
+        var states: [String: [String]] = [:]
+        for name in names {
+            guard let base = participantURLs[name] else { continue }
+            let exchange = try await http("GET", base + "/test/state")
+            for branch in ((exchange.json as? [String: Any])?["branches"] as? [[String: Any]]) ?? [] {
+                if let gid = branch["gid"] as? String, let state = branch["state"] as? String { states[gid, default: []].append(state) }
+            }
+        }
+        return states
+    }
+}
+
+extension ClusterModeTests {
+    /// A zombie: the owner of busy shards is stopped (SIGSTOP) past its lease; the other
+    /// node takes its shards over and finishes their transactions; the zombie is
+    /// continued (SIGCONT). Its queued writes are fenced, no participant receives a
+    /// message from it afterwards, and every transaction ends the same at both
+    /// participants.
+    @Test func aZombieIsFencedAndSendsNothingAfterItWakes() async throws {
+        let cluster = try await NodeCluster.make("cluster-zombie")
+        defer { Task { await cluster.shutdown() } }
+        try await cluster.startNode("n0")
+        try await cluster.startNode("n1")
+        #expect(await eventually { await cluster.balanced(via: "n1") })
+        for name in ["p1", "p2"] { try await cluster.startParticipant(name, coordinator: "n1") }
+        #expect(await eventually { (try? await http("GET", cluster.url("n0") + "/v1/participants/p2"))?.status == 200 })
+
+        // Transactions on n0's shards, without end, from 8 clients.
+        let body = #"{"protocol":"2pc","wait":true,"branches":[{"participant":"p1","operation":"debit"},{"participant":"p2","operation":"credit"}]}"#
+        let zombieURL = cluster.url("n0")
+        let load = (0..<8).map { _ in
+            Task {
+                while !Task.isCancelled { _ = try? await http("POST", zombieURL + "/v1/transactions", body: body) }
+            }
+        }
+        try await Task.sleep(for: .seconds(1))
+        let zombie = cluster.nodes["n0"]!
+        zombie.kill(SIGSTOP)
+        load.forEach { $0.cancel() }
+        // The other node takes every shard over (lease 2 s) and finishes what n0 left.
+        #expect(await eventually(seconds: 20) {
+            guard let status = try? await cluster.status(via: "n1") else { return false }
+            return status.shards.allSatisfy { $0.owner == "n1" }
+        })
+        #expect(await eventually(seconds: 20) {
+            let health = try? await http("GET", cluster.url("n1") + "/healthz")
+            return (health?.json as? [String: Any])?["unfinishedTransactions"] as? Int == 0
+        })
+        let woke = Date()
+        zombie.kill(SIGCONT)
+        try await Task.sleep(for: .seconds(3))
+
+        let metrics = String(decoding: try await http("GET", zombieURL + "/metrics").body, as: UTF8.self)
+        func value(_ name: String) -> Double {
+            metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ")[1]) } ?? -1
+        }
+        print("zombie: fenced batches \(value("dtx_store_fenced_batches")), lease losses \(value("dtx_cluster_lease_losses")), shards dropped \(value("dtx_cluster_fenced_shards"))")
+        // Its pending writes were refused: by the store's epoch check when a batch was
+        // queued, else by its own lapsed lease before they reached the store.
+        #expect(value("dtx_store_fenced_batches") + value("dtx_cluster_fenced_shards") >= 1, "the zombie's pending writes were fenced")
+        #expect(value("dtx_cluster_lease_losses") >= 1, "the zombie learnt it lost its lease")
+        for name in ["p1", "p2"] {
+            let late = try await cluster.received(name).filter { $0.node == "n0" && $0.at > woke }
+            #expect(late.isEmpty, "\(name) received from the zombie after it woke: \(late.map { "\($0.path) \($0.gid ?? "-")" })")
+            let fromN0 = try await cluster.received(name).filter { $0.node == "n0" }.count
+            print("zombie: \(name) received \(fromN0) messages from n0 before its pause, none after")
+        }
+        // Atomicity: every transaction ended the same way at both participants.
+        #expect(try await eventually(seconds: 20) {
+            try await cluster.outcomes(["p1", "p2"]).values.allSatisfy { states in
+                Set(states).count == 1 && (states.first == "committed" ? states.count == 2 : states.first == "rolled_back")
+            }
+        })
+        let outcomes = try await cluster.outcomes(["p1", "p2"])
+        print("zombie: \(outcomes.count) transactions, \(outcomes.values.filter { $0.first == "committed" }.count) committed at both participants")
     }
 }
