@@ -82,35 +82,59 @@ struct CoordinatorRoutes: Sendable {
             Route(method: .get, path: "/v1/transactions") { request, _ in
                 jsonResponse(node.list(try listQuery(request.uri.queryParameters)))
             },
+            // (Each route switches on the placement itself: the Swift 6.3 optimiser crashed
+            // on routes handing async closures to a helper.)
             Route(method: .get, path: "/v1/transactions/:gid") { request, context in
-                try await at(try gid(context), request) { coordinator, gid in
-                    jsonResponse(try coordinator.transaction(gid))
+                let gid = try gid(context)
+                switch try await placement(of: gid, request, body: ByteBuffer()) {
+                case .forwarded(let answer): return answer
+                case .here(let coordinator): return jsonResponse(try coordinator.transaction(gid))
                 }
             },
             Route(method: .get, path: "/v1/transactions/:gid/outcome") { request, context in
-                try await at(try gid(context), request) { coordinator, gid in
-                    jsonResponse(coordinator.outcome(gid: gid, branch: try branchQuery(request)))
+                let gid = try gid(context)
+                switch try await placement(of: gid, request, body: ByteBuffer()) {
+                case .forwarded(let answer): return answer
+                case .here(let coordinator): return jsonResponse(coordinator.outcome(gid: gid, branch: try branchQuery(request)))
                 }
             },
             Route(method: .get, path: "/v1/transactions/:gid/state") { request, context in
-                try await at(try gid(context), request) { coordinator, gid in
-                    jsonResponse(ThreePhaseStateAnswer(gid: gid.rawValue, state: coordinator.threePhaseState(gid: gid, branch: try branchQuery(request))))
+                let gid = try gid(context)
+                switch try await placement(of: gid, request, body: ByteBuffer()) {
+                case .forwarded(let answer): return answer
+                case .here(let coordinator):
+                    return jsonResponse(ThreePhaseStateAnswer(gid: gid.rawValue, state: coordinator.threePhaseState(gid: gid, branch: try branchQuery(request))))
                 }
             },
             Route(method: .post, path: "/v1/transactions/:gid/branches") { request, context in
-                try await at(try gid(context), request) { coordinator, gid, body in
+                let gid = try gid(context)
+                var request = request
+                let body = try await request.collectBody(upTo: maxBodySize)
+                switch try await placement(of: gid, request, body: body) {
+                case .forwarded(let answer): return answer
+                case .here(let coordinator):
                     let enlist = try decode(EnlistRequest.self, .enlistment, from: body)
                     return jsonResponse(try await coordinator.enlist(gid: gid, enlist), status: 201)
                 }
             },
             Route(method: .post, path: "/v1/transactions/:gid/commit") { request, context in
-                try await at(try gid(context), request) { coordinator, gid, body in
+                let gid = try gid(context)
+                var request = request
+                let body = try await request.collectBody(upTo: maxBodySize)
+                switch try await placement(of: gid, request, body: body) {
+                case .forwarded(let answer): return answer
+                case .here(let coordinator):
                     let resolution = try decodeOptional(ResolveRequest.self, .resolution, from: body) ?? ResolveRequest()
                     return jsonResponse(try await coordinator.commit(gid: gid, reason: resolution.reason, wait: resolution.wait ?? false))
                 }
             },
             Route(method: .post, path: "/v1/transactions/:gid/abort") { request, context in
-                try await at(try gid(context), request) { coordinator, gid, body in
+                let gid = try gid(context)
+                var request = request
+                let body = try await request.collectBody(upTo: maxBodySize)
+                switch try await placement(of: gid, request, body: body) {
+                case .forwarded(let answer): return answer
+                case .here(let coordinator):
                     let resolution = try decodeOptional(ResolveRequest.self, .resolution, from: body) ?? ResolveRequest()
                     return jsonResponse(try await coordinator.abort(gid: gid, reason: resolution.reason, wait: resolution.wait ?? false))
                 }
@@ -123,26 +147,6 @@ struct CoordinatorRoutes: Sendable {
                 jsonResponse(try await node.clusterStatus())
             },
         ]
-    }
-
-    /// Answers a request about `gid` here, or relays the answer of the node that owns it.
-    private func at(_ gid: GlobalTransactionID, _ request: Request,
-                    _ body: (Coordinator, GlobalTransactionID) async throws -> Response) async throws -> Response {
-        switch try await placement(of: gid, request, body: ByteBuffer()) {
-        case .here(let coordinator): return try await body(coordinator, gid)
-        case .forwarded(let response): return response
-        }
-    }
-
-    /// As above, for a request with a body (collected once, forwarded as it came).
-    private func at(_ gid: GlobalTransactionID, _ request: Request,
-                    _ body: (Coordinator, GlobalTransactionID, ByteBuffer) async throws -> Response) async throws -> Response {
-        var request = request
-        let buffer = try await request.collectBody(upTo: maxBodySize)
-        switch try await placement(of: gid, request, body: buffer) {
-        case .here(let coordinator): return try await body(coordinator, gid, buffer)
-        case .forwarded(let response): return response
-        }
     }
 
     private enum Served {
