@@ -24,6 +24,9 @@ public struct ClusterConfiguration: Sendable {
     public var shards: Int?
     /// How long a lazy record may wait for a forced write to carry it to the store.
     public var lazyDelay: Duration = .milliseconds(5)
+    /// A shard given up to balance the cluster takes no new transaction, and waits this
+    /// long at most for those running to reach their decision.
+    public var drainFor: Duration = .seconds(5)
 
     public init(storeURL: String, nodeID: String, advertiseURL: String) {
         self.storeURL = storeURL
@@ -49,13 +52,14 @@ public final class ClusterNode: CoordinatorNode {
         var view = Leases.View()
         var incarnation = UUID().uuidString.lowercased()
         var registered = false
-        var registryVersion = 0
         var acquisitions = 0
         var takeovers = 0
         var fencedShards = 0
         var leaseLosses = 0
         var released = 0
         var attempts = 0
+        /// Shards being released: no new transaction starts on them.
+        var draining: Set<Int> = []
     }
 
     public let configuration: ClusterConfiguration
@@ -65,7 +69,9 @@ public final class ClusterNode: CoordinatorNode {
     private let transport: any Transport
     /// Loads, compactions and the registry.
     private let control: PostgresPool
-    /// Leases alone, so that a renewal never waits behind a large load.
+    /// Renewals alone: a renewal never waits behind anything else.
+    private let renewalPool: PostgresPool
+    /// Acquisitions, releases and views of the cluster.
     private let leasePool: PostgresPool
     private let writerPool: PostgresPool
     private let writerTask = Mutex<Task<Void, Never>?>(nil)
@@ -85,6 +91,7 @@ public final class ClusterNode: CoordinatorNode {
         self.logger = logger
         control = try await PostgresPool(configuration.storeURL, size: 3, logger: logger)
         leasePool = try await PostgresPool(configuration.storeURL, size: 1, logger: logger)
+        renewalPool = try await PostgresPool(configuration.storeURL, size: 1, logger: logger)
         writerPool = try await PostgresPool(configuration.storeURL, size: 1, logger: logger)
         let requested = configuration.shards
         let shards = try await control.withConnection { try StoreSchema.prepare($0, shards: requested) }
@@ -105,25 +112,53 @@ public final class ClusterNode: CoordinatorNode {
                                     now: { Date() }, logger: logger)
         fencedOff.withLock { $0 = { [weak self] refused in self?.fenced(refused) } }
         participants.refreshWith { [weak self] in try? await self?.pollRegistry() }
+        participants.countUnfinishedElsewhere { [control] name in
+            // Unfinished: a begin or an enlistment naming the participant, and no end.
+            let needle = #""participant":""# + name + #"""#
+            return try await control.withConnection { connection in
+                try connection.execute("""
+                    SELECT count(DISTINCT r.gid) AS busy FROM dtx_records r
+                    WHERE r.type IN ($2, $3) AND strpos(r.payload, $1) > 0
+                      AND NOT EXISTS (SELECT 1 FROM dtx_records e WHERE e.gid = r.gid AND e.type = $4)
+                    """, [.text(needle), .int(Int(LogEntry.RecordType.begin.rawValue)), .int(Int(LogEntry.RecordType.enlist.rawValue)),
+                          .int(Int(LogEntry.RecordType.end.rawValue))]).rows.first?.int("busy") ?? 0
+            }
+        }
         transport.sendOnlyWhile { [lease] in lease.isValid }
         participants.countUnfinishedBranches { [weak self] name in
             self?.readyCoordinators().reduce(0) { $0 + $1.unfinishedBranches(on: name) } ?? 0
         }
         let writer = writer
         writerTask.withLock { $0 = Task { await writer.run() } }
-        try await join()
+        // A restart of this node right after a crash finds its previous process's lease
+        // still live: wait it out (it is then evicted as any expired owner).
+        let deadline = ContinuousClock.now + configuration.leaseTTL + .seconds(1)
+        while try await !join() {
+            guard ContinuousClock.now < deadline else {
+                throw ClusterError("another process runs as node '\(configuration.nodeID)' (its lease is live): stop it, or give this one another --node-id")
+            }
+            try await Task.sleep(for: .milliseconds(200))
+        }
         try await pollRegistry()
         logger.notice("joined the cluster", metadata: ["node": "\(configuration.nodeID)", "shards": "\(shards)", "url": "\(configuration.advertiseURL)"])
     }
 
     // MARK: Running
 
-    /// Renews the lease, balances shards and reads registry changes every
-    /// `renewEvery`, and writes records, until cancelled.
+    /// Renews the lease every `renewEvery` on a task and a connection of its own, and
+    /// balances shards and reads registry changes as often on another, until cancelled.
     public func run() async {
-        while !Task.isCancelled {
-            await tick()
-            try? await Task.sleep(for: configuration.renewEvery)
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                while !Task.isCancelled {
+                    await self.renewal()
+                    try? await Task.sleep(for: self.configuration.renewEvery)
+                }
+            }
+            while !Task.isCancelled {
+                await tick()
+                try? await Task.sleep(for: configuration.renewEvery)
+            }
         }
     }
 
@@ -131,6 +166,8 @@ public final class ClusterNode: CoordinatorNode {
     /// that take the shards), writes what is queued, gives the shards up and deletes
     /// this node's row, so others take over at once instead of after the lease.
     public func shutdown() async {
+        // Nothing more is sent from here.
+        lease.lapse()
         let slots = state.withLock { s in
             defer { s.slots = [:] }
             return s.slots
@@ -154,12 +191,12 @@ public final class ClusterNode: CoordinatorNode {
         } catch {
             logger.warning("could not give the shards up; others take them when the lease expires", metadata: ["error": "\(error)"])
         }
-        lease.lapse()
         writer.close()
         await writerTask.withLock { $0 }?.value
         await transport.shutdown()
         await control.close()
         await leasePool.close()
+        await renewalPool.close()
         await writerPool.close()
     }
 
@@ -181,9 +218,10 @@ public final class ClusterNode: CoordinatorNode {
         state.withLock { s in Set(s.slots.compactMap { if case .ready = $0.value { $0.key } else { nil } }) }
     }
 
+    /// Balances the shards and reads registry changes.
     private func tick() async {
+        guard state.withLock({ $0.registered }) else { return }
         do {
-            try await renewOrJoin()
             let view = try await leasePool.withConnection { try Leases.view($0) }
             state.withLock { $0.view = view }
             await balance(view)
@@ -191,29 +229,50 @@ public final class ClusterNode: CoordinatorNode {
         } catch {
             logger.warning("cannot reach the cluster store", metadata: ["error": "\(error)"])
         }
+    }
+
+    /// Renews the lease (joins again after losing it); a lease that could have expired
+    /// meanwhile stops every shard here.
+    private func renewal() async {
+        do {
+            try await renewOrJoin()
+        } catch {
+            logger.warning("cannot renew the lease", metadata: ["error": "\(error)"])
+        }
         if !lease.isValid, state.withLock({ !$0.slots.isEmpty }) {
             loseAll("its lease could have expired while the store was unreachable")
         }
     }
 
-    private func join() async throws {
+    /// Registers this process under the node's id; false while another process holds the
+    /// id under a live lease.
+    @discardableResult
+    private func join() async throws -> Bool {
         let (node, url, ttl) = (configuration.nodeID, configuration.advertiseURL, configuration.leaseTTL)
         let incarnation = state.withLock { $0.incarnation }
         let sent = ContinuousClock.now
-        try await leasePool.withConnection { try Leases.register($0, node: node, url: url, incarnation: incarnation, ttl: ttl) }
+        guard try await renewalPool.withConnection({ try Leases.register($0, node: node, url: url, incarnation: incarnation, ttl: ttl) }) else {
+            return false
+        }
         lease.renewed(sentAt: sent, ttl: ttl)
         state.withLock { $0.registered = true }
+        return true
     }
 
     private func renewOrJoin() async throws {
-        guard state.withLock({ $0.registered }) else { return try await join() }
+        guard state.withLock({ $0.registered }) else {
+            if try await !join() {
+                logger.warning("another process holds this node's id under a live lease; waiting for it to expire", metadata: ["node": "\(configuration.nodeID)"])
+            }
+            return
+        }
         let (node, ttl) = (configuration.nodeID, configuration.leaseTTL)
         let incarnation = state.withLock { $0.incarnation }
         let sent = ContinuousClock.now
-        if try await leasePool.withConnection({ try Leases.renew($0, node: node, incarnation: incarnation, ttl: ttl) }) {
+        if try await renewalPool.withConnection({ try Leases.renew($0, node: node, incarnation: incarnation, ttl: ttl) }) {
             lease.renewed(sentAt: sent, ttl: ttl)
         } else {
-            loseAll("another node evicted it after its lease expired")
+            loseAll("another node evicted it after its lease expired, or another process took its id")
             state.withLock { s in
                 s.registered = false
                 s.incarnation = UUID().uuidString.lowercased()
@@ -279,7 +338,8 @@ public final class ClusterNode: CoordinatorNode {
             }
         }
         do {
-            guard lease.isValid, case let .acquired(epoch, from) = try await leasePool.withConnection({ try Leases.acquire($0, shard: shard, node: node) }) else {
+            let incarnation = state.withLock { $0.incarnation }
+            guard lease.isValid, case let .acquired(epoch, from) = try await leasePool.withConnection({ try Leases.acquire($0, shard: shard, node: node, incarnation: incarnation) }) else {
                 _ = settle(nil)
                 return false
             }
@@ -322,10 +382,22 @@ public final class ClusterNode: CoordinatorNode {
     /// queued for it is written, and the shard is released for another node.
     private func release(_ shard: Int) async {
         guard let slot = state.withLock({ $0.slots[shard] }), case let .ready(coordinator, store, maintenance) = slot else { return }
-        state.withLock { s in
+        // Drained first: no new transaction starts here, and those already running get up
+        // to `drainFor` to reach their decision (the next owner aborts undecided ones).
+        state.withLock { _ = $0.draining.insert(shard) }
+        coordinator.refuseNewTransactions()
+        let deadline = ContinuousClock.now + configuration.drainFor
+        while coordinator.undecidedTransactions() > 0, ContinuousClock.now < deadline, lease.isValid {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        let still = state.withLock { s -> Bool in
+            s.draining.remove(shard)
+            guard case let .ready(current, _, _)? = s.slots[shard], current === coordinator else { return false }
             s.slots.removeValue(forKey: shard)
             s.released += 1
+            return true
         }
+        guard still else { return }
         maintenance.cancel()
         coordinator.stopDriving()
         try? await store.sync()
@@ -403,26 +475,26 @@ public final class ClusterNode: CoordinatorNode {
         return UInt64(version ?? 0)
     }
 
-    /// Applies the registrations and deregistrations made since the last look (by any node).
+    /// Reads the registry table (one row per participant: a few) and applies what changed
+    /// since this node last looked, by any node. All of it, each time: row versions come
+    /// from a sequence, and two registrations may commit in the other order than their
+    /// versions, so a newer version seen does not mean every older one was.
     private func pollRegistry() async throws {
-        let since = state.withLock { $0.registryVersion }
         let rows = try await control.withConnection { connection in
-            try connection.execute("SELECT version, type, record FROM dtx_participants WHERE version > $1 ORDER BY version", [.int(since)]).rows
+            try connection.execute("SELECT version, type, record FROM dtx_participants", []).rows
         }
-        var newest = since
         for row in rows {
             guard let version = try row.int("version"), let type = try row.int("type"), let record = try row.string("record") else { continue }
             _ = try registry.replay(type: UInt16(type), payload: Array(record.utf8), lsn: UInt64(version))
-            newest = max(newest, version)
         }
-        state.withLock { $0.registryVersion = max($0.registryVersion, newest) }
     }
 
     // MARK: CoordinatorNode
 
     public func placement(of gid: GlobalTransactionID) async throws(CoordinatorError) -> Placement {
         let shard = shardMap.shard(of: gid)
-        for _ in 0..<3 {
+        var fresh = false
+        for _ in 0..<4 {
             guard lease.isValid else {
                 throw CoordinatorError(.unavailable, "no_lease", "this node has no valid lease on the cluster store right now; retry, or send the request to another node")
             }
@@ -438,24 +510,34 @@ public final class ClusterNode: CoordinatorNode {
                 break
             }
             let view = state.withLock { $0.view }
-            if let owner = view.owner(of: shard), owner != configuration.nodeID, let node = view.node(owner), node.live {
+            let owner = view.owner(of: shard)
+            if let owner, owner != configuration.nodeID, let node = view.node(owner), node.live {
                 return .elsewhere(node: owner, url: node.url)
             }
-            // Nobody holds it, or its owner's lease expired: take it over first.
-            if await take(shard) { continue }
-            do {
-                let fresh = try await leasePool.withConnection { try Leases.view($0) }
-                state.withLock { $0.view = fresh }
-            } catch {
-                throw CoordinatorError(.unavailable, "store_unavailable", "the cluster store cannot be reached to find shard \(shard)'s owner: \(error); retry")
+            // The cached view may be a tick old: decide on a fresh one.
+            if !fresh {
+                do {
+                    let latest = try await leasePool.withConnection { try Leases.view($0) }
+                    state.withLock { $0.view = latest }
+                    fresh = true
+                } catch {
+                    throw CoordinatorError(.unavailable, "store_unavailable", "the cluster store cannot be reached to find shard \(shard)'s owner: \(error); retry")
+                }
+                continue
             }
+            // A shard nobody owns is being handed from one node to another (balancing
+            // gives it out); one whose owner's lease expired, or this node's own from
+            // before it lost its lease, is taken over first.
+            guard owner != nil else { break }
+            if await take(shard) { continue }
+            fresh = false
         }
         throw CoordinatorError(.unavailable, "shard_moving", "shard \(shard), which holds \(gid), is moving between nodes; retry")
     }
 
     public func placeNewTransaction() async throws(CoordinatorError) -> (Coordinator, GlobalTransactionID) {
         let ready = state.withLock { s in
-            s.slots.compactMapValues { if case let .ready(coordinator, _, _) = $0 { coordinator } else { nil } }
+            s.slots.filter { !s.draining.contains($0.key) }.compactMapValues { if case let .ready(coordinator, _, _) = $0 { coordinator } else { nil } }
         }
         guard lease.isValid, !ready.isEmpty else {
             throw CoordinatorError(.unavailable, "no_shard", "this node owns no shard right now (it is joining the cluster, or lost its lease); retry, or send the submission to another node")

@@ -31,13 +31,17 @@ enum Leases {
         }
     }
 
-    static func register(_ connection: PostgresConnection, node: String, url: String, incarnation: String, ttl: Duration) throws {
+    /// Registers this process under the node's id: false while another process (another
+    /// incarnation) holds that id under a live lease, so that two processes never own the
+    /// node's shards at once.
+    static func register(_ connection: PostgresConnection, node: String, url: String, incarnation: String, ttl: Duration) throws -> Bool {
         try connection.execute("""
             INSERT INTO dtx_nodes (node_id, url, incarnation, started_at, renewed_at, lease_expires)
             VALUES ($1, $2, $3, now(), now(), now() + $4::bigint * interval '1 millisecond')
             ON CONFLICT (node_id) DO UPDATE SET url = excluded.url, incarnation = excluded.incarnation,
                 started_at = excluded.started_at, renewed_at = excluded.renewed_at, lease_expires = excluded.lease_expires
-            """, [.text(node), .text(url), .text(incarnation), .int(ttl.milliseconds)])
+            WHERE dtx_nodes.lease_expires <= now() OR dtx_nodes.incarnation = excluded.incarnation
+            """, [.text(node), .text(url), .text(incarnation), .int(ttl.milliseconds)]).affectedRows == 1
     }
 
     /// False when the node was evicted (another node took its shards over) or another
@@ -78,9 +82,15 @@ enum Leases {
     /// first, in the same transaction, so that its renewal fails from now on. The
     /// shard's row stays locked until the commit: a write of the old owner still in
     /// flight completes before, and one after finds the new epoch.
-    static func acquire(_ connection: PostgresConnection, shard: Int, node: String) throws -> Acquisition {
+    static func acquire(_ connection: PostgresConnection, shard: Int, node: String, incarnation: String) throws -> Acquisition {
         try connection.execute("BEGIN")
         do {
+            // A row held for long (a stalled writer, a node cut off mid-acquisition) makes
+            // this attempt give up rather than hang; and if this node is cut off in the
+            // middle of it, the server ends the transaction, so its row locks do not keep
+            // other nodes from the shard for as long as the connection looks alive.
+            try connection.execute("SET LOCAL lock_timeout = '2s'")
+            try connection.execute("SET LOCAL idle_in_transaction_session_timeout = '2s'")
             // The shard's row alone: a lock that waits for another acquisition re-reads
             // the row it locked, but would not re-read a row joined to it.
             guard let row = try connection.execute("SELECT owner FROM dtx_shards WHERE shard = $1 FOR UPDATE", [.int(shard)]).rows.first else {
@@ -88,6 +98,14 @@ enum Leases {
             }
             let owner = try row.string("owner")
             var previous: String?
+            // This node's own shard (from before a restart or a lapsed lease) is taken only
+            // by the process that holds the node's row now.
+            let mine = try connection.execute("SELECT 1 FROM dtx_nodes WHERE node_id = $1 AND incarnation = $2 AND lease_expires > now()",
+                                              [.text(node), .text(incarnation)]).rows.count == 1
+            guard mine else {
+                try connection.execute("ROLLBACK")
+                return .held(by: node)
+            }
             if let owner, owner != node {
                 previous = owner
                 let live = try connection.execute("SELECT lease_expires > now() AS live FROM dtx_nodes WHERE node_id = $1", [.text(owner)]).rows.first?.bool("live")

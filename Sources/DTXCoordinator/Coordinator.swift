@@ -112,6 +112,8 @@ public final class Coordinator: Sendable {
     private let table = Mutex(Table())
     private let fenced = Mutex(false)
     private let whenFencedOff = Mutex<(@Sendable () -> Void)?>(nil)
+    /// Set while the coordinator's shard is being handed to another node.
+    private let refusing = Atomic<Bool>(false)
     private let sequences: SequenceCounter
     private let context: EngineContext
     private let environment: any EngineEnvironment
@@ -249,9 +251,22 @@ public final class Coordinator: Sendable {
         whenFencedOff.withLock { $0 }?()
     }
 
-    /// Called once, after the store fenced this coordinator off and every driver stopped.
+    /// Called once, after the store fenced this coordinator off and every driver stopped
+    /// (at once, if that already happened).
     public func whenFenced(_ body: @escaping @Sendable () -> Void) {
         whenFencedOff.withLock { $0 = body }
+        if isFenced { body() }
+    }
+
+    /// From now on a submission of a new gid is refused (503 `shard_moving`): the
+    /// transactions here are about to move to another node. Existing ones are served.
+    public func refuseNewTransactions() {
+        refusing.store(true, ordering: .sequentiallyConsistent)
+    }
+
+    /// Unfinished transactions with no decision yet.
+    public func undecidedTransactions() -> Int {
+        liveDrivers().filter { $0.outcome(branch: nil) == "pending" }.count
     }
 
     public var isFenced: Bool { fenced.withLock { $0 } }
@@ -290,6 +305,9 @@ public final class Coordinator: Sendable {
             gid = try submission.gid.map { text throws(GlobalTransactionID.Problem) in try GlobalTransactionID(validating: text) } ?? Self.newGID()
         } catch {
             throw CoordinatorError(.invalid, "invalid_gid", error.description)
+        }
+        if refusing.load(ordering: .sequentiallyConsistent), table.withLock({ $0.driver(gid) == nil }) {
+            throw CoordinatorError(.unavailable, "shard_moving", "the shard of \(gid) is moving to another node; retry")
         }
         let interactive = submission.interactive ?? false
         let branches = submission.branches ?? []

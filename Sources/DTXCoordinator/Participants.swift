@@ -32,6 +32,13 @@ public final class Participants: Sendable {
     }
 
     private let refresher = Mutex<(@Sendable () async -> Void)?>(nil)
+    private let clusterCount = Mutex<(@Sendable (String) async throws -> Int)?>(nil)
+
+    /// How to count, before a deregistration, the unfinished transactions on other nodes
+    /// of a cluster that have a branch on the participant.
+    public func countUnfinishedElsewhere(with body: @escaping @Sendable (String) async throws -> Int) {
+        clusterCount.withLock { $0 = body }
+    }
 
     /// How to read registrations made elsewhere (another node of a cluster) at once,
     /// when a request names a participant this node has not heard of yet.
@@ -106,10 +113,21 @@ public final class Participants: Sendable {
         guard unfinished == 0 else {
             throw CoordinatorError(.conflict, "participant_busy", "participant '\(name)' has \(unfinished) unfinished branch(es); deregister it once they finish (see dtx list --participant \(name))")
         }
+        if let count = clusterCount.withLock({ $0 }) {
+            let elsewhere: Int
+            do {
+                elsewhere = try await count(name)
+            } catch {
+                throw CoordinatorError(.unavailable, "store_unavailable", "cannot check the cluster's unfinished transactions on '\(name)': \(error); retry")
+            }
+            guard elsewhere == 0 else {
+                throw CoordinatorError(.conflict, "participant_busy", "participant '\(name)' has branches in \(elsewhere) unfinished transaction(s) of the cluster; deregister it once they finish")
+            }
+        }
         do {
             try await registry.changing {
-                _ = try await persist(ParticipantRegistry.RecordType.deregistered.rawValue, ParticipantRegistry.deregistrationRecord(name))
-                registry.remove(name)
+                let position = try await persist(ParticipantRegistry.RecordType.deregistered.rawValue, ParticipantRegistry.deregistrationRecord(name))
+                registry.remove(name, at: position)
             }
         } catch {
             throw CoordinatorError(.unavailable, "log_unavailable", "the coordinator's log cannot be written: \(error)")

@@ -59,6 +59,10 @@ public final class ParticipantRegistry: Sendable {
     }
 
     private let entries = Mutex<[String: Entry]>([:])
+    /// The position (log LSN, or a cluster's row version) of the newest change applied to
+    /// each name, a deregistration included: an older change arriving late (a cluster
+    /// node's poll that started before its own write) changes nothing.
+    private let newest = Mutex<[String: UInt64]>([:])
 
     public init() {}
     /// Registrations and deregistrations whose record is being written and whose change
@@ -67,12 +71,14 @@ public final class ParticipantRegistry: Sendable {
 
     // MARK: Replay and checkpoint
 
-    /// Applies a registry record found in the log; false when the type is not the registry's.
+    /// Applies a registry record found in the log (or a cluster's registry table) unless
+    /// a newer change of that name was applied; false when the type is not the registry's.
     public func replay(type: UInt16, payload: [UInt8], lsn: UInt64) throws -> Bool {
         switch RecordType(rawValue: type) {
         case .registered:
             var entry = try JSONDecoder.dtx().decode(Entry.self, from: Data(payload))
             entry.lsn = lsn
+            guard isNewer(entry.name, lsn) else { return true }
             // Heard from since (a cluster node reading a registration it made itself).
             entries.withLock { entries in
                 entry.lastSeen = entries[entry.name]?.lastSeen
@@ -81,10 +87,21 @@ public final class ParticipantRegistry: Sendable {
             return true
         case .deregistered:
             let gone = try JSONDecoder.dtx().decode(Deregistration.self, from: Data(payload))
+            guard isNewer(gone.name, lsn) else { return true }
             entries.withLock { _ = $0.removeValue(forKey: gone.name) }
             return true
         case nil:
             return false
+        }
+    }
+
+    /// Whether a change at `position` is newer than any applied to `name`; if so, it is
+    /// the newest from now on.
+    private func isNewer(_ name: String, _ position: UInt64) -> Bool {
+        newest.withLock { newest in
+            guard position > newest[name] ?? 0 else { return false }
+            newest[name] = position
+            return true
         }
     }
 
@@ -129,10 +146,13 @@ public final class ParticipantRegistry: Sendable {
     }
 
     func store(_ entry: Entry) {
+        guard isNewer(entry.name, entry.lsn) else { return }
         entries.withLock { $0[entry.name] = entry }
     }
 
-    func remove(_ name: String) {
+    /// `position`: of the deregistration record.
+    func remove(_ name: String, at position: UInt64) {
+        guard isNewer(name, position) else { return }
         entries.withLock { _ = $0.removeValue(forKey: name) }
     }
 

@@ -21,7 +21,20 @@ struct Forwarder: Sendable {
     /// longer than a lease, so that a dead owner's shard is taken over meanwhile.
     let patience: Duration
 
-    func forward(_ request: Request, body: ByteBuffer, to url: String, owner: String) async throws -> Response {
+    enum Outcome: Sendable {
+        case answered(Response)
+        /// No connection could be made: the request was not sent.
+        case notSent(String)
+        /// Sent, but no answer came (the connection broke, or `stillOwner` said the
+        /// owner lost the shard meanwhile): whether it took effect there is unknown.
+        case noAnswer(String)
+    }
+
+    /// Sends the request to the owner and relays its answer. While waiting, asks
+    /// `stillOwner` every half second; once it says the owner no longer holds the shard
+    /// (its lease expired and the shard was taken over), stops waiting.
+    func forward(_ request: Request, body: ByteBuffer, to url: String, owner: String,
+                 stillOwner: @escaping @Sendable () async -> Bool) async throws -> Outcome {
         if let from = request.headers.first(where: { $0.name.canonicalName == Self.header })?.value {
             throw CoordinatorError(.unavailable, "not_owner", "node \(node) received from \(from) a request for a shard that node \(owner) owns now; the cluster is moving shards: retry")
         }
@@ -32,17 +45,38 @@ struct Forwarder: Sendable {
         }
         outgoing.headers.add(name: Self.header, value: node)
         if body.readableBytes > 0 { outgoing.body = .bytes(body) }
-        let answer: HTTPClientResponse
-        let bytes: ByteBuffer
-        do {
-            answer = try await client.execute(outgoing, timeout: timeout)
-            bytes = try await answer.body.collect(upTo: 64 << 20)
-        } catch {
-            throw CoordinatorError(.unavailable, "owner_unreachable", "node \(owner), which owns this transaction's shard, cannot be reached at \(url) (\(error)); retry: if it is gone, another node takes the shard over once its lease expires")
+        let (client, timeout, sent) = (client, timeout, outgoing)
+        return await withTaskGroup(of: Outcome?.self) { group in
+            group.addTask {
+                do {
+                    let answer = try await client.execute(sent, timeout: timeout)
+                    let bytes = try await answer.body.collect(upTo: 64 << 20)
+                    var response = Response(status: HTTPResponse.Status(code: Int(answer.status.code)), body: ResponseBody(byteBuffer: bytes))
+                    if let type = answer.headers.first(name: "content-type") { response.headers[.contentType] = type }
+                    if let allow = answer.headers.first(name: "allow") { response.headers[.allow] = allow }
+                    return .answered(response)
+                } catch {
+                    return Self.connectionNeverMade(error) ? .notSent("\(error)") : .noAnswer("\(error)")
+                }
+            }
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(500))
+                    if Task.isCancelled { return nil }
+                    if await !stillOwner() { return .noAnswer("node \(owner) no longer owns the shard") }
+                }
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first ?? .noAnswer("cancelled")
         }
-        var response = Response(status: HTTPResponse.Status(code: Int(answer.status.code)), body: ResponseBody(byteBuffer: bytes))
-        if let type = answer.headers.first(name: "content-type") { response.headers[.contentType] = type }
-        if let allow = answer.headers.first(name: "allow") { response.headers[.allow] = allow }
-        return response
+    }
+
+    /// Errors that mean no connection was made, so the request was never sent.
+    private static func connectionNeverMade(_ error: any Error) -> Bool {
+        if let error = error as? HTTPClientError, error == .connectTimeout { return true }
+        let text = "\(error)".lowercased()
+        return text.contains("connection refused") || text.contains("connect timeout") || text.contains("connecttimeout")
     }
 }

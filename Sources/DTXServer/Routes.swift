@@ -159,6 +159,9 @@ struct CoordinatorRoutes: Sendable {
     /// node takes the shard over (or another node does, which is then asked).
     private func placement(of gid: GlobalTransactionID, _ request: Request, body: ByteBuffer) async throws -> Served {
         let deadline = ContinuousClock.now + (forwarder?.patience ?? .zero)
+        // Every request about a gid may be sent again but an enlistment, which would
+        // add a second branch if the first had taken effect.
+        let repeatable = !(request.method == .post && request.uri.path.hasSuffix("/branches"))
         while true {
             switch try await node.placement(of: gid) {
             case .here(let coordinator):
@@ -167,9 +170,19 @@ struct CoordinatorRoutes: Sendable {
                 guard let forwarder else {
                     throw CoordinatorError(.unavailable, "not_owner", "node \(owner) owns this transaction's shard and this dtxd cannot forward requests; send it to \(url)")
                 }
-                do {
-                    return .forwarded(try await forwarder.forward(request, body: body, to: url, owner: owner))
-                } catch let error as CoordinatorError where error.code == "owner_unreachable" && ContinuousClock.now < deadline {
+                let node = node
+                let outcome = try await forwarder.forward(request, body: body, to: url, owner: owner) {
+                    guard case .elsewhere(owner, _)? = try? await node.placement(of: gid) else { return false }
+                    return true
+                }
+                switch outcome {
+                case .answered(let response):
+                    return .forwarded(response)
+                case .notSent(let why) where ContinuousClock.now >= deadline, .noAnswer(let why) where ContinuousClock.now >= deadline:
+                    throw CoordinatorError(.unavailable, "owner_unreachable", "node \(owner), which owns this transaction's shard, did not answer at \(url) (\(why)); retry: if it is gone, another node takes the shard over once its lease expires")
+                case .noAnswer(let why) where !repeatable:
+                    throw CoordinatorError(.unavailable, "owner_unreachable", "node \(owner) did not answer the enlistment (\(why)), so whether it took effect is unknown: look at the transaction's branches (GET /v1/transactions/\(gid)) before enlisting again")
+                case .notSent, .noAnswer:
                     try await Task.sleep(for: .milliseconds(100))
                 }
             }

@@ -32,13 +32,14 @@ final class NodeCluster: @unchecked Sendable {
 
     func url(_ node: String) -> String { "http://127.0.0.1:\(ports[node]!)" }
 
-    func startNode(_ id: String, failpoints: String? = nil, leaseTTL: Double = 2) async throws {
+    /// `storeURL`: this node's way to the store, when not the cluster's (through a proxy).
+    func startNode(_ id: String, failpoints: String? = nil, leaseTTL: Double = 2, storeURL: String? = nil) async throws {
         let port = ports[id] ?? freeLoopbackPort()
         ports[id] = port
         var environment: [String: String] = [:]
         if let failpoints { environment["DTXD_FAILPOINTS"] = failpoints }
         let child = try ChildProcess("dtxd", [
-            "--store", "postgres", "--store-url", storeURL, "--node-id", id, "--shards", "\(shards)", "--lease-ttl", "\(leaseTTL)",
+            "--store", "postgres", "--store-url", storeURL ?? self.storeURL, "--node-id", id, "--shards", "\(shards)", "--lease-ttl", "\(leaseTTL)",
             "--listen", "127.0.0.1:\(port)", "--data-dir", directory + "/\(id)", "--log-level", "warning",
         ], environment: environment)
         nodes[id] = child
@@ -303,5 +304,106 @@ extension ClusterModeTests {
         })
         let outcomes = try await cluster.outcomes(["p1", "p2"])
         print("zombie: \(outcomes.count) transactions, \(outcomes.values.filter { $0.first == "committed" }.count) committed at both participants")
+    }
+}
+
+/// Tests/Tools/tcp_proxy.py in front of a port: `cut()` cuts the path (nothing crosses,
+/// calls hang), `heal()` heals it.
+final class PartitionableProxy: @unchecked Sendable {
+    let process = Process()
+    let port: Int
+    private let commands = Pipe()
+
+    init(to target: Int) throws {
+        var repository = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { repository.deleteLastPathComponent() }
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", repository.path + "/Tests/Tools/tcp_proxy.py", "\(target)"]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardInput = commands
+        try process.run()
+        var text = ""
+        while !text.contains("\n") {
+            let data = output.fileHandleForReading.availableData
+            if data.isEmpty { break }
+            text += String(decoding: data, as: UTF8.self)
+        }
+        guard let port = Int(text.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") else {
+            process.terminate()
+            throw BankError("the TCP proxy did not start: \(text)")
+        }
+        self.port = port
+    }
+
+    func cut() { commands.fileHandleForWriting.write(Data("cut\n".utf8)) }
+    func heal() { commands.fileHandleForWriting.write(Data("heal\n".utf8)) }
+
+    deinit {
+        if process.isRunning { process.terminate() }
+    }
+}
+
+extension ClusterModeTests {
+    /// A node cut off from PostgreSQL (its connections hang, as in a network partition)
+    /// stops deciding and sending once its lease could have expired; the other node
+    /// takes its shards over and finishes their transactions; when the path heals the
+    /// cut-off node learns it was evicted and joins again. Every outcome agrees.
+    @Test func aNodeCutOffFromTheStoreStopsWhileTheOthersCarryOn() async throws {
+        let cluster = try await NodeCluster.make("cluster-cut")
+        defer { Task { await cluster.shutdown() } }
+        let server = try BankPostgres.server()
+        let proxy = try PartitionableProxy(to: server.port)
+        let viaProxy = cluster.storeURL.replacingOccurrences(of: "port=\(server.port)", with: "port=\(proxy.port)")
+        #expect(viaProxy != cluster.storeURL)
+        try await cluster.startNode("n0", storeURL: viaProxy)
+        try await cluster.startNode("n1")
+        #expect(await eventually { await cluster.balanced(via: "n1") })
+        for name in ["p1", "p2"] { try await cluster.startParticipant(name, coordinator: "n1") }
+        #expect(await eventually { (try? await http("GET", cluster.url("n0") + "/v1/participants/p2"))?.status == 200 })
+
+        let body = #"{"protocol":"2pc","wait":true,"branches":[{"participant":"p1","operation":"debit"},{"participant":"p2","operation":"credit"}]}"#
+        let cutOffURL = cluster.url("n0")
+        let load = (0..<8).map { _ in
+            Task {
+                while !Task.isCancelled { _ = try? await http("POST", cutOffURL + "/v1/transactions", body: body) }
+            }
+        }
+        try await Task.sleep(for: .seconds(1))
+        proxy.cut()
+        let cut = Date()
+        try await Task.sleep(for: .milliseconds(500))
+        load.forEach { $0.cancel() }
+        let takenOver = await eventually(seconds: 20) {
+            guard let status = try? await cluster.status(via: "n1") else { return false }
+            return status.shards.allSatisfy { $0.owner == "n1" }
+        }
+        #expect(takenOver, "n1: \(cluster.nodes["n1"]!.stderr.suffix(3000))\nn0: \(cluster.nodes["n0"]!.stderr.suffix(2000))")
+        #expect(await eventually(seconds: 20) {
+            let health = try? await http("GET", cluster.url("n1") + "/healthz")
+            return (health?.json as? [String: Any])?["unfinishedTransactions"] as? Int == 0
+        })
+        // n0 may act until its lease could have expired: 2 s after its last renewal.
+        let lapsed = cut.addingTimeInterval(2)
+        for name in ["p1", "p2"] {
+            let late = try await cluster.received(name).filter { $0.node == "n0" && $0.at > lapsed }
+            #expect(late.isEmpty, "\(name) received from the cut-off node after its lease lapsed: \(late.map { "\($0.path) \($0.gid ?? "-")" })")
+        }
+
+        proxy.heal()
+        // It learns it was evicted, joins again, and gets its share back.
+        #expect(await eventually(seconds: 30) {
+            guard let status = try? await cluster.status(via: "n1") else { return false }
+            return status.shards.contains { $0.owner == "n0" } && status.shards.allSatisfy { $0.owner != nil }
+        })
+        let metrics = String(decoding: try await http("GET", cluster.url("n0") + "/metrics").body, as: UTF8.self)
+        #expect(metrics.contains("dtx_cluster_lease_losses 1"), "\(metrics.split(separator: "\n").filter { $0.hasPrefix("dtx_cluster") })")
+        #expect(try await eventually(seconds: 20) {
+            try await cluster.outcomes(["p1", "p2"]).values.allSatisfy { states in
+                Set(states).count == 1 && (states.first == "committed" ? states.count == 2 : states.first == "rolled_back")
+            }
+        })
+        let outcomes = try await cluster.outcomes(["p1", "p2"])
+        print("cut off: \(outcomes.count) transactions, \(outcomes.values.filter { $0.first == "committed" }.count) committed at both participants")
     }
 }
