@@ -103,14 +103,14 @@ public final class ClusterNode: CoordinatorNode {
         let incarnation = initial.incarnation
         state = Mutex(initial)
         let lease = lease
-        let fencedOff = Mutex<(@Sendable (Set<RecordWriter.ShardEpoch>) -> Void)?>(nil)
+        let fencedOff = Mutex<StoredFunction<@Sendable (Set<RecordWriter.ShardEpoch>) -> Void>?>(nil)
         writer = RecordWriter(pool: writerPool, node: configuration.nodeID, writer: "\(configuration.nodeID)/\(incarnation)", lease: lease,
-                              lazyDelay: configuration.lazyDelay, onFenced: { refused in fencedOff.withLock { $0 }?(refused) }, logger: logger)
+                              lazyDelay: configuration.lazyDelay, onFenced: { refused in fencedOff.withLock { $0 }?.call(refused) }, logger: logger)
         registry = ParticipantRegistry()
         let control = control
         participants = Participants(registry: registry, persist: { type, payload in try await Self.persistRegistration(control, type: type, payload: payload) },
                                     now: { Date() }, logger: logger)
-        fencedOff.withLock { $0 = { [weak self] refused in self?.fenced(refused) } }
+        fencedOff.withLock { $0 = StoredFunction { [weak self] refused in self?.fenced(refused) } }
         participants.refreshWith { [weak self] in try? await self?.pollRegistry() }
         participants.countUnfinishedElsewhere { [control] name in
             // Unfinished: a begin or an enlistment naming the participant, and no end.

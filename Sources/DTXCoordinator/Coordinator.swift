@@ -111,7 +111,7 @@ public final class Coordinator: Sendable {
     public let participants: Participants
     private let table = Mutex(Table())
     private let fenced = Mutex(false)
-    private let whenFencedOff = Mutex<(@Sendable () -> Void)?>(nil)
+    private let whenFencedOff = Mutex<StoredFunction<@Sendable () -> Void>?>(nil)
     /// Set while the coordinator's shard is being handed to another node.
     private let refusing = Atomic<Bool>(false)
     private let sequences: SequenceCounter
@@ -248,13 +248,13 @@ public final class Coordinator: Sendable {
         guard fenced.withLock({ was in defer { was = true }; return !was }) else { return }
         logger.critical("the store fenced this coordinator off; every transaction stops here")
         liveDrivers().forEach { $0.stop() }
-        whenFencedOff.withLock { $0 }?()
+        whenFencedOff.withLock { $0 }?.call()
     }
 
     /// Called once, after the store fenced this coordinator off and every driver stopped
     /// (at once, if that already happened).
     public func whenFenced(_ body: @escaping @Sendable () -> Void) {
-        whenFencedOff.withLock { $0 = body }
+        whenFencedOff.withLock { $0 = StoredFunction(body) }
         if isFenced { body() }
     }
 

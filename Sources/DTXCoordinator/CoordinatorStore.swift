@@ -73,14 +73,14 @@ public struct CompactionResult: Sendable, Equatable {
 /// How a driver that met `StoreError.fenced` tells the coordinator, which then stops
 /// every driver at once.
 final class FenceSignal: Sendable {
-    private let handler = Mutex<(@Sendable () -> Void)?>(nil)
+    private let handler = Mutex<StoredFunction<@Sendable () -> Void>?>(nil)
 
     func onFenced(_ body: @escaping @Sendable () -> Void) {
-        handler.withLock { $0 = body }
+        handler.withLock { $0 = StoredFunction(body) }
     }
 
     func raise() {
-        handler.withLock { $0 }?()
+        handler.withLock { $0 }?.call()
     }
 }
 
@@ -150,5 +150,18 @@ public final class WALStore: CoordinatorStore {
             StoreMetric(name: "dtx_log_group_commit_average", help: "Forced appends per fdatasync since start",
                         value: stats.fsyncs == 0 ? 0 : Double(stats.forcedAppends) / Double(stats.fsyncs)),
         ]
+    }
+}
+
+/// A function kept in a `Mutex`. Stored there bare, a closure is converted to and from
+/// the lock's generic representation at every `withLock` (its `inout` is written back),
+/// and each conversion wraps it in one more thunk: called once per message, the chain
+/// grew without end and calls through it took most of a node's CPU. Inside a struct it
+/// is stored once, as it is.
+public struct StoredFunction<Function: Sendable>: Sendable {
+    public let call: Function
+
+    public init(_ call: Function) {
+        self.call = call
     }
 }

@@ -13,7 +13,7 @@ public final class Participants: Sendable {
     /// position, which `ParticipantRegistry.Entry.lsn` keeps.
     private let persist: @Sendable (UInt16, [UInt8]) async throws -> UInt64
     /// Unfinished branches on a participant, in the transactions this node drives.
-    private let counter = Mutex<(@Sendable (String) -> Int)?>(nil)
+    private let counter = Mutex<StoredFunction<@Sendable (String) -> Int>?>(nil)
     private let now: @Sendable () -> Date
     private let logger: Logger
 
@@ -28,32 +28,32 @@ public final class Participants: Sendable {
     /// How to count a participant's unfinished branches (deregistration is refused while
     /// there are any; the participants list shows them).
     public func countUnfinishedBranches(with body: @escaping @Sendable (String) -> Int) {
-        counter.withLock { $0 = body }
+        counter.withLock { $0 = StoredFunction(body) }
     }
 
-    private let refresher = Mutex<(@Sendable () async -> Void)?>(nil)
-    private let clusterCount = Mutex<(@Sendable (String) async throws -> Int)?>(nil)
+    private let refresher = Mutex<StoredFunction<@Sendable () async -> Void>?>(nil)
+    private let clusterCount = Mutex<StoredFunction<@Sendable (String) async throws -> Int>?>(nil)
 
     /// How to count, before a deregistration, the unfinished transactions on other nodes
     /// of a cluster that have a branch on the participant.
     public func countUnfinishedElsewhere(with body: @escaping @Sendable (String) async throws -> Int) {
-        clusterCount.withLock { $0 = body }
+        clusterCount.withLock { $0 = StoredFunction(body) }
     }
 
     /// How to read registrations made elsewhere (another node of a cluster) at once,
     /// when a request names a participant this node has not heard of yet.
     public func refreshWith(_ body: @escaping @Sendable () async -> Void) {
-        refresher.withLock { $0 = body }
+        refresher.withLock { $0 = StoredFunction(body) }
     }
 
     /// Reads registrations made elsewhere when any of `names` is unknown here.
     func refresh(ifUnknown names: [String]) async {
-        guard names.contains(where: { registry.entry($0) == nil }), let refresh = refresher.withLock({ $0 }) else { return }
+        guard names.contains(where: { registry.entry($0) == nil }), let refresh = refresher.withLock({ $0 })?.call else { return }
         await refresh()
     }
 
     private func unfinishedBranches(_ name: String) -> Int {
-        counter.withLock { $0 }?(name) ?? 0
+        counter.withLock { $0 }?.call(name) ?? 0
     }
 
     public func register(_ registration: ParticipantRegistration) async throws(CoordinatorError) -> (ParticipantInfo, created: Bool) {
@@ -113,7 +113,7 @@ public final class Participants: Sendable {
         guard unfinished == 0 else {
             throw CoordinatorError(.conflict, "participant_busy", "participant '\(name)' has \(unfinished) unfinished branch(es); deregister it once they finish (see dtx list --participant \(name))")
         }
-        if let count = clusterCount.withLock({ $0 }) {
+        if let count = clusterCount.withLock({ $0 })?.call {
             let elsewhere: Int
             do {
                 elsewhere = try await count(name)

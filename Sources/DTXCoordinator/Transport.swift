@@ -56,7 +56,7 @@ public final class HTTPTransport: Transport {
     private let batchRequestsInFlight: Int
     /// A cluster node's id, sent as `dtx-node` with every message (participants may log it).
     private let sender: String?
-    private let gate = Mutex<(@Sendable () -> Bool)?>(nil)
+    private let gate = Mutex<StoredFunction<@Sendable () -> Bool>?>(nil)
 
     /// - Parameter batchRequestsInFlight: for a participant that takes batches, how many
     ///   requests may be outstanding before further messages wait and go together in
@@ -143,12 +143,12 @@ public final class HTTPTransport: Transport {
     }
 
     public func sendOnlyWhile(_ condition: @escaping @Sendable () -> Bool) {
-        gate.withLock { $0 = condition }
+        gate.withLock { $0 = StoredFunction(condition) }
     }
 
     /// POSTs `body` to `path` under the endpoint's URL; the status and body of the answer.
     private func post(_ path: String, body: [UInt8], to endpoint: ParticipantEndpoint) async throws -> (Int, [UInt8]) {
-        let gate = gate.withLock { $0 }
+        let gate = gate.withLock { $0 }?.call
         if let target = connections.target(endpoint.url) {
             let response = try await connections.post(target, path: path, body: body, token: endpoint.token, sender: sender, gate: gate, timeout: timeout)
             return (response.status, response.body)
