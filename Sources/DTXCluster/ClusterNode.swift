@@ -24,6 +24,9 @@ public struct ClusterConfiguration: Sendable {
     public var shards: Int?
     /// How long a lazy record may wait for a forced write to carry it to the store.
     public var lazyDelay: Duration = .milliseconds(5)
+    /// How long a forced write may wait for others to share its commit, when others are
+    /// committing too (dtxd --group-commit-delay, as for the log).
+    public var groupCommitDelay: Duration = .milliseconds(1)
     /// A shard given up to balance the cluster takes no new transaction, and waits this
     /// long at most for those running to reach their decision.
     public var drainFor: Duration = .seconds(5)
@@ -105,7 +108,7 @@ public final class ClusterNode: CoordinatorNode {
         let lease = lease
         let fencedOff = Mutex<StoredFunction<@Sendable (Set<RecordWriter.ShardEpoch>) -> Void>?>(nil)
         writer = RecordWriter(pool: writerPool, node: configuration.nodeID, writer: "\(configuration.nodeID)/\(incarnation)", lease: lease,
-                              lazyDelay: configuration.lazyDelay, onFenced: { refused in fencedOff.withLock { $0 }?.call(refused) }, logger: logger)
+                              lazyDelay: configuration.lazyDelay, groupDelay: configuration.groupCommitDelay, onFenced: { refused in fencedOff.withLock { $0 }?.call(refused) }, logger: logger)
         registry = ParticipantRegistry()
         let control = control
         participants = Participants(registry: registry, persist: { type, payload in try await Self.persistRegistration(control, type: type, payload: payload) },

@@ -35,6 +35,7 @@ final class RecordWriter: Sendable {
         var closed = false
         /// Lazy records have waited `lazyDelay`: the next batch takes them with no waiter.
         var lazyDue = false
+        var lastBatchWaiters = 0
         /// (shard, epoch) pairs a batch found fenced: a later flush for them fails too.
         var fenced: Set<ShardEpoch> = []
         var statistics = Statistics()
@@ -67,12 +68,14 @@ final class RecordWriter: Sendable {
     private let writer: String
     private let lease: NodeLease
     private let lazyDelay: Duration
+    private let groupDelay: Duration
     private let onFenced: @Sendable (Set<ShardEpoch>) -> Void
     private let logger: Logger
     private let state = Mutex(State())
 
-    init(pool: PostgresPool, node: String, writer: String, lease: NodeLease, lazyDelay: Duration,
+    init(pool: PostgresPool, node: String, writer: String, lease: NodeLease, lazyDelay: Duration, groupDelay: Duration,
          onFenced: @escaping @Sendable (Set<ShardEpoch>) -> Void, logger: Logger) {
+        self.groupDelay = groupDelay
         self.pool = pool
         self.node = node
         self.writer = writer
@@ -130,10 +133,17 @@ final class RecordWriter: Sendable {
     }
 
     private func nextBatch() async -> ([Record], [Waiter])? {
+        // While others are committing too (the last batch carried several forced writes),
+        // a forced write waits `groupDelay` for more to share its commit, as the log's
+        // group commit does.
+        if groupDelay > .zero, state.withLock({ $0.lastBatchWaiters > 1 && !$0.closed }) {
+            try? await Task.sleep(for: groupDelay)
+        }
         while true {
             let taken: ([Record], [Waiter])?? = state.withLock { s in
                 if !s.waiters.isEmpty || ((s.closed || s.lazyDue) && !s.pending.isEmpty) {
                     defer { s.pending = []; s.waiters = []; s.lazyDue = false }
+                    s.lastBatchWaiters = s.waiters.count
                     return (s.pending, s.waiters)
                 }
                 return s.closed ? .some(nil) : nil

@@ -185,6 +185,7 @@ struct Daemon: AsyncParsableCommand {
             var cluster = ClusterConfiguration(storeURL: url, nodeID: id, advertiseURL: advertised ?? "http://\(host.contains(":") ? "[\(host)]" : host):\(port)")
             cluster.leaseTTL = .milliseconds(Int64(ttl * 1000))
             cluster.shards = shardCount
+            cluster.groupCommitDelay = .microseconds(Int64(groupCommitMS * 1000))
             let node: ClusterNode
             do {
                 node = try await ClusterNode(configuration: cluster, transport: transport, engine: engine, logger: logger)

@@ -1,6 +1,6 @@
 @testable import DTXCluster
 import DTXAPI
-import DTXCoordinator
+@testable import DTXCoordinator
 import DTXCore
 import DTXPostgresClient
 import DTXTestSupport
@@ -249,5 +249,39 @@ let twoBranches = [BranchSpec(participant: "p1", operation: "debit"), BranchSpec
         #expect(try await coordinator(a, unknown).outcome(gid: unknown, branch: nil).outcome == "aborted")
         runA.cancel(); runB.cancel()
         await a.shutdown(); await b.shutdown()
+    }
+
+    /// Two processes never run as one node: a second process with the id of a live node
+    /// waits for its lease, then gives up with an error that says what to do; the first
+    /// keeps its shards.
+    @Test func aSecondProcessOfALiveNodeIsRefused() async throws {
+        let cluster = try await Cluster.make()
+        let a = try await cluster.node("a")
+        let runA = Task { await a.run() }
+        #expect(await eventually { a.heldShards.count == 8 })
+        let refused = await #expect(throws: ClusterError.self) { _ = try await cluster.node("a") }
+        #expect(refused?.description.contains("another process runs as node 'a'") == true, "\(String(describing: refused))")
+        #expect(a.heldShards.count == 8)
+        runA.cancel()
+        await a.shutdown()
+    }
+}
+
+@Suite struct RegistryOrderTests {
+    /// A cluster node reads the registry table while it writes it: a change older than
+    /// one already applied to the same name (a read that started before the write) is
+    /// ignored, a deregistration included.
+    @Test func anOlderChangeOfANameChangesNothing() throws {
+        let registry = ParticipantRegistry()
+        func registration(_ url: String) -> [UInt8] {
+            Array(#"{"batch":false,"name":"svc","protocols":["2pc"],"registeredAt":"2026-12-05T08:00:00Z","url":"\#(url)"}"#.utf8)
+        }
+        let registered = ParticipantRegistry.RecordType.registered.rawValue, deregistered = ParticipantRegistry.RecordType.deregistered.rawValue
+        _ = try registry.replay(type: registered, payload: registration("http://new:1"), lsn: 7)
+        _ = try registry.replay(type: registered, payload: registration("http://old:1"), lsn: 5)
+        #expect(registry.entry("svc")?.url == "http://new:1")
+        _ = try registry.replay(type: deregistered, payload: Array(#"{"name":"svc"}"#.utf8), lsn: 9)
+        _ = try registry.replay(type: registered, payload: registration("http://new:1"), lsn: 7)
+        #expect(registry.entry("svc") == nil)
     }
 }
