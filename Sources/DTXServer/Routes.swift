@@ -117,28 +117,8 @@ struct CoordinatorRoutes: Sendable {
                     return jsonResponse(try await coordinator.enlist(gid: gid, enlist), status: 201)
                 }
             },
-            Route(method: .post, path: "/v1/transactions/:gid/commit") { request, context in
-                let gid = try gid(context)
-                var request = request
-                let body = try await request.collectBody(upTo: maxBodySize)
-                switch try await placement(of: gid, request, body: body) {
-                case .forwarded(let answer): return answer
-                case .here(let coordinator):
-                    let resolution = try decodeOptional(ResolveRequest.self, .resolution, from: body) ?? ResolveRequest()
-                    return jsonResponse(try await coordinator.commit(gid: gid, reason: resolution.reason, wait: resolution.wait ?? false))
-                }
-            },
-            Route(method: .post, path: "/v1/transactions/:gid/abort") { request, context in
-                let gid = try gid(context)
-                var request = request
-                let body = try await request.collectBody(upTo: maxBodySize)
-                switch try await placement(of: gid, request, body: body) {
-                case .forwarded(let answer): return answer
-                case .here(let coordinator):
-                    let resolution = try decodeOptional(ResolveRequest.self, .resolution, from: body) ?? ResolveRequest()
-                    return jsonResponse(try await coordinator.abort(gid: gid, reason: resolution.reason, wait: resolution.wait ?? false))
-                }
-            },
+            resolution(.commit),
+            resolution(.abort),
 
             Route(method: .post, path: "/v1/admin/recover") { _, _ in
                 jsonResponse(node.recoverNow())
@@ -147,6 +127,23 @@ struct CoordinatorRoutes: Sendable {
                 jsonResponse(try await node.clusterStatus())
             },
         ]
+    }
+
+    /// `POST /v1/transactions/{gid}/commit` and `/abort`: the application's own
+    /// decision, or (with a reason) an operator's.
+    private func resolution<Context: RequestContext>(_ decision: Decision) -> Route<Context> {
+        Route(method: .post, path: "/v1/transactions/:gid/\(decision == .commit ? "commit" : "abort")") { request, context in
+            let gid = try gid(context)
+            var request = request
+            let body = try await request.collectBody(upTo: maxBodySize)
+            switch try await placement(of: gid, request, body: body) {
+            case .forwarded(let answer): return answer
+            case .here(let coordinator):
+                let resolution = try decodeOptional(ResolveRequest.self, .resolution, from: body) ?? ResolveRequest()
+                return jsonResponse(decision == .commit ? try await coordinator.commit(gid: gid, reason: resolution.reason, wait: resolution.wait ?? false)
+                                                        : try await coordinator.abort(gid: gid, reason: resolution.reason, wait: resolution.wait ?? false))
+            }
+        }
     }
 
     private enum Served {

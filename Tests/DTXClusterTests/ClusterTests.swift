@@ -29,12 +29,24 @@ final class Wire: Sendable {
 }
 
 /// Participants in process: they vote yes and acknowledge everything, except COMMITs
-/// from the nodes in `wire.unanswered`.
-struct WireTransport: Transport {
+/// from the nodes in `wire.unanswered`. As the HTTP transport does, a message goes out
+/// only while the node's `sendOnlyWhile` condition holds, checked as it is sent.
+final class WireTransport: Transport {
     let node: String
     let wire: Wire
+    private let gate = Mutex<StoredFunction<@Sendable () -> Bool>?>(nil)
+
+    init(node: String, wire: Wire) {
+        self.node = node
+        self.wire = wire
+    }
+
+    func sendOnlyWhile(_ condition: @escaping @Sendable () -> Bool) {
+        gate.withLock { $0 = StoredFunction(condition) }
+    }
 
     func send(_ message: ParticipantMessage, protocol: TransactionProtocol, request: ParticipantRequest, to endpoint: ParticipantEndpoint) async -> ParticipantResponse {
+        if let gate = gate.withLock({ $0 })?.call, !gate() { return .failed("this node may no longer send") }
         wire.record(Wire.Message(node: node, message: message, gid: request.gid, branch: request.branch, at: .now))
         switch message {
         case .prepare: return .done(status: "prepared", result: nil)

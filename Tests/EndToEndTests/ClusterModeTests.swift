@@ -157,12 +157,7 @@ extension NodeCluster {
     /// A TCC or saga participant's barrier records for `gid`, as "branch phase".
     func barriers(_ name: String, gid: String) async throws -> [String] {
         guard let base = participantURLs[name] else { return [] }
-        let exchange = try await http("GET", base + "/test/state")
-        let records = ((exchange.json as? [String: Any])?["barriers"] as? [[String: Any]]) ?? []
-        return records.filter { $0["gid"] as? String == gid }.compactMap { record in
-            guard let branch = record["branch"] as? Int, let phase = record["phase"] as? String else { return nil }
-            return "\(branch) \(phase)" + (record["nullCompensation"] as? Bool == true ? " null" : "")
-        }
+        return try await Cluster.barrierRecords(at: base, gid: gid).map(\.description)
     }
 }
 
@@ -250,60 +245,30 @@ extension ClusterModeTests {
     @Test func aZombieIsFencedAndSendsNothingAfterItWakes() async throws {
         let cluster = try await NodeCluster.make("cluster-zombie")
         defer { Task { await cluster.shutdown() } }
-        try await cluster.startNode("n0")
-        try await cluster.startNode("n1")
-        #expect(await eventually { await cluster.balanced(via: "n1") })
-        for name in ["p1", "p2"] { try await cluster.startParticipant(name, coordinator: "n1") }
-        #expect(await eventually { (try? await http("GET", cluster.url("n0") + "/v1/participants/p2"))?.status == 200 })
-
-        // Transactions on n0's shards, without end, from 8 clients.
-        let body = #"{"protocol":"2pc","wait":true,"branches":[{"participant":"p1","operation":"debit"},{"participant":"p2","operation":"credit"}]}"#
-        let zombieURL = cluster.url("n0")
-        let load = (0..<8).map { _ in
-            Task {
-                while !Task.isCancelled { _ = try? await http("POST", zombieURL + "/v1/transactions", body: body) }
-            }
-        }
+        try await cluster.startTwoNodesAndParticipants()
+        let load = cluster.load(on: "n0")
         try await Task.sleep(for: .seconds(1))
         let zombie = cluster.nodes["n0"]!
         zombie.kill(SIGSTOP)
         load.forEach { $0.cancel() }
         // The other node takes every shard over (lease 2 s) and finishes what n0 left.
-        #expect(await eventually(seconds: 20) {
-            guard let status = try? await cluster.status(via: "n1") else { return false }
-            return status.shards.allSatisfy { $0.owner == "n1" }
-        })
-        #expect(await eventually(seconds: 20) {
-            let health = try? await http("GET", cluster.url("n1") + "/healthz")
-            return (health?.json as? [String: Any])?["unfinishedTransactions"] as? Int == 0
-        })
+        #expect(await cluster.n1TookEverythingOver())
         let woke = Date()
         zombie.kill(SIGCONT)
         try await Task.sleep(for: .seconds(3))
 
-        let metrics = String(decoding: try await http("GET", zombieURL + "/metrics").body, as: UTF8.self)
-        func value(_ name: String) -> Double {
-            metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ")[1]) } ?? -1
-        }
-        print("zombie: fenced batches \(value("dtx_store_fenced_batches")), lease losses \(value("dtx_cluster_lease_losses")), shards dropped \(value("dtx_cluster_fenced_shards"))")
+        let (fenced, dropped, losses) = (try await cluster.gauge("dtx_store_fenced_batches", on: "n0"), try await cluster.gauge("dtx_cluster_fenced_shards", on: "n0"),
+                                         try await cluster.gauge("dtx_cluster_lease_losses", on: "n0"))
+        print("zombie: fenced batches \(fenced), lease losses \(losses), shards dropped \(dropped)")
         // Its pending writes were refused: by the store's epoch check when a batch was
         // queued, else by its own lapsed lease before they reached the store.
-        #expect(value("dtx_store_fenced_batches") + value("dtx_cluster_fenced_shards") >= 1, "the zombie's pending writes were fenced")
-        #expect(value("dtx_cluster_lease_losses") >= 1, "the zombie learnt it lost its lease")
-        for name in ["p1", "p2"] {
-            let late = try await cluster.received(name).filter { $0.node == "n0" && $0.at > woke }
-            #expect(late.isEmpty, "\(name) received from the zombie after it woke: \(late.map { "\($0.path) \($0.gid ?? "-")" })")
-            let fromN0 = try await cluster.received(name).filter { $0.node == "n0" }.count
-            print("zombie: \(name) received \(fromN0) messages from n0 before its pause, none after")
-        }
-        // Atomicity: every transaction ended the same way at both participants.
-        #expect(try await eventually(seconds: 20) {
-            try await cluster.outcomes(["p1", "p2"]).values.allSatisfy { states in
-                Set(states).count == 1 && (states.first == "committed" ? states.count == 2 : states.first == "rolled_back")
-            }
-        })
-        let outcomes = try await cluster.outcomes(["p1", "p2"])
-        print("zombie: \(outcomes.count) transactions, \(outcomes.values.filter { $0.first == "committed" }.count) committed at both participants")
+        #expect(fenced + dropped >= 1, "the zombie's pending writes were fenced")
+        #expect(losses >= 1, "the zombie learnt it lost its lease")
+        let late = try await cluster.fromN0(after: woke)
+        #expect(late.isEmpty, "the participants received from the zombie after it woke: \(late)")
+        let agreed = try await cluster.participantsAgree()
+        #expect(agreed != nil, "every transaction ends the same at both participants")
+        print("zombie: \(agreed?.transactions ?? 0) transactions, \(agreed?.committed ?? 0) committed at both participants, none received from n0 after it woke")
     }
 }
 
@@ -356,39 +321,17 @@ extension ClusterModeTests {
         let proxy = try PartitionableProxy(to: server.port)
         let viaProxy = cluster.storeURL.replacingOccurrences(of: "port=\(server.port)", with: "port=\(proxy.port)")
         #expect(viaProxy != cluster.storeURL)
-        try await cluster.startNode("n0", storeURL: viaProxy)
-        try await cluster.startNode("n1")
-        #expect(await eventually { await cluster.balanced(via: "n1") })
-        for name in ["p1", "p2"] { try await cluster.startParticipant(name, coordinator: "n1") }
-        #expect(await eventually { (try? await http("GET", cluster.url("n0") + "/v1/participants/p2"))?.status == 200 })
-
-        let body = #"{"protocol":"2pc","wait":true,"branches":[{"participant":"p1","operation":"debit"},{"participant":"p2","operation":"credit"}]}"#
-        let cutOffURL = cluster.url("n0")
-        let load = (0..<8).map { _ in
-            Task {
-                while !Task.isCancelled { _ = try? await http("POST", cutOffURL + "/v1/transactions", body: body) }
-            }
-        }
+        try await cluster.startTwoNodesAndParticipants(n0Store: viaProxy)
+        let load = cluster.load(on: "n0")
         try await Task.sleep(for: .seconds(1))
         proxy.cut()
         let cut = Date()
         try await Task.sleep(for: .milliseconds(500))
         load.forEach { $0.cancel() }
-        let takenOver = await eventually(seconds: 20) {
-            guard let status = try? await cluster.status(via: "n1") else { return false }
-            return status.shards.allSatisfy { $0.owner == "n1" }
-        }
-        #expect(takenOver, "n1: \(cluster.nodes["n1"]!.stderr.suffix(3000))\nn0: \(cluster.nodes["n0"]!.stderr.suffix(2000))")
-        #expect(await eventually(seconds: 20) {
-            let health = try? await http("GET", cluster.url("n1") + "/healthz")
-            return (health?.json as? [String: Any])?["unfinishedTransactions"] as? Int == 0
-        })
+        #expect(await cluster.n1TookEverythingOver())
         // n0 may act until its lease could have expired: 2 s after its last renewal.
-        let lapsed = cut.addingTimeInterval(2)
-        for name in ["p1", "p2"] {
-            let late = try await cluster.received(name).filter { $0.node == "n0" && $0.at > lapsed }
-            #expect(late.isEmpty, "\(name) received from the cut-off node after its lease lapsed: \(late.map { "\($0.path) \($0.gid ?? "-")" })")
-        }
+        let late = try await cluster.fromN0(after: cut.addingTimeInterval(2))
+        #expect(late.isEmpty, "the participants received from the cut-off node after its lease lapsed: \(late)")
 
         proxy.heal()
         // It learns it was evicted, joins again, and gets its share back.
@@ -396,14 +339,73 @@ extension ClusterModeTests {
             guard let status = try? await cluster.status(via: "n1") else { return false }
             return status.shards.contains { $0.owner == "n0" } && status.shards.allSatisfy { $0.owner != nil }
         })
-        let metrics = String(decoding: try await http("GET", cluster.url("n0") + "/metrics").body, as: UTF8.self)
-        #expect(metrics.contains("dtx_cluster_lease_losses 1"), "\(metrics.split(separator: "\n").filter { $0.hasPrefix("dtx_cluster") })")
-        #expect(try await eventually(seconds: 20) {
-            try await cluster.outcomes(["p1", "p2"]).values.allSatisfy { states in
+        #expect(try await cluster.gauge("dtx_cluster_lease_losses", on: "n0") == 1)
+        let agreed = try await cluster.participantsAgree()
+        #expect(agreed != nil, "every transaction ends the same at both participants")
+        print("cut off: \(agreed?.transactions ?? 0) transactions, \(agreed?.committed ?? 0) committed at both participants")
+    }
+}
+
+extension NodeCluster {
+    /// Two nodes, n0 (its store URL `n0Store`, when given) and n1, and participants p1
+    /// and p2 registered with n1 and known to n0.
+    func startTwoNodesAndParticipants(n0Store: String? = nil) async throws {
+        try await startNode("n0", storeURL: n0Store)
+        try await startNode("n1")
+        #expect(await eventually { await self.balanced(via: "n1") })
+        for name in ["p1", "p2"] { try await startParticipant(name, coordinator: "n1") }
+        #expect(await eventually { (try? await http("GET", self.url("n0") + "/v1/participants/p2"))?.status == 200 })
+    }
+
+    /// 2PC transactions without end, submitted to `node` by 8 clients until cancelled.
+    func load(on node: String) -> [Task<Void, Never>] {
+        let body = #"{"protocol":"2pc","wait":true,"branches":[{"participant":"p1","operation":"debit"},{"participant":"p2","operation":"credit"}]}"#
+        let target = url(node)
+        return (0..<8).map { _ in
+            Task {
+                while !Task.isCancelled { _ = try? await http("POST", target + "/v1/transactions", body: body) }
+            }
+        }
+    }
+
+    /// n1 owns every shard and has finished every transaction it took over.
+    func n1TookEverythingOver() async -> Bool {
+        let owns = await eventually(seconds: 20) {
+            guard let status = try? await self.status(via: "n1") else { return false }
+            return status.shards.allSatisfy { $0.owner == "n1" }
+        }
+        let finished = await eventually(seconds: 20) {
+            let health = try? await http("GET", self.url("n1") + "/healthz")
+            return (health?.json as? [String: Any])?["unfinishedTransactions"] as? Int == 0
+        }
+        return owns && finished
+    }
+
+    /// Messages p1 and p2 received from n0 after `instant`.
+    func fromN0(after instant: Date) async throws -> [String] {
+        var late: [String] = []
+        for name in ["p1", "p2"] {
+            late += try await received(name).filter { $0.node == "n0" && $0.at > instant }.map { "\(name): \($0.path) \($0.gid ?? "-")" }
+        }
+        return late
+    }
+
+    /// Every transaction ended the same way at p1 and p2 (committed at both, or rolled
+    /// back where it got); returns how many, and how many committed.
+    func participantsAgree() async throws -> (transactions: Int, committed: Int)? {
+        let agreed = try await eventually(seconds: 20) {
+            try await self.outcomes(["p1", "p2"]).values.allSatisfy { states in
                 Set(states).count == 1 && (states.first == "committed" ? states.count == 2 : states.first == "rolled_back")
             }
-        })
-        let outcomes = try await cluster.outcomes(["p1", "p2"])
-        print("cut off: \(outcomes.count) transactions, \(outcomes.values.filter { $0.first == "committed" }.count) committed at both participants")
+        }
+        guard agreed else { return nil }
+        let outcomes = try await outcomes(["p1", "p2"])
+        return (outcomes.count, outcomes.values.filter { $0.first == "committed" }.count)
+    }
+
+    /// A gauge of a node's /metrics (-1 when absent).
+    func gauge(_ name: String, on node: String) async throws -> Double {
+        let metrics = String(decoding: try await http("GET", url(node) + "/metrics").body, as: UTF8.self)
+        return metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ")[1]) } ?? -1
     }
 }

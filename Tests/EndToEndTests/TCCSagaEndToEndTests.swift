@@ -880,6 +880,11 @@ extension Cluster {
     /// confirm, cancel, action, compensate).
     func barrierRecords(_ name: String, gid: String) async throws -> [Barrier] {
         guard let base = participantURLs[name] else { return [] }
+        return try await Self.barrierRecords(at: base, gid: gid)
+    }
+
+    /// The barrier records of the memory participant at `base` for `gid`.
+    static func barrierRecords(at base: String, gid: String) async throws -> [Barrier] {
         let exchange = try await http("GET", base + "/test/state")
         let records = ((exchange.json as? [String: Any])?["barriers"] as? [[String: Any]]) ?? []
         return records.filter { $0["gid"] as? String == gid }.compactMap { record in
