@@ -110,13 +110,7 @@ final class NodeCluster: @unchecked Sendable {
     func aKilledOwnersTransactionFinishesOnAnotherNode(point: String, outcome: String) async throws {
         let cluster = try await NodeCluster.make("cluster-kill")
         defer { Task { await cluster.shutdown() } }
-        // n0 and n1 die at the point; participants talk to n2.
-        try await cluster.startNode("n0", failpoints: point)
-        try await cluster.startNode("n1", failpoints: point)
-        try await cluster.startNode("n2")
-        #expect(await eventually { await cluster.balanced(via: "n2") })
-        for name in ["p1", "p2"] { try await cluster.startParticipant(name, coordinator: "n2") }
-        #expect(await eventually { (try? await http("GET", cluster.url("n0") + "/v1/participants/p2"))?.status == 200 })
+        try await cluster.startThreeNodes(dyingAt: point)
 
         let gid = try await cluster.gid(ownedBy: "n0", via: "n2", prefix: point)
         let body = #"{"gid":"\#(gid)","protocol":"2pc","wait":true,"branches":[{"participant":"p1","operation":"debit"},{"participant":"p2","operation":"credit"}]}"#
@@ -169,12 +163,7 @@ extension ClusterModeTests {
     func aKilledOwnersDecisionIsCarriedOutByAnotherNode(proto: String, point: String) async throws {
         let cluster = try await NodeCluster.make("cluster-\(proto)")
         defer { Task { await cluster.shutdown() } }
-        try await cluster.startNode("n0", failpoints: point)
-        try await cluster.startNode("n1", failpoints: point)
-        try await cluster.startNode("n2")
-        #expect(await eventually { await cluster.balanced(via: "n2") })
-        for name in ["p1", "p2"] { try await cluster.startParticipant(name, coordinator: "n2") }
-        #expect(await eventually { (try? await http("GET", cluster.url("n1") + "/v1/participants/p2"))?.status == 200 })
+        try await cluster.startThreeNodes(dyingAt: point)
 
         let gid = try await cluster.gid(ownedBy: "n0", via: "n2", prefix: proto)
         // The saga's second step is refused, so its first is compensated.
@@ -347,6 +336,19 @@ extension ClusterModeTests {
 }
 
 extension NodeCluster {
+    /// Three nodes, n0 and n1 dying at the failpoint `point`, and participants p1 and p2
+    /// registered with n2, which never dies, and known to n0 and n1.
+    func startThreeNodes(dyingAt point: String) async throws {
+        try await startNode("n0", failpoints: point)
+        try await startNode("n1", failpoints: point)
+        try await startNode("n2")
+        #expect(await eventually { await self.balanced(via: "n2") })
+        for name in ["p1", "p2"] { try await startParticipant(name, coordinator: "n2") }
+        for node in ["n0", "n1"] {
+            #expect(await eventually { (try? await http("GET", self.url(node) + "/v1/participants/p2"))?.status == 200 })
+        }
+    }
+
     /// Two nodes, n0 (its store URL `n0Store`, when given) and n1, and participants p1
     /// and p2 registered with n1 and known to n0.
     func startTwoNodesAndParticipants(n0Store: String? = nil) async throws {
