@@ -109,6 +109,53 @@ public final class PostgresServer: Sendable {
         try await createDatabase(defaultDatabase)
     }
 
+    /// A streaming standby of this (started) server in a new directory, started: a base
+    /// backup taken with `pg_basebackup -R`, connecting back as `name` (its
+    /// `application_name`, which `synchronous_standby_names` on the primary can list).
+    public func startStandby(name: String) async throws -> PostgresServer {
+        let standby = try PostgresServer(options: options)
+        if standby.runsAsRoot { try standby.chownToPostgres(standby.directory) }
+        var environment = ProcessInfo.processInfo.environment
+        if let password = options.password { environment["PGPASSWORD"] = password }
+        let (status, output) = try await standby.run(binDirectory + "/pg_basebackup", [
+            "-D", standby.dataDirectory, "-R", "-X", "stream", "--no-sync", "-c", "fast",
+            "-d", "host=127.0.0.1 port=\(port) user=\(user) application_name=\(name)",
+        ], asPostgres: standby.runsAsRoot, environment: environment)
+        guard status == 0 else { throw Failure(description: "pg_basebackup failed (status \(status)): \(output)") }
+        var lastError: (any Error)?
+        for _ in 0..<3 {
+            standby.state.withLock { $0.port = freeLoopbackPort() }
+            do {
+                try await standby.launch()
+                lastError = nil
+                break
+            } catch {
+                lastError = error
+            }
+        }
+        if let lastError { throw lastError }
+        standby.state.withLock { $0.started = true }
+        return standby
+    }
+
+    /// Makes every commit wait until the standby `name` has it (synchronous replication),
+    /// once that standby streams synchronously.
+    public func requireSynchronousStandby(_ name: String) async throws {
+        _ = try await psql("ALTER SYSTEM SET synchronous_standby_names = '\(name)'", database: "postgres")
+        _ = try await psql("SELECT pg_reload_conf()", database: "postgres")
+        for _ in 0..<300 {
+            if try await psql("SELECT count(*) FROM pg_stat_replication WHERE application_name = '\(name)' AND sync_state = 'sync'", database: "postgres") == "1" { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw Failure(description: "standby \(name) did not become synchronous. Server log:\n\(logTail())")
+    }
+
+    /// Promotes a standby to primary and waits until it accepts writes.
+    public func promote() async throws {
+        let (status, output) = try await run(binDirectory + "/pg_ctl", ["promote", "-w", "-D", dataDirectory], asPostgres: runsAsRoot)
+        guard status == 0 else { throw Failure(description: "pg_ctl promote failed (status \(status)): \(output)") }
+    }
+
     /// Fast shutdown (disconnects clients, no crash recovery needed), then deletes the
     /// directory.
     public func stop() async throws {
@@ -171,7 +218,7 @@ public final class PostgresServer: Sendable {
         let postgres = [binDirectory + "/postgres", "-D", dataDirectory, "-p", String(port), "-k", directory,
                         "-c", "listen_addresses=127.0.0.1",
                         "-c", "max_prepared_transactions=\(options.maxPreparedTransactions)",
-                        "-c", "fsync=on"]
+                        "-c", "fsync=on", "-c", "wal_level=replica", "-c", "max_wal_senders=4"]
         if runsAsRoot {
             process.executableURL = URL(fileURLWithPath: try Self.runuserPath())
             process.arguments = ["-u", "postgres", "--"] + postgres

@@ -411,3 +411,87 @@ extension NodeCluster {
         return metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ")[1]) } ?? -1
     }
 }
+
+/// Outcomes callers were told, by gid.
+final class ToldOutcomes: @unchecked Sendable {
+    private let lock = NSLock()
+    private var outcomes: [String: String] = [:]
+
+    func record(_ gid: String, _ status: String) { lock.withLock { outcomes[gid] = status } }
+    var all: [String: String] { lock.withLock { outcomes } }
+}
+
+@Suite(.serialized) struct ClusterFailoverTests {
+    /// The store is a PostgreSQL primary with a synchronous streaming standby; the nodes
+    /// reach it through a multi-host connection string. Under load the primary is
+    /// SIGKILLed and the standby promoted: the nodes carry on through it, and no outcome a
+    /// caller was told is lost or changes; every transaction ends the same at both
+    /// participants.
+    @Test func thePrimaryFailsOverToItsSynchronousStandby() async throws {
+        let began = Date()
+        func stage(_ what: String) { print("failover: \(what) at \(String(format: "%.1f", Date().timeIntervalSince(began))) s") }
+        let primary = try PostgresServer()
+        try await primary.start()
+        let standby = try await primary.startStandby(name: "standby1")
+        defer {
+            Task {
+                try? await standby.stop()
+                try? await primary.stop()
+            }
+        }
+        try await primary.requireSynchronousStandby("standby1")
+        stage("synchronous standby streaming")
+        let storeURL = "host=127.0.0.1,127.0.0.1 port=\(primary.port),\(standby.port) user=dtx dbname=dtx target_session_attrs=read-write connect_timeout=2"
+        let cluster = NodeCluster("cluster-failover", storeURL: storeURL)
+        defer { Task { await cluster.shutdown() } }
+        try await cluster.startNode("n0", leaseTTL: 5)
+        try await cluster.startNode("n1", leaseTTL: 5)
+        #expect(await eventually { await cluster.balanced(via: "n1") })
+        for name in ["p1", "p2"] { try await cluster.startParticipant(name, coordinator: "n1") }
+        #expect(await eventually { (try? await http("GET", cluster.url("n0") + "/v1/participants/p2"))?.status == 200 })
+
+        let told = ToldOutcomes()
+        let urls = [cluster.url("n0"), cluster.url("n1")]
+        let load = (0..<8).map { worker in
+            Task {
+                var n = 0
+                while !Task.isCancelled {
+                    n += 1
+                    let gid = "fo-\(worker)-\(n)"
+                    let body = #"{"gid":"\#(gid)","protocol":"2pc","wait":true,"branches":[{"participant":"p1","operation":"debit"},{"participant":"p2","operation":"credit"}]}"#
+                    guard let answer = try? await http("POST", urls[worker % 2] + "/v1/transactions", body: body),
+                          answer.status == 200 || answer.status == 201,
+                          let status = (answer.json as? [String: Any])?["status"] as? String,
+                          status == "committed" || status == "aborted" else { continue }
+                    told.record(gid, status)
+                }
+            }
+        }
+        try await Task.sleep(for: .seconds(2))
+        let before = told.all.count
+        stage("killing the primary")
+        try await primary.kill()
+        try await standby.promote()
+        stage("standby promoted")
+        try await Task.sleep(for: .seconds(4))
+        load.forEach { $0.cancel() }
+        let after = told.all.count
+        print("failover: \(before) outcomes told before the primary died, \(after - before) after")
+        #expect(after > before, "transactions go on through the promoted standby")
+
+        stage("load stopped")
+        // Every outcome told is the transaction's outcome now.
+        var changed: [String] = []
+        for (gid, status) in told.all {
+            let view = try await http("GET", cluster.url("n0") + "/v1/transactions/\(gid)")
+            let now = (view.json as? [String: Any])?["status"] as? String
+            if now != status { changed.append("\(gid): told \(status), now \(now ?? "HTTP \(view.status)")") }
+        }
+        #expect(changed.isEmpty, "\(changed.prefix(10))")
+        stage("outcomes compared")
+        let agreed = try await cluster.participantsAgree()
+        stage("participants compared")
+        #expect(agreed != nil, "every transaction ends the same at both participants")
+        print("failover: \(told.all.count) outcomes told, none lost or changed; \(agreed?.transactions ?? 0) transactions at the participants, \(agreed?.committed ?? 0) committed at both")
+    }
+}
