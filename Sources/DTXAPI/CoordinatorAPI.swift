@@ -313,8 +313,10 @@ public struct TransactionSummary: Codable, Sendable, Equatable {
     public var heuristic: Bool
     public var createdAt: Date
     public var participants: [String]
+    /// This transaction's place in the list: as `cursor`, lists the ones after it.
+    public var cursor: String
 
-    public init(gid: String, protocol: TransactionProtocol, status: String, stuck: Bool, heuristic: Bool, createdAt: Date, participants: [String]) {
+    public init(gid: String, protocol: TransactionProtocol, status: String, stuck: Bool, heuristic: Bool, createdAt: Date, participants: [String], cursor: String) {
         self.gid = gid
         self.protocol = `protocol`
         self.status = status
@@ -322,6 +324,7 @@ public struct TransactionSummary: Codable, Sendable, Equatable {
         self.heuristic = heuristic
         self.createdAt = createdAt
         self.participants = participants
+        self.cursor = cursor
     }
 }
 
@@ -334,6 +337,26 @@ public struct TransactionList: Codable, Sendable, Equatable {
         self.transactions = transactions
         self.nextCursor = nextCursor
     }
+
+    /// The pages of the same query from several cluster nodes as one page of at most
+    /// `limit`: newest (highest cursor) first, a gid listed twice (on its old and new
+    /// owner during a takeover) once, at its newer place; more follow if any node had
+    /// more or not every entry fitted.
+    public static func merging(_ lists: [TransactionList], limit: Int) -> TransactionList {
+        var newest: [String: TransactionSummary] = [:]
+        for summary in lists.flatMap(\.transactions) {
+            if let seen = newest[summary.gid], seen.position >= summary.position { continue }
+            newest[summary.gid] = summary
+        }
+        let ordered = newest.values.sorted { $0.position > $1.position }
+        let page = Array(ordered.prefix(limit))
+        let more = ordered.count > limit || lists.contains { $0.nextCursor != nil }
+        return TransactionList(transactions: page, nextCursor: more ? page.last?.cursor : nil)
+    }
+}
+
+extension TransactionSummary {
+    fileprivate var position: UInt64 { UInt64(cursor) ?? 0 }
 }
 
 /// `GET /v1/transactions/{gid}/outcome`: `committed`, `aborted` (also for an unknown

@@ -80,7 +80,8 @@ public final class ClusterNode: CoordinatorNode {
     private let writerTask = Mutex<Task<Void, Never>?>(nil)
     let writer: RecordWriter
     private let lease = NodeLease()
-    private let sequences = SequenceCounter()
+    /// Time-ordered, so that every node's list merges into one.
+    private let sequences: SequenceCounter
     private let registry: ParticipantRegistry
     private let state: Mutex<State>
     private let logger: Logger
@@ -92,6 +93,7 @@ public final class ClusterNode: CoordinatorNode {
         self.configuration = configuration
         self.transport = transport
         self.logger = logger
+        sequences = SequenceCounter(clusterNode: configuration.nodeID)
         control = try await PostgresPool(configuration.storeURL, size: 3, logger: logger)
         leasePool = try await PostgresPool(configuration.storeURL, size: 1, logger: logger)
         renewalPool = try await PostgresPool(configuration.storeURL, size: 1, logger: logger)

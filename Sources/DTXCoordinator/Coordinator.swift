@@ -66,15 +66,36 @@ public struct CoordinatorConfiguration: Sendable {
     public init() {}
 }
 
-/// Numbers transactions in the order they were made here (the list's order and cursor);
-/// the coordinators of one node's shards share one.
+/// Numbers transactions for the list's order and cursor, newest highest; the
+/// coordinators of one node's shards share one.
+///
+/// A dtxd on its own log counts 1, 2, 3… in the order transactions are made or replayed.
+/// Cluster nodes number them so that the lists of all nodes merge into one order: by
+/// creation time in microseconds since 2020, times 1000, plus three digits of the node
+/// (the node id's FNV-1a hash mod 1000), so two nodes do not give the same number (18
+/// digits until 2051). A new transaction gets at least 1000 more than the one before it
+/// on this node; a replayed one (a shard taken over) keeps its creation time's place.
 public final class SequenceCounter: Sendable {
-    private let value = Atomic<UInt64>(1)
+    private let node: UInt64?
+    private let last = Mutex<UInt64>(0)
 
-    public init() {}
+    /// 1, 2, 3…
+    public init() { node = nil }
 
-    func next() -> UInt64 {
-        value.add(1, ordering: .relaxed).oldValue
+    /// Time-ordered numbers that merge with other nodes'.
+    public init(clusterNode id: String) {
+        node = ShardMap.hash(id) % 1000
+    }
+
+    func next(createdAt: Date, replayed: Bool) -> UInt64 {
+        guard let node else { return last.withLock { $0 += 1; return $0 } }
+        let micros = UInt64(max(0, (createdAt.timeIntervalSince1970 - 1_577_836_800) * 1_000_000))
+        let byTime = micros * 1000 + node
+        if replayed { return byTime }
+        return last.withLock { last in
+            last = max(last + 1000, byTime)
+            return last
+        }
     }
 }
 
@@ -172,23 +193,21 @@ public final class Coordinator: Sendable {
         if replayed.ended {
             let driver = TransactionDriver(ended: Machine.ended(replayed), decision: replayed.endedDecision, error: replayed.reason,
                                              history: replayed.history, proto: replayed.protocol,
-                                             sequence: nextSequence(), createdAt: createdAt, spec: spec, timeout: timeout, context: context)
+                                             sequence: sequences.next(createdAt: createdAt, replayed: true), createdAt: createdAt, spec: spec, timeout: timeout, context: context)
             table.withLock { Self.remember(driver, in: &$0, limit: configuration.historyLimit) }
             return
         }
         let (machine, event) = Machine.recovering(replayed)
-        let driver = makeDriver(machine, proto: replayed.protocol, createdAt: createdAt, timeout: timeout, spec: spec)
+        let driver = makeDriver(machine, proto: replayed.protocol, createdAt: createdAt, timeout: timeout, spec: spec, replayed: true)
         table.withLock { $0.live[replayed.gid] = driver }
         if replayed.decision != nil, configuration.simulatedBugs.contains(.noPhaseTwoAfterRestart) { return }
         driver.resume(with: event, outcomeDurable: replayed.decision != nil || replayed.lastAgent != nil, history: replayed.history)
     }
 
-    private func nextSequence() -> UInt64 {
-        sequences.next()
-    }
-
-    private func makeDriver<M: TransactionStateMachine>(_ machine: M, proto: TransactionProtocol, createdAt: Date, timeout: Duration, spec: SubmittedSpec) -> TransactionDriver<M> {
-        TransactionDriver(machine: machine, proto: proto, sequence: nextSequence(), createdAt: createdAt, spec: spec, timeout: timeout, context: context) { [weak self] gid in
+    private func makeDriver<M: TransactionStateMachine>(_ machine: M, proto: TransactionProtocol, createdAt: Date, timeout: Duration, spec: SubmittedSpec,
+                                                        replayed: Bool = false) -> TransactionDriver<M> {
+        let sequence = sequences.next(createdAt: createdAt, replayed: replayed)
+        return TransactionDriver(machine: machine, proto: proto, sequence: sequence, createdAt: createdAt, spec: spec, timeout: timeout, context: context) { [weak self] gid in
             self?.moveToHistory(gid)
         }
     }

@@ -458,7 +458,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             var seen = Set<String>()
             let participants = s.machine.branches.map(\.spec.participant).filter { seen.insert($0).inserted }
             return TransactionSummary(gid: gid.rawValue, protocol: proto, status: s.machine.displayStatus.rawValue, stuck: isStuck(s),
-                                      heuristic: s.machine.heuristic, createdAt: createdAt, participants: participants)
+                                      heuristic: s.machine.heuristic, createdAt: createdAt, participants: participants, cursor: String(sequence))
         }
     }
 

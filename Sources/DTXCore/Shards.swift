@@ -15,11 +15,16 @@ public struct ShardMap: Sendable, Equatable {
     }
 
     public func shard(of gid: GlobalTransactionID) -> Int {
+        Int(Self.hash(gid.rawValue) % UInt64(count))
+    }
+
+    /// FNV-1a, 64 bit, of the text's UTF-8 bytes.
+    public static func hash(_ text: String) -> UInt64 {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in gid.rawValue.utf8 {
+        for byte in text.utf8 {
             hash ^= UInt64(byte)
             hash &*= 0x0000_0100_0000_01b3
         }
-        return Int(hash % UInt64(count))
+        return hash
     }
 }

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import DTXAPI
 import DTXCoordinator
 import Foundation
 import Hummingbird
@@ -35,15 +36,10 @@ struct Forwarder: Sendable {
     /// (its lease expired and the shard was taken over), stops waiting.
     func forward(_ request: Request, body: ByteBuffer, to url: String, owner: String,
                  stillOwner: @escaping @Sendable () async -> Bool) async throws -> Outcome {
-        if let from = request.headers.first(where: { $0.name.canonicalName == Self.header })?.value {
+        if let from = Self.forwarder(of: request) {
             throw CoordinatorError(.unavailable, "not_owner", "node \(node) received from \(from) a request for a shard that node \(owner) owns now; the cluster is moving shards: retry")
         }
-        var outgoing = HTTPClientRequest(url: url + request.uri.description)
-        outgoing.method = HTTPMethod(rawValue: request.method.rawValue)
-        for field in request.headers where !["host", "content-length", "connection"].contains(field.name.canonicalName) {
-            outgoing.headers.add(name: field.name.rawName, value: field.value)
-        }
-        outgoing.headers.add(name: Self.header, value: node)
+        var outgoing = relayed(request, to: url)
         if body.readableBytes > 0 { outgoing.body = .bytes(body) }
         let (client, timeout, sent) = (client, timeout, outgoing)
         return await withTaskGroup(of: Outcome?.self) { group in
@@ -71,6 +67,49 @@ struct Forwarder: Sendable {
             group.cancelAll()
             return first ?? .noAnswer("cancelled")
         }
+    }
+
+    /// The same page of the transaction list from each of `nodes` (id, URL), asked
+    /// at once; a node that does not answer with one fails the whole list.
+    func gatherLists(_ request: Request, from nodes: [(id: String, url: String)]) async throws -> [TransactionList] {
+        let client = client
+        return try await withThrowingTaskGroup(of: TransactionList.self) { group in
+            for (id, url) in nodes {
+                let outgoing = relayed(request, to: url)
+                group.addTask {
+                    do {
+                        let answer = try await client.execute(outgoing, timeout: .seconds(10))
+                        let bytes = try await answer.body.collect(upTo: 64 << 20)
+                        guard answer.status == .ok else {
+                            throw CoordinatorError(.unavailable, "owner_unreachable", "node \(id) answered HTTP \(answer.status.code) when asked for its transactions: \(String(buffer: bytes).prefix(300)); retry")
+                        }
+                        return try JSONDecoder.dtx().decode(TransactionList.self, from: bytes)
+                    } catch let error as CoordinatorError {
+                        throw error
+                    } catch {
+                        throw CoordinatorError(.unavailable, "owner_unreachable", "node \(id) at \(url) did not list its transactions (\(error)); retry: a node that is gone leaves the cluster once its lease expires")
+                    }
+                }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+    }
+
+    /// The node that forwarded `request`, if another node did.
+    static func forwarder(of request: Request) -> String? {
+        request.headers.first(where: { $0.name.canonicalName == header })?.value
+    }
+
+    /// `request` (its method, path, query and headers) addressed to the node at `url`,
+    /// marked as forwarded by this node.
+    private func relayed(_ request: Request, to url: String) -> HTTPClientRequest {
+        var outgoing = HTTPClientRequest(url: url + request.uri.description)
+        outgoing.method = HTTPMethod(rawValue: request.method.rawValue)
+        for field in request.headers where !["host", "content-length", "connection"].contains(field.name.canonicalName) {
+            outgoing.headers.add(name: field.name.rawName, value: field.value)
+        }
+        outgoing.headers.add(name: Self.header, value: node)
+        return outgoing
     }
 
     /// Errors that mean no connection was made, so the request was never sent.

@@ -80,7 +80,20 @@ struct CoordinatorRoutes: Sendable {
                 return jsonResponse(view, status: created ? 201 : 200)
             },
             Route(method: .get, path: "/v1/transactions") { request, _ in
-                jsonResponse(node.list(try listQuery(request.uri.queryParameters)))
+                let query = try listQuery(request.uri.queryParameters)
+                let here = node.list(query)
+                // A cluster node lists the cluster: every other live node's same page,
+                // merged with its own (a forwarded request gets this node's alone).
+                guard let forwarder, Forwarder.forwarder(of: request) == nil else { return jsonResponse(here) }
+                let cluster: ClusterStatus
+                do {
+                    cluster = try await node.clusterStatus()
+                } catch let error as CoordinatorError where error.code == "not_a_cluster" {
+                    return jsonResponse(here)
+                }
+                let others = cluster.nodes.filter { $0.live && $0.id != cluster.node }.map { (id: $0.id, url: $0.url) }
+                let lists = try await forwarder.gatherLists(request, from: others)
+                return jsonResponse(TransactionList.merging([here] + lists, limit: query.limit))
             },
             // (Each route switches on the placement itself: the Swift 6.3 optimiser crashed
             // on routes handing async closures to a helper.)

@@ -539,3 +539,42 @@ final class ToldOutcomes: @unchecked Sendable {
         print("failover: \(told.all.count) outcomes told, none lost or changed; \(agreed?.transactions ?? 0) transactions at the participants, \(agreed?.committed ?? 0) committed at both")
     }
 }
+
+extension ClusterModeTests {
+    /// Any node lists the whole cluster: each node's transactions, once each, newest first,
+    /// page after page; a request another node forwarded gets the node's own alone.
+    @Test func everyNodeListsTheWholeCluster() async throws {
+        let cluster = try await NodeCluster.make("cluster-list")
+        defer { Task { await cluster.shutdown() } }
+        try await cluster.startTwoNodesAndParticipants()
+        let body = #"{"protocol":"2pc","wait":true,"branches":[{"participant":"p1","operation":"debit"},{"participant":"p2","operation":"credit"}]}"#
+        var made: [String: Set<String>] = [:]
+        for node in ["n0", "n1"] {
+            for _ in 0..<6 {
+                let reply = try await http("POST", cluster.url(node) + "/v1/transactions", body: body)
+                #expect(reply.status == 201, "\(String(decoding: reply.body, as: UTF8.self))")
+                if let gid = (reply.json as? [String: Any])?["gid"] as? String { made[node, default: []].insert(gid) }
+            }
+        }
+        let all = made.values.reduce(into: Set<String>()) { $0.formUnion($1) }
+        #expect(all.count == 12)
+        for node in ["n0", "n1"] {
+            var listed: [(gid: String, cursor: UInt64)] = []
+            var cursor: String?
+            repeat {
+                let page = try await http("GET", cluster.url(node) + "/v1/transactions?limit=5" + (cursor.map { "&cursor=\($0)" } ?? ""))
+                #expect(page.status == 200, "\(String(decoding: page.body, as: UTF8.self))")
+                let json = page.json as? [String: Any]
+                for entry in (json?["transactions"] as? [[String: Any]]) ?? [] {
+                    listed.append((entry["gid"] as? String ?? "", UInt64(entry["cursor"] as? String ?? "") ?? 0))
+                }
+                cursor = json?["nextCursor"] as? String
+            } while cursor != nil && listed.count < 100
+            #expect(Set(listed.map(\.gid)) == all && listed.count == all.count, "\(node) listed \(listed.map(\.gid))")
+            #expect(zip(listed, listed.dropFirst()).allSatisfy { $0.cursor > $1.cursor }, "newest first")
+            let own = try await http("GET", cluster.url(node) + "/v1/transactions?limit=100", headers: ["dtx-forwarded-by": "test"])
+            let ownGids = Set(((own.json as? [String: Any])?["transactions"] as? [[String: Any]] ?? []).compactMap { $0["gid"] as? String })
+            #expect(ownGids == made[node], "a forwarded list is the node's own")
+        }
+    }
+}
