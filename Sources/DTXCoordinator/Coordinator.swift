@@ -49,6 +49,9 @@ public struct CoordinatorConfiguration: Sendable {
     public var stuckAfterAttempts = 5
     /// Finished transactions kept (in memory and through checkpoints) for queries and idempotent resubmission.
     public var historyLimit = 10_000
+    /// ...and for no longer than this after they finished; the next checkpoint deletes
+    /// the records of those it forgets.
+    public var historyRetention: Duration = .seconds(7 * 86_400)
     public var checkpointInterval: Duration = .seconds(30)
     /// 2PC with two branches or more: the last branch commits in one phase and decides
     /// (last-agent optimisation, see `TwoPhaseCommit`) instead of preparing.
@@ -194,7 +197,7 @@ public final class Coordinator: Sendable {
             let driver = TransactionDriver(ended: Machine.ended(replayed), decision: replayed.endedDecision, error: replayed.reason,
                                              history: replayed.history, proto: replayed.protocol,
                                              sequence: sequences.next(createdAt: createdAt, replayed: true), createdAt: createdAt, spec: spec, timeout: timeout, context: context)
-            table.withLock { Self.remember(driver, in: &$0, limit: configuration.historyLimit) }
+            table.withLock { remember(driver, in: &$0) }
             return
         }
         let (machine, event) = Machine.recovering(replayed)
@@ -215,21 +218,34 @@ public final class Coordinator: Sendable {
     private func moveToHistory(_ gid: GlobalTransactionID) {
         table.withLock { t in
             guard let driver = t.live.removeValue(forKey: gid) else { return }
-            Self.remember(driver, in: &t, limit: configuration.historyLimit)
+            remember(driver, in: &t)
         }
     }
 
-    private static func remember(_ driver: any TransactionDriving, in t: inout Table, limit: Int) {
+    private func remember(_ driver: any TransactionDriving, in t: inout Table) {
         t.finished[driver.gid] = driver
         t.finishedOrder.append(driver.gid)
-        while t.finishedOrder.count - t.finishedHead > limit {
-            t.finished.removeValue(forKey: t.finishedOrder[t.finishedHead])
+        forgetOld(in: &t)
+    }
+
+    /// Forgets finished transactions beyond the history's size or age, oldest first;
+    /// returns how many.
+    @discardableResult
+    private func forgetOld(in t: inout Table) -> Int {
+        let cutoff = environment.now().addingTimeInterval(-configuration.historyRetention.apiSeconds)
+        var forgotten = 0
+        while t.finishedHead < t.finishedOrder.count {
+            let oldest = t.finishedOrder[t.finishedHead]
+            guard t.finishedOrder.count - t.finishedHead > configuration.historyLimit || (t.finished[oldest]?.updatedAt ?? .distantPast) < cutoff else { break }
+            t.finished.removeValue(forKey: oldest)
             t.finishedHead += 1
+            forgotten += 1
         }
         if t.finishedHead > 4096, t.finishedHead * 2 > t.finishedOrder.count {
             t.finishedOrder.removeFirst(t.finishedHead)
             t.finishedHead = 0
         }
+        return forgotten
     }
 
     // MARK: Maintenance
@@ -240,7 +256,9 @@ public final class Coordinator: Sendable {
         var checkpointedAt = store.position
         while !Task.isCancelled {
             try? await Task.sleep(for: configuration.checkpointInterval)
-            guard !Task.isCancelled, store.position != checkpointedAt else { continue }
+            // Transactions that grew too old while nothing happened are forgotten too.
+            let forgotten = table.withLock { forgetOld(in: &$0) }
+            guard !Task.isCancelled, store.position != checkpointedAt || forgotten > 0 else { continue }
             do {
                 let result = try await checkpoint()
                 checkpointedAt = store.position

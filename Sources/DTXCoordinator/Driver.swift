@@ -33,6 +33,8 @@ protocol TransactionDriving: AnyObject, Sendable {
     var sequence: UInt64 { get }
     var proto: TransactionProtocol { get }
     var createdAt: Date { get }
+    /// When it last changed (for a finished one: when it finished).
+    var updatedAt: Date { get }
     var spec: SubmittedSpec { get }
     var isFinished: Bool { get }
     func start(with event: CommonEvent) async
@@ -111,6 +113,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     private let state: Mutex<State>
     private let mailbox = Mailbox<Input>()
     private let timers: Timers<TimerID>
+
+    var updatedAt: Date { state.withLock { $0.updatedAt } }
 
     init(machine: Machine, proto: TransactionProtocol, sequence: UInt64, createdAt: Date, spec: SubmittedSpec, timeout: Duration,
          context: EngineContext, onFinish: @escaping @Sendable (GlobalTransactionID) -> Void) {

@@ -67,6 +67,9 @@ struct Daemon: AsyncParsableCommand {
     @Option(name: .customLong("history"), help: "Finished transactions kept for queries and idempotent resubmission. (env DTXD_HISTORY, default 10000)")
     var history: Int?
 
+    @Option(name: .customLong("history-retention"), help: "Seconds a finished transaction is kept at most, however few are kept; the next checkpoint deletes its records. (env DTXD_HISTORY_RETENTION, default 604800: 7 days)")
+    var historyRetention: Double?
+
     @Option(help: "Where transactions are kept: wal (the write-ahead log in --data-dir) or postgres (a PostgreSQL store shared by the nodes of a cluster; see docs/CLUSTER.md). (env DTXD_STORE, default wal)")
     var store: String?
 
@@ -129,6 +132,7 @@ struct Daemon: AsyncParsableCommand {
         let checkpointSeconds = try number(checkpointInterval, "DTXD_CHECKPOINT_INTERVAL", 30, { $0 >= 1 && $0 <= 86400 }, "seconds from 1 to 86400")
         let groupCommitMS = try number(groupCommitDelayMS, "DTXD_GROUP_COMMIT_DELAY_MS", 1, { $0 >= 0 && $0 <= 100 }, "milliseconds from 0 to 100")
         let historyLimit = try number(history, "DTXD_HISTORY", 10_000, { (0...10_000_000).contains($0) }, "a whole number from 0 to 10000000")
+        let retentionSeconds = try number(historyRetention, "DTXD_HISTORY_RETENTION", 604_800, { $0 >= 1 && $0 <= 3650 * 86_400 }, "seconds from 1 to 315360000 (10 years)")
         let bearer = token ?? env["DTXD_TOKEN"]
         var server = ServerConfiguration(host: host, port: port, token: bearer, maxBodySize: bodyKB << 10)
         if !server.isLoopback, bearer == nil {
@@ -144,6 +148,7 @@ struct Daemon: AsyncParsableCommand {
         engine.defaultTimeout = Duration(apiSeconds: timeoutSeconds)
         engine.checkpointInterval = .milliseconds(Int64(checkpointSeconds * 1000))
         engine.historyLimit = historyLimit
+        engine.historyRetention = Duration(apiSeconds: retentionSeconds)
         do {
             engine.failpoints = try DaemonFailpoints(parsing: env["DTXD_FAILPOINTS"] ?? "")
         } catch {
