@@ -254,7 +254,7 @@ import Testing
     }
 
     /// The invariant, checked in both databases against what dtxd says; true when it holds.
-    private func check(_ bank: BankCluster, transfers: [Transfer], accounts: [String: [String]], openingTotal: Int, tag: String) async throws -> Bool {
+    func check(_ bank: BankCluster, transfers: [Transfer], accounts: [String: [String]], openingTotal: Int, tag: String) async throws -> Bool {
         var violations: [String] = []
 
         // Nothing prepared or locked anywhere.

@@ -72,6 +72,12 @@ final class BankCluster: @unchecked Sendable {
     private let lock = NSLock()
     private var services: [String: ChildProcess] = [:]
     private var urls: [String: String] = [:]
+    /// Cluster mode: the PostgreSQL store the dtxd nodes share, and the nodes, n0 on the
+    /// cluster's port (the services' coordinator and `client`'s).
+    private(set) var storeURL: String?
+    private var nodes: [String: ChildProcess] = [:]
+    private var nodePorts: [String: Int] = [:]
+    private var nodeClients: [String: CoordinatorClient] = [:]
     /// Every process started, in order, with a label: their output for a failure report.
     private var started: [(label: String, process: ChildProcess)] = []
 
@@ -94,9 +100,64 @@ final class BankCluster: @unchecked Sendable {
         return bank
     }
 
+    /// Cluster mode: `nodes` dtxd nodes (n0, n1…) on a PostgreSQL store in the same
+    /// server (lease TTL 2 s, 16 shards), balanced before both services start; the
+    /// services register with n0.
+    static func startCluster(_ name: String, nodes: Int) async throws -> BankCluster {
+        let postgres = try BankPostgres.server()
+        let suffix = UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(12).lowercased()
+        let (database, store) = ("bank_" + suffix, "store_" + suffix)
+        try await postgres.createDatabase(database)
+        try await postgres.createDatabase(store)
+        let bank = BankCluster(cluster: try Cluster(name), postgres: postgres, database: database)
+        bank.storeURL = postgres.connectionString(database: store)
+        for index in 0..<nodes { try await bank.startNode("n\(index)") }
+        let balanced = await eventually(seconds: 30) {
+            guard let status = try? await bank.client.cluster() else { return false }
+            let live = Set(status.nodes.filter(\.live).map(\.id))
+            return live.count == nodes && status.shards.allSatisfy { $0.owner.map(live.contains) ?? false }
+        }
+        guard balanced else { throw BankError("the \(nodes) nodes did not share the shards out within 30 s") }
+        try await bank.startService(eu)
+        try await bank.startService(us)
+        return bank
+    }
     // MARK: - Processes
 
-    var daemonIsRunning: Bool { cluster.daemon?.process.isRunning ?? false }
+    var daemonIsRunning: Bool { storeURL == nil ? cluster.daemon?.process.isRunning ?? false : nodeIsRunning("n0") }
+
+    // MARK: - Cluster nodes
+
+    var nodeIDs: [String] { lock.withLock { nodePorts.keys.sorted() } }
+    func nodeIsRunning(_ id: String) -> Bool { lock.withLock { nodes[id] }?.process.isRunning ?? false }
+    func nodeClient(_ id: String) -> CoordinatorClient? { lock.withLock { nodeClients[id] } }
+
+    /// Starts (or restarts) cluster node `id` with `daemonArguments` (or `arguments`) and,
+    /// when given, DTXD_FAILPOINTS; returns once it listens (it has joined the cluster).
+    func startNode(_ id: String, failpoints: String? = nil, arguments: [String]? = nil) async throws {
+        guard let storeURL else { throw BankError("not a cluster: start it with startCluster") }
+        let port = lock.withLock { nodePorts[id] } ?? (id == "n0" ? cluster.port : freeLoopbackPort())
+        var environment: [String: String] = [:]
+        if let failpoints { environment["DTXD_FAILPOINTS"] = failpoints }
+        let child = try ChildProcess("dtxd", [
+            "--store", "postgres", "--store-url", storeURL, "--node-id", id, "--shards", "16", "--lease-ttl", "2",
+            "--listen", "127.0.0.1:\(port)", "--data-dir", cluster.directory + "/\(id)", "--log-level", "warning",
+        ] + (arguments ?? daemonArguments), environment: environment)
+        let client = try lock.withLock { nodeClients[id] } ?? (id == "n0" ? cluster.client : CoordinatorClient(baseURL: "http://127.0.0.1:\(port)", timeout: .seconds(60)))
+        lock.withLock {
+            nodes[id] = child
+            nodePorts[id] = port
+            nodeClients[id] = client
+            started.append(("dtxd \(id)" + (failpoints.map { " [\($0)]" } ?? ""), child))
+        }
+        _ = try await child.waitForOutput(seconds: 60) { $0.contains("dtxd listening on") ? true : nil }
+    }
+
+    func killNode(_ id: String) async throws {
+        guard let child = lock.withLock({ nodes[id] }), child.process.isRunning else { return }
+        child.kill(SIGKILL)
+        try await child.waitForExit()
+    }
 
     /// What every start of dtxd without its own arguments passes (e.g. `--last-agent on`).
     var daemonArguments: [String] = []
@@ -220,13 +281,14 @@ final class BankCluster: @unchecked Sendable {
 
     /// SIGKILLs every process (a test's `defer`: nothing may outlive the test).
     func stopProcesses() {
-        for child in lock.withLock({ Array(services.values) }) where child.process.isRunning { child.kill(SIGKILL) }
+        for child in lock.withLock({ Array(services.values) + Array(nodes.values) }) where child.process.isRunning { child.kill(SIGKILL) }
         cluster.stopProcesses()
     }
 
     func shutdown() async {
         stopProcesses()
-        for child in lock.withLock({ Array(services.values) }) { _ = try? await child.waitForExit() }
+        for child in lock.withLock({ Array(services.values) + Array(nodes.values) }) { _ = try? await child.waitForExit() }
+        for (id, client) in lock.withLock({ nodeClients }) where id != "n0" { try? await client.shutdown() }
         await cluster.shutdown()
     }
 
@@ -413,12 +475,16 @@ final class BankCluster: @unchecked Sendable {
     /// Unfinished transactions as dtxd reports them: /healthz's count and the gids listed
     /// as preparing, committing or aborting.
     func unfinished() async throws -> (count: Int, gids: [String]) {
-        let health = try await client.health()
+        var count = 0
+        // In a cluster each node counts its own; the list below is the whole cluster's.
+        for client in storeURL == nil ? [client] : nodeIDs.compactMap(nodeClient) {
+            count += try await client.health().unfinishedTransactions
+        }
         var gids: [String] = []
         for status in ["active", "preparing", "committing", "aborting"] {
             gids += try await client.transactions(.init(status: status, limit: 1000)).transactions.map(\.gid)
         }
-        return (health.unfinishedTransactions, gids)
+        return (count, gids)
     }
 
     /// Every transaction dtxd knows, following the cursors.
