@@ -165,6 +165,10 @@ final class NodeCluster: @unchecked Sendable {
         #expect(participantsAgree, "p1 \(p1), p2 \(p2)")
         let takeover = Date().timeIntervalSince(died)
         print("cluster takeover at \(point): every branch \(branches)\(ranAnew ? " (no record had reached the store: the forwarded submission ran anew)" : "") \(String(format: "%.2f", takeover)) s after the kill, \(String(format: "%.2f", Date().timeIntervalSince(sent))) s after the submission (lease ttl 2 s)")
+        if takeover > 2 * 2 + 2, let view = try? await http("GET", cluster.url("n2") + "/v1/transactions/\(gid)") {
+            // Slow (a starved machine): where the time went, for whoever reads the log.
+            print("cluster takeover at \(point) was slow; the transaction: \(String(decoding: view.body, as: UTF8.self))")
+        }
         let outcomeAnswer = try await http("GET", cluster.url("n1") + "/v1/transactions/\(gid)/outcome")
         #expect((outcomeAnswer.json as? [String: Any])?["outcome"] as? String == status)
     }
