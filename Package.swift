@@ -68,7 +68,8 @@ let package = Package(
         // Cluster mode: dtxd nodes sharing a PostgreSQL store, shards under leases.
         .target(
             name: "DTXCluster",
-            dependencies: ["DTXCoordinator", "DTXCore", "DTXAPI", "DTXLog", "DTXPostgresClient", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["DTXCoordinator", "DTXCore", "DTXAPI", "DTXLog", "DTXPostgresClient", .product(name: "Logging", package: "swift-log"),
+                           .product(name: "Metrics", package: "swift-metrics")]
         ),
         .target(
             name: "DTXSimulation",

@@ -132,9 +132,10 @@ struct ClusterBench {
             let result = try await load(concurrency: concurrency, seconds: options.duration, submit)
             let commits = try await sum(http, urls, counter) - before
             if nodes > 0 {
-                let figures = try await metrics(http, urls[0], ["dtx_store_commit_seconds_average", "dtx_store_records", "dtx_store_commits", "dtx_store_forced_waits"])
-                print(String(format: "           n0: %.2f ms per store commit, %.1f records and %.1f forced waits per commit", figures[0] * 1000,
-                             figures[1] / max(figures[2], 1), figures[3] / max(figures[2], 1)))
+                let figures = try await metrics(http, urls[0], ["dtx_store_commit_duration_seconds_sum", "dtx_store_commit_duration_seconds_count",
+                                                                "dtx_store_records", "dtx_store_commits", "dtx_store_forced_waits"])
+                print(String(format: "           n0: %.2f ms per store commit, %.1f records and %.1f forced waits per commit", figures[0] / max(figures[1], 1) * 1000,
+                             figures[2] / max(figures[3], 1), figures[4] / max(figures[3], 1)))
             }
             try await http.shutdown()
             return Run(store: nodes == 0 ? "wal" : "postgres", nodes: max(nodes, 1), concurrency: concurrency, transactions: result.successes, failures: result.failures,

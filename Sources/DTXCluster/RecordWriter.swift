@@ -2,6 +2,7 @@ import DTXCoordinator
 import DTXPostgresClient
 import Foundation
 import Logging
+import Metrics
 import Synchronization
 
 /// Writes the node's transaction records to `dtx_records`, in batches: every record
@@ -57,9 +58,11 @@ final class RecordWriter: Sendable {
         var forcedWaits = 0
         var fencedBatches = 0
         var failedBatches = 0
-        var commitSeconds = 0.0
-        var slowestCommit = 0.0
     }
+
+    /// The time of each batch's PostgreSQL commit (`/metrics`: a histogram).
+    static let commitTimerLabel = "dtx_store_commit_duration_seconds"
+    private let commitTimer = Metrics.Timer(label: RecordWriter.commitTimerLabel)
 
     private let pool: PostgresPool
     private let node: String
@@ -239,12 +242,10 @@ final class RecordWriter: Sendable {
                 for row in result.rows {
                     if let shard = try row.int("shard"), let epoch = try row.int("epoch") { held.insert(ShardEpoch(shard: shard, epoch: Int64(epoch))) }
                 }
-                let seconds = (ContinuousClock.now - started).seconds
+                commitTimer.recordSeconds((ContinuousClock.now - started).seconds)
                 state.withLock { s in
                     s.statistics.commits += 1
                     s.statistics.records += batch.count
-                    s.statistics.commitSeconds += seconds
-                    s.statistics.slowestCommit = max(s.statistics.slowestCommit, seconds)
                 }
                 return .success(held)
             } catch let error as PostgresError where error.code == .connectionLost || error.code == .connectionFailed {

@@ -162,7 +162,9 @@ struct Daemon: AsyncParsableCommand {
         }
         let logger = Logger(label: "dtxd")
         let metrics = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics))
+        var factory = PrometheusMetricsFactory(registry: metrics)
+        factory.durationHistogramBuckets[ClusterNode.commitDurationMetric] = ClusterNode.commitDurationBuckets
+        MetricsSystem.bootstrap(factory)
 
         let storeKind = (store ?? env["DTXD_STORE"] ?? "wal").lowercased()
         guard ["wal", "postgres"].contains(storeKind) else {

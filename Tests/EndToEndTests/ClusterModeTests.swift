@@ -580,5 +580,9 @@ extension ClusterModeTests {
             let ownGids = Set(((own.json as? [String: Any])?["transactions"] as? [[String: Any]] ?? []).compactMap { $0["gid"] as? String })
             #expect(ownGids == made[node], "a forwarded list is the node's own")
         }
+        // (The same transactions fill the store's commit-time histogram on /metrics.)
+        let metrics = String(decoding: try await http("GET", cluster.url("n0") + "/metrics").body, as: UTF8.self)
+        #expect(try await cluster.gauge("dtx_store_commit_duration_seconds_count", on: "n0") > 0, "\(metrics)")
+        #expect(metrics.contains(#"dtx_store_commit_duration_seconds_bucket{le="0.002"}"#), "\(metrics)")
     }
 }
