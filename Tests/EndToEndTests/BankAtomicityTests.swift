@@ -44,35 +44,39 @@ import Testing
         case fault(String)
     }
 
-    /// How long a client keeps resubmitting a transfer whose submit call failed.
-    static let resubmitFor = 6.0
+    /// How long a client keeps resubmitting a transfer whose submit call failed: longer,
+    /// in a cluster, than a lease (2 s) and a node's restart.
+    static func resubmitFor(_ bank: BankCluster) -> Double { bank.storeURL == nil ? 6 : 12 }
 
     enum Fault: Sendable, CustomStringConvertible {
-        case killDaemon
-        /// dtxd restarted at the round's start with this DTXD_FAILPOINTS point armed.
-        case daemonFailpoint(String)
+        /// SIGKILL dtxd, or one node of a cluster.
+        case killCoordinator(String)
+        /// dtxd (or the node) restarted at the round's start with this DTXD_FAILPOINTS point armed.
+        case coordinatorFailpoint(String, String)
         case killService(String)
         /// A crash failpoint armed on a running service (PUT /test/failpoints).
         case serviceFailpoint(String, String)
 
         var description: String {
             switch self {
-            case .killDaemon: return "SIGKILL dtxd"
-            case .daemonFailpoint(let point): return "dtxd armed \(point)"
+            case .killCoordinator(let id): return "SIGKILL \(id)"
+            case let .coordinatorFailpoint(id, point): return "\(id) armed \(point)"
             case .killService(let name): return "SIGKILL \(name)"
             case let .serviceFailpoint(name, point): return "\(name) armed \(point)=crash"
             }
         }
 
-        static func random(using rng: inout SeededGenerator) -> Fault {
+        /// One fault, on one of `coordinators` (dtxd, or the nodes of a cluster: never all).
+        static func random(coordinators: [String], using rng: inout SeededGenerator) -> Fault {
             let services = [BankCluster.eu, BankCluster.us]
+            let coordinator = coordinators.count == 1 ? coordinators[0] : coordinators.randomElement(using: &rng)!
             switch Int.random(in: 0..<4, using: &rng) {
-            case 0: return .killDaemon
+            case 0: return .killCoordinator(coordinator)
             case 1:
                 // The decision points of both ways to commit: every branch prepared
                 // (--last-agent off), and the last branch deciding in one phase (on).
-                return .daemonFailpoint(["before-commit-decision", "after-commit-decision", "after-prepare-sent",
-                                         "before-delegation", "after-delegation", "after-one-phase-commit"].randomElement(using: &rng)!)
+                return .coordinatorFailpoint(coordinator, ["before-commit-decision", "after-commit-decision", "after-prepare-sent",
+                                                           "before-delegation", "after-delegation", "after-one-phase-commit"].randomElement(using: &rng)!)
             case 2: return .killService(services.randomElement(using: &rng)!)
             default:
                 return .serviceFailpoint(services.randomElement(using: &rng)!,
@@ -83,11 +87,8 @@ import Testing
 
     @Test func transfersUnderRandomCrashesAreAllOrNothingInBothDatabases() async throws {
         let seed = ProcessInfo.processInfo.environment["DTX_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 0...UInt64.max)
-        print("atomicity seed \(seed)")
         let tag = "atomicity seed \(seed) (replay: DTX_SEED=\(seed))"
-        var rng = SeededGenerator(seed: seed)
-        let started = Date()
-
+        print(tag)
         let bank: BankCluster
         do {
             bank = try await BankCluster.start("bank-atomicity")
@@ -96,8 +97,17 @@ import Testing
             return
         }
         defer { bank.stopProcesses(); Task { await bank.shutdown() } }
-        let logDirectory = NSTemporaryDirectory() + "/bank-atomicity-\(seed)"
+        await Self.run(bank, seed: seed, rounds: Self.rounds, tag: tag, gidPrefix: "atom")
+    }
 
+    /// Rounds of transfers, each sent to a random coordinator (dtxd, or a random node of a
+    /// cluster; again to the next one when the call is lost or answered 503), with one
+    /// fault per round; every process is brought back after each round; then the invariant.
+    static func run(_ bank: BankCluster, seed: UInt64, rounds: Int, tag: String, gidPrefix: String) async {
+        var rng = SeededGenerator(seed: seed)
+        let started = Date()
+        let coordinators = bank.coordinatorIDs
+        let logDirectory = NSTemporaryDirectory() + "/bank-\(gidPrefix)-\(seed)"
         let accounts: [String: [String]] = [
             BankCluster.eu: (0..<Self.accountsPerSide).map { "eu\($0)" },
             BankCluster.us: (0..<Self.accountsPerSide).map { "us\($0)" },
@@ -111,53 +121,58 @@ import Testing
             for service in [BankCluster.eu, BankCluster.us] {
                 for id in accounts[service]! { try await bank.openAccount(service, id, balance: Self.openingBalance) }
             }
-            for round in 0..<Self.rounds {
+            for round in 0..<rounds {
                 // The round's plan, drawn from the seed before anything runs.
-                let plan = (0..<Self.transfersPerRound).map { index -> Transfer in
+                let plan = (0..<Self.transfersPerRound).map { index -> (Transfer, Int) in
                     let eastward = Bool.random(using: &rng)
                     let (fromService, toService) = eastward ? (BankCluster.eu, BankCluster.us) : (BankCluster.us, BankCluster.eu)
                     // About one in five asks more than any account is likely to hold.
                     let amount = Int.random(in: 0..<5, using: &rng) == 0
                         ? Int.random(in: 25_000...40_000, using: &rng) : Int.random(in: 1...3_000, using: &rng)
-                    return Transfer(
-                        gid: "atom-\(seed % 100_000)-r\(round)-t\(index)",
+                    let transfer = Transfer(
+                        gid: "\(gidPrefix)-\(seed % 100_000)-r\(round)-t\(index)",
                         from: (fromService, accounts[fromService]!.randomElement(using: &rng)!),
                         to: (toService, accounts[toService]!.randomElement(using: &rng)!),
                         amount: amount, startDelay: Double.random(in: 0...0.8, using: &rng))
+                    // The coordinator it is sent to first.
+                    return (transfer, coordinators.count == 1 ? 0 : Int.random(in: 0..<coordinators.count, using: &rng))
                 }
-                let fault = Fault.random(using: &rng)
+                let fault = Fault.random(coordinators: coordinators, using: &rng)
                 let faultDelay = Double.random(in: 0...0.8, using: &rng)
                 let restartDelay = Double.random(in: 0.2...1.0, using: &rng)
                 // dtxd restarted in this round prepares every branch, or lets the last one
                 // decide (--last-agent); either recovers what the other logged.
                 bank.daemonArguments = ["--last-agent", Bool.random(using: &rng) ? "on" : "off"]
 
-                var armedDaemon: ChildProcess?
-                if case .daemonFailpoint(let point) = fault {
-                    try await bank.killDaemon()
+                var armed: String?
+                if case let .coordinatorFailpoint(id, point) = fault {
+                    try await bank.killCoordinator(id)
                     // A decision point needs the mode that reaches it; after-prepare-sent either.
                     let mode = point.hasSuffix("commit-decision") ? "off" : point.contains("delegation") || point.contains("one-phase") ? "on" : nil
-                    try await bank.startDaemon(failpoints: point, arguments: mode.map { ["--last-agent", $0] })
-                    armedDaemon = bank.cluster.daemon
+                    try await bank.startCoordinator(id, failpoints: point, arguments: mode.map { ["--last-agent", $0] })
+                    armed = id
                 }
                 let roundStart = Date()
                 let (results, happened) = await withTaskGroup(of: RoundEvent.self) { group in
-                    for transfer in plan {
+                    for (transfer, first) in plan {
                         group.addTask {
                             var transfer = transfer
                             try? await Task.sleep(for: .seconds(transfer.startDelay))
-                            let giveUp = Date().addingTimeInterval(Self.resubmitFor)
+                            let giveUp = Date().addingTimeInterval(Self.resubmitFor(bank))
+                            var next = first
                             while true {
                                 transfer.submits += 1
+                                let client = bank.coordinatorClient(coordinators[next % coordinators.count])
+                                next += 1
                                 do {
-                                    let view = try await bank.client.submit(BankCluster.transfer(
+                                    let view = try await client.submit(BankCluster.transfer(
                                         transfer.gid, from: transfer.from, to: transfer.to, amount: transfer.amount, timeout: 5))
                                     transfer.reported = view.decision
                                     transfer.abortReason = view.decision == .abort ? Self.abortReason(view) : nil
                                     transfer.submitError = nil
                                     break
-                                } catch let error as ClientError where error.status != nil {
-                                    // dtxd answered with an error: not a lost call, do not retry.
+                                } catch let error as ClientError where error.status != nil && error.status != 503 {
+                                    // dtxd answered with an error other than "retry": not a lost call.
                                     transfer.submitError = "\(error)"
                                     break
                                 } catch {
@@ -173,29 +188,29 @@ import Testing
                         try? await Task.sleep(for: .seconds(faultDelay))
                         func at() -> String { String(format: "%.2f s", Date().timeIntervalSince(roundStart)) }
                         var happened: String
-                        if case .daemonFailpoint = fault { happened = "\(fault) from the start" } else { happened = "\(fault) at \(at())" }
-                        let victim: String?  // nil: dtxd
+                        if case .coordinatorFailpoint = fault { happened = "\(fault) from the start" } else { happened = "\(fault) at \(at())" }
+                        let victim: (coordinator: Bool, name: String)
                         switch fault {
-                        case .killDaemon:
-                            try? await bank.killDaemon()
-                            victim = nil
-                        case .daemonFailpoint:
-                            victim = nil
+                        case .killCoordinator(let id):
+                            try? await bank.killCoordinator(id)
+                            victim = (true, id)
+                        case let .coordinatorFailpoint(id, _):
+                            victim = (true, id)
                         case .killService(let name):
                             try? await bank.killService(name)
-                            victim = name
+                            victim = (false, name)
                         case let .serviceFailpoint(name, point):
                             try? await bank.armFailpoint(name, point, "crash")
-                            victim = name
+                            victim = (false, name)
                         }
                         // The victim comes back while the round's transfers still run
                         // (a failpoint that is never reached leaves it running).
-                        let died = await eventually(seconds: 4) { victim.map { !bank.isRunning($0) } ?? !bank.daemonIsRunning }
+                        let died = await eventually(seconds: 4) { victim.coordinator ? !bank.coordinatorIsRunning(victim.name) : !bank.isRunning(victim.name) }
                         guard died else { return .fault(happened + ", never fired") }
-                        happened += ", \(victim ?? "dtxd") dead at \(at())"
+                        happened += ", \(victim.name) dead at \(at())"
                         try? await Task.sleep(for: .seconds(restartDelay))
                         do {
-                            if let victim { try await bank.startService(victim) } else { try await bank.startDaemon() }
+                            if victim.coordinator { try await bank.startCoordinator(victim.name) } else { try await bank.startService(victim.name) }
                             happened += ", back at \(at())"
                         } catch {
                             happened += ", restart failed at \(at()): \(error)"
@@ -216,8 +231,8 @@ import Testing
                 transfers += results
 
                 // Bring back whatever died; disarm what did not fire.
-                if let armedDaemon, armedDaemon.process.isRunning { try await bank.killDaemon() }
-                if !bank.daemonIsRunning { try await bank.startDaemon() }
+                if let armed, bank.coordinatorIsRunning(armed) { try await bank.killCoordinator(armed) }
+                for id in coordinators where !bank.coordinatorIsRunning(id) { try await bank.startCoordinator(id) }
                 for service in [BankCluster.eu, BankCluster.us] {
                     if bank.isRunning(service) {
                         if case .serviceFailpoint(service, _) = fault { try await bank.clearFailpoints(service) }
@@ -228,7 +243,7 @@ import Testing
                 }
                 let reported = results.map { $0.submitError != nil ? "failed" : ($0.reported?.rawValue ?? "undecided") }
                 let resubmitted = results.filter { $0.submits > 1 }.count
-                print("\(tag) round \(round): \(happened) (dtxd restarts with \(bank.daemonArguments.joined(separator: " "))); answers: \(Dictionary(grouping: reported, by: { $0 }).mapValues(\.count)), \(resubmitted) resubmitted")
+                print("\(tag) round \(round): \(happened) (restarts with \(bank.daemonArguments.joined(separator: " "))); answers: \(Dictionary(grouping: reported, by: { $0 }).mapValues(\.count)), \(resubmitted) resubmitted")
             }
 
             // Everything runs again; wait until nothing is in doubt anywhere.
@@ -238,7 +253,7 @@ import Testing
         } catch {
             Issue.record("\(tag): \(error)")
         }
-        print("\(tag): \(transfers.count) transfers in \(Self.rounds) rounds, \(String(format: "%.1f", Date().timeIntervalSince(started))) s; faults:\n  " + faultLog.joined(separator: "\n  "))
+        print("\(tag): \(transfers.count) transfers in \(rounds) rounds on \(coordinators.joined(separator: ", ")), \(String(format: "%.1f", Date().timeIntervalSince(started))) s; faults:\n  " + faultLog.joined(separator: "\n  "))
         if !passed {
             bank.saveLogs(to: logDirectory)
             print("\(tag): process logs saved in \(logDirectory)")
@@ -254,7 +269,7 @@ import Testing
     }
 
     /// The invariant, checked in both databases against what dtxd says; true when it holds.
-    func check(_ bank: BankCluster, transfers: [Transfer], accounts: [String: [String]], openingTotal: Int, tag: String) async throws -> Bool {
+    static func check(_ bank: BankCluster, transfers: [Transfer], accounts: [String: [String]], openingTotal: Int, tag: String) async throws -> Bool {
         var violations: [String] = []
 
         // Nothing prepared or locked anywhere.
@@ -282,7 +297,7 @@ import Testing
                 violations.append("dtxd knows \(summary.gid), which the test never submitted")
                 continue
             }
-            let view = try await bank.client.transaction(summary.gid)
+            let view = try await bank.view(summary.gid)
             let branches = view.branches.map { (key: BranchKey(gid: view.gid, branch: $0.id), participant: $0.participant) }
             if branches.map(\.participant) != [transfer.from.service, transfer.to.service] {
                 violations.append("\(view.gid): branches \(branches) are not the submitted debit on \(transfer.from.service) and credit on \(transfer.to.service)")

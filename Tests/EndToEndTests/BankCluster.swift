@@ -126,6 +126,21 @@ final class BankCluster: @unchecked Sendable {
 
     var daemonIsRunning: Bool { storeURL == nil ? cluster.daemon?.process.isRunning ?? false : nodeIsRunning("n0") }
 
+    // MARK: - Coordinators: dtxd, or the nodes of a cluster
+
+    /// "dtxd", or the cluster's node ids.
+    var coordinatorIDs: [String] { storeURL == nil ? ["dtxd"] : nodeIDs }
+    func coordinatorIsRunning(_ id: String) -> Bool { storeURL == nil ? daemonIsRunning : nodeIsRunning(id) }
+    func coordinatorClient(_ id: String) -> CoordinatorClient { storeURL == nil ? client : nodeClient(id) ?? client }
+
+    func startCoordinator(_ id: String, failpoints: String? = nil, arguments: [String]? = nil) async throws {
+        if storeURL == nil { try await startDaemon(failpoints: failpoints, arguments: arguments) } else { try await startNode(id, failpoints: failpoints, arguments: arguments) }
+    }
+
+    func killCoordinator(_ id: String) async throws {
+        if storeURL == nil { try await killDaemon() } else { try await killNode(id) }
+    }
+
     // MARK: - Cluster nodes
 
     var nodeIDs: [String] { lock.withLock { nodePorts.keys.sorted() } }
@@ -487,12 +502,31 @@ final class BankCluster: @unchecked Sendable {
         return (count, gids)
     }
 
+    /// `call`, sent again while it is answered 503 (in a cluster: a shard between owners
+    /// as the nodes balance), for up to 30 s.
+    func retryingUnavailable<T>(_ call: () async throws -> T) async throws -> T {
+        let giveUp = Date().addingTimeInterval(30)
+        while true {
+            do {
+                return try await call()
+            } catch let error as ClientError where error.status == 503 && Date() < giveUp {
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
+    }
+
+    /// A transaction's view.
+    func view(_ gid: String) async throws -> TransactionView {
+        try await retryingUnavailable { try await client.transaction(gid) }
+    }
+
     /// Every transaction dtxd knows, following the cursors.
     func allTransactions() async throws -> [TransactionSummary] {
         var all: [TransactionSummary] = []
         var cursor: String?
         repeat {
-            let page = try await client.transactions(.init(limit: 1000, cursor: cursor))
+            let next = cursor
+            let page = try await retryingUnavailable { try await client.transactions(.init(limit: 1000, cursor: next)) }
             all += page.transactions
             cursor = page.nextCursor
         } while cursor != nil
