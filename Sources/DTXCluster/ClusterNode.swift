@@ -5,7 +5,6 @@ import DTXAPI
 import DTXCoordinator
 import DTXCore
 import DTXLog
-import DTXPostgresClient
 import Foundation
 import Logging
 import Synchronization
@@ -70,13 +69,7 @@ public final class ClusterNode: CoordinatorNode {
     public let participants: Participants
     private let engine: CoordinatorConfiguration
     private let transport: any Transport
-    /// Loads, compactions and the registry.
-    private let control: PostgresPool
-    /// Renewals alone: a renewal never waits behind anything else.
-    private let renewalPool: PostgresPool
-    /// Acquisitions, releases and views of the cluster.
-    private let leasePool: PostgresPool
-    private let writerPool: PostgresPool
+    private let store: any ClusterStore
     private let writerTask = Mutex<Task<Void, Never>?>(nil)
     let writer: RecordWriter
     private let lease = NodeLease()
@@ -86,20 +79,27 @@ public final class ClusterNode: CoordinatorNode {
     private let state: Mutex<State>
     private let logger: Logger
 
-    /// Connects to the store (creating its tables on first use), joins the cluster and
-    /// reads the participant registry. `engine` is every shard's coordinator's
-    /// configuration (its history limit is shared out among the shards).
-    public init(configuration: ClusterConfiguration, transport: any Transport, engine: CoordinatorConfiguration, logger: Logger) async throws {
+    /// Connects to the PostgreSQL store (creating its tables on first use), joins the
+    /// cluster and reads the participant registry. `engine` is every shard's
+    /// coordinator's configuration (its history limit is shared out among the shards).
+    public convenience init(configuration: ClusterConfiguration, transport: any Transport, engine: CoordinatorConfiguration, logger: Logger) async throws {
+        let store = try await PostgresClusterStore(url: configuration.storeURL, logger: logger)
+        do {
+            try await self.init(configuration: configuration, store: store, transport: transport, engine: engine, logger: logger)
+        } catch {
+            await store.close()
+            throw error
+        }
+    }
+
+    /// The same over any `ClusterStore`.
+    package init(configuration: ClusterConfiguration, store: any ClusterStore, transport: any Transport, engine: CoordinatorConfiguration, logger: Logger) async throws {
         self.configuration = configuration
         self.transport = transport
         self.logger = logger
+        self.store = store
         sequences = SequenceCounter(clusterNode: configuration.nodeID)
-        control = try await PostgresPool(configuration.storeURL, size: 3, logger: logger)
-        leasePool = try await PostgresPool(configuration.storeURL, size: 1, logger: logger)
-        renewalPool = try await PostgresPool(configuration.storeURL, size: 1, logger: logger)
-        writerPool = try await PostgresPool(configuration.storeURL, size: 1, logger: logger)
-        let requested = configuration.shards
-        let shards = try await control.withConnection { try StoreSchema.prepare($0, shards: requested) }
+        let shards = try await store.prepare(shards: configuration.shards)
         shardMap = ShardMap(count: shards)
         var engine = engine
         engine.historyLimit = (engine.historyLimit + shards - 1) / shards
@@ -108,27 +108,15 @@ public final class ClusterNode: CoordinatorNode {
         let incarnation = initial.incarnation
         state = Mutex(initial)
         let lease = lease
-        let fencedOff = Mutex<StoredFunction<@Sendable (Set<RecordWriter.ShardEpoch>) -> Void>?>(nil)
-        writer = RecordWriter(pool: writerPool, node: configuration.nodeID, writer: "\(configuration.nodeID)/\(incarnation)", lease: lease,
+        let fencedOff = Mutex<StoredFunction<@Sendable (Set<ShardEpoch>) -> Void>?>(nil)
+        writer = RecordWriter(store: store, node: configuration.nodeID, writer: "\(configuration.nodeID)/\(incarnation)", lease: lease,
                               lazyDelay: configuration.lazyDelay, groupDelay: configuration.groupCommitDelay, onFenced: { refused in fencedOff.withLock { $0 }?.call(refused) }, logger: logger)
         registry = ParticipantRegistry()
-        let control = control
-        participants = Participants(registry: registry, persist: { type, payload in try await Self.persistRegistration(control, type: type, payload: payload) },
+        participants = Participants(registry: registry, persist: { type, payload in try await Self.persistRegistration(store, type: type, payload: payload) },
                                     now: { Date() }, logger: logger)
         fencedOff.withLock { $0 = StoredFunction { [weak self] refused in self?.fenced(refused) } }
         participants.refreshWith { [weak self] in try? await self?.pollRegistry() }
-        participants.countUnfinishedElsewhere { [control] name in
-            // Unfinished: a begin or an enlistment naming the participant, and no end.
-            let needle = #""participant":""# + name + #"""#
-            return try await control.withConnection { connection in
-                try connection.execute("""
-                    SELECT count(DISTINCT r.gid) AS busy FROM dtx_records r
-                    WHERE r.type IN ($2, $3) AND strpos(r.payload, $1) > 0
-                      AND NOT EXISTS (SELECT 1 FROM dtx_records e WHERE e.gid = r.gid AND e.type = $4)
-                    """, [.text(needle), .int(Int(LogEntry.RecordType.begin.rawValue)), .int(Int(LogEntry.RecordType.enlist.rawValue)),
-                          .int(Int(LogEntry.RecordType.end.rawValue))]).rows.first?.int("busy") ?? 0
-            }
-        }
+        participants.countUnfinishedElsewhere { name in try await store.unfinishedTransactions(naming: name) }
         transport.sendOnlyWhile { [lease] in lease.isValid }
         participants.countUnfinishedBranches { [weak self] name in
             self?.readyCoordinators().reduce(0) { $0 + $1.unfinishedBranches(on: name) } ?? 0
@@ -178,7 +166,7 @@ public final class ClusterNode: CoordinatorNode {
             return s.slots
         }
         var held: [(Int, Int64)] = []
-        for (shard, slot) in slots {
+        for (shard, slot) in slots.sorted(by: { $0.key < $1.key }) {
             if case let .ready(coordinator, store, maintenance) = slot {
                 maintenance.cancel()
                 coordinator.stopDriving()
@@ -189,20 +177,15 @@ public final class ClusterNode: CoordinatorNode {
         }
         let (node, incarnation) = (configuration.nodeID, state.withLock { $0.incarnation })
         do {
-            try await leasePool.withConnection { [held] connection in
-                for (shard, epoch) in held { try Leases.release(connection, shard: shard, node: node, epoch: epoch) }
-                try Leases.leave(connection, node: node, incarnation: incarnation)
-            }
+            for (shard, epoch) in held { try await store.release(shard: shard, node: node, epoch: epoch) }
+            try await store.leave(node: node, incarnation: incarnation)
         } catch {
             logger.warning("could not give the shards up; others take them when the lease expires", metadata: ["error": "\(error)"])
         }
         writer.close()
         await writerTask.withLock { $0 }?.value
         await transport.shutdown()
-        await control.close()
-        await leasePool.close()
-        await renewalPool.close()
-        await writerPool.close()
+        await store.close()
     }
 
     /// Tests: this node's process dies. Every shard stops here and nothing is said to
@@ -227,7 +210,7 @@ public final class ClusterNode: CoordinatorNode {
     private func tick() async {
         guard state.withLock({ $0.registered }) else { return }
         do {
-            let view = try await leasePool.withConnection { try Leases.view($0) }
+            let view = try await store.view()
             state.withLock { $0.view = view }
             await balance(view)
             try await pollRegistry()
@@ -256,7 +239,7 @@ public final class ClusterNode: CoordinatorNode {
         let (node, url, ttl) = (configuration.nodeID, configuration.advertiseURL, configuration.leaseTTL)
         let incarnation = state.withLock { $0.incarnation }
         let sent = ContinuousClock.now
-        guard try await renewalPool.withConnection({ try Leases.register($0, node: node, url: url, incarnation: incarnation, ttl: ttl) }) else {
+        guard try await store.register(node: node, url: url, incarnation: incarnation, ttl: ttl) else {
             return false
         }
         lease.renewed(sentAt: sent, ttl: ttl)
@@ -274,7 +257,7 @@ public final class ClusterNode: CoordinatorNode {
         let (node, ttl) = (configuration.nodeID, configuration.leaseTTL)
         let incarnation = state.withLock { $0.incarnation }
         let sent = ContinuousClock.now
-        if try await renewalPool.withConnection({ try Leases.renew($0, node: node, incarnation: incarnation, ttl: ttl) }) {
+        if try await store.renew(node: node, incarnation: incarnation, ttl: ttl) {
             lease.renewed(sentAt: sent, ttl: ttl)
         } else {
             loseAll("another node evicted it after its lease expired, or another process took its id")
@@ -344,7 +327,7 @@ public final class ClusterNode: CoordinatorNode {
         }
         do {
             let incarnation = state.withLock { $0.incarnation }
-            guard lease.isValid, case let .acquired(epoch, from) = try await leasePool.withConnection({ try Leases.acquire($0, shard: shard, node: node, incarnation: incarnation) }) else {
+            guard lease.isValid, case let .acquired(epoch, from) = try await store.acquire(shard: shard, node: node, incarnation: incarnation) else {
                 _ = settle(nil)
                 return false
             }
@@ -353,8 +336,8 @@ public final class ClusterNode: CoordinatorNode {
                 if from != nil { s.takeovers += 1 }
             }
             if let from { logger.notice("took a shard over", metadata: ["shard": "\(shard)", "epoch": "\(epoch)", "from": "\(from)"]) }
-            let records = try await control.withConnection { try ShardRecords.load($0, shard: shard) }
-            let store = ShardStore(shard: shard, epoch: epoch, records: records, writer: writer, control: control, node: node, lease: lease)
+            let records = try await self.store.records(shard: shard)
+            let store = ShardStore(shard: shard, epoch: epoch, records: records, writer: writer, store: self.store, node: node, lease: lease)
             var shardLogger = logger
             shardLogger[metadataKey: "shard"] = "\(shard)"
             let coordinator: Coordinator
@@ -409,7 +392,7 @@ public final class ClusterNode: CoordinatorNode {
         store.drop()
         let (node, epoch) = (configuration.nodeID, store.epoch)
         do {
-            try await leasePool.withConnection { try Leases.release($0, shard: shard, node: node, epoch: epoch) }
+            try await self.store.release(shard: shard, node: node, epoch: epoch)
             logger.debug("released a shard", metadata: ["shard": "\(shard)", "epoch": "\(epoch)"])
         } catch {
             logger.warning("could not release a shard; it is taken when this node's lease expires", metadata: ["shard": "\(shard)", "error": "\(error)"])
@@ -417,8 +400,8 @@ public final class ClusterNode: CoordinatorNode {
     }
 
     /// The writer found these shards fenced: another node owns them now.
-    private func fenced(_ refused: Set<RecordWriter.ShardEpoch>) {
-        for pair in refused { drop(pair.shard, epoch: pair.epoch, why: "a write was fenced: another node owns the shard now") }
+    private func fenced(_ refused: Set<ShardEpoch>) {
+        for pair in refused.sorted(by: { $0.shard < $1.shard }) { drop(pair.shard, epoch: pair.epoch, why: "a write was fenced: another node owns the shard now") }
     }
 
     /// Stops a shard's transactions at once; nothing more is written or sent for them.
@@ -443,7 +426,7 @@ public final class ClusterNode: CoordinatorNode {
             defer { s.slots = [:] }
             return s.slots
         }
-        for (_, slot) in slots {
+        for (_, slot) in slots.sorted(by: { $0.key < $1.key }) {
             switch slot {
             case let .ready(coordinator, store, maintenance):
                 store.drop()
@@ -456,28 +439,21 @@ public final class ClusterNode: CoordinatorNode {
         logger.error("this node lost its lease; every shard stops here", metadata: ["why": "\(why)", "shards": "\(slots.count)"])
     }
 
+    /// By shard: an order that does not depend on hashing.
     private func readyCoordinators() -> [Coordinator] {
         state.withLock { s in
-            s.slots.values.compactMap { if case let .ready(coordinator, _, _) = $0 { coordinator } else { nil } }
+            s.slots.sorted { $0.key < $1.key }.compactMap { if case let .ready(coordinator, _, _) = $0.value { coordinator } else { nil } }
         }
     }
 
     // MARK: Registry
 
     /// Keeps a registry record as the participant's row; returns its version.
-    private static func persistRegistration(_ control: PostgresPool, type: UInt16, payload: [UInt8]) async throws -> UInt64 {
+    private static func persistRegistration(_ store: any ClusterStore, type: UInt16, payload: [UInt8]) async throws -> UInt64 {
         guard case .object(let members) = try JSONValue(parsingStrictly: payload), case .string(let name)? = members["name"] else {
             throw ClusterError("a registry record without a name")
         }
-        let record = String(decoding: payload, as: UTF8.self)
-        let version = try await control.withConnection { connection in
-            try connection.execute("""
-                INSERT INTO dtx_participants (name, version, type, record, last_seen) VALUES ($1, nextval('dtx_participant_versions'), $2, $3, now())
-                ON CONFLICT (name) DO UPDATE SET version = excluded.version, type = excluded.type, record = excluded.record, last_seen = excluded.last_seen
-                RETURNING version
-                """, [.text(name), .int(Int(type)), .text(record)]).rows.first?.int("version")
-        }
-        return UInt64(version ?? 0)
+        return try await store.putRegistration(name: name, type: type, record: String(decoding: payload, as: UTF8.self))
     }
 
     /// Reads the registry table (one row per participant: a few) and applies what changed
@@ -485,12 +461,8 @@ public final class ClusterNode: CoordinatorNode {
     /// from a sequence, and two registrations may commit in the other order than their
     /// versions, so a newer version seen does not mean every older one was.
     private func pollRegistry() async throws {
-        let rows = try await control.withConnection { connection in
-            try connection.execute("SELECT version, type, record FROM dtx_participants", []).rows
-        }
-        for row in rows {
-            guard let version = try row.int("version"), let type = try row.int("type"), let record = try row.string("record") else { continue }
-            _ = try registry.replay(type: UInt16(type), payload: Array(record.utf8), lsn: UInt64(version))
+        for row in try await store.registrations() {
+            _ = try registry.replay(type: row.type, payload: Array(row.record.utf8), lsn: row.version)
         }
     }
 
@@ -522,7 +494,7 @@ public final class ClusterNode: CoordinatorNode {
             // The cached view may be a tick old: decide on a fresh one.
             if !fresh {
                 do {
-                    let latest = try await leasePool.withConnection { try Leases.view($0) }
+                    let latest = try await store.view()
                     state.withLock { $0.view = latest }
                     fresh = true
                 } catch {
@@ -578,7 +550,7 @@ public final class ClusterNode: CoordinatorNode {
     public func clusterStatus() async throws(CoordinatorError) -> ClusterStatus {
         let view: Leases.View
         do {
-            view = try await leasePool.withConnection { try Leases.view($0) }
+            view = try await store.view()
         } catch {
             throw CoordinatorError(.unavailable, "store_unavailable", "the cluster store cannot be read: \(error); retry")
         }

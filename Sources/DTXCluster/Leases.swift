@@ -1,26 +1,46 @@
 import DTXPostgresClient
 import Foundation
 
-/// The statements of the lease rules (docs/CLUSTER.md), each judged by PostgreSQL's clock.
-enum Leases {
-    struct Node: Sendable, Equatable {
-        var id: String
-        var url: String
-        var live: Bool
-        var renewedAgo: Double
+/// The statements of the lease rules (docs/CLUSTER.md), each judged by PostgreSQL's
+/// clock, and what they answer.
+package enum Leases {
+    package struct Node: Sendable, Equatable {
+        package var id: String
+        package var url: String
+        package var live: Bool
+        package var renewedAgo: Double
+
+        package init(id: String, url: String, live: Bool, renewedAgo: Double) {
+            self.id = id
+            self.url = url
+            self.live = live
+            self.renewedAgo = renewedAgo
+        }
     }
 
-    struct Shard: Sendable, Equatable {
-        var shard: Int
-        var owner: String?
-        var epoch: Int64
-        var heldFor: Double?
+    package struct Shard: Sendable, Equatable {
+        package var shard: Int
+        package var owner: String?
+        package var epoch: Int64
+        package var heldFor: Double?
+
+        package init(shard: Int, owner: String?, epoch: Int64, heldFor: Double?) {
+            self.shard = shard
+            self.owner = owner
+            self.epoch = epoch
+            self.heldFor = heldFor
+        }
     }
 
-    /// The cluster as the store sees it now.
-    struct View: Sendable {
-        var nodes: [Node] = []
-        var shards: [Shard] = []
+    /// The cluster as the store sees it now: nodes by id, shards by number.
+    package struct View: Sendable, Equatable {
+        package var nodes: [Node] = []
+        package var shards: [Shard] = []
+
+        package init(nodes: [Node] = [], shards: [Shard] = []) {
+            self.nodes = nodes
+            self.shards = shards
+        }
 
         var liveNodes: [Node] { nodes.filter(\.live) }
 
@@ -70,7 +90,7 @@ enum Leases {
         return view
     }
 
-    enum Acquisition: Sendable, Equatable {
+    package enum Acquisition: Sendable, Equatable {
         /// Ours now, at this epoch; `from` the node that had it (nil: nobody, or this node before).
         case acquired(epoch: Int64, from: String?)
         /// Another node holds it under a live lease.

@@ -1,27 +1,16 @@
 import DTXCoordinator
-import DTXPostgresClient
 import Foundation
 import Logging
 import Metrics
 import Synchronization
 
-/// Writes the node's transaction records to `dtx_records`, in batches: every record
+/// Writes the node's transaction records to the store, in batches: every record
 /// appended while a batch commits goes into the next one, so the forced writes of
-/// concurrent transactions share one PostgreSQL commit (group commit) and lazy records
-/// ride along (or go within `lazyDelay`). Each batch is one statement: it locks the
-/// rows of the shards it writes for FOR SHARE, checks that this node still owns each at
-/// the epoch it acquired, and inserts only the records of those shards. Records of a
+/// concurrent transactions share one store commit (group commit) and lazy records ride
+/// along (or go within `lazyDelay`). The store writes a batch only for the shards this
+/// node still owns at the epoch it acquired them (`ClusterStore.write`). Records of a
 /// shard found moved on are fenced: not written, and their waiters told so.
 final class RecordWriter: Sendable {
-    struct Record: Sendable {
-        var shard: Int
-        var epoch: Int64
-        var gid: String
-        var type: UInt16
-        var payload: String
-        var seq: Int64
-    }
-
     private struct Waiter {
         var shard: Int
         var epoch: Int64
@@ -29,7 +18,7 @@ final class RecordWriter: Sendable {
     }
 
     private struct State {
-        var pending: [Record] = []
+        var pending: [StoreRecord] = []
         var waiters: [Waiter] = []
         var idle: CheckedContinuation<Void, Never>?
         var nextSeq: Int64 = 1
@@ -47,11 +36,6 @@ final class RecordWriter: Sendable {
         }
     }
 
-    struct ShardEpoch: Hashable, Sendable {
-        var shard: Int
-        var epoch: Int64
-    }
-
     struct Statistics: Sendable {
         var commits = 0
         var records = 0
@@ -64,7 +48,7 @@ final class RecordWriter: Sendable {
     static let commitTimerLabel = "dtx_store_commit_duration_seconds"
     private let commitTimer = Metrics.Timer(label: RecordWriter.commitTimerLabel)
 
-    private let pool: PostgresPool
+    private let store: any ClusterStore
     private let node: String
     /// Names this process's records (with `seq`): a batch repeated after a lost
     /// connection inserts nothing twice.
@@ -76,10 +60,10 @@ final class RecordWriter: Sendable {
     private let logger: Logger
     private let state = Mutex(State())
 
-    init(pool: PostgresPool, node: String, writer: String, lease: NodeLease, lazyDelay: Duration, groupDelay: Duration,
+    init(store: any ClusterStore, node: String, writer: String, lease: NodeLease, lazyDelay: Duration, groupDelay: Duration,
          onFenced: @escaping @Sendable (Set<ShardEpoch>) -> Void, logger: Logger) {
         self.groupDelay = groupDelay
-        self.pool = pool
+        self.store = store
         self.node = node
         self.writer = writer
         self.lease = lease
@@ -94,7 +78,7 @@ final class RecordWriter: Sendable {
     func append(shard: Int, epoch: Int64, gid: String, type: UInt16, payload: String) -> Int64 {
         state.withLock { s in
             defer { s.nextSeq += 1 }
-            s.pending.append(Record(shard: shard, epoch: epoch, gid: gid, type: type, payload: payload, seq: s.nextSeq))
+            s.pending.append(StoreRecord(shard: shard, epoch: epoch, gid: gid, type: type, payload: payload, seq: s.nextSeq))
             return s.nextSeq
         }
     }
@@ -135,7 +119,7 @@ final class RecordWriter: Sendable {
         wake?.resume()
     }
 
-    private func nextBatch() async -> ([Record], [Waiter])? {
+    private func nextBatch() async -> ([StoreRecord], [Waiter])? {
         // While others are committing too (the last batch carried several forced writes),
         // a forced write waits `groupDelay` for more to share its commit, as the log's
         // group commit does.
@@ -143,7 +127,7 @@ final class RecordWriter: Sendable {
             try? await Task.sleep(for: groupDelay)
         }
         while true {
-            let taken: ([Record], [Waiter])?? = state.withLock { s in
+            let taken: ([StoreRecord], [Waiter])?? = state.withLock { s in
                 if !s.waiters.isEmpty || ((s.closed || s.lazyDue) && !s.pending.isEmpty) {
                     defer { s.pending = []; s.waiters = []; s.lazyDue = false }
                     s.lastBatchWaiters = s.waiters.count
@@ -176,7 +160,7 @@ final class RecordWriter: Sendable {
         }
     }
 
-    private func write(_ batch: [Record], _ waiters: [Waiter]) async {
+    private func write(_ batch: [StoreRecord], _ waiters: [Waiter]) async {
         var failure: (any Error)?
         var refused: Set<ShardEpoch> = []
         if !batch.isEmpty {
@@ -205,50 +189,20 @@ final class RecordWriter: Sendable {
         if !refused.isEmpty { onFenced(refused) }
     }
 
-    private static let insert = """
-        WITH held AS (
-            SELECT s.shard, s.epoch
-            FROM dtx_shards s
-            JOIN unnest($1::integer[], $2::bigint[]) AS h(shard, epoch) ON h.shard = s.shard AND h.epoch = s.epoch
-            WHERE s.owner = $3
-            FOR SHARE OF s
-        ), written AS (
-            INSERT INTO dtx_records (shard, gid, type, payload, writer, seq)
-            SELECT r.shard, r.gid, r.type, r.payload, $4, r.seq
-            FROM unnest($5::integer[], $6::bigint[], $7::text[], $8::integer[], $9::text[], $10::bigint[]) AS r(shard, epoch, gid, type, payload, seq)
-            WHERE (r.shard, r.epoch) IN (SELECT shard, epoch FROM held)
-            ORDER BY r.seq
-            ON CONFLICT (writer, seq) DO NOTHING
-            RETURNING 1
-        )
-        SELECT shard, epoch FROM held
-        """
-
-    /// One statement, one commit; repeated after a lost connection while the lease holds.
-    private func commit(_ batch: [Record]) async -> Result<Set<ShardEpoch>, any Error> {
-        let pairs = Array(Set(batch.map { ShardEpoch(shard: $0.shard, epoch: $0.epoch) }))
-        let parameters: [PostgresValue?] = [
-            .text(PostgresArray.numbers(pairs.map(\.shard))), .text(PostgresArray.numbers(pairs.map(\.epoch))), .text(node), .text(writer),
-            .text(PostgresArray.numbers(batch.map(\.shard))), .text(PostgresArray.numbers(batch.map(\.epoch))),
-            .text(PostgresArray.texts(batch.map(\.gid))), .text(PostgresArray.numbers(batch.map { Int($0.type) })),
-            .text(PostgresArray.texts(batch.map(\.payload))), .text(PostgresArray.numbers(batch.map(\.seq))),
-        ]
+    /// One store commit; repeated after a lost connection while the lease holds.
+    private func commit(_ batch: [StoreRecord]) async -> Result<Set<ShardEpoch>, any Error> {
         var attempt = 0
         while true {
             let started = ContinuousClock.now
             do {
-                let result = try await pool.withConnection { try $0.execute(Self.insert, parameters) }
-                var held: Set<ShardEpoch> = []
-                for row in result.rows {
-                    if let shard = try row.int("shard"), let epoch = try row.int("epoch") { held.insert(ShardEpoch(shard: shard, epoch: Int64(epoch))) }
-                }
+                let held = try await store.write(batch, node: node, writer: writer)
                 commitTimer.recordSeconds((ContinuousClock.now - started).seconds)
                 state.withLock { s in
                     s.statistics.commits += 1
                     s.statistics.records += batch.count
                 }
                 return .success(held)
-            } catch let error as PostgresError where error.code == .connectionLost || error.code == .connectionFailed {
+            } catch let error as ClusterStoreError {
                 attempt += 1
                 guard lease.isValid else { return .failure(error) }
                 if attempt == 1 || attempt % 20 == 0 {
@@ -260,28 +214,6 @@ final class RecordWriter: Sendable {
                 return .failure(error)
             }
         }
-    }
-}
-
-/// PostgreSQL array literals, passed as text parameters and cast in the statement.
-enum PostgresArray {
-    static func numbers<T: BinaryInteger>(_ values: [T]) -> String {
-        "{" + values.map { String($0) }.joined(separator: ",") + "}"
-    }
-
-    /// Every element quoted, with `"` and `\` escaped.
-    static func texts(_ values: [String]) -> String {
-        var out = "{"
-        for (index, value) in values.enumerated() {
-            if index > 0 { out += "," }
-            out += "\""
-            for character in value.unicodeScalars {
-                if character == "\"" || character == "\\" { out += "\\" }
-                out.unicodeScalars.append(character)
-            }
-            out += "\""
-        }
-        return out + "}"
     }
 }
 

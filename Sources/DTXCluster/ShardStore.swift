@@ -2,7 +2,6 @@ import DTXAPI
 import DTXCoordinator
 import DTXCore
 import DTXLog
-import DTXPostgresClient
 import Foundation
 import Synchronization
 
@@ -37,7 +36,7 @@ final class ShardStore: CoordinatorStore {
     let shard: Int
     let epoch: Int64
     private let writer: RecordWriter
-    private let control: PostgresPool
+    private let store: any ClusterStore
     private let node: String
     private let lease: NodeLease
     private let loaded: Mutex<[LogRecord]>
@@ -45,11 +44,11 @@ final class ShardStore: CoordinatorStore {
     /// Set when the shard leaves this node (released, fenced, lease lapsed).
     private let dropped = Atomic<Bool>(false)
 
-    init(shard: Int, epoch: Int64, records: [LogRecord], writer: RecordWriter, control: PostgresPool, node: String, lease: NodeLease) {
+    init(shard: Int, epoch: Int64, records: [LogRecord], writer: RecordWriter, store: any ClusterStore, node: String, lease: NodeLease) {
         self.shard = shard
         self.epoch = epoch
         self.writer = writer
-        self.control = control
+        self.store = store
         self.node = node
         self.lease = lease
         loaded = Mutex(records)
@@ -100,7 +99,7 @@ final class ShardStore: CoordinatorStore {
     func compact(keep: @escaping @Sendable (LogRecord) throws -> Bool) async throws -> CompactionResult {
         try await sync()
         let (shard, epoch, node) = (shard, epoch, node)
-        let records = try await control.withConnection { try ShardRecords.load($0, shard: shard) }
+        let records = try await store.records(shard: shard)
         var obsolete: [UInt64] = []
         for record in records {
             if try !keep(record) { obsolete.append(record.lsn) }
@@ -109,18 +108,8 @@ final class ShardStore: CoordinatorStore {
         while start < obsolete.count {
             let slice = Array(obsolete[start..<min(start + 1000, obsolete.count)])
             start += slice.count
-            let deleted = try await control.withConnection { connection in
-                try connection.execute("""
-                    WITH held AS (SELECT shard FROM dtx_shards WHERE shard = $1 AND owner = $2 AND epoch = $3 FOR SHARE)
-                    DELETE FROM dtx_records WHERE shard IN (SELECT shard FROM held) AND lsn = ANY($4::bigint[])
-                    """, [.int(shard), .text(node), .int(Int(epoch)), .text(PostgresArray.numbers(slice))]).affectedRows
-            }
-            if deleted == 0, !slice.isEmpty {
-                let held = try await control.withConnection { connection in
-                    try connection.execute("SELECT 1 FROM dtx_shards WHERE shard = $1 AND owner = $2 AND epoch = $3", [.int(shard), .text(node), .int(Int(epoch))]).rows.count
-                }
-                if held == 0 { throw fenced }
-            }
+            let deleted = try await store.delete(lsns: slice, shard: shard, node: node, epoch: epoch)
+            if deleted == 0, !slice.isEmpty, try await !store.holds(shard: shard, node: node, epoch: epoch) { throw fenced }
         }
         return CompactionResult(recordsRead: records.count, recordsKept: records.count - obsolete.count, segmentsRemoved: 0)
     }
@@ -128,19 +117,6 @@ final class ShardStore: CoordinatorStore {
     var position: UInt64 { appended.load(ordering: .relaxed) }
 
     var metrics: [StoreMetric] { [] }
-}
-
-enum ShardRecords {
-    static func load(_ connection: PostgresConnection, shard: Int) throws -> [LogRecord] {
-        try connection.execute("SELECT lsn, type, payload FROM dtx_records WHERE shard = $1 ORDER BY lsn", [.int(shard)]).rows.map(record)
-    }
-
-    static func record(_ row: PostgresRow) throws -> LogRecord {
-        guard let lsn = try row.int("lsn"), let type = try row.int("type"), let payload = try row.string("payload") else {
-            throw ClusterError("a record of dtx_records has a NULL column")
-        }
-        return LogRecord(lsn: UInt64(lsn), type: UInt16(type), payload: Array(payload.utf8))
-    }
 }
 
 /// A cluster store problem, said so that an operator knows what to do.

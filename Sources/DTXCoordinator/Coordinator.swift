@@ -310,7 +310,7 @@ public final class Coordinator: Sendable {
 
     /// The unfinished transactions, oldest first (an order that does not depend on hashing).
     private func liveDrivers() -> [any TransactionDriving] {
-        table.withLock { Array($0.live.values) }.sorted { $0.sequence < $1.sequence }
+        table.withLock { Array($0.live.values) }.sorted { ($0.sequence, $0.gid.rawValue) < ($1.sequence, $1.gid.rawValue) }
     }
 
     /// Stops every transaction's timers and loop. Whatever is unfinished resumes from the
