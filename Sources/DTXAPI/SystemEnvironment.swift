@@ -20,4 +20,14 @@ public struct SystemEnvironment: EngineEnvironment {
     }
 
     public func random() -> Double { Double.random(in: 0..<1) }
+
+    private static let start = ContinuousClock.now
+
+    public func monotonicNow() -> Duration { ContinuousClock.now - Self.start }
+
+    public func sleep(for delay: Duration) async throws { try await Task.sleep(for: delay) }
+
+    public func task<T: Sendable>(_ body: @escaping @Sendable () async -> T) -> Task<T, Never> { Task(operation: body) }
+
+    public func uniqueName() -> String { UUID().uuidString.lowercased() }
 }

@@ -52,7 +52,7 @@ public final class ClusterNode: CoordinatorNode {
     private struct State {
         var slots: [Int: Slot] = [:]
         var view = Leases.View()
-        var incarnation = UUID().uuidString.lowercased()
+        var incarnation: String
         var registered = false
         var acquisitions = 0
         var takeovers = 0
@@ -70,9 +70,10 @@ public final class ClusterNode: CoordinatorNode {
     private let engine: CoordinatorConfiguration
     private let transport: any Transport
     private let store: any ClusterStore
+    private let environment: any EngineEnvironment
     private let writerTask = Mutex<Task<Void, Never>?>(nil)
     let writer: RecordWriter
-    private let lease = NodeLease()
+    private let lease: NodeLease
     /// Time-ordered, so that every node's list merges into one.
     private let sequences: SequenceCounter
     private let registry: ParticipantRegistry
@@ -85,35 +86,38 @@ public final class ClusterNode: CoordinatorNode {
     public convenience init(configuration: ClusterConfiguration, transport: any Transport, engine: CoordinatorConfiguration, logger: Logger) async throws {
         let store = try await PostgresClusterStore(url: configuration.storeURL, logger: logger)
         do {
-            try await self.init(configuration: configuration, store: store, transport: transport, engine: engine, logger: logger)
+            try await self.init(configuration: configuration, store: store, transport: transport, engine: engine, environment: SystemEnvironment(), logger: logger)
         } catch {
             await store.close()
             throw error
         }
     }
 
-    /// The same over any `ClusterStore`.
-    package init(configuration: ClusterConfiguration, store: any ClusterStore, transport: any Transport, engine: CoordinatorConfiguration, logger: Logger) async throws {
+    /// The same over any `ClusterStore`, in any environment (time, timers, tasks).
+    package init(configuration: ClusterConfiguration, store: any ClusterStore, transport: any Transport, engine: CoordinatorConfiguration,
+                 environment: any EngineEnvironment, logger: Logger) async throws {
         self.configuration = configuration
         self.transport = transport
         self.logger = logger
         self.store = store
+        self.environment = environment
+        lease = NodeLease(clock: { environment.monotonicNow() })
         sequences = SequenceCounter(clusterNode: configuration.nodeID)
         let shards = try await store.prepare(shards: configuration.shards)
         shardMap = ShardMap(count: shards)
         var engine = engine
         engine.historyLimit = (engine.historyLimit + shards - 1) / shards
         self.engine = engine
-        let initial = State()
+        let initial = State(incarnation: environment.uniqueName())
         let incarnation = initial.incarnation
         state = Mutex(initial)
         let lease = lease
         let fencedOff = Mutex<StoredFunction<@Sendable (Set<ShardEpoch>) -> Void>?>(nil)
-        writer = RecordWriter(store: store, node: configuration.nodeID, writer: "\(configuration.nodeID)/\(incarnation)", lease: lease,
+        writer = RecordWriter(store: store, environment: environment, node: configuration.nodeID, writer: "\(configuration.nodeID)/\(incarnation)", lease: lease,
                               lazyDelay: configuration.lazyDelay, groupDelay: configuration.groupCommitDelay, onFenced: { refused in fencedOff.withLock { $0 }?.call(refused) }, logger: logger)
         registry = ParticipantRegistry()
         participants = Participants(registry: registry, persist: { type, payload in try await Self.persistRegistration(store, type: type, payload: payload) },
-                                    now: { Date() }, logger: logger)
+                                    now: { environment.now() }, logger: logger)
         fencedOff.withLock { $0 = StoredFunction { [weak self] refused in self?.fenced(refused) } }
         participants.refreshWith { [weak self] in try? await self?.pollRegistry() }
         participants.countUnfinishedElsewhere { name in try await store.unfinishedTransactions(naming: name) }
@@ -122,15 +126,15 @@ public final class ClusterNode: CoordinatorNode {
             self?.readyCoordinators().reduce(0) { $0 + $1.unfinishedBranches(on: name) } ?? 0
         }
         let writer = writer
-        writerTask.withLock { $0 = Task { await writer.run() } }
+        writerTask.withLock { $0 = environment.task { await writer.run() } }
         // A restart of this node right after a crash finds its previous process's lease
         // still live: wait it out (it is then evicted as any expired owner).
-        let deadline = ContinuousClock.now + configuration.leaseTTL + .seconds(1)
+        let deadline = environment.monotonicNow() + configuration.leaseTTL + .seconds(1)
         while try await !join() {
-            guard ContinuousClock.now < deadline else {
+            guard environment.monotonicNow() < deadline else {
                 throw ClusterError("another process runs as node '\(configuration.nodeID)' (its lease is live): stop it, or give this one another --node-id")
             }
-            try await Task.sleep(for: .milliseconds(200))
+            try await environment.sleep(for: .milliseconds(200))
         }
         try await pollRegistry()
         logger.notice("joined the cluster", metadata: ["node": "\(configuration.nodeID)", "shards": "\(shards)", "url": "\(configuration.advertiseURL)"])
@@ -145,12 +149,12 @@ public final class ClusterNode: CoordinatorNode {
             group.addTask {
                 while !Task.isCancelled {
                     await self.renewal()
-                    try? await Task.sleep(for: self.configuration.renewEvery)
+                    try? await self.environment.sleep(for: self.configuration.renewEvery)
                 }
             }
             while !Task.isCancelled {
                 await tick()
-                try? await Task.sleep(for: configuration.renewEvery)
+                try? await environment.sleep(for: configuration.renewEvery)
             }
         }
     }
@@ -238,7 +242,7 @@ public final class ClusterNode: CoordinatorNode {
     private func join() async throws -> Bool {
         let (node, url, ttl) = (configuration.nodeID, configuration.advertiseURL, configuration.leaseTTL)
         let incarnation = state.withLock { $0.incarnation }
-        let sent = ContinuousClock.now
+        let sent = environment.monotonicNow()
         guard try await store.register(node: node, url: url, incarnation: incarnation, ttl: ttl) else {
             return false
         }
@@ -256,14 +260,14 @@ public final class ClusterNode: CoordinatorNode {
         }
         let (node, ttl) = (configuration.nodeID, configuration.leaseTTL)
         let incarnation = state.withLock { $0.incarnation }
-        let sent = ContinuousClock.now
+        let sent = environment.monotonicNow()
         if try await store.renew(node: node, incarnation: incarnation, ttl: ttl) {
             lease.renewed(sentAt: sent, ttl: ttl)
         } else {
             loseAll("another node evicted it after its lease expired, or another process took its id")
             state.withLock { s in
                 s.registered = false
-                s.incarnation = UUID().uuidString.lowercased()
+                s.incarnation = environment.uniqueName()
             }
             try await join()
         }
@@ -306,7 +310,7 @@ public final class ClusterNode: CoordinatorNode {
             case nil:
                 s.attempts += 1
                 let attempt = s.attempts
-                let task = Task { await self.acquireAndLoad(shard, attempt: attempt) }
+                let task = environment.task { await self.acquireAndLoad(shard, attempt: attempt) }
                 s.slots[shard] = .loading(task, attempt: attempt)
                 return task
             }
@@ -342,7 +346,7 @@ public final class ClusterNode: CoordinatorNode {
             shardLogger[metadataKey: "shard"] = "\(shard)"
             let coordinator: Coordinator
             do {
-                coordinator = try Coordinator(store: store, transport: transport, configuration: engine, participants: participants,
+                coordinator = try Coordinator(store: store, transport: transport, configuration: engine, environment: environment, participants: participants,
                                               sequences: sequences, logger: shardLogger)
             } catch {
                 logger.critical("a shard's records cannot be read", metadata: ["shard": "\(shard)", "error": "\(error)"])
@@ -351,7 +355,7 @@ public final class ClusterNode: CoordinatorNode {
                 return false
             }
             coordinator.whenFenced { [weak self] in self?.drop(shard, epoch: epoch, why: "a write was fenced or the lease lapsed") }
-            let maintenance = Task { await coordinator.runMaintenance() }
+            let maintenance = environment.task { await coordinator.runMaintenance() }
             guard settle(.ready(coordinator, store, maintenance)) else {
                 store.drop()
                 maintenance.cancel()
@@ -374,9 +378,9 @@ public final class ClusterNode: CoordinatorNode {
         // to `drainFor` to reach their decision (the next owner aborts undecided ones).
         state.withLock { _ = $0.draining.insert(shard) }
         coordinator.refuseNewTransactions()
-        let deadline = ContinuousClock.now + configuration.drainFor
-        while coordinator.undecidedTransactions() > 0, ContinuousClock.now < deadline, lease.isValid {
-            try? await Task.sleep(for: .milliseconds(50))
+        let deadline = environment.monotonicNow() + configuration.drainFor
+        while coordinator.undecidedTransactions() > 0, environment.monotonicNow() < deadline, lease.isValid {
+            try? await environment.sleep(for: .milliseconds(50))
         }
         let still = state.withLock { s -> Bool in
             s.draining.remove(shard)

@@ -1,4 +1,5 @@
 import DTXCoordinator
+import DTXCore
 import Foundation
 import Logging
 import Metrics
@@ -49,6 +50,7 @@ final class RecordWriter: Sendable {
     private let commitTimer = Metrics.Timer(label: RecordWriter.commitTimerLabel)
 
     private let store: any ClusterStore
+    private let environment: any EngineEnvironment
     private let node: String
     /// Names this process's records (with `seq`): a batch repeated after a lost
     /// connection inserts nothing twice.
@@ -60,10 +62,11 @@ final class RecordWriter: Sendable {
     private let logger: Logger
     private let state = Mutex(State())
 
-    init(store: any ClusterStore, node: String, writer: String, lease: NodeLease, lazyDelay: Duration, groupDelay: Duration,
+    init(store: any ClusterStore, environment: any EngineEnvironment, node: String, writer: String, lease: NodeLease, lazyDelay: Duration, groupDelay: Duration,
          onFenced: @escaping @Sendable (Set<ShardEpoch>) -> Void, logger: Logger) {
         self.groupDelay = groupDelay
         self.store = store
+        self.environment = environment
         self.node = node
         self.writer = writer
         self.lease = lease
@@ -124,7 +127,7 @@ final class RecordWriter: Sendable {
         // a forced write waits `groupDelay` for more to share its commit, as the log's
         // group commit does.
         if groupDelay > .zero, state.withLock({ $0.lastBatchWaiters > 1 && !$0.closed }) {
-            try? await Task.sleep(for: groupDelay)
+            try? await environment.sleep(for: groupDelay)
         }
         while true {
             let taken: ([StoreRecord], [Waiter])?? = state.withLock { s in
@@ -150,7 +153,7 @@ final class RecordWriter: Sendable {
     /// Lazy records wait at most `lazyDelay` for a forced write to carry them.
     private func flushLazyRecords() async {
         while !Task.isCancelled {
-            try? await Task.sleep(for: lazyDelay)
+            try? await environment.sleep(for: lazyDelay)
             let wake = state.withLock { s -> CheckedContinuation<Void, Never>? in
                 guard !s.pending.isEmpty else { return nil }
                 s.lazyDue = true
@@ -193,10 +196,10 @@ final class RecordWriter: Sendable {
     private func commit(_ batch: [StoreRecord]) async -> Result<Set<ShardEpoch>, any Error> {
         var attempt = 0
         while true {
-            let started = ContinuousClock.now
+            let started = environment.monotonicNow()
             do {
                 let held = try await store.write(batch, node: node, writer: writer)
-                commitTimer.recordSeconds((ContinuousClock.now - started).seconds)
+                commitTimer.recordSeconds((environment.monotonicNow() - started).seconds)
                 state.withLock { s in
                     s.statistics.commits += 1
                     s.statistics.records += batch.count
@@ -208,7 +211,7 @@ final class RecordWriter: Sendable {
                 if attempt == 1 || attempt % 20 == 0 {
                     logger.warning("the store is unreachable; retrying the batch while the lease holds", metadata: ["error": "\(error)", "records": "\(batch.count)"])
                 }
-                try? await Task.sleep(for: .milliseconds(min(50 * attempt, 250)))
+                try? await environment.sleep(for: .milliseconds(min(50 * attempt, 250)))
             } catch {
                 logger.error("a batch of records was refused by the store", metadata: ["error": "\(error)", "records": "\(batch.count)"])
                 return .failure(error)

@@ -11,14 +11,21 @@ import Synchronization
 /// can take a shard over before this instant passes here; only the rates of the clocks
 /// need agree, never their readings.
 final class NodeLease: Sendable {
-    private let validUntil = Mutex<ContinuousClock.Instant?>(nil)
+    /// The node's monotonic clock (`EngineEnvironment.monotonicNow`).
+    private let clock: @Sendable () -> Duration
+    private let validUntil = Mutex<Duration?>(nil)
 
-    var isValid: Bool {
-        validUntil.withLock { $0.map { ContinuousClock.now < $0 } ?? false }
+    init(clock: @escaping @Sendable () -> Duration) {
+        self.clock = clock
     }
 
-    /// A renewal sent at `sent` succeeded.
-    func renewed(sentAt sent: ContinuousClock.Instant, ttl: Duration) {
+    var isValid: Bool {
+        let now = clock()
+        return validUntil.withLock { $0.map { now < $0 } ?? false }
+    }
+
+    /// A renewal sent at `sent` (by `clock`) succeeded.
+    func renewed(sentAt sent: Duration, ttl: Duration) {
         let until = sent + ttl * 0.9
         validUntil.withLock { $0 = max($0 ?? until, until) }
     }

@@ -255,7 +255,7 @@ public final class Coordinator: Sendable {
     public func runMaintenance() async {
         var checkpointedAt = store.position
         while !Task.isCancelled {
-            try? await Task.sleep(for: configuration.checkpointInterval)
+            try? await environment.sleep(for: configuration.checkpointInterval)
             // Transactions that grew too old while nothing happened are forgotten too.
             let forgotten = table.withLock { forgetOld(in: &$0) }
             guard !Task.isCancelled, store.position != checkpointedAt || forgotten > 0 else { continue }

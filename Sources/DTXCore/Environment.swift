@@ -12,6 +12,14 @@ public protocol EngineEnvironment: Sendable {
     func spawn(_ body: @escaping @Sendable () async -> Void)
     /// A value in 0..<1 (the jitter of retries).
     func random() -> Double
+    /// A clock that only goes forward, from an arbitrary start: what leases are measured on.
+    func monotonicNow() -> Duration
+    /// Suspends the calling task for `delay`; throws `CancellationError` if it is cancelled.
+    func sleep(for delay: Duration) async throws
+    /// Runs `body` as a new task, and returns the task.
+    func task<T: Sendable>(_ body: @escaping @Sendable () async -> T) -> Task<T, Never>
+    /// A name never given before (a process's incarnation).
+    func uniqueName() -> String
 }
 
 /// A call `EngineEnvironment.schedule` armed.

@@ -1,5 +1,6 @@
 import DTXCore
 import Foundation
+import Synchronization
 
 /// Simulated time, timers and tasks for one run. Every task of the run prefers this
 /// executor, which runs jobs one at a time in the order they were enqueued, on the
@@ -47,6 +48,27 @@ final class World: TaskExecutor, EngineEnvironment, @unchecked Sendable {
     }
 
     func random() -> Double { rng.unit() }
+
+    func monotonicNow() -> Duration { time }
+
+    func sleep(for delay: Duration) async throws {
+        let sleeper = Sleeper()
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                sleeper.start(continuation)
+                let call = schedule(after: delay) { sleeper.finish(nil) }
+                sleeper.armed(call)
+            }
+        } onCancel: {
+            sleeper.finish(CancellationError())
+        }
+    }
+
+    func task<T: Sendable>(_ body: @escaping @Sendable () async -> T) -> Task<T, Never> {
+        Task(executorPreference: self) { await body() }
+    }
+
+    func uniqueName() -> String { String(rng.next(), radix: 16) }
 
     /// Suspends the calling task for `delay` of simulated time.
     func sleep(_ delay: Duration) async {
@@ -98,6 +120,47 @@ final class World: TaskExecutor, EngineEnvironment, @unchecked Sendable {
             traceDigest = (traceDigest ^ UInt64(byte)) &* 0x100_0000_01b3
         }
         trace.append(text)
+    }
+}
+
+/// One cancellable sleep: resumed once, by its timer or by cancellation (which may come
+/// before the timer is armed).
+private final class Sleeper: Sendable {
+    private struct State {
+        var continuation: CheckedContinuation<Void, any Error>?
+        var call: ScheduledCall?
+        var outcome: (any Error)??
+    }
+
+    private let state = Mutex(State())
+
+    func start(_ continuation: CheckedContinuation<Void, any Error>) {
+        let early = state.withLock { s -> (any Error)?? in
+            if let outcome = s.outcome { return outcome }
+            s.continuation = continuation
+            return nil
+        }
+        if let early { early.map { continuation.resume(throwing: $0) } ?? continuation.resume() }
+    }
+
+    func armed(_ call: ScheduledCall) {
+        let finished = state.withLock { s in
+            s.call = call
+            return s.outcome != nil
+        }
+        if finished { call.cancel() }
+    }
+
+    func finish(_ error: (any Error)?) {
+        let (continuation, call) = state.withLock { s -> (CheckedContinuation<Void, any Error>?, ScheduledCall?) in
+            guard s.outcome == nil else { return (nil, nil) }
+            s.outcome = .some(error)
+            defer { s.continuation = nil }
+            return (s.continuation, s.call)
+        }
+        call?.cancel()
+        guard let continuation else { return }
+        if let error { continuation.resume(throwing: error) } else { continuation.resume() }
     }
 }
 

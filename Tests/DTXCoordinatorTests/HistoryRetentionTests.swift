@@ -26,6 +26,10 @@ private final class MovableClock: EngineEnvironment {
     func schedule(after delay: Duration, _ body: @escaping @Sendable () -> Void) -> ScheduledCall { system.schedule(after: delay, body) }
     func spawn(_ body: @escaping @Sendable () async -> Void) { system.spawn(body) }
     func random() -> Double { system.random() }
+    func monotonicNow() -> Duration { system.monotonicNow() }
+    func sleep(for delay: Duration) async throws { try await system.sleep(for: delay) }
+    func task<T: Sendable>(_ body: @escaping @Sendable () async -> T) -> Task<T, Never> { system.task(body) }
+    func uniqueName() -> String { system.uniqueName() }
 }
 
 @Suite struct HistoryRetentionTests {

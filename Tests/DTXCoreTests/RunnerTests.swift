@@ -25,6 +25,18 @@ private final class ManualEnvironment: EngineEnvironment {
 
     func random() -> Double { 0.5 }
 
+    func monotonicNow() -> Duration { state.withLock { $0.now } }
+
+    func sleep(for delay: Duration) async throws {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            _ = schedule(after: delay) { continuation.resume() }
+        }
+    }
+
+    func task<T: Sendable>(_ body: @escaping @Sendable () async -> T) -> Task<T, Never> { Task(operation: body) }
+
+    func uniqueName() -> String { UUID().uuidString }
+
     /// Moves time on by `duration` and runs what fell due, in order.
     func advance(_ duration: Duration) {
         let due = state.withLock { s -> [@Sendable () -> Void] in
