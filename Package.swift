@@ -73,7 +73,7 @@ let package = Package(
         ),
         .target(
             name: "DTXSimulation",
-            dependencies: ["DTXCoordinator", "DTXCore", "DTXAPI", "DTXLog", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["DTXCoordinator", "DTXCluster", "DTXCore", "DTXAPI", "DTXLog", .product(name: "Logging", package: "swift-log")]
         ),
         .executableTarget(
             name: "dtx-sim",

@@ -29,6 +29,10 @@ public struct ClusterConfiguration: Sendable {
     /// A shard given up to balance the cluster takes no new transaction, and waits this
     /// long at most for those running to reach their decision.
     public var drainFor: Duration = .seconds(5)
+    /// The part of the TTL a node acts for after sending a renewal that succeeded
+    /// (docs/CLUSTER.md). Safe only below 1 (less the clocks' rate difference); the
+    /// simulator raises it past 1 to show that its checks catch the result.
+    package var leaseMargin = 0.9
 
     public init(storeURL: String, nodeID: String, advertiseURL: String) {
         self.storeURL = storeURL
@@ -101,7 +105,7 @@ public final class ClusterNode: CoordinatorNode {
         self.logger = logger
         self.store = store
         self.environment = environment
-        lease = NodeLease(clock: { environment.monotonicNow() })
+        lease = NodeLease(clock: { environment.monotonicNow() }, margin: configuration.leaseMargin)
         sequences = SequenceCounter(clusterNode: configuration.nodeID)
         let shards = try await store.prepare(shards: configuration.shards)
         shardMap = ShardMap(count: shards)
@@ -192,11 +196,19 @@ public final class ClusterNode: CoordinatorNode {
         await store.close()
     }
 
-    /// Tests: this node's process dies. Every shard stops here and nothing is said to
-    /// the store; the lease runs out by itself (stop calling `run`).
-    func crash() {
+    /// Tests and the simulator: this node's process dies. Every shard stops here, what
+    /// was queued for the store is lost, and nothing is said to the store; the lease runs
+    /// out by itself (stop calling `run`).
+    package func crash() {
         loseAll("crashed (a test)")
-        writer.close()
+        writer.abandon()
+    }
+
+    /// The coordinator serving `gid` here, if this node holds its shard under a valid
+    /// lease (what a request reaching this node would be served by, without forwarding).
+    package func serving(_ gid: GlobalTransactionID) -> Coordinator? {
+        guard lease.isValid, case let .ready(coordinator, _, _)? = state.withLock({ $0.slots[shardMap.shard(of: gid)] }) else { return nil }
+        return coordinator
     }
 
     /// The epoch at which this node holds a shard, if it does.
@@ -206,7 +218,7 @@ public final class ClusterNode: CoordinatorNode {
     }
 
     /// The shards this node serves.
-    var heldShards: Set<Int> {
+    package var heldShards: Set<Int> {
         state.withLock { s in Set(s.slots.compactMap { if case .ready = $0.value { $0.key } else { nil } }) }
     }
 
@@ -280,6 +292,14 @@ public final class ClusterNode: CoordinatorNode {
         guard lease.isValid else { return }
         let live = Set(view.liveNodes.map(\.id))
         let share = (shardMap.count + max(1, live.count) - 1) / max(1, live.count)
+        // Shards the store says are this node's but no coordinator here serves (taken by
+        // an earlier process of this node, or before this node lost its lease) are taken
+        // back whatever the share: other nodes see a live owner and leave them alone, so
+        // they would wait for ever. A surplus is then given up as any other.
+        let served = state.withLock { Set($0.slots.keys) }
+        for entry in view.shards where entry.owner == configuration.nodeID && !served.contains(entry.shard) {
+            await take(entry.shard)
+        }
         let held = state.withLock { Set($0.slots.keys) }
         if held.count > share {
             for shard in held.sorted().suffix(held.count - share) { await release(shard) }
@@ -346,7 +366,7 @@ public final class ClusterNode: CoordinatorNode {
             shardLogger[metadataKey: "shard"] = "\(shard)"
             let coordinator: Coordinator
             do {
-                coordinator = try Coordinator(store: store, transport: transport, configuration: engine, environment: environment, participants: participants,
+                coordinator = try Coordinator(store: store, transport: transport.scoped(shard: shard, epoch: epoch), configuration: engine, environment: environment, participants: participants,
                                               sequences: sequences, logger: shardLogger)
             } catch {
                 logger.critical("a shard's records cannot be read", metadata: ["shard": "\(shard)", "error": "\(error)"])

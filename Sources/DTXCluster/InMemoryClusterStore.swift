@@ -38,10 +38,22 @@ package final class InMemoryClusterStore: ClusterStore {
         var lastLSN: UInt64 = 0
         var registry: [String: RegistryRow] = [:]
         var lastVersion: UInt64 = 0
+        var grants: [Grant] = []
     }
 
     private let now: @Sendable () -> Duration
     private let state = Mutex(State())
+
+    /// Each acquisition: which node got which epoch of a shard, and when (by the store's
+    /// clock). The simulator checks every message against it.
+    package struct Grant: Sendable, Equatable {
+        package var shard: Int
+        package var epoch: Int64
+        package var node: String
+        package var at: Duration
+    }
+
+    package var grants: [Grant] { state.withLock { $0.grants } }
 
     /// `now`: the store's clock, by which every lease is judged.
     package init(now: @escaping @Sendable () -> Duration) {
@@ -112,6 +124,7 @@ package final class InMemoryClusterStore: ClusterStore {
             s.shards![shard].epoch += 1
             s.shards![shard].owner = node
             s.shards![shard].acquired = t
+            s.grants.append(Grant(shard: shard, epoch: s.shards![shard].epoch, node: node, at: t))
             return .acquired(epoch: s.shards![shard].epoch, from: previous)
         }
     }

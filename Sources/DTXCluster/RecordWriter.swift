@@ -113,6 +113,19 @@ final class RecordWriter: Sendable {
         }
     }
 
+    /// The process died: what is queued is lost, its waiters are told so, and nothing
+    /// more is written.
+    func abandon() {
+        let (waiters, wake) = state.withLock { s in
+            s.closed = true
+            s.pending = []
+            defer { s.waiters = [] }
+            return (s.waiters, s.takeIdle())
+        }
+        for waiter in waiters { waiter.continuation.resume(throwing: StoreError.fenced("the node crashed")) }
+        wake?.resume()
+    }
+
     /// Refuses further flushes once what is queued is written.
     func close() {
         let wake = state.withLock { s in

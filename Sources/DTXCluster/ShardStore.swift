@@ -13,10 +13,13 @@ import Synchronization
 final class NodeLease: Sendable {
     /// The node's monotonic clock (`EngineEnvironment.monotonicNow`).
     private let clock: @Sendable () -> Duration
+    private let margin: Double
     private let validUntil = Mutex<Duration?>(nil)
 
-    init(clock: @escaping @Sendable () -> Duration) {
+    /// `margin`: the part of the TTL the node may act for (below 1).
+    init(clock: @escaping @Sendable () -> Duration, margin: Double) {
         self.clock = clock
+        self.margin = margin
     }
 
     var isValid: Bool {
@@ -26,7 +29,7 @@ final class NodeLease: Sendable {
 
     /// A renewal sent at `sent` (by `clock`) succeeded.
     func renewed(sentAt sent: Duration, ttl: Duration) {
-        let until = sent + ttl * 0.9
+        let until = sent + ttl * margin
         validUntil.withLock { $0 = max($0 ?? until, until) }
     }
 

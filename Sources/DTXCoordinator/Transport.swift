@@ -32,10 +32,16 @@ public protocol Transport: Sendable {
     /// node paused between deciding to send and sending sends nothing once it wakes
     /// without its lease). A message held back is reported failed.
     func sendOnlyWhile(_ condition: @escaping @Sendable () -> Bool)
+    /// The transport a cluster node gives the coordinator of one shard it holds at
+    /// `epoch`: itself, unless it marks what that coordinator sends (the simulator does,
+    /// to check that no two nodes send phase two for one epoch).
+    func scoped(shard: Int, epoch: Int64) -> any Transport
 }
 
 extension Transport {
     public func sendOnlyWhile(_ condition: @escaping @Sendable () -> Bool) {}
+
+    public func scoped(shard: Int, epoch: Int64) -> any Transport { self }
 }
 
 /// Why a message was not sent: the transport's `sendOnlyWhile` condition did not hold.

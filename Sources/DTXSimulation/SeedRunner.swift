@@ -12,13 +12,18 @@ public struct SeedRunner: Sendable {
     /// Wall-clock seconds after which no new seed starts.
     public var budget: Double?
     public var bugs: Set<SimulatedBug>
+    /// Cluster mode: this many nodes (nil: one coordinator), and mistakes switched on.
+    public var cluster: Int?
+    public var clusterBugs: Set<ClusterBug>
 
-    public init(first: UInt64, count: Int, jobs: Int, budget: Double? = nil, bugs: Set<SimulatedBug> = []) {
+    public init(first: UInt64, count: Int, jobs: Int, budget: Double? = nil, bugs: Set<SimulatedBug> = [], cluster: Int? = nil, clusterBugs: Set<ClusterBug> = []) {
         self.first = first
         self.count = count
         self.jobs = jobs
         self.budget = budget
         self.bugs = bugs
+        self.cluster = cluster
+        self.clusterBugs = clusterBugs
     }
 
     public struct Report: Sendable {
@@ -35,6 +40,7 @@ public struct SeedRunner: Sendable {
             return String(format: "%d seeds, %d transactions (%d committed) in %.1f s of wall time: %.0f transactions/s, %.0f simulated s; ",
                           seeds, transactions, committed, wallSeconds, rate, simulatedSeconds)
                 + "faults: \(faults.coordinatorCrashes) coordinator crashes (\(faults.unsyncedRecordsLost) unsynced records lost), \(faults.participantCrashes) participant crashes, \(faults.partitions) partitions, \(faults.messagesLost) messages lost, \(faults.messagesDuplicated) duplicated, \(faults.operatorCalls) operator calls (\(faults.heuristicOutcomes) heuristic outcomes), \(faults.terminations) 3PC terminations among peers; "
+                + (faults.nodeCrashes + faults.nodePauses + faults.nodeCutOffs > 0 ? "cluster: \(faults.nodeCrashes) node crashes, \(faults.nodePauses) nodes stopped, \(faults.nodeCutOffs) cut off from the store; " : "")
                 + (firstFailure == nil ? "0 violations" : "seed \(firstFailure!.seed) FAILED")
         }
     }
@@ -65,7 +71,7 @@ public struct SeedRunner: Sendable {
             return n
         }) {
             guard deadline.map({ Date() < $0 }) ?? true, progress.report.withLock({ $0.firstFailure == nil }) else { return }
-            let result = Simulation(seed: first + UInt64(index), bugs: bugs).run()
+            let result = Simulation(seed: first + UInt64(index), bugs: bugs, cluster: cluster, clusterBugs: clusterBugs).run()
             progress.report.withLock { r in
                 r.seeds += 1
                 r.transactions += result.transactions
@@ -108,5 +114,8 @@ extension Simulation.Faults {
         operatorCalls += other.operatorCalls
         heuristicOutcomes += other.heuristicOutcomes
         terminations += other.terminations
+        nodeCrashes += other.nodeCrashes
+        nodePauses += other.nodePauses
+        nodeCutOffs += other.nodeCutOffs
     }
 }

@@ -197,10 +197,10 @@ final class SimParticipant: @unchecked Sendable {
     private func ask(_ key: Key) {
         guard let entry = journal[key], entry.state.inDoubt, entry.proto != .tcc else { return }
         guard up else { return watch(key) }
-        guard let coordinator = sim.reachableCoordinator(from: name) else {
+        let gid = try! GlobalTransactionID(validating: key.gid)
+        guard let coordinator = sim.reachableCoordinator(from: name, gid: gid) else {
             return entry.proto == .threePhaseCommit ? terminate(key) : watch(key)
         }
-        let gid = try! GlobalTransactionID(validating: key.gid)
         let outcome: Decision?
         if entry.proto == .threePhaseCommit {
             let answer = coordinator.threePhaseState(gid: gid, branch: key.branch)

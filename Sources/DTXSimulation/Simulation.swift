@@ -1,4 +1,5 @@
 import DTXAPI
+import DTXCluster
 import DTXCoordinator
 import DTXCore
 import Foundation
@@ -50,11 +51,22 @@ public final class Simulation: @unchecked Sendable {
     /// The checks ran: participants stop asking, and the run winds down.
     private(set) var over = false
     private var quiescent = false
+    /// Why the run was not quiescent when last asked.
+    private var unsettled = ""
     private var loss = 0.0
     private var duplication = 0.0
     private var delay: ClosedRange<Int> = 1...10
     private var partitionedUntil: [String: Duration] = [:]
     public private(set) var faults = Faults()
+    /// Cluster mode: this many dtxd nodes on one shared store, instead of one coordinator.
+    let clusterNodes: Int?
+    private let clusterBugs: Set<ClusterBug>
+    private var sharedStore: InMemoryClusterStore?
+    private(set) var simNodes: [SimNode] = []
+    /// What the nodes sent (cluster mode), for `checkCluster`.
+    var sentMessages: [SentMessage] = []
+    private var leaseTTL: Duration = .seconds(2)
+    private var shardCount = 4
 
     public struct Faults: Sendable, Equatable {
         public var coordinatorCrashes = 0
@@ -69,6 +81,10 @@ public final class Simulation: @unchecked Sendable {
         public var heuristicOutcomes = 0
         /// 3PC branches that decided by termination among their peers.
         public var terminations = 0
+        /// Cluster mode.
+        public var nodeCrashes = 0
+        public var nodePauses = 0
+        public var nodeCutOffs = 0
     }
 
     struct Planned {
@@ -82,9 +98,13 @@ public final class Simulation: @unchecked Sendable {
         var interactive = false
     }
 
-    public init(seed: UInt64, bugs: Set<SimulatedBug> = [], tracing: Bool = false) {
+    /// `cluster`: run that many dtxd nodes on a shared store (with `clusterBugs`) instead
+    /// of one coordinator.
+    public init(seed: UInt64, bugs: Set<SimulatedBug> = [], tracing: Bool = false, cluster: Int? = nil, clusterBugs: Set<ClusterBug> = []) {
         self.seed = seed
         self.bugs = bugs
+        clusterNodes = cluster
+        self.clusterBugs = clusterBugs
         world = World(seed: seed, tracing: tracing)
     }
 
@@ -104,10 +124,12 @@ public final class Simulation: @unchecked Sendable {
 
     public func run() -> Result {
         configure()
-        restartCoordinator()
+        if clusterNodes != nil { startCluster() } else { restartCoordinator() }
         let registration = participants.map { ParticipantRegistration(name: $0.name, url: "http://\($0.name).sim", protocols: [.twoPhaseCommit, .threePhaseCommit, .tcc, .saga]) }
         world.spawn { [self] in
-            for entry in registration { _ = try? await coordinator?.participants.register(entry) }
+            while clusterNodes != nil, !simNodes.contains(where: \.up) { await world.sleep(.milliseconds(50)) }
+            let participants = coordinator?.participants ?? simNodes.first(where: \.up)?.node?.participants
+            for entry in registration { _ = try? await participants?.register(entry) }
         }
         world.run(until: .seconds(1))
         planWorkload()
@@ -115,9 +137,10 @@ public final class Simulation: @unchecked Sendable {
         _ = world.schedule(after: Self.healAt - world.time) { [self] in heal() }
         watchForQuiescence()
         let finished = world.run(until: Self.healAt + Self.quiescenceBound) { quiescent }
-        if !finished { violation(nil, "liveness: not quiescent \(Self.quiescenceBound) after healing") }
+        if !finished { violation(nil, "liveness: not quiescent \(Self.quiescenceBound) after healing: \(unsettled)") }
         let committed = check()
-        let heuristic = Set(planned.compactMap { t in (try? coordinator?.transaction(gid(t.gid)))?.heuristic == true ? t.gid : nil }).intersection(overridden.union(terminatedApart))
+        if let sharedStore { checkCluster(grants: sharedStore.grants) }
+        let heuristic = Set(planned.compactMap { t in view(t.gid)?.heuristic == true ? t.gid : nil }).intersection(overridden.union(terminatedApart))
         let kept = violations.filter { $0.gid.map { !heuristic.contains($0) } ?? true }.map { v in v.gid.map { "\($0): \(v.text)" } ?? v.text }
         let simulated = world.time.apiSeconds
         windDown()
@@ -131,6 +154,12 @@ public final class Simulation: @unchecked Sendable {
         over = true
         if let coordinator { world.spawn { await coordinator.shutdown() } }
         coordinator = nil
+        for simNode in simNodes {
+            simNode.goOn()
+            simNode.running?.cancel()
+            if let node = simNode.node { world.spawn { await node.shutdown() } }
+            simNode.node = nil
+        }
         world.run(until: world.time + .seconds(3600))
         world.discard()
     }
@@ -147,6 +176,13 @@ public final class Simulation: @unchecked Sendable {
         duplication = random.pick([0, 0.02, 0.1])
         delay = random.pick([1...2, 1...10, 1...50])
         world.note("seed \(seed): \(participants.count) participants, loss \(loss), duplication \(duplication), delay \(delay) ms, last agent \(configuration.lastAgent)")
+        if let clusterNodes {
+            leaseTTL = random.pick([.seconds(1), .seconds(2), .seconds(3)])
+            shardCount = random.int(2...8)
+            configuration.checkpointInterval = random.milliseconds(2000...8000)
+            simNodes = (0..<clusterNodes).map { SimNode(id: "n\($0)") }
+            world.note("cluster: \(clusterNodes) nodes, \(shardCount) shards, lease \(leaseTTL), bugs \(clusterBugs.map(\.rawValue).sorted())")
+        }
     }
 
     // MARK: The coordinator's life
@@ -180,10 +216,90 @@ public final class Simulation: @unchecked Sendable {
         world.spawn { await crashed.shutdown() }
     }
 
-    func reachableCoordinator(from participant: String) -> Coordinator? {
-        guard let coordinator, !isPartitioned(participant) else { return nil }
+    /// The coordinator a participant's question about `gid` reaches, if any: in a
+    /// cluster, a node that holds the gid's shard under a valid lease.
+    func reachableCoordinator(from participant: String, gid: GlobalTransactionID) -> Coordinator? {
+        guard !isPartitioned(participant) else { return nil }
         if world.rng.chance(loss) { return nil }
-        return coordinator
+        return clusterNodes == nil ? coordinator : serving(gid)
+    }
+
+    // MARK: The cluster's life
+
+    private func startCluster() {
+        sharedStore = InMemoryClusterStore(now: { [unowned world] in world.time })
+        for simNode in simNodes { startNode(simNode) }
+    }
+
+    private func startNode(_ simNode: SimNode) {
+        guard simNode.node == nil, !simNode.starting, let sharedStore else { return }
+        simNode.starting = true
+        simNode.incarnation += 1
+        let transport = SimTransport(sim: self, node: simNode)
+        let store = SimStoreFace(shared: sharedStore, sim: self, node: simNode)
+        var cluster = ClusterConfiguration(storeURL: "sim", nodeID: simNode.id, advertiseURL: "http://\(simNode.id).sim")
+        cluster.leaseTTL = leaseTTL
+        cluster.shards = shardCount
+        if clusterBugs.contains(.leaseBeyondTTL) { cluster.leaseMargin = 1.6 }
+        let (engine, settings) = (configuration, cluster)
+        world.spawn { [self] in
+            do {
+                let node = try await ClusterNode(configuration: settings, store: store, transport: transport, engine: engine, environment: world, logger: Self.silent)
+                simNode.node = node
+                simNode.transport = transport
+                simNode.running = world.task { await node.run() }
+                world.note("node \(simNode.id) #\(simNode.incarnation) joined")
+            } catch {
+                world.note("node \(simNode.id) could not start: \(error)")
+                _ = world.schedule(after: .seconds(1)) { [self] in startNode(simNode) }
+            }
+            simNode.starting = false
+        }
+    }
+
+    private func crashNode(_ simNode: SimNode) {
+        guard let node = simNode.node else { return }
+        simNode.node = nil
+        simNode.running?.cancel()
+        simNode.running = nil
+        simNode.transport?.alive = false
+        simNode.goOn()
+        node.crash()
+        faults.nodeCrashes += 1
+        world.note("node \(simNode.id) #\(simNode.incarnation) crashed")
+    }
+
+    /// A node holding `gid`'s shard under a valid lease, by node id.
+    func serving(_ gid: GlobalTransactionID) -> Coordinator? {
+        for simNode in simNodes where simNode.up {
+            if let coordinator = simNode.node?.serving(gid) { return coordinator }
+        }
+        return nil
+    }
+
+    /// The coordinator a client's request about `gid` is served by: the one coordinator,
+    /// or, in a cluster, a random running node's answer to where the gid is (which may
+    /// take a dead owner's shard over), followed once to the owner.
+    func coordinatorFor(_ text: String) async -> Coordinator? {
+        guard clusterNodes != nil else { return coordinator }
+        let gid = gid(text)
+        let running = simNodes.filter(\.up)
+        guard !running.isEmpty, let first = world.rng.pick(running).node else { return nil }
+        switch try? await first.placement(of: gid) {
+        case .here(let coordinator)?:
+            return coordinator
+        case .elsewhere(let owner, _)?:
+            guard let node = simNodes.first(where: { $0.id == owner && $0.up })?.node, case .here(let coordinator)? = try? await node.placement(of: gid) else { return nil }
+            return coordinator
+        case nil:
+            return nil
+        }
+    }
+
+    /// The view of `gid` now: from the coordinator, or a node serving its shard.
+    func view(_ text: String) -> TransactionView? {
+        let gid = gid(text)
+        return try? (clusterNodes == nil ? coordinator : serving(gid))?.transaction(gid)
     }
 
     /// A 3PC branch of `gid` decided by termination among its peers.
@@ -254,7 +370,7 @@ public final class Simulation: @unchecked Sendable {
     private func submitRetrying(_ submission: TransactionSubmission) async -> TransactionView? {
         let gid = submission.gid ?? "-"
         for _ in 0..<6 {
-            if let coordinator {
+            if let coordinator = await coordinatorFor(gid) {
                 do {
                     let (view, _) = try await coordinator.submit(submission)
                     world.note("client \(gid): \(view.status)")
@@ -294,7 +410,7 @@ public final class Simulation: @unchecked Sendable {
                 return await abandon(gid)
             }
             do {
-                guard let coordinator else { throw SimulatedCrash() }
+                guard let coordinator = await coordinatorFor(t.gid) else { throw SimulatedCrash() }
                 let answer = try await coordinator.enlist(gid: gid, EnlistRequest(participant: spec.participant, operation: spec.operation, payload: spec.payload))
                 if answer.branch != id { violation(t.gid, "enlisted as branch \(answer.branch), expected \(id)") }
             } catch {
@@ -308,7 +424,7 @@ public final class Simulation: @unchecked Sendable {
             }
         }
         do {
-            guard let coordinator else { throw SimulatedCrash() }
+            guard let coordinator = await coordinatorFor(t.gid) else { throw SimulatedCrash() }
             let view = try await coordinator.commit(gid: gid, reason: nil, wait: t.wait)
             world.note("client \(t.gid): commit: \(view.status)")
             if t.wait, let decision = view.decision { told[t.gid] = decision }
@@ -318,14 +434,15 @@ public final class Simulation: @unchecked Sendable {
     }
 
     private func abandon(_ gid: GlobalTransactionID) async {
-        _ = try? await coordinator?.abort(gid: gid, reason: nil, wait: false)
+        _ = try? await coordinatorFor(gid.rawValue)?.abort(gid: gid, reason: nil, wait: false)
     }
 
     // MARK: Faults
 
     private func planFaults() {
         let window = 1_000...Int(Self.healAt.components.seconds) * 1000 - 1000
-        for _ in 0..<world.rng.int(0...2) {
+        if clusterNodes != nil { planNodeFaults(window) }
+        for _ in 0..<world.rng.int(0...2) where clusterNodes == nil {
             _ = world.schedule(after: world.rng.milliseconds(window) - world.time) { [self] in
                 crashCoordinator()
                 _ = world.schedule(after: world.rng.milliseconds(50...3000)) { [self] in restartCoordinator() }
@@ -356,8 +473,9 @@ public final class Simulation: @unchecked Sendable {
         for _ in 0..<world.rng.int(0...3) {
             _ = world.schedule(after: world.rng.milliseconds(window) - world.time) { [self] in operatorCall() }
         }
+        // (Cluster nodes checkpoint their shards themselves.)
         var at = Duration.seconds(3)
-        while at < Self.healAt + Self.quiescenceBound {
+        while clusterNodes == nil, at < Self.healAt + Self.quiescenceBound {
             _ = world.schedule(after: at - world.time) { [self] in
                 guard let coordinator else { return }
                 world.spawn { _ = try? await coordinator.checkpoint() }
@@ -366,25 +484,59 @@ public final class Simulation: @unchecked Sendable {
         }
     }
 
+    /// Node crashes (and restarts), stops past the lease (zombies), and cuts from the store.
+    private func planNodeFaults(_ window: ClosedRange<Int>) {
+        for _ in 0..<world.rng.int(0...2) {
+            let simNode = world.rng.pick(simNodes)
+            _ = world.schedule(after: world.rng.milliseconds(window) - world.time) { [self] in
+                crashNode(simNode)
+                _ = world.schedule(after: world.rng.milliseconds(50...3000)) { [self] in startNode(simNode) }
+            }
+        }
+        let ttl = Int(leaseTTL.components.seconds) * 1000
+        for _ in 0..<world.rng.int(0...2) {
+            let simNode = world.rng.pick(simNodes)
+            _ = world.schedule(after: world.rng.milliseconds(window) - world.time) { [self] in
+                guard simNode.up else { return }
+                simNode.paused = true
+                faults.nodePauses += 1
+                let length = world.rng.milliseconds(ttl / 2...3 * ttl)
+                world.note("node \(simNode.id) stopped for \(length)")
+                _ = world.schedule(after: length) { [self] in
+                    world.note("node \(simNode.id) goes on")
+                    simNode.goOn()
+                }
+            }
+        }
+        for _ in 0..<world.rng.int(0...2) {
+            let simNode = world.rng.pick(simNodes)
+            _ = world.schedule(after: world.rng.milliseconds(window) - world.time) { [self] in
+                faults.nodeCutOffs += 1
+                simNode.cutOffUntil = world.time + world.rng.milliseconds(ttl / 2...3 * ttl)
+                world.note("node \(simNode.id) cut off from the store until \(simNode.cutOffUntil)")
+            }
+        }
+    }
+
     private func operatorCall() {
-        guard let coordinator, let t = planned.isEmpty ? nil : world.rng.pick(planned) else { return }
+        guard clusterNodes != nil || coordinator != nil, let t = planned.isEmpty ? nil : world.rng.pick(planned) else { return }
         faults.operatorCalls += 1
         let gid = gid(t.gid)
         switch world.rng.int(0...3) {
         case 0:
             world.note("operator: recover now")
-            _ = coordinator.recoverNow()
+            world.spawn { [self] in _ = await coordinatorFor(t.gid)?.recoverNow() }
         case 1:
             world.note("operator: abort \(gid)")
-            world.spawn { _ = try? await coordinator.abort(gid: gid, reason: nil, wait: false) }
+            world.spawn { [self] in _ = try? await coordinatorFor(t.gid)?.abort(gid: gid, reason: nil, wait: false) }
         case 2:
             overridden.insert(t.gid)
             world.note("operator: force abort \(gid)")
-            world.spawn { _ = try? await coordinator.abort(gid: gid, reason: "simulated operator", wait: false) }
+            world.spawn { [self] in _ = try? await coordinatorFor(t.gid)?.abort(gid: gid, reason: "simulated operator", wait: false) }
         default:
             overridden.insert(t.gid)
             world.note("operator: force commit \(gid)")
-            world.spawn { _ = try? await coordinator.commit(gid: gid, reason: "simulated operator", wait: false) }
+            world.spawn { [self] in _ = try? await coordinatorFor(t.gid)?.commit(gid: gid, reason: "simulated operator", wait: false) }
         }
     }
 
@@ -395,7 +547,12 @@ public final class Simulation: @unchecked Sendable {
         partitionedUntil = [:]
         world.note("healed")
         for participant in participants where !participant.up { participant.restart() }
-        restartCoordinator()
+        if clusterNodes == nil { restartCoordinator() }
+        for simNode in simNodes {
+            simNode.cutOffUntil = .zero
+            simNode.goOn()
+            startNode(simNode)
+        }
     }
 
     private func watchForQuiescence() {
@@ -405,13 +562,26 @@ public final class Simulation: @unchecked Sendable {
     }
 
     private func isQuiescent() -> Bool {
-        guard clientsRunning == 0, let coordinator else { return false }
+        guard clientsRunning == 0 else { unsettled = "\(clientsRunning) clients running"; return false }
+        guard clusterNodes != nil || coordinator != nil else { unsettled = "the coordinator is down"; return false }
+        if let down = simNodes.first(where: { !$0.up }) { unsettled = "node \(down.id) is down"; return false }
         for t in planned {
-            let view = try? coordinator.transaction(gid(t.gid))
+            // In a cluster, some node serves every gid's shard at the end.
+            if clusterNodes != nil, serving(gid(t.gid)) == nil {
+                let shard = ShardMap(count: shardCount).shard(of: gid(t.gid))
+                let grant = sharedStore?.grants.last { $0.shard == shard }
+                let held = simNodes.map { "\($0.id) holds \($0.node?.heldShards.sorted() ?? [])" }.joined(separator: ", ")
+                unsettled = "no node serves \(t.gid)'s shard \(shard) (last granted: \(grant.map { "epoch \($0.epoch) to \($0.node) at \($0.at)" } ?? "never"); \(held))"
+                return false
+            }
+            let view = view(t.gid)
             // An operator's override may leave a transaction stuck for an operator, by design.
             if view?.heuristic == true, overridden.contains(t.gid) || terminatedApart.contains(t.gid) { continue }
-            if let view, view.status != "committed", view.status != "aborted" { return false }
-            for (id, spec) in t.branches.enumerated() where participant(spec.participant).state(t.gid, id)?.inDoubt == true { return false }
+            if let view, view.status != "committed", view.status != "aborted" { unsettled = "\(t.gid) is \(view.status)"; return false }
+            for (id, spec) in t.branches.enumerated() where participant(spec.participant).state(t.gid, id)?.inDoubt == true {
+                unsettled = "\(t.gid)/\(id) is in doubt at \(spec.participant)"
+                return false
+            }
         }
         return true
     }
@@ -477,13 +647,13 @@ public final class Simulation: @unchecked Sendable {
     /// (a gid a participant was told `aborted` never commits) and atomicity per protocol.
     /// Returns how many committed.
     private func check() -> Int {
-        guard let coordinator else {
+        guard clusterNodes != nil || coordinator != nil else {
             violation(nil, "the coordinator is down at the end")
             return 0
         }
         var committed = 0
         for t in planned {
-            let view = try? coordinator.transaction(gid(t.gid))
+            let view = view(t.gid)
             if view?.heuristic == true {
                 guard overridden.contains(t.gid) || terminatedApart.contains(t.gid) else {
                     violation(t.gid, "a heuristic outcome no operator's override explains")
@@ -570,21 +740,43 @@ final class OneAnswer: @unchecked Sendable {
     }
 }
 
-/// The coordinator's transport in a run: messages go through `Simulation.deliver`.
+/// The coordinator's transport in a run (a cluster node's: `node`): messages go through
+/// `Simulation.deliver`. A node's messages wait while it is stopped, then go only while
+/// its `sendOnlyWhile` condition holds, and are recorded with the node and epoch.
 final class SimTransport: Transport, @unchecked Sendable {
     private unowned let sim: Simulation
+    private let node: SimNode?
+    private var gate: (@Sendable () -> Bool)?
     /// False once its coordinator crashed: answers are no longer delivered to it.
     var alive = true
 
-    init(sim: Simulation) {
+    init(sim: Simulation, node: SimNode? = nil) {
         self.sim = sim
+        self.node = node
     }
 
     func send(_ message: ParticipantMessage, protocol proto: TransactionProtocol, request: ParticipantRequest, to endpoint: ParticipantEndpoint) async -> ParticipantResponse {
-        await withCheckedContinuation { answer in
+        await send(message, protocol: proto, request: request, to: endpoint, scope: nil)
+    }
+
+    func send(_ message: ParticipantMessage, protocol proto: TransactionProtocol, request: ParticipantRequest, to endpoint: ParticipantEndpoint,
+              scope: (shard: Int, epoch: Int64)?) async -> ParticipantResponse {
+        if let node {
+            await node.untilRunning()
+            guard alive, gate?() ?? true else { return .failed("this node may no longer send") }
+            if let scope {
+                sim.sentMessages.append(SentMessage(gid: request.gid, branch: request.branch, message: message, node: node.id, incarnation: node.incarnation,
+                                                    shard: scope.shard, epoch: scope.epoch, at: sim.world.time))
+            }
+        }
+        return await withCheckedContinuation { answer in
             sim.deliver(message, proto, request, to: endpoint.name, from: self) { answer.resume(returning: $0) }
         }
     }
+
+    func sendOnlyWhile(_ condition: @escaping @Sendable () -> Bool) { gate = condition }
+
+    func scoped(shard: Int, epoch: Int64) -> any Transport { ScopedSimTransport(base: self, shard: shard, epoch: epoch) }
 
     func shutdown() async {}
 }
