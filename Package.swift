@@ -68,8 +68,12 @@ let package = Package(
         // Cluster mode: dtxd nodes sharing a PostgreSQL store, shards under leases.
         .target(
             name: "DTXCluster",
-            dependencies: ["DTXCoordinator", "DTXCore", "DTXAPI", "DTXLog", "DTXPostgresClient", .product(name: "Logging", package: "swift-log"),
+            dependencies: ["DTXCoordinator", "DTXCore", "DTXAPI", "DTXLog", .product(name: "Logging", package: "swift-log"),
                            .product(name: "Metrics", package: "swift-metrics")]
+        ),
+        .target(
+            name: "DTXClusterPostgres",
+            dependencies: ["DTXCluster", "DTXCoordinator", "DTXCore", "DTXAPI", "DTXLog", "DTXPostgresClient", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "DTXSimulation",
@@ -114,7 +118,7 @@ let package = Package(
         .executableTarget(
             name: "dtxd",
             dependencies: [
-                "DTXServer", "DTXCoordinator", "DTXCluster", "DTXLog",
+                "DTXServer", "DTXCoordinator", "DTXCluster", "DTXClusterPostgres", "DTXLog",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -278,7 +282,7 @@ let package = Package(
         .testTarget(name: "DTXLogTests", dependencies: ["DTXLog", "DTXTestSupport"]),
         .testTarget(
             name: "DTXClusterTests",
-            dependencies: ["DTXCluster", "DTXCoordinator", "DTXAPI", "DTXCore", "DTXPostgresClient", "DTXTestSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["DTXCluster", "DTXClusterPostgres", "DTXCoordinator", "DTXAPI", "DTXCore", "DTXPostgresClient", "DTXTestSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(name: "DTXSimulationTests", dependencies: ["DTXSimulation", "DTXCoordinator"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CSQLite", "CLibPQ"]),

@@ -82,22 +82,15 @@ public final class ClusterNode: CoordinatorNode {
     private let sequences: SequenceCounter
     private let registry: ParticipantRegistry
     private let state: Mutex<State>
+    /// Participants whose heartbeats reached this node since the last tick: the tick
+    /// tells the store, and so every node.
+    private let heardHere = Mutex<Set<String>>([])
     private let logger: Logger
 
-    /// Connects to the PostgreSQL store (creating its tables on first use), joins the
-    /// cluster and reads the participant registry. `engine` is every shard's
-    /// coordinator's configuration (its history limit is shared out among the shards).
-    public convenience init(configuration: ClusterConfiguration, transport: any Transport, engine: CoordinatorConfiguration, logger: Logger) async throws {
-        let store = try await PostgresClusterStore(url: configuration.storeURL, logger: logger)
-        do {
-            try await self.init(configuration: configuration, store: store, transport: transport, engine: engine, environment: SystemEnvironment(), logger: logger)
-        } catch {
-            await store.close()
-            throw error
-        }
-    }
-
-    /// The same over any `ClusterStore`, in any environment (time, timers, tasks).
+    /// Joins the cluster over `store` (PostgreSQL's: DTXClusterPostgres) in `environment`
+    /// (time, timers, tasks), and reads the participant registry. `engine` is every
+    /// shard's coordinator's configuration (its history limit is shared out among the
+    /// shards).
     package init(configuration: ClusterConfiguration, store: any ClusterStore, transport: any Transport, engine: CoordinatorConfiguration,
                  environment: any EngineEnvironment, logger: Logger) async throws {
         self.configuration = configuration
@@ -124,6 +117,7 @@ public final class ClusterNode: CoordinatorNode {
                                     now: { environment.now() }, logger: logger)
         fencedOff.withLock { $0 = StoredFunction { [weak self] refused in self?.fenced(refused) } }
         participants.refreshWith { [weak self] in try? await self?.pollRegistry() }
+        participants.whenHeard { [weak self] name in _ = self?.heardHere.withLock { $0.insert(name) } }
         participants.countUnfinishedElsewhere { name in try await store.unfinishedTransactions(naming: name) }
         transport.sendOnlyWhile { [lease] in lease.isValid }
         participants.countUnfinishedBranches { [weak self] name in
@@ -229,6 +223,11 @@ public final class ClusterNode: CoordinatorNode {
             let view = try await store.view()
             state.withLock { $0.view = view }
             await balance(view)
+            let heard = heardHere.withLock { names in
+                defer { names = [] }
+                return names.sorted()
+            }
+            if !heard.isEmpty { try await store.heard(from: heard, at: environment.now()) }
             try await pollRegistry()
         } catch {
             logger.warning("cannot reach the cluster store", metadata: ["error": "\(error)"])
@@ -487,6 +486,7 @@ public final class ClusterNode: CoordinatorNode {
     private func pollRegistry() async throws {
         for row in try await store.registrations() {
             _ = try registry.replay(type: row.type, payload: Array(row.record.utf8), lsn: row.version)
+            if let seen = row.lastSeen { registry.heardElsewhere(row.name, at: seen) }
         }
     }
 

@@ -1,5 +1,6 @@
 import DTXCore
 import DTXLog
+import Foundation
 
 /// What a cluster node needs of the store the nodes share, each call one atomic step
 /// judged by the store's clock alone (the rules: docs/CLUSTER.md). PostgreSQL in
@@ -34,6 +35,8 @@ package protocol ClusterStore: Sendable {
     /// Keeps a participant's newest registry record; returns its version (growing).
     func putRegistration(name: String, type: UInt16, record: String) async throws -> UInt64
     func registrations() async throws -> [RegistryRow]
+    /// These participants were heard from at `time` (kept where later than before).
+    func heard(from participants: [String], at time: Date) async throws
     /// Transactions of any shard with a branch on the participant and no end.
     func unfinishedTransactions(naming participant: String) async throws -> Int
     func close() async
@@ -76,13 +79,18 @@ package enum ClusterStoreError: Error, Equatable {
 
 /// A participant's row in the shared registry.
 package struct RegistryRow: Sendable, Equatable {
+    package var name: String
     package var version: UInt64
     package var type: UInt16
     package var record: String
+    /// When any node last heard from the participant.
+    package var lastSeen: Date?
 
-    package init(version: UInt64, type: UInt16, record: String) {
+    package init(name: String, version: UInt64, type: UInt16, record: String, lastSeen: Date?) {
+        self.name = name
         self.version = version
         self.type = type
         self.record = record
+        self.lastSeen = lastSeen
     }
 }

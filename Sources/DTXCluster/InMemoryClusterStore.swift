@@ -1,6 +1,7 @@
 import DTXAPI
 import DTXCore
 import DTXLog
+import Foundation
 import Synchronization
 
 /// The cluster store as a model in memory, with the PostgreSQL store's rules
@@ -179,13 +180,21 @@ package final class InMemoryClusterStore: ClusterStore {
     package func putRegistration(name: String, type: UInt16, record: String) async throws -> UInt64 {
         state.withLock { s in
             s.lastVersion += 1
-            s.registry[name] = RegistryRow(version: s.lastVersion, type: type, record: record)
+            s.registry[name] = RegistryRow(name: name, version: s.lastVersion, type: type, record: record, lastSeen: s.registry[name]?.lastSeen)
             return s.lastVersion
         }
     }
 
     package func registrations() async throws -> [RegistryRow] {
         state.withLock { s in s.registry.sorted { $0.key < $1.key }.map(\.value) }
+    }
+
+    package func heard(from participants: [String], at time: Date) async throws {
+        state.withLock { s in
+            for name in participants where s.registry[name] != nil && (s.registry[name]!.lastSeen.map { $0 < time } ?? true) {
+                s.registry[name]!.lastSeen = time
+            }
+        }
     }
 
     package func unfinishedTransactions(naming participant: String) async throws -> Int {

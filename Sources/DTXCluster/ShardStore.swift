@@ -133,7 +133,7 @@ final class ShardStore: CoordinatorStore {
 public struct ClusterError: Error, CustomStringConvertible {
     public var description: String
 
-    init(_ description: String) {
+    package init(_ description: String) {
         self.description = description
     }
 }

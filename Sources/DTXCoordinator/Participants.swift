@@ -32,6 +32,12 @@ public final class Participants: Sendable {
     }
 
     private let refresher = Mutex<StoredFunction<@Sendable () async -> Void>?>(nil)
+    private let heard = Mutex<StoredFunction<@Sendable (String) -> Void>?>(nil)
+
+    /// Told of every heartbeat (a cluster node passes them on to the other nodes).
+    public func whenHeard(_ body: @escaping @Sendable (String) -> Void) {
+        heard.withLock { $0 = StoredFunction(body) }
+    }
     private let clusterCount = Mutex<StoredFunction<@Sendable (String) async throws -> Int>?>(nil)
 
     /// How to count, before a deregistration, the unfinished transactions on other nodes
@@ -104,6 +110,7 @@ public final class Participants: Sendable {
 
     public func heartbeat(_ name: String) throws(CoordinatorError) -> ParticipantInfo {
         guard registry.touch(name, at: now()), let entry = registry.entry(name) else { throw unknown(name) }
+        heard.withLock { $0 }?.call(name)
         return info(entry)
     }
 

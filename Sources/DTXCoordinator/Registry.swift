@@ -165,4 +165,13 @@ public final class ParticipantRegistry: Sendable {
             return true
         }
     }
+
+    /// Another node heard from the participant at `time`: kept if it is later than what
+    /// this node heard.
+    public func heardElsewhere(_ name: String, at time: Date) {
+        entries.withLock { entries in
+            guard let entry = entries[name], entry.lastSeen.map({ $0 < time }) ?? true else { return }
+            entries[name]!.lastSeen = time
+        }
+    }
 }

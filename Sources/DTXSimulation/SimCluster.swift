@@ -98,6 +98,7 @@ final class SimStoreFace: ClusterStore, @unchecked Sendable {
         try await call { try await shared.putRegistration(name: name, type: type, record: record) }
     }
     func registrations() async throws -> [RegistryRow] { try await call { try await shared.registrations() } }
+    func heard(from participants: [String], at time: Date) async throws { try await call { try await shared.heard(from: participants, at: time) } }
     func unfinishedTransactions(naming participant: String) async throws -> Int {
         try await call { try await shared.unfinishedTransactions(naming: participant) }
     }

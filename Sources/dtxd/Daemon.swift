@@ -1,6 +1,7 @@
 import ArgumentParser
 import AsyncHTTPClient
 import DTXCluster
+import DTXClusterPostgres
 import DTXCoordinator
 import DTXLog
 import DTXServer

@@ -1,4 +1,5 @@
 @testable import DTXCluster
+@testable import DTXClusterPostgres
 import DTXAPI
 @testable import DTXCoordinator
 import DTXCore

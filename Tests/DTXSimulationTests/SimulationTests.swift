@@ -2,7 +2,7 @@ import DTXCoordinator
 import DTXSimulation
 import Testing
 
-/// The CI budget of the simulator (about a minute of seeds in a debug build, on one
+/// The CI budget of the simulator (about a minute and a half of seeds in a debug build, on one
 /// core, one test at a time, so that the end-to-end tests beside it keep the other): the
 /// engine survives a fixed range of fault schedules, a seed replays exactly, and each
 /// classic mistake switched back on is caught within the budget.
@@ -40,15 +40,15 @@ import Testing
         let report = await SeedRunner(first: 1, count: 4000, jobs: 1, bugs: [bug]).run()
         #expect(report.firstFailure != nil, "\(bug.rawValue) went unnoticed through \(report.seeds) seeds")
     }
-}
 
-/// Cluster mode: three dtxd nodes on one shared store (the in-memory model that
-/// ClusterStoreConformanceTests holds to PostgreSQL's rules), with nodes crashed, stopped
-/// past their lease and cut off from the store, besides every fault above. The cluster
-/// checks: every message came from a node the store had given the shard at that epoch,
-/// and before the store gave the next epoch to another; phase two of a transaction and
-/// epoch came from one node.
-@Suite(.serialized) struct ClusterSimulationTests {
+    // Cluster mode: three dtxd nodes on one shared store (the in-memory model that
+    // ClusterStoreConformanceTests holds to PostgreSQL's rules), with nodes crashed,
+    // stopped past their lease and cut off from the store, besides every fault above.
+    // The cluster checks: every message came from a node the store had given the shard
+    // at that epoch, and before the store gave the next epoch to another; phase two of a
+    // transaction and epoch came from one node. (In this suite: one simulation at a time,
+    // on one core.)
+
     @Test func aFixedRangeOfClusterSeedsBreaksNoInvariant() async {
         let report = await SeedRunner(first: 1, count: 300, jobs: 1, cluster: 3).run()
         #expect(report.firstFailure == nil, "\(report.summary)\n\(report.firstFailure?.violations.joined(separator: "\n") ?? "")")

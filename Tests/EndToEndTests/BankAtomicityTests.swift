@@ -144,13 +144,13 @@ import Testing
                 // decide (--last-agent); either recovers what the other logged.
                 bank.daemonArguments = ["--last-agent", Bool.random(using: &rng) ? "on" : "off"]
 
-                var armed: String?
+                var armed: (id: String, process: ChildProcess)?
                 if case let .coordinatorFailpoint(id, point) = fault {
                     try await bank.killCoordinator(id)
                     // A decision point needs the mode that reaches it; after-prepare-sent either.
                     let mode = point.hasSuffix("commit-decision") ? "off" : point.contains("delegation") || point.contains("one-phase") ? "on" : nil
                     try await bank.startCoordinator(id, failpoints: point, arguments: mode.map { ["--last-agent", $0] })
-                    armed = id
+                    armed = bank.coordinatorProcess(id).map { (id, $0) }
                 }
                 let roundStart = Date()
                 let (results, happened) = await withTaskGroup(of: RoundEvent.self) { group in
@@ -231,7 +231,8 @@ import Testing
                 transfers += results
 
                 // Bring back whatever died; disarm what did not fire.
-                if let armed, bank.coordinatorIsRunning(armed) { try await bank.killCoordinator(armed) }
+                // (The armed process itself: one started after it died is left alone.)
+                if let armed, armed.process.process.isRunning { try await bank.killCoordinator(armed.id) }
                 for id in coordinators where !bank.coordinatorIsRunning(id) { try await bank.startCoordinator(id) }
                 for service in [BankCluster.eu, BankCluster.us] {
                     if bank.isRunning(service) {

@@ -132,6 +132,8 @@ final class BankCluster: @unchecked Sendable {
     var coordinatorIDs: [String] { storeURL == nil ? ["dtxd"] : nodeIDs }
     func coordinatorIsRunning(_ id: String) -> Bool { storeURL == nil ? daemonIsRunning : nodeIsRunning(id) }
     func coordinatorClient(_ id: String) -> CoordinatorClient { storeURL == nil ? client : nodeClient(id) ?? client }
+    /// The process of dtxd or of node `id` now.
+    func coordinatorProcess(_ id: String) -> ChildProcess? { storeURL == nil ? cluster.daemon : lock.withLock { nodes[id] } }
 
     func startCoordinator(_ id: String, failpoints: String? = nil, arguments: [String]? = nil) async throws {
         if storeURL == nil { try await startDaemon(failpoints: failpoints, arguments: arguments) } else { try await startNode(id, failpoints: failpoints, arguments: arguments) }

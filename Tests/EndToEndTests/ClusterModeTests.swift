@@ -586,3 +586,21 @@ extension ClusterModeTests {
         #expect(metrics.contains(#"dtx_store_commit_duration_seconds_bucket{le="0.002"}"#), "\(metrics)")
     }
 }
+
+extension ClusterModeTests {
+    /// A participant heartbeats to one node (n1, every second); the other node (n0) sees
+    /// it heard from as recently, through the store.
+    @Test func everyNodeSeesEveryHeartbeat() async throws {
+        let cluster = try await NodeCluster.make("cluster-heartbeats")
+        defer { Task { await cluster.shutdown() } }
+        try await cluster.startTwoNodesAndParticipants()
+        try await Task.sleep(for: .seconds(4))
+        for node in ["n0", "n1"] {
+            let info = try await http("GET", cluster.url(node) + "/v1/participants/p1")
+            let lastSeen = ((info.json as? [String: Any])?["lastSeen"] as? String).flatMap { ISO8601DateFormatter().date(from: $0) }
+            let age = lastSeen.map { Date().timeIntervalSince($0) }
+            // Heartbeats every second reach the store within a tick (TTL / 5) of n1.
+            #expect(age.map { $0 < 3 } == true, "\(node) last heard from p1 \(age.map { String(format: "%.1f s", $0) } ?? "never") ago: \(String(decoding: info.body, as: UTF8.self))")
+        }
+    }
+}

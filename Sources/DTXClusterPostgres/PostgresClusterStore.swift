@@ -1,4 +1,5 @@
 import DTXAPI
+import DTXCluster
 import DTXCore
 import DTXLog
 import DTXPostgresClient
@@ -130,10 +131,18 @@ package final class PostgresClusterStore: ClusterStore {
 
     package func registrations() async throws -> [RegistryRow] {
         try await control.withConnection { connection in
-            try connection.execute("SELECT version, type, record FROM dtx_participants", []).rows.compactMap { row in
-                guard let version = try row.int("version"), let type = try row.int("type"), let record = try row.string("record") else { return nil }
-                return RegistryRow(version: UInt64(version), type: UInt16(type), record: record)
+            try connection.execute("SELECT name, version, type, record, extract(epoch FROM last_seen)::float8 AS last_seen FROM dtx_participants", []).rows.compactMap { row in
+                guard let name = try row.string("name"), let version = try row.int("version"), let type = try row.int("type"), let record = try row.string("record") else { return nil }
+                return RegistryRow(name: name, version: UInt64(version), type: UInt16(type), record: record,
+                                   lastSeen: try row.double("last_seen").map(Date.init(timeIntervalSince1970:)))
             }
+        }
+    }
+
+    package func heard(from participants: [String], at time: Date) async throws {
+        try await control.withConnection { connection in
+            try connection.execute("UPDATE dtx_participants SET last_seen = greatest(last_seen, to_timestamp($2)) WHERE name = ANY($1::text[])",
+                                   [.text(PostgresArray.texts(participants)), .double(time.timeIntervalSince1970)])
         }
     }
 

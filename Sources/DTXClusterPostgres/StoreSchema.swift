@@ -1,3 +1,4 @@
+import DTXCluster
 import DTXCore
 import DTXPostgresClient
 
