@@ -439,18 +439,28 @@ public final class Simulation: @unchecked Sendable {
 
     // MARK: Faults
 
+    /// Up to `times` faults at moments drawn from `window` (milliseconds): `choose` draws
+    /// each one from the seed (nil: none) and returns what happens at its moment.
+    private func atRandomMoments(_ times: ClosedRange<Int>, in window: ClosedRange<Int>, _ choose: () -> (@Sendable () -> Void)?) {
+        for _ in 0..<world.rng.int(times) {
+            guard let fault = choose() else { continue }
+            _ = world.schedule(after: world.rng.milliseconds(window) - world.time, fault)
+        }
+    }
+
     private func planFaults() {
         let window = 1_000...Int(Self.healAt.components.seconds) * 1000 - 1000
         if clusterNodes != nil { planNodeFaults(window) }
-        for _ in 0..<world.rng.int(0...2) where clusterNodes == nil {
-            _ = world.schedule(after: world.rng.milliseconds(window) - world.time) { [self] in
+        atRandomMoments(0...2, in: window) { [self] in
+            guard clusterNodes == nil else { return nil }
+            return { [self] in
                 crashCoordinator()
                 _ = world.schedule(after: world.rng.milliseconds(50...3000)) { [self] in restartCoordinator() }
             }
         }
-        for _ in 0..<world.rng.int(0...2) {
+        atRandomMoments(0...2, in: window) { [self] in
             let participant = world.rng.pick(participants)
-            _ = world.schedule(after: world.rng.milliseconds(window) - world.time) { [self] in
+            return { [self] in
                 guard participant.up else { return }
                 participant.up = false
                 faults.participantCrashes += 1
@@ -461,17 +471,17 @@ public final class Simulation: @unchecked Sendable {
                 }
             }
         }
-        for _ in 0..<world.rng.int(0...2) {
+        atRandomMoments(0...2, in: window) { [self] in
             let participant = world.rng.pick(participants)
-            _ = world.schedule(after: world.rng.milliseconds(window) - world.time) { [self] in
+            return { [self] in
                 faults.partitions += 1
                 let until = world.time + world.rng.milliseconds(500...5000)
                 partitionedUntil[participant.name] = until
                 world.note("\(participant.name) cut off until \(until)")
             }
         }
-        for _ in 0..<world.rng.int(0...3) {
-            _ = world.schedule(after: world.rng.milliseconds(window) - world.time) { [self] in operatorCall() }
+        atRandomMoments(0...3, in: window) { [self] in
+            return { [self] in operatorCall() }
         }
         // (Cluster nodes checkpoint their shards themselves.)
         var at = Duration.seconds(3)
@@ -486,17 +496,17 @@ public final class Simulation: @unchecked Sendable {
 
     /// Node crashes (and restarts), stops past the lease (zombies), and cuts from the store.
     private func planNodeFaults(_ window: ClosedRange<Int>) {
-        for _ in 0..<world.rng.int(0...2) {
+        atRandomMoments(0...2, in: window) { [self] in
             let simNode = world.rng.pick(simNodes)
-            _ = world.schedule(after: world.rng.milliseconds(window) - world.time) { [self] in
+            return { [self] in
                 crashNode(simNode)
                 _ = world.schedule(after: world.rng.milliseconds(50...3000)) { [self] in startNode(simNode) }
             }
         }
         let ttl = Int(leaseTTL.components.seconds) * 1000
-        for _ in 0..<world.rng.int(0...2) {
+        atRandomMoments(0...2, in: window) { [self] in
             let simNode = world.rng.pick(simNodes)
-            _ = world.schedule(after: world.rng.milliseconds(window) - world.time) { [self] in
+            return { [self] in
                 guard simNode.up else { return }
                 simNode.paused = true
                 faults.nodePauses += 1
@@ -508,9 +518,9 @@ public final class Simulation: @unchecked Sendable {
                 }
             }
         }
-        for _ in 0..<world.rng.int(0...2) {
+        atRandomMoments(0...2, in: window) { [self] in
             let simNode = world.rng.pick(simNodes)
-            _ = world.schedule(after: world.rng.milliseconds(window) - world.time) { [self] in
+            return { [self] in
                 faults.nodeCutOffs += 1
                 simNode.cutOffUntil = world.time + world.rng.milliseconds(ttl / 2...3 * ttl)
                 world.note("node \(simNode.id) cut off from the store until \(simNode.cutOffUntil)")
