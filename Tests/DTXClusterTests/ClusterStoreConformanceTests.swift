@@ -39,7 +39,7 @@ import Testing
     }
 
     /// Long enough for a few statements on a busy machine before it expires.
-    static let ttl = Duration.milliseconds(1500)
+    static let ttl = Duration.milliseconds(2500)
 
     @Test(arguments: Kind.allCases) func theNumberOfShardsIsFixedWhenTheClusterIsCreated(_ kind: Kind) async throws {
         let store = try await Self.subject(kind).store

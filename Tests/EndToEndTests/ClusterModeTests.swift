@@ -594,13 +594,15 @@ extension ClusterModeTests {
         let cluster = try await NodeCluster.make("cluster-heartbeats")
         defer { Task { await cluster.shutdown() } }
         try await cluster.startTwoNodesAndParticipants()
-        try await Task.sleep(for: .seconds(4))
+        // Long enough that n0's own view (the registration) would be older than the bound.
+        try await Task.sleep(for: .seconds(8))
         for node in ["n0", "n1"] {
             let info = try await http("GET", cluster.url(node) + "/v1/participants/p1")
             let lastSeen = ((info.json as? [String: Any])?["lastSeen"] as? String).flatMap { ISO8601DateFormatter().date(from: $0) }
             let age = lastSeen.map { Date().timeIntervalSince($0) }
-            // Heartbeats every second reach the store within a tick (TTL / 5) of n1.
-            #expect(age.map { $0 < 3 } == true, "\(node) last heard from p1 \(age.map { String(format: "%.1f s", $0) } ?? "never") ago: \(String(decoding: info.body, as: UTF8.self))")
+            // Heartbeats every second reach the store within a tick (TTL / 5) of n1, and n0
+            // reads them at its next tick (with room for a busy machine).
+            #expect(age.map { $0 < 5 } == true, "\(node) last heard from p1 \(age.map { String(format: "%.1f s", $0) } ?? "never") ago: \(String(decoding: info.body, as: UTF8.self))")
         }
     }
 }
