@@ -140,7 +140,7 @@ package final class PostgresClusterStore: ClusterStore {
     }
 
     package func heard(from participants: [String], at time: Date) async throws {
-        try await control.withConnection { connection in
+        _ = try await control.withConnection { connection in
             try connection.execute("UPDATE dtx_participants SET last_seen = greatest(last_seen, to_timestamp($2)) WHERE name = ANY($1::text[])",
                                    [.text(PostgresArray.texts(participants)), .double(time.timeIntervalSince1970)])
         }
