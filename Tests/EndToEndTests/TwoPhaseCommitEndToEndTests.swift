@@ -107,7 +107,7 @@ import Testing
         _ = try await cluster.client.submit(transfer("t-phase-two", ["a", "b"]))
         #expect(try await eventually { try await cluster.client.transaction("t-phase-two").branches[1].attempts >= 2 })
         let stalled = try await cluster.client.transaction("t-phase-two")
-        #expect(stalled.status == "committing")
+        #expect(stalled.status == "committing", "\(stalled.branches.map { "\($0.participant) \($0.state) \($0.lastError ?? "")" }) \(stalled.timeline.map(\.event))")
         #expect(stalled.decision == .commit)
         #expect(stalled.branches[0].state == "committed")
         #expect(try await cluster.client.outcome(gid: "t-phase-two", branch: 1) == "committed")
