@@ -63,16 +63,21 @@ public final class HTTPTransport: Transport {
     /// A cluster node's id, sent as `dtx-node` with every message (participants may log it).
     private let sender: String?
     private let gate = Mutex<StoredFunction<@Sendable () -> Bool>?>(nil)
+    private let connectTimeout: Duration
 
     /// - Parameter batchRequestsInFlight: for a participant that takes batches, how many
     ///   requests may be outstanding before further messages wait and go together in
     ///   the next batch.
     /// - Parameter sender: the cluster node sending (the `dtx-node` header); nil outside a cluster.
-    public init(requestTimeout: Duration = .seconds(10), connectionsPerParticipant: Int = 256, batchRequestsInFlight: Int = 4, sender: String? = nil) {
+    /// `connectTimeout`: how long a connection to a participant may take to be made
+    /// (dtxd --connect-timeout); `requestTimeout`: how long an answer may take.
+    public init(requestTimeout: Duration = .seconds(10), connectTimeout: Duration = .seconds(1), connectionsPerParticipant: Int = 256,
+                batchRequestsInFlight: Int = 4, sender: String? = nil) {
         self.sender = sender
         self.connectionsPerParticipant = connectionsPerParticipant
         self.batchRequestsInFlight = max(1, batchRequestsInFlight)
-        connections = ParticipantConnections(maxConnectionsPerHost: connectionsPerParticipant)
+        self.connectTimeout = connectTimeout
+        connections = ParticipantConnections(connectTimeout: TimeAmount(connectTimeout), maxConnectionsPerHost: connectionsPerParticipant)
         timeout = TimeAmount(requestTimeout)
     }
 
@@ -194,7 +199,7 @@ public final class HTTPTransport: Transport {
             if let client { return client }
             var configuration = HTTPClient.Configuration()
             configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = connectionsPerParticipant
-            configuration.timeout.connect = .seconds(1)
+            configuration.timeout.connect = TimeAmount(connectTimeout)
             let made = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
             client = made
             return made

@@ -56,6 +56,9 @@ struct Daemon: AsyncParsableCommand {
     @Option(name: .customLong("request-timeout"), help: "Seconds to wait for a participant's answer to one message. (env DTXD_REQUEST_TIMEOUT, default 10)")
     var requestTimeout: Double?
 
+    @Option(name: .customLong("connect-timeout"), help: "Seconds to wait for a connection to a participant to be made; a message whose connection could not be made was not delivered (Schemas/participant-api.yaml, Timing). (env DTXD_CONNECT_TIMEOUT, default 1)")
+    var connectTimeout: Double?
+
     @Option(name: .customLong("checkpoint-interval"), help: "Seconds between log checkpoints. (env DTXD_CHECKPOINT_INTERVAL, default 30)")
     var checkpointInterval: Double?
 
@@ -130,6 +133,7 @@ struct Daemon: AsyncParsableCommand {
         let bodyKB = try number(maxBodyKB, "DTXD_MAX_BODY_KB", 1024, { (1...65536).contains($0) }, "a whole number of KiB from 1 to 65536")
         let timeoutSeconds = try number(defaultTimeout, "DTXD_DEFAULT_TIMEOUT", 30, { $0 > 0 && $0 <= 3600 }, "seconds above 0, at most 3600")
         let requestSeconds = try number(requestTimeout, "DTXD_REQUEST_TIMEOUT", 10, { $0 > 0 && $0 <= 600 }, "seconds above 0, at most 600")
+        let connectSeconds = try number(connectTimeout, "DTXD_CONNECT_TIMEOUT", 1, { $0 >= 0.01 && $0 <= 60 }, "seconds from 0.01 to 60")
         let checkpointSeconds = try number(checkpointInterval, "DTXD_CHECKPOINT_INTERVAL", 30, { $0 >= 1 && $0 <= 86400 }, "seconds from 1 to 86400")
         let groupCommitMS = try number(groupCommitDelayMS, "DTXD_GROUP_COMMIT_DELAY_MS", 1, { $0 >= 0 && $0 <= 100 }, "milliseconds from 0 to 100")
         let historyLimit = try number(history, "DTXD_HISTORY", 10_000, { (0...10_000_000).contains($0) }, "a whole number from 0 to 10000000")
@@ -189,7 +193,7 @@ struct Daemon: AsyncParsableCommand {
             if advertised == nil, port == 0 || host == "0.0.0.0" || host == "::" {
                 throw ValidationError("listening on \(address), other nodes cannot know where to forward requests: pass --advertise-url (or DTXD_ADVERTISE_URL), e.g. http://10.0.0.5:7070")
             }
-            let transport = HTTPTransport(requestTimeout: Duration(apiSeconds: requestSeconds), sender: id)
+            let transport = HTTPTransport(requestTimeout: Duration(apiSeconds: requestSeconds), connectTimeout: Duration(apiSeconds: connectSeconds), sender: id)
             var cluster = ClusterConfiguration(storeURL: url, nodeID: id, advertiseURL: advertised ?? "http://\(host.contains(":") ? "[\(host)]" : host):\(port)")
             cluster.leaseTTL = .milliseconds(Int64(ttl * 1000))
             cluster.shards = shardCount
@@ -231,7 +235,8 @@ struct Daemon: AsyncParsableCommand {
             }
             logger.info("log open", metadata: ["directory": "\(directory)", "records": "\(opened.recovery.records.count)", "nextLSN": "\(log.nextLSN)"])
             coordinator = try Coordinator(store: WALStore(log: log, records: opened.recovery.records),
-                                          transport: HTTPTransport(requestTimeout: Duration(apiSeconds: requestSeconds)), configuration: engine, logger: logger)
+                                          transport: HTTPTransport(requestTimeout: Duration(apiSeconds: requestSeconds), connectTimeout: Duration(apiSeconds: connectSeconds)),
+                                          configuration: engine, logger: logger)
         } catch let error as LogError {
             FileHandle.standardError.write(Data("dtxd: \(error)\n".utf8))
             throw ExitCode(1)

@@ -6,6 +6,19 @@ import FoundationNetworking
 import Testing
 
 @Suite struct DaemonTests {
+    /// The connect timeout to participants is a flag; a value out of range is refused
+    /// with the rule, and nothing starts.
+    @Test func aConnectTimeoutOutOfRangeIsRefused() async throws {
+        let dir = makeTemporaryDirectory("dtxd-connect-timeout")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let refused = try await run("dtxd", ["--data-dir", dir + "/data", "--listen", "127.0.0.1:0", "--connect-timeout", "0"])
+        #expect(refused.status == 64, "\(refused)")
+        #expect(refused.err.contains("must be seconds from 0.01 to 60, not 0.0"), "\(refused.err)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/data"), "nothing was created")
+        let help = try await run("dtxd", ["--help"])
+        #expect(help.out.contains("--connect-timeout"))
+    }
+
     @Test func dtxdServesHealthRefusesASecondDaemonAndShutsDownCleanlyOnSIGTERM() async throws {
         let dir = makeTemporaryDirectory("dtxd")
         defer { try? FileManager.default.removeItem(atPath: dir) }
