@@ -583,7 +583,7 @@ public final class ClusterNode: CoordinatorNode {
         }
         let counts = Dictionary(grouping: view.shards.compactMap(\.owner), by: { $0 }).mapValues(\.count)
         return ClusterStatus(
-            node: configuration.nodeID, leaseTTL: configuration.leaseTTL.seconds,
+            node: configuration.nodeID, leaseTTL: configuration.leaseTTL.apiSeconds,
             nodes: view.nodes.map { ClusterStatus.Node(id: $0.id, url: $0.url, live: $0.live, renewedAgo: $0.renewedAgo, shards: counts[$0.id] ?? 0) },
             shards: view.shards.map { entry in
                 ClusterStatus.Shard(shard: entry.shard, owner: entry.owner, epoch: Int(entry.epoch), heldFor: entry.heldFor,

@@ -100,10 +100,10 @@ package final class InMemoryClusterStore: ClusterStore {
         return state.withLock { s in
             Leases.View(
                 nodes: s.nodes.sorted { $0.key < $1.key }.map { id, row in
-                    Leases.Node(id: id, url: row.url, live: !Self.expired(row, at: t), renewedAgo: (t - row.renewed).seconds)
+                    Leases.Node(id: id, url: row.url, live: !Self.expired(row, at: t), renewedAgo: (t - row.renewed).apiSeconds)
                 },
                 shards: (s.shards ?? []).enumerated().map { index, row in
-                    Leases.Shard(shard: index, owner: row.owner, epoch: row.epoch, heldFor: row.acquired.map { (t - $0).seconds })
+                    Leases.Shard(shard: index, owner: row.owner, epoch: row.epoch, heldFor: row.acquired.map { (t - $0).apiSeconds })
                 })
         }
     }

@@ -212,7 +212,7 @@ final class RecordWriter: Sendable {
             let started = environment.monotonicNow()
             do {
                 let held = try await store.write(batch, node: node, writer: writer)
-                commitTimer.recordSeconds((environment.monotonicNow() - started).seconds)
+                commitTimer.recordSeconds((environment.monotonicNow() - started).apiSeconds)
                 state.withLock { s in
                     s.statistics.commits += 1
                     s.statistics.records += batch.count
@@ -231,8 +231,4 @@ final class RecordWriter: Sendable {
             }
         }
     }
-}
-
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }
