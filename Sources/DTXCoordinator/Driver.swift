@@ -305,7 +305,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             // Deregistration is refused while branches are unfinished, so this is a bug or a
             // hand-edited log: report it as a failed delivery and let the protocol decide.
             let id = branch.id
-            context.environment.spawn { await self.post(.replied(id, message, .failed("participant \(branch.spec.participant) is not registered"))) }
+            context.environment.spawn { await self.post(.replied(id, message, .undelivered("participant \(branch.spec.participant) is not registered"))) }
             return
         }
         let request = ParticipantRequest(gid: gid.rawValue, branch: branch.id, operation: branch.spec.operation, payload: branch.spec.payload,
@@ -316,7 +316,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         let proto = proto
         context.environment.spawn {
             let response = await transport.send(message, protocol: proto, request: request, to: endpoint)
-            if case .failed = response {} else { registry.touch(endpoint.name) }
+            if response.failure == nil { registry.touch(endpoint.name) }
             if case .done = response { failpoints.hit(after: message, done: true) }
             await self.post(.replied(branch.id, message, response))
         }
@@ -403,6 +403,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         case let .replied(id, message, .done(status, _)): entry = ("\(message.rawValue): \(status)", id, nil)
         case let .replied(id, message, .refused(code, text)): entry = ("\(message.rawValue): refused", id, "\(code): \(text)")
         case let .replied(id, message, .failed(error)): entry = ("\(message.rawValue): failed", id, error)
+        case let .replied(id, message, .undelivered(error)): entry = ("\(message.rawValue): not delivered", id, error)
         case .timedOut(.phaseOne): entry = ("timed out", nil, nil)
         case .timedOut(.step(let id)): entry = ("attempt timed out", id, nil)
         case .enlisted(let spec): entry = ("enlisted", s.machine.branches.count, "\(spec.participant) \(spec.operation)")

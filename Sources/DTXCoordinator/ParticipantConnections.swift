@@ -16,6 +16,9 @@ final class ParticipantConnections: Sendable {
     }
 
     enum Failure: Error, CustomStringConvertible {
+        /// No connection was made (refused, not within the connect timeout, or no slot came
+        /// free before the deadline): nothing of the request was written.
+        case notConnected(String)
         case timedOut
         /// Closed or broken before any of the answer arrived: the request may be sent again.
         case closed
@@ -24,6 +27,7 @@ final class ParticipantConnections: Sendable {
 
         var description: String {
             switch self {
+            case .notConnected(let why): why
             case .timedOut: "no answer within the request timeout"
             case .closed: "the connection closed before an answer"
             case .brokenAnswer: "the connection broke in the middle of the answer"
@@ -110,13 +114,32 @@ final class ParticipantConnections: Sendable {
         let deadline = NIODeadline.now() + timeout
         var retried = false
         while true {
-            let (connection, reused) = try await pool.acquire(deadline: deadline).get()
+            let connection: Connection
+            let reused: Bool
+            do {
+                (connection, reused) = try await pool.acquire(deadline: deadline).get()
+            } catch {
+                throw Failure.notConnected(Self.describeConnectFailure(error))
+            }
             do {
                 return try await connection.exchange(head: head, body: body, deadline: deadline, gate: gate).get()
             } catch Failure.closed where reused && !retried {
                 retried = true
             }
         }
+    }
+
+    /// Why a connection was not made, for people.
+    private static func describeConnectFailure(_ error: any Error) -> String {
+        if let failure = error as? Failure {
+            if case .timedOut = failure { return "no connection came free within the request timeout" }
+            return failure.description
+        }
+        if let error = error as? ChannelError, case .connectTimeout(let amount) = error {
+            return "no connection within the connect timeout (\(Double(amount.nanoseconds) / 1e9) s)"
+        }
+        let text = String(describing: error)
+        return text.contains("connectionRefused") || text.contains("Connection refused") ? "connection refused" : "no connection: \(text)"
     }
 
     func shutdown() {

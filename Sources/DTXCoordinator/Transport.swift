@@ -100,7 +100,7 @@ public final class HTTPTransport: Transport {
                 String(decoding: data.prefix(300), as: UTF8.self)
             }
         } catch {
-            return .failed("\(endpoint.name) at \(endpoint.url) unreachable: \(Self.describe(error))")
+            return Self.unanswered(error, by: endpoint)
         }
     }
 
@@ -111,7 +111,7 @@ public final class HTTPTransport: Transport {
         do {
             (status, data) = try await post(ParticipantBatch.path, body: ParticipantBatch.body(messages), to: endpoint)
         } catch {
-            let failure = ParticipantResponse.failed("\(endpoint.name) at \(endpoint.url) unreachable: \(Self.describe(error))")
+            let failure = Self.unanswered(error, by: endpoint)
             return messages.map { _ in failure }
         }
         guard status == 200, let answers = ParticipantBatch.answers(in: data, count: messages.count) else {
@@ -222,12 +222,24 @@ public final class HTTPTransport: Transport {
         return request
     }
 
-    /// The `ParticipantRequest` body, written directly (it is on every message's path).
-    private static func describe(_ error: Error) -> String {
+    /// A request that got no answer: `undelivered` when it certainly never left (no
+    /// connection was made), `failed` otherwise.
+    private static func unanswered(_ error: any Error, by endpoint: ParticipantEndpoint) -> ParticipantResponse {
+        let text = "\(endpoint.name) at \(endpoint.url) unreachable: \(describe(error))"
+        if case .notConnected? = error as? ParticipantConnections.Failure { return .undelivered(text) }
+        if let error = error as? HTTPClientError, [.connectTimeout, .getConnectionFromPoolTimeout].contains(error) { return .undelivered(text) }
+        return isRefusedConnection(error) ? .undelivered(text) : .failed(text)
+    }
+
+    private static func describe(_ error: any Error) -> String {
         if let error = error as? HTTPClientError, error == .deadlineExceeded { return "no answer within the request timeout" }
         if let error = error as? ParticipantConnections.Failure { return error.description }
+        return isRefusedConnection(error) ? "connection refused" : String(describing: error)
+    }
+
+    private static func isRefusedConnection(_ error: any Error) -> Bool {
         let text = String(describing: error)
-        return text.contains("connectionRefused") || text.contains("Connection refused") ? "connection refused" : text
+        return text.contains("connectionRefused") || text.contains("Connection refused")
     }
 }
 

@@ -331,8 +331,22 @@ public enum ParticipantResponse: Sendable, Equatable {
     case done(status: String, result: JSONValue?)
     /// 409: a definitive business failure (a NO vote, a failed action).
     case refused(code: String, message: String)
-    /// No usable answer: unreachable, timed out, 425/503, or any other status.
+    /// No usable answer: timed out, 425/503, any other status, or a connection that broke
+    /// after the message may have been written.
     case failed(String)
+    /// The message certainly never reached the participant: no connection could be made
+    /// (refused, or not within the connect timeout) or none came free in time. Work
+    /// messages so reported are sent again within the transaction's timeout; everywhere
+    /// else it is a failure like `failed`.
+    case undelivered(String)
+
+    /// The failure's text, for `failed` and `undelivered`.
+    public var failure: String? {
+        switch self {
+        case .failed(let error), .undelivered(let error): error
+        case .done, .refused: nil
+        }
+    }
 }
 
 /// The events the engine feeds every protocol, whatever the protocol. A machine

@@ -16,6 +16,8 @@ struct DecisionWords: Sendable {
 /// logged decision are written once, here.
 protocol DecisionDelivering {
     static func words(for decision: Decision) -> DecisionWords
+    /// A branch sent the round's work message (PREPARE, TRY, CANCOMMIT) and not yet answered.
+    static var working: BranchState { get }
     var gid: GlobalTransactionID { get }
     var branches: [Branch] { get set }
     /// The branches the decision is delivered to.
@@ -60,7 +62,22 @@ extension DecisionDelivering {
         targets = Set(ids)
         let entry: LogEntry = reason.map { .resolution(gid: gid, .abort, targets: ids, reason: $0, heuristic: false) }
             ?? .decision(gid: gid, .abort, targets: ids)
-        return [.cancel(.phaseOne), .log(entry, forced: forced), .decided(.abort)] + deliver(.abort, to: ids)
+        return [.cancel(.phaseOne)] + stopResending(ids) + [.log(entry, forced: forced), .decided(.abort)] + deliver(.abort, to: ids)
+    }
+
+    /// A work message that never reached its participant waits to be sent again (see
+    /// `resend`); once the round ends, its retry timer is cancelled.
+    private func stopResending(_ ids: [BranchID]) -> [TransactionAction] {
+        guard status != .created else { return [] }  // a restart: no timer was armed
+        return ids.filter { branches[$0].state == Self.working && branches[$0].attempts > 1 }.map { .cancel(.retry($0)) }
+    }
+
+    /// The round's work message never reached branch `id` (no connection was made): it is
+    /// sent again after the engine's backoff, as long as the round lasts (the phase-one
+    /// timer ends it).
+    mutating func resend(_ id: BranchID, error: String) -> [TransactionAction] {
+        guard branches.indices.contains(id), branches[id].state == Self.working else { return [] }
+        return retry(id, error: error)
     }
 
     /// An operator reverses a logged decision: the branches that have not acknowledged

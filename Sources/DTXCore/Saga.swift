@@ -6,8 +6,10 @@
 ///
 /// Coordinator log writes: `begin` **forced** → ACTION to every ready step → a step done:
 /// its dependents that became ready → every step done: `end` (lazy).
-/// A failed delivery, or a step's `timeout` expiring, is an attempt that failed: it is
-/// retried (`retry(step)`) up to the step's `maxAttempts`. A refusal (409) is definitive.
+/// A failed delivery (also one that never reached the participant: a saga has no
+/// transaction timeout to bound resending, so the step's retry policy does), or a step's
+/// `timeout` expiring, is an attempt that failed: it is retried (`retry(step)`) up to the
+/// step's `maxAttempts`. A refusal (409) is definitive.
 /// A step that fails definitively or runs out of attempts starts **backward recovery**:
 /// `decision(abort)` **forced**, whose targets are every step whose action was ever sent
 /// (they may have run) → COMPENSATE to each, in reverse dependency order (a step's
@@ -501,10 +503,10 @@ extension Saga {
             switch (message, response) {
             case (.action, .done(_, let result)): return .stepDone(id, result: result)
             case let (.action, .refused(code, text)): return .stepRefused(id, code: code, message: text)
-            case let (.action, .failed(error)): return .stepFailed(id, error)
+            case let (.action, .failed(error)), let (.action, .undelivered(error)): return .stepFailed(id, error)
             case (.compensate, .done): return .compensated(id)
             case let (.compensate, .refused(code, text)): return .compensationFailed(id, "\(code): \(text)")
-            case let (.compensate, .failed(error)): return .compensationFailed(id, error)
+            case let (.compensate, .failed(error)), let (.compensate, .undelivered(error)): return .compensationFailed(id, error)
             default: return nil  // another protocol's message
             }
         }

@@ -3,11 +3,12 @@
 /// Coordinator log writes: `begin` **forced** (every Try has side effects, so the
 /// transaction must survive a crash) → TRY to every branch in parallel → all done:
 /// `decision(commit)` **forced** → CONFIRM each, retried until done → `end` (lazy).
-/// Any Try refused or undeliverable, or the transaction timeout (`phaseOne`) before
+/// Any Try refused or failed, or the transaction timeout (`phaseOne`) before
 /// every Try answered: `decision(abort)` **forced** → CANCEL to every branch — also those
 /// whose Try was refused or never answered (the participant's barrier makes a Cancel
 /// without Try a no-op and a Try after its Cancel a no-op) — retried until done → `end`.
-/// A Try is never retried: its failure cancels the transaction.
+/// A Try that certainly never reached its participant (no connection was made) is sent
+/// again with backoff until the timeout; any other failure of a Try cancels the transaction.
 ///
 /// Interactive (XA style): `open` **forced** → services enlist their branches and run
 /// their Trys, in either order (`enlist`, **forced**: the coordinator owes the branch a
@@ -42,6 +43,8 @@ public struct TryConfirmCancel: TransactionStateMachine {
         /// `message` could not be delivered or got no usable answer (for Confirm and
         /// Cancel, a refusal counts as this too: they are retried until done).
         case deliveryFailed(BranchID, ParticipantMessage, String)
+        /// A Try certainly never reached the participant: it may be sent again.
+        case notDelivered(BranchID, String)
         case timedOut(TimerID)
         /// Rebuild after a restart from what the log holds for this transaction.
         case recovered(Recovered)
@@ -136,6 +139,10 @@ public struct TryConfirmCancel: TransactionStateMachine {
             guard state(of: id) == .trying else { return [] }
             branches[id].lastError = error
             return cancelAll(reason: nil)
+        case let (.trying, .notDelivered(id, error)):
+            return resend(id, error: error)
+        case (.trying, .timedOut(.retry(let id))):
+            return state(of: id) == .trying ? [.send(.try, to: id)] : []
         case let (.confirming, .confirmed(id, result)):
             guard state(of: id) == .confirming else { return [] }
             branches[id].state = .confirmed
@@ -175,9 +182,11 @@ public struct TryConfirmCancel: TransactionStateMachine {
             return ignoring(event, impossible: true)
         case .forced:
             return []  // taken above in every state
-        case .tried, .tryRefused, .deliveryFailed(_, .try, _):
+        case .tried, .tryRefused, .deliveryFailed(_, .try, _), .notDelivered:
             return ignoring(event, impossible: interactive || status == .created || status == .active)
-        case .confirmed, .cancelled, .deliveryFailed(_, .confirm, _), .deliveryFailed(_, .cancel, _), .timedOut(.retry):
+        case .timedOut(.retry):
+            return ignoring(event, impossible: status == .created || status == .active)
+        case .confirmed, .cancelled, .deliveryFailed(_, .confirm, _), .deliveryFailed(_, .cancel, _):
             return ignoring(event, impossible: undecided)
         case .deliveryFailed, .timedOut(.step):
             return ignoring(event, impossible: true)  // TCC sends nothing else, arms no step timer
@@ -252,7 +261,10 @@ extension TryConfirmCancel {
             case let (.try, .refused(code, text)): return .tryRefused(id, code: code, message: text)
             case (.confirm, .done(_, let result)): return .confirmed(id, result: result)
             case (.cancel, .done): return .cancelled(id)
-            case let (.try, .failed(error)), let (.confirm, .failed(error)), let (.cancel, .failed(error)):
+            case let (.try, .undelivered(error)):
+                return .notDelivered(id, error)
+            case let (.try, .failed(error)), let (.confirm, .failed(error)), let (.cancel, .failed(error)),
+                 let (.confirm, .undelivered(error)), let (.cancel, .undelivered(error)):
                 return .deliveryFailed(id, message, error)
             case let (.confirm, .refused(code, text)), let (.cancel, .refused(code, text)):
                 // Confirm and Cancel may not fail: a refusal is a participant's bug or a
@@ -296,6 +308,8 @@ extension TryConfirmCancel {
 }
 
 extension TryConfirmCancel: DecisionDelivering {
+    static var working: BranchState { .trying }
+
     static func words(for decision: Decision) -> DecisionWords {
         decision == .commit
             ? DecisionWords(message: .confirm, pending: .confirming, done: .confirmed, status: .confirming)

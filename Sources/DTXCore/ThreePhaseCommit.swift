@@ -2,8 +2,9 @@
 ///
 /// Coordinator log writes: `begin` (lazy) → CANCOMMIT to every branch → all YES:
 /// `preCommit` **forced** → PRECOMMIT to every branch → all acknowledged:
-/// `decision(commit)` **forced** → DOCOMMIT, retried until done → `end` (lazy). Any NO,
-/// undeliverable CanCommit or the timeout before the pre-commit: `decision(abort)`
+/// `decision(commit)` **forced** → DOCOMMIT, retried until done → `end` (lazy). A
+/// CanCommit that never reached its participant is sent again until the timeout. Any NO,
+/// other CanCommit failure or the timeout before the pre-commit: `decision(abort)`
 /// (lazy, presumed abort) → ROLLBACK to every branch that may have prepared.
 ///
 /// The extra round is what makes 3PC non-blocking when the coordinator crashes: a
@@ -44,6 +45,8 @@ public struct ThreePhaseCommit: TransactionStateMachine {
         case reported(BranchID, ThreePhaseState)
         /// `message` could not be delivered or got no usable answer.
         case deliveryFailed(BranchID, ParticipantMessage, String)
+        /// A CanCommit certainly never reached the participant: it may be sent again.
+        case notDelivered(BranchID, String)
         case timedOut(TimerID)
         /// Rebuild after a restart from what the log holds for this transaction.
         case recovered(Recovered)
@@ -147,6 +150,8 @@ public struct ThreePhaseCommit: TransactionStateMachine {
             guard state(of: id) == .preparing else { return [] }
             branches[id].lastError = error
             return abort(reason: nil)
+        case (.preparing, .notDelivered(let id, let error)):
+            return resend(id, error: error)
         case (.preparing, .timedOut(.phaseOne)):
             return abort(reason: "phase one timed out")
         case (.preCommitting, .reported(let id, let reported)):
@@ -175,6 +180,8 @@ public struct ThreePhaseCommit: TransactionStateMachine {
             return ignoring(event, impossible: true)
         case .forced, .deliveryFailed, .timedOut(.retry):
             return []  // taken above in every state
+        case .notDelivered:
+            return ignoring(event, impossible: status == .created)
         case .voted, .timedOut(.phaseOne):
             return ignoring(event, impossible: status == .created)
         case .reported:
@@ -190,6 +197,7 @@ public struct ThreePhaseCommit: TransactionStateMachine {
     /// The message branch `id` owes an answer to, which a retry delivers again.
     private func awaitedMessage(of id: BranchID) -> ParticipantMessage? {
         switch state(of: id) {
+        case .preparing: return status == .preparing ? .canCommit : nil
         case .preCommitting: return .preCommit
         case .committing: return .doCommit
         case .rollingBack: return .rollback
@@ -375,7 +383,10 @@ extension ThreePhaseCommit {
                 return .reported(id, .committed)
             case let (.preCommit, .refused(code, text)), let (.doCommit, .refused(code, text)), let (.rollback, .refused(code, text)):
                 return .deliveryFailed(id, message, "\(code): \(text)")
-            case let (.canCommit, .failed(error)), let (.preCommit, .failed(error)), let (.doCommit, .failed(error)), let (.rollback, .failed(error)):
+            case let (.canCommit, .undelivered(error)):
+                return .notDelivered(id, error)
+            case let (.canCommit, .failed(error)), let (.preCommit, .failed(error)), let (.doCommit, .failed(error)), let (.rollback, .failed(error)),
+                 let (.preCommit, .undelivered(error)), let (.doCommit, .undelivered(error)), let (.rollback, .undelivered(error)):
                 return .deliveryFailed(id, message, error)
             default:
                 return nil  // another protocol's message
@@ -415,6 +426,8 @@ extension ThreePhaseCommit {
 }
 
 extension ThreePhaseCommit: DecisionDelivering {
+    static var working: BranchState { .preparing }
+
     static func words(for decision: Decision) -> DecisionWords {
         decision == .commit
             ? DecisionWords(message: .doCommit, pending: .committing, done: .committed, status: .committing)

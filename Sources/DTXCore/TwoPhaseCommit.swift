@@ -1,7 +1,9 @@
 /// Two-phase commit with presumed abort (R*, Mohan et al. 1986), as a pure state machine.
 ///
 /// Coordinator log writes: `begin` (lazy) → all YES: `decision(commit)` **forced** →
-/// all ACK: `end` (lazy). Any NO, phase-one delivery failure or timeout: `decision(abort)`
+/// all ACK: `end` (lazy). A PREPARE that never reached its participant (no connection
+/// was made) is sent again with backoff until the timeout. Any NO, other phase-one
+/// delivery failure or the timeout (`phaseOne`): `decision(abort)`
 /// (lazy) → ROLLBACK to every branch that may have prepared, retried until acknowledged.
 /// So a committed transaction costs one forced write and an aborted one none; a gid
 /// the log does not know is aborted. Read-only voters drop out of phase two. When every
@@ -17,7 +19,8 @@
 /// participant decides, and records the outcome in its own database. Committed → the
 /// decision (lazy, the agent's record already makes it durable) and COMMIT to the
 /// others; refused → abort, with ROLLBACK to the others and to the agent (which records
-/// the refusal, so no late copy of the message can commit). No usable answer → the
+/// the refusal, so no late copy of the message can commit). Never delivered → sent again
+/// until the transaction's timeout, then treated as no usable answer. No usable answer → the
 /// coordinator cannot know, so it sends the agent ROLLBACK until it answers: acknowledged
 /// (the branch is now rolled back for good) → abort; `already_committed` → commit. A
 /// restart that finds the delegation without a decision does the same. It saves the
@@ -52,6 +55,9 @@ public struct TwoPhaseCommit: TransactionStateMachine {
         case acknowledged(BranchID, result: JSONValue? = nil)
         /// A message could not be delivered or got no usable answer.
         case deliveryFailed(BranchID, String)
+        /// A PREPARE or COMMIT_ONE_PHASE certainly never reached the participant: it may be
+        /// sent again.
+        case notDelivered(BranchID, String)
         /// Phase two found the branch already ended the other way (a COMMIT answered
         /// `already_rolled_back`, a ROLLBACK `already_committed`): a heuristic outcome,
         /// recorded as it is instead of retried forever.
@@ -88,6 +94,11 @@ public struct TwoPhaseCommit: TransactionStateMachine {
     public var delegated: Bool { lastAgent.map { branches[$0].state != .pending } ?? false }
     /// Its answer was lost: ROLLBACK goes to it until it says how the branch ended.
     public internal(set) var askingTheAgent = false
+    /// Its COMMIT_ONE_PHASE never reached it and waits to be sent again.
+    public internal(set) var agentBackingOff = false
+    /// The transaction's timeout passed while the agent decides: a COMMIT_ONE_PHASE that
+    /// never reaches it is not sent again; ROLLBACK asks it instead.
+    public internal(set) var agentPastTimeout = false
     /// Delegated and not yet answered: only the agent can decide.
     private var awaitingTheAgent: Bool { status == .preparing && lastAgent.map(isPending) == true }
 
@@ -163,6 +174,10 @@ public struct TwoPhaseCommit: TransactionStateMachine {
             guard isPending(id) else { return [] }
             branches[id].lastError = error
             return abort(reason: nil)
+        case (.preparing, .notDelivered(let id, let error)):
+            return resend(id, error: error)
+        case (.preparing, .timedOut(.retry(let id))):
+            return isPending(id) ? [.send(.prepare, to: id)] : []
         case (.preparing, .timedOut(.phaseOne)):
             return abort(reason: "phase one timed out")
         case (.committing, .acknowledged(let id, _)), (.aborting, .acknowledged(let id, _)):
@@ -201,7 +216,7 @@ public struct TwoPhaseCommit: TransactionStateMachine {
             return []  // taken above in every state
         case .voted:
             return ignoring(event, impossible: interactive || !started)
-        case .deliveryFailed:
+        case .deliveryFailed, .notDelivered:
             return ignoring(event, impossible: status == .created || status == .active)
         case .acknowledged, .endedOtherwise:
             return ignoring(event, impossible: !started || status == .preparing)
@@ -222,20 +237,21 @@ public struct TwoPhaseCommit: TransactionStateMachine {
     private mutating func start() -> [TransactionAction] {
         status = .preparing
         let begin: TransactionAction = .log(.begin(gid: gid, protocol: .twoPhaseCommit, branches: branches.map(\.spec)), forced: false)
-        if branches.count == 1, let lastAgent { return [begin] + delegate(to: lastAgent) }
+        if branches.count == 1, let lastAgent { return [begin] + delegate(to: lastAgent) + [.schedule(.phaseOne, attempt: 1)] }
         return [begin] + sendToEveryBranch(.prepare, as: .preparing, except: lastAgent) + [.schedule(.phaseOne, attempt: 1)]
     }
 
     /// Every branch but the last agent voted yes or read-only: the delegation is forced,
     /// then the agent is sent COMMIT_ONE_PHASE. A single branch needs no delegation record:
-    /// its `begin` tells a restart the same (see `TransactionLogReplay`).
+    /// its `begin` tells a restart the same (see `TransactionLogReplay`). The phase-one
+    /// timer keeps running: it bounds how long an undelivered COMMIT_ONE_PHASE is resent.
     private mutating func delegate(to agent: BranchID) -> [TransactionAction] {
         branches[agent].state = .preparing
         branches[agent].attempts = 1
         guard branches.count > 1 else { return [.send(.commitOnePhase, to: agent)] }
         let prepared = branches.filter { $0.state == .prepared }.map(\.id)
         targets = Set(prepared)
-        return [.cancel(.phaseOne), .log(.delegation(gid: gid, agent: agent, targets: prepared), forced: true), .send(.commitOnePhase, to: agent)]
+        return [.log(.delegation(gid: gid, agent: agent, targets: prepared), forced: true), .send(.commitOnePhase, to: agent)]
     }
 
     /// Events while the last agent decides. Nothing but its answer (or, when that was
@@ -259,16 +275,39 @@ public struct TwoPhaseCommit: TransactionStateMachine {
             return agentEnded(.committed, reason: nil)
         case .deliveryFailed(agent, let error):
             guard askingTheAgent else {
-                askingTheAgent = true
                 branches[agent].lastError = error
-                return [.send(.rollback, to: agent)]
+                return askTheAgent()
             }
+            return retry(agent, error: error)
+        case .notDelivered(agent, let error) where !askingTheAgent:
+            // Nothing reached the agent: COMMIT_ONE_PHASE may go again, until the timeout.
+            guard !agentPastTimeout else {
+                branches[agent].lastError = error
+                return askTheAgent()
+            }
+            agentBackingOff = true
             return retry(agent, error: error)
         case .timedOut(.retry(agent)) where askingTheAgent:
             return [.send(.rollback, to: agent)]
+        case .timedOut(.retry(agent)) where agentBackingOff:
+            agentBackingOff = false
+            return [.send(.commitOnePhase, to: agent)]
+        case .timedOut(.phaseOne):
+            agentPastTimeout = true
+            guard agentBackingOff else { return [] }  // the agent's answer decides
+            agentBackingOff = false
+            return [.cancel(.retry(agent))] + askTheAgent()
         default:
             return []
         }
+    }
+
+    /// The agent's answer was lost (or it was never reached before the timeout): ROLLBACK
+    /// asks it how its branch ended, until it answers.
+    private mutating func askTheAgent() -> [TransactionAction] {
+        guard let agent = lastAgent else { return [] }
+        askingTheAgent = true
+        return [.send(.rollback, to: agent)]
     }
 
     /// The last agent's branch ended as `state`; the others follow.
@@ -277,6 +316,7 @@ public struct TwoPhaseCommit: TransactionStateMachine {
         let prepared = branches.filter { $0.state == .prepared }.map(\.id)
         let stop: [TransactionAction] = [.cancel(.retry(agent))]
         branches[agent].state = state
+        agentBackingOff = false
         switch state {
         case .committed, .readOnly:
             targets = Set(prepared)
@@ -284,7 +324,7 @@ public struct TwoPhaseCommit: TransactionStateMachine {
             // (asked after a restart, it would acknowledge ROLLBACK): then the decision is
             // forced before any COMMIT goes out.
             let forced = state == .readOnly && !prepared.isEmpty
-            return stop + [.log(.decision(gid: gid, .commit, targets: prepared), forced: forced), .decided(.commit)] + deliver(.commit, to: prepared)
+            return [.cancel(.phaseOne)] + stop + [.log(.decision(gid: gid, .commit, targets: prepared), forced: forced), .decided(.commit)] + deliver(.commit, to: prepared)
         case .votedNo:
             // The agent refused and rolled back; ROLLBACK records that at the agent too.
             branches[agent].lastError = reason
@@ -393,6 +433,7 @@ extension TwoPhaseCommit {
             case let (.prepare, .done(status, result)): return .voted(id, status == "read_only" ? .readOnly : .yes, result: result)
             case let (.prepare, .refused(code, message)), let (.commitOnePhase, .refused(code, message)):
                 return .voted(id, .no(message), result: .refusal(code: code, message: message))
+            case let (.prepare, .undelivered(error)), let (.commitOnePhase, .undelivered(error)): return .notDelivered(id, error)
             case let (.commitOnePhase, .done("read_only", result)): return .voted(id, .readOnly, result: result)
             case let (.commitOnePhase, .done("committed", result)): return .acknowledged(id, result: result)
             case (.commitOnePhase, .done(let status, _)): return .deliveryFailed(id, "commit_one_phase answered '\(status)', neither committed nor read_only")
@@ -402,7 +443,7 @@ extension TwoPhaseCommit {
             case (.commit, .refused("already_rolled_back", let message)): return .endedOtherwise(id, .rolledBack, "heuristic: the participant had already rolled back: \(message)")
             case (.rollback, .refused("already_committed", let message)): return .endedOtherwise(id, .committed, "heuristic: the participant had already committed: \(message)")
             case (_, .refused(let code, let message)): return .deliveryFailed(id, "\(code): \(message)")
-            case (_, .failed(let error)): return .deliveryFailed(id, error)
+            case let (_, .failed(error)), let (_, .undelivered(error)): return .deliveryFailed(id, error)
             }
         }
     }
@@ -458,6 +499,8 @@ extension TwoPhaseCommit {
 }
 
 extension TwoPhaseCommit: DecisionDelivering {
+    static var working: BranchState { .preparing }
+
     static func words(for decision: Decision) -> DecisionWords {
         decision == .commit
             ? DecisionWords(message: .commit, pending: .committing, done: .committed, status: .committing)

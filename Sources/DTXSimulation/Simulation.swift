@@ -612,7 +612,7 @@ public final class Simulation: @unchecked Sendable {
         let what = "\(message.rawValue) \(request.gid)/\(request.branch)"
         guard target.up, !isPartitioned(name) else {
             world.note("→ \(name) \(what): unreachable")
-            _ = world.schedule(after: .milliseconds(1)) { answer.give(.failed("simulated connection refused")) }
+            _ = world.schedule(after: .milliseconds(1)) { answer.give(.undelivered("simulated connection refused")) }
             return
         }
         if world.rng.chance(loss) {

@@ -1,4 +1,7 @@
 @testable import DTXCoordinator
+#if canImport(Glibc)
+import Glibc
+#endif
 import DTXAPI
 import DTXCore
 import NIOCore
@@ -72,13 +75,34 @@ import Testing
         try await server.stop()
     }
 
-    @Test func anAbsentParticipantIsAFailedDeliveryNamingTheAddress() async throws {
+    @Test func anAbsentParticipantIsAnUndeliveredMessageNamingTheAddress() async throws {
         let server = try await TestParticipantServer.start()
         let endpoint = server.endpoint()
         try await server.stop()
         let transport = HTTPTransport(requestTimeout: .seconds(30))
         let response = await transport.send(.prepare, protocol: .twoPhaseCommit, request: request, to: endpoint)
-        #expect(response == .failed("p at \(endpoint.url) unreachable: connection refused"))
+        #expect(response == .undelivered("p at \(endpoint.url) unreachable: connection refused"))
+        await transport.shutdown()
+    }
+
+    /// A listener whose accept queue is full drops the connection attempt: after the
+    /// connect timeout the message is reported undelivered (nothing was written), not
+    /// failed, so that the engine may send a work message again.
+    @Test func aConnectionNotMadeWithinTheConnectTimeoutIsUndelivered() async throws {
+        let listener = try FullListener()
+        defer { listener.close() }
+        let transport = HTTPTransport(requestTimeout: .seconds(2), connectTimeout: .milliseconds(300))
+        let endpoint = ParticipantEndpoint(name: "p", url: "http://127.0.0.1:\(listener.port)", token: nil)
+        let request = request
+        let responses = await withTaskGroup(of: ParticipantResponse.self) { group in
+            for _ in 0..<8 {
+                group.addTask { await transport.send(.prepare, protocol: .twoPhaseCommit, request: request, to: endpoint) }
+            }
+            return await group.reduce(into: []) { $0.append($1) }
+        }
+        // The few connections the kernel queued are made and then never answered.
+        let undelivered = responses.filter { if case .undelivered(let why) = $0 { why.contains("connect timeout") } else { false } }
+        #expect(undelivered.count >= 4, "\(responses)")
         await transport.shutdown()
     }
 
@@ -358,4 +382,36 @@ private final class TestParticipantServer: Sendable {
 private struct TestServerError: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
+}
+
+/// A TCP listener with the smallest accept queue that never accepts: once the queue is
+/// full, the kernel drops further connection attempts (what a participant with a small
+/// listen backlog does under load).
+private struct FullListener {
+    let fd: Int32
+    let port: Int
+
+    init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.fd = fd
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(fd, 0) == 0 else { throw POSIXFailure(errno: errno) }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    func close() { _ = Glibc.close(fd) }
+}
+
+private struct POSIXFailure: Error {
+    var errno: Int32
 }

@@ -161,7 +161,6 @@ private func sends(_ actions: [TransactionAction]) -> [TransactionAction] {
 
     @Test func timersChangeNothingWhereTheyMeanNothing() {
         var t = trying()
-        #expect(t.handle(.timedOut(.retry(0))) .isImpossible)   // a Try is never retried
         #expect(t.handle(.timedOut(.step(0))) .isImpossible)    // a saga's timer
         #expect(t.status == .trying)
 
@@ -492,5 +491,27 @@ private func sends(_ actions: [TransactionAction]) -> [TransactionAction] {
         let (interactive, interactiveActions) = resumed(e)
         #expect(interactive.interactive && interactive.branches.count == 1)
         #expect(sends(interactiveActions) == [.send(.cancel, to: 0)])
+    }
+}
+
+@Suite struct TCCUndeliveredTryTests {
+    @Test func aTryNeverDeliveredIsSentAgainUntilTheTimeout() {
+        var t = trying(2)
+        let refused = TryConfirmCancel.translate(.replied(1, .try, .undelivered("connection refused")))!
+        #expect(t.handle(refused) == [.schedule(.retry(1), attempt: 1)])
+        #expect(t.handle(.timedOut(.retry(1))) == [.send(.try, to: 1)])
+        _ = t.handle(.tried(0, result: nil))
+        #expect(t.handle(.tried(1, result: nil)).contains(.decided(.commit)))
+
+        var late = trying(2)
+        _ = late.handle(.notDelivered(0, "connection refused"))
+        let actions = late.handle(.timedOut(.phaseOne))
+        #expect(actions.prefix(2) == [.cancel(.phaseOne), .cancel(.retry(0))])
+        #expect(actions.contains(.send(.cancel, to: 0)) && actions.contains(.send(.cancel, to: 1)))
+    }
+
+    @Test func confirmAndCancelNeverDeliveredAreRetriedAsAnyFailure() {
+        #expect(TryConfirmCancel.translate(.replied(0, .confirm, .undelivered("refused"))) == .deliveryFailed(0, .confirm, "refused"))
+        #expect(TryConfirmCancel.translate(.replied(0, .cancel, .undelivered("refused"))) == .deliveryFailed(0, .cancel, "refused"))
     }
 }

@@ -428,3 +428,22 @@ private func sends(_ actions: [TransactionAction]) -> [TransactionAction] {
         #expect(replay.transactions[gid]?.decision == .commit)
     }
 }
+
+@Suite struct ThreePhaseUndeliveredTests {
+    @Test func aCanCommitNeverDeliveredIsSentAgainUntilTheTimeout() {
+        var m = preparing(2)
+        #expect(m.handle(ThreePhaseCommit.translate(.replied(0, .canCommit, .undelivered("refused")))!) == [.schedule(.retry(0), attempt: 1)])
+        #expect(m.handle(.timedOut(.retry(0))) == [.send(.canCommit, to: 0)])
+        _ = m.handle(.voted(1, .yes))
+        #expect(m.handle(.voted(0, .yes)).contains(.log(.preCommit(gid: gid), forced: true)))
+
+        var late = preparing(2)
+        _ = late.handle(.notDelivered(1, "refused"))
+        #expect(late.handle(.timedOut(.phaseOne)).prefix(2) == [.cancel(.phaseOne), .cancel(.retry(1))])
+        #expect(late.status == .aborting)
+    }
+
+    @Test func phaseTwoMessagesNeverDeliveredAreRetriedAsAnyFailure() {
+        #expect(ThreePhaseCommit.translate(.replied(0, .doCommit, .undelivered("refused"))) == .deliveryFailed(0, .doCommit, "refused"))
+    }
+}

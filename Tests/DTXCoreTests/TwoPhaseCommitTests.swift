@@ -108,14 +108,18 @@ private func forcedWrites(_ actions: [TransactionAction]) -> Int {
     @Test func aSingleBranchCommitsInOnePhaseAndItsCommitIsLoggedLazily() {
         var m = machine(1)
         #expect(m.lastAgent == 0)
-        // No delegation record and no timeout: the begin is all a restart needs.
-        #expect(m.handle(.start) == [.log(.begin(gid: gid, protocol: .twoPhaseCommit, branches: m.branches.map(\.spec)), forced: false), .send(.commitOnePhase, to: 0)])
+        // No delegation record: the begin is all a restart needs. The timeout bounds only the
+        // resending of a COMMIT_ONE_PHASE that never reached the participant.
+        #expect(m.handle(.start) == [
+            .log(.begin(gid: gid, protocol: .twoPhaseCommit, branches: m.branches.map(\.spec)), forced: false), .send(.commitOnePhase, to: 0),
+            .schedule(.phaseOne, attempt: 1),
+        ])
         #expect(m.handle(.timedOut(.phaseOne)) == [])
         #expect(m.handle(.abortRequested(reason: "changed my mind")) == [])
         #expect(m.rejection(of: .abortRequested(reason: "changed my mind")) != nil)
         let actions = m.handle(TwoPhaseCommit.translate(.replied(0, .commitOnePhase, .done(status: "committed", result: nil)))!)
         #expect(actions == [
-            .cancel(.retry(0)), .log(.decision(gid: gid, .commit, targets: []), forced: false), .decided(.commit),
+            .cancel(.phaseOne), .cancel(.retry(0)), .log(.decision(gid: gid, .commit, targets: []), forced: false), .decided(.commit),
             .log(.end(gid: gid), forced: false), .finish(.committed),
         ])
         #expect(forcedWrites(actions) == 0 && m.branches[0].state == .committed)
@@ -426,14 +430,13 @@ private func forcedWrites(_ actions: [TransactionAction]) -> Int {
         #expect(m.branches[2].state == .pending)
         #expect(m.handle(.voted(0, .yes)) == [])
         #expect(m.handle(.voted(1, .yes)) == [
-            .cancel(.phaseOne),
             .log(.delegation(gid: gid, agent: 2, targets: [0, 1]), forced: true),
             .send(.commitOnePhase, to: 2),
         ])
         #expect(m.status == .preparing && m.delegated)
         // The agent committed: the decision is lazy (the agent's own record holds it).
         #expect(m.handle(.acknowledged(2)) == [
-            .cancel(.retry(2)),
+            .cancel(.phaseOne), .cancel(.retry(2)),
             .log(.decision(gid: gid, .commit, targets: [0, 1]), forced: false),
             .decided(.commit),
             .send(.commit, to: 0), .send(.commit, to: 1),
@@ -535,7 +538,7 @@ private func forcedWrites(_ actions: [TransactionAction]) -> Int {
         #expect(m.handle(.voted(1, .yes)).contains(.log(.delegation(gid: gid, agent: 2, targets: [1]), forced: true)))
         // A read-only agent keeps no record that a restart could ask: the decision is forced.
         #expect(m.handle(.voted(2, .readOnly)) == [
-            .cancel(.retry(2)),
+            .cancel(.phaseOne), .cancel(.retry(2)),
             .log(.decision(gid: gid, .commit, targets: [1]), forced: true),
             .decided(.commit),
             .send(.commit, to: 1),
@@ -545,7 +548,7 @@ private func forcedWrites(_ actions: [TransactionAction]) -> Int {
         var alone = started(1)
         let actions = alone.handle(TwoPhaseCommit.translate(.replied(0, .commitOnePhase, .done(status: "read_only", result: nil)))!)
         #expect(actions == [
-            .cancel(.retry(0)), .log(.decision(gid: gid, .commit, targets: []), forced: false), .decided(.commit),
+            .cancel(.phaseOne), .cancel(.retry(0)), .log(.decision(gid: gid, .commit, targets: []), forced: false), .decided(.commit),
             .log(.end(gid: gid), forced: false), .finish(.committed),
         ])
         #expect(alone.branches[0].state == .readOnly)
@@ -557,7 +560,7 @@ private func forcedWrites(_ actions: [TransactionAction]) -> Int {
         #expect(m.branches.map(\.state) == [.prepared, .readOnly, .preparing])
         let actions = m.handle(.endedOtherwise(2, .committed, "already committed"))
         #expect(actions == [
-            .cancel(.retry(2)),
+            .cancel(.phaseOne), .cancel(.retry(2)),
             .log(.decision(gid: gid, .commit, targets: [0]), forced: false),
             .decided(.commit),
             .send(.commit, to: 0),
@@ -573,5 +576,67 @@ private func forcedWrites(_ actions: [TransactionAction]) -> Int {
         #expect(delegating(1).lastAgent == 0 && machine(1).lastAgent == 0)
         #expect(TwoPhaseCommit(interactive: gid).lastAgent == nil)
         #expect(machine(2).lastAgent == nil)
+    }
+}
+
+/// A work message that never reached its participant (no connection was made) is not a
+/// NO: it is sent again with backoff until the transaction's timeout.
+@Suite struct UndeliveredWorkTests {
+    @Test func aPrepareNeverDeliveredIsSentAgainAndTheTransactionCommits() {
+        var m = started(2)
+        let refused = TwoPhaseCommit.translate(.replied(0, .prepare, .undelivered("connection refused")))!
+        #expect(refused == .notDelivered(0, "connection refused"))
+        #expect(m.handle(refused) == [.schedule(.retry(0), attempt: 1)])
+        #expect(m.status == .preparing && m.branches[0].attempts == 2 && m.branches[0].lastError == "connection refused")
+        #expect(m.handle(.timedOut(.retry(0))) == [.send(.prepare, to: 0)])
+        #expect(m.handle(.notDelivered(0, "connection refused")) == [.schedule(.retry(0), attempt: 2)])
+        #expect(m.handle(.timedOut(.retry(0))) == [.send(.prepare, to: 0)])
+        _ = m.handle(.voted(1, .yes))
+        #expect(m.handle(.voted(0, .yes)).contains(.decided(.commit)))
+    }
+
+    @Test func theTimeoutEndsTheResendingAndAborts() {
+        var m = started(2)
+        _ = m.handle(.notDelivered(1, "connection refused"))
+        let actions = m.handle(.timedOut(.phaseOne))
+        // The resend is stopped and ROLLBACK goes to both (a null rollback where nothing arrived).
+        #expect(actions == [
+            .cancel(.phaseOne), .cancel(.retry(1)),
+            .log(.resolution(gid: gid, .abort, targets: [0, 1], reason: "phase one timed out", heuristic: false), forced: false), .decided(.abort),
+            .send(.rollback, to: 0), .send(.rollback, to: 1),
+        ])
+        #expect(m.handle(.timedOut(.retry(1))) == [.send(.rollback, to: 1)])  // a timer already firing: a harmless repeat
+    }
+
+    @Test func anAnswerThatMayHaveArrivedStillAborts() {
+        var m = started(2)
+        let failed = TwoPhaseCommit.translate(.replied(0, .prepare, .failed("no answer within the request timeout")))!
+        #expect(m.handle(failed).contains(.decided(.abort)))
+    }
+
+    @Test func aCommitOnePhaseNeverDeliveredIsSentAgainThenAskedAfterTheTimeout() {
+        var m = started(1)
+        #expect(m.handle(TwoPhaseCommit.translate(.replied(0, .commitOnePhase, .undelivered("refused")))!) == [.schedule(.retry(0), attempt: 1)])
+        #expect(m.agentBackingOff)
+        #expect(m.handle(.timedOut(.retry(0))) == [.send(.commitOnePhase, to: 0)])
+        #expect(m.handle(.notDelivered(0, "refused")) == [.schedule(.retry(0), attempt: 2)])
+        // The timeout while it waits to be sent again: it is not; ROLLBACK asks instead.
+        #expect(m.handle(.timedOut(.phaseOne)) == [.cancel(.retry(0)), .send(.rollback, to: 0)])
+        #expect(m.askingTheAgent && !m.agentBackingOff)
+        #expect(m.handle(.acknowledged(0)).contains(.decided(.abort)))
+        #expect(m.status == .aborted)
+    }
+
+    @Test func aCommitOnePhaseOutWhenTheTimeoutPassesDecidesByItsAnswer() {
+        var committed = started(1)
+        _ = committed.handle(.notDelivered(0, "refused"))
+        _ = committed.handle(.timedOut(.retry(0)))
+        #expect(committed.handle(.timedOut(.phaseOne)) == [])  // the resend is out
+        #expect(committed.handle(.acknowledged(0, result: nil)).contains(.decided(.commit)))
+
+        var unreached = started(1)
+        _ = unreached.handle(.timedOut(.phaseOne))
+        #expect(unreached.handle(.notDelivered(0, "refused")) == [.send(.rollback, to: 0)])
+        #expect(unreached.handle(.endedOtherwise(0, .committed, "already committed")).contains(.decided(.commit)))
     }
 }

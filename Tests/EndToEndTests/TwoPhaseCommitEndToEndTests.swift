@@ -9,11 +9,11 @@ import Testing
     /// dtxd with the last-agent optimisation (off by default).
     private let lastAgent = ["--last-agent", "on"]
 
-    private func transfer(_ gid: String, _ names: [String], payloads: [JSONValue?] = [], wait: Bool = true) -> TransactionSubmission {
+    private func transfer(_ gid: String, _ names: [String], payloads: [JSONValue?] = [], timeout: Double = 10, wait: Bool = true) -> TransactionSubmission {
         TransactionSubmission(
             gid: gid, protocol: .twoPhaseCommit,
             branches: names.enumerated().map { BranchSpec(participant: $0.element, operation: "op\($0.offset)", payload: payloads.indices.contains($0.offset) ? payloads[$0.offset] : nil) },
-            timeout: 10, wait: wait
+            timeout: timeout, wait: wait
         )
     }
 
@@ -81,14 +81,34 @@ import Testing
         #expect(try await eventually { try await cluster.client.transaction("t-no").status == "aborted" })
     }
 
-    @Test func aParticipantUnreachableInPhaseOneAbortsAndIsRolledBackWhenItReturns() async throws {
+    /// A PREPARE that reaches nobody (connection refused) is not a NO: it is sent again
+    /// with backoff, and the transaction commits when the participant is back in time.
+    @Test func aParticipantUnreachableInPhaseOneIsAskedAgainAndCommitsWhenItReturnsInTime() async throws {
+        let cluster = try Cluster("e2e-unreached")
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
+        try await cluster.startDaemon()
+        for name in ["a", "b"] { try await cluster.startParticipant(name) }
+        try await cluster.killParticipant("b")
+
+        _ = try await cluster.client.submit(transfer("t-unreached", ["a", "b"], timeout: 30, wait: false))
+        #expect(try await eventually { try await cluster.client.transaction("t-unreached").branches[1].attempts >= 3 })
+        let waiting = try await cluster.client.transaction("t-unreached")
+        #expect(waiting.status == "preparing")
+        #expect(waiting.branches[1].lastError?.contains("connection refused") == true, "\(waiting.branches[1])")
+        #expect(waiting.timeline.contains { $0.event == "prepare: not delivered" })
+        try await cluster.startParticipant("b")
+        #expect(try await eventually(seconds: 40) { try await cluster.client.transaction("t-unreached").status == "committed" })
+        #expect(try await cluster.all(["a", "b"], gid: "t-unreached", are: "committed", expected: 2))
+    }
+
+    @Test func aParticipantUnreachableUntilTheTimeoutAbortsAndIsRolledBackWhenItReturns() async throws {
         let cluster = try Cluster("e2e-unreachable")
         defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
         try await cluster.startDaemon()
         for name in ["a", "b"] { try await cluster.startParticipant(name) }
         try await cluster.killParticipant("b")
 
-        let view = try await cluster.client.submit(transfer("t-unreachable", ["a", "b"]))
+        let view = try await cluster.client.submit(transfer("t-unreachable", ["a", "b"], timeout: 2))
         #expect(view.decision == .abort)
         #expect(try await eventually { try await cluster.all(["a"], gid: "t-unreachable", are: "rolled_back", expected: 1) })
         // b may have prepared before it died, so the coordinator keeps sending ROLLBACK until it answers.
