@@ -132,8 +132,18 @@ let package = Package(
         .executableTarget(
             name: "dtx",
             dependencies: [
-                "DTXLog", "DTXClient", "DTXAPI", "DTXCore",
+                "DTXLog", "DTXClient", "DTXAPI", "DTXCore", "DTXConformance",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // `dtx conformance`: plays the coordinator against a participant and checks its duties.
+        .target(
+            name: "DTXConformance",
+            dependencies: [
+                "DTXAPI", "DTXCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(

@@ -76,6 +76,9 @@ struct MemoryParticipant: AsyncParsableCommand {
     @Option(name: .customLong("three-phase-timeout"), help: "3PC: seconds a branch waits for the next message before it acts alone (q: abort; w, p: termination). (env DTX_PARTICIPANT_3PC_TIMEOUT, default 5)")
     var threePhaseTimeout: Double?
 
+    @Option(help: "Length of the listen queue: connections the kernel holds before the server accepts them; beyond it, new connections are dropped (small values reproduce a participant that cannot keep up with dtxd's connections). (env DTX_PARTICIPANT_BACKLOG, default 256, 1-65535)")
+    var backlog: Int?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (env DTX_PARTICIPANT_LOG_LEVEL, default info)")
     var logLevel: String?
 
@@ -98,6 +101,10 @@ struct MemoryParticipant: AsyncParsableCommand {
         let address = listen ?? env["DTX_PARTICIPANT_LISTEN"] ?? "127.0.0.1:0"
         guard let (host, port) = ParticipantHost.parseAddress(address) else {
             throw ValidationError("cannot read listen address '\(address)'; write it as host:port, e.g. 127.0.0.1:8081")
+        }
+        let backlogText = backlog.map(String.init) ?? env["DTX_PARTICIPANT_BACKLOG"] ?? "256"
+        guard let backlog = Int(backlogText), (1...65535).contains(backlog) else {
+            throw ValidationError("--backlog must be a whole number from 1 to 65535, not '\(backlogText)'")
         }
         let levelName = logLevel ?? env["DTX_PARTICIPANT_LOG_LEVEL"] ?? "info"
         guard let level = Logger.Level(rawValue: levelName) else {
@@ -164,7 +171,7 @@ struct MemoryParticipant: AsyncParsableCommand {
         addTestRoutes(to: router, store: store, service: service, failpoints: failpoints)
 
         // Written unbuffered: tests wait for this line and read the port from it.
-        try await ParticipantHost.serve(service, router: router, host: host, port: port, serverName: "memory-participant", logger: logger) { url in
+        try await ParticipantHost.serve(service, router: router, host: host, port: port, backlog: backlog, serverName: "memory-participant", logger: logger) { url in
             FileHandle.standardOutput.write(Data("memory-participant \(name) listening on \(url)\n".utf8))
         }
     }

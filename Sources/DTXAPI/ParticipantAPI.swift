@@ -140,3 +140,21 @@ public enum ParticipantBatch {
         return answers
     }
 }
+
+/// The operations a participant serves for a conformance run (Schemas/participant-api.yaml,
+/// "Conformance run"): a counter per key, which the run adds to and reads to see what a
+/// branch's work left behind, and a refusal.
+public enum ConformanceOperation {
+    /// `{"key": K, "amount": N}`: adds N to the counter K, as the branch's work.
+    public static let add = "dtx.conformance.add"
+    /// `{"key": K}`: writes nothing; the result is `{"value": V}`, the counter's committed value.
+    public static let read = "dtx.conformance.read"
+    /// Refused (409) with nothing done.
+    public static let refuse = "dtx.conformance.refuse"
+
+    /// The amount `payload` adds to counter `key` when `operation` is `add`, else 0.
+    public static func amount(added operation: String, _ payload: JSONValue?, to key: String) -> Double {
+        guard operation == add, payload?["key"]?.stringValue == key else { return 0 }
+        return payload?["amount"]?.doubleValue ?? 0
+    }
+}

@@ -1,3 +1,4 @@
+import DTXAPI
 import DTXCore
 import Foundation
 import Synchronization
@@ -14,6 +15,10 @@ import Synchronization
 /// or action never ran records a marker (null compensation), and a try or action after
 /// it is refused. `{"vote": "no"}` in the payload refuses a try or an action (nothing is
 /// recorded).
+///
+/// It serves the conformance operations (`ConformanceOperation`): a counter's value is
+/// the sum of the adds of committed branches, confirmed Trys and actions not compensated,
+/// read from the records it keeps; `dtx.conformance.refuse` refuses like `{"vote": "no"}`.
 ///
 /// It serves 3PC (`ThreePhaseResourceManager`): CANCOMMIT prepares like PREPARE (there
 /// is no read-only vote) and records the transaction's participants; the pre-commit is
@@ -109,9 +114,9 @@ public final class InMemoryResourceManager: ResourceManager, BarrierResourceMana
 
     /// PREPARE, or with `participants` 3PC's CANCOMMIT (which has no read-only vote).
     private func prepare(_ branch: BranchRef, operation: String, payload: JSONValue?, participants: [ThreePhasePeer]?) async throws -> PrepareOutcome {
-        let result = result(of: operation)
         let digest = BranchDigest.of(operation: operation, payload: payload)
         return try await apply { ledger in
+            let result = self.result(of: operation, payload, in: ledger)
             if let record = ledger.branches[branch] {
                 switch record.state {
                 case .prepared, .committed:
@@ -120,8 +125,8 @@ public final class InMemoryResourceManager: ResourceManager, BarrierResourceMana
                 case .rolledBack: throw BusinessError(code: "already_rolled_back", message: "branch \(branch) was already rolled back; it cannot prepare again")
                 }
             }
-            try Self.checkVote(payload)
-            if participants == nil, payload?["readOnly"] == .bool(true) { return .readOnly(result: result) }
+            try Self.checkVote(operation, payload)
+            if participants == nil, payload?["readOnly"] == .bool(true) || operation == ConformanceOperation.read { return .readOnly(result: result) }
             ledger.record(BranchRecord(gid: branch.gid, branch: branch.branch, operation: operation, payload: payload, state: .prepared, result: result, digest: digest,
                                        participants: participants))
             return .prepared(result: result)
@@ -162,9 +167,9 @@ public final class InMemoryResourceManager: ResourceManager, BarrierResourceMana
     }
 
     public func commitOnePhase(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
-        let result = result(of: operation)
         let digest = BranchDigest.of(operation: operation, payload: payload)
         return try await apply { ledger in
+            let result = self.result(of: operation, payload, in: ledger)
             var record = ledger.branches[branch] ?? BranchRecord(gid: branch.gid, branch: branch.branch, operation: operation, payload: payload, state: .prepared, result: result, digest: digest)
             switch record.state {
             case .committed:
@@ -173,7 +178,7 @@ public final class InMemoryResourceManager: ResourceManager, BarrierResourceMana
             case .rolledBack: throw BusinessError(code: "already_rolled_back", message: "branch \(branch) was already rolled back; it cannot commit")
             case .prepared:
                 try record.check(digest)
-                try Self.checkVote(payload)
+                try Self.checkVote(operation, payload)
                 record.state = .committed
                 ledger.record(record)
                 return record.result
@@ -254,8 +259,12 @@ public final class InMemoryResourceManager: ResourceManager, BarrierResourceMana
     /// Runs a phase through the barrier; the business work is a no-op.
     public func runPhase(_ phase: BarrierPhase, _ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
         let digest = BranchDigest.of(operation: operation, payload: payload)
-        let result: JSONValue = .object(["operation": .string(operation), "participant": .string(name), "phase": .string(phase.rawValue)])
         return try await apply { ledger in
+            var result = self.result(of: operation, payload, in: ledger)
+            if case .object(var fields) = result, operation != ConformanceOperation.read {
+                fields["phase"] = .string(phase.rawValue)
+                result = .object(fields)
+            }
             let recorded = (ledger.barriers[branch] ?? [:]).mapValues { BranchBarrier.Record(digest: $0.digest, result: $0.result) }
             let record = { (result: JSONValue?, nullCompensation: Bool) in
                 BarrierRecord(gid: branch.gid, branch: branch.branch, phase: phase, operation: operation, payload: payload, digest: digest, result: result, nullCompensation: nullCompensation)
@@ -267,20 +276,27 @@ public final class InMemoryResourceManager: ResourceManager, BarrierResourceMana
                 ledger.record(record(nil, true))
                 return nil
             case .run:
-                if phase.isForward { try Self.checkVote(payload) }
+                if phase.isForward { try Self.checkVote(operation, payload) }
                 ledger.record(record(result, false))
                 return result
             }
         }
     }
 
-    private func result(of operation: String) -> JSONValue {
-        .object(["operation": .string(operation), "participant": .string(name)])
+    /// A branch's result: what it did, or for `dtx.conformance.read` the counter's value.
+    private func result(of operation: String, _ payload: JSONValue?, in ledger: Ledger) -> JSONValue {
+        if operation == ConformanceOperation.read, let key = payload?["key"]?.stringValue {
+            return .object(["value": .number(ledger.counter(key))])
+        }
+        return .object(["operation": .string(operation), "participant": .string(name)])
     }
 
-    private static func checkVote(_ payload: JSONValue?) throws {
+    private static func checkVote(_ operation: String, _ payload: JSONValue?) throws {
         if payload?["vote"] == .string("no") {
             throw BusinessError(code: "voted_no", message: "branch refused by its payload")
+        }
+        if operation == ConformanceOperation.refuse {
+            throw BusinessError(code: "refused", message: "the conformance run asked for a refusal (\(ConformanceOperation.refuse))")
         }
     }
 
@@ -342,6 +358,26 @@ struct Ledger: Sendable {
         while barrierBranches.count > retainedDecisions, let oldest = barrierBranches.popFirst() {
             barriers[oldest] = nil
         }
+    }
+
+    /// The conformance counter `key`: the adds of committed branches, of confirmed Trys,
+    /// and of actions that were not compensated.
+    func counter(_ key: String) -> Double {
+        var total = 0.0
+        for record in branches.values where record.state == .committed {
+            total += ConformanceOperation.amount(added: record.operation, record.payload, to: key)
+        }
+        for phases in barriers.values {
+            for (phase, record) in phases where !record.nullCompensation {
+                let amount = ConformanceOperation.amount(added: record.operation, record.payload, to: key)
+                switch phase {
+                case .confirm, .action: total += amount
+                case .compensate: total -= amount
+                case .try, .cancel: break
+                }
+            }
+        }
+        return total
     }
 
     /// Decided records in decision order, then the prepared ones; barrier records by

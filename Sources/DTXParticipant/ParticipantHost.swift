@@ -7,13 +7,15 @@ import Logging
 /// the server binds (port 0 picks a free one), `onListening` gets the real base URL
 /// (services print it: scripts and tests wait for that line), then the service registers
 /// that URL and keeps it registered. SIGTERM/SIGINT stop the server gracefully, and the
-/// registration loop with it.
+/// registration loop with it. `backlog` is the listen queue's length: connections the
+/// kernel holds before the server accepts them (beyond it, new ones are dropped).
 public enum ParticipantHost {
     public static func serve(
         _ service: ParticipantService,
         router: Router<BasicRequestContext>,
         host: String,
         port: Int,
+        backlog: Int = 256,
         serverName: String,
         logger: Logger,
         onListening: @escaping @Sendable (String) -> Void
@@ -21,7 +23,7 @@ public enum ParticipantHost {
         let (boundPorts, boundPort) = AsyncStream.makeStream(of: Int.self)
         let app = Application(
             router: router,
-            configuration: .init(address: .hostname(host, port: port), serverName: serverName),
+            configuration: .init(address: .hostname(host, port: port), serverName: serverName, backlog: backlog),
             onServerRunning: { channel in
                 let bound = channel.localAddress?.port ?? port
                 onListening(url(host: host, port: bound))

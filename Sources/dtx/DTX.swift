@@ -13,7 +13,8 @@ struct DTX: AsyncParsableCommand {
         bearer token) and --json (print the daemon's answer as JSON instead of text); \
         a flag wins over the variable.
 
-        wal works offline on a write-ahead log directory.
+        wal works offline on a write-ahead log directory; conformance checks a \
+        participant against the participant contract, playing the coordinator.
 
         Exit status of the online commands: 0 on success; 1 when dtxd refused the \
         request (its message is printed); 2 on bad input, before anything is sent \
@@ -22,7 +23,7 @@ struct DTX: AsyncParsableCommand {
         """,
         subcommands: [
             Participants.self, ListTransactions.self, ShowTransaction.self, SubmitTransaction.self,
-            CommitTransaction.self, AbortTransaction.self, Recover.self, ClusterCommand.self, WAL.self,
+            CommitTransaction.self, AbortTransaction.self, Recover.self, ClusterCommand.self, ConformanceCommand.self, WAL.self,
         ]
     )
 }
