@@ -123,7 +123,7 @@ public enum Conformance {
         var notServed: [TransactionProtocol] = []
         var results: [DutyResult] = []
         for proto in configuration.protocols ?? TransactionProtocol.allCases {
-            let answer = await context.send(DutyContext.finishing(proto), proto, context.gid(), .refuse)
+            let answer = await context.send(DutyContext.finishing(proto), proto, context.gid(), .refuse(context.key()))
             _ = probe.takeTrace()
             guard let status = answer.status else {
                 throw ConformanceError(kind: .unreachable, description: "the participant at \(configuration.participantURL) does not answer: \(DutyContext.describe(answer))")

@@ -70,14 +70,16 @@ enum Duties {
                 try await c.expectRefusal(.rollback, p, g, .add(k), code: "already_committed", "a ROLLBACK of a branch committed in one phase")
                 try await c.expectValue(k, via: p, before + 1, "after COMMIT_ONE_PHASE and a refused ROLLBACK")
             },
-            Duty(id: "2pc.refusal", proto: p, title: "a refused PREPARE or COMMIT_ONE_PHASE (409 with an Error body) leaves nothing to roll back") { c in
-                let (g, g2) = (c.gid(), c.gid())
+            Duty(id: "2pc.refusal", proto: p, title: "a refused PREPARE or COMMIT_ONE_PHASE (409 with an Error body) does nothing, and its ROLLBACK succeeds") { c in
+                let (g, g2, k) = (c.gid(), c.gid(), c.key())
+                let before = try await c.value(of: k, via: p)
                 c.coordinator.decide(g, .abort)
                 c.coordinator.decide(g2, .abort)
-                try await c.expectRefusal(.prepare, p, g, .refuse, code: nil, "a PREPARE of `\(ConformanceOperation.refuse)`")
-                try await c.expect(.rollback, p, g, .refuse, replies: ["rolled_back"], "the ROLLBACK after a NO vote")
-                try await c.expectRefusal(.commitOnePhase, p, g2, .refuse, code: nil, "a COMMIT_ONE_PHASE of `\(ConformanceOperation.refuse)`")
-                try await c.expect(.rollback, p, g2, .refuse, replies: ["rolled_back"], "the ROLLBACK after a refused COMMIT_ONE_PHASE")
+                try await c.expectRefusal(.prepare, p, g, .refuse(k), code: nil, "a PREPARE of `\(ConformanceOperation.refuse)`")
+                try await c.expect(.rollback, p, g, .refuse(k), replies: ["rolled_back"], "the ROLLBACK after a NO vote")
+                try await c.expectRefusal(.commitOnePhase, p, g2, .refuse(k), code: nil, "a COMMIT_ONE_PHASE of `\(ConformanceOperation.refuse)`")
+                try await c.expect(.rollback, p, g2, .refuse(k), replies: ["rolled_back"], "the ROLLBACK after a refused COMMIT_ONE_PHASE")
+                try await c.expectValue(k, via: p, before, "after refused work")
             },
             Duty(id: "2pc.commit-unknown", proto: p, title: "COMMIT of a branch never prepared is refused, not pretended") { c in
                 try await c.expectRefusal(.commit, p, c.gid(), .add(c.key()), code: "unknown_branch", "a COMMIT of a branch never prepared")
@@ -148,10 +150,12 @@ enum Duties {
                 try await c.expectValue(k, via: p, before, "after a TRY that arrived after its CANCEL")
             },
             Duty(id: "tcc.refusal", proto: p, title: "a refused TRY (409 with an Error body) leaves nothing, and its CANCEL succeeds") { c in
-                let g = c.gid()
+                let (g, k) = (c.gid(), c.key())
+                let before = try await c.value(of: k, via: p)
                 c.coordinator.decide(g, .abort)
-                try await c.expectRefusal(.try, p, g, .refuse, code: nil, "a TRY of `\(ConformanceOperation.refuse)`")
-                try await c.expect(.cancel, p, g, .refuse, replies: ["cancelled"], "the CANCEL after a refused TRY")
+                try await c.expectRefusal(.try, p, g, .refuse(k), code: nil, "a TRY of `\(ConformanceOperation.refuse)`")
+                try await c.expect(.cancel, p, g, .refuse(k), replies: ["cancelled"], "the CANCEL after a refused TRY")
+                try await c.expectValue(k, via: p, before, "after a refused TRY and its CANCEL")
             },
             Duty(id: "tcc.duplicates", proto: p, title: "concurrent copies of one TRY do the work once") { c in
                 let (g, k) = (c.gid(), c.key())
@@ -216,10 +220,12 @@ enum Duties {
                 try await c.expectValue(k, via: p, before, "after an ACTION that arrived after its COMPENSATE")
             },
             Duty(id: "saga.refusal", proto: p, title: "a refused ACTION (409 with an Error body) leaves nothing, and its COMPENSATE succeeds") { c in
-                let g = c.gid()
+                let (g, k) = (c.gid(), c.key())
+                let before = try await c.value(of: k, via: p)
                 c.coordinator.decide(g, .abort)
-                try await c.expectRefusal(.action, p, g, .refuse, code: nil, "an ACTION of `\(ConformanceOperation.refuse)`")
-                try await c.expect(.compensate, p, g, .refuse, replies: ["compensated"], "the COMPENSATE after a refused ACTION")
+                try await c.expectRefusal(.action, p, g, .refuse(k), code: nil, "an ACTION of `\(ConformanceOperation.refuse)`")
+                try await c.expect(.compensate, p, g, .refuse(k), replies: ["compensated"], "the COMPENSATE after a refused ACTION")
+                try await c.expectValue(k, via: p, before, "after a refused ACTION and its COMPENSATE")
             },
             Duty(id: "saga.duplicates", proto: p, title: "concurrent copies of one ACTION do the work once") { c in
                 let (g, k) = (c.gid(), c.key())
@@ -293,11 +299,13 @@ enum Duties {
                     throw DutyFailure(message: "GET /dtx/state without `branch` must be answered 400; it was answered \(DutyContext.describe(missing))")
                 }
             },
-            Duty(id: "3pc.refusal", proto: p, title: "a refused CANCOMMIT (409 with an Error body) is a NO") { c in
-                let g = c.gid()
+            Duty(id: "3pc.refusal", proto: p, title: "a refused CANCOMMIT (409 with an Error body) is a NO, and does nothing") { c in
+                let (g, k) = (c.gid(), c.key())
+                let before = try await c.value(of: k, via: p)
                 c.coordinator.set(g, .aborted)
-                try await c.expectRefusal(.canCommit, p, g, .refuse, code: nil, "a CANCOMMIT of `\(ConformanceOperation.refuse)`")
-                try await c.expect(.rollback, p, g, .refuse, replies: ["aborted"], "the ROLLBACK after a NO")
+                try await c.expectRefusal(.canCommit, p, g, .refuse(k), code: nil, "a CANCOMMIT of `\(ConformanceOperation.refuse)`")
+                try await c.expect(.rollback, p, g, .refuse(k), replies: ["aborted"], "the ROLLBACK after a NO")
+                try await c.expectValue(k, via: p, before, "after a refused CANCOMMIT")
             },
             Duty(id: "3pc.durable", proto: p, title: "a pre-committed branch survives a SIGKILL and restart, and commits", needsRestart: true) { c in
                 let (g, k) = (c.gid(), c.key())
@@ -364,7 +372,7 @@ enum Duties {
             let finish = DutyContext.finishing(proto)
             let items: [(path: String, body: [UInt8])] = [
                 (ParticipantRoute(proto, work)!.path, c.request(proto, g1, .add(k)).jsonBytes()),
-                (ParticipantRoute(proto, work)!.path, c.request(proto, g2, .refuse).jsonBytes()),
+                (ParticipantRoute(proto, work)!.path, c.request(proto, g2, .refuse(k)).jsonBytes()),
                 (ParticipantRoute(proto, finish)!.path, c.request(proto, g3, .add(k)).jsonBytes()),
                 (ParticipantRoute(proto, work)!.path, Array(#"{"branch":0,"operation":"x"}"#.utf8)),
             ]

@@ -9,7 +9,8 @@ enum Work: Sendable {
     /// Add 1 to the counter `key`.
     case add(String)
     case read(String)
-    case refuse
+    /// Refused, adding nothing to the counter `key` its payload names.
+    case refuse(String)
 
     var operation: String {
         switch self {
@@ -23,7 +24,7 @@ enum Work: Sendable {
         switch self {
         case .add(let key): .object(["key": .string(key), "amount": .number(1)])
         case .read(let key): .object(["key": .string(key)])
-        case .refuse: .object(["reason": .string("the conformance run asks for a refusal")])
+        case .refuse(let key): .object(["key": .string(key), "amount": .number(1)])
         }
     }
 }
@@ -169,8 +170,8 @@ struct DutyContext: Sendable {
         }
         let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {
-            let answer = await probe.send(Self.finishing(proto), proto, request(proto, gid(), .refuse), traced: false)
-            if answer.status == 200 { return }
+            let answer = await probe.send(Self.finishing(proto), proto, request(proto, gid(), .refuse(key())), traced: false)
+            if answer.status != nil { return }  // it serves again (its answer is checked by the duties)
             try await Task.sleep(for: .milliseconds(100))
         }
         throw DutyFailure(message: "the participant did not answer within 30 s of its restart")

@@ -21,6 +21,12 @@ enum ShellCommand {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // Nothing else of this process's descriptors reaches the command, and so none
+        // reaches the participant it starts, which outlives this process: whoever waits
+        // for this process's pipes to close (a test, a shell) is not kept waiting.
+        for descriptor in openDescriptors() where descriptor > 2 {
+            posix_spawn_file_actions_addclose(&actions, descriptor)
+        }
         let arguments = ["/bin/sh", "-c", command]
         let variables = environment.map { "\($0.key)=\($0.value)" }
         var pid: pid_t = 0
@@ -46,6 +52,19 @@ enum ShellCommand {
             }
             try await Task.sleep(for: .milliseconds(20))
         }
+    }
+
+    /// This process's open file descriptors (from /proc/self/fd, or nothing elsewhere).
+    private static func openDescriptors() -> [Int32] {
+        guard let directory = opendir("/proc/self/fd") else { return [] }
+        defer { closedir(directory) }
+        let own = dirfd(directory)
+        var descriptors: [Int32] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if let descriptor = Int32(name), descriptor != own { descriptors.append(descriptor) }
+        }
+        return descriptors
     }
 
     private static func withCStrings<R>(_ strings: [String], _ body: (UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {

@@ -1,3 +1,4 @@
+import DTXAPI
 import DTXCore
 import DTXParticipant
 import DTXPostgres
@@ -62,6 +63,14 @@ struct Ledger<Connection>: Sendable {
     /// `holds`), or with `release` takes it away.
     var hold: @Sendable (Movement, Connection) throws -> Void
     var release: @Sendable (Movement, Connection) throws -> Void
+}
+
+/// The table behind the conformance operations (`ConformanceOperation`), in one
+/// database's SQL: a counter per key.
+struct Counters<Connection>: Sendable {
+    var ddl: String
+    var add: @Sendable (_ key: String, _ amount: Int, Connection) throws -> Void
+    var value: @Sendable (_ key: String, Connection) throws -> Int
 }
 
 /// A resource manager's three ways of registering operations (2PC, TCC, saga), which the
@@ -132,6 +141,48 @@ extension OperationRegistry {
     }
 }
 
+extension OperationRegistry {
+    /// Registers the conformance operations (Schemas/participant-api.yaml, "Conformance
+    /// run") over `counters`, so that `dtx conformance` can check this service: an add is
+    /// the branch's work (applied by 2PC's commit, TCC's confirm, a saga's action and
+    /// undone by its compensation); a read answers `{"value": V}`; a refusal does nothing.
+    func registerConformanceOperations(_ counters: Counters<Connection>) {
+        typealias Operation = ConformanceOperation
+        let add: Body = { payload, db in
+            try counters.add(try conformanceKey(payload), conformanceAmount(payload), db)
+            return nil
+        }
+        let subtract: Body = { payload, db in
+            try counters.add(try conformanceKey(payload), -conformanceAmount(payload), db)
+            return nil
+        }
+        let read: Body = { payload, db in .object(["value": .number(Double(try counters.value(try conformanceKey(payload), db)))]) }
+        let refuse: Body = { _, _ in throw BusinessError(code: "refused", message: "the conformance run asked for a refusal (\(Operation.refuse))") }
+        let nothing: Body = { _, _ in nil }
+        register(Operation.add, add)
+        register(Operation.read, read)
+        register(Operation.refuse, refuse)
+        register(tcc: Operation.add, try: nothing, confirm: add, cancel: nothing)
+        register(tcc: Operation.read, try: read, confirm: nothing, cancel: nothing)
+        register(tcc: Operation.refuse, try: refuse, confirm: nothing, cancel: nothing)
+        register(saga: Operation.add, action: add, compensate: subtract)
+        register(saga: Operation.read, action: read, compensate: nothing)
+        register(saga: Operation.refuse, action: refuse, compensate: nothing)
+    }
+
+}
+
+private func conformanceKey(_ payload: JSONValue?) throws -> String {
+    guard let key = payload?["key"]?.stringValue, !key.isEmpty else {
+        throw BusinessError(code: "invalid_payload", message: "a conformance operation's payload is {\"key\": string, \"amount\"?: whole number}")
+    }
+    return key
+}
+
+private func conformanceAmount(_ payload: JSONValue?) -> Int {
+    Int(payload?["amount"]?.doubleValue ?? 0)
+}
+
 struct SQLiteAccounts: AccountsStore {
     let manager: SQLiteResourceManager
     var resourceManager: any ResourceManager { manager }
@@ -171,10 +222,23 @@ struct SQLiteAccounts: AccountsStore {
         return Int(balance)
     }
 
-    init(path: String) async throws {
+    static let counters = Counters<SQLiteConnection>(
+        ddl: "CREATE TABLE IF NOT EXISTS conformance_counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        add: { key, amount, db in
+            _ = try db.execute("INSERT INTO conformance_counters (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = conformance_counters.value + excluded.value",
+                               [.text(key), .integer(Int64(amount))])
+        },
+        value: { key, db in
+            Int(try db.query("SELECT value FROM conformance_counters WHERE key = ?", [.text(key)]).first?["value"]?.integerValue ?? 0)
+        })
+
+    /// `conformance`: also serve the conformance operations.
+    init(path: String, conformance: Bool) async throws {
         manager = try await SQLiteResourceManager(path: path)
-        _ = try await manager.write { db in try Self.ddl.forEach { _ = try db.execute($0) } }
+        let ddl = Self.ddl + (conformance ? [Self.counters.ddl] : [])
+        _ = try await manager.write { db in try ddl.forEach { _ = try db.execute($0) } }
         manager.registerBankOperations(Self.ledger)
+        if conformance { manager.registerConformanceOperations(Self.counters) }
     }
 
     func open(_ id: String, balance: Int) async throws {
@@ -232,11 +296,24 @@ struct PostgresAccounts: AccountsStore {
             _ = try db.execute("UPDATE holds SET amount = amount - $1 WHERE account = $2", [.int(move.amount), .text(move.account)])
         })
 
-    init(pool: PostgresPool, prefix: String, logger: Logger) async throws {
+    static let counters = Counters<PostgresConnection>(
+        ddl: "CREATE TABLE IF NOT EXISTS conformance_counters (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+        add: { key, amount, db in
+            _ = try db.execute("INSERT INTO conformance_counters (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = conformance_counters.value + excluded.value",
+                               [.text(key), .int(amount)])
+        },
+        value: { key, db in
+            try db.execute("SELECT value FROM conformance_counters WHERE key = $1", [.text(key)]).rows.first?.int("value") ?? 0
+        })
+
+    /// `conformance`: also serve the conformance operations.
+    init(pool: PostgresPool, prefix: String, conformance: Bool, logger: Logger) async throws {
         self.pool = pool
         manager = try await PostgresResourceManager(pool: pool, prefix: prefix, logger: logger)
-        _ = try await pool.withConnection { db in try Self.ddl.forEach { _ = try db.execute($0) } }
+        let ddl = Self.ddl + (conformance ? [Self.counters.ddl] : [])
+        _ = try await pool.withConnection { db in try ddl.forEach { _ = try db.execute($0) } }
         manager.registerBankOperations(Self.ledger)
+        if conformance { manager.registerConformanceOperations(Self.counters) }
     }
 
     func open(_ id: String, balance: Int) async throws {

@@ -64,6 +64,9 @@ struct AccountsService: AsyncParsableCommand {
     @Option(name: .customLong("three-phase-timeout"), help: "3PC: seconds a branch waits for the next message before it acts alone (q: abort; w, p: termination). (env DTX_PARTICIPANT_3PC_TIMEOUT, default 5)")
     var threePhaseTimeout: Double?
 
+    @Flag(help: "Also serve the conformance operations (dtx.conformance.add, .read, .refuse) over a conformance_counters table, so that `dtx conformance` can check this service; for tests.")
+    var conformance = false
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel = "info"
 
@@ -101,10 +104,10 @@ struct AccountsService: AsyncParsableCommand {
         let store: any AccountsStore
         do {
             if let sqlite {
-                store = try await SQLiteAccounts(path: sqlite)
+                store = try await SQLiteAccounts(path: sqlite, conformance: conformance)
             } else {
                 let pool = try await PostgresPool(postgres ?? "", size: 4, logger: logger)
-                store = try await PostgresAccounts(pool: pool, prefix: prefix ?? Self.prefix(from: name), logger: logger)
+                store = try await PostgresAccounts(pool: pool, prefix: prefix ?? Self.prefix(from: name), conformance: conformance, logger: logger)
             }
         } catch {
             FileHandle.standardError.write(Data("accounts-service: \(error)\n".utf8))
