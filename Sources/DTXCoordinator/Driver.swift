@@ -303,9 +303,10 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     private func send(_ message: ParticipantMessage, to branch: Branch, allParticipants: [String]) {
         guard let endpoint = context.registry.entry(branch.spec.participant)?.endpoint else {
             // Deregistration is refused while branches are unfinished, so this is a bug or a
-            // hand-edited log: report it as a failed delivery and let the protocol decide.
+            // hand-edited log, or a spec naming a participant that never registered: a
+            // failed delivery (not one to resend: nothing says the name will ever register).
             let id = branch.id
-            context.environment.spawn { await self.post(.replied(id, message, .undelivered("participant \(branch.spec.participant) is not registered"))) }
+            context.environment.spawn { await self.post(.replied(id, message, .failed("participant \(branch.spec.participant) is not registered"))) }
             return
         }
         let request = ParticipantRequest(gid: gid.rawValue, branch: branch.id, operation: branch.spec.operation, payload: branch.spec.payload,

@@ -37,7 +37,11 @@ import Testing
                              // One worker: with two, hypothesis's strategy cache raised a KeyError
                              // inside schemathesis 4.32 (not a finding about dtx).
                              "--workers", "1",
-                             "--request-timeout", "20", "--report", "har", "--report-har-path", har]
+                             // The document's example submission waits (`wait: true`) for a
+                             // transaction whose participant the examples re-register at an
+                             // address nobody serves: its PREPARE is resent until the example's
+                             // 30 s timeout aborts it.
+                             "--request-timeout", "45", "--report", "har", "--report-har-path", har]
             + headers.flatMap { ["--header", $0] }
         let log = directory + "/fuzz-\(UUID().uuidString.prefix(8)).log"
         guard FileManager.default.createFile(atPath: log, contents: nil) else { throw CocoaError(.fileWriteUnknown) }
