@@ -1,5 +1,23 @@
 -- Tables the PostgreSQL resource manager (DTXPostgres) keeps in a service's database;
--- created when the resource manager starts. Kept equal to PostgresResourceManager.schemaSQL by a test.
+-- created when the resource manager starts. Kept equal to PostgresResourceManager.schemaSQL by a test
+-- (which skips lines that start with --).
+--
+-- digest (every table that has one): the fingerprint of the work a row was written
+-- for, its operation and payload (BranchDigest: 16 lowercase hex digits of 64-bit FNV-1a
+-- over the operation as a JSON string, a comma, and the payload as canonical JSON,
+-- keys sorted, `null` when absent). Every message of a branch carries its operation and
+-- payload, so a repeated message is compared with the stored digest: equal, it is a
+-- repeat and gets the stored answer; different, it names other work under the same
+-- (gid, branch) -- the gid was reused, e.g. after dtxd lost its lazily written begin --
+-- and is refused with 409 branch_mismatch, nothing done. See "Repeats and digests" in
+-- participant-api.yaml.
+--
+-- dtx_branches: one row per committed branch, written inside the branch's own
+-- transaction (so it exists exactly when the branch committed), with its result and the
+-- digest of its work, against which a repeated PREPARE or COMMIT_ONE_PHASE is compared.
+-- While the branch is prepared its row is invisible inside the prepared transaction, so
+-- the digest is also the last part of the prepared transaction's name,
+-- prefix:gid:branch:digest, where a repeated PREPARE reads it.
 CREATE TABLE IF NOT EXISTS dtx_branches (
     gid TEXT NOT NULL,
     branch BIGINT NOT NULL,
@@ -9,12 +27,21 @@ CREATE TABLE IF NOT EXISTS dtx_branches (
     PRIMARY KEY (gid, branch)
 );
 
+-- dtx_rollbacks: one row per rolled-back branch, also one that never prepared (presumed
+-- abort), so that a late PREPARE or COMMIT_ONE_PHASE is refused. No digest: a rolled-back
+-- branch refuses any work.
 CREATE TABLE IF NOT EXISTS dtx_rollbacks (
     gid TEXT NOT NULL,
     branch BIGINT NOT NULL,
     PRIMARY KEY (gid, branch)
 );
 
+-- dtx_barrier: the TCC and saga branch barrier, one row per phase a branch has done,
+-- written in the phase's own transaction with its result. digest: of the message that
+-- wrote the row; a repeat of that phase, and a confirm or cancel (compensate) of a
+-- recorded try (action), is compared with it. A cancel or compensate whose try or action
+-- never ran writes a marker (null_compensation = true, the cancel's own digest) that
+-- refuses the late try or action.
 CREATE TABLE IF NOT EXISTS dtx_barrier (
     gid TEXT NOT NULL,
     branch BIGINT NOT NULL,
@@ -27,6 +54,9 @@ CREATE TABLE IF NOT EXISTS dtx_barrier (
     PRIMARY KEY (gid, branch, op)
 );
 
+-- dtx_3pc_state: one row per 3PC branch that reached CANCOMMIT: prepared or
+-- pre_committed, with every branch's participant and base URL (JSON), whom termination
+-- asks. It counts only while the branch's prepared transaction exists.
 CREATE TABLE IF NOT EXISTS dtx_3pc_state (
     gid TEXT NOT NULL,
     branch BIGINT NOT NULL,
