@@ -89,6 +89,20 @@ public struct ParticipantRoute: Hashable, Sendable {
         }
     }
 
+    /// Every `status` a 200 answer to this message may carry (Schemas/participant-api.yaml):
+    /// its `doneStatus`; also `read_only` for PREPARE and COMMIT_ONE_PHASE; for 3PC any
+    /// state a branch answers with (never q), since participants may have decided by
+    /// termination. Any other word is not a usable answer.
+    public var acceptedStatuses: Set<String> {
+        if proto == .threePhaseCommit {
+            return Set(ThreePhaseState.allCases.filter { $0 != .initial }.map(\.rawValue))
+        }
+        switch message {
+        case .prepare, .commitOnePhase: return [doneStatus, "read_only"]
+        default: return [doneStatus]
+        }
+    }
+
     /// A message that may travel in a `/dtx/batch`: one that finishes a branch
     /// (`finishesABranch`), outside 3PC (whose messages the batch does not take).
     public var batchable: Bool { message.finishesABranch && proto != .threePhaseCommit }

@@ -86,10 +86,17 @@ public final class HTTPTransport: Transport {
             return .failed("\(proto.rawValue) has no \(message.rawValue) message")
         }
         let body = request.jsonBytes()
-        if endpoint.batch, route.batchable {
-            return await batcher(for: endpoint).send(path: route.path, body: body)
-        }
-        return await sendAlone(path: route.path, body: body, to: endpoint)
+        let response = endpoint.batch && route.batchable
+            ? await batcher(for: endpoint).send(path: route.path, body: body)
+            : await sendAlone(path: route.path, body: body, to: endpoint)
+        return Self.checked(response, route, from: endpoint.name)
+    }
+
+    /// A 200 whose `status` the message does not take is no usable answer.
+    static func checked(_ response: ParticipantResponse, _ route: ParticipantRoute, from name: String) -> ParticipantResponse {
+        guard case .done(let status, _) = response, !route.acceptedStatuses.contains(status) else { return response }
+        let expected = route.acceptedStatuses.sorted().joined(separator: " or ")
+        return .failed("\(name) answered \(route.path) with status '\(status)', not \(expected)")
     }
 
     /// One message in its own request.
@@ -140,7 +147,9 @@ public final class HTTPTransport: Transport {
             guard let status = json?["status"]?.stringValue else {
                 return .failed("\(name) answered 200 with a body that is not a participant reply")
             }
-            return .done(status: status, result: json?["result"])
+            // `"result": null` is the same as no result.
+            let result = json?["result"].flatMap { $0 == .null ? nil : $0 }
+            return .done(status: status, result: result)
         case 409:
             if let error = json?["error"], let code = error["code"]?.stringValue, let message = error["message"]?.stringValue {
                 return .refused(code: code, message: message)

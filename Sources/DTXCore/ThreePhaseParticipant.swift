@@ -28,6 +28,9 @@ public struct ThreePhaseParticipant: Sendable {
         case workPrepared
         /// The resource manager refused the work (a definitive business failure: the no-vote).
         case workRefused(code: String, message: String)
+        /// The work could not be done (the resource manager or the registry failed): the
+        /// branch aborts as on a refusal, but the answer is 503, not a vote.
+        case workFailed(String)
         /// PRECOMMIT arrived, from the coordinator or from a peer running termination.
         case preCommit
         case doCommit
@@ -67,6 +70,8 @@ public struct ThreePhaseParticipant: Sendable {
         case refused(code: String, message: String)
         /// 503: CANCOMMIT's work is still running; ask again later.
         case busy
+        /// 503: the participant failed to do what the message asks (not a vote).
+        case unavailable(String)
     }
 
     /// What the participant kit must do, in order; each durable action completes before
@@ -145,7 +150,10 @@ public struct ThreePhaseParticipant: Sendable {
         case let (.initial, .workRefused(code, message)) where preparing:
             preparing = false
             return abortHere(reply: .refused(code: code, message: message))
-        case (.aborted, .workRefused) where preparing:
+        case let (.initial, .workFailed(message)) where preparing:
+            preparing = false
+            return abortHere(reply: .unavailable(message))
+        case (.aborted, .workRefused) where preparing, (.aborted, .workFailed) where preparing:
             preparing = false
             return [.reply(Self.alreadyAborted)]
         case (.initial, .preCommit), (.initial, .doCommit):

@@ -161,7 +161,7 @@ final class ThreePhaseBranch: Sendable {
         // The work's outcome answers the CANCOMMIT that started it.
         let workDone: Bool
         switch event {
-        case .workPrepared, .workRefused: workDone = true
+        case .workPrepared, .workRefused, .workFailed: workDone = true
         default: workDone = false
         }
         let replyTo = workDone ? state.withLock { s -> Slot? in
@@ -174,7 +174,7 @@ final class ThreePhaseBranch: Sendable {
             }
         } catch {
             owner.logger.warning("3PC branch step failed; the branch resumes from its record", metadata: metadata(["error": "\(error)"]))
-            let failure = Answer(reply: .refused(code: "unavailable", message: "\(error); retry later"), result: nil)
+            let failure = Answer(reply: .unavailable("\(error); retry later"), result: nil)
             slot?.set(failure)
             replyTo?.set(failure)
             timer.cancel(Wait())
@@ -240,7 +240,7 @@ final class ThreePhaseBranch: Sendable {
             post(.workRefused(code: refusal.code, message: refusal.message))
         } catch {
             // Not a business refusal, but 3PC's coordinator aborts on any failed CANCOMMIT.
-            post(.workRefused(code: "unavailable", message: "cannot prepare: \(error)"))
+            post(.workFailed("cannot prepare: \(error)"))
         }
     }
 
@@ -251,7 +251,7 @@ final class ThreePhaseBranch: Sendable {
 
     private static func isMessage(_ event: Event) -> Bool {
         switch event {
-        case .canCommit, .preCommit, .doCommit, .abort, .stateRequested, .workPrepared, .workRefused: return true
+        case .canCommit, .preCommit, .doCommit, .abort, .stateRequested, .workPrepared, .workRefused, .workFailed: return true
         default: return false
         }
     }

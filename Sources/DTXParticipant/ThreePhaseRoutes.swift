@@ -10,7 +10,18 @@ extension ParticipantService {
     /// runs or when the resource manager failed) and `GET /dtx/state?gid=…&branch=…` (200
     /// `{"status": <state>}`), all behind the callback token when one is configured.
     func addThreePhaseRoutes<Context: RequestContext>(to router: some RouterMethods<Context>, authorized: @escaping @Sendable (Request) -> Response?) {
-        guard let threePhase else { return }
+        guard let threePhase else {
+            // Not served: its paths say so (as TCC's and Saga's do), rather than not existing.
+            for path in ParticipantRoute.threePhase.map(\.path) + [ParticipantRoute.statePath] {
+                let method: HTTPRequest.Method = path == ParticipantRoute.statePath ? .get : .post
+                router.on(RouterPath(path), method: method) { _, _ -> Response in
+                    JSONResponse.error(.notFound, code: "protocol_not_served",
+                                       message: "\(ProtocolNotServed(transactionProtocol: .threePhaseCommit)); it serves \(self.servedProtocols.map(\.rawValue).joined(separator: ", "))")
+                }
+                Self.refuseOtherMethods(on: path, allowing: [method], router)
+            }
+            return
+        }
         for route in ParticipantRoute.threePhase {
             let event = ThreePhaseParticipant.Event(arrivalOf: route.message)!
             router.post(RouterPath(route.path)) { request, context -> Response in
@@ -45,6 +56,7 @@ extension ParticipantService {
             case .state(let state): return Self.reply(state.rawValue, answer.result).response
             case let .refused(code, message): return JSONResponse.error(.conflict, code: code, message: message)
             case .busy: return JSONResponse.error(.serviceUnavailable, code: "busy", message: "CANCOMMIT of \(ref) is still running; retry later")
+            case .unavailable(let message): return JSONResponse.error(.serviceUnavailable, code: "unavailable", message: message)
             }
         } catch {
             logger.warning("cannot read a 3PC branch's record", metadata: ["gid": .string(ref.gid), "branch": .stringConvertible(ref.branch), "error": "\(error)"])

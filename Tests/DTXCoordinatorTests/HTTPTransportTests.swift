@@ -35,7 +35,7 @@ import Testing
         let transport = HTTPTransport(requestTimeout: .seconds(30))
         for _ in 0..<3 {
             let response = await transport.send(.commit, protocol: .twoPhaseCommit, request: request, to: server.endpoint())
-            #expect(response == .done(status: "prepared", result: .string("/dtx/2pc/commit g-1")))
+            #expect(response == .done(status: "committed", result: .string("/dtx/2pc/commit g-1")))
         }
         #expect(server.connectionsAccepted == 3)
         await transport.shutdown()
@@ -69,10 +69,20 @@ import Testing
             return await group.reduce(into: []) { $0.append($1) }
         }
         #expect(responses.count == 40)
-        #expect(responses.allSatisfy { $0 == .done(status: "prepared", result: .string("/dtx/2pc/rollback g-1")) })
+        #expect(responses.allSatisfy { $0 == .done(status: "rolled_back", result: .string("/dtx/2pc/rollback g-1")) })
         #expect(server.connectionsAccepted <= 2)
         await transport.shutdown()
         try await server.stop()
+    }
+
+    @Test func aStatusTheMessageDoesNotTakeIsNoUsableAnswerAndANullResultIsNone() {
+        let route = ParticipantRoute(.twoPhaseCommit, .commit)!
+        let wrong = HTTPTransport.checked(.done(status: "prepared", result: nil), route, from: "p")
+        #expect(wrong == .failed("p answered /dtx/2pc/commit with status 'prepared', not committed"))
+        let prepare = ParticipantRoute(.twoPhaseCommit, .prepare)!
+        #expect(HTTPTransport.checked(.done(status: "read_only", result: nil), prepare, from: "p") == .done(status: "read_only", result: nil))
+        let answer = HTTPTransport.interpret(status: 200, json: .object(["status": .string("committed"), "result": .null]), from: "p") { "" }
+        #expect(answer == .done(status: "committed", result: nil))
     }
 
     @Test func anAbsentParticipantIsAnUndeliveredMessageNamingTheAddress() async throws {
@@ -128,10 +138,10 @@ import Testing
             for await (index, response) in group { responses[index] = response }
             return responses
         }
-        #expect(await slow == .done(status: "prepared", result: .string("/base/dtx/2pc/commit slow")))
+        #expect(await slow == .done(status: "committed", result: .string("/base/dtx/2pc/commit slow")))
         for index in 0..<40 where index != 7 {
             let path = index % 2 == 0 ? "/base/dtx/2pc/commit" : "/base/dtx/2pc/rollback"
-            #expect(responses[index] == .done(status: "prepared", result: .string("\(path) g-\(index)")))
+            #expect(responses[index] == .done(status: index % 2 == 0 ? "committed" : "rolled_back", result: .string("\(path) g-\(index)")))
         }
         #expect(responses[7] == .refused(code: "refused_by_test", message: "no"))
         // The slow commit, the batch, and alone any message whose task started only
@@ -213,7 +223,7 @@ import Testing
     }
 }
 
-/// A minimal participant: answers every POST with `{"status":"prepared","result":"<uri> <gid>"}`,
+/// A minimal participant: answers every POST with `{"status":<the message's word>,"result":"<uri> <gid>"}`,
 /// except a request for gid `silent`, which it never answers.
 private final class TestParticipantServer: Sendable {
     private let channel: any Channel
@@ -317,7 +327,9 @@ private final class TestParticipantServer: Sendable {
         private static func answer(path: String, request: JSONValue?) -> (Int, JSONValue) {
             let gid = request?["gid"]?.stringValue ?? ""
             if gid == "refuse" { return (409, .object(["error": .object(["code": .string("refused_by_test"), "message": .string("no")])])) }
-            return (200, .object(["status": .string("prepared"), "result": .string("\(path) \(gid)")]))
+            // The word the path's message is answered with when done.
+            let route = path.range(of: "/dtx/").flatMap { ParticipantRoute(path: String(path[$0.lowerBound...])) }
+            return (200, .object(["status": .string(route?.doneStatus ?? "prepared"), "result": .string("\(path) \(gid)")]))
         }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {

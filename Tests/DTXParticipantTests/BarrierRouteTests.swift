@@ -148,12 +148,13 @@ import Testing
         #expect(store.barrierRecords().isEmpty)
     }
 
-    @Test func aParticipantWithoutTCCOrSagasAnswers404AndRegistersOnly2PC() async throws {
+    @Test func aParticipantWithoutTCCSagasOr3PCAnswers404AndRegistersOnly2PC() async throws {
         for manager in [TwoPhaseOnly() as any ResourceManager, FailpointResourceManager(base: TwoPhaseOnly(), failpoints: Failpoints(logger: Self.logger))] {
             try await withRoutes(manager) { service, post in
                 #expect(service.servedProtocols == [.twoPhaseCommit])
-                for path in ["/dtx/tcc/try", "/dtx/tcc/confirm", "/dtx/tcc/cancel", "/dtx/saga/action", "/dtx/saga/compensate"] {
-                    let answer = try await post("POST", path, Self.request("g1"))
+                for path in ["/dtx/tcc/try", "/dtx/tcc/confirm", "/dtx/tcc/cancel", "/dtx/saga/action", "/dtx/saga/compensate",
+                             "/dtx/3pc/can_commit", "/dtx/3pc/pre_commit", "/dtx/3pc/do_commit", "/dtx/3pc/rollback", "/dtx/state?gid=g1&branch=0"] {
+                    let answer = try await post(path.hasPrefix("/dtx/state") ? "GET" : "POST", path, path.hasPrefix("/dtx/state") ? nil : Self.request("g1"))
                     #expect(answer.status == .notFound, "\(path)")
                     #expect(answer.errorCode == "protocol_not_served", "\(path)")
                     #expect(answer.errorMessage?.contains("does not serve") == true, "\(path)")
