@@ -55,8 +55,12 @@ struct DutyContext: Sendable {
         self.sequence = Sequence()
     }
 
-    /// A gid no earlier run used: `conf-<run>-<n>`.
-    func gid() -> String { "conf-\(run)-\(sequence.next.add(1, ordering: .relaxed).newValue)" }
+    /// A gid no earlier run used: `conf-<run>-<n>`, pending at the run's coordinator until decided.
+    func gid() -> String {
+        let gid = "conf-\(run)-\(sequence.next.add(1, ordering: .relaxed).newValue)"
+        coordinator.begin(gid)
+        return gid
+    }
 
     /// A counter no earlier run used.
     func key() -> String { "conf-\(run)-k\(sequence.next.add(1, ordering: .relaxed).newValue)" }

@@ -12,12 +12,19 @@ import Synchronization
 /// A gid it never ran is answered as dtxd answers one: aborted (presumed abort).
 final class StandInCoordinator: Sendable {
     private struct State {
+        /// Every gid the run has used: undecided ones are pending, not presumed aborted.
+        var begun: Set<String> = []
         var decisions: [String: Decision] = [:]
         var threePhase: [String: ThreePhaseState] = [:]
         var participants: [String: ParticipantInfo] = [:]
     }
 
     private let state = Mutex(State())
+
+    /// The run uses `gid`: until it is decided, a participant asking is told it is pending.
+    func begin(_ gid: String) {
+        state.withLock { _ = $0.begun.insert(gid) }
+    }
 
     /// The decision of `gid`, which its participant is told when it asks.
     func decide(_ gid: String, _ decision: Decision) {
@@ -65,16 +72,19 @@ final class StandInCoordinator: Sendable {
         }
         router.get("/v1/transactions/{gid}/outcome") { _, context -> Response in
             let gid = context.parameters.get("gid") ?? ""
-            let outcome = switch self.state.withLock({ $0.decisions[gid] ?? ($0.threePhase[gid] == nil ? .abort : nil) }) {
-            case .commit: "committed"
-            case .abort: "aborted"
-            case nil: "pending"
+            let outcome = self.state.withLock { state in
+                switch state.decisions[gid] {
+                case .commit: "committed"
+                case .abort: "aborted"
+                case nil: state.begun.contains(gid) ? "pending" : "aborted"
+                }
             }
             return try Self.json(["gid": gid, "outcome": outcome], status: .ok)
         }
         router.get("/v1/transactions/{gid}/state") { _, context -> Response in
             let gid = context.parameters.get("gid") ?? ""
-            let answer = self.state.withLock { $0.threePhase[gid] ?? .aborted }
+            // Undecided: still collecting votes (the participant waits and asks again).
+            let answer = self.state.withLock { $0.threePhase[gid] ?? ($0.begun.contains(gid) ? .prepared : .aborted) }
             return try Self.json(["gid": gid, "state": answer.rawValue], status: .ok)
         }
         var logger = Logger(label: "dtx-conformance-coordinator")
