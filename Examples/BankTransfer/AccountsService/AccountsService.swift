@@ -17,19 +17,19 @@ struct AccountsService: AsyncParsableCommand {
         commandName: "accounts-service",
         abstract: "A bank accounts service on SQLite or PostgreSQL that joins dtx transactions.",
         discussion: """
-        Give exactly one database: --sqlite FILE (created if missing) or --postgres \\
-        "host=... port=... user=... dbname=..." (the server needs max_prepared_transactions \\
-        above 0). Once listening it prints 'accounts-service NAME listening on URL' and \\
+        Give exactly one database: --sqlite FILE (created if missing) or --postgres \
+        "host=... port=... user=... dbname=..." (the server needs max_prepared_transactions \
+        above 0). Once listening it prints 'accounts-service NAME listening on URL' and \
         registers with dtxd under NAME.
 
-        HTTP: GET /accounts lists balances and their total; POST /accounts \\
-        {"id": ..., "balance": cents} opens an account; POST /accounts/ID/debit and \\
-        /credit {"amount": cents} move money in a plain local transaction, outside any \\
-        global transaction (what an application without a coordinator would call); the \\
-        participant protocol is under /dtx/2pc/, /dtx/3pc/ (with GET /dtx/state for \\
-        3PC peers), /dtx/tcc/ and /dtx/saga/, where debit and credit are operations of \\
-        each protocol (a TCC debit holds the money in the \\
-        holds table from its try until its confirm or cancel). Failpoints for crash tests: DTX_PARTICIPANT_FAILPOINTS (see \\
+        HTTP: GET /accounts lists balances and their total; POST /accounts \
+        {"id": ..., "balance": cents} opens an account; POST /accounts/ID/debit and \
+        /credit {"amount": cents} move money in a plain local transaction, outside any \
+        global transaction (what an application without a coordinator would call); the \
+        participant protocol is under /dtx/2pc/, /dtx/3pc/ (with GET /dtx/state for \
+        3PC peers), /dtx/tcc/ and /dtx/saga/, where debit and credit are operations of \
+        each protocol (a TCC debit holds the money in the \
+        holds table from its try until its confirm or cancel). Failpoints for crash tests: DTX_PARTICIPANT_FAILPOINTS (see \
         memory-participant --help) and PUT /test/failpoints.
         """
     )

@@ -13,9 +13,9 @@ struct Transfer: AsyncParsableCommand {
         commandName: "transfer",
         abstract: "Move money between accounts in different databases, atomically, through dtxd.",
         discussion: """
-        Accounts are named SERVICE:ACCOUNT, the service being the name an accounts \\
-        service registered with dtxd. Exit status 0 when the transfer committed, 1 when \\
-        it was refused (e.g. insufficient funds) and rolled back everywhere, 3 when dtxd \\
+        Accounts are named SERVICE:ACCOUNT, the service being the name an accounts \
+        service registered with dtxd. Exit status 0 when the transfer committed, 1 when \
+        it was refused (e.g. insufficient funds) and rolled back everywhere, 3 when dtxd \
         cannot be reached.
         """
     )

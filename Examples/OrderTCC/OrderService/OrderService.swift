@@ -16,16 +16,16 @@ struct OrderService: AsyncParsableCommand {
         commandName: "order-service",
         abstract: "An inventory or payment service on SQLite or PostgreSQL that joins dtx TCC transactions.",
         discussion: """
-        --db is sqlite:FILE (created if missing) or postgres:"host=... port=... user=... \\
-        dbname=..." (the server needs max_prepared_transactions above 0). Once listening \\
-        it prints 'order-service ROLE listening on URL' and registers with dtxd under \\
+        --db is sqlite:FILE (created if missing) or postgres:"host=... port=... user=... \
+        dbname=..." (the server needs max_prepared_transactions above 0). Once listening \
+        it prints 'order-service ROLE listening on URL' and registers with dtxd under \
         ROLE (inventory or payment).
 
-        HTTP, inventory: GET /stock lists the items; POST /stock {"sku": ..., \\
-        "available": N} adds an item or sets how many are available; POST /reserve \\
-        {"gid": ..., "sku": ..., "qty": N} reserves in the open interactive transaction \\
-        GID (enlists, then runs the Try). Payment: GET /wallets; POST /wallets \\
-        {"account": ..., "balance": N}; POST /freeze {"gid": ..., "account": ..., \\
+        HTTP, inventory: GET /stock lists the items; POST /stock {"sku": ..., \
+        "available": N} adds an item or sets how many are available; POST /reserve \
+        {"gid": ..., "sku": ..., "qty": N} reserves in the open interactive transaction \
+        GID (enlists, then runs the Try). Payment: GET /wallets; POST /wallets \
+        {"account": ..., "balance": N}; POST /freeze {"gid": ..., "account": ..., \
         "amount": N}. The TCC protocol is under /dtx/tcc/.
         """
     )

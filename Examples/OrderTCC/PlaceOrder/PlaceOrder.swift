@@ -16,11 +16,11 @@ struct PlaceOrder: AsyncParsableCommand {
         commandName: "place-order",
         abstract: "Place an order across the inventory and payment services with TCC, through dtxd.",
         discussion: """
-        By default the whole transaction is submitted to dtxd, which sends the Tries, \\
-        then Confirm or Cancel. With --interactive, place-order begins the transaction, \\
-        calls each service's own endpoint (POST /reserve, POST /freeze: the service \\
-        enlists its branch and runs its Try), then commits or aborts. The services are \\
-        the ones registered with dtxd as inventory and payment. Exit status 0 when the \\
+        By default the whole transaction is submitted to dtxd, which sends the Tries, \
+        then Confirm or Cancel. With --interactive, place-order begins the transaction, \
+        calls each service's own endpoint (POST /reserve, POST /freeze: the service \
+        enlists its branch and runs its Try), then commits or aborts. The services are \
+        the ones registered with dtxd as inventory and payment. Exit status 0 when the \
         order is confirmed, 1 when it was cancelled, 3 when dtxd cannot be reached.
         """
     )

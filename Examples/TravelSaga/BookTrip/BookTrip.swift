@@ -13,9 +13,9 @@ struct BookTrip: AsyncParsableCommand {
         commandName: "book-trip",
         abstract: "Book a flight, a hotel and a car as one saga through dtxd.",
         discussion: """
-        The steps go to the travel services registered as flight, hotel and car: flight, \\
-        then hotel, then car; with --parallel, hotel and car both start once the flight \\
-        is booked. Exit status 0 when the trip is booked, 1 when a step failed and the \\
+        The steps go to the travel services registered as flight, hotel and car: flight, \
+        then hotel, then car; with --parallel, hotel and car both start once the flight \
+        is booked. Exit status 0 when the trip is booked, 1 when a step failed and the \
         others were compensated, 3 when dtxd cannot be reached.
         """
     )

@@ -15,13 +15,13 @@ struct TravelService: AsyncParsableCommand {
         commandName: "travel-service",
         abstract: "A flight, hotel or car service on SQLite or PostgreSQL that joins dtx sagas.",
         discussion: """
-        --db is sqlite:FILE (created if missing) or postgres:"host=... port=... user=... \\
-        dbname=..." (the server needs max_prepared_transactions above 0). Once listening \\
-        it prints 'travel-service KIND listening on URL' and registers with dtxd under \\
+        --db is sqlite:FILE (created if missing) or postgres:"host=... port=... user=... \
+        dbname=..." (the server needs max_prepared_transactions above 0). Once listening \
+        it prints 'travel-service KIND listening on URL' and registers with dtxd under \
         KIND (flight, hotel or car).
 
-        HTTP: GET /inventory lists the items with the places left, and the bookings; \\
-        POST /inventory {"id": ..., "capacity": N} adds an item or sets its places left; \\
+        HTTP: GET /inventory lists the items with the places left, and the bookings; \
+        POST /inventory {"id": ..., "capacity": N} adds an item or sets its places left; \
         the saga protocol is under /dtx/saga/.
         """
     )
