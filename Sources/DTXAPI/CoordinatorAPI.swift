@@ -236,16 +236,19 @@ public struct BranchView: Codable, Sendable, Equatable {
     public var state: String
     public var attempts: Int
     public var lastError: String?
+    /// When the armed retry of the branch's current message fires; nil when none is armed.
+    public var nextRetryAt: Date?
     /// What the participant answered (its result, or its business error).
     public var result: JSONValue?
 
-    public init(id: BranchID, participant: String, operation: String, state: String, attempts: Int, lastError: String?, result: JSONValue?) {
+    public init(id: BranchID, participant: String, operation: String, state: String, attempts: Int, lastError: String?, nextRetryAt: Date? = nil, result: JSONValue?) {
         self.id = id
         self.participant = participant
         self.operation = operation
         self.state = state
         self.attempts = attempts
         self.lastError = lastError
+        self.nextRetryAt = nextRetryAt
         self.result = result
     }
 }
@@ -275,8 +278,10 @@ public struct TransactionView: Decodable, Sendable, Equatable {
     public var interactive: Bool
     /// An operator forced an outcome that overrode a logged decision.
     public var heuristic: Bool
-    /// Phase two has kept failing (see the branches' lastError).
+    /// The transaction needs an operator's attention (`stuckReason` says why).
     public var stuck: Bool
+    /// Why it is stuck: a branch's attempts and last error, a failed log, or its age.
+    public var stuckReason: String?
     public var createdAt: Date
     public var updatedAt: Date
     public var timeout: Double
@@ -287,8 +292,10 @@ public struct TransactionView: Decodable, Sendable, Equatable {
     /// Sagas: the steps whose compensation has run, in the order they completed.
     public var compensations: [BranchID]?
 
-    public init(gid: String, protocol: TransactionProtocol, status: String, decision: Decision?, interactive: Bool, heuristic: Bool, stuck: Bool, createdAt: Date, updatedAt: Date, timeout: Double, error: String?, branches: [BranchView], timeline: [TimelineEntry], compensations: [BranchID]? = nil) {
+    public init(gid: String, protocol: TransactionProtocol, status: String, decision: Decision?, interactive: Bool, heuristic: Bool, stuck: Bool, stuckReason: String? = nil,
+                createdAt: Date, updatedAt: Date, timeout: Double, error: String?, branches: [BranchView], timeline: [TimelineEntry], compensations: [BranchID]? = nil) {
         self.compensations = compensations
+        self.stuckReason = stuckReason
         self.gid = gid
         self.protocol = `protocol`
         self.status = status

@@ -14,6 +14,9 @@ extension TransactionView {
             if let lastError = branch.lastError {
                 json.member(",\"lastError\":", lastError)
             }
+            if let nextRetryAt = branch.nextRetryAt {
+                json.member(",\"nextRetryAt\":", ISO8601.format(nextRetryAt))
+            }
             json.member(",\"operation\":", branch.operation)
             json.member(",\"participant\":", branch.participant)
             if let result = branch.result {
@@ -40,6 +43,7 @@ extension TransactionView {
         json.member(",\"protocol\":", self.protocol.rawValue)
         json.member(",\"status\":", status)
         json.member(",\"stuck\":", stuck)
+        if let stuckReason { json.member(",\"stuckReason\":", stuckReason) }
         json.raw(",\"timeline\":[")
         for (index, entry) in timeline.enumerated() {
             if index > 0 { json.raw(",") }

@@ -47,6 +47,8 @@ public struct CoordinatorConfiguration: Sendable {
     public var defaultTimeout: Duration = .seconds(30)
     public var retryPolicy = RetryPolicy()
     public var stuckAfterAttempts = 5
+    /// A transaction unfinished this long past its timeout is stuck (nil: never by age).
+    public var stuckAfterAge: Duration? = .seconds(600)
     /// Finished transactions kept (in memory and through checkpoints) for queries and idempotent resubmission.
     public var historyLimit = 10_000
     /// ...and for no longer than this after they finished; the next checkpoint deletes

@@ -88,6 +88,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         var finished = false
         /// The log failed: nothing more is performed; a restart recovers from the log.
         var halted = false
+        /// When each branch's armed retry fires (what the view shows as `nextRetryAt`).
+        var nextRetry: [BranchID: Date] = [:]
         var waiters: [UInt64: Waiter] = [:]
         var nextWaiter: UInt64 = 0
 
@@ -205,6 +207,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                     return ([.impossible("\(gid): \(common) names branch \(id), which does not exist")], [], nil, false)
                 }
                 record(common, in: &s)
+                if case .timedOut(.retry(let id)) = common { s.nextRetry[id] = nil }
                 guard let own = Machine.translate(common) else { return ([], [], nil, false) }
                 event = own
             }
@@ -274,6 +277,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 schedule(timer, attempt: attempt)
             case .cancel(let timer):
                 timers.cancel(timer)
+                if case .retry(let id) = timer { state.withLock { _ = $0.nextRetry.removeValue(forKey: id) } }
             case .decided(let decision):
                 let now = context.environment.now()
                 let finishing = actions.contains { if case .finish = $0 { true } else { false } }
@@ -332,6 +336,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             let policy = state.withLock { $0.machine.retryPolicy(for: id, base: context.configuration.retryPolicy) }
             delay = policy.delay(attempt: attempt, unit: context.environment.random())
             context.metrics.retry(proto)
+            let at = context.environment.now().addingTimeInterval(delay.apiSeconds)
+            state.withLock { $0.nextRetry[id] = at }
         case .step(let id):
             // A saga step's per-attempt timeout (the machine only arms it for steps that have one).
             guard let timeout = state.withLock({ $0.machine.stepTimeout(id) }) else { return }
@@ -447,11 +453,11 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             let error = Self.error(s)
             return TransactionView(
                 gid: gid.rawValue, protocol: proto, status: s.machine.displayStatus.rawValue, decision: s.decision,
-                interactive: spec.interactive, heuristic: s.machine.heuristic, stuck: isStuck(s),
+                interactive: spec.interactive, heuristic: s.machine.heuristic, stuck: stuckReason(s) != nil, stuckReason: stuckReason(s),
                 createdAt: createdAt, updatedAt: s.updatedAt, timeout: timeout.apiSeconds, error: error,
                 branches: s.machine.branches.map {
                     BranchView(id: $0.id, participant: $0.spec.participant, operation: $0.spec.operation, state: $0.state.rawValue,
-                               attempts: $0.attempts, lastError: $0.lastError, result: $0.result)
+                               attempts: $0.attempts, lastError: $0.lastError, nextRetryAt: s.nextRetry[$0.id], result: $0.result)
                 },
                 timeline: s.timeline,
                 compensations: s.machine.completedCompensations
@@ -470,7 +476,30 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
 
     private func isStuck(_ s: State) -> Bool {
-        !s.finished && (s.halted || s.machine.branches.contains { $0.attempts >= context.configuration.stuckAfterAttempts })
+        stuckReason(s) != nil
+    }
+
+    /// Why the transaction needs an operator's attention, or nil: its log failed; a branch
+    /// has had `stuckAfterAttempts` deliveries of its current message; or it is unfinished
+    /// `stuckAfterAge` past its timeout.
+    private func stuckReason(_ s: State) -> String? {
+        guard !s.finished else { return nil }
+        if s.halted { return "the log could not be written: nothing more is done until dtxd restarts and recovers it" }
+        let limit = context.configuration.stuckAfterAttempts
+        if let branch = s.machine.branches.filter({ $0.attempts >= limit }).max(by: { $0.attempts < $1.attempts }) {
+            return "branch \(branch.id) (\(branch.spec.participant), \(branch.state.rawValue)) has had \(branch.attempts) attempts"
+                + (branch.lastError.map { "; last error: \($0)" } ?? "")
+        }
+        let age = context.environment.now().timeIntervalSince(createdAt)
+        if let allowed = context.configuration.stuckAfterAge, age > timeout.apiSeconds + allowed.apiSeconds {
+            return "unfinished \(Int(age)) s after it began, past its \(Self.seconds(timeout)) timeout by more than \(Self.seconds(allowed))"
+        }
+        return nil
+    }
+
+    private static func seconds(_ duration: Duration) -> String {
+        let value = duration.apiSeconds
+        return value.rounded() == value ? "\(Int(value)) s" : "\(value) s"
     }
 
     func health() -> (stuck: Bool, inDoubt: Bool) {

@@ -156,7 +156,7 @@ enum TransactionReport {
         header.append("decision", view.decision?.rawValue ?? "-")
         header.append("interactive", Format.yesNo(view.interactive))
         header.append("heuristic", Format.yesNo(view.heuristic))
-        header.append("stuck", Format.yesNo(view.stuck))
+        header.append("stuck", view.stuckReason.map { "yes: \($0)" } ?? Format.yesNo(view.stuck))
         header.append("created", "\(Format.timestamp(view.createdAt)) (\(Format.ago(view.createdAt, now: now)))")
         header.append("timeout", Format.seconds(view.timeout))
         header.append("error", view.error ?? "-")
@@ -167,11 +167,12 @@ enum TransactionReport {
 
         var branches = TextTable([
             .init("ID", alignRight: true), .init("PARTICIPANT"), .init("OPERATION"), .init("STATE"),
-            .init("ATTEMPTS", alignRight: true), .init("LAST ERROR", maxWidth: 50), .init("RESULT", maxWidth: 50),
+            .init("ATTEMPTS", alignRight: true), .init("NEXT RETRY"), .init("LAST ERROR", maxWidth: 50), .init("RESULT", maxWidth: 50),
         ])
         for branch in view.branches {
+            let retry = branch.nextRetryAt.map { "in \(Format.seconds(max(0, ($0.timeIntervalSince(now) * 10).rounded() / 10)))" } ?? "-"
             branches.append(["\(branch.id)", branch.participant, branch.operation, branch.state,
-                             "\(branch.attempts)", branch.lastError ?? "-", branch.result.map(compactJSON) ?? "-"])
+                             "\(branch.attempts)", retry, branch.lastError ?? "-", branch.result.map(compactJSON) ?? "-"])
         }
 
         var timeline = TextTable([

@@ -59,6 +59,12 @@ struct Daemon: AsyncParsableCommand {
     @Option(name: .customLong("connect-timeout"), help: "Seconds to wait for a connection to a participant to be made; a message whose connection could not be made was not delivered (Schemas/participant-api.yaml, Timing). (env DTXD_CONNECT_TIMEOUT, default 1)")
     var connectTimeout: Double?
 
+    @Option(name: .customLong("stuck-after"), help: "Deliveries of one branch's message after which its transaction shows as stuck, needing an operator (the view says why). (env DTXD_STUCK_AFTER, default 5, 1-1000)")
+    var stuckAfter: Int?
+
+    @Option(name: .customLong("stuck-age"), help: "Seconds past its timeout after which an unfinished transaction shows as stuck; 0: never by age. (env DTXD_STUCK_AGE, default 600)")
+    var stuckAge: Double?
+
     @Option(name: .customLong("checkpoint-interval"), help: "Seconds between log checkpoints. (env DTXD_CHECKPOINT_INTERVAL, default 30)")
     var checkpointInterval: Double?
 
@@ -134,6 +140,8 @@ struct Daemon: AsyncParsableCommand {
         let timeoutSeconds = try number(defaultTimeout, "DTXD_DEFAULT_TIMEOUT", 30, { $0 > 0 && $0 <= 3600 }, "seconds above 0, at most 3600")
         let requestSeconds = try number(requestTimeout, "DTXD_REQUEST_TIMEOUT", 10, { $0 > 0 && $0 <= 600 }, "seconds above 0, at most 600")
         let connectSeconds = try number(connectTimeout, "DTXD_CONNECT_TIMEOUT", 1, { $0 >= 0.01 && $0 <= 60 }, "seconds from 0.01 to 60")
+        let stuckAttempts = try number(stuckAfter, "DTXD_STUCK_AFTER", 5, { (1...1000).contains($0) }, "a whole number from 1 to 1000")
+        let stuckSeconds = try number(stuckAge, "DTXD_STUCK_AGE", 600, { $0 >= 0 && $0 <= 30 * 86_400 }, "seconds from 0 (never) to 2592000 (30 days)")
         let checkpointSeconds = try number(checkpointInterval, "DTXD_CHECKPOINT_INTERVAL", 30, { $0 >= 1 && $0 <= 86400 }, "seconds from 1 to 86400")
         let groupCommitMS = try number(groupCommitDelayMS, "DTXD_GROUP_COMMIT_DELAY_MS", 1, { $0 >= 0 && $0 <= 100 }, "milliseconds from 0 to 100")
         let historyLimit = try number(history, "DTXD_HISTORY", 10_000, { (0...10_000_000).contains($0) }, "a whole number from 0 to 10000000")
@@ -153,6 +161,8 @@ struct Daemon: AsyncParsableCommand {
         engine.defaultTimeout = Duration(apiSeconds: timeoutSeconds)
         engine.checkpointInterval = .milliseconds(Int64(checkpointSeconds * 1000))
         engine.historyLimit = historyLimit
+        engine.stuckAfterAttempts = stuckAttempts
+        engine.stuckAfterAge = stuckSeconds > 0 ? Duration(apiSeconds: stuckSeconds) : nil
         engine.historyRetention = Duration(apiSeconds: retentionSeconds)
         do {
             engine.failpoints = try DaemonFailpoints(parsing: env["DTXD_FAILPOINTS"] ?? "")

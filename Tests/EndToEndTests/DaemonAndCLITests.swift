@@ -19,6 +19,18 @@ import Testing
         #expect(help.out.contains("--connect-timeout"))
     }
 
+    @Test func stuckLimitsOutOfRangeAreRefused() async throws {
+        let dir = makeTemporaryDirectory("dtxd-stuck-limits")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let attempts = try await run("dtxd", ["--data-dir", dir + "/data", "--listen", "127.0.0.1:0", "--stuck-after", "0"])
+        #expect(attempts.status == 64, "\(attempts)")
+        #expect(attempts.err.contains("must be a whole number from 1 to 1000, not 0"), "\(attempts.err)")
+        let age = try await run("dtxd", ["--data-dir", dir + "/data", "--listen", "127.0.0.1:0", "--stuck-age=-1"])
+        #expect(age.status == 64, "\(age)")
+        #expect(age.err.contains("seconds from 0 (never) to 2592000"), "\(age.err)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/data"), "nothing was created")
+    }
+
     @Test func dtxdServesHealthRefusesASecondDaemonAndShutsDownCleanlyOnSIGTERM() async throws {
         let dir = makeTemporaryDirectory("dtxd")
         defer { try? FileManager.default.removeItem(atPath: dir) }

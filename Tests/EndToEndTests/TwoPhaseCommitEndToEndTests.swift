@@ -139,6 +139,32 @@ import Testing
         #expect(try await cluster.all(["a", "b"], gid: "t-phase-two", are: "committed", expected: 2))
     }
 
+    /// A branch that keeps failing makes its transaction stuck, and the view says why and
+    /// when the next attempt goes; both clear once the participant answers.
+    @Test func aStuckTransactionSaysWhyAndWhenItIsRetried() async throws {
+        let cluster = try Cluster("e2e-stuck")
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
+        try await cluster.startDaemon(arguments: ["--stuck-after", "3"])
+        try await cluster.startParticipant("a")
+        try await cluster.startParticipant("b", failpoints: "commit=crash")
+
+        _ = try await cluster.client.submit(transfer("t-stuck", ["a", "b"], wait: false))
+        #expect(try await eventually(seconds: 30) { try await cluster.client.transaction("t-stuck").stuck })
+        let stuck = try await cluster.client.transaction("t-stuck")
+        let reason = try #require(stuck.stuckReason)
+        #expect(reason.contains("branch 1 (b, committing)") && reason.contains("attempts; last error:"), "\(reason)")
+        #expect(stuck.branches[1].attempts >= 3)
+        #expect(try await eventually { try await cluster.client.transaction("t-stuck").branches[1].nextRetryAt != nil })
+        #expect(stuck.branches[0].nextRetryAt == nil)
+
+        try await cluster.startParticipant("b")
+        #expect(try await eventually(seconds: 40) { try await cluster.client.transaction("t-stuck").status == "committed" })
+        let done = try await cluster.client.transaction("t-stuck")
+        #expect(!done.stuck && done.stuckReason == nil && done.branches.allSatisfy { $0.nextRetryAt == nil })
+        let shown = try await run("dtx", ["show", "t-stuck", "--url", cluster.url])
+        #expect(shown.out.contains("NEXT RETRY"), "\(shown.out)")
+    }
+
     @Test func dtxdKilledAfterTheCommitDecisionCommitsEverywhereAfterRestart() async throws {
         let cluster = try Cluster("e2e-kill-after")
         defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
