@@ -253,6 +253,26 @@ public struct BranchView: Codable, Sendable, Equatable {
     }
 }
 
+/// An operator's action on a transaction, as its view shows it.
+public struct AuditRecord: Codable, Sendable, Equatable {
+    public var at: Date
+    /// Who: the name the request gave (`operator`), and how it was authenticated: `token`
+    /// (dtxd's bearer token) or `local` (dtxd requires none).
+    public var who: String
+    /// What was done: `commit`, `abort`, `force commit`, `force abort`, `retry now`.
+    public var action: String
+    public var reason: String
+    public var branch: BranchID?
+
+    public init(at: Date, who: String, action: String, reason: String, branch: BranchID? = nil) {
+        self.at = at
+        self.who = who
+        self.action = action
+        self.reason = reason
+        self.branch = branch
+    }
+}
+
 public struct TimelineEntry: Codable, Sendable, Equatable {
     public var at: Date
     public var event: String
@@ -291,10 +311,14 @@ public struct TransactionView: Decodable, Sendable, Equatable {
     public var timeline: [TimelineEntry]
     /// Sagas: the steps whose compensation has run, in the order they completed.
     public var compensations: [BranchID]?
+    /// Operators' actions on the transaction, oldest first; absent when there were none.
+    public var audit: [AuditRecord]?
 
     public init(gid: String, protocol: TransactionProtocol, status: String, decision: Decision?, interactive: Bool, heuristic: Bool, stuck: Bool, stuckReason: String? = nil,
-                createdAt: Date, updatedAt: Date, timeout: Double, error: String?, branches: [BranchView], timeline: [TimelineEntry], compensations: [BranchID]? = nil) {
+                createdAt: Date, updatedAt: Date, timeout: Double, error: String?, branches: [BranchView], timeline: [TimelineEntry], compensations: [BranchID]? = nil,
+                audit: [AuditRecord]? = nil) {
         self.compensations = compensations
+        self.audit = audit
         self.stuckReason = stuckReason
         self.gid = gid
         self.protocol = `protocol`
@@ -410,10 +434,25 @@ public struct ResolveRequest: Codable, Sendable, Equatable {
     public var reason: String?
     /// Wait for the outcome before answering.
     public var wait: Bool?
+    /// The operator's name, kept in the audit record.
+    public var `operator`: String?
 
-    public init(reason: String? = nil, wait: Bool? = nil) {
+    public init(reason: String? = nil, wait: Bool? = nil, operator: String? = nil) {
         self.reason = reason
         self.wait = wait
+        self.operator = `operator`
+    }
+}
+
+/// `POST /v1/transactions/{gid}/retry`: send every pending delivery of the transaction now.
+public struct RetryRequest: Codable, Sendable, Equatable {
+    public var reason: String
+    /// The operator's name, kept in the audit record.
+    public var `operator`: String?
+
+    public init(reason: String, operator: String? = nil) {
+        self.reason = reason
+        self.operator = `operator`
     }
 }
 

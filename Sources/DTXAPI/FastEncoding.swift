@@ -6,7 +6,20 @@ extension TransactionView {
     /// dates), written directly: this answer is on every transaction's path.
     public func jsonBytes() -> [UInt8] {
         var json = JSONWriter(capacity: 1024 + 160 * timeline.count)
-        json.raw("{\"branches\":[")
+        if let audit {
+            json.raw("{\"audit\":[")
+            for (index, record) in audit.enumerated() {
+                json.member(index == 0 ? "{\"action\":" : ",{\"action\":", record.action)
+                json.member(",\"at\":", ISO8601.format(record.at))
+                if let branch = record.branch { json.member(",\"branch\":", branch) }
+                json.member(",\"reason\":", record.reason)
+                json.member(",\"who\":", record.who)
+                json.raw("}")
+            }
+            json.raw("],\"branches\":[")
+        } else {
+            json.raw("{\"branches\":[")
+        }
         for (index, branch) in branches.enumerated() {
             if index > 0 { json.raw(",") }
             json.member("{\"attempts\":", branch.attempts)

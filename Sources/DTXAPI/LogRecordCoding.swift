@@ -91,6 +91,18 @@ extension LogEntry {
             json.member(",\"timeout\":", .number(timeout.apiSeconds))
         case let .history(_, history):
             type = .history
+            if !history.audit.isEmpty {
+                json.raw(",\"audit\":[")
+                for (index, entry) in history.audit.enumerated() {
+                    json.member(index == 0 ? "{\"action\":" : ",{\"action\":", entry.action)
+                    json.member(",\"at\":", .number(entry.at))
+                    if let branch = entry.branch { json.member(",\"branch\":", branch) }
+                    json.member(",\"reason\":", entry.reason)
+                    json.member(",\"who\":", entry.who)
+                    json.raw("}")
+                }
+                json.raw("]")
+            }
             if let compensations = history.compensations {
                 json.member(",\"compensations\":", .array(compensations.map { .number(Double($0)) }))
             }
@@ -229,6 +241,14 @@ extension LogEntry {
                 guard let attempts = try fields.integer("attempts") else { throw lacking("details[\(index)].attempts") }
                 history.branches.append(TransactionHistory.BranchDetail(attempts: attempts, lastError: try fields.string("lastError"),
                                                                         result: fields.members["result"].flatMap { $0 == .null ? nil : $0 }))
+            }
+            for (index, entry) in (try record.array("audit") ?? []).enumerated() {
+                let fields = try Members(entry, at: "audit[\(index)]")
+                guard let at = try fields.number("at"), let who = try fields.string("who"), let action = try fields.string("action"),
+                      let reason = try fields.string("reason") else { throw lacking("audit[\(index)].at, who, action or reason") }
+                var audited = TransactionHistory.AuditEntry(at: Date(timeIntervalSince1970: at), who: who, action: action, reason: reason, branch: try fields.integer("branch"))
+                audited.at = at
+                history.audit.append(audited)
             }
             for (index, entry) in timeline.enumerated() {
                 let fields = try Members(entry, at: "timeline[\(index)]")

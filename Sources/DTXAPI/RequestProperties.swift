@@ -9,13 +9,15 @@ public enum RequestShape: Sendable {
     case registration
     case enlistment
     case resolution
+    case retry
 
     public var properties: [String] {
         switch self {
         case .submission: return ["gid", "protocol", "branches", "timeout", "wait", "interactive"]
         case .registration: return ["name", "url", "protocols", "token", "batch"]
         case .enlistment: return ["participant", "operation", "payload"]
-        case .resolution: return ["reason", "wait"]
+        case .resolution: return ["reason", "wait", "operator"]
+        case .retry: return ["reason", "operator"]
         }
     }
 

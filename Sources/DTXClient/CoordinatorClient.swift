@@ -152,12 +152,17 @@ public final class CoordinatorClient: Sendable {
         try await call(.POST, "/v1/transactions/\(PathSegment.encode(gid))/branches", body: request)
     }
 
-    public func commit(gid: String, reason: String? = nil, wait: Bool = false) async throws -> TransactionView {
-        try await call(.POST, "/v1/transactions/\(PathSegment.encode(gid))/commit", body: ResolveRequest(reason: reason, wait: wait))
+    public func commit(gid: String, reason: String? = nil, wait: Bool = false, operator name: String? = nil) async throws -> TransactionView {
+        try await call(.POST, "/v1/transactions/\(PathSegment.encode(gid))/commit", body: ResolveRequest(reason: reason, wait: wait, operator: name))
     }
 
-    public func abort(gid: String, reason: String? = nil, wait: Bool = false) async throws -> TransactionView {
-        try await call(.POST, "/v1/transactions/\(PathSegment.encode(gid))/abort", body: ResolveRequest(reason: reason, wait: wait))
+    public func abort(gid: String, reason: String? = nil, wait: Bool = false, operator name: String? = nil) async throws -> TransactionView {
+        try await call(.POST, "/v1/transactions/\(PathSegment.encode(gid))/abort", body: ResolveRequest(reason: reason, wait: wait, operator: name))
+    }
+
+    /// Sends every pending delivery of the transaction now; the reason is kept in its audit.
+    public func retry(gid: String, reason: String, operator name: String? = nil) async throws -> TransactionView {
+        try await call(.POST, "/v1/transactions/\(PathSegment.encode(gid))/retry", body: RetryRequest(reason: reason, operator: name))
     }
 
     public func recover() async throws -> RecoveryReport {

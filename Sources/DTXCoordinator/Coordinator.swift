@@ -450,21 +450,39 @@ public final class Coordinator: Sendable {
     }
 
     /// The application's commit of an interactive transaction, or (with a reason) an
-    /// operator forcing commit.
-    public func commit(gid: GlobalTransactionID, reason: String?, wait: Bool) async throws(CoordinatorError) -> TransactionView {
-        try await resolve(gid: gid, .commit, reason: reason, wait: wait)
+    /// operator forcing commit. A request with a reason is kept as an audit record by `who`.
+    public func commit(gid: GlobalTransactionID, reason: String?, wait: Bool, who: String = "local") async throws(CoordinatorError) -> TransactionView {
+        try await resolve(gid: gid, .commit, reason: reason, wait: wait, who: who)
     }
 
     /// The application's abort, or (with a reason, once decided) an operator forcing abort.
-    public func abort(gid: GlobalTransactionID, reason: String?, wait: Bool) async throws(CoordinatorError) -> TransactionView {
-        try await resolve(gid: gid, .abort, reason: reason, wait: wait)
+    public func abort(gid: GlobalTransactionID, reason: String?, wait: Bool, who: String = "local") async throws(CoordinatorError) -> TransactionView {
+        try await resolve(gid: gid, .abort, reason: reason, wait: wait, who: who)
     }
 
-    private func resolve(gid: GlobalTransactionID, _ decision: Decision, reason: String?, wait: Bool) async throws(CoordinatorError) -> TransactionView {
-        // Something to read: a character other than a space or an ASCII control (the document's pattern).
-        if let reason, !reason.unicodeScalars.contains(where: { $0.value > 0x20 && $0.value != 0x7F }) || reason.unicodeScalars.count > 1000 {
-            throw CoordinatorError(.invalid, "invalid_reason", "reason must be 1 to 1000 characters, not only spaces: say why the outcome is forced")
+    /// An operator sends every pending delivery of `gid` now instead of at its backoff,
+    /// and says why (kept as an audit record by `who`).
+    public func retry(gid: GlobalTransactionID, reason: String, who: String) throws(CoordinatorError) -> TransactionView {
+        try Self.check(reason: reason, for: "retrying now")
+        let driver = try driver(gid)
+        guard !driver.isFinished else {
+            throw CoordinatorError(.conflict, "already_finished", "transaction \(gid) is already \(driver.view().status): nothing is left to retry")
         }
+        let retried = driver.retryNow()
+        driver.audit(TransactionHistory.AuditEntry(at: environment.now(), who: who, action: retried == 1 ? "retry now (1 delivery)" : "retry now (\(retried) deliveries)", reason: reason))
+        logger.notice("operator retried a transaction now", metadata: ["gid": "\(gid)", "deliveries": "\(retried)", "who": "\(who)", "reason": "\(reason)"])
+        return driver.view()
+    }
+
+    /// A reason says something: 1 to 1000 characters, not only spaces or controls (the document's pattern).
+    private static func check(reason: String, for action: String) throws(CoordinatorError) {
+        if !reason.unicodeScalars.contains(where: { $0.value > 0x20 && $0.value != 0x7F }) || reason.unicodeScalars.count > 1000 {
+            throw CoordinatorError(.invalid, "invalid_reason", "reason must be 1 to 1000 characters, not only spaces: say why you are \(action)")
+        }
+    }
+
+    private func resolve(gid: GlobalTransactionID, _ decision: Decision, reason: String?, wait: Bool, who: String) async throws(CoordinatorError) -> TransactionView {
+        if let reason { try Self.check(reason: reason, for: "forcing the outcome") }
         let driver = try driver(gid)
         if driver.isFinished {
             let view = driver.view()
@@ -482,7 +500,10 @@ public final class Coordinator: Sendable {
             if case .rejected(let why) = try await driver.request(.forced(decision, reason: reason)) {
                 throw CoordinatorError(.conflict, "cannot_force", "cannot force \(decision.rawValue) on \(gid): \(why)")
             }
-            logger.warning("operator forced an outcome", metadata: ["gid": "\(gid)", "decision": "\(decision.rawValue)", "reason": "\(reason)"])
+            logger.warning("operator forced an outcome", metadata: ["gid": "\(gid)", "decision": "\(decision.rawValue)", "reason": "\(reason)", "who": "\(who)"])
+            driver.audit(TransactionHistory.AuditEntry(at: environment.now(), who: who, action: "force \(decision.rawValue)", reason: reason))
+        } else if let reason {
+            driver.audit(TransactionHistory.AuditEntry(at: environment.now(), who: who, action: decision.rawValue, reason: reason))
         }
         return try await finishWaiting(driver, wait)
     }

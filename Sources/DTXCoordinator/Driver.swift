@@ -52,6 +52,8 @@ protocol TransactionDriving: AnyObject, Sendable {
     func health() -> (stuck: Bool, inDoubt: Bool)
     /// Delivers every pending retry now; returns how many.
     func retryNow() -> Int
+    /// Keeps an operator's action with the transaction (in its view and, lazily, in the log).
+    func audit(_ entry: TransactionHistory.AuditEntry)
     func stop()
 }
 
@@ -90,6 +92,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         var halted = false
         /// When each branch's armed retry fires (what the view shows as `nextRetryAt`).
         var nextRetry: [BranchID: Date] = [:]
+        /// Operators' actions, oldest first.
+        var audit: [TransactionHistory.AuditEntry] = []
         var waiters: [UInt64: Waiter] = [:]
         var nextWaiter: UInt64 = 0
 
@@ -439,13 +443,22 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         s.error = history.error ?? s.error
         s.updatedAt = Date(timeIntervalSince1970: history.updatedAt)
         s.timeline = history.timeline.map { TimelineEntry(at: Date(timeIntervalSince1970: $0.at), event: $0.event, branch: $0.branch, detail: $0.detail) }
+        s.audit = history.audit
     }
 
     private static func history(_ s: State) -> TransactionHistory {
         TransactionHistory(
             branches: s.machine.branches.map { TransactionHistory.BranchDetail(attempts: $0.attempts, lastError: $0.lastError, result: $0.result) },
             timeline: s.timeline.map { TransactionHistory.Event(at: $0.at, event: $0.event, branch: $0.branch, detail: $0.detail) },
-            error: error(s), updatedAt: s.updatedAt, compensations: s.machine.completedCompensations)
+            error: error(s), updatedAt: s.updatedAt, compensations: s.machine.completedCompensations, audit: s.audit)
+    }
+
+    func audit(_ entry: TransactionHistory.AuditEntry) {
+        let history = state.withLock { s in
+            s.audit.append(entry)
+            return Self.history(s)
+        }
+        log(history)
     }
 
     func view() -> TransactionView {
@@ -460,7 +473,10 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                                attempts: $0.attempts, lastError: $0.lastError, nextRetryAt: s.nextRetry[$0.id], result: $0.result)
                 },
                 timeline: s.timeline,
-                compensations: s.machine.completedCompensations
+                compensations: s.machine.completedCompensations,
+                audit: s.audit.isEmpty ? nil : s.audit.map {
+                    AuditRecord(at: Date(timeIntervalSince1970: $0.at), who: $0.who, action: $0.action, reason: $0.reason, branch: $0.branch)
+                }
             )
         }
     }

@@ -281,19 +281,44 @@ public struct TransactionHistory: Sendable, Equatable {
         }
     }
 
+    /// An operator's action on the transaction: who, when, what and why.
+    public struct AuditEntry: Sendable, Equatable {
+        /// Seconds since 1970.
+        public var at: Double
+        /// The operator: a name the request gave, and how it was authenticated (`token`,
+        /// or `local` when dtxd requires no token).
+        public var who: String
+        /// What was done, e.g. `force abort`, `retry now`.
+        public var action: String
+        public var reason: String
+        /// The branch the action is about, if it is about one.
+        public var branch: BranchID?
+
+        public init(at: Date, who: String, action: String, reason: String, branch: BranchID? = nil) {
+            self.at = TransactionHistory.milliseconds(at)
+            self.who = who
+            self.action = action
+            self.reason = reason
+            self.branch = branch
+        }
+    }
+
     public var branches: [BranchDetail]
     public var timeline: [Event]
     public var error: String?
     /// Seconds since 1970.
     public var updatedAt: Double
     public var compensations: [BranchID]?
+    /// Operators' actions, oldest first.
+    public var audit: [AuditEntry]
 
-    public init(branches: [BranchDetail], timeline: [Event], error: String?, updatedAt: Date, compensations: [BranchID]?) {
+    public init(branches: [BranchDetail], timeline: [Event], error: String?, updatedAt: Date, compensations: [BranchID]?, audit: [AuditEntry] = []) {
         self.branches = branches
         self.timeline = timeline
         self.error = error
         self.updatedAt = Self.milliseconds(updatedAt)
         self.compensations = compensations
+        self.audit = audit
     }
 
     static func milliseconds(_ date: Date) -> Double { (date.timeIntervalSince1970 * 1000).rounded(.down) / 1000 }

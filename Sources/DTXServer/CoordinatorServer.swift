@@ -66,7 +66,8 @@ public func makeCoordinatorApplication(
 ) -> some ApplicationProtocol {
     let router = Router()
     let forwarder = forwarding.map { Forwarder(node: $0.nodeID, client: $0.client, timeout: .seconds(3600 + 60), patience: $0.patience) }
-    let api = CoordinatorRoutes(node: node, maxBodySize: configuration.maxBodySize, metrics: LogMetrics(registry: metrics, node: node), forwarder: forwarder)
+    let api = CoordinatorRoutes(node: node, maxBodySize: configuration.maxBodySize, metrics: LogMetrics(registry: metrics, node: node), forwarder: forwarder,
+                                authenticated: configuration.token != nil)
     let routes = api.routes(BasicRequestContext.self)
     // Middleware wraps the routes added after it, and the router's not-found answer.
     router.add(middleware: JSONErrorMiddleware(logger: logger, methods: AllowedMethods(routes)))

@@ -19,6 +19,19 @@ struct CoordinatorRoutes: Sendable {
     let metrics: LogMetrics
     /// nil for a dtxd on its own log, whose node never places a gid elsewhere.
     let forwarder: Forwarder?
+    /// Requests carry dtxd's bearer token: an audit record says `token`, else `local`.
+    let authenticated: Bool
+
+    /// Who an audit record names: the operator's name the request gave, and how it was
+    /// authenticated.
+    private func who(_ name: String?) throws -> String {
+        let how = authenticated ? "token" : "local"
+        guard let name else { return how }
+        guard (1...64).contains(name.unicodeScalars.count), !name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
+            throw CoordinatorError(.invalid, "invalid_operator", "operator must be a name of 1 to 64 characters without control characters")
+        }
+        return "\(name) (\(how))"
+    }
 
     func routes<Context: RequestContext>(_: Context.Type) -> [Route<Context>] {
         [
@@ -132,6 +145,17 @@ struct CoordinatorRoutes: Sendable {
             },
             resolution(.commit),
             resolution(.abort),
+            Route(method: .post, path: "/v1/transactions/:gid/retry") { request, context in
+                let gid = try gid(context)
+                var request = request
+                let body = try await request.collectBody(upTo: maxBodySize)
+                switch try await placement(of: gid, request, body: body) {
+                case .forwarded(let answer): return answer
+                case .here(let coordinator):
+                    let retry = try decode(RetryRequest.self, .retry, from: body)
+                    return jsonResponse(try coordinator.retry(gid: gid, reason: retry.reason, who: try who(retry.operator)))
+                }
+            },
 
             Route(method: .post, path: "/v1/admin/recover") { _, _ in
                 jsonResponse(node.recoverNow())
@@ -153,8 +177,9 @@ struct CoordinatorRoutes: Sendable {
             case .forwarded(let answer): return answer
             case .here(let coordinator):
                 let resolution = try decodeOptional(ResolveRequest.self, .resolution, from: body) ?? ResolveRequest()
-                return jsonResponse(decision == .commit ? try await coordinator.commit(gid: gid, reason: resolution.reason, wait: resolution.wait ?? false)
-                                                        : try await coordinator.abort(gid: gid, reason: resolution.reason, wait: resolution.wait ?? false))
+                let who = try who(resolution.operator)
+                return jsonResponse(decision == .commit ? try await coordinator.commit(gid: gid, reason: resolution.reason, wait: resolution.wait ?? false, who: who)
+                                                        : try await coordinator.abort(gid: gid, reason: resolution.reason, wait: resolution.wait ?? false, who: who))
             }
         }
     }

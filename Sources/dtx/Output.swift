@@ -185,6 +185,13 @@ enum TransactionReport {
 
         var sections = [header.render()]
         sections.append(view.branches.isEmpty ? "branches: none" : "branches:\n" + branches.render())
+        if let audit = view.audit {
+            var records = TextTable([.init("TIME"), .init("WHO"), .init("ACTION"), .init("BRANCH", alignRight: true), .init("REASON", maxWidth: 80)])
+            for record in audit {
+                records.append([Format.timestamp(record.at, milliseconds: true), record.who, record.action, record.branch.map(String.init) ?? "-", record.reason])
+            }
+            sections.append("audit:\n" + records.render())
+        }
         sections.append(view.timeline.isEmpty ? "timeline: empty" : "timeline:\n" + timeline.render())
         return sections.joined(separator: "\n\n")
     }

@@ -221,8 +221,11 @@ struct CommitTransaction: AsyncParsableCommand {
     @Argument(help: "The transaction's gid.")
     var gid: String
 
-    @Option(help: ArgumentHelp("Why, for the log and the timeline (required to force an outcome).", valueName: "text"))
+    @Option(help: ArgumentHelp("Why, for the log, the timeline and the audit (required to force an outcome).", valueName: "text"))
     var reason: String?
+
+    @OptionGroup(title: "Audit")
+    var audit: OperatorOption
 
     @Flag(help: "Wait for the outcome before printing.")
     var wait = false
@@ -235,7 +238,7 @@ struct CommitTransaction: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let view = try await connection.withClient { try await $0.commit(gid: gid, reason: reason, wait: wait) }
+        let view = try await connection.withClient { try await $0.commit(gid: gid, reason: reason, wait: wait, operator: audit.name) }
         if connection.json {
             try JSONOutput.print(view)
         } else {
@@ -257,8 +260,11 @@ struct AbortTransaction: AsyncParsableCommand {
     @Argument(help: "The transaction's gid.")
     var gid: String
 
-    @Option(help: ArgumentHelp("Why, for the log and the timeline.", valueName: "text"))
+    @Option(help: ArgumentHelp("Why, for the log, the timeline and the audit.", valueName: "text"))
     var reason: String
+
+    @OptionGroup(title: "Audit")
+    var audit: OperatorOption
 
     @Flag(help: "Wait for the outcome before printing.")
     var wait = false
@@ -271,11 +277,59 @@ struct AbortTransaction: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let view = try await connection.withClient { try await $0.abort(gid: gid, reason: reason, wait: wait) }
+        let view = try await connection.withClient { try await $0.abort(gid: gid, reason: reason, wait: wait, operator: audit.name) }
         if connection.json {
             try JSONOutput.print(view)
         } else {
             print(TransactionReport.renderBrief(view))
         }
     }
+}
+
+struct RetryTransaction: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "retry",
+        abstract: "Send a transaction's pending deliveries now, instead of at their backoff.",
+        discussion: """
+        For a stuck transaction whose participant is back: every branch waiting for its \
+        next retry (NEXT RETRY in dtx show) is sent its message now. The reason is kept \
+        in the transaction's audit. dtx recover does this for every transaction.
+        """
+    )
+
+    @OptionGroup(title: "Connection")
+    var connection: ConnectionOptions
+
+    @Argument(help: "The transaction's gid.")
+    var gid: String
+
+    @Option(help: ArgumentHelp("Why, for the audit (required).", valueName: "text"))
+    var reason: String
+
+    @OptionGroup(title: "Audit")
+    var audit: OperatorOption
+
+    func validate() throws {
+        try validateGID(gid)
+        if reason.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
+            throw ValidationError("--reason is empty; say why this transaction is retried now")
+        }
+    }
+
+    func run() async throws {
+        let view = try await connection.withClient { try await $0.retry(gid: gid, reason: reason, operator: audit.name) }
+        if connection.json {
+            try JSONOutput.print(view)
+        } else {
+            print(TransactionReport.renderBrief(view))
+        }
+    }
+}
+
+/// Who an operator action's audit record names.
+struct OperatorOption: ParsableArguments {
+    @Option(name: .customLong("operator"), help: ArgumentHelp("Your name, for the audit record. (env DTX_OPERATOR)", valueName: "name"))
+    var flag: String?
+
+    var name: String? { flag ?? ProcessInfo.processInfo.environment["DTX_OPERATOR"] }
 }

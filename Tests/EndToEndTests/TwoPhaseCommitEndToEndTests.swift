@@ -157,12 +157,27 @@ import Testing
         #expect(try await eventually { try await cluster.client.transaction("t-stuck").branches[1].nextRetryAt != nil })
         #expect(stuck.branches[0].nextRetryAt == nil)
 
+        // An operator brings b back and retries now, with a reason: kept in the audit.
         try await cluster.startParticipant("b")
+        let retried = try await run("dtx", ["retry", "t-stuck", "--reason", "b is back", "--operator", "alice", "--url", cluster.url])
+        #expect(retried.status == 0, "\(retried)")
         #expect(try await eventually(seconds: 40) { try await cluster.client.transaction("t-stuck").status == "committed" })
         let done = try await cluster.client.transaction("t-stuck")
         #expect(!done.stuck && done.stuckReason == nil && done.branches.allSatisfy { $0.nextRetryAt == nil })
+        let audit = try #require(done.audit)
+        #expect(audit.count == 1 && audit[0].who == "alice (local)" && audit[0].reason == "b is back" && audit[0].action.hasPrefix("retry now"), "\(audit)")
         let shown = try await run("dtx", ["show", "t-stuck", "--url", cluster.url])
-        #expect(shown.out.contains("NEXT RETRY"), "\(shown.out)")
+        #expect(shown.out.contains("NEXT RETRY") && shown.out.contains("alice (local)"), "\(shown.out)")
+        // Retrying a finished transaction is refused, with a reason to give or not.
+        let again = try await run("dtx", ["retry", "t-stuck", "--reason", "again", "--url", cluster.url])
+        #expect(again.status == 1 && again.err.contains("nothing is left to retry"), "\(again)")
+        let noReason = try await http("POST", cluster.url + "/v1/transactions/t-stuck/retry", body: #"{"reason":"  "}"#)
+        #expect(noReason.status == 400 && noReason.errorCode == "invalid_reason")
+
+        // The audit is kept in the log: a restart shows it.
+        try await cluster.killDaemon()
+        try await cluster.startDaemon(arguments: ["--stuck-after", "3"])
+        #expect(try await cluster.client.transaction("t-stuck").audit == audit)
     }
 
     @Test func dtxdKilledAfterTheCommitDecisionCommitsEverywhereAfterRestart() async throws {
