@@ -150,7 +150,7 @@ private func writeSpec(_ text: String, to path: String) throws {
         let branchRows = showLines.map(cells).filter { $0.count >= 5 && ["0", "1"].contains($0[0]) && ["a", "b"].contains($0[1]) }
         #expect(branchRows.map { Array($0.prefix(4)) } == [["0", "a", "debit", "committed"], ["1", "b", "credit", "committed"]], "\(show)")
         #expect(showLines.contains("branches:") && showLines.contains("timeline:"), "\(show)")
-        #expect(showLines.contains { cells($0) == ["ID", "PARTICIPANT", "OPERATION", "STATE", "ATTEMPTS", "LAST ERROR", "RESULT"] }, "\(show)")
+        #expect(showLines.contains { cells($0) == ["ID", "PARTICIPANT", "OPERATION", "STATE", "ATTEMPTS", "NEXT RETRY", "LAST ERROR", "RESULT"] }, "\(show)")
         #expect(showLines.contains { $0.hasPrefix("TIME") && $0.contains("EVENT") }, "\(show)")
         #expect(show.out.contains("decided commit") && show.out.contains("finished committed"), "\(show)")
 
