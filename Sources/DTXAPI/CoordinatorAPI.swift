@@ -444,6 +444,22 @@ public struct ResolveRequest: Codable, Sendable, Equatable {
     }
 }
 
+/// `POST /v1/transactions/{gid}/branches/{branch}/resolve`: an operator declares how a
+/// branch ended after settling it outside dtx.
+public struct BranchResolution: Codable, Sendable, Equatable {
+    /// `committed` or `aborted`.
+    public var outcome: String
+    public var reason: String
+    /// The operator's name, kept in the audit record.
+    public var `operator`: String?
+
+    public init(outcome: String, reason: String, operator: String? = nil) {
+        self.outcome = outcome
+        self.reason = reason
+        self.operator = `operator`
+    }
+}
+
 /// `POST /v1/transactions/{gid}/retry`: send every pending delivery of the transaction now.
 public struct RetryRequest: Codable, Sendable, Equatable {
     public var reason: String

@@ -10,6 +10,7 @@ public enum RequestShape: Sendable {
     case enlistment
     case resolution
     case retry
+    case branchResolution
 
     public var properties: [String] {
         switch self {
@@ -18,6 +19,7 @@ public enum RequestShape: Sendable {
         case .enlistment: return ["participant", "operation", "payload"]
         case .resolution: return ["reason", "wait", "operator"]
         case .retry: return ["reason", "operator"]
+        case .branchResolution: return ["outcome", "reason", "operator"]
         }
     }
 

@@ -160,6 +160,12 @@ public final class CoordinatorClient: Sendable {
         try await call(.POST, "/v1/transactions/\(PathSegment.encode(gid))/abort", body: ResolveRequest(reason: reason, wait: wait, operator: name))
     }
 
+    /// Declares how a branch ended (`committed` or `aborted`) after an operator settled it
+    /// outside dtx; the reason is kept in the transaction's audit.
+    public func resolveBranch(gid: String, branch: BranchID, outcome: String, reason: String, operator name: String? = nil) async throws -> TransactionView {
+        try await call(.POST, "/v1/transactions/\(PathSegment.encode(gid))/branches/\(branch)/resolve", body: BranchResolution(outcome: outcome, reason: reason, operator: name))
+    }
+
     /// Sends every pending delivery of the transaction now; the reason is kept in its audit.
     public func retry(gid: String, reason: String, operator name: String? = nil) async throws -> TransactionView {
         try await call(.POST, "/v1/transactions/\(PathSegment.encode(gid))/retry", body: RetryRequest(reason: reason, operator: name))

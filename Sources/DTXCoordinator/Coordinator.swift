@@ -474,6 +474,24 @@ public final class Coordinator: Sendable {
         return driver.view()
     }
 
+    /// An operator declares how branch `branch` of `gid` ended after settling it outside
+    /// dtx; it is owed nothing more, and the transaction finishes once no branch is owed
+    /// anything (heuristic when the branch ended against the decision). Kept as an audit record.
+    public func resolveBranch(gid: GlobalTransactionID, branch: BranchID, as outcome: Decision, reason: String, who: String) async throws(CoordinatorError) -> TransactionView {
+        try Self.check(reason: reason, for: "resolving the branch by hand")
+        let driver = try driver(gid)
+        guard !driver.isFinished else {
+            throw CoordinatorError(.conflict, "already_finished", "transaction \(gid) is already \(driver.view().status): no branch is owed anything")
+        }
+        if case .rejected(let why) = try await driver.request(.resolvedByHand(branch, outcome, reason: reason)) {
+            throw CoordinatorError(.conflict, "cannot_resolve", "cannot resolve branch \(branch) of \(gid) by hand: \(why)")
+        }
+        let word = outcome == .commit ? "committed" : "aborted"
+        driver.audit(TransactionHistory.AuditEntry(at: environment.now(), who: who, action: "resolve branch as \(word)", reason: reason, branch: branch))
+        logger.warning("operator resolved a branch by hand", metadata: ["gid": "\(gid)", "branch": "\(branch)", "outcome": "\(word)", "who": "\(who)", "reason": "\(reason)"])
+        return driver.view()
+    }
+
     /// A reason says something: 1 to 1000 characters, not only spaces or controls (the document's pattern).
     private static func check(reason: String, for action: String) throws(CoordinatorError) {
         if !reason.unicodeScalars.contains(where: { $0.value > 0x20 && $0.value != 0x7F }) || reason.unicodeScalars.count > 1000 {

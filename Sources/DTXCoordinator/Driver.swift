@@ -425,6 +425,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         case let .forced(decision, reason):
             s.error = reason
             entry = ("operator forced \(decision.rawValue)", nil, reason)
+        case let .resolvedByHand(id, outcome, reason):
+            entry = ("resolved by hand as \(outcome == .commit ? "committed" : "aborted")", id, reason)
         case .timedOut(.retry), .start, .open:
             return
         }

@@ -380,7 +380,7 @@ public enum CommonEvent: Sendable, Equatable {
     /// The branch an answer or a timer is about.
     public var branch: BranchID? {
         switch self {
-        case .replied(let id, _, _), .timedOut(.retry(let id)), .timedOut(.step(let id)): id
+        case .replied(let id, _, _), .timedOut(.retry(let id)), .timedOut(.step(let id)), .resolvedByHand(let id, _, _): id
         default: nil
         }
     }
@@ -393,6 +393,9 @@ public enum CommonEvent: Sendable, Equatable {
     case abortRequested(reason: String)
     /// An operator forces the outcome.
     case forced(Decision, reason: String)
+    /// An operator declares how one branch ended after settling it outside dtx (its
+    /// participant lost it, or was fixed by hand): it is owed no more messages.
+    case resolvedByHand(BranchID, Decision, reason: String)
     case replied(BranchID, ParticipantMessage, ParticipantResponse)
     case timedOut(TimerID)
 }

@@ -110,6 +110,40 @@ extension DecisionDelivering {
         return actions + end(status == Self.words(for: .commit).status ? .commit : .abort)
     }
 
+    /// The decision being delivered, nil before there is one or once delivered.
+    private var delivering: Decision? {
+        status == Self.words(for: .commit).status ? .commit : status == Self.words(for: .abort).status ? .abort : nil
+    }
+
+    /// Why branch `id` cannot be resolved by hand now, or nil: only a branch still owed the
+    /// decision being delivered can be.
+    func handResolutionRejection(_ id: BranchID) -> String? {
+        guard branches.indices.contains(id) else { return "the transaction has no branch \(id)" }
+        guard let decision = delivering else {
+            return "the transaction is \(status.rawValue): a branch is resolved by hand only while a decision is being delivered; to end an undecided transaction, force its outcome (dtx abort or dtx commit with --reason)"
+        }
+        let owed = Self.words(for: decision)
+        guard branches[id].state == owed.pending else {
+            return "branch \(id) is \(branches[id].state.rawValue): it is owed nothing (only a branch still being sent \(owed.message.rawValue) can be resolved by hand)"
+        }
+        return nil
+    }
+
+    /// An operator settled branch `id` outside dtx as `outcome`: it is owed nothing more.
+    /// The opposite of the decision makes the transaction heuristic. Forced: a restart
+    /// must not send the decision to that branch again (the record names the branches
+    /// still owed it).
+    mutating func resolveByHand(_ id: BranchID, as outcome: Decision, reason: String) -> [TransactionAction] {
+        guard handResolutionRejection(id) == nil, let decision = delivering else { return [] }
+        branches[id].state = Self.words(for: outcome).done
+        branches[id].lastError = nil
+        if outcome != decision { heuristic = true }
+        let owed = targets.filter { branches[$0].state == Self.words(for: decision).pending }.sorted()
+        let record = LogEntry.resolution(gid: gid, decision, targets: owed, reason: "branch \(id) resolved by hand as \(outcome == .commit ? "committed" : "aborted"): \(reason)",
+                                         heuristic: heuristic)
+        return finishIfDone(after: [.cancel(.retry(id)), .log(record, forced: true)])
+    }
+
     /// A failed delivery: counted, and retried after the engine's backoff.
     mutating func retry(_ id: BranchID, error: String) -> [TransactionAction] {
         branches[id].lastError = error

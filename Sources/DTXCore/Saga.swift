@@ -497,6 +497,7 @@ extension Saga {
         case .start: return .start
         case .abortRequested(let reason): return .abortRequested(reason: reason)
         case let .forced(decision, reason): return .forced(decision, reason: reason)
+        case .resolvedByHand: return nil  // refused by `rejection(of:)`
         case .timedOut(let timer): return .timedOut(timer)
         case .open, .enlisted, .commitRequested: return nil  // refused by `rejection(of:)`
         case let .replied(id, message, response):
@@ -526,6 +527,8 @@ extension Saga {
             }
         case .forced(let decision, _):
             return forceRejection(decision)
+        case .resolvedByHand:
+            return "a saga's steps are not resolved by hand: force the saga's outcome instead (dtx abort --reason compensates what ran, before the pivot; dtx commit --reason gives up on a step past it)"
         default:
             return nil
         }

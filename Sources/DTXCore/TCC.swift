@@ -34,6 +34,8 @@ public struct TryConfirmCancel: TransactionStateMachine {
         case abortRequested(reason: String)
         /// An operator forces the outcome (see `forceRejection`).
         case forced(Decision, reason: String)
+        /// An operator settled a branch outside dtx (see `CommonEvent.resolvedByHand`).
+        case resolvedByHand(BranchID, Decision, reason: String)
         /// A Try succeeded, with the participant's result.
         case tried(BranchID, result: JSONValue?)
         /// A Try was refused (409): a definitive business failure.
@@ -123,6 +125,8 @@ public struct TryConfirmCancel: TransactionStateMachine {
             guard forceRejection(decision) == nil else { return [] }
             if status == .active || status == .trying { return cancelAll(reason: reason) }
             return override(decision, reason: reason)
+        case let (_, .resolvedByHand(id, outcome, reason)):
+            return resolveByHand(id, as: outcome, reason: reason)
         case let (.trying, .tried(id, result)):
             guard state(of: id) == .trying else { return [] }  // duplicate or unknown branch
             branches[id].state = .tried
@@ -180,7 +184,7 @@ public struct TryConfirmCancel: TransactionStateMachine {
         switch event {
         case .start, .open, .recovered, .enlisted, .commitRequested, .abortRequested:
             return ignoring(event, impossible: true)
-        case .forced:
+        case .forced, .resolvedByHand:
             return []  // taken above in every state
         case .tried, .tryRefused, .deliveryFailed(_, .try, _), .notDelivered:
             return ignoring(event, impossible: interactive || status == .created || status == .active)
@@ -254,6 +258,7 @@ extension TryConfirmCancel {
         case .commitRequested: return .commitRequested
         case .abortRequested(let reason): return .abortRequested(reason: reason)
         case let .forced(decision, reason): return .forced(decision, reason: reason)
+        case let .resolvedByHand(id, outcome, reason): return .resolvedByHand(id, outcome, reason: reason)
         case .timedOut(let timer): return .timedOut(timer)
         case let .replied(id, message, response):
             switch (message, response) {
@@ -285,6 +290,8 @@ extension TryConfirmCancel {
             return status == .active || status == .trying ? nil : "the transaction is \(status.rawValue); a cancel now needs an operator's force with a reason"
         case .forced(let decision, _):
             return forceRejection(decision)
+        case .resolvedByHand(let id, _, _):
+            return handResolutionRejection(id)
         default:
             return nil
         }

@@ -38,6 +38,8 @@ public struct ThreePhaseCommit: TransactionStateMachine {
         case abortRequested(reason: String)
         /// An operator forces the outcome (see `forceRejection`).
         case forced(Decision, reason: String)
+        /// An operator settled a branch outside dtx (see `CommonEvent.resolvedByHand`).
+        case resolvedByHand(BranchID, Decision, reason: String)
         /// A CanCommit answer.
         /// A CanCommit answer, with what the participant answered (the branch's result).
         case voted(BranchID, Vote, result: JSONValue? = nil)
@@ -144,6 +146,8 @@ public struct ThreePhaseCommit: TransactionStateMachine {
             case .preCommitting: return decide(decision, reason: reason)
             default: return override(decision, reason: reason)
             }
+        case let (_, .resolvedByHand(id, outcome, reason)):
+            return resolveByHand(id, as: outcome, reason: reason)
         case (.preparing, .voted(let id, let vote, let result)):
             return voted(id, vote, result: result)
         case (.preparing, .deliveryFailed(let id, .canCommit, let error)):
@@ -178,7 +182,7 @@ public struct ThreePhaseCommit: TransactionStateMachine {
         switch event {
         case .start, .recovered, .abortRequested, .timedOut(.step):
             return ignoring(event, impossible: true)
-        case .forced, .deliveryFailed, .timedOut(.retry):
+        case .forced, .deliveryFailed, .timedOut(.retry), .resolvedByHand:
             return []  // taken above in every state
         case .notDelivered:
             return ignoring(event, impossible: status == .created)
@@ -366,6 +370,7 @@ extension ThreePhaseCommit {
         case .open, .enlisted, .commitRequested: return nil  // refused by `rejection(of:)`
         case .abortRequested(let reason): return .abortRequested(reason: reason)
         case let .forced(decision, reason): return .forced(decision, reason: reason)
+        case let .resolvedByHand(id, outcome, reason): return .resolvedByHand(id, outcome, reason: reason)
         case .timedOut(let timer): return .timedOut(timer)
         case let .replied(id, message, response):
             switch (message, response) {
@@ -404,6 +409,8 @@ extension ThreePhaseCommit {
             return status == .preparing ? nil : "the transaction is \(status.rawValue); an abort now needs an operator's force with a reason"
         case .forced(let decision, _):
             return forceRejection(decision)
+        case .resolvedByHand(let id, _, _):
+            return handResolutionRejection(id)
         default:
             return nil
         }

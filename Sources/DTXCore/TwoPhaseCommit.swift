@@ -48,6 +48,8 @@ public struct TwoPhaseCommit: TransactionStateMachine {
         case abortRequested(reason: String)
         /// An operator forces the outcome (see `forceRejection`).
         case forced(Decision, reason: String)
+        /// An operator settled a branch outside dtx (see `CommonEvent.resolvedByHand`).
+        case resolvedByHand(BranchID, Decision, reason: String)
         /// A vote, with what the participant answered (the branch's result).
         case voted(BranchID, Vote, result: JSONValue? = nil)
         /// The participant confirmed COMMIT or ROLLBACK (or, in one phase, its commit,
@@ -168,6 +170,8 @@ public struct TwoPhaseCommit: TransactionStateMachine {
             guard forceRejection(decision) == nil else { return [] }
             if status == .active || status == .preparing { return abort(reason: reason) }
             return override(decision, reason: reason)
+        case let (_, .resolvedByHand(id, outcome, reason)):
+            return resolveByHand(id, as: outcome, reason: reason)
         case (.preparing, .voted(let id, let vote, let result)):
             return voted(id, vote, result: result)
         case (.preparing, .deliveryFailed(let id, let error)):
@@ -212,7 +216,7 @@ public struct TwoPhaseCommit: TransactionStateMachine {
         switch event {
         case .start, .open, .recovered, .recoveredDelegation, .enlisted, .commitRequested, .abortRequested:
             return ignoring(event, impossible: true)
-        case .forced:
+        case .forced, .resolvedByHand:
             return []  // taken above in every state
         case .voted:
             return ignoring(event, impossible: interactive || !started)
@@ -427,6 +431,7 @@ extension TwoPhaseCommit {
         case .commitRequested: return .commitRequested
         case .abortRequested(let reason): return .abortRequested(reason: reason)
         case let .forced(decision, reason): return .forced(decision, reason: reason)
+        case let .resolvedByHand(id, outcome, reason): return .resolvedByHand(id, outcome, reason: reason)
         case .timedOut(let timer): return .timedOut(timer)
         case let .replied(id, message, response):
             switch (message, response) {
@@ -460,6 +465,8 @@ extension TwoPhaseCommit {
             return status == .active || status == .preparing ? nil : "the transaction is \(status.rawValue); an abort now needs an operator's force with a reason"
         case .forced(let decision, _):
             return forceRejection(decision)
+        case .resolvedByHand(let id, _, _):
+            return handResolutionRejection(id)
         default:
             return nil
         }

@@ -145,6 +145,27 @@ struct CoordinatorRoutes: Sendable {
             },
             resolution(.commit),
             resolution(.abort),
+            Route(method: .post, path: "/v1/transactions/:gid/branches/:branch/resolve") { request, context in
+                let gid = try gid(context)
+                let text = try pathParameter("branch", context, code: "invalid_branch")
+                guard let branch = QueryNumber.branch(text) else {
+                    throw CoordinatorError(.invalid, "invalid_branch", "the branch in the path must be a branch number (0 or more), not '\(text)'")
+                }
+                var request = request
+                let body = try await request.collectBody(upTo: maxBodySize)
+                switch try await placement(of: gid, request, body: body) {
+                case .forwarded(let answer): return answer
+                case .here(let coordinator):
+                    let resolution = try decode(BranchResolution.self, .branchResolution, from: body)
+                    let outcome: Decision
+                    switch resolution.outcome {
+                    case "committed": outcome = .commit
+                    case "aborted": outcome = .abort
+                    default: throw CoordinatorError(.invalid, "invalid_outcome", "outcome must be committed or aborted (how the branch ended), not '\(resolution.outcome)'")
+                    }
+                    return jsonResponse(try await coordinator.resolveBranch(gid: gid, branch: branch, as: outcome, reason: resolution.reason, who: try who(resolution.operator)))
+                }
+            },
             Route(method: .post, path: "/v1/transactions/:gid/retry") { request, context in
                 let gid = try gid(context)
                 var request = request

@@ -7,7 +7,7 @@ struct DTX: AsyncParsableCommand {
         commandName: "dtx",
         abstract: "Operate a dtx coordinator.",
         discussion: """
-        participants, list, show, submit, commit, abort, retry and recover talk to a running \
+        participants, list, show, submit, commit, abort, retry, resolve and recover talk to a running \
         dtxd over its HTTP API. Each takes --url (or the environment variable DTX_URL; \
         default http://127.0.0.1:7070), --token (or DTX_TOKEN, when dtxd requires a \
         bearer token) and --json (print the daemon's answer as JSON instead of text); \
@@ -23,7 +23,7 @@ struct DTX: AsyncParsableCommand {
         """,
         subcommands: [
             Participants.self, ListTransactions.self, ShowTransaction.self, SubmitTransaction.self,
-            CommitTransaction.self, AbortTransaction.self, RetryTransaction.self, Recover.self, ClusterCommand.self, ConformanceCommand.self, WAL.self,
+            CommitTransaction.self, AbortTransaction.self, RetryTransaction.self, ResolveBranch.self, Recover.self, ClusterCommand.self, ConformanceCommand.self, WAL.self,
         ]
     )
 }

@@ -333,3 +333,57 @@ struct OperatorOption: ParsableArguments {
 
     var name: String? { flag ?? ProcessInfo.processInfo.environment["DTX_OPERATOR"] }
 }
+
+struct ResolveBranch: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "resolve",
+        abstract: "Declare how one branch ended, after settling it outside dtx.",
+        discussion: """
+        For a stuck transaction whose participant cannot finish a branch (its database \
+        was restored, the branch was fixed by hand): say how the branch ended, and dtxd \
+        sends it nothing more. The transaction finishes once no branch is owed anything; \
+        it is marked heuristic when the branch ended against the decision. Only a branch \
+        still being sent the decision can be resolved. The reason is kept in the audit.
+        """
+    )
+
+    @OptionGroup(title: "Connection")
+    var connection: ConnectionOptions
+
+    @Argument(help: "The transaction's gid.")
+    var gid: String
+
+    @Argument(help: "The branch's id (dtx show lists them).")
+    var branch: Int
+
+    @Option(help: ArgumentHelp("How the branch ended: committed or aborted.", valueName: "outcome"))
+    var outcome: String
+
+    @Option(help: ArgumentHelp("Why, for the audit (required).", valueName: "text"))
+    var reason: String
+
+    @OptionGroup(title: "Audit")
+    var audit: OperatorOption
+
+    func validate() throws {
+        try validateGID(gid)
+        guard branch >= 0 else { throw ValidationError("the branch id is 0 or more, not \(branch)") }
+        guard ["committed", "aborted"].contains(outcome) else {
+            throw ValidationError("--outcome must be committed or aborted (how the branch ended), not '\(outcome)'")
+        }
+        if reason.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
+            throw ValidationError("--reason is empty; say how the branch was settled")
+        }
+    }
+
+    func run() async throws {
+        let view = try await connection.withClient {
+            try await $0.resolveBranch(gid: gid, branch: branch, outcome: outcome, reason: reason, operator: audit.name)
+        }
+        if connection.json {
+            try JSONOutput.print(view)
+        } else {
+            print(TransactionReport.renderBrief(view))
+        }
+    }
+}

@@ -640,3 +640,46 @@ private func forcedWrites(_ actions: [TransactionAction]) -> Int {
         #expect(unreached.handle(.endedOtherwise(0, .committed, "already committed")).contains(.decided(.commit)))
     }
 }
+
+/// An operator declares how a branch still owed the decision ended, after settling it
+/// outside dtx: it is owed nothing more, and the transaction finishes without it.
+@Suite struct ResolvedByHandTests {
+    /// Committing, branch 0 acknowledged, branch 1 still being sent COMMIT.
+    private func committing() -> TwoPhaseCommit {
+        var m = started(2)
+        _ = m.handle(.voted(0, .yes))
+        _ = m.handle(.voted(1, .yes))
+        _ = m.handle(.acknowledged(0))
+        _ = m.handle(.deliveryFailed(1, "connection refused"))
+        return m
+    }
+
+    @Test func aBranchResolvedAsTheDecisionFinishesTheTransaction() {
+        var m = committing()
+        #expect(m.rejection(of: .resolvedByHand(1, .commit, reason: "fixed")) == nil)
+        let actions = m.handle(TwoPhaseCommit.translate(.resolvedByHand(1, .commit, reason: "applied by hand"))!)
+        #expect(actions == [
+            .cancel(.retry(1)),
+            .log(.resolution(gid: gid, .commit, targets: [], reason: "branch 1 resolved by hand as committed: applied by hand", heuristic: false), forced: true),
+            .log(.end(gid: gid), forced: false), .finish(.committed),
+        ])
+        #expect(m.branches[1].state == .committed && !m.heuristic)
+    }
+
+    @Test func aBranchResolvedAgainstTheDecisionIsHeuristic() {
+        var m = committing()
+        let actions = m.handle(.resolvedByHand(1, .abort, reason: "restored from a backup without it"))
+        #expect(actions.contains(.finish(.committed)))
+        #expect(m.branches[1].state == .rolledBack && m.heuristic)
+    }
+
+    @Test func onlyABranchStillOwedTheDecisionCanBeResolved() {
+        let m = committing()
+        #expect(m.rejection(of: .resolvedByHand(0, .commit, reason: "x"))?.contains("branch 0 is committed: it is owed nothing") == true)
+        #expect(m.rejection(of: .resolvedByHand(7, .commit, reason: "x")) == "the transaction has no branch 7")
+        let undecided = started(2)
+        #expect(undecided.rejection(of: .resolvedByHand(0, .abort, reason: "x"))?.contains("force its outcome") == true)
+        let saga = Saga(gid: gid, steps: [BranchSpec(participant: "p0", operation: "op")])
+        #expect(saga.rejection(of: .resolvedByHand(0, .abort, reason: "x"))?.contains("force the saga's outcome") == true)
+    }
+}

@@ -17,7 +17,7 @@ import Testing
         }.filter { $0 != "wal-crash-writer" }
     }()
 
-    static let dtxSubcommands = ["participants", "list", "show", "submit", "commit", "abort", "recover", "cluster", "conformance", "retry", "wal", "wal verify", "wal dump", "wal repair"]
+    static let dtxSubcommands = ["participants", "list", "show", "submit", "commit", "abort", "recover", "cluster", "conformance", "retry", "resolve", "wal", "wal verify", "wal dump", "wal repair"]
 
     @Test func everyExecutableIsFound() {
         #expect(Self.executables.count >= 11, "\(Self.executables)")

@@ -157,10 +157,10 @@ import Testing
         #expect(try await eventually { try await cluster.client.transaction("t-stuck").branches[1].nextRetryAt != nil })
         #expect(stuck.branches[0].nextRetryAt == nil)
 
-        // An operator brings b back and retries now, with a reason: kept in the audit.
-        try await cluster.startParticipant("b")
+        // An operator retries now, with a reason (kept in the audit), then brings b back.
         let retried = try await run("dtx", ["retry", "t-stuck", "--reason", "b is back", "--operator", "alice", "--url", cluster.url])
         #expect(retried.status == 0, "\(retried)")
+        try await cluster.startParticipant("b")
         #expect(try await eventually(seconds: 40) { try await cluster.client.transaction("t-stuck").status == "committed" })
         let done = try await cluster.client.transaction("t-stuck")
         #expect(!done.stuck && done.stuckReason == nil && done.branches.allSatisfy { $0.nextRetryAt == nil })
@@ -178,6 +178,33 @@ import Testing
         try await cluster.killDaemon()
         try await cluster.startDaemon(arguments: ["--stuck-after", "3"])
         #expect(try await cluster.client.transaction("t-stuck").audit == audit)
+    }
+
+    /// A branch whose participant cannot finish it is resolved by hand: the transaction
+    /// finishes without it, the audit says who and why, and a restart keeps both.
+    @Test func aBranchResolvedByHandFinishesAStuckTransaction() async throws {
+        let cluster = try Cluster("e2e-resolve")
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
+        try await cluster.startDaemon(arguments: ["--stuck-after", "2"])
+        try await cluster.startParticipant("a")
+        try await cluster.startParticipant("b", failpoints: "commit=crash")
+        _ = try await cluster.client.submit(transfer("t-resolve", ["a", "b"], wait: false))
+        #expect(try await eventually(seconds: 30) { try await cluster.client.transaction("t-resolve").stuck })
+
+        let early = try await run("dtx", ["resolve", "t-resolve", "0", "--outcome", "committed", "--reason", "x", "--url", cluster.url])
+        #expect(early.status == 1 && early.err.contains("branch 0 is committed: it is owed nothing"), "\(early)")
+        let resolved = try await run("dtx", ["resolve", "t-resolve", "1", "--outcome", "committed", "--reason", "credit applied by hand", "--operator", "bob",
+                                             "--url", cluster.url])
+        #expect(resolved.status == 0, "\(resolved)")
+        let view = try await cluster.client.transaction("t-resolve")
+        #expect(view.status == "committed" && !view.heuristic && view.branches[1].state == "committed", "\(view.status) \(view.branches)")
+        #expect(view.audit?.last == AuditRecord(at: view.audit!.last!.at, who: "bob (local)", action: "resolve branch as committed", reason: "credit applied by hand", branch: 1))
+        #expect(view.timeline.contains { $0.event == "resolved by hand as committed" && $0.branch == 1 })
+
+        try await cluster.killDaemon()
+        try await cluster.startDaemon(arguments: ["--stuck-after", "2"])
+        let after = try await cluster.client.transaction("t-resolve")
+        #expect(after.status == "committed" && after.audit == view.audit)
     }
 
     @Test func dtxdKilledAfterTheCommitDecisionCommitsEverywhereAfterRestart() async throws {
