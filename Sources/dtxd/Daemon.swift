@@ -74,7 +74,7 @@ struct Daemon: AsyncParsableCommand {
     @Option(name: .customLong("last-agent"), help: "on: a 2PC transaction's last branch commits in one phase and decides, saving its PREPARE round; the transaction then waits for that branch's participant (see docs/PROTOCOLS.md). off: every branch prepares. (env DTXD_LAST_AGENT, default off)")
     var lastAgent: String?
 
-    @Option(name: .customLong("history"), help: "Finished transactions kept for queries and idempotent resubmission. (env DTXD_HISTORY, default 10000)")
+    @Option(name: .customLong("history-max"), help: "Finished transactions kept at most, for queries and idempotent resubmission: the oldest beyond it are forgotten, as are any older than --history-retention. (env DTXD_HISTORY_MAX, default 10000)")
     var history: Int?
 
     @Option(name: .customLong("history-retention"), help: "Seconds a finished transaction is kept at most, however few are kept; the next checkpoint deletes its records. (env DTXD_HISTORY_RETENTION, default 604800: 7 days)")
@@ -144,7 +144,7 @@ struct Daemon: AsyncParsableCommand {
         let stuckSeconds = try number(stuckAge, "DTXD_STUCK_AGE", 600, { $0 >= 0 && $0 <= 30 * 86_400 }, "seconds from 0 (never) to 2592000 (30 days)")
         let checkpointSeconds = try number(checkpointInterval, "DTXD_CHECKPOINT_INTERVAL", 30, { $0 >= 1 && $0 <= 86400 }, "seconds from 1 to 86400")
         let groupCommitMS = try number(groupCommitDelayMS, "DTXD_GROUP_COMMIT_DELAY_MS", 1, { $0 >= 0 && $0 <= 100 }, "milliseconds from 0 to 100")
-        let historyLimit = try number(history, "DTXD_HISTORY", 10_000, { (0...10_000_000).contains($0) }, "a whole number from 0 to 10000000")
+        let historyLimit = try number(history, "DTXD_HISTORY_MAX", 10_000, { (0...10_000_000).contains($0) }, "a whole number from 0 to 10000000")
         let retentionSeconds = try number(historyRetention, "DTXD_HISTORY_RETENTION", 604_800, { $0 >= 1 && $0 <= 3650 * 86_400 }, "seconds from 1 to 315360000 (10 years)")
         let bearer = token ?? env["DTXD_TOKEN"]
         var server = ServerConfiguration(host: host, port: port, token: bearer, maxBodySize: bodyKB << 10)
