@@ -368,3 +368,11 @@ private struct FailpointRequest: Decodable {
     var name: String
     var action: String
 }
+
+extension FailpointResourceManager: RecordRetaining {
+    /// The base's, when it deletes its finished records (no failpoint applies); else nothing.
+    public func forgetFinished(before cutoff: Date, limit: Int) async throws -> Int {
+        guard let retaining = base as? any RecordRetaining else { return 0 }
+        return try await retaining.forgetFinished(before: cutoff, limit: limit)
+    }
+}

@@ -8,6 +8,7 @@
 /// `InMemoryResourceManager` is a no-op resource manager for tests, examples and
 /// benchmarks, optionally journalled to a file.
 import DTXCore
+import Foundation
 
 /// One branch of one global transaction, as the coordinator names it.
 public struct BranchRef: Hashable, Sendable, Codable, CustomStringConvertible {
@@ -168,4 +169,14 @@ extension BarrierResourceManager {
     public func compensate(_ branch: BranchRef, operation: String, payload: JSONValue?) async throws -> JSONValue? {
         try await runPhase(.compensate, branch, operation: operation, payload: payload)
     }
+}
+
+/// A resource manager that deletes the records of finished branches, so that its
+/// tables do not grow for ever (`ParticipantService.Configuration.retention`).
+public protocol RecordRetaining: Sendable {
+    /// Deletes at most `limit` records of branches that finished before `cutoff`, in one
+    /// local transaction, and returns how many it deleted. Never a record an unfinished
+    /// branch needs: prepared branches, and a saga step whose action ran without a
+    /// compensation (its saga may still compensate it), are kept.
+    func forgetFinished(before cutoff: Date, limit: Int) async throws -> Int
 }

@@ -34,6 +34,11 @@ public final class ParticipantService: Sendable {
         /// Longer than the coordinator's round trips, shorter than what a participant may
         /// hold its resources for.
         public var threePhaseTimeout: Duration
+        /// How long the records of finished branches are kept (a resource manager that is
+        /// `RecordRetaining` deletes older ones, 1000 per local transaction, every
+        /// `retentionInterval`); nil keeps them for ever.
+        public var retention: Duration?
+        public var retentionInterval: Duration
 
         public init(
             name: String,
@@ -43,8 +48,12 @@ public final class ParticipantService: Sendable {
             callbackToken: String? = nil,
             heartbeatInterval: Duration = .seconds(5),
             recoveryInterval: Duration = .seconds(5),
-            threePhaseTimeout: Duration = .seconds(5)
+            threePhaseTimeout: Duration = .seconds(5),
+            retention: Duration? = .seconds(7 * 86_400),
+            retentionInterval: Duration = .seconds(60)
         ) {
+            self.retention = retention
+            self.retentionInterval = retentionInterval
             self.name = name
             self.advertisedURL = advertisedURL
             self.coordinatorURL = coordinatorURL
@@ -121,7 +130,12 @@ public final class ParticipantService: Sendable {
         var failures = 0
         var nextContact = clock.now
         var nextRecovery = clock.now
+        var nextRetention = clock.now
         while !Task.isCancelled {
+            if clock.now >= nextRetention {
+                await forgetFinished()
+                nextRetention = clock.now + configuration.retentionInterval
+            }
             if clock.now >= nextContact {
                 if await contact(registration, registered: &registered, failures: failures) {
                     failures = 0
@@ -135,10 +149,31 @@ public final class ParticipantService: Sendable {
                 await recoverInDoubt()
                 nextRecovery = clock.now + configuration.recoveryInterval
             }
-            let wake = registered ? min(nextContact, nextRecovery) : nextContact
+            let wake = min(registered ? min(nextContact, nextRecovery) : nextContact, nextRetention)
             try? await Task.sleep(until: wake, clock: clock)
         }
         try await shutdown()
+    }
+
+    /// Deletes the records of branches finished longer than `configuration.retention`
+    /// ago, in local transactions of at most 1000 records, until none is left; returns
+    /// how many. Nothing when the resource manager keeps no such records or retention is off.
+    @discardableResult
+    public func forgetFinished(now: Date = Date()) async -> Int {
+        guard let retention = configuration.retention, let retaining = resourceManager as? any RecordRetaining else { return 0 }
+        let cutoff = now.addingTimeInterval(-retention.apiSeconds)
+        var total = 0
+        do {
+            while true {
+                let deleted = try await retaining.forgetFinished(before: cutoff, limit: 1000)
+                total += deleted
+                if deleted < 1000 { break }
+            }
+        } catch {
+            logger.warning("cannot delete the records of finished branches; trying again later", metadata: ["error": "\(error)"])
+        }
+        if total > 0 { logger.info("deleted the records of finished branches", metadata: ["records": "\(total)"]) }
+        return total
     }
 
     /// Shuts down the connection pool to the coordinator. `run()` does this when it
