@@ -550,8 +550,14 @@ public final class ClusterNode: CoordinatorNode {
         }
     }
 
-    public func list(_ query: Coordinator.ListQuery) -> TransactionList {
-        Coordinator.list(query, in: readyCoordinators())
+    /// The transactions of the shards this node serves. A shard it holds but is still
+    /// loading (a takeover replaying its records) would be left out: 503 instead.
+    public func list(_ query: Coordinator.ListQuery) throws(CoordinatorError) -> TransactionList {
+        let loading = state.withLock { s in s.slots.filter { if case .loading = $0.value { true } else { false } }.keys.min() }
+        if let loading {
+            throw CoordinatorError(.unavailable, "shard_loading", "this node is still loading shard \(loading), which it took over; its transactions are listed once it serves them: retry in a moment")
+        }
+        return Coordinator.list(query, in: readyCoordinators())
     }
 
     public func recoverNow() -> RecoveryReport {

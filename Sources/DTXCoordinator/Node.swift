@@ -18,7 +18,9 @@ public protocol CoordinatorNode: Sendable {
     func placeNewTransaction() async throws(CoordinatorError) -> (Coordinator, GlobalTransactionID)
     var participants: Participants { get }
     /// This node's transactions, newest first.
-    func list(_ query: Coordinator.ListQuery) -> TransactionList
+    /// Throws `unavailable` when the list would leave out transactions it should hold
+    /// (a cluster node still loading a shard it took over).
+    func list(_ query: Coordinator.ListQuery) throws(CoordinatorError) -> TransactionList
     func recoverNow() -> RecoveryReport
     func gauges() -> Coordinator.Gauges
     /// What `/metrics` shows of the store (and, in a cluster, of leases and fencing).

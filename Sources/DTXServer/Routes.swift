@@ -94,7 +94,7 @@ struct CoordinatorRoutes: Sendable {
             },
             Route(method: .get, path: "/v1/transactions") { request, _ in
                 let query = try listQuery(request.uri.queryParameters)
-                let here = node.list(query)
+                let here = try node.list(query)
                 // A cluster node lists the cluster: every other live node's same page,
                 // merged with its own (a forwarded request gets this node's alone).
                 guard let forwarder, Forwarder.forwarder(of: request) == nil else { return jsonResponse(here) }
@@ -103,6 +103,12 @@ struct CoordinatorRoutes: Sendable {
                     cluster = try await node.clusterStatus()
                 } catch let error as CoordinatorError where error.code == "not_a_cluster" {
                     return jsonResponse(here)
+                }
+                let live = Set(cluster.nodes.filter(\.live).map(\.id))
+                // A shard no live node holds (its node stopped; another takes it over once
+                // the lease expires) is listed by nobody: say so rather than leave it out.
+                if let orphan = cluster.shards.first(where: { $0.owner.map { !live.contains($0) } ?? true }) {
+                    throw CoordinatorError(.unavailable, "shard_unowned", "shard \(orphan.shard) has no live owner (its node stopped; another node takes it over once the lease expires), so its transactions cannot be listed now: retry in a moment")
                 }
                 let others = cluster.nodes.filter { $0.live && $0.id != cluster.node }.map { (id: $0.id, url: $0.url) }
                 let lists = try await forwarder.gatherLists(request, from: others)
