@@ -307,7 +307,8 @@ let package = Package(
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["DTXLog", "DTXAPI", "DTXClient", "DTXTestSupport", "dtxd", "dtx", "wal-crash-writer", "memory-participant", "accounts-service", "transfer", "travel-service", "book-trip", "order-service", "place-order", "DTXSQLite", "DTXParticipant"]
+            dependencies: ["DTXLog", "DTXAPI", "DTXClient", "DTXTestSupport", "dtxd", "dtx", "wal-crash-writer", "memory-participant", "accounts-service", "transfer", "travel-service", "book-trip", "order-service", "place-order", "DTXSQLite", "DTXParticipant",
+                           .product(name: "AsyncHTTPClient", package: "async-http-client")]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -3,9 +3,9 @@ import DTXClient
 import DTXCore
 import DTXTestSupport
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
+import AsyncHTTPClient
+import NIOCore
+import NIOHTTP1
 
 /// Polls `condition` until it holds (true) or `seconds` pass (false).
 func eventually(seconds: Double = 20, _ condition: () async throws -> Bool) async rethrows -> Bool {
@@ -31,20 +31,22 @@ struct Exchange: Sendable {
     var errorCode: String? { ((json as? [String: Any])?["error"] as? [String: Any])?["code"] as? String }
 }
 
+/// Over AsyncHTTPClient, not URLSession: FoundationNetworking's async `data(for:)` blocks a
+/// cooperative thread on a dispatch queue, and cancelling such a call from another one
+/// (a test stopping its load) deadlocked the whole test process on this 2-core machine.
 func http(_ method: String, _ url: String, body: String? = nil, headers: [String: String] = [:]) async throws -> Exchange {
-    var request = URLRequest(url: URL(string: url)!)
-    request.httpMethod = method
-    request.timeoutInterval = 60
+    var request = HTTPClientRequest(url: url)
+    request.method = HTTPMethod(rawValue: method)
     if let body {
-        request.httpBody = Data(body.utf8)
-        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        request.body = .bytes(ByteBuffer(string: body))
+        request.headers.add(name: "Content-Type", value: "application/json")
     }
-    for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
-    let (data, response) = try await URLSession.shared.data(for: request)
-    let http = response as! HTTPURLResponse
+    for (name, value) in headers { request.headers.replaceOrAdd(name: name, value: value) }
+    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
+    let data = try await response.body.collect(upTo: 64 << 20)
     let path = String(url.drop { $0 != "/" }.dropFirst(2).drop { $0 != "/" })
-    return Exchange(method: method, path: path, status: http.statusCode, contentType: http.value(forHTTPHeaderField: "Content-Type"), body: data,
-                    allow: http.value(forHTTPHeaderField: "Allow"))
+    return Exchange(method: method, path: path, status: Int(response.status.code), contentType: response.headers.first(name: "Content-Type"),
+                    body: Data(data.readableBytesView), allow: response.headers.first(name: "Allow"))
 }
 
 /// A real dtxd and real participant processes on loopback, in a temporary directory.

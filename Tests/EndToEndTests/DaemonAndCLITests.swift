@@ -1,8 +1,5 @@
 import DTXLog
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Testing
 
 @Suite struct DaemonTests {
@@ -40,9 +37,9 @@ import Testing
             return Int(text[range.upperBound...].prefix { $0.isNumber })
         }
 
-        let (body, response) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/healthz")!)
-        #expect((response as? HTTPURLResponse)?.statusCode == 200)
-        let health = try JSONSerialization.jsonObject(with: body) as? [String: Any]
+        let answer = try await http("GET", "http://127.0.0.1:\(port)/healthz")
+        #expect(answer.status == 200)
+        let health = try JSONSerialization.jsonObject(with: answer.body) as? [String: Any]
         #expect(health?["status"] as? String == "ok")
 
         // A second daemon on the same directory is refused, naming the holder.
