@@ -12,6 +12,9 @@
 -- and is refused with 409 branch_mismatch, nothing done. See "Repeats and digests" in
 -- participant-api.yaml.
 --
+-- written_at (dtx_branches, dtx_rollbacks): when the row was written; the participant kit
+-- deletes rows older than its retention (default 7 days).
+--
 -- dtx_branches: one row per committed branch, written inside the branch's own
 -- transaction (so it exists exactly when the branch committed), with its result and the
 -- digest of its work, against which a repeated PREPARE or COMMIT_ONE_PHASE is compared.
@@ -24,6 +27,7 @@ CREATE TABLE IF NOT EXISTS dtx_branches (
     operation TEXT NOT NULL,
     result TEXT,
     digest TEXT NOT NULL,
+    written_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (gid, branch)
 );
 
@@ -33,6 +37,7 @@ CREATE TABLE IF NOT EXISTS dtx_branches (
 CREATE TABLE IF NOT EXISTS dtx_rollbacks (
     gid TEXT NOT NULL,
     branch BIGINT NOT NULL,
+    written_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (gid, branch)
 );
 

@@ -71,6 +71,7 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
             operation TEXT NOT NULL,
             result TEXT,
             digest TEXT NOT NULL,
+            written_at TIMESTAMPTZ NOT NULL DEFAULT now(),
             PRIMARY KEY (gid, branch)
         )
         """
@@ -81,6 +82,7 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
         CREATE TABLE IF NOT EXISTS dtx_rollbacks (
             gid TEXT NOT NULL,
             branch BIGINT NOT NULL,
+            written_at TIMESTAMPTZ NOT NULL DEFAULT now(),
             PRIMARY KEY (gid, branch)
         )
         """

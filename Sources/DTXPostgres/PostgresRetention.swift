@@ -1,0 +1,32 @@
+import DTXParticipant
+import Foundation
+
+extension PostgresResourceManager: RecordRetaining {
+    /// Deletes the outcome rows (`dtx_branches`, `dtx_rollbacks`) written before
+    /// `cutoff`, and every barrier row of a TCC branch confirmed or cancelled, or a saga
+    /// step compensated, before `cutoff`; at most `limit` branches per statement. A
+    /// prepared branch's row is inside its prepared transaction, where no statement sees
+    /// it, so it is never deleted.
+    public func forgetFinished(before cutoff: Date, limit: Int) async throws -> Int {
+        let stamp = ISO8601DateFormatter().string(from: cutoff)
+        let limit = max(limit, 1)
+        return try await pool.withConnection { db in
+            var deleted = 0
+            for table in ["dtx_branches", "dtx_rollbacks"] where deleted < limit {
+                deleted += try db.execute(
+                    "DELETE FROM \(table) t USING (SELECT gid, branch FROM \(table) WHERE written_at < $1::timestamptz LIMIT $2) d WHERE t.gid = d.gid AND t.branch = d.branch",
+                    [.text(stamp), .int(limit - deleted)]).affectedRows
+            }
+            if deleted < limit {
+                deleted += try db.execute(
+                    """
+                    DELETE FROM dtx_barrier t USING (SELECT DISTINCT gid, branch FROM dtx_barrier
+                        WHERE op IN ('confirm', 'cancel', 'compensate') AND created_at < $1::timestamptz LIMIT $2) d
+                    WHERE t.gid = d.gid AND t.branch = d.branch
+                    """,
+                    [.text(stamp), .int(limit - deleted)]).affectedRows
+            }
+            return deleted
+        }
+    }
+}
