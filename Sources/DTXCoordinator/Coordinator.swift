@@ -486,9 +486,8 @@ public final class Coordinator: Sendable {
         if case .rejected(let why) = try await driver.request(.resolvedByHand(branch, outcome, reason: reason)) {
             throw CoordinatorError(.conflict, "cannot_resolve", "cannot resolve branch \(branch) of \(gid) by hand: \(why)")
         }
-        let word = outcome == .commit ? "committed" : "aborted"
-        driver.audit(TransactionHistory.AuditEntry(at: environment.now(), who: who, action: "resolve branch as \(word)", reason: reason, branch: branch))
-        logger.warning("operator resolved a branch by hand", metadata: ["gid": "\(gid)", "branch": "\(branch)", "outcome": "\(word)", "who": "\(who)", "reason": "\(reason)"])
+        driver.audit(TransactionHistory.AuditEntry(at: environment.now(), who: who, action: "resolve branch as \(outcome.outcome)", reason: reason, branch: branch))
+        logger.warning("operator resolved a branch by hand", metadata: ["gid": "\(gid)", "branch": "\(branch)", "outcome": "\(outcome.outcome)", "who": "\(who)", "reason": "\(reason)"])
         return driver.view()
     }
 
@@ -505,7 +504,7 @@ public final class Coordinator: Sendable {
         if driver.isFinished {
             let view = driver.view()
             guard view.decision == decision else {
-                throw CoordinatorError(.conflict, "already_finished", "transaction \(gid) is already \(view.status); it cannot be \(decision == .commit ? "committed" : "aborted") now")
+                throw CoordinatorError(.conflict, "already_finished", "transaction \(gid) is already \(view.status); it cannot be \(decision.outcome) now")
             }
             return try await finishWaiting(driver, wait)
         }

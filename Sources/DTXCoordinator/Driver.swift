@@ -426,7 +426,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             s.error = reason
             entry = ("operator forced \(decision.rawValue)", nil, reason)
         case let .resolvedByHand(id, outcome, reason):
-            entry = ("resolved by hand as \(outcome == .commit ? "committed" : "aborted")", id, reason)
+            entry = ("resolved by hand as \(outcome.outcome)", id, reason)
         case .timedOut(.retry), .start, .open:
             return
         }
@@ -466,9 +466,10 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     func view() -> TransactionView {
         state.withLock { s in
             let error = Self.error(s)
+            let stuck = stuckReason(s)
             return TransactionView(
                 gid: gid.rawValue, protocol: proto, status: s.machine.displayStatus.rawValue, decision: s.decision,
-                interactive: spec.interactive, heuristic: s.machine.heuristic, stuck: stuckReason(s) != nil, stuckReason: stuckReason(s),
+                interactive: spec.interactive, heuristic: s.machine.heuristic, stuck: stuck != nil, stuckReason: stuck,
                 createdAt: createdAt, updatedAt: s.updatedAt, timeout: timeout.apiSeconds, error: error,
                 branches: s.machine.branches.map {
                     BranchView(id: $0.id, participant: $0.spec.participant, operation: $0.spec.operation, state: $0.state.rawValue,
@@ -528,7 +529,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     }
 
     func outcome(branch: BranchID?) -> String {
-        state.withLock { s in s.machine.answer(about: branch, decided: s.decision).map { $0 == .commit ? "committed" : "aborted" } ?? "pending" }
+        state.withLock { s in s.machine.answer(about: branch, decided: s.decision).map(\.outcome) ?? "pending" }
     }
 
     func threePhaseState(branch: BranchID?) -> ThreePhaseState {

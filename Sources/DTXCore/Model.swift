@@ -53,6 +53,18 @@ public struct StepRetry: Sendable, Codable, Equatable {
 public enum Decision: String, Sendable, Codable, Equatable {
     case commit
     case abort
+
+    /// How a transaction or branch so decided ended, in the API's word (`committed`, `aborted`).
+    public var outcome: String { self == .commit ? "committed" : "aborted" }
+
+    /// The decision an outcome word names; nil for another word.
+    public init?(outcome: String) {
+        switch outcome {
+        case "committed": self = .commit
+        case "aborted": self = .abort
+        default: return nil
+        }
+    }
 }
 
 /// A participant's answer to PREPARE.

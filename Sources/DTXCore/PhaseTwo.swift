@@ -139,7 +139,7 @@ extension DecisionDelivering {
         branches[id].lastError = nil
         if outcome != decision { heuristic = true }
         let owed = targets.filter { branches[$0].state == Self.words(for: decision).pending }.sorted()
-        let record = LogEntry.resolution(gid: gid, decision, targets: owed, reason: "branch \(id) resolved by hand as \(outcome == .commit ? "committed" : "aborted"): \(reason)",
+        let record = LogEntry.resolution(gid: gid, decision, targets: owed, reason: "branch \(id) resolved by hand as \(outcome.outcome): \(reason)",
                                          heuristic: heuristic)
         return finishIfDone(after: [.cancel(.retry(id)), .log(record, forced: true)])
     }

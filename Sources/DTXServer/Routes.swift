@@ -140,11 +140,7 @@ struct CoordinatorRoutes: Sendable {
             },
             Route(method: .post, path: "/v1/transactions/:gid/branches") { request, context in
                 let gid = try gid(context)
-                var request = request
-                let body = try await request.collectBody(upTo: maxBodySize)
-                switch try await placement(of: gid, request, body: body) {
-                case .forwarded(let answer): return answer
-                case .here(let coordinator):
+                return try await posted(about: gid, request) { coordinator, body in
                     let enlist = try decode(EnlistRequest.self, .enlistment, from: body)
                     return jsonResponse(try await coordinator.enlist(gid: gid, enlist), status: 201)
                 }
@@ -157,28 +153,17 @@ struct CoordinatorRoutes: Sendable {
                 guard let branch = QueryNumber.branch(text) else {
                     throw CoordinatorError(.invalid, "invalid_branch", "the branch in the path must be a branch number (0 or more), not '\(text)'")
                 }
-                var request = request
-                let body = try await request.collectBody(upTo: maxBodySize)
-                switch try await placement(of: gid, request, body: body) {
-                case .forwarded(let answer): return answer
-                case .here(let coordinator):
+                return try await posted(about: gid, request) { coordinator, body in
                     let resolution = try decode(BranchResolution.self, .branchResolution, from: body)
-                    let outcome: Decision
-                    switch resolution.outcome {
-                    case "committed": outcome = .commit
-                    case "aborted": outcome = .abort
-                    default: throw CoordinatorError(.invalid, "invalid_outcome", "outcome must be committed or aborted (how the branch ended), not '\(resolution.outcome)'")
+                    guard let outcome = Decision(outcome: resolution.outcome) else {
+                        throw CoordinatorError(.invalid, "invalid_outcome", "outcome must be committed or aborted (how the branch ended), not '\(resolution.outcome)'")
                     }
                     return jsonResponse(try await coordinator.resolveBranch(gid: gid, branch: branch, as: outcome, reason: resolution.reason, who: try who(resolution.operator)))
                 }
             },
             Route(method: .post, path: "/v1/transactions/:gid/retry") { request, context in
                 let gid = try gid(context)
-                var request = request
-                let body = try await request.collectBody(upTo: maxBodySize)
-                switch try await placement(of: gid, request, body: body) {
-                case .forwarded(let answer): return answer
-                case .here(let coordinator):
+                return try await posted(about: gid, request) { coordinator, body in
                     let retry = try decode(RetryRequest.self, .retry, from: body)
                     return jsonResponse(try coordinator.retry(gid: gid, reason: retry.reason, who: try who(retry.operator)))
                 }
@@ -198,16 +183,24 @@ struct CoordinatorRoutes: Sendable {
     private func resolution<Context: RequestContext>(_ decision: Decision) -> Route<Context> {
         Route(method: .post, path: "/v1/transactions/:gid/\(decision == .commit ? "commit" : "abort")") { request, context in
             let gid = try gid(context)
-            var request = request
-            let body = try await request.collectBody(upTo: maxBodySize)
-            switch try await placement(of: gid, request, body: body) {
-            case .forwarded(let answer): return answer
-            case .here(let coordinator):
+            return try await posted(about: gid, request) { coordinator, body in
                 let resolution = try decodeOptional(ResolveRequest.self, .resolution, from: body) ?? ResolveRequest()
                 let who = try who(resolution.operator)
                 return jsonResponse(decision == .commit ? try await coordinator.commit(gid: gid, reason: resolution.reason, wait: resolution.wait ?? false, who: who)
                                                         : try await coordinator.abort(gid: gid, reason: resolution.reason, wait: resolution.wait ?? false, who: who))
             }
+        }
+    }
+
+    /// A POST about `gid`: its body answered here by the gid's coordinator, or the
+    /// answer of the node that owns it.
+    private func posted(about gid: GlobalTransactionID, _ request: Request,
+                        _ answer: (Coordinator, ByteBuffer) async throws -> Response) async throws -> Response {
+        var request = request
+        let body = try await request.collectBody(upTo: maxBodySize)
+        switch try await placement(of: gid, request, body: body) {
+        case .forwarded(let response): return response
+        case .here(let coordinator): return try await answer(coordinator, body)
         }
     }
 

@@ -203,6 +203,16 @@ enum TransactionReport {
         return (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? "?"
     }
 
+    /// What an operator action (`commit`, `abort`, `retry`, `resolve`) prints: the view
+    /// as JSON, or its gid, status and decision.
+    static func printBrief(_ view: TransactionView, json: Bool) throws {
+        if json {
+            try JSONOutput.print(view)
+        } else {
+            print(renderBrief(view))
+        }
+    }
+
     /// gid, status and decision: what `commit` and `abort` print.
     static func renderBrief(_ view: TransactionView) -> String {
         var fields = FieldList()

@@ -232,18 +232,12 @@ struct CommitTransaction: AsyncParsableCommand {
 
     func validate() throws {
         try validateGID(gid)
-        if let reason, reason.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
-            throw ValidationError("--reason is empty; say why this transaction is being committed")
-        }
+        if let reason { try validateReason(reason, "say why this transaction is being committed") }
     }
 
     func run() async throws {
         let view = try await connection.withClient { try await $0.commit(gid: gid, reason: reason, wait: wait, operator: audit.name) }
-        if connection.json {
-            try JSONOutput.print(view)
-        } else {
-            print(TransactionReport.renderBrief(view))
-        }
+        try TransactionReport.printBrief(view, json: connection.json)
     }
 }
 
@@ -271,18 +265,12 @@ struct AbortTransaction: AsyncParsableCommand {
 
     func validate() throws {
         try validateGID(gid)
-        if reason.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
-            throw ValidationError("--reason is empty; say why this transaction is being aborted")
-        }
+        try validateReason(reason, "say why this transaction is being aborted")
     }
 
     func run() async throws {
         let view = try await connection.withClient { try await $0.abort(gid: gid, reason: reason, wait: wait, operator: audit.name) }
-        if connection.json {
-            try JSONOutput.print(view)
-        } else {
-            print(TransactionReport.renderBrief(view))
-        }
+        try TransactionReport.printBrief(view, json: connection.json)
     }
 }
 
@@ -311,18 +299,12 @@ struct RetryTransaction: AsyncParsableCommand {
 
     func validate() throws {
         try validateGID(gid)
-        if reason.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
-            throw ValidationError("--reason is empty; say why this transaction is retried now")
-        }
+        try validateReason(reason, "say why this transaction is retried now")
     }
 
     func run() async throws {
         let view = try await connection.withClient { try await $0.retry(gid: gid, reason: reason, operator: audit.name) }
-        if connection.json {
-            try JSONOutput.print(view)
-        } else {
-            print(TransactionReport.renderBrief(view))
-        }
+        try TransactionReport.printBrief(view, json: connection.json)
     }
 }
 
@@ -368,22 +350,23 @@ struct ResolveBranch: AsyncParsableCommand {
     func validate() throws {
         try validateGID(gid)
         guard branch >= 0 else { throw ValidationError("the branch id is 0 or more, not \(branch)") }
-        guard ["committed", "aborted"].contains(outcome) else {
+        guard Decision(outcome: outcome) != nil else {
             throw ValidationError("--outcome must be committed or aborted (how the branch ended), not '\(outcome)'")
         }
-        if reason.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
-            throw ValidationError("--reason is empty; say how the branch was settled")
-        }
+        try validateReason(reason, "say how the branch was settled")
     }
 
     func run() async throws {
         let view = try await connection.withClient {
             try await $0.resolveBranch(gid: gid, branch: branch, outcome: outcome, reason: reason, operator: audit.name)
         }
-        if connection.json {
-            try JSONOutput.print(view)
-        } else {
-            print(TransactionReport.renderBrief(view))
-        }
+        try TransactionReport.printBrief(view, json: connection.json)
+    }
+}
+
+/// A `--reason` says something; `what` tells the user what to write.
+private func validateReason(_ reason: String, _ what: String) throws {
+    if reason.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
+        throw ValidationError("--reason is empty; \(what)")
     }
 }
