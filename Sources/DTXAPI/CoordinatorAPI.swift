@@ -486,11 +486,15 @@ public struct RecoveryReport: Codable, Sendable, Equatable {
 public struct HealthAnswer: Codable, Sendable, Equatable {
     public var status: String
     public var unfinishedTransactions: Int
+    public var stuckTransactions: Int
+    public var inDoubtTransactions: Int
     public var participants: Int
 
-    public init(status: String, unfinishedTransactions: Int, participants: Int) {
+    public init(status: String, unfinishedTransactions: Int, stuckTransactions: Int, inDoubtTransactions: Int, participants: Int) {
         self.status = status
         self.unfinishedTransactions = unfinishedTransactions
+        self.stuckTransactions = stuckTransactions
+        self.inDoubtTransactions = inDoubtTransactions
         self.participants = participants
     }
 }

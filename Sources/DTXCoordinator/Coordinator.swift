@@ -531,6 +531,7 @@ public final class Coordinator: Sendable {
     }
 
     public struct ListQuery: Sendable {
+        /// A status word, or `stuck`, or `in_doubt`.
         public var status: String?
         public var `protocol`: TransactionProtocol?
         public var participant: String?
@@ -560,8 +561,11 @@ public final class Coordinator: Sendable {
             if let protocolFilter = query.protocol, driver.proto != protocolFilter { continue }
             if let olderThan = query.olderThan, now.timeIntervalSince(driver.createdAt) < olderThan { continue }
             let summary = driver.summary()
-            if let status = query.status {
-                if status == "stuck" ? !summary.stuck : summary.status != status { continue }
+            switch query.status {
+            case nil: break
+            case "stuck": if !summary.stuck { continue }
+            case "in_doubt": if !driver.health().inDoubt { continue }
+            case let status?: if summary.status != status { continue }
             }
             if let participant = query.participant, !summary.participants.contains(participant) { continue }
             if page.count == query.limit { more = true; break }

@@ -269,6 +269,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                     if case StoreError.fenced = error { context.fence.raise() }
                     return false
                 }
+                if forced { note("logged \(entry.timelineName) (forced)") }
                 if let milestone { context.configuration.failpoints.hit(after: milestone) }
             case let .send(message, id):
                 guard branches.indices.contains(id) else { continue }
@@ -276,6 +277,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                     context.invariantBroken("\(gid): \(message.rawValue) to branch \(id) before a forced record made the outcome durable")
                 }
                 sent = message
+                note("\(message.rawValue) sent", branch: id)
                 send(message, to: branches[id], allParticipants: branches.map(\.spec.participant))
             case let .schedule(timer, attempt):
                 schedule(timer, attempt: attempt)

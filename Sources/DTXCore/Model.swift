@@ -261,6 +261,25 @@ public enum LogEntry: Sendable, Equatable {
     case history(gid: GlobalTransactionID, TransactionHistory)
 }
 
+extension LogEntry {
+    /// How a transaction's timeline names this record once it is forced: `logged decision
+    /// commit (forced)` (the words Schemas/coordinator-api.yaml lists).
+    public var timelineName: String {
+        switch self {
+        case .begin: "begin"
+        case .decision(_, let decision, _): "decision \(decision.rawValue)"
+        case .end: "end"
+        case .open: "open"
+        case .enlist: "enlist"
+        case .resolution(_, let decision, _, _, _): "resolution \(decision.rawValue)"
+        case .delegation: "delegation"
+        case .preCommit: "pre-commit"
+        case .submitted: "submitted"
+        case .history: "history"
+        }
+    }
+}
+
 /// What a finished transaction's view shows beyond its protocol's records: each branch's
 /// attempts, last error and result, the timeline (bounded as the view's is), the error
 /// shown, when it last changed and a saga's compensation order. Times are kept to the

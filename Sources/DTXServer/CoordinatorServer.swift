@@ -11,10 +11,12 @@ import Prometheus
 public struct ServerConfiguration: Sendable {
     public var host: String
     public var port: Int
-    /// When set, every request but `/healthz` must carry `Authorization: Bearer <token>`.
+    /// When set, every request but `/healthz` and the console's files (`/ui/`) must carry `Authorization: Bearer <token>`.
     public var token: String?
     /// Largest request body accepted, in bytes.
     public var maxBodySize: Int
+    /// Where the web console's files are read from; nil: the copies compiled into dtxd.
+    public var consoleDirectory: String?
 
     public init(host: String, port: Int, token: String? = nil, maxBodySize: Int = 1 << 20) {
         self.host = host
@@ -69,8 +71,13 @@ public func makeCoordinatorApplication(
     let api = CoordinatorRoutes(node: node, maxBodySize: configuration.maxBodySize, metrics: LogMetrics(registry: metrics, node: node), forwarder: forwarder,
                                 authenticated: configuration.token != nil)
     let routes = api.routes(BasicRequestContext.self)
+    let console = ConsoleFiles(directory: configuration.consoleDirectory).routes(BasicRequestContext.self)
     // Middleware wraps the routes added after it, and the router's not-found answer.
-    router.add(middleware: JSONErrorMiddleware(logger: logger, methods: AllowedMethods(routes)))
+    router.add(middleware: JSONErrorMiddleware(logger: logger, methods: AllowedMethods(routes + console)))
+    // The console's files hold no data and need no token: the page asks for it.
+    for route in console {
+        router.on(RouterPath(route.path), method: route.method, use: route.handler)
+    }
     if let token = configuration.token {
         router.add(middleware: BearerTokenMiddleware(token: token))
     }

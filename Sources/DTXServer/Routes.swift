@@ -37,7 +37,8 @@ struct CoordinatorRoutes: Sendable {
         [
             Route(method: .get, path: "/healthz") { _, _ in
                 let gauges = node.gauges()
-                return jsonResponse(HealthAnswer(status: "ok", unfinishedTransactions: gauges.unfinished, participants: gauges.participants))
+                return jsonResponse(HealthAnswer(status: "ok", unfinishedTransactions: gauges.unfinished, stuckTransactions: gauges.stuck,
+                                                 inDoubtTransactions: gauges.inDoubt, participants: gauges.participants))
             },
             Route(method: .get, path: "/metrics") { _, _ in
                 Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
@@ -283,7 +284,7 @@ struct CoordinatorRoutes: Sendable {
 
     private func listQuery(_ parameters: Parameters) throws -> Coordinator.ListQuery {
         var query = Coordinator.ListQuery()
-        let statuses = TransactionStatus.allCases.map(\.rawValue) + ["stuck"]
+        let statuses = TransactionStatus.allCases.map(\.rawValue) + ["stuck", "in_doubt"]
         if let status = parameters["status"].map(String.init) {
             guard statuses.contains(status) else {
                 throw CoordinatorError(.invalid, "invalid_query", "status must be one of \(statuses.joined(separator: ", ")), not '\(status)'")

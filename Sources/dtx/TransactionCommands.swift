@@ -42,7 +42,7 @@ struct ListTransactions: AsyncParsableCommand {
     @OptionGroup(title: "Connection")
     var connection: ConnectionOptions
 
-    @Option(help: ArgumentHelp("Only transactions with this status: active, preparing, committing, aborting, committed or aborted.", valueName: "status"))
+    @Option(help: ArgumentHelp("Only transactions with this status (a status word of the API, e.g. active, preparing, committing, aborting, committed, aborted), or stuck (needing an operator), or in_doubt (participants may hold prepared work awaiting the outcome).", valueName: "status"))
     var status: String?
 
     @Option(name: .customLong("protocol"), help: ArgumentHelp("Only transactions of this protocol.", valueName: "protocol"))
@@ -65,7 +65,7 @@ struct ListTransactions: AsyncParsableCommand {
 
     func validate() throws {
         if let status, status.trimmingCharacters(in: .whitespaces).isEmpty {
-            throw ValidationError("--status is empty; give one of active, preparing, committing, aborting, committed, aborted")
+            throw ValidationError("--status is empty; give a status word such as committing or aborted, or stuck, or in_doubt")
         }
         if let olderThan, !(olderThan >= 0 && olderThan.isFinite) {
             throw ValidationError("--older-than must be a number of seconds, 0 or more (got \(olderThan))")

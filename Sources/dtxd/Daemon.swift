@@ -44,8 +44,11 @@ struct Daemon: AsyncParsableCommand {
     @Option(name: .customLong("segment-size"), help: "Size of each log segment in MiB. (env DTXD_SEGMENT_SIZE_MB, default 64)")
     var segmentSizeMB: Int?
 
-    @Option(help: "Bearer token every API request must carry (all but /healthz). Required on a non-loopback address. (env DTXD_TOKEN)")
+    @Option(help: "Bearer token every API request must carry (all but /healthz and the web console's files at /ui/, whose page asks for it). Required on a non-loopback address. (env DTXD_TOKEN)")
     var token: String?
+
+    @Option(name: .customLong("console-dir"), help: "Serve the web console (/ui/) from this directory's index.html, console.js and console.css, read at each request, instead of the copies built into dtxd: for working on the console. (env DTXD_CONSOLE_DIR)")
+    var consoleDirectory: String?
 
     @Option(name: .customLong("max-body-size"), help: "Largest request body accepted, in KiB. (env DTXD_MAX_BODY_KB, default 1024)")
     var maxBodyKB: Int?
@@ -152,6 +155,13 @@ struct Daemon: AsyncParsableCommand {
             throw ValidationError("listening on \(host), which is not a loopback address, needs a bearer token: pass --token or set DTXD_TOKEN")
         }
         if bearer?.isEmpty == true { server.token = nil }
+        server.consoleDirectory = consoleDirectory ?? env["DTXD_CONSOLE_DIR"]
+        if let directory = server.consoleDirectory {
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+                throw ValidationError("console-dir: '\(directory)' is not a directory; name the one holding index.html, console.js and console.css (Sources/DTXServer/Console)")
+            }
+        }
         let lastAgentText = lastAgent ?? env["DTXD_LAST_AGENT"] ?? "off"
         guard let lastAgentOn = ["on": true, "off": false][lastAgentText.lowercased()] else {
             throw ValidationError("last-agent must be on or off, not '\(lastAgentText)'")

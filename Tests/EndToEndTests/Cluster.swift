@@ -61,17 +61,22 @@ final class Cluster: @unchecked Sendable {
 
     var url: String { "http://127.0.0.1:\(port)" }
 
-    init(_ name: String) throws {
+    /// dtxd's bearer token, if it requires one (participants and the client carry it).
+    let token: String?
+
+    init(_ name: String, token: String? = nil) throws {
         directory = makeTemporaryDirectory(name)
         port = freeLoopbackPort()
-        client = try CoordinatorClient(baseURL: "http://127.0.0.1:\(port)", timeout: .seconds(60))
+        self.token = token
+        client = try CoordinatorClient(baseURL: "http://127.0.0.1:\(port)", token: token, timeout: .seconds(60))
     }
 
     /// Starts dtxd (again) on the cluster's port and data directory.
     func startDaemon(failpoints: String? = nil, arguments: [String] = []) async throws {
         var environment: [String: String] = [:]
         if let failpoints { environment["DTXD_FAILPOINTS"] = failpoints }
-        let child = try ChildProcess("dtxd", ["--data-dir", directory + "/data", "--listen", "127.0.0.1:\(port)", "--log-level", "warning"] + arguments,
+        let child = try ChildProcess("dtxd", ["--data-dir", directory + "/data", "--listen", "127.0.0.1:\(port)", "--log-level", "warning"]
+                                         + (token.map { ["--token", $0] } ?? []) + arguments,
                                      environment: environment)
         daemon = child
         _ = try await child.waitForOutput { $0.contains("dtxd listening on") ? true : nil }
@@ -85,7 +90,7 @@ final class Cluster: @unchecked Sendable {
         let child = try ChildProcess("memory-participant", [
             "--name", name, "--coordinator", url, "--listen", "127.0.0.1:0", "--journal", directory + "/\(name).journal",
             "--heartbeat", "1", "--recovery-interval", "1", "--log-level", "warning",
-        ], environment: environment)
+        ] + (token.map { ["--coordinator-token", $0] } ?? []), environment: environment)
         participants[name] = child
         let participantURL = try await child.waitForOutput { text -> String? in
             guard let range = text.range(of: "memory-participant \(name) listening on ") else { return nil }

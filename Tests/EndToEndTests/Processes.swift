@@ -15,8 +15,9 @@ final class ChildProcess: @unchecked Sendable {
     private var stderrBuffer = Data()
     private var openPipes = 2
 
+    /// `executable`: one of the package's products, or an absolute path.
     init(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws {
-        process.executableURL = URL(fileURLWithPath: productsDirectory + "/" + executable)
+        process.executableURL = URL(fileURLWithPath: executable.hasPrefix("/") ? executable : productsDirectory + "/" + executable)
         process.arguments = arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let out = Pipe(), err = Pipe()
