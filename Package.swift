@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 let package = Package(
@@ -28,6 +28,10 @@ let package = Package(
         // Already there through hummingbird and async-http-client; named to run Swift
         // concurrency on NIO's event loops (no thread hops between two pools).
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        // Traces: the API the engine and the kit make spans with, and (in the executables
+        // only) the OpenTelemetry exporter over OTLP/HTTP (no gRPC: its trait is off).
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
+        .package(url: "https://github.com/swift-otel/swift-otel", from: "1.6.0", traits: ["OTLPHTTP"]),
     ],
     targets: [
         // C libraries, called directly (no Swift database drivers).
@@ -50,7 +54,17 @@ let package = Package(
         // `EngineEnvironment` (event-loop timers) for the engine and the kit.
         .target(
             name: "DTXAPI",
-            dependencies: ["DTXCore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]
+            dependencies: ["DTXCore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                           .product(name: "Tracing", package: "swift-distributed-tracing")]
+        ),
+        // Exports traces over OTLP/HTTP (swift-otel), for the executables that take --otlp-endpoint.
+        .target(
+            name: "DTXTracing",
+            dependencies: [
+                .product(name: "OTel", package: "swift-otel"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
         ),
         // The engine: runs the state machines, logs, talks to participants, recovers.
         .target(
@@ -60,6 +74,7 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -92,6 +107,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],
             // The web console, compiled into dtxd (served at /ui/, no files to install).
             resources: [.embedInCode("Console/index.html"), .embedInCode("Console/console.js"), .embedInCode("Console/console.css")]
@@ -112,6 +128,8 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
@@ -120,7 +138,7 @@ let package = Package(
         .executableTarget(
             name: "dtxd",
             dependencies: [
-                "DTXServer", "DTXCoordinator", "DTXCluster", "DTXClusterPostgres", "DTXLog",
+                "DTXServer", "DTXCoordinator", "DTXCluster", "DTXClusterPostgres", "DTXLog", "DTXTracing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -190,8 +208,9 @@ let package = Package(
         .executableTarget(
             name: "memory-participant",
             dependencies: [
-                "DTXParticipant", "DTXAPI", "DTXCore",
+                "DTXParticipant", "DTXAPI", "DTXCore", "DTXTracing",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

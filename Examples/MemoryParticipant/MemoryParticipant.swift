@@ -1,10 +1,12 @@
 import ArgumentParser
 import DTXParticipant
+import DTXTracing
 import Foundation
 import Hummingbird
 import Logging
 import NIOCore
 import NIOPosix
+import ServiceLifecycle
 
 /// `memory-participant`: a participant service on the participant kit with a no-op,
 /// optionally journalled resource manager (2PC, 3PC, TCC and sagas), and failpoints that tests arm to make it
@@ -79,6 +81,12 @@ struct MemoryParticipant: AsyncParsableCommand {
     @Option(help: "Length of the listen queue: connections the kernel holds before the server accepts them; beyond it, new connections are dropped (small values reproduce a participant that cannot keep up with dtxd's connections). (env DTX_PARTICIPANT_BACKLOG, default 256, 1-65535)")
     var backlog: Int?
 
+    @Option(name: .customLong("otlp-endpoint"), help: "Continue dtxd's traces in a span per message and export them over OTLP/HTTP to this collector base URL, e.g. http://127.0.0.1:4318. (env DTX_PARTICIPANT_OTLP_ENDPOINT)")
+    var otlpEndpoint: String?
+
+    @Option(name: .customLong("otlp-protocol"), help: "With --otlp-endpoint: http/protobuf or http/json. (env DTX_PARTICIPANT_OTLP_PROTOCOL, default http/protobuf)")
+    var otlpProtocol: String?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (env DTX_PARTICIPANT_LOG_LEVEL, default info)")
     var logLevel: String?
 
@@ -127,6 +135,14 @@ struct MemoryParticipant: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "memory-participant")
+        var tracing: [any Service] = []
+        if let endpoint = otlpEndpoint ?? env["DTX_PARTICIPANT_OTLP_ENDPOINT"] {
+            do {
+                tracing.append(try TraceExport.bootstrap(serviceName: name, endpoint: endpoint, encoding: otlpProtocol ?? env["DTX_PARTICIPANT_OTLP_PROTOCOL"]))
+            } catch {
+                throw ValidationError(error.message)
+            }
+        }
 
         let failpoints = Failpoints(logger: logger)
         do {
@@ -171,7 +187,8 @@ struct MemoryParticipant: AsyncParsableCommand {
         addTestRoutes(to: router, store: store, service: service, failpoints: failpoints)
 
         // Written unbuffered: tests wait for this line and read the port from it.
-        try await ParticipantHost.serve(service, router: router, host: host, port: port, backlog: backlog, serverName: "memory-participant", logger: logger) { url in
+        try await ParticipantHost.serve(service, router: router, host: host, port: port, backlog: backlog, serverName: "memory-participant", logger: logger,
+                                         alongside: tracing) { url in
             FileHandle.standardOutput.write(Data("memory-participant \(name) listening on \(url)\n".utf8))
         }
     }

@@ -90,6 +90,9 @@ extension ParticipantRequest {
         if let payload {
             json.member(",\"payload\":", payload)
         }
+        if let traceparent {
+            json.member(",\"traceparent\":", traceparent)
+        }
         json.raw("}")
         return json.bytes
     }
@@ -134,7 +137,9 @@ extension ParticipantRequest {
         default: throw unreadable("field 'participants' must be an array of participant names")
         }
         let payload = members["payload"].flatMap { $0 == .null ? nil : $0 }
-        self.init(gid: gid, branch: branch, operation: operation, payload: payload, participants: participants)
+        // Tracing never fails a message: a traceparent that is not a string is ignored.
+        self.init(gid: gid, branch: branch, operation: operation, payload: payload, participants: participants,
+                  traceparent: members["traceparent"]?.stringValue)
     }
 }
 

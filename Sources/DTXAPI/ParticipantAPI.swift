@@ -12,13 +12,16 @@ public struct ParticipantRequest: Sendable, Equatable {
     public var payload: JSONValue?
     /// Names of every participant of the transaction (3PC termination asks them).
     public var participants: [String]?
+    /// The W3C `traceparent` of the coordinator's span for this message, when dtxd traces.
+    public var traceparent: String?
 
-    public init(gid: String, branch: BranchID, operation: String, payload: JSONValue? = nil, participants: [String]? = nil) {
+    public init(gid: String, branch: BranchID, operation: String, payload: JSONValue? = nil, participants: [String]? = nil, traceparent: String? = nil) {
         self.gid = gid
         self.branch = branch
         self.operation = operation
         self.payload = payload
         self.participants = participants
+        self.traceparent = traceparent
     }
 }
 

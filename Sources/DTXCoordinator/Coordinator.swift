@@ -55,6 +55,9 @@ public struct CoordinatorConfiguration: Sendable {
     /// the records of those it forgets.
     public var historyRetention: Duration = .seconds(7 * 86_400)
     public var checkpointInterval: Duration = .seconds(30)
+    /// Spans for each transaction, its phases and its messages (`TransactionTrace`), made
+    /// with the tracer the process bootstrapped (dtxd: with `--otlp-endpoint`).
+    public var tracing = false
     /// 2PC with two branches or more: the last branch commits in one phase and decides
     /// (last-agent optimisation, see `TwoPhaseCommit`) instead of preparing.
     public var lastAgent = false

@@ -4,6 +4,7 @@ import DTXLog
 import Foundation
 import Logging
 import Synchronization
+import Tracing
 
 /// What a driver needs from the rest of the engine.
 struct EngineContext: Sendable {
@@ -94,6 +95,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         var nextRetry: [BranchID: Date] = [:]
         /// Operators' actions, oldest first.
         var audit: [TransactionHistory.AuditEntry] = []
+        /// Its spans, when the engine traces; ended when it finishes or stops here.
+        var trace: TransactionTrace?
         var waiters: [UInt64: Waiter] = [:]
         var nextWaiter: UInt64 = 0
 
@@ -160,6 +163,10 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
     /// Feeds the first event (`start`/`open`).
     func start(with event: CommonEvent) async {
+        if context.configuration.tracing {
+            let trace = TransactionTrace(gid: gid, proto: proto, parent: ServiceContext.current ?? .topLevel, recovered: false)
+            state.withLock { $0.trace = trace }
+        }
         note(event == .open ? "opened" : "submitted")
         await enqueue(.common(event, nil))
     }
@@ -168,8 +175,10 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     /// decision (or the delegation that names the branch holding it).
     /// With its latest `history` record, its view starts as the view it had then.
     func resume(with event: Machine.Event, outcomeDurable: Bool, history: TransactionHistory?) {
+        let trace = context.configuration.tracing ? TransactionTrace(gid: gid, proto: proto, parent: .topLevel, recovered: true) : nil
         state.withLock { s in
             s.outcomeForced = outcomeDurable
+            s.trace = trace
             if let history { Self.restore(history, in: &s) }
         }
         note("recovered from the log")
@@ -217,6 +226,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             }
             let actions = s.machine.handle(event)
             if actions.contains(where: { if case .impossible = $0 { false } else { true } }) { s.updatedAt = context.environment.now() }
+            s.trace?.status(s.machine.status)
             return (actions, s.machine.branches, nil, false)
         }
         // Answered once the actions are performed: what the request caused (an
@@ -278,7 +288,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 }
                 sent = message
                 note("\(message.rawValue) sent", branch: id)
-                send(message, to: branches[id], allParticipants: branches.map(\.spec.participant))
+                let traceparent = state.withLock { $0.trace }?.sent(message, branch: id, participant: branches[id].spec.participant)
+                send(message, to: branches[id], allParticipants: branches.map(\.spec.participant), traceparent: traceparent)
             case let .schedule(timer, attempt):
                 schedule(timer, attempt: attempt)
             case .cancel(let timer):
@@ -310,7 +321,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         return true
     }
 
-    private func send(_ message: ParticipantMessage, to branch: Branch, allParticipants: [String]) {
+    private func send(_ message: ParticipantMessage, to branch: Branch, allParticipants: [String], traceparent: String?) {
         guard let endpoint = context.registry.entry(branch.spec.participant)?.endpoint else {
             // Deregistration is refused while branches are unfinished, so this is a bug or a
             // hand-edited log, or a spec naming a participant that never registered: a
@@ -320,7 +331,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             return
         }
         let request = ParticipantRequest(gid: gid.rawValue, branch: branch.id, operation: branch.spec.operation, payload: branch.spec.payload,
-                                         participants: proto.participantsKnowTheirPeers ? allParticipants : nil)
+                                         participants: proto.participantsKnowTheirPeers ? allParticipants : nil, traceparent: traceparent)
         let transport = context.transport
         let registry = context.registry
         let failpoints = context.configuration.failpoints
@@ -361,6 +372,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         let (waiters, decidedAt, history) = state.withLock { s in
             s.finished = true
             s.timeline.append(TimelineEntry(at: now, event: "finished \(status.rawValue)"))
+            s.trace?.end(status.rawValue)
+            s.trace = nil
             return (s.takeWaiters(), s.decidedAt, Self.history(s))
         }
         log(history)
@@ -383,6 +396,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         state.withLock { s in
             s.halted = true
             s.error = error
+            s.trace?.end("halted")
+            s.trace = nil
         }
         timers.close()
     }
@@ -391,6 +406,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     func stop() {
         let waiters = state.withLock { s in
             s.halted = true
+            s.trace?.end("stopped")
+            s.trace = nil
             return s.takeWaiters()
         }
         timers.close()
@@ -412,6 +429,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     /// Writes the timeline (what participants answered is the machine's to keep).
     private func record(_ event: CommonEvent, in s: inout State) {
         let entry: (event: String, branch: BranchID?, detail: String?)
+        if case let .replied(id, message, response) = event { s.trace?.answered(message, branch: id, response) }
         switch event {
         case let .replied(id, message, .done(status, _)): entry = ("\(message.rawValue): \(status)", id, nil)
         case let .replied(id, message, .refused(code, text)): entry = ("\(message.rawValue): refused", id, "\(code): \(text)")

@@ -2,12 +2,13 @@ import DTXCore
 import Foundation
 import Hummingbird
 import Logging
+import ServiceLifecycle
 
 /// Runs a participant service's HTTP server and its registration with the coordinator:
 /// the server binds (port 0 picks a free one), `onListening` gets the real base URL
 /// (services print it: scripts and tests wait for that line), then the service registers
 /// that URL and keeps it registered. SIGTERM/SIGINT stop the server gracefully, and the
-/// registration loop with it. `backlog` is the listen queue's length: connections the
+/// registration loop with it; `services` run alongside the server. `backlog` is the listen queue's length: connections the
 /// kernel holds before the server accepts them (beyond it, new ones are dropped).
 public enum ParticipantHost {
     public static func serve(
@@ -18,6 +19,7 @@ public enum ParticipantHost {
         backlog: Int = 256,
         serverName: String,
         logger: Logger,
+        alongside services: [any Service] = [],
         onListening: @escaping @Sendable (String) -> Void
     ) async throws {
         let (boundPorts, boundPort) = AsyncStream.makeStream(of: Int.self)
@@ -33,7 +35,11 @@ public enum ParticipantHost {
             logger: logger
         )
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await app.runService() }
+            // `services` (a trace exporter) start first and stop last, after the server.
+            group.addTask {
+                try await ServiceGroup(configuration: .init(services: services.map { .init(service: $0) } + [.init(service: app)],
+                                                            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)).run()
+            }
             group.addTask {
                 for await bound in boundPorts {
                     try await service.run(advertisedURL: url(host: host, port: bound))

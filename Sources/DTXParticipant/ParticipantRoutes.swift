@@ -3,6 +3,7 @@ import DTXCore
 import Foundation
 import Hummingbird
 import Logging
+import Tracing
 
 extension ParticipantRoute {
     /// The routes of 2PC, TCC and sagas, which the kit serves here and takes in batches
@@ -91,8 +92,26 @@ extension ParticipantService {
         await answer(route, Result { () throws(Rejection) in try Self.parse(bytes) })
     }
 
-    /// What `route` answers for its request, read (or refused) from a body or a batch's item.
+    /// What `route` answers for its request, read (or refused) from a body or a batch's item;
+    /// in a span of the coordinator's trace when the message carries its `traceparent`.
     private func answer(_ route: ParticipantRoute, _ request: Result<(ParticipantRequest, BranchRef), Rejection>) async -> Answer {
+        guard case .success(let (body, ref)) = request, let parent = TraceParent.context(body.traceparent) else {
+            return await work(route, request)
+        }
+        let span = startSpan("dtx.participant", context: parent, ofKind: .server)
+        span.attributes["dtx.gid"] = ref.gid
+        span.attributes["dtx.branch"] = ref.branch
+        span.attributes["dtx.protocol"] = route.proto.rawValue
+        span.attributes["dtx.message"] = route.message.rawValue
+        span.attributes["dtx.participant"] = configuration.name
+        let answer = await ServiceContext.withValue(span.context) { await work(route, request) }
+        span.attributes["http.response.status_code"] = Int(answer.status.code)
+        if answer.status.code >= 500 { span.setStatus(SpanStatus(code: .error)) }
+        span.end()
+        return answer
+    }
+
+    private func work(_ route: ParticipantRoute, _ request: Result<(ParticipantRequest, BranchRef), Rejection>) async -> Answer {
         if route.proto != .twoPhaseCommit, !servedProtocols.contains(route.proto) {
             let served = servedProtocols.map(\.rawValue).joined(separator: ", ")
             return .error(.notFound, code: "protocol_not_served", message: "\(ProtocolNotServed(transactionProtocol: route.proto)); it serves \(served)")

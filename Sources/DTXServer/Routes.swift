@@ -3,6 +3,7 @@ import DTXCoordinator
 import DTXCore
 import Foundation
 import Hummingbird
+import Tracing
 
 /// One route of the API: a method, a path template (`:name` marks a parameter) and its handler.
 struct Route<Context: RequestContext>: Sendable {
@@ -90,7 +91,9 @@ struct CoordinatorRoutes: Sendable {
                     coordinator = here
                     submission.gid = gid.rawValue
                 }
-                let (view, created) = try await coordinator.submit(submission)
+                // The transaction's spans continue the caller's W3C trace, if it sent one.
+                let parent = TraceParent.context(request.headers.first { $0.name.canonicalName == "traceparent" }?.value) ?? .topLevel
+                let (view, created) = try await ServiceContext.withValue(parent) { try await coordinator.submit(submission) }
                 return jsonResponse(view, status: created ? 201 : 200)
             },
             Route(method: .get, path: "/v1/transactions") { request, _ in

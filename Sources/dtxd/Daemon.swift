@@ -5,6 +5,7 @@ import DTXClusterPostgres
 import DTXCoordinator
 import DTXLog
 import DTXServer
+import DTXTracing
 import Foundation
 import Logging
 import Metrics
@@ -101,6 +102,12 @@ struct Daemon: AsyncParsableCommand {
     @Option(help: "With --store postgres, when the cluster is created: its number of shards, fixed for ever. (env DTXD_SHARDS, default 64)")
     var shards: Int?
 
+    @Option(name: .customLong("otlp-endpoint"), help: "Trace every transaction (its phases and each participant message, continuing a submission's W3C traceparent) and export the spans over OTLP/HTTP to this collector base URL, e.g. http://127.0.0.1:4318 (to its /v1/traces). Unset: no traces. (env DTXD_OTLP_ENDPOINT)")
+    var otlpEndpoint: String?
+
+    @Option(name: .customLong("otlp-protocol"), help: "With --otlp-endpoint: http/protobuf or http/json. (env DTXD_OTLP_PROTOCOL, default http/protobuf)")
+    var otlpProtocol: String?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (env DTXD_LOG_LEVEL, default info)")
     var logLevel: String?
 
@@ -186,6 +193,16 @@ struct Daemon: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "dtxd")
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let endpoint = otlpEndpoint ?? env["DTXD_OTLP_ENDPOINT"] {
+            // First in the group, so stopped last: the engine's last spans are flushed.
+            do {
+                services.append(.init(service: try TraceExport.bootstrap(serviceName: "dtxd", endpoint: endpoint, encoding: otlpProtocol ?? env["DTXD_OTLP_PROTOCOL"])))
+            } catch {
+                throw ValidationError(error.message)
+            }
+            engine.tracing = true
+        }
         let metrics = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: metrics)
         factory.durationHistogramBuckets[ClusterNode.commitDurationMetric] = ClusterNode.commitDurationBuckets
@@ -235,7 +252,7 @@ struct Daemon: AsyncParsableCommand {
             )
             let group = ServiceGroup(
                 configuration: .init(
-                    services: [.init(service: ClusterService(node: node, client: client)), .init(service: app)],
+                    services: services + [.init(service: ClusterService(node: node, client: client)), .init(service: app)],
                     gracefulShutdownSignals: [.sigterm, .sigint],
                     logger: logger
                 )
@@ -276,7 +293,7 @@ struct Daemon: AsyncParsableCommand {
         // engine stops driving transactions, then the log is synced and closed.
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: LogService(log: log)), .init(service: EngineService(coordinator: coordinator)), .init(service: app)],
+                services: services + [.init(service: LogService(log: log)), .init(service: EngineService(coordinator: coordinator)), .init(service: app)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )

@@ -72,8 +72,8 @@ final class Cluster: @unchecked Sendable {
     }
 
     /// Starts dtxd (again) on the cluster's port and data directory.
-    func startDaemon(failpoints: String? = nil, arguments: [String] = []) async throws {
-        var environment: [String: String] = [:]
+    func startDaemon(failpoints: String? = nil, arguments: [String] = [], environment: [String: String] = [:]) async throws {
+        var environment = environment
         if let failpoints { environment["DTXD_FAILPOINTS"] = failpoints }
         let child = try ChildProcess("dtxd", ["--data-dir", directory + "/data", "--listen", "127.0.0.1:\(port)", "--log-level", "warning"]
                                          + (token.map { ["--token", $0] } ?? []) + arguments,
@@ -84,13 +84,13 @@ final class Cluster: @unchecked Sendable {
 
     /// Starts a memory participant that registers itself; returns once dtxd lists it at its new URL.
     @discardableResult
-    func startParticipant(_ name: String, failpoints: String? = nil) async throws -> String {
-        var environment: [String: String] = [:]
+    func startParticipant(_ name: String, failpoints: String? = nil, arguments: [String] = [], environment: [String: String] = [:]) async throws -> String {
+        var environment = environment
         if let failpoints { environment["DTX_PARTICIPANT_FAILPOINTS"] = failpoints }
         let child = try ChildProcess("memory-participant", [
             "--name", name, "--coordinator", url, "--listen", "127.0.0.1:0", "--journal", directory + "/\(name).journal",
             "--heartbeat", "1", "--recovery-interval", "1", "--log-level", "warning",
-        ] + (token.map { ["--coordinator-token", $0] } ?? []), environment: environment)
+        ] + (token.map { ["--coordinator-token", $0] } ?? []) + arguments, environment: environment)
         participants[name] = child
         let participantURL = try await child.waitForOutput { text -> String? in
             guard let range = text.range(of: "memory-participant \(name) listening on ") else { return nil }
