@@ -80,6 +80,9 @@ struct ProtocolBenchOptions: ParsableArguments {
     @Option(help: "With --store postgres: after the runs, kill a transaction's owner right after its commit decision this many times, and report how long another node takes to commit it.")
     var kills = 0
 
+    @Option(name: .customLong("otlp-endpoint"), help: "Instead of the sweep: run the first concurrency level with dtxd and the participants tracing and exporting to this OTLP/HTTP collector (protobuf), and without, alternating, twice each, each against a fresh dtxd; report the ratio. Start a collector first, e.g. python3 Tests/Tools/otlp_receiver.py --discard --port 4318.")
+    var otlpEndpoint: String?
+
     func validate() throws {
         guard ["memory", "sqlite,postgres"].contains(rm) else { throw ValidationError("--rm takes memory or sqlite,postgres") }
         guard (1...16).contains(participants) else { throw ValidationError("--participants must be 1 to 16") }
@@ -184,6 +187,10 @@ struct ProtocolBench {
             try await runTimeline(seconds: seconds)
             return
         }
+        if let endpoint = options.otlpEndpoint {
+            try await runTracingComparison(endpoint: endpoint)
+            return
+        }
         let processes = BenchProcesses()
         if options.rm == "sqlite,postgres" {
             let bank = BankBench(transactionProtocol: transactionProtocol, concurrency: options.levels, duration: options.duration, warmup: options.warmup,
@@ -226,7 +233,7 @@ struct ProtocolBench {
     }
 
     /// dtxd (its data in `directory`, made fresh) and the no-op participants.
-    private func startCluster(_ processes: BenchProcesses, directory: String, dtxdArguments: [String]) throws
+    private func startCluster(_ processes: BenchProcesses, directory: String, dtxdArguments: [String], participantArguments: [String] = []) throws
         -> (daemon: Process, url: String, participantPIDs: [Int32], participantURLs: [String]) {
         try? FileManager.default.removeItem(atPath: directory)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -236,12 +243,68 @@ struct ProtocolBench {
         var participantPIDs: [Int32] = []
         for index in 0..<options.participants {
             let (process, url) = try processes.start("memory-participant", ["--name", "p\(index)", "--coordinator", daemonURL, "--listen", "127.0.0.1:0", "--log-level", "error", "--heartbeat", "5", "--recovery-interval", "60",
-                                                                           "--backlog", String(options.participantBacklog)],
+                                                                           "--backlog", String(options.participantBacklog)] + participantArguments,
                                                   environment: ["DTX_PARTICIPANT_THREADS": String(options.participantThreads)], marker: "memory-participant p\(index) listening on ")
             participantPIDs.append(process.processIdentifier)
             participantURLs.append(url)
         }
         return (daemon, daemonURL, participantPIDs, participantURLs)
+    }
+
+    // MARK: Tracing
+
+    struct TracingReport: Codable {
+        var benchmark: String
+        var machine: Machine
+        var participants: Int
+        var concurrency: Int
+        var durationSeconds: Double
+        var off: [Run]
+        var on: [Run]
+        /// Mean committed tx/s with tracing over mean without.
+        var ratio: Double
+
+        enum CodingKeys: String, CodingKey {
+            case benchmark, machine, participants, concurrency, off, on, ratio
+            case durationSeconds = "duration_s"
+        }
+    }
+
+    /// The same load without and with traces exported (dtxd and every participant), in
+    /// turns, each against a fresh dtxd.
+    private func runTracingComparison(endpoint: String) async throws {
+        let machine = Machine.current()
+        let level = options.levels[0]
+        print("\(transactionProtocol.rawValue) with and without tracing to \(endpoint): \(options.participants) no-op participants, concurrency \(level), \(options.duration)s per run, \(machine.build) build")
+        print("  tracing       tx/s    p50 ms    p99 ms   cpu µs/tx: dtxd  participants")
+        var runs: [Bool: [Run]] = [false: [], true: []]
+        for _ in 0..<2 {
+            for tracing in [false, true] {
+                let processes = BenchProcesses()
+                let directory = NSTemporaryDirectory() + "dtx-bench-tracing-\(getpid())"
+                defer {
+                    processes.stopAll()
+                    try? FileManager.default.removeItem(atPath: directory)
+                }
+                let exporting = tracing ? ["--otlp-endpoint", endpoint] : []
+                let (daemon, daemonURL, participantPIDs, _) = try startCluster(processes, directory: directory, dtxdArguments: exporting, participantArguments: exporting)
+                let http = benchHTTPClient()
+                try await waitForRegistrations(http, daemonURL, count: options.participants)
+                let run = try await measureTransactions(http, daemonURL, CPUPids(daemon: daemon.processIdentifier, participants: participantPIDs), concurrency: level, refused: false)
+                try await http.shutdown()
+                runs[tracing]!.append(run)
+                print(String(format: "  %-8@ %10.0f  %8.2f  %8.2f   %14.0f  %12.0f", (tracing ? "on" : "off") as NSString, run.transactionsPerSecond,
+                             run.p50Milliseconds, run.p99Milliseconds, run.coordinatorCPUMicroseconds, run.participantsCPUMicroseconds))
+            }
+        }
+        let mean = { (runs: [Run]) in runs.map(\.transactionsPerSecond).reduce(0, +) / Double(max(runs.count, 1)) }
+        let ratio = mean(runs[true]!) / mean(runs[false]!)
+        print(String(format: "with tracing: %.3f× the throughput without", ratio))
+        if let json = options.json {
+            try writeJSON(TracingReport(benchmark: "\(transactionProtocol.rawValue)-tracing", machine: machine, participants: options.participants, concurrency: level,
+                                        durationSeconds: options.duration, off: runs[false]!, on: runs[true]!, ratio: ratio), to: json)
+            print("wrote \(json)")
+        }
     }
 
     // MARK: Timeline

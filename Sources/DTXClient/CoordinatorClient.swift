@@ -171,8 +171,10 @@ public final class CoordinatorClient: Sendable {
         try await call(.POST, "/v1/transactions/\(PathSegment.encode(gid))/retry", body: RetryRequest(reason: reason, operator: name))
     }
 
-    public func recover() async throws -> RecoveryReport {
-        try await call(.POST, "/v1/admin/recover")
+    /// With a reason, each transaction retried keeps an audit record of it.
+    public func recover(reason: String? = nil, operator name: String? = nil) async throws -> RecoveryReport {
+        guard let reason else { return try await call(.POST, "/v1/admin/recover") }
+        return try await call(.POST, "/v1/admin/recover", body: RetryRequest(reason: reason, operator: name))
     }
 
     public func health() async throws -> HealthAnswer {

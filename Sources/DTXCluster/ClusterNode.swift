@@ -560,10 +560,13 @@ public final class ClusterNode: CoordinatorNode {
         return Coordinator.list(query, in: readyCoordinators())
     }
 
-    public func recoverNow() -> RecoveryReport {
-        readyCoordinators().map { $0.recoverNow() }.reduce(RecoveryReport(transactions: 0, deliveries: 0)) {
-            RecoveryReport(transactions: $0.transactions + $1.transactions, deliveries: $0.deliveries + $1.deliveries)
+    public func recoverNow(reason: String?, who: String) throws(CoordinatorError) -> RecoveryReport {
+        var total = RecoveryReport(transactions: 0, deliveries: 0)
+        for coordinator in readyCoordinators() {
+            let report = try coordinator.recoverNow(reason: reason, who: who)
+            total = RecoveryReport(transactions: total.transactions + report.transactions, deliveries: total.deliveries + report.deliveries)
         }
+        return total
     }
 
     public func gauges() -> Coordinator.Gauges {

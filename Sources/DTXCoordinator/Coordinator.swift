@@ -7,6 +7,7 @@ import DTXLog
 import Foundation
 import Logging
 import Synchronization
+import Tracing
 
 /// A request the coordinator refuses: what kind of refusal (the server maps it to an
 /// HTTP status), a stable code and a message that says what was wrong and what to do.
@@ -124,9 +125,22 @@ public final class Coordinator: Sendable {
         /// Finished gids, oldest first, from `finishedHead` on.
         var finishedOrder: [GlobalTransactionID] = []
         var finishedHead = 0
+        /// Every driver of `live` and `finished` by sequence, oldest first: the list reads
+        /// the newest from its end. A forgotten one lingers (the list skips it) until
+        /// enough have to make compacting worth it.
+        var bySequence: [any TransactionDriving] = []
+        var lingering = 0
 
         func driver(_ gid: GlobalTransactionID) -> (any TransactionDriving)? {
             live[gid] ?? finished[gid]
+        }
+
+        /// A driver enters the table (live, or replayed as ended).
+        mutating func index(_ driver: any TransactionDriving) {
+            // Sequences are taken outside the lock, so a driver lands at or near the end.
+            var position = bySequence.count
+            while position > 0, bySequence[position - 1].sequence > driver.sequence { position -= 1 }
+            bySequence.insert(driver, at: position)
         }
     }
 
@@ -202,12 +216,18 @@ public final class Coordinator: Sendable {
             let driver = TransactionDriver(ended: Machine.ended(replayed), decision: replayed.endedDecision, error: replayed.reason,
                                              history: replayed.history, proto: replayed.protocol,
                                              sequence: sequences.next(createdAt: createdAt, replayed: true), createdAt: createdAt, spec: spec, timeout: timeout, context: context)
-            table.withLock { remember(driver, in: &$0) }
+            table.withLock { t in
+                t.index(driver)
+                remember(driver, in: &t)
+            }
             return
         }
         let (machine, event) = Machine.recovering(replayed)
         let driver = makeDriver(machine, proto: replayed.protocol, createdAt: createdAt, timeout: timeout, spec: spec, replayed: true)
-        table.withLock { $0.live[replayed.gid] = driver }
+        table.withLock { t in
+            t.live[replayed.gid] = driver
+            t.index(driver)
+        }
         if replayed.decision != nil, configuration.simulatedBugs.contains(.noPhaseTwoAfterRestart) { return }
         driver.resume(with: event, outcomeDurable: replayed.decision != nil || replayed.lastAgent != nil, history: replayed.history)
     }
@@ -242,13 +262,18 @@ public final class Coordinator: Sendable {
         while t.finishedHead < t.finishedOrder.count {
             let oldest = t.finishedOrder[t.finishedHead]
             guard t.finishedOrder.count - t.finishedHead > configuration.historyLimit || (t.finished[oldest]?.updatedAt ?? .distantPast) < cutoff else { break }
-            t.finished.removeValue(forKey: oldest)
+            t.finished.removeValue(forKey: oldest)?.forget()
             t.finishedHead += 1
             forgotten += 1
         }
         if t.finishedHead > 4096, t.finishedHead * 2 > t.finishedOrder.count {
             t.finishedOrder.removeFirst(t.finishedHead)
             t.finishedHead = 0
+        }
+        t.lingering += forgotten
+        if t.lingering > 4096, t.lingering * 2 > t.bySequence.count {
+            t.bySequence.removeAll { $0.isForgotten }
+            t.lingering = 0
         }
         return forgotten
     }
@@ -335,7 +360,9 @@ public final class Coordinator: Sendable {
 
     /// Runs a submitted transaction, or opens an interactive one. `created` is false when
     /// the same gid and spec was submitted before (the existing transaction is returned).
-    public func submit(_ submission: TransactionSubmission) async throws(CoordinatorError) -> (TransactionView, created: Bool) {
+    /// `trace`: the caller's trace context (its W3C `traceparent`), which the
+    /// transaction's spans continue when the engine traces.
+    public func submit(_ submission: TransactionSubmission, trace: ServiceContext? = nil) async throws(CoordinatorError) -> (TransactionView, created: Bool) {
         // What the document refuses (400) first; then what it allows but this daemon
         // cannot serve (422).
         if let (code, message) = submission.documentProblem { throw CoordinatorError(.invalid, code, message) }
@@ -381,6 +408,7 @@ public final class Coordinator: Sendable {
         let existing: (any TransactionDriving)? = table.withLock { t in
             if let existing = t.driver(gid) { return existing }
             t.live[gid] = driver
+            t.index(driver)
             return nil
         }
         if let existing {
@@ -394,7 +422,7 @@ public final class Coordinator: Sendable {
         // first record (replay pairs them by gid).
         let submitted = LogEntry.submitted(gid: gid, at: driver.createdAt, timeout: timeout).encoded()
         try? store.append(type: submitted.type, payload: submitted.payload)
-        await driver.start(with: interactive ? .open : .start)
+        await driver.start(with: interactive ? .open : .start, trace: trace)
         if submission.wait == true, !interactive { try await driver.waitForOutcome(decisionLimit: timeout + .seconds(30), phaseTwoLimit: configuration.phaseTwoWait) }
         return (driver.view(), true)
     }
@@ -553,33 +581,44 @@ public final class Coordinator: Sendable {
     /// One list across several coordinators (a cluster node's shards), which number
     /// their transactions from one `SequenceCounter`.
     public static func list(_ query: ListQuery, in coordinators: [Coordinator]) -> TransactionList {
-        let drivers = coordinators.flatMap { c in c.table.withLock { t in Array(t.live.values) + t.finished.values } }
-            .filter { query.cursor == nil || $0.sequence < query.cursor! }
-            .sorted { $0.sequence > $1.sequence }
         let now = coordinators.first?.environment.now() ?? Date()
-        var page: [TransactionSummary] = []
-        var last: UInt64?
-        var more = false
-        for driver in drivers {
+        // The newest `limit + 1` of each (the page, and whether there is more), merged.
+        let found = coordinators.flatMap { $0.newest(query, count: query.limit + 1, now: now) }.sorted { $0.sequence > $1.sequence }
+        let page = found.prefix(query.limit)
+        return TransactionList(transactions: page.map(\.summary), nextCursor: found.count > query.limit ? page.last.map { String($0.sequence) } : nil)
+    }
+
+    /// The newest `count` of this coordinator's transactions that the query lists.
+    private func newest(_ query: ListQuery, count: Int, now: Date) -> [(sequence: UInt64, summary: TransactionSummary)] {
+        // A copy (the scan runs without the lock; the next insert copies the array).
+        let drivers = table.withLock { $0.bySequence }
+        var end = drivers.count
+        if let cursor = query.cursor {
+            // The first at or past the cursor, by binary search: the scan starts below it.
+            var low = 0
+            while low < end {
+                let middle = (low + end) / 2
+                if drivers[middle].sequence < cursor { low = middle + 1 } else { end = middle }
+            }
+        }
+        var found: [(sequence: UInt64, summary: TransactionSummary)] = []
+        var index = end
+        while index > 0, found.count < count {
+            index -= 1
+            let driver = drivers[index]
             if let protocolFilter = query.protocol, driver.proto != protocolFilter { continue }
             if let olderThan = query.olderThan, now.timeIntervalSince(driver.createdAt) < olderThan { continue }
-            let summary = driver.summary()
-            switch query.status {
-            case nil: break
-            case "stuck": if !summary.stuck { continue }
-            case "in_doubt": if !driver.health().inDoubt { continue }
-            case let status?: if summary.status != status { continue }
-            }
-            if let participant = query.participant, !summary.participants.contains(participant) { continue }
-            if page.count == query.limit { more = true; break }
-            page.append(summary)
-            last = driver.sequence
+            guard !driver.isForgotten, let summary = driver.summary(ifListed: query) else { continue }
+            found.append((driver.sequence, summary))
         }
-        return TransactionList(transactions: page, nextCursor: more ? last.map(String.init) : nil)
+        return found
     }
 
     /// Retries every pending delivery now instead of waiting for its backoff.
-    public func recoverNow() -> RecoveryReport {
+    /// With an operator's reason (`dtx recover --reason`), each transaction retried keeps
+    /// an audit record of it.
+    public func recoverNow(reason: String? = nil, who: String = "local") throws(CoordinatorError) -> RecoveryReport {
+        if let reason { try Self.check(reason: reason, for: "retrying every transaction now") }
         let drivers = liveDrivers()
         var transactions = 0
         var deliveries = 0
@@ -588,7 +627,13 @@ public final class Coordinator: Sendable {
             if retried > 0 {
                 transactions += 1
                 deliveries += retried
+                if let reason {
+                    driver.audit(TransactionHistory.AuditEntry(at: environment.now(), who: who, action: retried == 1 ? "retry all now (1 delivery)" : "retry all now (\(retried) deliveries)", reason: reason))
+                }
             }
+        }
+        if let reason {
+            logger.notice("operator retried every transaction now", metadata: ["transactions": "\(transactions)", "deliveries": "\(deliveries)", "who": "\(who)", "reason": "\(reason)"])
         }
         return RecoveryReport(transactions: transactions, deliveries: deliveries)
     }

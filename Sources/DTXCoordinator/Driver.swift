@@ -38,13 +38,16 @@ protocol TransactionDriving: AnyObject, Sendable {
     var updatedAt: Date { get }
     var spec: SubmittedSpec { get }
     var isFinished: Bool { get }
-    func start(with event: CommonEvent) async
+    func start(with event: CommonEvent, trace parent: ServiceContext?) async
     /// Throws `log_unavailable` when the store failed (or fenced this node off) before what
     /// the request caused was as durable as its protocol requires: nothing may be taken as done.
     func request(_ event: CommonEvent) async throws(CoordinatorError) -> RequestResult
     func waitForOutcome(decisionLimit: Duration, phaseTwoLimit: Duration) async throws(CoordinatorError)
     func view() -> TransactionView
     func summary() -> TransactionSummary
+    /// Its summary when it passes the query's status and participant filters, else nil
+    /// (cheap for the many that do not: the list scans the whole history).
+    func summary(ifListed query: Coordinator.ListQuery) -> TransactionSummary?
     func outcome(branch: BranchID?) -> String
     /// 3PC: what a participant running termination is told (see `Coordinator.threePhaseState`).
     func threePhaseState(branch: BranchID?) -> ThreePhaseState
@@ -56,6 +59,9 @@ protocol TransactionDriving: AnyObject, Sendable {
     /// Keeps an operator's action with the transaction (in its view and, lazily, in the log).
     func audit(_ entry: TransactionHistory.AuditEntry)
     func stop()
+    /// Dropped from the history (`forget`): no longer listed.
+    var isForgotten: Bool { get }
+    func forget()
 }
 
 /// What a submission asked for, to recognise the same gid submitted again.
@@ -121,6 +127,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     private let onFinish: @Sendable (GlobalTransactionID) -> Void
     private let state: Mutex<State>
     private let mailbox = Mailbox<Input>()
+    private let forgotten = Atomic<Bool>(false)
     private let timers: Timers<TimerID>
 
     var updatedAt: Date { state.withLock { $0.updatedAt } }
@@ -161,10 +168,14 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
     var isFinished: Bool { state.withLock { $0.finished } }
 
+    var isForgotten: Bool { forgotten.load(ordering: .relaxed) }
+
+    func forget() { forgotten.store(true, ordering: .relaxed) }
+
     /// Feeds the first event (`start`/`open`).
-    func start(with event: CommonEvent) async {
+    func start(with event: CommonEvent, trace parent: ServiceContext?) async {
         if context.configuration.tracing {
-            let trace = TransactionTrace(gid: gid, proto: proto, parent: ServiceContext.current ?? .topLevel, recovered: false)
+            let trace = TransactionTrace(gid: gid, proto: proto, parent: parent ?? .topLevel, recovered: false)
             state.withLock { $0.trace = trace }
         }
         note(event == .open ? "opened" : "submitted")
@@ -505,12 +516,32 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     }
 
     func summary() -> TransactionSummary {
+        state.withLock { summary($0) }
+    }
+
+    func summary(ifListed query: Coordinator.ListQuery) -> TransactionSummary? {
         state.withLock { s in
-            var seen = Set<String>()
-            let participants = s.machine.branches.map(\.spec.participant).filter { seen.insert($0).inserted }
-            return TransactionSummary(gid: gid.rawValue, protocol: proto, status: s.machine.displayStatus.rawValue, stuck: isStuck(s),
-                                      heuristic: s.machine.heuristic, createdAt: createdAt, participants: participants, cursor: String(sequence))
+            switch query.status {
+            case nil: break
+            case "stuck": guard isStuck(s) else { return nil }
+            case "in_doubt": guard Self.inDoubt(s) else { return nil }
+            case let status?: guard s.machine.displayStatus.rawValue == status else { return nil }
+            }
+            if let participant = query.participant, !s.machine.branches.contains(where: { $0.spec.participant == participant }) { return nil }
+            return summary(s)
         }
+    }
+
+    private func summary(_ s: State) -> TransactionSummary {
+        var seen = Set<String>()
+        let participants = s.machine.branches.map(\.spec.participant).filter { seen.insert($0).inserted }
+        return TransactionSummary(gid: gid.rawValue, protocol: proto, status: s.machine.displayStatus.rawValue, stuck: isStuck(s),
+                                  heuristic: s.machine.heuristic, createdAt: createdAt, participants: participants, cursor: String(sequence))
+    }
+
+    /// Unfinished, and its participants may hold prepared or tried work awaiting the outcome.
+    private static func inDoubt(_ s: State) -> Bool {
+        !s.finished && (s.decision != nil || s.machine.branches.contains { $0.state.holdsResources })
     }
 
 
@@ -542,10 +573,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     }
 
     func health() -> (stuck: Bool, inDoubt: Bool) {
-        state.withLock { s in
-            let inDoubt = !s.finished && (s.decision != nil || s.machine.branches.contains { $0.state.holdsResources })
-            return (isStuck(s), inDoubt)
-        }
+        state.withLock { s in (isStuck(s), Self.inDoubt(s)) }
     }
 
     func outcome(branch: BranchID?) -> String {

@@ -21,7 +21,7 @@ public protocol CoordinatorNode: Sendable {
     /// Throws `unavailable` when the list would leave out transactions it should hold
     /// (a cluster node still loading a shard it took over).
     func list(_ query: Coordinator.ListQuery) throws(CoordinatorError) -> TransactionList
-    func recoverNow() -> RecoveryReport
+    func recoverNow(reason: String?, who: String) throws(CoordinatorError) -> RecoveryReport
     func gauges() -> Coordinator.Gauges
     /// What `/metrics` shows of the store (and, in a cluster, of leases and fencing).
     var storeMetrics: [StoreMetric] { get }

@@ -95,18 +95,25 @@ extension ParticipantService {
     /// What `route` answers for its request, read (or refused) from a body or a batch's item;
     /// in a span of the coordinator's trace when the message carries its `traceparent`.
     private func answer(_ route: ParticipantRoute, _ request: Result<(ParticipantRequest, BranchRef), Rejection>) async -> Answer {
-        guard case .success(let (body, ref)) = request, let parent = TraceParent.context(body.traceparent) else {
-            return await work(route, request)
-        }
+        guard case .success(let (body, ref)) = request else { return await work(route, request) }
+        return await traced(route, body, ref, status: \.status) { await work(route, request) }
+    }
+
+    /// Runs `work` in a span continuing the coordinator's trace, when the message carries
+    /// its `traceparent`.
+    func traced<Answered: Sendable>(_ route: ParticipantRoute, _ body: ParticipantRequest, _ ref: BranchRef, status: (Answered) -> HTTPResponse.Status,
+                                    _ work: () async -> Answered) async -> Answered {
+        guard let parent = TraceParent.context(body.traceparent) else { return await work() }
         let span = startSpan("dtx.participant", context: parent, ofKind: .server)
         span.attributes["dtx.gid"] = ref.gid
         span.attributes["dtx.branch"] = ref.branch
         span.attributes["dtx.protocol"] = route.proto.rawValue
         span.attributes["dtx.message"] = route.message.rawValue
         span.attributes["dtx.participant"] = configuration.name
-        let answer = await ServiceContext.withValue(span.context) { await work(route, request) }
-        span.attributes["http.response.status_code"] = Int(answer.status.code)
-        if answer.status.code >= 500 { span.setStatus(SpanStatus(code: .error)) }
+        let answer = await ServiceContext.withValue(span.context) { await work() }
+        let code = Int(status(answer).code)
+        span.attributes["http.response.status_code"] = code
+        if code >= 500 { span.setStatus(SpanStatus(code: .error)) }
         span.end()
         return answer
     }

@@ -33,7 +33,7 @@ extension ParticipantService {
                 } catch {
                     return error.response
                 }
-                return await self.answer(threePhase, event, ref, body)
+                return await self.traced(route, body, ref, status: \.status) { await self.answer(threePhase, event, ref, body) }
             }
             Self.refuseOtherMethods(on: route.path, allowing: [.post], router)
         }

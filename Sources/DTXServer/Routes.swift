@@ -3,7 +3,6 @@ import DTXCoordinator
 import DTXCore
 import Foundation
 import Hummingbird
-import Tracing
 
 /// One route of the API: a method, a path template (`:name` marks a parameter) and its handler.
 struct Route<Context: RequestContext>: Sendable {
@@ -22,6 +21,13 @@ struct CoordinatorRoutes: Sendable {
     let forwarder: Forwarder?
     /// Requests carry dtxd's bearer token: an audit record says `token`, else `local`.
     let authenticated: Bool
+
+    /// `POST /v1/admin/recover`, with an operator's reason in an optional body.
+    private func recover(_ request: Request) async throws -> Response {
+        var request = request
+        let retry = try decodeOptional(RetryRequest.self, .retry, from: try await request.collectBody(upTo: maxBodySize))
+        return jsonResponse(try node.recoverNow(reason: retry?.reason, who: try who(retry?.operator)))
+    }
 
     /// Who an audit record names: the operator's name the request gave, and how it was
     /// authenticated.
@@ -92,8 +98,8 @@ struct CoordinatorRoutes: Sendable {
                     submission.gid = gid.rawValue
                 }
                 // The transaction's spans continue the caller's W3C trace, if it sent one.
-                let parent = TraceParent.context(request.headers.first { $0.name.canonicalName == "traceparent" }?.value) ?? .topLevel
-                let (view, created) = try await ServiceContext.withValue(parent) { try await coordinator.submit(submission) }
+                let trace = TraceParent.context(request.headers.first { $0.name.canonicalName == "traceparent" }?.value)
+                let (view, created) = try await coordinator.submit(submission, trace: trace)
                 return jsonResponse(view, status: created ? 201 : 200)
             },
             Route(method: .get, path: "/v1/transactions") { request, _ in
@@ -144,7 +150,10 @@ struct CoordinatorRoutes: Sendable {
             },
             Route(method: .post, path: "/v1/transactions/:gid/branches") { request, context in
                 let gid = try gid(context)
-                return try await posted(about: gid, request) { coordinator, body in
+                let (served, body) = try await posted(about: gid, request)
+                switch served {
+                case .forwarded(let answer): return answer
+                case .here(let coordinator):
                     let enlist = try decode(EnlistRequest.self, .enlistment, from: body)
                     return jsonResponse(try await coordinator.enlist(gid: gid, enlist), status: 201)
                 }
@@ -157,7 +166,10 @@ struct CoordinatorRoutes: Sendable {
                 guard let branch = QueryNumber.branch(text) else {
                     throw CoordinatorError(.invalid, "invalid_branch", "the branch in the path must be a branch number (0 or more), not '\(text)'")
                 }
-                return try await posted(about: gid, request) { coordinator, body in
+                let (served, body) = try await posted(about: gid, request)
+                switch served {
+                case .forwarded(let answer): return answer
+                case .here(let coordinator):
                     let resolution = try decode(BranchResolution.self, .branchResolution, from: body)
                     guard let outcome = Decision(outcome: resolution.outcome) else {
                         throw CoordinatorError(.invalid, "invalid_outcome", "outcome must be committed or aborted (how the branch ended), not '\(resolution.outcome)'")
@@ -167,15 +179,16 @@ struct CoordinatorRoutes: Sendable {
             },
             Route(method: .post, path: "/v1/transactions/:gid/retry") { request, context in
                 let gid = try gid(context)
-                return try await posted(about: gid, request) { coordinator, body in
+                let (served, body) = try await posted(about: gid, request)
+                switch served {
+                case .forwarded(let answer): return answer
+                case .here(let coordinator):
                     let retry = try decode(RetryRequest.self, .retry, from: body)
                     return jsonResponse(try coordinator.retry(gid: gid, reason: retry.reason, who: try who(retry.operator)))
                 }
             },
 
-            Route(method: .post, path: "/v1/admin/recover") { _, _ in
-                jsonResponse(node.recoverNow())
-            },
+            Route(method: .post, path: "/v1/admin/recover") { request, _ in try await recover(request) },
             Route(method: .get, path: "/v1/cluster") { _, _ in
                 jsonResponse(try await node.clusterStatus())
             },
@@ -187,7 +200,10 @@ struct CoordinatorRoutes: Sendable {
     private func resolution<Context: RequestContext>(_ decision: Decision) -> Route<Context> {
         Route(method: .post, path: "/v1/transactions/:gid/\(decision == .commit ? "commit" : "abort")") { request, context in
             let gid = try gid(context)
-            return try await posted(about: gid, request) { coordinator, body in
+            let (served, body) = try await posted(about: gid, request)
+            switch served {
+            case .forwarded(let answer): return answer
+            case .here(let coordinator):
                 let resolution = try decodeOptional(ResolveRequest.self, .resolution, from: body) ?? ResolveRequest()
                 let who = try who(resolution.operator)
                 return jsonResponse(decision == .commit ? try await coordinator.commit(gid: gid, reason: resolution.reason, wait: resolution.wait ?? false, who: who)
@@ -196,16 +212,13 @@ struct CoordinatorRoutes: Sendable {
         }
     }
 
-    /// A POST about `gid`: its body answered here by the gid's coordinator, or the
-    /// answer of the node that owns it.
-    private func posted(about gid: GlobalTransactionID, _ request: Request,
-                        _ answer: (Coordinator, ByteBuffer) async throws -> Response) async throws -> Response {
+    /// A POST about `gid`: its body, and the gid's coordinator here or the answer of the
+    /// node that owns it. (No helper taking the answer as an async closure: the Swift 6.3
+    /// optimiser crashes splitting such a route's coroutine, so each route switches.)
+    private func posted(about gid: GlobalTransactionID, _ request: Request) async throws -> (Served, ByteBuffer) {
         var request = request
         let body = try await request.collectBody(upTo: maxBodySize)
-        switch try await placement(of: gid, request, body: body) {
-        case .forwarded(let response): return response
-        case .here(let coordinator): return try await answer(coordinator, body)
-        }
+        return (try await placement(of: gid, request, body: body), body)
     }
 
     private enum Served {

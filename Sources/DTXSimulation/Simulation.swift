@@ -535,7 +535,7 @@ public final class Simulation: @unchecked Sendable {
         switch world.rng.int(0...3) {
         case 0:
             world.note("operator: recover now")
-            world.spawn { [self] in _ = await coordinatorFor(t.gid)?.recoverNow() }
+            world.spawn { [self] in _ = try? await coordinatorFor(t.gid)?.recoverNow() }
         case 1:
             world.note("operator: abort \(gid)")
             world.spawn { [self] in _ = try? await coordinatorFor(t.gid)?.abort(gid: gid, reason: nil, wait: false) }

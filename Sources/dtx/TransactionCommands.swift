@@ -365,7 +365,7 @@ struct ResolveBranch: AsyncParsableCommand {
 }
 
 /// A `--reason` says something; `what` tells the user what to write.
-private func validateReason(_ reason: String, _ what: String) throws {
+func validateReason(_ reason: String, _ what: String) throws {
     if reason.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
         throw ValidationError("--reason is empty; \(what)")
     }

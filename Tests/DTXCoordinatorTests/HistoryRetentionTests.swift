@@ -87,4 +87,47 @@ private final class MovableClock: EngineEnvironment {
         await restarted.shutdown()
         try await log.close()
     }
+
+    /// The list shows what the history keeps, newest first, each gid once: not what it
+    /// forgot (before and after the forgotten ones are compacted away), and a forgotten
+    /// gid submitted again once; pages follow each other without gaps or repeats.
+    @Test func theListShowsWhatTheHistoryKeepsNewestFirst() async throws {
+        let directory = NSTemporaryDirectory() + "/dtx-list-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var configuration = CoordinatorConfiguration()
+        configuration.historyLimit = 100
+        let (log, recovery) = try WriteAheadLog.open(directory: directory)
+        let coordinator = try Coordinator(store: WALStore(log: log, records: recovery.records), transport: AgreeingTransport(),
+                                          configuration: configuration, logger: Self.logger)
+        _ = try await coordinator.participants.register(ParticipantRegistration(name: "a", url: "http://127.0.0.1:9"))
+        func run(_ gid: String) async throws {
+            _ = try await coordinator.submit(TransactionSubmission(gid: gid, branches: [BranchSpec(participant: "a", operation: "x")], timeout: 30, wait: true))
+        }
+        func listed(pageSize: Int) -> [String] {
+            var gids: [String] = []
+            var query = Coordinator.ListQuery()
+            query.limit = pageSize
+            while true {
+                let page = coordinator.list(query)
+                gids += page.transactions.map(\.gid)
+                guard let next = page.nextCursor else { return gids }
+                query.cursor = UInt64(next)
+            }
+        }
+        // 150 finished: the 50 oldest are forgotten but still linger in the list's index.
+        for index in 0..<150 { try await run("t-\(index)") }
+        let newest = (50..<150).reversed().map { "t-\($0)" }
+        #expect(listed(pageSize: 1000) == newest)
+        #expect(listed(pageSize: 7) == newest, "pages of 7 follow each other")
+        // A forgotten gid submitted again is a new transaction, listed once, newest.
+        try await run("t-3")
+        #expect(listed(pageSize: 1000) == ["t-3"] + newest.dropLast())
+        // Enough forgotten for the index to be compacted: the same answer.
+        for index in 150..<4400 { try await run("t-\(index)") }
+        let later = (4300..<4400).reversed().map { "t-\($0)" }
+        #expect(listed(pageSize: 1000) == later)
+        #expect(listed(pageSize: 13) == later)
+        await coordinator.shutdown()
+        try await log.close()
+    }
 }

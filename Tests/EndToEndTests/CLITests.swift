@@ -410,6 +410,17 @@ private func writeSpec(_ text: String, to path: String) throws {
         let report = json.json as? [String: Any]
         #expect(report?["transactions"] as? Int != nil && report?["deliveries"] as? Int != nil, "\(json)")
 
+        // With a reason, each transaction retried keeps an audit record of it.
+        var audited: CLIRun?
+        #expect(try await eventually {
+            audited = try await dtx(["recover", "--url", cluster.url, "--reason", "b is being restarted", "--operator", "ops"])
+            return try await cluster.client.transaction("cli-stuck").audit?.contains {
+                $0.action.hasPrefix("retry all now") && $0.who == "ops (local)" && $0.reason == "b is being restarted"
+            } == true
+        }, "\(audited.map(String.init(describing:)) ?? "-")")
+        let blank = try await dtx(["recover", "--url", cluster.url, "--reason", "  "])
+        #expect(blank.status != 0 && blank.err.contains("--reason is empty"), "\(blank)")
+
         // b is back: the retry delivers COMMIT.
         try await cluster.startParticipant("b")
         _ = try await dtx(["recover", "--url", cluster.url])

@@ -8,7 +8,8 @@ import Testing
 /// OTLP/HTTP (JSON) to a small receiver (`Tests/Tools/otlp_receiver.py`), and the tree is
 /// checked: one trace per transaction (the submission's `traceparent`, else a new one),
 /// the transaction span under the caller's span, phases under it, each message under its
-/// phase, and each participant's span under the message that reached it; with gid,
+/// phase, and each participant's span under the message that reached it (2PC, saga and
+/// 3PC, whose messages the kit serves on routes of their own); with gid,
 /// protocol, branch, participant and outcome.
 @Suite struct TracingTests {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
@@ -61,16 +62,21 @@ import Testing
         let saga = try await cluster.client.submit(TransactionSubmission(
             gid: "traced-saga", protocol: .saga, branches: [BranchSpec(participant: "a", operation: "x"), BranchSpec(participant: "c", operation: "y")], wait: true))
         #expect(saga.status == "committed")
+        let threePhase = try await cluster.client.submit(TransactionSubmission(
+            gid: "traced-3pc", protocol: .threePhaseCommit, branches: [BranchSpec(participant: "a", operation: "x"), BranchSpec(participant: "c", operation: "y")], wait: true))
+        #expect(threePhase.status == "committed")
 
         // 2PC: the transaction, two phases, four messages, four participant spans; the
-        // saga: the transaction, one phase, two actions and two participant spans.
+        // saga: the transaction, one phase, two actions and two participant spans; 3PC:
+        // the transaction, three phases, six messages and six participant spans.
         var spans: [Span] = []
         #expect(await eventually {
             spans = Self.spans(in: file)
             return spans.filter { $0.string("dtx.gid") == "traced-2pc" }.count >= 11 && spans.filter { $0.string("dtx.gid") == "traced-saga" }.count >= 6
+                && spans.filter { $0.string("dtx.gid") == "traced-3pc" }.count >= 16
         }, "spans received: \(spans.map { "\($0.service) \($0.name) \($0.attributes)" })")
 
-        for (gid, proto, messages) in [("traced-2pc", "2pc", 4), ("traced-saga", "saga", 2)] {
+        for (gid, proto, messages) in [("traced-2pc", "2pc", 4), ("traced-saga", "saga", 2), ("traced-3pc", "3pc", 6)] {
             let mine = spans.filter { $0.string("dtx.gid") == gid }
             let byID = Dictionary(mine.map { ($0.spanID, $0) }, uniquingKeysWith: { first, _ in first })
             let transactions = mine.filter { $0.name == "dtx.transaction" }

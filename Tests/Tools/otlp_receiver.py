@@ -2,7 +2,8 @@
 """A small OTLP/HTTP receiver for tests: accepts POST /v1/traces in the JSON encoding
 (Content-Type application/json) and appends each span, flattened, as one JSON line to
 --out: {"service", "traceId", "spanId", "parentSpanId", "name", "kind", "attributes"}.
-Ids are written as lowercase hex, whether the exporter sent hex or base64. It prints
+Ids are written as lowercase hex, whether the exporter sent hex or base64. With
+--discard it takes any encoding and keeps nothing (for benchmarks). It prints
 'otlp receiver listening on http://127.0.0.1:PORT' once bound, and answers 200 {}."""
 import argparse, base64, json, re, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,14 +46,23 @@ def spans(document):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", help="file the spans are appended to, one JSON line each")
+    parser.add_argument("--discard", action="store_true", help="take any encoding and keep nothing (for benchmarks)")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
+    if not args.out and not args.discard:
+        parser.error("give --out FILE, or --discard")
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if args.discard:
+                self.send_response(200)
+                self.send_header("Content-Type", self.headers.get("Content-Type", "application/json"))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if self.path != "/v1/traces" or not self.headers.get("Content-Type", "").startswith("application/json"):
                 self.send_response(415 if self.path == "/v1/traces" else 404)
                 self.end_headers()
