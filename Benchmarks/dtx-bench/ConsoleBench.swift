@@ -147,7 +147,8 @@ struct ConsoleBench: AsyncParsableCommand {
             samples.sort()
             let timing = Timing(request: name, p50Milliseconds: percentile(samples, 50), p99Milliseconds: percentile(samples, 99), maxMilliseconds: samples.last ?? 0, bytes: bytes)
             timings.append(timing)
-            print(String(format: "  %-40@ %8.2f  %8.2f  %8.2f  %8d", name as NSString, timing.p50Milliseconds, timing.p99Milliseconds, timing.maxMilliseconds, bytes))
+            print("  " + name.padding(toLength: 40, withPad: " ", startingAt: 0)
+                  + String(format: " %8.2f  %8.2f  %8.2f  %8d", timing.p50Milliseconds, timing.p99Milliseconds, timing.maxMilliseconds, bytes))
         }
         if let json {
             try writeJSON(Report(machine: machine, finishedTransactions: transactions, fillSeconds: fill, repeats: repeats, timings: timings,

@@ -293,7 +293,7 @@ struct ProtocolBench {
                 let run = try await measureTransactions(http, daemonURL, CPUPids(daemon: daemon.processIdentifier, participants: participantPIDs), concurrency: level, refused: false)
                 try await http.shutdown()
                 runs[tracing]!.append(run)
-                print(String(format: "  %-8@ %10.0f  %8.2f  %8.2f   %14.0f  %12.0f", (tracing ? "on" : "off") as NSString, run.transactionsPerSecond,
+                print("  " + (tracing ? "on" : "off").padding(toLength: 8, withPad: " ", startingAt: 0) + String(format: " %10.0f  %8.2f  %8.2f   %14.0f  %12.0f", run.transactionsPerSecond,
                              run.p50Milliseconds, run.p99Milliseconds, run.coordinatorCPUMicroseconds, run.participantsCPUMicroseconds))
             }
         }

@@ -21,6 +21,13 @@ public enum TraceParent {
         return context
     }
 
+    /// Whether a well-formed `traceparent` (`00-<trace>-<span>-<flags>`) says its trace is
+    /// sampled: a participant makes no span under one that is not.
+    public static func isSampled(_ traceparent: String) -> Bool {
+        guard traceparent.utf8.count == 55, let flags = UInt8(traceparent.suffix(2), radix: 16) else { return true }
+        return flags & 1 == 1
+    }
+
     private struct FieldInjector: Injector {
         func inject(_ value: String, forKey key: String, into carrier: inout [String: String]) { carrier[key] = value }
     }

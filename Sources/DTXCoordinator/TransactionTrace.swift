@@ -18,27 +18,37 @@ final class TransactionTrace: Sendable {
     private let spans: Mutex<Spans>
     private let gid: String
     private let proto: TransactionProtocol
+    /// The sampler kept the transaction's span: else no phase or message span is made,
+    /// and messages carry the transaction's context (not sampled, so nor are theirs).
+    private let recording: Bool
 
     /// `parent`: the submission's context; a transaction resumed from the log starts a
     /// trace of its own (its submission's is not kept).
     init(gid: GlobalTransactionID, proto: TransactionProtocol, parent: ServiceContext, recovered: Bool) {
         self.gid = gid.rawValue
         self.proto = proto
+        // Attributes are set at once: each assignment to a span's copies them.
         let span = startSpan("dtx.transaction", context: parent, ofKind: .internal)
-        span.attributes["dtx.gid"] = gid.rawValue
-        span.attributes["dtx.protocol"] = proto.rawValue
-        if recovered { span.attributes["dtx.recovered"] = true }
+        var attributes = SpanAttributes()
+        attributes["dtx.gid"] = gid.rawValue
+        attributes["dtx.protocol"] = proto.rawValue
+        if recovered { attributes["dtx.recovered"] = true }
+        span.attributes = attributes
+        recording = span.isRecording
         spans = Mutex(Spans(transaction: span))
     }
 
     /// The machine's status after an event: a new status starts a new phase span.
     func status(_ status: TransactionStatus) {
+        guard recording else { return }
         spans.withLock { s in
             guard s.phase?.status != status, status != .committed, status != .aborted else { return }
             s.phase?.span.end()
             let span = startSpan("dtx.phase", context: s.transaction.context, ofKind: .internal)
-            span.attributes["dtx.gid"] = gid
-            span.attributes["dtx.phase"] = status.rawValue
+            var attributes = SpanAttributes()
+            attributes["dtx.gid"] = gid
+            attributes["dtx.phase"] = status.rawValue
+            span.attributes = attributes
             s.phase = (status, span)
         }
     }
@@ -46,12 +56,15 @@ final class TransactionTrace: Sendable {
     /// A message goes to a branch; its `traceparent`, to send along.
     func sent(_ message: ParticipantMessage, branch: BranchID, participant: String) -> String? {
         spans.withLock { s in
+            guard recording else { return TraceParent.of(s.transaction.context) }
             let span = startSpan("dtx.message", context: (s.phase?.span ?? s.transaction).context, ofKind: .client)
-            span.attributes["dtx.gid"] = gid
-            span.attributes["dtx.protocol"] = proto.rawValue
-            span.attributes["dtx.branch"] = branch
-            span.attributes["dtx.participant"] = participant
-            span.attributes["dtx.message"] = message.rawValue
+            var attributes = SpanAttributes()
+            attributes["dtx.gid"] = gid
+            attributes["dtx.protocol"] = proto.rawValue
+            attributes["dtx.branch"] = branch
+            attributes["dtx.participant"] = participant
+            attributes["dtx.message"] = message.rawValue
+            span.attributes = attributes
             s.messages.append((branch, message, span))
             return TraceParent.of(span.context)
         }
@@ -59,6 +72,7 @@ final class TransactionTrace: Sendable {
 
     /// The answer to a message sent: ends its span.
     func answered(_ message: ParticipantMessage, branch: BranchID, _ response: ParticipantResponse) {
+        guard recording else { return }
         spans.withLock { s in
             guard let index = s.messages.firstIndex(where: { $0.branch == branch && $0.message == message }) else { return }
             let span = s.messages.remove(at: index).span

@@ -103,13 +103,15 @@ extension ParticipantService {
     /// its `traceparent`.
     func traced<Answered: Sendable>(_ route: ParticipantRoute, _ body: ParticipantRequest, _ ref: BranchRef, status: (Answered) -> HTTPResponse.Status,
                                     _ work: () async -> Answered) async -> Answered {
-        guard let parent = TraceParent.context(body.traceparent) else { return await work() }
+        guard let traceparent = body.traceparent, TraceParent.isSampled(traceparent), let parent = TraceParent.context(traceparent) else { return await work() }
         let span = startSpan("dtx.participant", context: parent, ofKind: .server)
-        span.attributes["dtx.gid"] = ref.gid
-        span.attributes["dtx.branch"] = ref.branch
-        span.attributes["dtx.protocol"] = route.proto.rawValue
-        span.attributes["dtx.message"] = route.message.rawValue
-        span.attributes["dtx.participant"] = configuration.name
+        var attributes = SpanAttributes()
+        attributes["dtx.gid"] = ref.gid
+        attributes["dtx.branch"] = ref.branch
+        attributes["dtx.protocol"] = route.proto.rawValue
+        attributes["dtx.message"] = route.message.rawValue
+        attributes["dtx.participant"] = configuration.name
+        span.attributes = attributes
         let answer = await ServiceContext.withValue(span.context) { await work() }
         let code = Int(status(answer).code)
         span.attributes["http.response.status_code"] = code

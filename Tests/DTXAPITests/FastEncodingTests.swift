@@ -102,6 +102,7 @@ import Testing
         let requests = [
             ParticipantRequest(gid: "g-1", branch: 0, operation: "debit"),
             ParticipantRequest(gid: "g-1", branch: 7, operation: "debit", payload: .object(["amount": .number(5), "to": .array([.string("x")])]), participants: ["a", "b"]),
+            ParticipantRequest(gid: "g-2", branch: 1, operation: "credit", traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         ]
         for request in requests {
             #expect(try ParticipantRequest(json: request.jsonBytes()) == request)
@@ -110,6 +111,16 @@ import Testing
                 == #"{"branch":7,"gid":"g-1","operation":"debit","participants":["a","b"],"payload":{"amount":5,"to":["x"]}}"#)
         let loose = #"{"branch":2,"operation":"op","gid":"g","payload":null,"participants":null,"extra":true}"#
         #expect(try ParticipantRequest(json: Array(loose.utf8)) == ParticipantRequest(gid: "g", branch: 2, operation: "op"))
+        // Tracing never fails a message: a traceparent that is not a string is ignored.
+        let oddTrace = #"{"branch":2,"operation":"op","gid":"g","traceparent":17}"#
+        #expect(try ParticipantRequest(json: Array(oddTrace.utf8)) == ParticipantRequest(gid: "g", branch: 2, operation: "op"))
+    }
+
+    @Test func aTraceparentSaysWhetherItsTraceIsSampled() {
+        #expect(TraceParent.isSampled("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"))
+        #expect(!TraceParent.isSampled("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"))
+        #expect(TraceParent.isSampled("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03"))
+        #expect(TraceParent.isSampled("not a traceparent"), "malformed: left to the tracer, which starts a new trace")
     }
 
     @Test(arguments: [
