@@ -70,3 +70,11 @@ CREATE TABLE IF NOT EXISTS dtx_3pc_state (
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (gid, branch)
 );
+
+-- The retention finds old rows by these: BRIN indexes on the time columns, a few pages
+-- each and cheap to keep, since rows are written in time order. The resource manager
+-- creates only a missing one (CREATE INDEX locks its table even when the index exists).
+CREATE INDEX IF NOT EXISTS dtx_branches_written_at ON dtx_branches USING brin (written_at);
+CREATE INDEX IF NOT EXISTS dtx_rollbacks_written_at ON dtx_rollbacks USING brin (written_at);
+CREATE INDEX IF NOT EXISTS dtx_barrier_created_at ON dtx_barrier USING brin (created_at);
+CREATE INDEX IF NOT EXISTS dtx_3pc_state_updated_at ON dtx_3pc_state USING brin (updated_at);

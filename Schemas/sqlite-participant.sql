@@ -77,3 +77,8 @@ CREATE TABLE IF NOT EXISTS dtx_barrier (
     created_at TEXT NOT NULL,
     PRIMARY KEY (gid, branch, op)
 );
+-- The retention finds finished rows older than the retention by these, without reading
+-- the tables: outcomes by decision time; barrier rows by the time their branch was
+-- confirmed, cancelled or compensated (the row that finished it).
+CREATE INDEX IF NOT EXISTS dtx_outcomes_decided_at ON dtx_outcomes (decided_at);
+CREATE INDEX IF NOT EXISTS dtx_barrier_finished_at ON dtx_barrier (created_at) WHERE op IN ('confirm', 'cancel', 'compensate');

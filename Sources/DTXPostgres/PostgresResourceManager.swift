@@ -101,8 +101,20 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
         )
         """
 
-    /// The participant tables (with `dtx_barrier`, PostgresBarrier.swift), as one SQL script.
-    public static let schemaSQL = [branchesTableDDL, rollbacksTableDDL, barrierTableDDL, threePhaseStateTableDDL].map { $0 + ";\n" }.joined(separator: "\n")
+    /// The retention (`PostgresRetention.swift`) finds old rows by these: BRIN indexes on
+    /// the time columns, a few pages each and cheap to keep, since rows are written in
+    /// time order. By name, for `createTables`.
+    public static let retentionIndexes: [(name: String, ddl: String)] = [
+        ("dtx_branches_written_at", "CREATE INDEX IF NOT EXISTS dtx_branches_written_at ON dtx_branches USING brin (written_at)"),
+        ("dtx_rollbacks_written_at", "CREATE INDEX IF NOT EXISTS dtx_rollbacks_written_at ON dtx_rollbacks USING brin (written_at)"),
+        ("dtx_barrier_created_at", "CREATE INDEX IF NOT EXISTS dtx_barrier_created_at ON dtx_barrier USING brin (created_at)"),
+        ("dtx_3pc_state_updated_at", "CREATE INDEX IF NOT EXISTS dtx_3pc_state_updated_at ON dtx_3pc_state USING brin (updated_at)"),
+    ]
+
+    /// The participant tables (with `dtx_barrier`, PostgresBarrier.swift) and their
+    /// indexes, as one SQL script.
+    public static let schemaSQL = ([branchesTableDDL, rollbacksTableDDL, barrierTableDDL, threePhaseStateTableDDL].map { $0 + ";\n" }
+        + [retentionIndexes.map { $0.ddl + ";" }.joined(separator: "\n")]).joined(separator: "\n")
 
     /// A prepared transaction of this resource manager, as `orphans()` reports it.
     public struct PreparedBranch: Sendable, Equatable {
@@ -592,6 +604,15 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
             try connection.execute(rollbacksTableDDL)
             try connection.execute(barrierTableDDL)
             try connection.execute(threePhaseStateTableDDL)
+            // CREATE INDEX locks its table even when the index exists, and waits for
+            // prepared transactions that wrote to it (which may need this service to
+            // finish): only a missing index is created.
+            let names = retentionIndexes.map { "'\($0.name)'" }.joined(separator: ", ")
+            let existing = try Set(connection.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND indexname IN (\(names))")
+                .rows.compactMap { try $0.string("indexname") })
+            for index in retentionIndexes where !existing.contains(index.name) {
+                try connection.execute(index.ddl)
+            }
             try connection.execute("COMMIT")
         } catch {
             connection.rollbackIfInTransaction()

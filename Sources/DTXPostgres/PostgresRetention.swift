@@ -3,18 +3,35 @@ import Foundation
 
 extension PostgresResourceManager: RecordRetaining {
     /// Deletes the outcome rows (`dtx_branches`, `dtx_rollbacks`) written before
-    /// `cutoff`, and every barrier row of a TCC branch confirmed or cancelled, or a saga
+    /// `cutoff`, the 3PC state rows last changed before `cutoff` of branches no longer
+    /// prepared, and every barrier row of a TCC branch confirmed or cancelled, or a saga
     /// step compensated, before `cutoff`; at most `limit` branches per statement. A
     /// prepared branch's row is inside its prepared transaction, where no statement sees
     /// it, so it is never deleted.
     public func forgetFinished(before cutoff: Date, limit: Int) async throws -> Int {
         let stamp = ISO8601DateFormatter().string(from: cutoff)
         let limit = max(limit, 1)
+        let prefix = prefix
         return try await pool.withConnection { db in
             var deleted = 0
             for table in ["dtx_branches", "dtx_rollbacks"] where deleted < limit {
                 deleted += try db.execute(
                     "DELETE FROM \(table) t USING (SELECT gid, branch FROM \(table) WHERE written_at < $1::timestamptz LIMIT $2) d WHERE t.gid = d.gid AND t.branch = d.branch",
+                    [.text(stamp), .int(limit - deleted)]).affectedRows
+            }
+            // A 3PC branch's state row counts only while its prepared transaction exists:
+            // an old row without one is a finished branch's (or a CANCOMMIT that never
+            // prepared).
+            if deleted < limit {
+                deleted += try db.execute(
+                    """
+                    DELETE FROM dtx_3pc_state t USING (SELECT s.gid, s.branch FROM dtx_3pc_state s
+                        WHERE s.updated_at < $1::timestamptz AND NOT EXISTS (
+                            SELECT 1 FROM pg_prepared_xacts p WHERE p.database = current_database()
+                            AND substr(p.gid, 1, length(p.gid) - \(PreparedTransactionName.digestLength + 1)) = '\(prefix):' || s.gid || ':' || s.branch)
+                        LIMIT $2) d
+                    WHERE t.gid = d.gid AND t.branch = d.branch
+                    """,
                     [.text(stamp), .int(limit - deleted)]).affectedRows
             }
             if deleted < limit {

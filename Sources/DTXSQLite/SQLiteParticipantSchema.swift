@@ -19,6 +19,10 @@ public enum SQLiteParticipantSchema {
     ///   a restart. Deleted with the `dtx_prepared` row when the branch commits or rolls
     ///   back (`dtx_outcomes` then answers).
     ///
+    /// Two indexes let the retention (`SQLiteRetention.swift`) find old finished rows
+    /// without reading the tables: by decision time, and by the time a TCC branch was
+    /// confirmed or cancelled or a saga step compensated.
+    ///
     /// - `dtx_barrier`: the branch barrier of TCC and sagas (`BranchBarrier`): one row
     ///   per phase (`op`: try, confirm, cancel, action, compensate) a branch has done,
     ///   written in the same local transaction as the phase's business work, with the
@@ -75,5 +79,7 @@ public enum SQLiteParticipantSchema {
             created_at TEXT NOT NULL,
             PRIMARY KEY (gid, branch, op)
         );
+        CREATE INDEX IF NOT EXISTS dtx_outcomes_decided_at ON dtx_outcomes (decided_at);
+        CREATE INDEX IF NOT EXISTS dtx_barrier_finished_at ON dtx_barrier (created_at) WHERE op IN ('confirm', 'cancel', 'compensate');
         """
 }

@@ -14,8 +14,10 @@ extension SQLiteResourceManager: RecordRetaining {
                 var deleted = try connection.execute(
                     "DELETE FROM dtx_outcomes WHERE rowid IN (SELECT rowid FROM dtx_outcomes WHERE decided_at < ? LIMIT ?)",
                     [.text(stamp), .integer(limit)])
+                // A branch has one finishing row (its confirm, cancel or compensate), so no
+                // DISTINCT: the query then reads the finished rows' index alone.
                 let finished = try connection.query(
-                    "SELECT DISTINCT gid, branch FROM dtx_barrier WHERE op IN ('confirm', 'cancel', 'compensate') AND created_at < ? LIMIT ?",
+                    "SELECT gid, branch FROM dtx_barrier WHERE op IN ('confirm', 'cancel', 'compensate') AND created_at < ? LIMIT ?",
                     [.text(stamp), .integer(limit - Int64(deleted))])
                 for row in finished {
                     guard let gid = row["gid"], let branch = row["branch"] else { continue }

@@ -29,11 +29,19 @@ struct PostgresRetentionTests {
         _ = try await m.action(ref("compensated"), operation: "step", payload: nil)
         _ = try await m.compensate(ref("compensated"), operation: "step", payload: nil)
         _ = try await m.action(ref("done"), operation: "step", payload: nil)
+        // 3PC: a branch committed (its state row is a finished branch's) and one still
+        // pre-committed (its state row counts while its transaction is prepared).
+        let peers = [ThreePhasePeer(name: "accounts-a", url: "http://127.0.0.1:1")]
+        _ = try await m.canCommit(ref("3pc-committed"), operation: "deposit", payload: deposit(3), participants: peers)
+        try await m.preCommit(ref("3pc-committed"))
+        try await m.commit(ref("3pc-committed"))
+        _ = try await m.canCommit(ref("3pc-pre-committed"), operation: "deposit", payload: deposit(3), participants: peers)
+        try await m.preCommit(ref("3pc-pre-committed"))
 
         #expect(try await m.forgetFinished(before: Date().addingTimeInterval(-60), limit: 1000) == 0)
         let later = Date().addingTimeInterval(2)
         #expect(try await m.forgetFinished(before: later, limit: 1) == 1)
-        #expect(try await m.forgetFinished(before: later, limit: 1000) == 5, "an outcome row and four barrier rows")
+        #expect(try await m.forgetFinished(before: later, limit: 1000) == 7, "two outcome rows, a 3PC state row and four barrier rows")
         #expect(try await m.forgetFinished(before: later, limit: 1000) == 0)
 
         let left = try await bank.observer.withConnection { db in
@@ -43,9 +51,16 @@ struct PostgresRetentionTests {
         }
         #expect(left.0 == 0 && left.1 == 0)
         #expect(left.2 == ["done action", "tried try"], "\(left.2)")
-        // The prepared branch is untouched, and still commits.
+        let threePhase = try await bank.observer.withConnection { db in
+            try db.execute("SELECT gid || ' ' || state AS row FROM dtx_3pc_state ORDER BY gid").rows.map { try $0.string("row") ?? "" }
+        }
+        #expect(threePhase == ["3pc-pre-committed pre_committed"], "\(threePhase)")
+        // The prepared branches are untouched, and still commit.
         #expect(try await m.inDoubt() == [ref("prepared")])
         try await m.commit(ref("prepared"))
         #expect(try await bank.balance(2) == 101)
+        #expect(try await m.threePhaseBranch(ref("3pc-pre-committed"))?.state == .preCommitted)
+        try await m.commit(ref("3pc-pre-committed"))
+        #expect(try await bank.balance(3) == 102)
     }
 }
