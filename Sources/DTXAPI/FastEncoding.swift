@@ -137,9 +137,13 @@ extension ParticipantRequest {
         default: throw unreadable("field 'participants' must be an array of participant names")
         }
         let payload = members["payload"].flatMap { $0 == .null ? nil : $0 }
-        // Tracing never fails a message: a traceparent that is not a string is ignored.
-        self.init(gid: gid, branch: branch, operation: operation, payload: payload, participants: participants,
-                  traceparent: members["traceparent"]?.stringValue)
+        var traceparent: String?
+        switch members["traceparent"] {
+        case nil, .null?: traceparent = nil
+        case .string(let text)?: traceparent = text  // a malformed one starts a new trace: W3C's rule
+        default: throw unreadable("field 'traceparent' must be a string (a W3C traceparent)")
+        }
+        self.init(gid: gid, branch: branch, operation: operation, payload: payload, participants: participants, traceparent: traceparent)
     }
 }
 

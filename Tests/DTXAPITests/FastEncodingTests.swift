@@ -111,9 +111,10 @@ import Testing
                 == #"{"branch":7,"gid":"g-1","operation":"debit","participants":["a","b"],"payload":{"amount":5,"to":["x"]}}"#)
         let loose = #"{"branch":2,"operation":"op","gid":"g","payload":null,"participants":null,"extra":true}"#
         #expect(try ParticipantRequest(json: Array(loose.utf8)) == ParticipantRequest(gid: "g", branch: 2, operation: "op"))
-        // Tracing never fails a message: a traceparent that is not a string is ignored.
-        let oddTrace = #"{"branch":2,"operation":"op","gid":"g","traceparent":17}"#
-        #expect(try ParticipantRequest(json: Array(oddTrace.utf8)) == ParticipantRequest(gid: "g", branch: 2, operation: "op"))
+        // A traceparent that is no string is refused; a malformed string is kept (the
+        // tracer starts a new trace from it, as W3C Trace Context says).
+        #expect(throws: UnreadableJSON.self) { try ParticipantRequest(json: Array(#"{"branch":2,"operation":"op","gid":"g","traceparent":17}"#.utf8)) }
+        #expect(try ParticipantRequest(json: Array(#"{"branch":2,"operation":"op","gid":"g","traceparent":"x"}"#.utf8)).traceparent == "x")
     }
 
     @Test func aTraceparentSaysWhetherItsTraceIsSampled() {
