@@ -1,4 +1,4 @@
-// swift-tools-version:6.1
+// swift-tools-version:6.0
 import PackageDescription
 
 let package = Package(
@@ -28,10 +28,9 @@ let package = Package(
         // Already there through hummingbird and async-http-client; named to run Swift
         // concurrency on NIO's event loops (no thread hops between two pools).
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
-        // Traces: the API the engine and the kit make spans with, and (in the executables
-        // only) the OpenTelemetry exporter over OTLP/HTTP (no gRPC: its trait is off).
+        // Traces: the API the engine and the kit make spans with (DTXTracing records and
+        // exports them).
         .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
-        .package(url: "https://github.com/swift-otel/swift-otel", from: "1.6.0", traits: ["OTLPHTTP"]),
     ],
     targets: [
         // C libraries, called directly (no Swift database drivers).
@@ -57,11 +56,14 @@ let package = Package(
             dependencies: ["DTXCore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                            .product(name: "Tracing", package: "swift-distributed-tracing")]
         ),
-        // Exports traces over OTLP/HTTP (swift-otel), for the executables that take --otlp-endpoint.
+        // Records spans and exports them over OTLP/HTTP, for the executables that take --otlp-endpoint.
         .target(
             name: "DTXTracing",
             dependencies: [
-                .product(name: "OTel", package: "swift-otel"),
+                "DTXCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -298,6 +300,7 @@ let package = Package(
         .target(name: "DTXTestSupport", path: "Tests/DTXTestSupport"),
         .testTarget(name: "DTXCoreTests", dependencies: ["DTXCore", "DTXAPI"]),
         .testTarget(name: "DTXAPITests", dependencies: ["DTXAPI", "DTXCore"]),
+        .testTarget(name: "DTXTracingTests", dependencies: ["DTXTracing", .product(name: "Tracing", package: "swift-distributed-tracing")]),
         .testTarget(name: "DTXSQLiteTests", dependencies: ["DTXSQLite", "DTXParticipant", "DTXCore", "DTXTestSupport"]),
         .testTarget(name: "DTXPostgresTests", dependencies: ["DTXPostgres", "DTXPostgresClient", "DTXParticipant", "DTXCore", "DTXTestSupport"]),
         .testTarget(

@@ -80,7 +80,7 @@ struct ProtocolBenchOptions: ParsableArguments {
     @Option(help: "With --store postgres: after the runs, kill a transaction's owner right after its commit decision this many times, and report how long another node takes to commit it.")
     var kills = 0
 
-    @Option(name: .customLong("otlp-endpoint"), help: "Instead of the sweep: run the first concurrency level with dtxd and the participants tracing and exporting to this OTLP/HTTP collector (protobuf), and without, alternating, twice each, each against a fresh dtxd; report the ratio. Start a collector first, e.g. python3 Tests/Tools/otlp_receiver.py --discard --port 4318.")
+    @Option(name: .customLong("otlp-endpoint"), help: "Instead of the sweep: run the first concurrency level with dtxd and the participants tracing and exporting to this OTLP/HTTP collector, and without, alternating, twice each, each against a fresh dtxd; report the ratio. Start a collector first, e.g. python3 Tests/Tools/otlp_receiver.py --discard --port 4318.")
     var otlpEndpoint: String?
 
     func validate() throws {

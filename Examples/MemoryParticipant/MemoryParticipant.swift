@@ -81,11 +81,8 @@ struct MemoryParticipant: AsyncParsableCommand {
     @Option(help: "Length of the listen queue: connections the kernel holds before the server accepts them; beyond it, new connections are dropped (small values reproduce a participant that cannot keep up with dtxd's connections). (env DTX_PARTICIPANT_BACKLOG, default 256, 1-65535)")
     var backlog: Int?
 
-    @Option(name: .customLong("otlp-endpoint"), help: "Continue dtxd's traces in a span per message and export them over OTLP/HTTP to this collector base URL, e.g. http://127.0.0.1:4318. (env DTX_PARTICIPANT_OTLP_ENDPOINT)")
+    @Option(name: .customLong("otlp-endpoint"), help: "Continue dtxd's traces in a span per message and export them over OTLP/HTTP (JSON) to this collector base URL, e.g. http://127.0.0.1:4318. (env DTX_PARTICIPANT_OTLP_ENDPOINT)")
     var otlpEndpoint: String?
-
-    @Option(name: .customLong("otlp-protocol"), help: "With --otlp-endpoint: http/protobuf or http/json. (env DTX_PARTICIPANT_OTLP_PROTOCOL, default http/protobuf)")
-    var otlpProtocol: String?
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (env DTX_PARTICIPANT_LOG_LEVEL, default info)")
     var logLevel: String?
@@ -138,7 +135,7 @@ struct MemoryParticipant: AsyncParsableCommand {
         var tracing: [any Service] = []
         if let endpoint = otlpEndpoint ?? env["DTX_PARTICIPANT_OTLP_ENDPOINT"] {
             do {
-                tracing.append(try TraceExport.bootstrap(serviceName: name, endpoint: endpoint, encoding: otlpProtocol ?? env["DTX_PARTICIPANT_OTLP_PROTOCOL"]))
+                tracing.append(try TraceExport.bootstrap(serviceName: name, endpoint: endpoint, logger: logger))
             } catch {
                 throw ValidationError(error.message)
             }

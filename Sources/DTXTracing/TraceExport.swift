@@ -1,42 +1,185 @@
-import OTel
+import AsyncHTTPClient
+import DTXCore
+import Foundation
+import Logging
+import NIOCore
 import ServiceLifecycle
 import Tracing
 
-/// Exports the process's spans over OTLP/HTTP to a collector (`--otlp-endpoint`), and
-/// makes W3C `traceparent` the propagation format. Logs and metrics are not exported:
-/// the executables keep their own (stderr and `/metrics`).
+/// Traces for an executable's `--otlp-endpoint`: bootstraps `SpanRecorder` as the
+/// process's tracer (W3C `traceparent` in and out) and returns the service that sends
+/// the recorded spans over OTLP/HTTP, JSON encoding, to `<endpoint>/v1/traces`.
 public enum TraceExport {
-    /// The encodings OTLP/HTTP has, by their OTLP names.
-    public static let encodings = ["http/protobuf", "http/json"]
-
-    /// Bootstraps the tracer, once per process; returns the exporter's service, which must
-    /// run (in the process's `ServiceGroup`) for spans to leave, and flushes at shutdown.
-    /// `endpoint` is the collector's base URL: spans go to `<endpoint>/v1/traces`.
-    /// `encoding`: `http/protobuf` (nil) or `http/json`.
-    public static func bootstrap(serviceName: String, endpoint: String, encoding: String?) throws(TraceExportError) -> some Service {
+    /// Once per process. The standard variables choose the sampling of new traces
+    /// (`OTEL_TRACES_SAMPLER`: `always_on`, `always_off`, `traceidratio` or their
+    /// `parentbased_` forms, all parent-based here; `OTEL_TRACES_SAMPLER_ARG`: the ratio)
+    /// and the export interval (`OTEL_BSP_SCHEDULE_DELAY`, milliseconds, default 250:
+    /// small batches, so that encoding one does not hold a thread long).
+    public static func bootstrap(serviceName: String, endpoint: String, logger: Logger,
+                                 environment: [String: String] = ProcessInfo.processInfo.environment) throws(TraceExportError) -> TraceExporter {
         guard endpoint.hasPrefix("http://") || endpoint.hasPrefix("https://"), endpoint.count > "https://".count else {
             throw TraceExportError(message: "otlp-endpoint must be the collector's OTLP/HTTP base URL, e.g. http://127.0.0.1:4318 (spans go to its /v1/traces), not '\(endpoint)'")
         }
-        let encoding = encoding ?? "http/protobuf"
-        guard encodings.contains(encoding) else {
-            throw TraceExportError(message: "otlp-protocol must be \(encodings.joined(separator: " or ")), not '\(encoding)'")
+        let sampler = environment["OTEL_TRACES_SAMPLER"] ?? "parentbased_always_on"
+        let ratio: Double
+        switch sampler {
+        case "always_on", "parentbased_always_on": ratio = 1
+        case "always_off", "parentbased_always_off": ratio = 0
+        case "traceidratio", "parentbased_traceidratio":
+            let text = environment["OTEL_TRACES_SAMPLER_ARG"] ?? "1"
+            guard let value = Double(text), (0...1).contains(value) else {
+                throw TraceExportError(message: "OTEL_TRACES_SAMPLER_ARG must be a ratio from 0 to 1, not '\(text)'")
+            }
+            ratio = value
+        default:
+            throw TraceExportError(message: "OTEL_TRACES_SAMPLER must be always_on, always_off, traceidratio or their parentbased_ forms, not '\(sampler)'")
         }
-        var configuration = OTel.Configuration.default
-        configuration.serviceName = serviceName
-        configuration.logs.enabled = false
-        configuration.metrics.enabled = false
-        configuration.traces.exporter = .otlp
-        configuration.traces.otlpExporter.endpoint = (endpoint.hasSuffix("/") ? String(endpoint.dropLast()) : endpoint) + "/v1/traces"
-        configuration.traces.otlpExporter.protocol = encoding == "http/json" ? .httpJSON : .httpProtobuf
-        do {
-            return try OTel.bootstrap(configuration: configuration)
-        } catch {
-            throw TraceExportError(message: "cannot start exporting traces: \(error)")
+        var interval = Duration.milliseconds(250)
+        if let text = environment["OTEL_BSP_SCHEDULE_DELAY"] {
+            guard let milliseconds = Int(text), (1...600_000).contains(milliseconds) else {
+                throw TraceExportError(message: "OTEL_BSP_SCHEDULE_DELAY must be milliseconds from 1 to 600000, not '\(text)'")
+            }
+            interval = .milliseconds(milliseconds)
         }
+        let recorder = SpanRecorder(ratio: ratio)
+        InstrumentationSystem.bootstrap(recorder)
+        let url = (endpoint.hasSuffix("/") ? String(endpoint.dropLast()) : endpoint) + "/v1/traces"
+        return TraceExporter(recorder: recorder, url: url, serviceName: serviceName, interval: interval, logger: logger)
     }
 }
 
 public struct TraceExportError: Error, CustomStringConvertible {
     public var message: String
     public var description: String { message }
+}
+
+/// Sends the recorded spans every interval, in requests of at most 4096, and the last
+/// ones at shutdown. A collector that fails loses that batch (logged), never the process.
+public final class TraceExporter: Service, Sendable {
+    private let recorder: SpanRecorder
+    private let url: String
+    private let serviceName: String
+    private let interval: Duration
+    private let logger: Logger
+
+    init(recorder: SpanRecorder, url: String, serviceName: String, interval: Duration, logger: Logger) {
+        self.recorder = recorder
+        self.url = url
+        self.serviceName = serviceName
+        self.interval = interval
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        // Stops sleeping at shutdown; what ended meanwhile still goes.
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: self.interval)
+                await self.send()
+            }
+        }
+        await send()
+    }
+
+    private func send() async {
+        let (spans, dropped) = recorder.take()
+        if dropped > 0 {
+            logger.warning("spans dropped: more ended between two exports than are kept", metadata: ["dropped": "\(dropped)", "kept": "\(recorder.capacity)"])
+        }
+        var start = 0
+        while start < spans.count {
+            let batch = spans[start..<min(start + 4096, spans.count)]
+            start += batch.count
+            var request = HTTPClientRequest(url: url)
+            request.method = .POST
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(bytes: Self.document(batch, serviceName: serviceName)))
+            do {
+                let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+                _ = try await response.body.collect(upTo: 1 << 20)
+                if response.status.code >= 300 {
+                    logger.warning("the collector refused spans", metadata: ["url": "\(url)", "status": "\(response.status.code)", "spans": "\(batch.count)"])
+                }
+            } catch {
+                logger.warning("cannot send spans to the collector", metadata: ["url": "\(url)", "error": "\(error)", "spans": "\(batch.count)"])
+            }
+        }
+    }
+
+    /// An OTLP `ExportTraceServiceRequest` in the JSON encoding: ids in hex, times in
+    /// nanoseconds as strings (int64), enums as numbers.
+    static func document(_ spans: some Collection<FinishedSpan>, serviceName: String) -> [UInt8] {
+        var json = JSONWriter(capacity: 512 * spans.count)
+        json.member(#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"#, serviceName)
+        json.raw(#"}}]},"scopeSpans":[{"scope":{"name":"dtx"},"spans":["#)
+        for (index, span) in spans.enumerated() {
+            if index > 0 { json.raw(",") }
+            json.member(#"{"traceId":"#, span.identity.traceID)
+            json.member(#","spanId":"#, SpanIdentity.hex(span.identity.spanID))
+            if span.parentSpanID != 0 { json.member(#","parentSpanId":"#, SpanIdentity.hex(span.parentSpanID)) }
+            json.member(#","name":"#, span.name)
+            json.member(#","kind":"#, kindNumber(span.kind))
+            json.member(#","startTimeUnixNano":"#, String(span.start))
+            json.member(#","endTimeUnixNano":"#, String(span.end))
+            json.raw(#","attributes":["#)
+            var first = true
+            span.attributes.forEach { key, value in
+                if !first { json.raw(",") }
+                first = false
+                json.member(#"{"key":"#, key)
+                json.raw(#","value":"#)
+                Self.value(value, into: &json)
+                json.raw("}")
+            }
+            json.raw("]")
+            if let status = span.status {
+                json.member(#","status":{"code":"#, status.code == .error ? 2 : 1)
+                if let message = status.message { json.member(#","message":"#, message) }
+                json.raw("}")
+            }
+            json.raw("}")
+        }
+        json.raw("]}]}]}")
+        return json.bytes
+    }
+
+    private static func kindNumber(_ kind: SpanKind) -> Int {
+        switch kind {
+        case .internal: 1
+        case .server: 2
+        case .client: 3
+        case .producer: 4
+        case .consumer: 5
+        }
+    }
+
+    private static func value(_ attribute: SpanAttribute, into json: inout JSONWriter) {
+        switch attribute {
+        case .string(let text): json.member(#"{"stringValue":"#, text)
+        case .int32(let number): json.member(#"{"intValue":"#, String(number))
+        case .int64(let number): json.member(#"{"intValue":"#, String(number))
+        case .double(let number): json.member(#"{"doubleValue":"#, number.isFinite ? .number(number) : .string("\(number)"))
+        case .bool(let flag): json.member(#"{"boolValue":"#, flag)
+        case .stringArray(let texts): array(texts.map { .string($0) }, "stringValue", into: &json)
+        case .int32Array(let numbers): array(numbers.map { .string(String($0)) }, "intValue", into: &json)
+        case .int64Array(let numbers): array(numbers.map { .string(String($0)) }, "intValue", into: &json)
+        case .doubleArray(let numbers): array(numbers.map { .number($0) }, "doubleValue", into: &json)
+        case .boolArray(let flags): array(flags.map { .bool($0) }, "boolValue", into: &json)
+        default: json.member(#"{"stringValue":"#, "\(attribute)")
+        }
+        json.raw("}")
+    }
+
+    private static func array(_ values: [JSONValue], _ kind: StaticString, into json: inout JSONWriter) {
+        json.raw(#"{"arrayValue":{"values":["#)
+        for (index, value) in values.enumerated() {
+            if index > 0 { json.raw(",") }
+            json.raw(#"{""#)
+            json.raw(kind)
+            json.raw(#"":"#)
+            json.value(value)
+            json.raw("}")
+        }
+        json.raw("]}")
+    }
 }

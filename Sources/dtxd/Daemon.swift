@@ -102,11 +102,8 @@ struct Daemon: AsyncParsableCommand {
     @Option(help: "With --store postgres, when the cluster is created: its number of shards, fixed for ever. (env DTXD_SHARDS, default 64)")
     var shards: Int?
 
-    @Option(name: .customLong("otlp-endpoint"), help: "Trace every transaction (its phases and each participant message, continuing a submission's W3C traceparent) and export the spans over OTLP/HTTP to this collector base URL, e.g. http://127.0.0.1:4318 (to its /v1/traces). Unset: no traces. (env DTXD_OTLP_ENDPOINT)")
+    @Option(name: .customLong("otlp-endpoint"), help: "Trace every transaction (its phases and each participant message, continuing a submission's W3C traceparent) and export the spans over OTLP/HTTP, JSON encoding, to this collector base URL, e.g. http://127.0.0.1:4318 (to its /v1/traces). OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG choose the sampling. Unset: no traces. (env DTXD_OTLP_ENDPOINT)")
     var otlpEndpoint: String?
-
-    @Option(name: .customLong("otlp-protocol"), help: "With --otlp-endpoint: http/protobuf or http/json. (env DTXD_OTLP_PROTOCOL, default http/protobuf)")
-    var otlpProtocol: String?
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (env DTXD_LOG_LEVEL, default info)")
     var logLevel: String?
@@ -197,7 +194,7 @@ struct Daemon: AsyncParsableCommand {
         if let endpoint = otlpEndpoint ?? env["DTXD_OTLP_ENDPOINT"] {
             // First in the group, so stopped last: the engine's last spans are flushed.
             do {
-                services.append(.init(service: try TraceExport.bootstrap(serviceName: "dtxd", endpoint: endpoint, encoding: otlpProtocol ?? env["DTXD_OTLP_PROTOCOL"])))
+                services.append(.init(service: try TraceExport.bootstrap(serviceName: "dtxd", endpoint: endpoint, logger: logger)))
             } catch {
                 throw ValidationError(error.message)
             }

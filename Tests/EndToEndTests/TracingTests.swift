@@ -47,7 +47,7 @@ import Testing
             return text[range.upperBound...].split(separator: "\n").first.map(String.init)
         }
         // Spans leave in batches every 100 ms instead of 5 s (the OpenTelemetry variable).
-        let export = ["--otlp-endpoint", collector, "--otlp-protocol", "http/json"]
+        let export = ["--otlp-endpoint", collector]
         let quick = ["OTEL_BSP_SCHEDULE_DELAY": "100"]
         try await cluster.startDaemon(arguments: export, environment: quick)
         try await cluster.startParticipant("a", arguments: export, environment: quick)
