@@ -561,6 +561,7 @@ public final class ClusterNode: CoordinatorNode {
     }
 
     public func recoverNow(reason: String?, who: String) throws(CoordinatorError) -> RecoveryReport {
+        if let reason { try Coordinator.check(reason: reason, for: "retrying every transaction now") }
         var total = RecoveryReport(transactions: 0, deliveries: 0)
         for coordinator in readyCoordinators() {
             let report = try coordinator.recoverNow(reason: reason, who: who)

@@ -271,7 +271,8 @@ public final class Coordinator: Sendable {
             t.finishedHead = 0
         }
         t.lingering += forgotten
-        if t.lingering > 4096, t.lingering * 2 > t.bySequence.count {
+        // Compacted once they are an eighth: forgotten drivers hold their state until then.
+        if t.lingering > 4096, t.lingering * 8 > t.bySequence.count {
             t.bySequence.removeAll { $0.isForgotten }
             t.lingering = 0
         }
@@ -523,7 +524,8 @@ public final class Coordinator: Sendable {
     }
 
     /// A reason says something: 1 to 1000 characters, not only spaces or controls (the document's pattern).
-    private static func check(reason: String, for action: String) throws(CoordinatorError) {
+    /// An operator's reason says something: 1 to 1000 characters, not only spaces.
+    public static func check(reason: String, for action: String) throws(CoordinatorError) {
         if !reason.unicodeScalars.contains(where: { $0.value > 0x20 && $0.value != 0x7F }) || reason.unicodeScalars.count > 1000 {
             throw CoordinatorError(.invalid, "invalid_reason", "reason must be 1 to 1000 characters, not only spaces: say why you are \(action)")
         }

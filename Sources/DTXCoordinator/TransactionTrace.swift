@@ -13,6 +13,8 @@ final class TransactionTrace: Sendable {
         var transaction: any Span
         var phase: (status: TransactionStatus, span: any Span)?
         var messages: [(branch: BranchID, message: ParticipantMessage, span: any Span)] = []
+        /// `end` ran: a message sent after (a driver stopping on another thread) gets no span.
+        var ended = false
     }
 
     private let spans: Mutex<Spans>
@@ -42,7 +44,7 @@ final class TransactionTrace: Sendable {
     func status(_ status: TransactionStatus) {
         guard recording else { return }
         spans.withLock { s in
-            guard s.phase?.status != status, status != .committed, status != .aborted else { return }
+            guard !s.ended, s.phase?.status != status, status != .committed, status != .aborted else { return }
             s.phase?.span.end()
             let span = startSpan("dtx.phase", context: s.transaction.context, ofKind: .internal)
             var attributes = SpanAttributes()
@@ -56,7 +58,7 @@ final class TransactionTrace: Sendable {
     /// A message goes to a branch; its `traceparent`, to send along.
     func sent(_ message: ParticipantMessage, branch: BranchID, participant: String) -> String? {
         spans.withLock { s in
-            guard recording else { return TraceParent.of(s.transaction.context) }
+            guard recording, !s.ended else { return TraceParent.of(s.transaction.context) }
             let span = startSpan("dtx.message", context: (s.phase?.span ?? s.transaction).context, ofKind: .client)
             var attributes = SpanAttributes()
             attributes["dtx.gid"] = gid
@@ -96,6 +98,8 @@ final class TransactionTrace: Sendable {
     /// The transaction finished (`committed`, `aborted`) or stopped here (`halted`).
     func end(_ outcome: String) {
         spans.withLock { s in
+            guard !s.ended else { return }
+            s.ended = true
             for (_, _, span) in s.messages { span.end() }
             s.messages = []
             s.phase?.span.end()

@@ -164,6 +164,7 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
         try await pool.withConnection { connection in
             try Self.checkPreparedTransactions(connection)
             try Self.createTables(connection)
+            Self.createRetentionIndexes(connection, logger: logger)
         }
         logger.info("PostgreSQL resource manager ready", metadata: ["prefix": .string(prefix)])
     }
@@ -188,7 +189,9 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
         let outcome = try await pool.withConnection { connection in
             if let peers {
                 try connection.execute(
-                    "INSERT INTO dtx_3pc_state (gid, branch, state, participants) VALUES ($1, $2, $3, $4) ON CONFLICT (gid, branch) DO NOTHING",
+                    // A repeat keeps the row's state (p included) but makes it young again, so
+                    // that the retention cannot take it before the branch prepares.
+                    "INSERT INTO dtx_3pc_state (gid, branch, state, participants) VALUES ($1, $2, $3, $4) ON CONFLICT (gid, branch) DO UPDATE SET updated_at = now()",
                     [.text(branch.gid), .int(branch.branch), .text(ThreePhaseState.prepared.rawValue), .text(peers)])
             }
             return try self.prepare(branch, name: name, operation: operation, body: body, payload: payload, connection)
@@ -604,19 +607,37 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
             try connection.execute(rollbacksTableDDL)
             try connection.execute(barrierTableDDL)
             try connection.execute(threePhaseStateTableDDL)
-            // CREATE INDEX locks its table even when the index exists, and waits for
-            // prepared transactions that wrote to it (which may need this service to
-            // finish): only a missing index is created.
-            let names = retentionIndexes.map { "'\($0.name)'" }.joined(separator: ", ")
-            let existing = try Set(connection.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND indexname IN (\(names))")
-                .rows.compactMap { try $0.string("indexname") })
-            for index in retentionIndexes where !existing.contains(index.name) {
-                try connection.execute(index.ddl)
-            }
             try connection.execute("COMMIT")
         } catch {
             connection.rollbackIfInTransaction()
             throw error
+        }
+    }
+
+    /// Creates the retention's indexes that are missing. CREATE INDEX locks its table even
+    /// when the index exists, and waits for the prepared transactions that wrote to it,
+    /// which only this service's recovery (after start) finishes: so only a missing index
+    /// is created, waiting 2 s at most; one not made now is tried at the next start, and
+    /// the retention works without it (more slowly).
+    private static func createRetentionIndexes(_ connection: PostgresConnection, logger: Logger) {
+        do {
+            let names = retentionIndexes.map { "'\($0.name)'" }.joined(separator: ", ")
+            let existing = try Set(connection.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND indexname IN (\(names))")
+                .rows.compactMap { try $0.string("indexname") })
+            let missing = retentionIndexes.filter { !existing.contains($0.name) }
+            guard !missing.isEmpty else { return }
+            try connection.execute("SET lock_timeout = '2s'")
+            defer { _ = try? connection.execute("RESET lock_timeout") }
+            for index in missing {
+                do {
+                    try connection.execute(index.ddl)
+                } catch {
+                    logger.warning("cannot create a retention index now (prepared transactions hold its table); the next start tries again",
+                                   metadata: ["index": .string(index.name), "error": "\(error)"])
+                }
+            }
+        } catch {
+            logger.warning("cannot check the retention indexes; the next start tries again", metadata: ["error": "\(error)"])
         }
     }
 

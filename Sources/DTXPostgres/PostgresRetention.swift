@@ -11,7 +11,6 @@ extension PostgresResourceManager: RecordRetaining {
     public func forgetFinished(before cutoff: Date, limit: Int) async throws -> Int {
         let stamp = ISO8601DateFormatter().string(from: cutoff)
         let limit = max(limit, 1)
-        let prefix = prefix
         return try await pool.withConnection { db in
             var deleted = 0
             for table in ["dtx_branches", "dtx_rollbacks"] where deleted < limit {
@@ -21,14 +20,15 @@ extension PostgresResourceManager: RecordRetaining {
             }
             // A 3PC branch's state row counts only while its prepared transaction exists:
             // an old row without one is a finished branch's (or a CANCOMMIT that never
-            // prepared).
+            // prepared). The table may be shared by services of other prefixes, so any
+            // prepared transaction named `…:gid:branch:…` keeps the row.
             if deleted < limit {
                 deleted += try db.execute(
                     """
                     DELETE FROM dtx_3pc_state t USING (SELECT s.gid, s.branch FROM dtx_3pc_state s
                         WHERE s.updated_at < $1::timestamptz AND NOT EXISTS (
                             SELECT 1 FROM pg_prepared_xacts p WHERE p.database = current_database()
-                            AND substr(p.gid, 1, length(p.gid) - \(PreparedTransactionName.digestLength + 1)) = '\(prefix):' || s.gid || ':' || s.branch)
+                            AND position(':' || s.gid || ':' || s.branch || ':' in p.gid) > 0)
                         LIMIT $2) d
                     WHERE t.gid = d.gid AND t.branch = d.branch
                     """,

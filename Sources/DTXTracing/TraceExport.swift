@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import NIOCore
 import ServiceLifecycle
+import Synchronization
 import Tracing
 
 /// Traces for an executable's `--otlp-endpoint`: bootstraps `SpanRecorder` as the
@@ -61,6 +62,9 @@ public final class TraceExporter: Service, Sendable {
     private let serviceName: String
     private let interval: Duration
     private let logger: Logger
+    /// When the collector last failed, and how many failures went unlogged since: one
+    /// warning per 10 s, however often it fails.
+    private let failures = Mutex<(lastLogged: ContinuousClock.Instant?, unlogged: Int)>((nil, 0))
 
     init(recorder: SpanRecorder, url: String, serviceName: String, interval: Duration, logger: Logger) {
         self.recorder = recorder
@@ -71,21 +75,26 @@ public final class TraceExporter: Service, Sendable {
     }
 
     public func run() async throws {
-        // Stops sleeping at shutdown; what ended meanwhile still goes.
+        // The loop stops at shutdown (its sleep is cancelled); the last spans, those the
+        // engine ended while stopping included, go after it, from this task, which is
+        // not cancelled: within 5 s, or not at all if the collector does not answer.
         await cancelWhenGracefulShutdown {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: self.interval)
-                await self.send()
+            while true {
+                do { try await Task.sleep(for: self.interval) } catch { break }
+                await self.send(timeout: .seconds(10))
             }
         }
-        await send()
+        await send(timeout: .seconds(5))
     }
 
-    private func send() async {
+    /// Sends what has ended, in requests of at most 4096 spans; stops at the first that
+    /// fails (the collector is down or slow: the rest is lost, as it would be next time).
+    private func send(timeout: Duration) async {
         let (spans, dropped) = recorder.take()
         if dropped > 0 {
             logger.warning("spans dropped: more ended between two exports than are kept", metadata: ["dropped": "\(dropped)", "kept": "\(recorder.capacity)"])
         }
+        let deadline = ContinuousClock.now + timeout
         var start = 0
         while start < spans.count {
             let batch = spans[start..<min(start + 4096, spans.count)]
@@ -95,15 +104,33 @@ public final class TraceExporter: Service, Sendable {
             request.headers.add(name: "Content-Type", value: "application/json")
             request.body = .bytes(ByteBuffer(bytes: Self.document(batch, serviceName: serviceName)))
             do {
-                let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+                let left = deadline - ContinuousClock.now
+                guard left > .zero else { throw CancellationError() }
+                let response = try await HTTPClient.shared.execute(request, timeout: TimeAmount(left))
                 _ = try await response.body.collect(upTo: 1 << 20)
-                if response.status.code >= 300 {
-                    logger.warning("the collector refused spans", metadata: ["url": "\(url)", "status": "\(response.status.code)", "spans": "\(batch.count)"])
+                guard response.status.code < 300 else {
+                    failed("the collector refused spans", ["status": "\(response.status.code)", "spans": "\(spans.count - start + batch.count)"])
+                    return
                 }
             } catch {
-                logger.warning("cannot send spans to the collector", metadata: ["url": "\(url)", "error": "\(error)", "spans": "\(batch.count)"])
+                failed("cannot send spans to the collector", ["error": "\(error)", "spans": "\(spans.count - start + batch.count)"])
+                return
             }
         }
+    }
+
+    private func failed(_ message: Logger.Message, _ metadata: Logger.Metadata) {
+        let now = ContinuousClock.now
+        let unlogged: Int? = failures.withLock { state in
+            if let last = state.lastLogged, now - last < .seconds(10) {
+                state.unlogged += 1
+                return nil
+            }
+            defer { state = (now, 0) }
+            return state.unlogged
+        }
+        guard let unlogged else { return }
+        logger.warning(message, metadata: metadata.merging(["url": "\(url)", "failures_not_logged": "\(unlogged)"]) { $1 })
     }
 
     /// An OTLP `ExportTraceServiceRequest` in the JSON encoding: ids in hex, times in
@@ -158,7 +185,9 @@ public final class TraceExporter: Service, Sendable {
         case .string(let text): json.member(#"{"stringValue":"#, text)
         case .int32(let number): json.member(#"{"intValue":"#, String(number))
         case .int64(let number): json.member(#"{"intValue":"#, String(number))
-        case .double(let number): json.member(#"{"doubleValue":"#, number.isFinite ? .number(number) : .string("\(number)"))
+        case .double(let number):
+            // The JSON mapping's names for what JSON numbers cannot say.
+            json.member(#"{"doubleValue":"#, number.isFinite ? .number(number) : .string(number.isNaN ? "NaN" : number > 0 ? "Infinity" : "-Infinity"))
         case .bool(let flag): json.member(#"{"boolValue":"#, flag)
         case .stringArray(let texts): array(texts.map { .string($0) }, "stringValue", into: &json)
         case .int32Array(let numbers): array(numbers.map { .string(String($0)) }, "intValue", into: &json)

@@ -23,6 +23,9 @@ struct Recover: AsyncParsableCommand {
 
     func validate() throws {
         if let reason { try validateReason(reason, "say why every transaction is retried now, or leave --reason out") }
+        if reason == nil, audit.flag != nil {
+            throw ValidationError("--operator names who retried in the audit records, which only --reason makes: give --reason too")
+        }
     }
 
     func run() async throws {
