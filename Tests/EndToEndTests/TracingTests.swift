@@ -109,4 +109,29 @@ import Testing
             }
         }
     }
+
+    /// What ended since the last export leaves when dtxd stops: with exports 10 minutes
+    /// apart, a transaction's spans reach the collector only through the flush at SIGTERM.
+    @Test func dtxdSendsItsLastSpansWhenItStops() async throws {
+        let cluster = try Cluster("tracing-stop")
+        defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
+        let file = cluster.directory + "/spans.jsonl"
+        let receiver = try ChildProcess("/usr/bin/env", ["python3", Self.root + "/Tests/Tools/otlp_receiver.py", "--out", file])
+        defer { receiver.kill(SIGKILL) }
+        let collector = try await receiver.waitForOutput { text -> String? in
+            guard let range = text.range(of: "otlp receiver listening on ") else { return nil }
+            return text[range.upperBound...].split(separator: "\n").first.map(String.init)
+        }
+        try await cluster.startDaemon(arguments: ["--otlp-endpoint", collector], environment: ["OTEL_BSP_SCHEDULE_DELAY": "600000"])
+        try await cluster.startParticipant("a")
+        let view = try await cluster.client.submit(TransactionSubmission(gid: "traced-at-stop", branches: [BranchSpec(participant: "a", operation: "x")], wait: true))
+        #expect(view.status == "committed")
+        #expect(Self.spans(in: file).isEmpty, "nothing is exported before the interval")
+        cluster.daemon?.kill(SIGTERM)
+        #expect(try await cluster.daemon?.waitForExit() == 0)
+        // One branch: COMMIT_ONE_PHASE, in one phase.
+        let spans = Self.spans(in: file).filter { $0.string("dtx.gid") == "traced-at-stop" }
+        #expect(spans.map(\.name).sorted() == ["dtx.message", "dtx.phase", "dtx.transaction"], "\(spans.map(\.name))")
+        #expect(spans.first { $0.name == "dtx.message" }?.string("dtx.message") == "commit_one_phase")
+    }
 }
