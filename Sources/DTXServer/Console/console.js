@@ -18,6 +18,7 @@ const BRANCH_DONE = new Set(['committed', 'rolled_back', 'read_only', 'voted_no'
 const FAILED_ANSWERS = new Set(['refused', 'failed', 'not delivered']);
 const PAGE_SIZE = 100;
 const REFRESH_MS = 2000;
+const REFRESH_ROWS = 1000;
 // The API lives next to /ui/, wherever dtxd is mounted.
 const BASE = location.pathname.replace(/ui\/[^/]*$/, '');
 
@@ -296,7 +297,10 @@ function listPage(target) {
   const rowCount = h('p', { id: 'row-count', class: 'muted' }, 'loading…');
   const body = h('tbody');
   const more = h('button', { id: 'more', type: 'button', hidden: true }, 'more');
-  more.addEventListener('click', () => load('load', (current) => fetchRows('more', current)));
+  // One request at a time: a refresh answer must not replace rows "more" just added.
+  let queue = Promise.resolve();
+  const serial = (work) => (queue = queue.then(work));
+  more.addEventListener('click', () => serial(() => load('load', (current) => fetchRows('more', current))));
   $('page').replaceChildren(h('section', { class: 'list' }, h('h1', {}, 'Transactions'), form, rowCount,
     h('table', { id: 'transactions', class: 'grid' },
       h('thead', {}, h('tr', {}, ['gid', 'protocol', 'status', '', 'age', 'participants'].map((t) => h('th', {}, t)))),
@@ -306,7 +310,7 @@ function listPage(target) {
   async function fetchRows(mode, current) {
     const query = new URLSearchParams(page.filters);
     // A refresh re-reads as many rows as are shown, so "more" pages are kept.
-    query.set('limit', String(mode === 'refresh' ? Math.min(1000, Math.max(PAGE_SIZE, page.rows.length)) : PAGE_SIZE));
+    query.set('limit', String(mode === 'refresh' ? Math.min(REFRESH_ROWS, Math.max(PAGE_SIZE, page.rows.length)) : PAGE_SIZE));
     if (mode === 'more') query.set('cursor', page.next);
     // Percent-encoding throughout: dtxd reads a '+' in a query as itself, not as a space.
     const encoded = [...query].map(([key, value]) => `${key}=${encodeURIComponent(value)}`).join('&');
@@ -332,7 +336,8 @@ function listPage(target) {
     body.replaceChildren(...(page.rows.length ? page.rows.map(row)
       : [h('tr', { class: 'empty' }, h('td', { colspan: 6 }, failed || 'no transactions'))]));
     const n = page.rows.length;
-    rowCount.textContent = failed ? '' : `${n} transaction${n === 1 ? '' : 's'} shown${page.next ? ' (more below)' : ''}`;
+    rowCount.textContent = failed ? '' : `${n} transaction${n === 1 ? '' : 's'} shown${page.next ? ' (more below)' : ''}`
+      + (n > REFRESH_ROWS ? `; not refreshed by itself beyond ${REFRESH_ROWS} rows` : '');
     more.hidden = !page.next;
   }
 
@@ -358,9 +363,10 @@ function listPage(target) {
       if (document.activeElement !== control) control.value = value;
     }
     page.rows = [];
-    load('load', (current) => fetchRows('first', current));
+    serial(() => load('load', (current) => fetchRows('first', current)));
   };
-  page.refresh = () => load('refresh', (current) => fetchRows('refresh', current));
+  // A refresh re-reads the rows shown, which the API gives 1000 at a time at most.
+  page.refresh = () => (page.rows.length > REFRESH_ROWS ? null : serial(() => load('refresh', (current) => fetchRows('refresh', current))));
   page.show(target.params);
   return page;
 }
