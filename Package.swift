@@ -60,7 +60,7 @@ let package = Package(
         .target(
             name: "DTXTracing",
             dependencies: [
-                "DTXCore",
+                "DTXAPI", "DTXCore",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -300,7 +300,7 @@ let package = Package(
         .target(name: "DTXTestSupport", path: "Tests/DTXTestSupport"),
         .testTarget(name: "DTXCoreTests", dependencies: ["DTXCore", "DTXAPI"]),
         .testTarget(name: "DTXAPITests", dependencies: ["DTXAPI", "DTXCore"]),
-        .testTarget(name: "DTXTracingTests", dependencies: ["DTXTracing", .product(name: "Tracing", package: "swift-distributed-tracing")]),
+        .testTarget(name: "DTXTracingTests", dependencies: ["DTXTracing", "DTXAPI", .product(name: "Tracing", package: "swift-distributed-tracing")]),
         .testTarget(name: "DTXSQLiteTests", dependencies: ["DTXSQLite", "DTXParticipant", "DTXCore", "DTXTestSupport"]),
         .testTarget(name: "DTXPostgresTests", dependencies: ["DTXPostgres", "DTXPostgresClient", "DTXParticipant", "DTXCore", "DTXTestSupport"]),
         .testTarget(

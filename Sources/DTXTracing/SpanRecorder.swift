@@ -1,84 +1,16 @@
-import DTXCore
+import DTXAPI
 import Synchronization
 import Tracing
 
-/// A span's W3C identity, kept in its context: what `traceparent` carries.
-struct SpanIdentity: Sendable, Equatable {
-    var traceHigh: UInt64
-    var traceLow: UInt64
-    var spanID: UInt64
-    var sampled: Bool
-
-    /// `00-<trace id>-<span id>-<flags>`, written in one buffer (one per message sent).
-    var traceparent: String {
-        String(unsafeUninitializedCapacity: 55) { buffer in
-            var at = 0
-            func put(_ byte: UInt8) { buffer[at] = byte; at += 1 }
-            func put(hex value: UInt64) {
-                for shift in stride(from: 60, through: 0, by: -4) { put(Self.digits[Int((value >> UInt64(shift)) & 0xF)]) }
-            }
-            put(0x30); put(0x30); put(0x2D)
-            put(hex: traceHigh); put(hex: traceLow); put(0x2D)
-            put(hex: spanID); put(0x2D)
-            put(0x30); put(sampled ? 0x31 : 0x30)
-            return at
-        }
-    }
-
-    var traceID: String { Self.hex(traceHigh) + Self.hex(traceLow) }
-
-    private static let digits = Array("0123456789abcdef".utf8)
-
-    /// A `traceparent` read as W3C Trace Context says: version 00 (or a later one, read
-    /// as 00, which may add fields after a dash), ids of lowercase hex not all zero; nil
-    /// for anything else.
-    init?(traceparent text: String) {
-        var text = text
-        let parsed: SpanIdentity? = text.withUTF8 { bytes in
-            guard bytes.count == 55 || (bytes.count > 55 && bytes[55] == 0x2D), bytes[2] == 0x2D, bytes[35] == 0x2D, bytes[52] == 0x2D else { return nil }
-            func hex(_ range: Range<Int>) -> UInt64? {
-                var value: UInt64 = 0
-                for index in range {
-                    let byte = bytes[index]
-                    switch byte {
-                    case 0x30...0x39: value = value << 4 | UInt64(byte - 0x30)
-                    case 0x61...0x66: value = value << 4 | UInt64(byte - 0x61 + 10)
-                    default: return nil
-                    }
-                }
-                return value
-            }
-            guard let version = hex(0..<2), version != 0xFF, version != 0 || bytes.count == 55,
-                  let high = hex(3..<19), let low = hex(19..<35), let span = hex(36..<52), let flags = hex(53..<55),
-                  high != 0 || low != 0, span != 0 else { return nil }
-            return SpanIdentity(traceHigh: high, traceLow: low, spanID: span, sampled: flags & 1 == 1)
-        }
-        guard let parsed else { return nil }
-        self = parsed
-    }
-
-    init(traceHigh: UInt64, traceLow: UInt64, spanID: UInt64, sampled: Bool) {
-        self.traceHigh = traceHigh
-        self.traceLow = traceLow
-        self.spanID = spanID
-        self.sampled = sampled
-    }
-
-    static func hex(_ value: UInt64) -> String {
-        let digits = String(value, radix: 16)
-        return String(repeating: "0", count: 16 - digits.utf8.count) + digits
-    }
-}
-
-private enum SpanIdentityKey: ServiceContextKey {
-    typealias Value = SpanIdentity
+private enum TraceParentKey: ServiceContextKey {
+    typealias Value = TraceParent
 }
 
 /// A span as the exporter sends it.
 struct FinishedSpan: Sendable {
     var name: String
     var kind: SpanKind
-    var identity: SpanIdentity
+    var identity: TraceParent
     /// 0: a root span.
     var parentSpanID: UInt64
     var start: UInt64
@@ -123,17 +55,17 @@ public final class SpanRecorder: Tracer, Sendable {
     public func startSpan<Instant: TracerInstant>(_ operationName: String, context: @autoclosure () -> ServiceContext, ofKind kind: SpanKind,
                                                   at instant: @autoclosure () -> Instant, function: String, file fileID: String, line: UInt) -> RecordedSpan {
         var context = context()
-        let parent = context[SpanIdentityKey.self]
+        let parent = context[TraceParentKey.self]
         var spanID = next()
         if spanID == 0 { spanID = 1 }
-        let identity: SpanIdentity
+        let identity: TraceParent
         if let parent {
-            identity = SpanIdentity(traceHigh: parent.traceHigh, traceLow: parent.traceLow, spanID: spanID, sampled: parent.sampled)
+            identity = TraceParent(traceHigh: parent.traceHigh, traceLow: parent.traceLow, spanID: spanID, sampled: parent.sampled)
         } else {
             let high = next(), low = next() | 1
-            identity = SpanIdentity(traceHigh: high, traceLow: low, spanID: spanID, sampled: ratio >= 1 || Double(low >> 11) / Double(1 << 53) < ratio)
+            identity = TraceParent(traceHigh: high, traceLow: low, spanID: spanID, sampled: ratio >= 1 || Double(low >> 11) / Double(1 << 53) < ratio)
         }
-        context[SpanIdentityKey.self] = identity
+        context[TraceParentKey.self] = identity
         return RecordedSpan(recorder: identity.sampled ? self : nil, name: operationName, kind: kind, context: context, identity: identity,
                             parentSpanID: parent?.spanID ?? 0, start: instant().nanosecondsSinceEpoch)
     }
@@ -150,14 +82,14 @@ public final class SpanRecorder: Tracer, Sendable {
 
     public func inject<Carrier, Inject>(_ context: ServiceContext, into carrier: inout Carrier, using injector: Inject)
     where Inject: Injector, Carrier == Inject.Carrier {
-        guard let identity = context[SpanIdentityKey.self] else { return }
-        injector.inject(identity.traceparent, forKey: "traceparent", into: &carrier)
+        guard let identity = context[TraceParentKey.self] else { return }
+        injector.inject(identity.text, forKey: "traceparent", into: &carrier)
     }
 
     public func extract<Carrier, Extract>(_ carrier: Carrier, into context: inout ServiceContext, using extractor: Extract)
     where Extract: Extractor, Carrier == Extract.Carrier {
-        guard let text = extractor.extract(key: "traceparent", from: carrier), let identity = SpanIdentity(traceparent: text) else { return }
-        context[SpanIdentityKey.self] = identity
+        guard let text = extractor.extract(key: "traceparent", from: carrier), let identity = TraceParent(parsing: text) else { return }
+        context[TraceParentKey.self] = identity
     }
 
     func record(_ span: FinishedSpan) {
@@ -188,12 +120,12 @@ public final class RecordedSpan: Tracing.Span, Sendable {
     public let context: ServiceContext
     private let recorder: SpanRecorder?
     private let kind: SpanKind
-    private let identity: SpanIdentity
+    private let identity: TraceParent
     private let parentSpanID: UInt64
     private let start: UInt64
     private let state: Mutex<State>
 
-    init(recorder: SpanRecorder?, name: String, kind: SpanKind, context: ServiceContext, identity: SpanIdentity, parentSpanID: UInt64, start: UInt64) {
+    init(recorder: SpanRecorder?, name: String, kind: SpanKind, context: ServiceContext, identity: TraceParent, parentSpanID: UInt64, start: UInt64) {
         self.recorder = recorder
         self.kind = kind
         self.context = context

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import DTXAPI
 import DTXCore
 import Foundation
 import Logging
@@ -142,8 +143,8 @@ public final class TraceExporter: Service, Sendable {
         for (index, span) in spans.enumerated() {
             if index > 0 { json.raw(",") }
             json.member(#"{"traceId":"#, span.identity.traceID)
-            json.member(#","spanId":"#, SpanIdentity.hex(span.identity.spanID))
-            if span.parentSpanID != 0 { json.member(#","parentSpanId":"#, SpanIdentity.hex(span.parentSpanID)) }
+            json.member(#","spanId":"#, TraceParent.hex(span.identity.spanID))
+            if span.parentSpanID != 0 { json.member(#","parentSpanId":"#, TraceParent.hex(span.parentSpanID)) }
             json.member(#","name":"#, span.name)
             json.member(#","kind":"#, kindNumber(span.kind))
             json.member(#","startTimeUnixNano":"#, String(span.start))

@@ -117,6 +117,21 @@ import Testing
         #expect(try ParticipantRequest(json: Array(#"{"branch":2,"operation":"op","gid":"g","traceparent":"x"}"#.utf8)).traceparent == "x")
     }
 
+    @Test func aTraceparentIsReadAndWrittenAsW3CTraceContextSays() throws {
+        let text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        let identity = try #require(TraceParent(parsing: text))
+        #expect(identity == TraceParent(traceHigh: 0x4bf9_2f35_77b3_4da6, traceLow: 0xa3ce_929d_0e0e_4736, spanID: 0x00f0_67aa_0ba9_02b7, sampled: true))
+        #expect(identity.text == text)
+        #expect(TraceParent(parsing: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")?.sampled == false)
+        // A later version may add fields; version 00 may not.
+        #expect(TraceParent(parsing: "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra")?.sampled == true)
+        for bad in ["", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                    "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                    "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"] {
+            #expect(TraceParent(parsing: bad) == nil, "\(bad)")
+        }
+    }
+
     @Test func aTraceparentSaysWhetherItsTraceIsSampled() {
         #expect(TraceParent.isSampled("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"))
         #expect(!TraceParent.isSampled("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"))

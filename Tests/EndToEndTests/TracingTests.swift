@@ -36,17 +36,23 @@ import Testing
         }
     }
 
+    /// `Tests/Tools/otlp_receiver.py`, appending the spans it receives to `file`; its URL.
+    static func startReceiver(writingTo file: String) async throws -> (ChildProcess, String) {
+        let receiver = try ChildProcess("/usr/bin/env", ["python3", root + "/Tests/Tools/otlp_receiver.py", "--out", file])
+        let url = try await receiver.waitForOutput { text -> String? in
+            guard let range = text.range(of: "otlp receiver listening on ") else { return nil }
+            return text[range.upperBound...].split(separator: "\n").first.map(String.init)
+        }
+        return (receiver, url)
+    }
+
     @Test func eachTransactionIsOneTraceFromTheCallerToTheParticipants() async throws {
         let cluster = try Cluster("tracing")
         defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
         let file = cluster.directory + "/spans.jsonl"
-        let receiver = try ChildProcess("/usr/bin/env", ["python3", Self.root + "/Tests/Tools/otlp_receiver.py", "--out", file])
+        let (receiver, collector) = try await Self.startReceiver(writingTo: file)
         defer { receiver.kill(SIGKILL) }
-        let collector = try await receiver.waitForOutput { text -> String? in
-            guard let range = text.range(of: "otlp receiver listening on ") else { return nil }
-            return text[range.upperBound...].split(separator: "\n").first.map(String.init)
-        }
-        // Spans leave in batches every 100 ms instead of 5 s (the OpenTelemetry variable).
+        // Spans leave every 100 ms instead of 250 ms (the OpenTelemetry variable).
         let export = ["--otlp-endpoint", collector]
         let quick = ["OTEL_BSP_SCHEDULE_DELAY": "100"]
         try await cluster.startDaemon(arguments: export, environment: quick)
@@ -116,12 +122,8 @@ import Testing
         let cluster = try Cluster("tracing-stop")
         defer { cluster.stopProcesses(); Task { await cluster.shutdown() } }
         let file = cluster.directory + "/spans.jsonl"
-        let receiver = try ChildProcess("/usr/bin/env", ["python3", Self.root + "/Tests/Tools/otlp_receiver.py", "--out", file])
+        let (receiver, collector) = try await Self.startReceiver(writingTo: file)
         defer { receiver.kill(SIGKILL) }
-        let collector = try await receiver.waitForOutput { text -> String? in
-            guard let range = text.range(of: "otlp receiver listening on ") else { return nil }
-            return text[range.upperBound...].split(separator: "\n").first.map(String.init)
-        }
         try await cluster.startDaemon(arguments: ["--otlp-endpoint", collector], environment: ["OTEL_BSP_SCHEDULE_DELAY": "600000"])
         try await cluster.startParticipant("a")
         let view = try await cluster.client.submit(TransactionSubmission(gid: "traced-at-stop", branches: [BranchSpec(participant: "a", operation: "x")], wait: true))
