@@ -192,11 +192,11 @@ let package = Package(
         // Resource managers: real databases as participants (C libraries called directly).
         .target(
             name: "DTXSQLite",
-            dependencies: ["CSQLite", "DTXParticipant", "DTXCore", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["CSQLite", "DTXParticipant", "DTXAPI", "DTXCore", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "DTXPostgres",
-            dependencies: ["DTXPostgresClient", "DTXParticipant", "DTXCore", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["DTXPostgresClient", "DTXParticipant", "DTXAPI", "DTXCore", .product(name: "Logging", package: "swift-log")]
         ),
         // libpq connections and a pool of them on threads of their own: what the
         // resource manager and the coordinator's cluster store share.
@@ -297,6 +297,27 @@ let package = Package(
             path: "Examples/OrderTCC/PlaceOrder"
         ),
 
+        // The order outbox example: an order service whose orders send a transactional
+        // message (msg) to a stock and a notification service (SQLite or PostgreSQL).
+        .executableTarget(
+            name: "outbox-orders",
+            dependencies: [
+                "ExampleSupport", "DTXParticipant", "DTXClient", "DTXAPI", "DTXCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Examples/OrderOutbox/Orders"
+        ),
+        .executableTarget(
+            name: "outbox-receiver",
+            dependencies: [
+                "ExampleSupport", "DTXParticipant", "DTXAPI", "DTXCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Examples/OrderOutbox/Receiver"
+        ),
+
         .target(name: "DTXTestSupport", path: "Tests/DTXTestSupport"),
         .testTarget(name: "DTXCoreTests", dependencies: ["DTXCore", "DTXAPI"]),
         .testTarget(name: "DTXAPITests", dependencies: ["DTXAPI", "DTXCore"]),
@@ -331,7 +352,7 @@ let package = Package(
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["DTXLog", "DTXAPI", "DTXClient", "DTXTestSupport", "dtxd", "dtx", "wal-crash-writer", "memory-participant", "accounts-service", "transfer", "travel-service", "book-trip", "order-service", "place-order", "DTXSQLite", "DTXParticipant",
+            dependencies: ["DTXLog", "DTXAPI", "DTXClient", "DTXTestSupport", "dtxd", "dtx", "wal-crash-writer", "memory-participant", "accounts-service", "transfer", "travel-service", "book-trip", "order-service", "place-order", "outbox-orders", "outbox-receiver", "DTXSQLite", "DTXParticipant",
                            .product(name: "AsyncHTTPClient", package: "async-http-client")]
         ),
     ],

@@ -71,6 +71,16 @@ CREATE TABLE IF NOT EXISTS dtx_3pc_state (
     PRIMARY KEY (gid, branch)
 );
 
+-- dtx_messages: msg, one row per message the service sent: 'committed', written by the
+-- message's local transaction, or 'rolled_back', the marker of dtxd's check-back
+-- (query_prepared) that found none; the first written settles the message. The
+-- check-back's insert waits for a local transaction that inserted the same gid.
+CREATE TABLE IF NOT EXISTS dtx_messages (
+    gid TEXT PRIMARY KEY,
+    outcome TEXT NOT NULL CHECK (outcome IN ('committed', 'rolled_back')),
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
 -- The retention finds old rows by these: BRIN indexes on the time columns, a few pages
 -- each and cheap to keep, since rows are written in time order. The resource manager
 -- creates only a missing one (CREATE INDEX locks its table even when the index exists).
@@ -78,3 +88,4 @@ CREATE INDEX IF NOT EXISTS dtx_branches_written_at ON dtx_branches USING brin (w
 CREATE INDEX IF NOT EXISTS dtx_rollbacks_written_at ON dtx_rollbacks USING brin (written_at);
 CREATE INDEX IF NOT EXISTS dtx_barrier_created_at ON dtx_barrier USING brin (created_at);
 CREATE INDEX IF NOT EXISTS dtx_3pc_state_updated_at ON dtx_3pc_state USING brin (updated_at);
+CREATE INDEX IF NOT EXISTS dtx_messages_created_at ON dtx_messages USING brin (created_at);

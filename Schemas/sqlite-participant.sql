@@ -77,6 +77,17 @@ CREATE TABLE IF NOT EXISTS dtx_barrier (
     created_at TEXT NOT NULL,
     PRIMARY KEY (gid, branch, op)
 );
+-- dtx_messages: msg, one row per message the service sent: 'committed', written by the
+-- message's local transaction, or 'rolled_back', the marker of dtxd's check-back
+-- (query_prepared) that found none; the first written settles the message. The
+-- local transaction holds the write lock (BEGIN IMMEDIATE), so a check-back sees its
+-- row only once it has committed.
+CREATE TABLE IF NOT EXISTS dtx_messages (
+    gid TEXT PRIMARY KEY,
+    outcome TEXT NOT NULL CHECK (outcome IN ('committed', 'rolled_back')),
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dtx_messages_created_at ON dtx_messages (created_at);
 -- The retention finds finished rows older than the retention by these, without reading
 -- the tables: outcomes by decision time; barrier rows by the time their branch was
 -- confirmed, cancelled or compensated (the row that finished it).

@@ -152,14 +152,19 @@ public struct TransactionSubmission: Encodable, Sendable, Equatable {
     /// Wait for the outcome before answering (at most `timeout` + 30 s).
     public var wait: Bool?
     public var interactive: Bool?
+    /// Msg: the participant that prepares the message and answers dtxd's check-back
+    /// (`query_prepared`); required for msg, refused for the other protocols.
+    public var service: String?
 
-    public init(gid: String? = nil, protocol: TransactionProtocol = .twoPhaseCommit, branches: [BranchSpec]? = nil, timeout: Double? = nil, wait: Bool? = nil, interactive: Bool? = nil) {
+    public init(gid: String? = nil, protocol: TransactionProtocol = .twoPhaseCommit, branches: [BranchSpec]? = nil, timeout: Double? = nil, wait: Bool? = nil,
+                interactive: Bool? = nil, service: String? = nil) {
         self.gid = gid
         self.protocol = `protocol`
         self.branches = branches
         self.timeout = timeout
         self.wait = wait
         self.interactive = interactive
+        self.service = service
     }
 }
 
@@ -182,10 +187,26 @@ extension TransactionSubmission {
             }
         }
         let interactive = self.interactive ?? false
-        if interactive, self.protocol == .saga || self.protocol == .threePhaseCommit {
+        if interactive, self.protocol == .saga || self.protocol == .threePhaseCommit || self.protocol == .msg {
             // 3PC: CanCommit must list every branch's participant for termination, so the branches are known up front.
-            let what = self.protocol == .saga ? "a saga is submitted whole, with its steps" : "a 3pc transaction is submitted whole, with its branches"
+            let what = switch self.protocol {
+            case .saga: "a saga is submitted whole, with its steps"
+            case .msg: "a message is prepared whole, with its branches"
+            default: "a 3pc transaction is submitted whole, with its branches"
+            }
             return ("invalid_submission", "\(what); interactive is for 2pc and tcc")
+        }
+        switch (self.protocol, service) {
+        case (.msg, nil):
+            return ("invalid_submission", "service is required for protocol msg: the registered participant that prepares the message and answers dtxd's check-back")
+        case (.msg, let name?) where !ParticipantName.isValid(name):
+            return ("invalid_submission", "service must be a participant name, \(ParticipantName.rule), not '\(name)'")
+        case (.msg, _) where wait == true:
+            return ("invalid_submission", "wait: a message is delivered only once it is submitted, after the service's local commit; wait on the submit instead (POST /v1/transactions/{gid}/commit with {"wait": true})")
+        case (.msg, _), (_, nil):
+            break
+        default:
+            return ("invalid_submission", "service is for protocol msg only (the participant dtxd checks back with); remove it")
         }
         let branches = self.branches ?? []
         if interactive, !branches.isEmpty {
@@ -201,6 +222,7 @@ extension TransactionSubmission {
             if let problem = branch.documentProblem(at: "branches[\(index)]", proto: self.protocol) { return ("invalid_branches", problem) }
         }
         if self.protocol == .saga, let problem = Saga.valueProblem(branches) { return ("invalid_branches", problem) }
+        if self.protocol == .msg, let problem = TransactionalMessage.valueProblem(branches) { return ("invalid_branches", problem) }
         if let timeout, !(timeout.isFinite && timeout > 0 && timeout <= Self.maximumTimeout) {
             return ("invalid_timeout", "timeout must be a number of seconds above 0 and at most \(Int(Self.maximumTimeout))")
         }
@@ -219,10 +241,10 @@ extension BranchSpec {
         guard (1...128).contains(operation.unicodeScalars.count) else {
             return "\(path).operation must be 1 to 128 characters"
         }
-        if proto != .saga {
+        if proto.branchProtocol != .saga {
             let sagaOnly = [("dependsOn", dependsOn != nil), ("compensatable", compensatable != nil), ("retry", retry != nil), ("timeout", timeout != nil)]
             if let (field, _) = sagaOnly.first(where: \.1) {
-                return "\(path).\(field) is for saga steps only; remove it, or submit the transaction as protocol saga"
+                return "\(path).\(field) is for saga steps and message branches only; remove it, or submit the transaction as protocol saga"
             }
         }
         return nil

@@ -50,7 +50,7 @@ extension LogEntry {
         json.member("{\"gid\":", gid.rawValue)
         let type: RecordType
         switch self {
-        case let .begin(_, proto, branches):
+        case let .begin(_, proto, branches, service):
             type = .begin
             json.raw(",\"branches\":[")
             for (index, branch) in branches.enumerated() {
@@ -58,6 +58,7 @@ extension LogEntry {
                 json.branch(branch)
             }
             json.member("],\"protocol\":", proto.rawValue)
+            if let service { json.member(",\"service\":", service) }
         case let .decision(_, decision, targets):
             type = .decision
             json.member(",\"decision\":", decision.rawValue)
@@ -203,7 +204,9 @@ extension LogEntry {
             guard let proto = try transactionProtocol(), let items = try record.array("branches"), !items.isEmpty else { throw lacking("protocol or branches") }
             var branches: [BranchSpec] = []
             for (index, item) in items.enumerated() { branches.append(try BranchSpec(json: item, at: "branches[\(index)]")) }
-            return .begin(gid: gid, protocol: proto, branches: branches)
+            let service = try record.string("service")
+            if proto == .msg, service == nil { throw lacking("service") }
+            return .begin(gid: gid, protocol: proto, branches: branches, service: service)
         case .decision:
             guard let decision = try decision(), let targets = try integers("targets") else { throw lacking("decision or targets") }
             return .decision(gid: gid, decision, targets: targets)

@@ -48,7 +48,8 @@ public struct ParticipantRoute: Hashable, Sendable {
         self.message = message
     }
 
-    /// Every route, in the contract's order: 2PC, TCC, saga, 3PC (whose ROLLBACK is its abort).
+    /// Every route, in the contract's order: 2PC, TCC, saga, 3PC (whose ROLLBACK is its
+    /// abort), msg's check-back (a message's branches travel as saga actions).
     public static let all: [ParticipantRoute] = [
         .init(listing: .twoPhaseCommit, .prepare), .init(listing: .twoPhaseCommit, .commit), .init(listing: .twoPhaseCommit, .rollback),
         .init(listing: .twoPhaseCommit, .commitOnePhase),
@@ -56,6 +57,7 @@ public struct ParticipantRoute: Hashable, Sendable {
         .init(listing: .saga, .action), .init(listing: .saga, .compensate),
         .init(listing: .threePhaseCommit, .canCommit), .init(listing: .threePhaseCommit, .preCommit), .init(listing: .threePhaseCommit, .doCommit),
         .init(listing: .threePhaseCommit, .rollback),
+        .init(listing: .msg, .queryPrepared),
     ]
 
     private static let byPath = Dictionary(uniqueKeysWithValues: all.map { ($0.path, $0) })
@@ -89,6 +91,7 @@ public struct ParticipantRoute: Hashable, Sendable {
         case .compensate: "compensated"
         case .canCommit: ThreePhaseState.prepared.rawValue
         case .preCommit: ThreePhaseState.preCommitted.rawValue
+        case .queryPrepared: "committed"
         }
     }
 
@@ -102,6 +105,7 @@ public struct ParticipantRoute: Hashable, Sendable {
         }
         switch message {
         case .prepare, .commitOnePhase: return [doneStatus, "read_only"]
+        case .queryPrepared: return MessageCheckBack.answers
         default: return [doneStatus]
         }
     }
@@ -113,6 +117,40 @@ public struct ParticipantRoute: Hashable, Sendable {
     /// `GET {base}/dtx/state?gid=…&branch=…`: where the coordinator and 3PC peers ask a
     /// branch's state during termination.
     public static let statePath = "/dtx/state"
+}
+
+/// Msg's check-back, `POST {service}/dtx/msg/query_prepared` with `{"gid": G}` (and the
+/// `traceparent` of dtxd's span, when it traces): did the local transaction that prepared
+/// message G commit? Answered 200 with a `ParticipantReply` whose status is `committed`,
+/// `rolled_back` or `running` (asked again later).
+public enum MessageCheckBack {
+    public static let committed = "committed"
+    public static let rolledBack = "rolled_back"
+    public static let running = "running"
+    public static let answers: Set<String> = [committed, rolledBack, running]
+
+    /// The request's body.
+    public static func body(gid: String, traceparent: String?) -> [UInt8] {
+        var json = JSONWriter(capacity: 64)
+        json.member("{\"gid\":", gid)
+        if let traceparent { json.member(",\"traceparent\":", traceparent) }
+        json.raw("}")
+        return json.bytes
+    }
+
+    /// The gid and traceparent of a request's body.
+    public static func read(_ bytes: [UInt8]) throws(UnreadableJSON) -> (gid: String, traceparent: String?) {
+        let help = "; send a JSON object with 'gid' (string)"
+        guard case .object(let members)? = try? JSONValue(parsing: bytes) else {
+            throw UnreadableJSON(message: (bytes.isEmpty ? "the request body is empty" : "the body is not a JSON object") + help)
+        }
+        guard let gid = members["gid"]?.stringValue else { throw UnreadableJSON(message: "field 'gid' is missing or not a string" + help) }
+        switch members["traceparent"] {
+        case nil, .null?: return (gid, nil)
+        case .string(let text)?: return (gid, text)
+        default: throw UnreadableJSON(message: "field 'traceparent' must be a string (a W3C traceparent)")
+        }
+    }
 }
 
 /// `POST {base}/dtx/batch`, served by participants that registered `batch: true`:

@@ -14,7 +14,7 @@ public enum RequestShape: Sendable {
 
     public var properties: [String] {
         switch self {
-        case .submission: return ["gid", "protocol", "branches", "timeout", "wait", "interactive"]
+        case .submission: return ["gid", "protocol", "branches", "timeout", "wait", "interactive", "service"]
         case .registration: return ["name", "url", "protocols", "token", "batch"]
         case .enlistment: return ["participant", "operation", "payload"]
         case .resolution: return ["reason", "wait", "operator"]

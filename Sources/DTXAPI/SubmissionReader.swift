@@ -21,7 +21,7 @@ extension TransactionSubmission {
             return specs
         }
         self.init(gid: try body.string("gid"), protocol: proto, branches: branches, timeout: try body.number("timeout"),
-                  wait: try body.bool("wait"), interactive: try body.bool("interactive"))
+                  wait: try body.bool("wait"), interactive: try body.bool("interactive"), service: try body.string("service"))
     }
 }
 

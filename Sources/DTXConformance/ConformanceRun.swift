@@ -141,9 +141,10 @@ public enum Conformance {
         }
 
         var duties = served.flatMap(Duties.of)
-        if let first = served.first {
+        // The duties of every protocol go through a protocol with work to do (msg's only message is its check-back).
+        if let first = served.first(where: { $0 != .msg }) {
             duties.append(Duties.badRequests(first))
-            if let batchable = served.first(where: { $0 != .threePhaseCommit }) { duties.append(Duties.batch(batchable)) }
+            if let batchable = served.first(where: { $0 != .threePhaseCommit && $0 != .msg }) { duties.append(Duties.batch(batchable)) }
             if configuration.callbackToken != nil { duties.append(Duties.callbackToken(first)) }
         }
         for duty in duties {

@@ -22,8 +22,24 @@ enum Duties {
         case .tcc: tcc
         case .saga: saga
         case .threePhaseCommit: threePhase
+        case .msg: message
         }
     }
+
+    // MARK: Msg
+
+    static let message: [Duty] = {
+        let p = TransactionProtocol.msg
+        return [
+            Duty(id: "msg.check-back-unknown", proto: p, title: "a check-back for a message never prepared answers rolled_back, and answers it again") { c in
+                let g = c.gid()
+                try await c.expect(.queryPrepared, p, g, .refuse(c.key()), replies: [MessageCheckBack.rolledBack],
+                                   "a QUERY_PREPARED of a gid whose local transaction never ran (its rollback marker is inserted)")
+                try await c.expect(.queryPrepared, p, g, .refuse(c.key()), replies: [MessageCheckBack.rolledBack],
+                                   "a repeated QUERY_PREPARED (the answer is settled once and for all)")
+            },
+        ]
+    }()
 
     // MARK: 2PC
 
@@ -418,6 +434,7 @@ enum Duties {
         case .tcc: .try
         case .saga: .action
         case .threePhaseCommit: .canCommit
+        case .msg: .queryPrepared
         }
     }
 
@@ -428,6 +445,7 @@ enum Duties {
         case .tcc: .confirm
         case .saga: .action
         case .threePhaseCommit: .doCommit
+        case .msg: .queryPrepared
         }
     }
 }

@@ -121,6 +121,8 @@ struct DutyContext: Sendable {
         case .threePhaseCommit:
             answer = try await expect(.canCommit, proto, gid, .read(key), replies: ["prepared"], "a CANCOMMIT of `\(ConformanceOperation.read)`")
             try await expect(.rollback, proto, gid, .read(key), replies: ["aborted"])
+        case .msg:
+            throw DutyFailure(message: "msg has no message that reads a counter (its branches are saga actions)")
         }
         guard let value = answer.result?["value"]?.doubleValue else {
             throw DutyFailure(message: "`\(ConformanceOperation.read)` must answer with `result.value`, the counter's value; it answered \(Self.describe(answer)). A participant serves the conformance operations of Schemas/participant-api.yaml (\"Conformance run\") to be checked")
@@ -187,6 +189,7 @@ struct DutyContext: Sendable {
         case .twoPhaseCommit, .threePhaseCommit: .rollback
         case .tcc: .cancel
         case .saga: .compensate
+        case .msg: .queryPrepared
         }
     }
 

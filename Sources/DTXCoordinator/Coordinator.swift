@@ -116,6 +116,8 @@ public enum SimulatedBug: String, Sendable, CaseIterable {
     case abortedWhileInFlight = "aborted-while-in-flight"
     /// A restart rebuilds decided transactions but does not resume their phase two.
     case noPhaseTwoAfterRestart = "no-phase-two-after-restart"
+    /// A message's check-back that gets no answer is taken as `rolled_back`.
+    case checkBackFailureAborts = "check-back-failure-aborts"
 }
 
 public final class Coordinator: Sendable {
@@ -199,6 +201,7 @@ public final class Coordinator: Sendable {
             case .tcc: rebuild(TryConfirmCancel.self, replayed)
             case .saga: rebuild(Saga.self, replayed)
             case .threePhaseCommit: rebuild(ThreePhaseCommit.self, replayed)
+            case .msg: rebuild(TransactionalMessage.self, replayed)
             }
             if !replayed.ended { resumed += 1 }
         }
@@ -211,7 +214,7 @@ public final class Coordinator: Sendable {
     private func rebuild<Machine: TransactionStateMachine>(_: Machine.Type, _ replayed: TransactionLogReplay.Replayed) {
         let createdAt = replayed.createdAt ?? environment.now()
         let timeout = replayed.timeout ?? configuration.defaultTimeout
-        let spec = SubmittedSpec(proto: replayed.protocol, branches: replayed.branches, interactive: replayed.interactive)
+        let spec = SubmittedSpec(proto: replayed.protocol, branches: replayed.branches, interactive: replayed.interactive, service: replayed.service)
         if replayed.ended {
             let driver = TransactionDriver(ended: Machine.ended(replayed), decision: replayed.endedDecision, error: replayed.reason,
                                              history: replayed.history, proto: replayed.protocol,
@@ -384,14 +387,21 @@ public final class Coordinator: Sendable {
         let timeout = submission.timeout.map { Duration(apiSeconds: $0) } ?? configuration.defaultTimeout
         await participants.refresh(ifUnknown: branches.map(\.participant))
         for (index, branch) in branches.enumerated() {
-            try checkServed(branch, at: "branches[\(index)]", proto: submission.protocol)
+            try checkServed(branch.participant, at: "branches[\(index)].participant", proto: submission.protocol.branchProtocol)
         }
         // Steps the document allows one by one, which do not make a saga (a dependency on
         // a later step, a pivot before a compensatable step).
         if submission.protocol == .saga, let problem = Saga.validate(branches) {
             throw CoordinatorError(.unserviceable, "invalid_branches", problem)
         }
-        let spec = SubmittedSpec(proto: submission.protocol, branches: branches, interactive: interactive)
+        if submission.protocol == .msg, let problem = TransactionalMessage.validate(branches) {
+            throw CoordinatorError(.unserviceable, "invalid_branches", problem)
+        }
+        if let service = submission.service {
+            await participants.refresh(ifUnknown: [service])
+            try checkServed(service, at: "service", proto: .msg)
+        }
+        let spec = SubmittedSpec(proto: submission.protocol, branches: branches, interactive: interactive, service: submission.service)
         let now = environment.now()
         let driver: any TransactionDriving
         switch submission.protocol {
@@ -405,6 +415,9 @@ public final class Coordinator: Sendable {
         case .twoPhaseCommit:
             let machine = interactive ? TwoPhaseCommit(interactive: gid) : TwoPhaseCommit(gid: gid, branches: branches, lastAgent: configuration.lastAgent)
             driver = makeDriver(machine, proto: .twoPhaseCommit, createdAt: now, timeout: timeout, spec: spec)
+        case .msg:
+            let machine = TransactionalMessage(gid: gid, service: submission.service ?? "", branches: branches)
+            driver = makeDriver(machine, proto: .msg, createdAt: now, timeout: timeout, spec: spec)
         }
         let existing: (any TransactionDriving)? = table.withLock { t in
             if let existing = t.driver(gid) { return existing }
@@ -416,6 +429,7 @@ public final class Coordinator: Sendable {
             guard existing.spec == spec else {
                 throw CoordinatorError(.conflict, "gid_conflict", "transaction \(gid) already exists with a different protocol or branches; choose another gid")
             }
+            if existing.isHalted, !existing.isFinished { throw Self.notWritten(gid) }
             if submission.wait == true { try await existing.waitForOutcome(decisionLimit: timeout + .seconds(30), phaseTwoLimit: configuration.phaseTwoWait) }
             return (existing.view(), false)
         }
@@ -423,18 +437,24 @@ public final class Coordinator: Sendable {
         // first record (replay pairs them by gid).
         let submitted = LogEntry.submitted(gid: gid, at: driver.createdAt, timeout: timeout).encoded()
         try? store.append(type: submitted.type, payload: submitted.payload)
-        await driver.start(with: interactive ? .open : .start, trace: trace)
+        guard await driver.start(with: interactive ? .open : .start, trace: trace) else { throw Self.notWritten(gid) }
         if submission.wait == true, !interactive { try await driver.waitForOutcome(decisionLimit: timeout + .seconds(30), phaseTwoLimit: configuration.phaseTwoWait) }
         return (driver.view(), true)
     }
 
-    /// A branch against this daemon (422): its participant is registered and serves the protocol.
-    private func checkServed(_ branch: BranchSpec, at path: String, proto: TransactionProtocol) throws(CoordinatorError) {
-        guard let participant = registry.entry(branch.participant) else {
-            throw CoordinatorError(.unserviceable, "unknown_participant", "\(path).participant: no participant named '\(branch.participant)' is registered; see GET /v1/participants")
+    /// A transaction whose first records could not be written: a restart recovers what
+    /// the log holds of it (its submission may be sent again).
+    private static func notWritten(_ gid: GlobalTransactionID) -> CoordinatorError {
+        CoordinatorError(.unavailable, "log_unavailable", "\(gid): the coordinator's log failed or it is shutting down before the transaction was durable; retry the submission later")
+    }
+
+    /// A participant named at `path` against this daemon (422): registered, and serving the protocol.
+    private func checkServed(_ name: String, at path: String, proto: TransactionProtocol) throws(CoordinatorError) {
+        guard let participant = registry.entry(name) else {
+            throw CoordinatorError(.unserviceable, "unknown_participant", "\(path): no participant named '\(name)' is registered; see GET /v1/participants")
         }
         guard participant.protocols.contains(proto) else {
-            throw CoordinatorError(.unserviceable, "protocol_not_served", "\(path).participant: '\(branch.participant)' does not serve \(proto.rawValue) (it serves \(participant.protocols.map(\.rawValue).joined(separator: ", ")))")
+            throw CoordinatorError(.unserviceable, "protocol_not_served", "\(path): '\(name)' does not serve \(proto.rawValue) (it serves \(participant.protocols.map(\.rawValue).joined(separator: ", ")))")
         }
     }
 
@@ -474,7 +494,7 @@ public final class Coordinator: Sendable {
         let spec = BranchSpec(participant: request.participant, operation: request.operation, payload: request.payload)
         if let problem = spec.documentProblem(at: "enlistment", proto: driver.proto) { throw CoordinatorError(.invalid, "invalid_branches", problem) }
         await participants.refresh(ifUnknown: [spec.participant])
-        try checkServed(spec, at: "enlistment", proto: driver.proto)
+        try checkServed(spec.participant, at: "enlistment.participant", proto: driver.proto)
         switch try await driver.request(.enlisted(spec)) {
         case .accepted(let count): return EnlistAnswer(gid: gid.rawValue, branch: count - 1)
         case .rejected(let why): throw CoordinatorError(.conflict, "not_open", "cannot enlist in \(gid): \(why)")
@@ -542,7 +562,9 @@ public final class Coordinator: Sendable {
             return try await finishWaiting(driver, wait)
         }
         let plain: CommonEvent = decision == .commit ? .commitRequested : .abortRequested(reason: reason ?? "aborted on request")
-        if case .rejected(let why) = try await driver.request(plain) {
+        // A message's submit and abort are its service's: an operator's (with a reason) decides in its place.
+        let answer: RequestResult = reason != nil && driver.proto == .msg ? .rejected("the message's outcome is its service's to give") : try await driver.request(plain)
+        if case .rejected(let why) = answer {
             guard let reason else {
                 if driver.view().decision == decision { return try await finishWaiting(driver, wait) }
                 throw CoordinatorError(.conflict, "reason_required", "\(why). To force the outcome as an operator, give a reason.")

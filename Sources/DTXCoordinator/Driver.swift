@@ -38,7 +38,12 @@ protocol TransactionDriving: AnyObject, Sendable {
     var updatedAt: Date { get }
     var spec: SubmittedSpec { get }
     var isFinished: Bool { get }
-    func start(with event: CommonEvent, trace parent: ServiceContext?) async
+    /// False when the records the first event called for were not written (the store
+    /// failed or fenced this node off): the submission must not be taken as accepted.
+    func start(with event: CommonEvent, trace parent: ServiceContext?) async -> Bool
+    /// The store failed (or the node was fenced off, or is stopping): nothing more is
+    /// performed until a restart recovers it from the log.
+    var isHalted: Bool { get }
     /// Throws `log_unavailable` when the store failed (or fenced this node off) before what
     /// the request caused was as durable as its protocol requires: nothing may be taken as done.
     func request(_ event: CommonEvent) async throws(CoordinatorError) -> RequestResult
@@ -69,6 +74,8 @@ struct SubmittedSpec: Sendable, Equatable {
     var proto: TransactionProtocol
     var branches: [BranchSpec]
     var interactive: Bool
+    /// Msg: the participant checked back with.
+    var service: String? = nil
 }
 
 /// Runs one transaction: feeds its events, one at a time, to the protocol's pure state
@@ -173,14 +180,18 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     func forget() { forgotten.store(true, ordering: .relaxed) }
 
     /// Feeds the first event (`start`/`open`).
-    func start(with event: CommonEvent, trace parent: ServiceContext?) async {
+    func start(with event: CommonEvent, trace parent: ServiceContext?) async -> Bool {
         if context.configuration.tracing {
             let trace = TransactionTrace(gid: gid, proto: proto, parent: parent ?? .topLevel, recovered: false)
             state.withLock { $0.trace = trace }
         }
-        note(event == .open ? "opened" : "submitted")
-        await enqueue(.common(event, nil))
+        note(event == .open ? "opened" : proto == .msg ? "prepared" : "submitted")
+        let reply = OneShot<RequestResult?>()
+        await enqueue(.common(event, reply))
+        return await reply.value() != nil
     }
+
+    var isHalted: Bool { state.withLock { $0.halted } }
 
     /// Resumes a transaction rebuilt from the log; `outcomeDurable` when the log holds its
     /// decision (or the delegation that names the branch holding it).
@@ -301,6 +312,9 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 note("\(message.rawValue) sent", branch: id)
                 let traceparent = state.withLock { $0.trace }?.sent(message, branch: id, participant: branches[id].spec.participant)
                 send(message, to: branches[id], allParticipants: branches.map(\.spec.participant), traceparent: traceparent)
+            case .checkBack(let service):
+                note("\(ParticipantMessage.queryPrepared.rawValue) sent", detail: service)
+                checkBack(with: service)
             case let .schedule(timer, attempt):
                 schedule(timer, attempt: attempt)
             case .cancel(let timer):
@@ -346,12 +360,30 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         let transport = context.transport
         let registry = context.registry
         let failpoints = context.configuration.failpoints
-        let proto = proto
+        let proto = proto.branchProtocol
         context.environment.spawn {
             let response = await transport.send(message, protocol: proto, request: request, to: endpoint)
             if response.failure == nil { registry.touch(endpoint.name) }
             if case .done = response { failpoints.hit(after: message, done: true) }
             await self.post(.replied(branch.id, message, response))
+        }
+    }
+
+    /// Msg: `query_prepared` to the service; its answer comes back as `checkedBack`.
+    private func checkBack(with service: String) {
+        guard let endpoint = context.registry.entry(service)?.endpoint else {
+            context.environment.spawn { await self.post(.checkedBack(.failed("participant \(service) is not registered"))) }
+            return
+        }
+        let transport = context.transport
+        let registry = context.registry
+        let request = ParticipantRequest(gid: gid.rawValue, branch: 0, operation: ParticipantMessage.queryPrepared.rawValue)
+        let buggy = context.configuration.simulatedBugs.contains(.checkBackFailureAborts)
+        context.environment.spawn {
+            var response = await transport.send(.queryPrepared, protocol: .msg, request: request, to: endpoint)
+            if buggy, response.failure != nil { response = .done(status: MessageCheckBack.rolledBack, result: nil) }
+            if response.failure == nil { registry.touch(endpoint.name) }
+            await self.post(.checkedBack(response))
         }
     }
 
@@ -370,6 +402,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             // A saga step's per-attempt timeout (the machine only arms it for steps that have one).
             guard let timeout = state.withLock({ $0.machine.stepTimeout(id) }) else { return }
             delay = timeout
+        case .checkBack:
+            delay = context.configuration.retryPolicy.delay(attempt: attempt, unit: context.environment.random())
         }
         let environment = context.environment
         timers.arm(timer, after: delay) { [weak self] in
@@ -446,6 +480,14 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
         case let .replied(id, message, .refused(code, text)): entry = ("\(message.rawValue): refused", id, "\(code): \(text)")
         case let .replied(id, message, .failed(error)): entry = ("\(message.rawValue): failed", id, error)
         case let .replied(id, message, .undelivered(error)): entry = ("\(message.rawValue): not delivered", id, error)
+        case .checkedBack(let response):
+            let word = ParticipantMessage.queryPrepared.rawValue
+            switch response {
+            case .done(let status, _): entry = ("\(word): \(status)", nil, nil)
+            case let .refused(code, text): entry = ("\(word): refused", nil, "\(code): \(text)")
+            case .failed(let error): entry = ("\(word): failed", nil, error)
+            case .undelivered(let error): entry = ("\(word): not delivered", nil, error)
+            }
         case .timedOut(.phaseOne): entry = ("timed out", nil, nil)
         case .timedOut(.step(let id)): entry = ("attempt timed out", id, nil)
         case .enlisted(let spec): entry = ("enlisted", s.machine.branches.count, "\(spec.participant) \(spec.operation)")
@@ -458,7 +500,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
             entry = ("operator forced \(decision.rawValue)", nil, reason)
         case let .resolvedByHand(id, outcome, reason):
             entry = ("resolved by hand as \(outcome.outcome)", id, reason)
-        case .timedOut(.retry), .start, .open:
+        case .timedOut(.retry), .timedOut(.checkBack), .start, .open:
             return
         }
         record(TimelineEntry(at: context.environment.now(), event: entry.event, branch: entry.branch, detail: entry.detail), in: &s)
@@ -555,6 +597,11 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     private func stuckReason(_ s: State) -> String? {
         guard !s.finished else { return nil }
         if s.halted { return "the log could not be written: nothing more is done until dtxd restarts and recovers it" }
+        if let id = s.machine.waitingForAnOperator.first {
+            let branch = s.machine.branches[id]
+            return "branch \(id) (\(branch.spec.participant)) refused its delivery for good" + (branch.lastError.map { ": \($0)" } ?? "")
+                + "; fix the cause and run `dtx retry`, resolve the branch by hand, or force commit to give up on it"
+        }
         let limit = context.configuration.stuckAfterAttempts
         if let branch = s.machine.branches.filter({ $0.attempts >= limit }).max(by: { $0.attempts < $1.attempts }) {
             return "branch \(branch.id) (\(branch.spec.participant), \(branch.state.rawValue)) has had \(branch.attempts) attempts"
@@ -591,8 +638,9 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
     }
 
     func retryNow() -> Int {
-        let due = timers.take { if case .retry = $0 { true } else { false } }
-            .compactMap { timer -> BranchID? in if case .retry(let id) = timer { id } else { nil } }.sorted().map(TimerID.retry)
+        let waiting = state.withLock { $0.machine.waitingForAnOperator }
+        let due = (timers.take { if case .retry = $0 { true } else { false } }
+            .compactMap { timer -> BranchID? in if case .retry(let id) = timer { id } else { nil } } + waiting).sorted().map(TimerID.retry)
         for timer in due { context.environment.spawn { await self.post(.timedOut(timer)) } }
         return due.count
     }

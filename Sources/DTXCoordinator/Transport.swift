@@ -85,7 +85,7 @@ public final class HTTPTransport: Transport {
         guard let route = ParticipantRoute(proto, message) else {
             return .failed("\(proto.rawValue) has no \(message.rawValue) message")
         }
-        let body = request.jsonBytes()
+        let body = message == .queryPrepared ? MessageCheckBack.body(gid: request.gid, traceparent: request.traceparent) : request.jsonBytes()
         let response = endpoint.batch && route.batchable
             ? await batcher(for: endpoint).send(path: route.path, body: body)
             : await sendAlone(path: route.path, body: body, to: endpoint)

@@ -1,12 +1,20 @@
 /// DTXCore: the pure model of global transactions and the protocols' state machines.
 /// No IO, no clocks, no threads: events in, actions out.
 
-/// The four protocols a global transaction can run.
+/// The protocols a global transaction can run.
 public enum TransactionProtocol: String, Sendable, Codable, CaseIterable {
     case twoPhaseCommit = "2pc"
     case threePhaseCommit = "3pc"
     case tcc
     case saga
+    /// A transactional message (`TransactionalMessage`): prepared before the service's
+    /// local commit, submitted after it, then delivered.
+    case msg
+
+    /// The protocol whose participant messages this protocol's branches receive, and
+    /// which their participants must serve: a message's branches are saga actions that
+    /// are never compensated. (A participant that serves `msg` answers the check-back.)
+    public var branchProtocol: TransactionProtocol { self == .msg ? .saga : self }
 
     /// 3PC's participants end a transaction among themselves when the coordinator is
     /// gone, so every message to them lists the transaction's participants.

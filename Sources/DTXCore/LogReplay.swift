@@ -6,7 +6,7 @@ import Foundation
 extension LogEntry {
     public var gid: GlobalTransactionID {
         switch self {
-        case let .begin(gid, _, _), let .decision(gid, _, _), let .end(gid), let .open(gid, _),
+        case let .begin(gid, _, _, _), let .decision(gid, _, _), let .end(gid), let .open(gid, _),
              let .enlist(gid, _, _), let .resolution(gid, _, _, _, _), let .preCommit(gid), let .delegation(gid, _, _),
              let .submitted(gid, _, _), let .history(gid, _):
             return gid
@@ -68,6 +68,8 @@ public struct TransactionLogReplay: Sendable {
         /// delegation is logged; the only branch of a submitted single-branch transaction
         /// from its `begin` (nothing else can have prepared, so no delegation is logged).
         public var lastAgent: BranchID?
+        /// Msg: the participant dtxd checks back with (from `begin`).
+        public var service: String?
         /// From its `submitted` record; nil when that lazy record did not reach the disk.
         public var createdAt: Date?
         public var timeout: Duration?
@@ -118,9 +120,9 @@ public struct TransactionLogReplay: Sendable {
 
     public mutating func apply(_ entry: LogEntry) {
         switch entry {
-        case let .begin(gid, proto, branches):
+        case let .begin(gid, proto, branches, service):
             insert(Replayed(gid: gid, protocol: proto, branches: branches, interactive: false, decision: nil, targets: [], heuristic: false, ended: false,
-                            lastAgent: proto == .twoPhaseCommit && branches.count == 1 ? 0 : nil))
+                            lastAgent: proto == .twoPhaseCommit && branches.count == 1 ? 0 : nil, service: service))
         case let .open(gid, proto):
             insert(Replayed(gid: gid, protocol: proto, branches: [], interactive: true, decision: nil, targets: [], heuristic: false, ended: false))
         case let .enlist(gid, branch, spec):

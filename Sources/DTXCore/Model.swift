@@ -175,6 +175,12 @@ public enum TransactionStatus: String, Sendable, Codable, Equatable, CaseIterabl
     case aborted
     /// 3PC: every branch voted yes; the pre-commit is logged and PreCommit sent.
     case preCommitting = "pre_committing"
+    /// Msg: prepared, awaiting the service's submit (or abort); past its timeout dtxd
+    /// checks back with the service.
+    case prepared
+    /// Msg: a branch refused its delivery for good (409); the message waits for an
+    /// operator (retry it, resolve the branch by hand, or force commit).
+    case failed
 }
 
 /// The messages the coordinator sends to participants (Schemas/participant-api.yaml).
@@ -195,6 +201,9 @@ public enum ParticipantMessage: String, Sendable, Equatable {
     case canCommit = "can_commit"
     case preCommit = "pre_commit"
     case doCommit = "do_commit"
+    /// Msg: POST /dtx/msg/query_prepared, the check-back to the service that prepared a
+    /// message and has not submitted it: did its local transaction commit?
+    case queryPrepared = "query_prepared"
 }
 
 extension ParticipantMessage {
@@ -203,7 +212,7 @@ extension ParticipantMessage {
     public var confirmsTheOutcome: Bool {
         switch self {
         case .commit, .confirm, .doCommit: true
-        case .prepare, .commitOnePhase, .rollback, .try, .cancel, .action, .compensate, .canCommit, .preCommit: false
+        case .prepare, .commitOnePhase, .rollback, .try, .cancel, .action, .compensate, .canCommit, .preCommit, .queryPrepared: false
         }
     }
 
@@ -215,7 +224,7 @@ extension ParticipantMessage {
     public var finishesABranch: Bool {
         switch self {
         case .commit, .rollback, .confirm, .cancel, .compensate, .doCommit: true
-        case .prepare, .commitOnePhase, .try, .action, .canCommit, .preCommit: false
+        case .prepare, .commitOnePhase, .try, .action, .canCommit, .preCommit, .queryPrepared: false
         }
     }
 }
@@ -230,11 +239,14 @@ public enum TimerID: Hashable, Sendable {
     case retry(BranchID)
     /// Saga: the current attempt of a step has taken the step's `timeout` seconds.
     case step(BranchID)
+    /// Msg: the backoff before checking back with the service again; `attempt` numbers it.
+    case checkBack
 }
 
 /// What a protocol wants logged; the engine encodes it into a DTXLog record.
 public enum LogEntry: Sendable, Equatable {
-    case begin(gid: GlobalTransactionID, protocol: TransactionProtocol, branches: [BranchSpec])
+    /// `service`: a message's (msg) participant that dtxd checks back with; nil elsewhere.
+    case begin(gid: GlobalTransactionID, protocol: TransactionProtocol, branches: [BranchSpec], service: String? = nil)
     /// `targets` are the branches phase two must reach (read-only voters excluded).
     case decision(gid: GlobalTransactionID, Decision, targets: [BranchID])
     case end(gid: GlobalTransactionID)
@@ -360,6 +372,9 @@ public struct TransactionHistory: Sendable, Equatable {
 public enum TransactionAction: Sendable, Equatable {
     case log(LogEntry, forced: Bool)
     case send(ParticipantMessage, to: BranchID)
+    /// Msg: ask participant `service` whether the message's local transaction committed
+    /// (`query_prepared`); its answer comes back as `CommonEvent.checkedBack`.
+    case checkBack(service: String)
     case schedule(TimerID, attempt: Int)
     case cancel(TimerID)
     /// The outcome is decided (and durable where the protocol requires): waiters may be told.
@@ -428,6 +443,9 @@ public enum CommonEvent: Sendable, Equatable {
     /// participant lost it, or was fixed by hand): it is owed no more messages.
     case resolvedByHand(BranchID, Decision, reason: String)
     case replied(BranchID, ParticipantMessage, ParticipantResponse)
+    /// Msg: the service's answer to the check-back (`done` with `committed`,
+    /// `rolled_back` or `running`).
+    case checkedBack(ParticipantResponse)
     case timedOut(TimerID)
 }
 
@@ -465,6 +483,8 @@ public protocol TransactionStateMachine: Sendable {
     var completedCompensations: [BranchID]? { get }
     /// What a 3PC participant running termination is told (3PC); nil elsewhere.
     var terminationAnswer: ThreePhaseState? { get }
+    /// Branches refused for good that wait for an operator's retry (msg); empty elsewhere.
+    var waitingForAnOperator: [BranchID] { get }
 }
 
 extension TransactionStateMachine {
@@ -473,6 +493,7 @@ extension TransactionStateMachine {
     public func stepTimeout(_ id: BranchID) -> Duration? { nil }
     public var completedCompensations: [BranchID]? { nil }
     public var terminationAnswer: ThreePhaseState? { nil }
+    public var waitingForAnOperator: [BranchID] { [] }
 
     /// What a participant asking how branch `branch` (nil: the transaction) ended is told,
     /// given the durable decision: nil while there is none (pending).

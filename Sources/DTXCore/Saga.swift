@@ -86,6 +86,10 @@ public struct Saga: TransactionStateMachine {
     /// Steps whose compensation is done, in the order they completed.
     public private(set) var compensations: [BranchID] = []
 
+    /// A message's delivery (`TransactionalMessage`): a refused step is `failed` and waits
+    /// for an operator's retry instead of being retried with backoff.
+    var refusalsWaitForAnOperator = false
+
     /// Per step: a message of the current attempt is out and its answer awaited (false
     /// while a retry's backoff runs).
     private var awaiting: [Bool]
@@ -261,6 +265,11 @@ public struct Saga: TransactionStateMachine {
             var actions = answered(id)
             branches[id].lastError = message
             branches[id].result = .refusal(code: code, message: message)
+            if decision == .commit, refusalsWaitForAnOperator {
+                // A message's delivery: refused for good, the step waits for an operator.
+                branches[id].state = .failed
+                return actions
+            }
             if decision == .commit {
                 // Past the pivot nothing can be compensated, so a refusal cannot end the
                 // saga: the step is retried with backoff until the participant does it,
@@ -291,6 +300,11 @@ public struct Saga: TransactionStateMachine {
             abandoned[id] += 1
             let seconds = branches[id].spec.timeout.map { " after \($0)s" } ?? ""
             return attemptFailed(id, error: "attempt \(branches[id].attempts) timed out\(seconds)")
+        case (.running, .timedOut(.retry(let id))) where refusalsWaitForAnOperator && state(of: id) == .failed:
+            // An operator's retry of a step refused for good.
+            branches[id].state = .running
+            branches[id].attempts += 1
+            return deliver(.action, to: id)
         case (.running, .timedOut(.retry(let id))):
             guard state(of: id) == .running, !awaiting[id] else { return [] }
             return deliver(.action, to: id)
@@ -315,7 +329,7 @@ public struct Saga: TransactionStateMachine {
     /// start, a compensation's answer while running forward, `phaseOne` (never armed).
     private func ignored(_ event: Event) -> [TransactionAction] {
         switch event {
-        case .start, .recovered, .abortRequested, .timedOut(.phaseOne):
+        case .start, .recovered, .abortRequested, .timedOut(.phaseOne), .timedOut(.checkBack):
             return ignoring(event, impossible: true)
         case .forced:
             return []  // taken above in every state
@@ -461,6 +475,43 @@ public struct Saga: TransactionStateMachine {
         ]
     }
 
+    /// A message's delivery, once its outcome is commit: every step runs forward, each
+    /// retried until it is done (the saga as if past its pivot, with nothing logged).
+    mutating func deliverForward() -> [TransactionAction] {
+        status = .running
+        decision = .commit
+        targets = Set(branches.indices)
+        return runReadySteps()
+    }
+
+    /// A message's step settled by an operator outside dtx (its effect applied by hand):
+    /// done, and the steps waiting for it run.
+    mutating func settledByHand(_ id: BranchID) -> [TransactionAction] {
+        guard status == .running, decision == .commit, branches.indices.contains(id), branches[id].state != .done else { return [] }
+        var actions: [TransactionAction] = []
+        if branches[id].state == .running { actions += answered(id) }
+        branches[id].state = .done
+        return actions + runReadySteps()
+    }
+
+    /// A message's delivery as the log shows it ended (see `ended`).
+    mutating func restoreEnded(_ replayed: TransactionLogReplay.Replayed) {
+        branches = replayed.endedBranches(replayed.withDetails(branches)) { _, decision in decision == .commit ? .done : .pending }
+        status = replayed.endedStatus
+        decision = replayed.endedDecision
+        heuristic = replayed.heuristic
+    }
+
+    /// The attempts, errors and results the history kept (see `recovering`).
+    mutating func restoreDetails(_ replayed: TransactionLogReplay.Replayed) {
+        branches = replayed.withDetails(branches)
+    }
+
+    /// The steps refused for good that wait for an operator (a message's delivery).
+    var refusedSteps: [BranchID] {
+        status == .running ? branches.indices.filter { branches[$0].state == .failed } : []
+    }
+
     private mutating func recover(_ recovered: Recovered) -> [TransactionAction] {
         switch recovered {
         case .undecided:
@@ -500,6 +551,7 @@ extension Saga {
         case .resolvedByHand: return nil  // refused by `rejection(of:)`
         case .timedOut(let timer): return .timedOut(timer)
         case .open, .enlisted, .commitRequested: return nil  // refused by `rejection(of:)`
+        case .checkedBack: return nil  // a message's
         case let .replied(id, message, response):
             switch (message, response) {
             case (.action, .done(_, let result)): return .stepDone(id, result: result)

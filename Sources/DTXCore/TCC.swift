@@ -192,8 +192,8 @@ public struct TryConfirmCancel: TransactionStateMachine {
             return ignoring(event, impossible: status == .created || status == .active)
         case .confirmed, .cancelled, .deliveryFailed(_, .confirm, _), .deliveryFailed(_, .cancel, _):
             return ignoring(event, impossible: undecided)
-        case .deliveryFailed, .timedOut(.step):
-            return ignoring(event, impossible: true)  // TCC sends nothing else, arms no step timer
+        case .deliveryFailed, .timedOut(.step), .timedOut(.checkBack):
+            return ignoring(event, impossible: true)  // TCC sends nothing else, arms no step or check-back timer
         case .timedOut(.phaseOne):
             return ignoring(event, impossible: status == .created)
         }
@@ -260,6 +260,7 @@ extension TryConfirmCancel {
         case let .forced(decision, reason): return .forced(decision, reason: reason)
         case let .resolvedByHand(id, outcome, reason): return .resolvedByHand(id, outcome, reason: reason)
         case .timedOut(let timer): return .timedOut(timer)
+        case .checkedBack: return nil  // a message's
         case let .replied(id, message, response):
             switch (message, response) {
             case (.try, .done(_, let result)): return .tried(id, result: result)

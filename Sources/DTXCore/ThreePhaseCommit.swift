@@ -180,7 +180,7 @@ public struct ThreePhaseCommit: TransactionStateMachine {
     /// answer or timer before the start.
     private func ignored(_ event: Event) -> [TransactionAction] {
         switch event {
-        case .start, .recovered, .abortRequested, .timedOut(.step):
+        case .start, .recovered, .abortRequested, .timedOut(.step), .timedOut(.checkBack):
             return ignoring(event, impossible: true)
         case .forced, .deliveryFailed, .timedOut(.retry), .resolvedByHand:
             return []  // taken above in every state
@@ -372,6 +372,7 @@ extension ThreePhaseCommit {
         case let .forced(decision, reason): return .forced(decision, reason: reason)
         case let .resolvedByHand(id, outcome, reason): return .resolvedByHand(id, outcome, reason: reason)
         case .timedOut(let timer): return .timedOut(timer)
+        case .checkedBack: return nil  // a message's
         case let .replied(id, message, response):
             switch (message, response) {
             case let (.canCommit, .done(_, result)): return .voted(id, .yes, result: result)

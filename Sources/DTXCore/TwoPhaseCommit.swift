@@ -138,7 +138,7 @@ public struct TwoPhaseCommit: TransactionStateMachine {
             return "the transaction is already decided (\(decision.rawValue)); phase two retries until every branch acknowledges — bring the participant back, or run `dtx recover` to retry now"
         case (.active, .abort), (.preparing, .abort), (.committing, .abort), (.aborting, .commit):
             return nil
-        case (.trying, _), (.confirming, _), (.cancelling, _), (.running, _), (.compensating, _), (.preCommitting, _):
+        case (.trying, _), (.confirming, _), (.cancelling, _), (.running, _), (.compensating, _), (.preCommitting, _), (.prepared, _), (.failed, _):
             return "the transaction is \(status.rawValue)"  // other protocols' statuses: never a 2PC's
         }
     }
@@ -433,6 +433,7 @@ extension TwoPhaseCommit {
         case let .forced(decision, reason): return .forced(decision, reason: reason)
         case let .resolvedByHand(id, outcome, reason): return .resolvedByHand(id, outcome, reason: reason)
         case .timedOut(let timer): return .timedOut(timer)
+        case .checkedBack: return nil  // a message's
         case let .replied(id, message, response):
             switch (message, response) {
             case let (.prepare, .done(status, result)): return .voted(id, status == "read_only" ? .readOnly : .yes, result: result)
@@ -444,7 +445,7 @@ extension TwoPhaseCommit {
             case (.commitOnePhase, .done(let status, _)): return .deliveryFailed(id, "commit_one_phase answered '\(status)', neither committed nor read_only")
             case (.commit, .done), (.rollback, .done): return .acknowledged(id)
             case (.try, .done), (.confirm, .done), (.cancel, .done), (.action, .done), (.compensate, .done),
-                 (.canCommit, .done), (.preCommit, .done), (.doCommit, .done): return nil  // not a 2PC message
+                 (.canCommit, .done), (.preCommit, .done), (.doCommit, .done), (.queryPrepared, .done): return nil  // not a 2PC message
             case (.commit, .refused("already_rolled_back", let message)): return .endedOtherwise(id, .rolledBack, "heuristic: the participant had already rolled back: \(message)")
             case (.rollback, .refused("already_committed", let message)): return .endedOtherwise(id, .committed, "heuristic: the participant had already committed: \(message)")
             case (_, .refused(let code, let message)): return .deliveryFailed(id, "\(code): \(message)")

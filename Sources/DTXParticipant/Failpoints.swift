@@ -37,6 +37,11 @@ public enum FailpointName: String, CaseIterable, Sendable {
     /// Before the pre-commit is recorded; once it is durable (p), before it is acknowledged.
     /// 3PC's commit (DOCOMMIT or termination) checks `before-commit`.
     case beforePreCommit = "before-pre-commit", afterPreCommit = "after-pre-commit"
+    /// Msg: when a QUERY_PREPARED (the check-back) arrives.
+    case queryPrepared = "query_prepared"
+    /// Msg (`transactionalMessage`): inside the local transaction, its work done and its
+    /// locks held, before it commits; once it committed, before the submit.
+    case beforeLocalCommit = "before-local-commit", afterLocalCommit = "after-local-commit"
 
     /// The failpoint checked when a message arrives: named after the message.
     init(arrivalOf route: ParticipantRoute) {
@@ -143,6 +148,18 @@ public final class Failpoints: Sendable {
     public var current: [String: String] {
         armed.withLock { armed in
             Dictionary(uniqueKeysWithValues: armed.map { ($0.key.rawValue, $0.value.description) })
+        }
+    }
+
+    /// `reach` on a thread that may block (inside a local transaction): a stall sleeps the thread.
+    public func reachSynchronously(_ name: FailpointName) throws {
+        guard let action = armed.withLock({ $0[name] }) else { return }
+        logger.notice("failpoint reached", metadata: ["failpoint": .string(name.rawValue), "action": .string(action.description)])
+        switch action {
+        case .no: throw BusinessError(code: "voted_no", message: "failpoint \(name.rawValue) refused")
+        case .unavailable: throw FailpointUnavailable(name: name)
+        case let .stall(duration): Thread.sleep(forTimeInterval: duration.apiSeconds)
+        case .crash: kill(getpid(), SIGKILL)
         }
     }
 

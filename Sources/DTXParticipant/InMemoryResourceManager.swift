@@ -83,6 +83,13 @@ public final class InMemoryResourceManager: ResourceManager, BarrierResourceMana
         public var ref: BranchRef { BranchRef(gid: gid, branch: branch) }
     }
 
+    /// Msg: how the local transaction of a message this service sent ended.
+    public struct MessageRecord: Codable, Sendable, Equatable {
+        public var gid: String
+        /// `committed`, or `rolled_back` (the check-back's marker).
+        public var outcome: String
+    }
+
     /// Participant name put into results.
     public let name: String
     private let ledger: Mutex<Ledger>
@@ -101,6 +108,7 @@ public final class InMemoryResourceManager: ResourceManager, BarrierResourceMana
             let contents = try journal.load()
             for record in contents.branches { ledger.record(record) }
             for record in contents.barriers { ledger.record(record) }
+            for record in contents.messages { ledger.record(record) }
             self.journal = journal
         } else {
             journal = nil
@@ -283,6 +291,11 @@ public final class InMemoryResourceManager: ResourceManager, BarrierResourceMana
         }
     }
 
+    /// How message `gid`'s local transaction ended, if it did.
+    public func messageOutcome(_ gid: String) -> String? {
+        ledger.withLock { $0.messages[gid] }
+    }
+
     /// A branch's result: what it did, or for `dtx.conformance.read` the counter's value.
     private func result(of operation: String, _ payload: JSONValue?, in ledger: Ledger) -> JSONValue {
         if operation == ConformanceOperation.read, let key = payload?["key"]?.stringValue {
@@ -331,6 +344,10 @@ struct Ledger: Sendable {
     private(set) var barriers: [BranchRef: [BarrierPhase: InMemoryResourceManager.BarrierRecord]] = [:]
     /// Branches with barrier records, in the order of their first record: the first to forget.
     private var barrierBranches = Queue<BranchRef>()
+    /// Msg: each message's local outcome (`committed` or `rolled_back`), and the order
+    /// they were recorded in: the first to forget.
+    private(set) var messages: [String: String] = [:]
+    private var messageOrder = Queue<String>()
     /// Counts changes, so that a no-op (a duplicate message) skips the journal.
     private(set) var version: UInt64 = 0
 
@@ -388,7 +405,19 @@ struct Ledger: Sendable {
             branches: decided.elements.compactMap { branches[$0] } + branches.values.filter { $0.state == .prepared },
             barriers: barrierBranches.elements.flatMap { branch in
                 BarrierPhase.allCases.compactMap { barriers[branch]?[$0] }
-            })
+            },
+            messages: messageOrder.elements.compactMap { gid in messages[gid].map { .init(gid: gid, outcome: $0) } })
+    }
+
+    /// Records how message `gid`'s local transaction ended (once: the first record stays).
+    mutating func record(_ record: InMemoryResourceManager.MessageRecord) {
+        guard messages[record.gid] == nil else { return }
+        version &+= 1
+        messages[record.gid] = record.outcome
+        messageOrder.append(record.gid)
+        while messageOrder.count > retainedDecisions, let oldest = messageOrder.popFirst() {
+            messages[oldest] = nil
+        }
     }
 }
 
@@ -414,5 +443,28 @@ struct Queue<Element: Sendable>: Sendable {
             head = 0
         }
         return element
+    }
+}
+
+/// Msg: a service's local transactions are no-ops here; the message's row is what is kept
+/// (`MessageResourceManager`): the first of the local commit and the check-back's marker
+/// settles the message.
+extension InMemoryResourceManager: MessageResourceManager {
+    public typealias Connection = Void
+
+    public func write<T: Sendable>(message gid: String, _ body: @escaping @Sendable (()) throws -> T) async throws -> T {
+        try await apply { ledger in
+            guard ledger.messages[gid] == nil else { throw MessageRolledBack(gid: gid) }
+            let value = try body(())
+            ledger.record(MessageRecord(gid: gid, outcome: MessageCheckBack.committed))
+            return value
+        }
+    }
+
+    public func queryPrepared(gid: String) async throws -> String {
+        try await apply { ledger in
+            ledger.record(MessageRecord(gid: gid, outcome: MessageCheckBack.rolledBack))
+            return ledger.messages[gid] ?? MessageCheckBack.rolledBack
+        }
     }
 }

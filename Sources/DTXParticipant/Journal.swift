@@ -20,6 +20,8 @@ final class Journal: Sendable {
     struct Contents: Codable, Sendable {
         var branches: [InMemoryResourceManager.BranchRecord]
         var barriers: [InMemoryResourceManager.BarrierRecord]
+        /// Msg: each message's local outcome, oldest first.
+        var messages: [InMemoryResourceManager.MessageRecord]
     }
 
     let path: String
@@ -38,7 +40,7 @@ final class Journal: Sendable {
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch CocoaError.fileReadNoSuchFile {
-            let empty = Contents(branches: [], barriers: [])
+            let empty = Contents(branches: [], barriers: [], messages: [])
             try store(empty)
             return empty
         } catch {

@@ -8,7 +8,7 @@ import Tracing
 extension ParticipantRoute {
     /// The routes of 2PC, TCC and sagas, which the kit serves here and takes in batches
     /// (3PC's are in ThreePhaseRoutes.swift).
-    static let served = all.filter { $0.proto != .threePhaseCommit }
+    static let served = all.filter { $0.proto != .threePhaseCommit && $0.proto != .msg }
     static let threePhase = all.filter { $0.proto == .threePhaseCommit }
 }
 
@@ -62,8 +62,13 @@ extension ParticipantService {
             guard let expectedAuthorization, !Self.matches(request.headers[.authorization], expectedAuthorization) else { return nil }
             return JSONResponse.error(.unauthorized, code: "unauthorized", message: "this participant requires 'Authorization: Bearer <token>' with the callback token it registered")
         }
+        addMessageRoute(to: router) { request in
+            guard let expectedAuthorization, !Self.matches(request.headers[.authorization], expectedAuthorization) else { return nil }
+            return unauthorized.response
+        }
         let threePhasePaths = threePhase == nil ? [] : ParticipantRoute.threePhase.map(\.path) + [ParticipantRoute.statePath]
-        let known = (ParticipantRoute.served.filter { servedProtocols.contains($0.proto) }.map(\.path) + threePhasePaths
+        let messagePaths = messageResourceManager == nil ? [] : [ParticipantRoute(.msg, .queryPrepared)!.path]
+        let known = (ParticipantRoute.served.filter { servedProtocols.contains($0.proto) }.map(\.path) + threePhasePaths + messagePaths
             + [ParticipantBatch.path]).joined(separator: ", ")
         for method in Self.everyMethod {
             router.on("/dtx/**", method: method) { request, _ -> Response in

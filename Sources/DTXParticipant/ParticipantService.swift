@@ -69,13 +69,18 @@ public final class ParticipantService: Sendable {
     let resourceManager: any ResourceManager
     let tccResourceManager: (any TCCResourceManager)?
     let sagaResourceManager: (any SagaResourceManager)?
+    /// Msg: the local transactions of messages and the check-back, when the resource
+    /// manager keeps messages (`MessageResourceManager`).
+    let messageResourceManager: (any MessageResourceManager)?
+    /// Checked by `transactionalMessage` (`before-local-commit`, `after-local-commit`).
+    let failpoints: Failpoints?
     /// 3PC's branches in progress, when the resource manager serves 3PC.
     let threePhase: ThreePhaseBranches?
-    /// The protocols this service serves and registers: 2PC, and 3PC, TCC and Saga when
-    /// its resource manager serves them.
+    /// The protocols this service serves and registers: 2PC, and 3PC, TCC, Saga and msg
+    /// (the check-back) when its resource manager serves them.
     public let servedProtocols: [TransactionProtocol]
     let logger: Logger
-    private let client: CoordinatorClient
+    let client: CoordinatorClient
     private let clientIsShutDown = Mutex(false)
     /// The other URL the coordinator last listed this participant's name at, if any.
     private let listedElsewhere = Mutex<String?>(nil)
@@ -85,9 +90,11 @@ public final class ParticipantService: Sendable {
     private static let maximumBackoff: Duration = .seconds(5)
 
     /// - Throws: `ClientError.invalidURL` when `coordinatorURL` is not an http(s) URL.
-    public init(configuration: Configuration, resourceManager: some ResourceManager, logger: Logger) throws {
+    public init(configuration: Configuration, resourceManager: some ResourceManager, failpoints: Failpoints? = nil, logger: Logger) throws {
         self.configuration = configuration
         self.resourceManager = resourceManager
+        self.failpoints = failpoints
+        messageResourceManager = ((resourceManager as? FailpointResourceManager)?.base ?? resourceManager) as? any MessageResourceManager
         tccResourceManager = (resourceManager as? any TCCResourceManager).flatMap { $0.servesTCC ? $0 : nil }
         sagaResourceManager = (resourceManager as? any SagaResourceManager).flatMap { $0.servesSagas ? $0 : nil }
         var logger = logger
@@ -101,7 +108,7 @@ public final class ParticipantService: Sendable {
             return ThreePhaseBranches(resourceManager: $0, network: network, timeout: configuration.threePhaseTimeout, logger: logger)
         }
         servedProtocols = [.twoPhaseCommit] + (threePhase == nil ? [] : [.threePhaseCommit]) + (tccResourceManager == nil ? [] : [.tcc])
-            + (sagaResourceManager == nil ? [] : [.saga])
+            + (sagaResourceManager == nil ? [] : [.saga]) + (messageResourceManager == nil ? [] : [.msg])
     }
 
     /// Registers with the coordinator (retrying with capped backoff until it answers),

@@ -109,11 +109,12 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
         ("dtx_rollbacks_written_at", "CREATE INDEX IF NOT EXISTS dtx_rollbacks_written_at ON dtx_rollbacks USING brin (written_at)"),
         ("dtx_barrier_created_at", "CREATE INDEX IF NOT EXISTS dtx_barrier_created_at ON dtx_barrier USING brin (created_at)"),
         ("dtx_3pc_state_updated_at", "CREATE INDEX IF NOT EXISTS dtx_3pc_state_updated_at ON dtx_3pc_state USING brin (updated_at)"),
+        ("dtx_messages_created_at", "CREATE INDEX IF NOT EXISTS dtx_messages_created_at ON dtx_messages USING brin (created_at)"),
     ]
 
     /// The participant tables (with `dtx_barrier`, PostgresBarrier.swift) and their
     /// indexes, as one SQL script.
-    public static let schemaSQL = ([branchesTableDDL, rollbacksTableDDL, barrierTableDDL, threePhaseStateTableDDL].map { $0 + ";\n" }
+    public static let schemaSQL = ([branchesTableDDL, rollbacksTableDDL, barrierTableDDL, threePhaseStateTableDDL, messagesTableDDL].map { $0 + ";\n" }
         + [retentionIndexes.map { $0.ddl + ";" }.joined(separator: "\n")]).joined(separator: "\n")
 
     /// A prepared transaction of this resource manager, as `orphans()` reports it.
@@ -607,6 +608,7 @@ public final class PostgresResourceManager: ResourceManager, ThreePhaseResourceM
             try connection.execute(rollbacksTableDDL)
             try connection.execute(barrierTableDDL)
             try connection.execute(threePhaseStateTableDDL)
+            try connection.execute(messagesTableDDL)
             try connection.execute("COMMIT")
         } catch {
             connection.rollbackIfInTransaction()

@@ -43,6 +43,12 @@ extension PostgresResourceManager: RecordRetaining {
                     """,
                     [.text(stamp), .int(limit - deleted)]).affectedRows
             }
+            // dtxd checks a message back only while it is prepared: long before `cutoff`.
+            if deleted < limit {
+                deleted += try db.execute(
+                    "DELETE FROM dtx_messages t USING (SELECT gid FROM dtx_messages WHERE created_at < $1::timestamptz LIMIT $2) d WHERE t.gid = d.gid",
+                    [.text(stamp), .int(limit - deleted)]).affectedRows
+            }
             return deleted
         }
     }

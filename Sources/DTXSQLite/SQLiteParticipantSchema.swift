@@ -30,6 +30,10 @@ public enum SQLiteParticipantSchema {
     ///   compensate whose try or action never ran writes a marker row
     ///   (`null_compensation` = 1) that refuses the late try or action.
     ///
+    /// - `dtx_messages`: msg (`MessageResourceManager`): one row per message this service
+    ///   sent, `committed` by the message's local transaction, or `rolled_back`, the marker
+    ///   of a check-back that found none; the first written settles the message.
+    ///
     /// `digest` is NULL only in `dtx_outcomes` rows of branches rolled back without
     /// having prepared (presumed abort); it is not read for rolled-back branches.
     public static let ddl = """
@@ -79,6 +83,12 @@ public enum SQLiteParticipantSchema {
             created_at TEXT NOT NULL,
             PRIMARY KEY (gid, branch, op)
         );
+        CREATE TABLE IF NOT EXISTS dtx_messages (
+            gid TEXT PRIMARY KEY,
+            outcome TEXT NOT NULL CHECK (outcome IN ('committed', 'rolled_back')),
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS dtx_messages_created_at ON dtx_messages (created_at);
         CREATE INDEX IF NOT EXISTS dtx_outcomes_decided_at ON dtx_outcomes (decided_at);
         CREATE INDEX IF NOT EXISTS dtx_barrier_finished_at ON dtx_barrier (created_at) WHERE op IN ('confirm', 'cancel', 'compensate');
         """

@@ -1,3 +1,4 @@
+import DTXAPI
 import DTXCore
 import DTXParticipant
 import Foundation
@@ -281,10 +282,15 @@ public final class SQLiteResourceManager: ResourceManager, ThreePhaseResourceMan
     ///   tables, ending the transaction); what `body` throws (nothing is written).
     @discardableResult
     public func write<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
+        try await write(body, message: nil)
+    }
+
+    /// `write`, which also writes message `message`'s committed row (`MessageResourceManager`).
+    func write<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T, message: String?) async throws -> T {
         let deadline = ContinuousClock.now + lockWaitTimeout
         while true {
             let attempt = try await database.run { connection in
-                try Self.writeIfUnlocked(body, in: connection)
+                try Self.writeIfUnlocked(body, message: message, in: connection)
             }
             switch attempt {
             case .written(let value): return value
@@ -463,9 +469,10 @@ public final class SQLiteResourceManager: ResourceManager, ThreePhaseResourceMan
         var holder: BranchRef
     }
 
-    private static func writeIfUnlocked<T: Sendable>(_ body: @Sendable (SQLiteConnection) throws -> T, in connection: SQLiteConnection) throws -> WriteAttempt<T> {
+    private static func writeIfUnlocked<T: Sendable>(_ body: @Sendable (SQLiteConnection) throws -> T, message: String?, in connection: SQLiteConnection) throws -> WriteAttempt<T> {
         do {
             return .written(try connection.transaction(immediate: true) {
+                if let message { try recordCommitted(message: message, in: connection) }
                 let session = try SQLiteSession(connection)
                 let statements = StatementGuard(.local, tables: try connection.tableKeys())
                 let outcome = statements.guarding(connection) { Result { try body(connection) } }
@@ -562,5 +569,50 @@ extension BusinessError {
 
     static func rowLocked(_ row: RowKey, heldBy holder: BranchRef) -> BusinessError {
         BusinessError(code: "row_locked", message: "row \(row.keyDescription) of table \(row.table) is held by in-doubt branch \(holder.gid)/\(holder.branch); retry the transaction once \(holder.gid) has ended")
+    }
+}
+
+// MARK: Messages
+
+/// Msg on SQLite: a message's row in `dtx_messages` is written by its local transaction
+/// (`committed`) or by the check-back (`rolled_back`), whichever comes first. The local
+/// transaction runs in `BEGIN IMMEDIATE`, so a check-back (another job on the database's
+/// thread, or another process waiting `busyTimeout` for the write lock) sees its row
+/// only once it has committed.
+extension SQLiteResourceManager: MessageResourceManager {
+    public typealias Connection = SQLiteConnection
+
+    /// Runs `body` as `write` does, together with message `gid`'s committed row.
+    /// - Throws: `MessageRolledBack` when the check-back came first; `BusinessError`
+    ///   (`message_exists`) when a local transaction of `gid` already committed.
+    public func write<T: Sendable>(message gid: String, _ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
+        try await write(body, message: gid)
+    }
+
+    public func queryPrepared(gid: String) async throws -> String {
+        do {
+            return try await database.run { connection in
+                try connection.transaction(immediate: true) {
+                    try connection.execute("INSERT OR IGNORE INTO dtx_messages (gid, outcome, created_at) VALUES (?, 'rolled_back', \(Self.now))", [.text(gid)])
+                    return try connection.query("SELECT outcome FROM dtx_messages WHERE gid = ?", [.text(gid)]).first?.values[0].textValue ?? MessageCheckBack.rolledBack
+                }
+            }
+        } catch let error as SQLiteError where error.isBusy {
+            // Another process's local transaction holds the write lock past the busy timeout.
+            return MessageCheckBack.running
+        }
+    }
+
+    /// Inserts message `gid`'s committed row in the open transaction.
+    static func recordCommitted(message gid: String, in connection: SQLiteConnection) throws {
+        do {
+            try connection.execute("INSERT INTO dtx_messages (gid, outcome, created_at) VALUES (?, 'committed', \(now))", [.text(gid)])
+        } catch let error as SQLiteError where error.isConstraintViolation {
+            let outcome = try connection.query("SELECT outcome FROM dtx_messages WHERE gid = ?", [.text(gid)]).first?.values[0].textValue
+            if outcome == MessageCheckBack.committed {
+                throw BusinessError(code: "message_exists", message: "message \(gid) was already sent (its local transaction committed); use a new gid")
+            }
+            throw MessageRolledBack(gid: gid)
+        }
     }
 }

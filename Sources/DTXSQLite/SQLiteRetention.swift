@@ -5,7 +5,8 @@ extension SQLiteResourceManager: RecordRetaining {
     /// Deletes the outcomes of 2PC and 3PC branches decided before `cutoff` (a repeated
     /// COMMIT or ROLLBACK, or a PREPARE after a rollback, that late is not expected: the
     /// coordinator finished those transactions long ago), and every barrier row of a TCC
-    /// branch confirmed or cancelled, or a saga step compensated, before `cutoff`.
+    /// branch confirmed or cancelled, or a saga step compensated, before `cutoff`, and the
+    /// rows of messages (`dtx_messages`) written before it.
     public func forgetFinished(before cutoff: Date, limit: Int) async throws -> Int {
         let stamp = Self.stamp(cutoff)
         let limit = Int64(max(limit, 1))
@@ -23,6 +24,10 @@ extension SQLiteResourceManager: RecordRetaining {
                     guard let gid = row["gid"], let branch = row["branch"] else { continue }
                     deleted += try connection.execute("DELETE FROM dtx_barrier WHERE gid = ? AND branch = ?", [gid, branch])
                 }
+                // dtxd checks a message back only while it is prepared: long before `cutoff`.
+                deleted += try connection.execute(
+                    "DELETE FROM dtx_messages WHERE rowid IN (SELECT rowid FROM dtx_messages WHERE created_at < ? LIMIT ?)",
+                    [.text(stamp), .integer(max(limit - Int64(deleted), 0))])
                 return deleted
             }
         }

@@ -42,6 +42,21 @@ final class SimParticipant: @unchecked Sendable {
     /// 3PC: the participants of each transaction, from its CanCommit (who to ask in a termination).
     private var peers: [String: [String]] = [:]
 
+    /// Msg: a message's local transaction at the service that prepared it, by gid.
+    enum LocalTransaction: String {
+        /// Running: lost if the service crashes (nothing of it is durable).
+        case running
+        case committed
+        /// Rolled back, or never run and marked so by a check-back (which a later local
+        /// commit then finds, and fails on).
+        case rolledBack = "rolled_back"
+    }
+
+    /// Msg: the local transactions of the messages this service prepared (durable once
+    /// committed or rolled back), and the crashes so far, which end a running one.
+    private(set) var local: [String: LocalTransaction] = [:]
+    private(set) var crashes = 0
+
     init(name: String, sim: Simulation) {
         self.name = name
         self.sim = sim
@@ -147,6 +162,15 @@ final class SimParticipant: @unchecked Sendable {
             case .compensated?, .nullCompensated?: return .refused(code: "compensated", message: "the step was compensated")
             default: return wrong("for a branch of another protocol")
             }
+        case .queryPrepared:
+            // The barrier method: a gid with no local record gets a rollback marker, so that
+            // the answer is settled; a running local transaction answers `running`, as a
+            // service not holding the check-back on its row lock would.
+            if local[request.gid] == nil {
+                sim.world.note("\(name) \(request.gid) local - -> rolled_back on query_prepared")
+                local[request.gid] = .rolledBack
+            }
+            return done(local[request.gid]!.rawValue)
         case .compensate:
             switch current {
             case .done?:
@@ -264,6 +288,29 @@ final class SimParticipant: @unchecked Sendable {
         guard up, journal[key]?.state == .prepared else { return }
         sim.world.note("\(name) \(key) prepared -> pre_committed on a peer's PRECOMMIT")
         journal[key]?.state = .preCommitted
+    }
+
+    /// Msg: the service begins the local transaction of message `gid`; false when a
+    /// check-back already marked it rolled back (the local commit would fail on the marker).
+    func beginLocally(_ gid: String) -> Bool {
+        guard up, local[gid] == nil else { return false }
+        sim.world.note("\(name) \(gid) local - -> running")
+        local[gid] = .running
+        return true
+    }
+
+    /// Msg: the local transaction ends, unless a crash ended it first.
+    func endLocally(_ gid: String, _ outcome: LocalTransaction) {
+        guard up, local[gid] == .running else { return }
+        sim.world.note("\(name) \(gid) local running -> \(outcome.rawValue)")
+        local[gid] = outcome
+    }
+
+    func crash() {
+        up = false
+        crashes += 1
+        // A running local transaction dies with the process: nothing of it was committed.
+        for (gid, state) in local where state == .running { local[gid] = nil }
     }
 
     /// After a restart: branches still in doubt are asked about again.

@@ -35,6 +35,8 @@ public final class Simulation: @unchecked Sendable {
     private var clientsRunning = 0
     /// Outcomes waiting callers were told.
     private var told: [String: Decision] = [:]
+    /// Msg: the service that prepared each message.
+    private var messageServices: [String: String] = [:]
     /// Branches (`gid/branch`) a participant was told `aborted` for, and acted on.
     var answeredAborted: Set<String> = []
     /// Gids an operator forced an outcome on (with a reason): only these may end heuristic.
@@ -125,7 +127,7 @@ public final class Simulation: @unchecked Sendable {
     public func run() -> Result {
         configure()
         if clusterNodes != nil { startCluster() } else { restartCoordinator() }
-        let registration = participants.map { ParticipantRegistration(name: $0.name, url: "http://\($0.name).sim", protocols: [.twoPhaseCommit, .threePhaseCommit, .tcc, .saga]) }
+        let registration = participants.map { ParticipantRegistration(name: $0.name, url: "http://\($0.name).sim", protocols: [.twoPhaseCommit, .threePhaseCommit, .tcc, .saga, .msg]) }
         world.spawn { [self] in
             while clusterNodes != nil, !simNodes.contains(where: \.up) { await world.sleep(.milliseconds(50)) }
             let participants = coordinator?.participants ?? simNodes.first(where: \.up)?.node?.participants
@@ -320,7 +322,7 @@ public final class Simulation: @unchecked Sendable {
     private func planWorkload() {
         let count = world.rng.int(10...40)
         for n in 0..<count {
-            let proto = world.rng.pick([TransactionProtocol.twoPhaseCommit, .threePhaseCommit, .tcc, .saga])
+            let proto = world.rng.pick([TransactionProtocol.twoPhaseCommit, .threePhaseCommit, .tcc, .saga, .msg])
             var plan = Planned(gid: "s\(seed)-\(n)", proto: proto, branches: branches(for: proto), timeout: Double(world.rng.int(1...5)),
                                wait: world.rng.chance(0.6), start: .seconds(1) + world.rng.milliseconds(0...12_000))
             plan.interactive = (proto == .twoPhaseCommit || proto == .tcc) && world.rng.chance(0.3)
@@ -329,7 +331,7 @@ public final class Simulation: @unchecked Sendable {
             clientsRunning += 1
             world.spawn { [self] in
                 await world.sleep(t.start - world.time)
-                if t.interactive { await runInteractive(t) } else { await submit(t) }
+                if t.interactive { await runInteractive(t) } else if t.proto == .msg { await runMessage(t) } else { await submit(t) }
                 clientsRunning -= 1
             }
         }
@@ -340,6 +342,16 @@ public final class Simulation: @unchecked Sendable {
         var specs: [BranchSpec] = (0..<count).map { _ in
             let refuse = world.rng.chance(0.04)
             return BranchSpec(participant: world.rng.pick(participants).name, operation: "op", payload: refuse ? .object(["refuse": .bool(true)]) : nil)
+        }
+        if proto == .msg {
+            // Delivered until done: a refusal would wait for an operator, so none is planned.
+            for id in specs.indices {
+                specs[id].payload = world.rng.chance(0.15) ? .object(["flaky": .number(Double(world.rng.int(1...2)))]) : nil
+                if world.rng.chance(0.3) { specs[id].retry = StepRetry(initialDelay: 0.05, maxDelay: 1) }
+                if world.rng.chance(0.2) { specs[id].timeout = 1 }
+                if id >= 2, world.rng.chance(0.3) { specs[id].dependsOn = [id - 2] }
+            }
+            return specs
         }
         guard proto == .saga else { return specs }
         for id in specs.indices {
@@ -386,6 +398,62 @@ public final class Simulation: @unchecked Sendable {
             await world.sleep(.seconds(1))
         }
         return nil
+    }
+
+    /// A message as a service sends one (the kit's `transactionalMessage`): prepare it,
+    /// run the local transaction, commit it, submit. The service may crash (or its client
+    /// give up) before its local commit, after it and before the submit, or roll back and
+    /// abort; its local transaction may outlast the message's timeout, so that dtxd checks
+    /// back while it runs. Whatever happens, the branches are delivered exactly when the
+    /// local transaction committed.
+    private func runMessage(_ t: Planned) async {
+        let gid = gid(t.gid)
+        let service = world.rng.pick(participants)
+        messageServices[t.gid] = service.name
+        let prepare = TransactionSubmission(gid: t.gid, protocol: .msg, branches: t.branches, timeout: t.timeout, service: service.name)
+        guard await submitRetrying(prepare) != nil else { return }
+        let crashes = service.crashes
+        let fate = world.rng.int(0...99)
+        if fate < 8 {
+            world.note("client \(t.gid): the service stops before its local transaction")
+            return
+        }
+        guard service.beginLocally(t.gid) else {
+            world.note("client \(t.gid): the local transaction cannot begin")
+            return await abandon(gid)
+        }
+        await world.sleep(world.rng.milliseconds(0...(world.rng.chance(0.2) ? 8000 : 300)))
+        guard service.up, service.crashes == crashes else {
+            world.note("client \(t.gid): the service crashed during its local transaction")
+            return
+        }
+        if fate < 18 {
+            service.endLocally(t.gid, .rolledBack)
+            if world.rng.chance(0.5) { await abandon(gid) }
+            return
+        }
+        service.endLocally(t.gid, .committed)
+        if fate < 30 {
+            world.note("client \(t.gid): the service stops between its local commit and its submit")
+            return
+        }
+        for _ in 0..<6 {
+            do {
+                guard let coordinator = await coordinatorFor(t.gid) else { throw SimulatedCrash() }
+                let view = try await coordinator.commit(gid: gid, reason: nil, wait: t.wait)
+                world.note("client \(t.gid): submit: \(view.status)")
+                if t.wait, let decision = view.decision { told[t.gid] = decision }
+                return
+            } catch {
+                world.note("client \(t.gid): submit: \(error)")
+                if let refused = error as? CoordinatorError, refused.kind != .unavailable {
+                    // Refused once the check-back settled it (committed: the submit arrived after the decision) — never aborted.
+                    if refused.code == "already_finished", !overridden.contains(t.gid) { violation(t.gid, "a submit after the local commit was refused: \(refused.message)") }
+                    return
+                }
+            }
+            await world.sleep(.seconds(1))
+        }
     }
 
     /// An interactive 2PC or TCC transaction as a service runs one: open it, then for each
@@ -462,7 +530,7 @@ public final class Simulation: @unchecked Sendable {
             let participant = world.rng.pick(participants)
             return { [self] in
                 guard participant.up else { return }
-                participant.up = false
+                participant.crash()
                 faults.participantCrashes += 1
                 world.note("\(participant.name) crashed")
                 _ = world.schedule(after: world.rng.milliseconds(500...5000)) { [self] in
@@ -535,6 +603,9 @@ public final class Simulation: @unchecked Sendable {
         switch world.rng.int(0...3) {
         case 0:
             world.note("operator: recover now")
+            world.spawn { [self] in _ = try? await coordinatorFor(t.gid)?.recoverNow() }
+        case 1 where t.proto == .msg:
+            world.note("operator: recover now")  // a message's abort is its service's to ask
             world.spawn { [self] in _ = try? await coordinatorFor(t.gid)?.recoverNow() }
         case 1:
             world.note("operator: abort \(gid)")
@@ -713,6 +784,13 @@ public final class Simulation: @unchecked Sendable {
             case (.saga, .abort):
                 atomic = !states.contains(.done)
                 checkCompensationOrder(t)
+            case (.msg, _):
+                // Delivered exactly when the service's local transaction committed.
+                let local = messageServices[t.gid].map { participant($0).local[t.gid] } ?? nil
+                if (local == .committed) != (final == .commit) {
+                    violation(t.gid, "msg: the outcome is \(final.rawValue), the service's local transaction \(local?.rawValue ?? "never ran")")
+                }
+                atomic = final == .commit ? states.allSatisfy { $0 == .done } : !states.contains(.done)
             }
             if !atomic { violation(t.gid, "atomicity: \(t.proto.rawValue) \(final.rawValue) with branches [\(shown)]") }
         }

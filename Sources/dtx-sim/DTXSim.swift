@@ -9,7 +9,7 @@ struct DTXSim: AsyncParsableCommand {
         commandName: "dtx-sim",
         abstract: "Runs dtx's engine through seeded fault schedules on simulated time and checks atomicity, durability, presumed abort and liveness.",
         discussion: """
-        Each seed is one run: a workload of the four protocols, lost, duplicated and delayed \
+        Each seed is one run: a workload of the five protocols, lost, duplicated and delayed \
         messages, partitions, crashes of the coordinator (losing unsynced records) and of \
         participants, operator calls; then everything heals and the run must settle. The same \
         seed replays the same run: --seed N prints its trace and the trace's digest.

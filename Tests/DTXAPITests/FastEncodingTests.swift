@@ -60,9 +60,9 @@ import Testing
     }
 
     @Test(arguments: [
-        (#"{"branches":[]}"#, "protocol is required: one of 2pc, 3pc, tcc, saga"),
+        (#"{"branches":[]}"#, "protocol is required: one of 2pc, 3pc, tcc, saga, msg"),
         (#"{"protocol":null}"#, "protocol must not be null (expected a string)"),
-        (#"{"protocol":"4pc"}"#, "protocol must be one of 2pc, 3pc, tcc, saga, not '4pc'"),
+        (#"{"protocol":"4pc"}"#, "protocol must be one of 2pc, 3pc, tcc, saga, msg, not '4pc'"),
         (#"{"protocol":"2pc","timeout":"10"}"#, "timeout has the wrong type (expected a number)"),
         (#"{"protocol":"2pc","wait":1}"#, "wait has the wrong type (expected true or false)"),
         (#"{"protocol":"2pc","branches":{}}"#, "branches has the wrong type (expected an array)"),

@@ -13,12 +13,18 @@ private let sagaSteps = [
     BranchSpec(participant: "card", operation: "charge", dependsOn: [0, 1], compensatable: false, retry: StepRetry()),
     BranchSpec(participant: "mail", operation: "send", compensatable: false, timeout: 10),
 ]
+/// A message's branches: a saga's fields, without compensation or an attempt limit.
+private let messageBranches = [
+    BranchSpec(participant: "stock", operation: "reserve", payload: .object(["sku": .string("x")]), dependsOn: [], retry: StepRetry(initialDelay: 0.25, maxDelay: 30), timeout: 2.5),
+    BranchSpec(participant: "mail", operation: "send", dependsOn: []),
+]
 
 @Suite struct LogEntryCodingTests {
     @Test(arguments: [
         LogEntry.begin(gid: a, protocol: .twoPhaseCommit, branches: specs),
         LogEntry.begin(gid: a, protocol: .saga, branches: sagaSteps),
         LogEntry.begin(gid: a, protocol: .tcc, branches: specs),
+        LogEntry.begin(gid: a, protocol: .msg, branches: messageBranches, service: "orders"),
         LogEntry.enlist(gid: a, branch: 0, spec: sagaSteps[0]),
         LogEntry.decision(gid: a, .commit, targets: [0, 1]),
         LogEntry.decision(gid: a, .abort, targets: []),
@@ -78,6 +84,25 @@ private let sagaSteps = [
         #expect(throws: LogEntry.DecodingProblem(description: "delegation record of a lacks its agent or targets")) {
             try LogEntry(type: 8, payload: Array(#"{"gid":"a","targets":[0]}"#.utf8))
         }
+    }
+
+    @Test func aMessagesBeginKeepsItsServiceAndIsUnreadableWithoutIt() throws {
+        let entry = LogEntry.begin(gid: a, protocol: .msg, branches: specs, service: "orders")
+        let (type, payload) = entry.encoded()
+        #expect(type == 1)
+        #expect(String(decoding: payload, as: UTF8.self).hasSuffix(#""protocol":"msg","service":"orders"}"#))
+        #expect(try LogEntry(type: type, payload: payload) == entry)
+        var replay = TransactionLogReplay()
+        replay.apply(try LogEntry(type: type, payload: payload))
+        #expect(replay.unfinished[a]?.service == "orders")
+
+        let withoutService = #"{"gid":"a","branches":[{"operation":"credit","participant":"accounts-us"}],"protocol":"msg"}"#
+        #expect(throws: LogEntry.DecodingProblem(description: "begin record of a lacks its service")) {
+            try LogEntry(type: 1, payload: Array(withoutService.utf8))
+        }
+        // Another protocol's begin has none.
+        let saga = #"{"gid":"a","branches":[{"operation":"credit","participant":"accounts-us"}],"protocol":"saga"}"#
+        #expect(try LogEntry(type: 1, payload: Array(saga.utf8)) == .begin(gid: a, protocol: .saga, branches: [specs[1]]))
     }
 
     @Test func theDelegationRecordIsTypeEightAndRecoveryAsksTheAgentUnlessADecisionFollowed() throws {

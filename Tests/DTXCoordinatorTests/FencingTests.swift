@@ -35,8 +35,9 @@ private final class FencingStore: CoordinatorStore {
 @Suite struct FencingTests {
     private static let logger = Logger(label: "fencing-tests")
 
-    /// A forced append refused as fenced stops the coordinator: the transaction that met
-    /// it halts, saying why; later submissions get 503 `fenced`; and what the store
+    /// A forced append refused as fenced stops the coordinator: the submission that met it
+    /// is refused 503 `log_unavailable` and its transaction halts, saying why; later
+    /// submissions get 503 `fenced`; and what the store
     /// refused was never written, so a restart does not know the transaction.
     @Test func aFencedForcedAppendStopsTheCoordinator() async throws {
         let directory = NSTemporaryDirectory() + "/dtx-fencing-\(UUID().uuidString)"
@@ -49,8 +50,11 @@ private final class FencingStore: CoordinatorStore {
 
         store.fence()
         #expect(!coordinator.isFenced)
-        let (view, created) = try await coordinator.submit(TransactionSubmission(gid: "t-fenced", protocol: .tcc, branches: branches))
-        #expect(created)
+        let unwritten = await #expect(throws: CoordinatorError.self) {
+            _ = try await coordinator.submit(TransactionSubmission(gid: "t-fenced", protocol: .tcc, branches: branches))
+        }
+        #expect(unwritten?.kind == .unavailable && unwritten?.code == "log_unavailable")
+        let view = try coordinator.transaction(try GlobalTransactionID(validating: "t-fenced"))
         #expect(view.error?.contains("fenced: lease taken over by node-2") == true, "\(view.error ?? "no error")")
         #expect(coordinator.isFenced)
         let refused = await #expect(throws: CoordinatorError.self) {

@@ -73,7 +73,7 @@ import Testing
     @Test func tccPhasesAnswerTheirStatusAndRepeatsTheStoredResult() async throws {
         let store = try InMemoryResourceManager(name: "p")
         try await withRoutes(store) { service, post in
-            #expect(service.servedProtocols == [.twoPhaseCommit, .threePhaseCommit, .tcc, .saga])
+            #expect(service.servedProtocols == [.twoPhaseCommit, .threePhaseCommit, .tcc, .saga, .msg])
             let tried = try await post("POST", "/dtx/tcc/try", Self.request("g1"))
             #expect(tried.status == .ok)
             #expect(tried.body == .object(["status": .string("tried"), "result": Self.result("try")]))

@@ -194,7 +194,7 @@ import Testing
         let tables = try await manager.read { connection in
             try connection.query("SELECT name FROM sqlite_schema WHERE type = 'table' AND name LIKE 'dtx\\_%' ESCAPE '\\' ORDER BY name").compactMap { $0["name"]?.textValue }
         }
-        #expect(tables == ["dtx_3pc", "dtx_barrier", "dtx_locks", "dtx_outcomes", "dtx_prepared"])
+        #expect(tables == ["dtx_3pc", "dtx_barrier", "dtx_locks", "dtx_messages", "dtx_outcomes", "dtx_prepared"])
         for table in tables { #expect(SQLiteParticipantSchema.ddl.contains("CREATE TABLE IF NOT EXISTS \(table)")) }
         let mode = try await manager.read { connection in try connection.query("PRAGMA journal_mode").first?.values.first }
         #expect(mode == .text("wal"))

@@ -61,6 +61,20 @@ public enum Database: Sendable {
         }
     }
 
+    /// Sends a transactional message through `service` (`ParticipantService.transactionalMessage`):
+    /// `body` runs in the local transaction that commits together with the message's row.
+    public func send<Value: Sendable>(
+        message gid: String, branches: [BranchSpec], timeout: Double? = nil, through service: ParticipantService,
+        _ body: @escaping @Sendable (SQL) throws -> Value
+    ) async throws -> SentMessage<Value> {
+        switch self {
+        case .sqlite:
+            try await service.transactionalMessage(gid: gid, branches: branches, timeout: timeout) { (connection: SQLiteConnection) in try body(SQL(connection)) }
+        case .postgres:
+            try await service.transactionalMessage(gid: gid, branches: branches, timeout: timeout) { (connection: PostgresConnection) in try body(SQL(connection)) }
+        }
+    }
+
     /// Runs one statement in a plain local transaction, outside any global transaction
     /// (schema, stocking the shelves, listing).
     @discardableResult

@@ -59,6 +59,13 @@ public struct ServiceOptions: ParsableArguments {
             FileHandle.standardError.write(Data("\(program): \(error)\n".utf8))
             throw ExitCode(1)
         }
+        // Crash tests arm failpoints (DTX_PARTICIPANT_FAILPOINTS, or PUT /test/failpoints).
+        let failpoints = Failpoints(logger: logger)
+        do {
+            try failpoints.arm(specification: env["DTX_PARTICIPANT_FAILPOINTS"] ?? "")
+        } catch {
+            throw ValidationError("DTX_PARTICIPANT_FAILPOINTS: \(error)")
+        }
         let service = try ParticipantService(
             configuration: .init(
                 name: name, advertisedURL: ParticipantHost.url(host: host, port: port),
@@ -66,11 +73,13 @@ public struct ServiceOptions: ParsableArguments {
                 coordinatorToken: coordinatorToken ?? env["DTX_TOKEN"],
                 heartbeatInterval: .milliseconds(Int64(heartbeat * 1000))
             ),
-            resourceManager: database.resourceManager,
+            resourceManager: FailpointResourceManager(base: database.resourceManager, failpoints: failpoints),
+            failpoints: failpoints,
             logger: logger
         )
         let router = Router()
-        service.addRoutes(to: router)
+        service.addRoutes(to: router.group().add(middleware: RequestFailpointMiddleware(failpoints: failpoints)), failpoints: failpoints)
+        failpoints.addRoutes(to: router)
         setUp(database, service, router)
         try await ParticipantHost.serve(service, router: router, host: host, port: port, serverName: program, logger: logger) { url in
             FileHandle.standardOutput.write(Data("\(program) \(name) listening on \(url)\n".utf8))
