@@ -11,7 +11,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dtx-bench",
         abstract: "Benchmarks for dtx (build with -c release).",
-        subcommands: [WALBench.self, CodecBench.self, ProtocolBenchCommand<TwoPhaseBench>.self, ProtocolBenchCommand<ThreePhaseBench>.self, ProtocolBenchCommand<SagaBench>.self, ProtocolBenchCommand<TCCBench>.self, ConsoleBench.self]
+        subcommands: [WALBench.self, CodecBench.self, ProtocolBenchCommand<TwoPhaseBench>.self, ProtocolBenchCommand<ThreePhaseBench>.self, ProtocolBenchCommand<SagaBench>.self, ProtocolBenchCommand<TCCBench>.self, ProtocolBenchCommand<MessageBench>.self, ConsoleBench.self]
     )
 
     /// The load generator's event-loop threads (env DTX_BENCH_THREADS, default one per

@@ -27,6 +27,7 @@ enum TwoPhaseBench: BenchedProtocol { static let transactionProtocol = Transacti
 enum ThreePhaseBench: BenchedProtocol { static let transactionProtocol = TransactionProtocol.threePhaseCommit }
 enum SagaBench: BenchedProtocol { static let transactionProtocol = TransactionProtocol.saga }
 enum TCCBench: BenchedProtocol { static let transactionProtocol = TransactionProtocol.tcc }
+enum MessageBench: BenchedProtocol { static let transactionProtocol = TransactionProtocol.msg }
 
 struct ProtocolBenchOptions: ParsableArguments {
     @Option(help: "Number of no-op participant processes (each transaction has one branch, or saga step, on each).")
@@ -191,6 +192,10 @@ struct ProtocolBench {
             try await runTracingComparison(endpoint: endpoint)
             return
         }
+        if transactionProtocol == .msg {
+            try await runMessageComparison()
+            return
+        }
         let processes = BenchProcesses()
         if options.rm == "sqlite,postgres" {
             let bank = BankBench(transactionProtocol: transactionProtocol, concurrency: options.levels, duration: options.duration, warmup: options.warmup,
@@ -233,7 +238,7 @@ struct ProtocolBench {
     }
 
     /// dtxd (its data in `directory`, made fresh) and the no-op participants.
-    private func startCluster(_ processes: BenchProcesses, directory: String, dtxdArguments: [String], participantArguments: [String] = []) throws
+    func startCluster(_ processes: BenchProcesses, directory: String, dtxdArguments: [String], participantArguments: [String] = []) throws
         -> (daemon: Process, url: String, participantPIDs: [Int32], participantURLs: [String]) {
         try? FileManager.default.removeItem(atPath: directory)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -395,7 +400,7 @@ struct ProtocolBench {
         }
     }
 
-    private func printRun(_ run: Run) {
+    func printRun(_ run: Run) {
         let ratio = run.bareRoundTripsPerSecond > 0 ? run.transactionsPerSecond / run.bareRoundTripsPerSecond : 0
         print(String(format: "%6d %10.0f %9.2f %9.2f %10.4f %10.4f %12.0f %8.3f %16.0f %13.0f %7.0f", run.concurrency, run.transactionsPerSecond, run.p50Milliseconds, run.p99Milliseconds,
                      run.fsyncsPerTransaction, run.forcedWritesPerTransaction, run.bareRoundTripsPerSecond, ratio,
@@ -412,7 +417,12 @@ struct ProtocolBench {
         }
         let body = try JSONEncoder().encode(TransactionSubmission(protocol: transactionProtocol, branches: branches, timeout: 30, wait: true))
         let expected = refused ? "aborted" : "committed"
-        let submit: @Sendable () async throws -> Bool = { try await submitTransaction(http, daemonURL, body, expected: expected) }
+        return try await measure(http, daemonURL, pids, concurrency: concurrency) { try await submitTransaction(http, daemonURL, body, expected: expected) }
+    }
+
+    /// `submit` (one transaction, true when it ended as expected) run by `concurrency`
+    /// clients: after the warm-up, for `duration`.
+    func measure(_ http: HTTPClient, _ daemonURL: String, _ pids: CPUPids, concurrency: Int, _ submit: @escaping @Sendable () async throws -> Bool) async throws -> Run {
         _ = try await load(concurrency: concurrency, seconds: options.warmup, submit)
         let fsyncsBefore = try await metric(http, daemonURL, "dtx_log_fsyncs")
         let forcedBefore = try await metric(http, daemonURL, "dtx_log_forced_appends")
@@ -433,7 +443,7 @@ struct ProtocolBench {
     }
 
     /// CPU seconds (user + system) used so far by the daemon, the participants and this process.
-    private struct CPUPids {
+    struct CPUPids {
         var daemon: Int32
         var participants: [Int32]
 

@@ -202,7 +202,7 @@ extension TransactionSubmission {
         case (.msg, let name?) where !ParticipantName.isValid(name):
             return ("invalid_submission", "service must be a participant name, \(ParticipantName.rule), not '\(name)'")
         case (.msg, _) where wait == true:
-            return ("invalid_submission", "wait: a message is delivered only once it is submitted, after the service's local commit; wait on the submit instead (POST /v1/transactions/{gid}/commit with {"wait": true})")
+            return ("invalid_submission", "wait: a message is delivered only once it is submitted, after the service's local commit; wait on the submit instead (POST /v1/transactions/{gid}/commit with {\"wait\": true})")
         case (.msg, _), (_, nil):
             break
         default:
@@ -335,10 +335,13 @@ public struct TransactionView: Decodable, Sendable, Equatable {
     public var compensations: [BranchID]?
     /// Operators' actions on the transaction, oldest first; absent when there were none.
     public var audit: [AuditRecord]?
+    /// Msg: the participant that prepared the message, which dtxd checks back with.
+    public var service: String?
 
     public init(gid: String, protocol: TransactionProtocol, status: String, decision: Decision?, interactive: Bool, heuristic: Bool, stuck: Bool, stuckReason: String? = nil,
                 createdAt: Date, updatedAt: Date, timeout: Double, error: String?, branches: [BranchView], timeline: [TimelineEntry], compensations: [BranchID]? = nil,
-                audit: [AuditRecord]? = nil) {
+                audit: [AuditRecord]? = nil, service: String? = nil) {
+        self.service = service
         self.compensations = compensations
         self.audit = audit
         self.stuckReason = stuckReason

@@ -54,6 +54,7 @@ extension TransactionView {
         json.member(",\"heuristic\":", heuristic)
         json.member(",\"interactive\":", interactive)
         json.member(",\"protocol\":", self.protocol.rawValue)
+        if let service { json.member(",\"service\":", service) }
         json.member(",\"status\":", status)
         json.member(",\"stuck\":", stuck)
         if let stuckReason { json.member(",\"stuckReason\":", stuckReason) }

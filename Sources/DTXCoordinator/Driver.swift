@@ -330,7 +330,9 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                     s.decision = decision
                     s.decidedAt = now
                     record(TimelineEntry(at: now, event: "decided \(decision.rawValue)"), in: &s)
-                    return (s.takeWaiters(), finishing ? nil : Self.history(s))
+                    // A message's decision comes before any delivery: nothing but the
+                    // prepare's timeline to keep, and a record per message saved.
+                    return (s.takeWaiters(), finishing || proto == .msg ? nil : Self.history(s))
                 }
                 // A restart before the end finds the view as it was at the decision.
                 if let history { log(history) }
@@ -552,7 +554,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                 compensations: s.machine.completedCompensations,
                 audit: s.audit.isEmpty ? nil : s.audit.map {
                     AuditRecord(at: Date(timeIntervalSince1970: $0.at), who: $0.who, action: $0.action, reason: $0.reason, branch: $0.branch)
-                }
+                },
+                service: spec.service
             )
         }
     }

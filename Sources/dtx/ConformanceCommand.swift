@@ -33,7 +33,7 @@ struct ConformanceCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Base URL of the participant to check.", valueName: "url"))
     var participant: String
 
-    @Option(help: ArgumentHelp("Comma-separated protocols to check: 2pc, 3pc, tcc, saga. (default: every protocol the participant serves)", valueName: "list"))
+    @Option(help: ArgumentHelp("Comma-separated protocols to check: 2pc, 3pc, tcc, saga, msg (its check-back). (default: every protocol the participant serves)", valueName: "list"))
     var protocols: String?
 
     @Option(name: .customLong("restart-cmd"), help: ArgumentHelp("Shell command that SIGKILLs the participant and starts it again; enables the durability duties.", valueName: "command"))
@@ -89,11 +89,11 @@ struct ConformanceCommand: AsyncParsableCommand {
         if let protocols {
             chosen = try protocols.split(separator: ",").map { name in
                 guard let proto = TransactionProtocol(rawValue: name.trimmingCharacters(in: .whitespaces).lowercased()) else {
-                    throw ValidationError("--protocols: unknown protocol '\(name)'; use 2pc, 3pc, tcc or saga")
+                    throw ValidationError("--protocols: unknown protocol '\(name)'; use 2pc, 3pc, tcc, saga or msg")
                 }
                 return proto
             }
-            guard chosen?.isEmpty == false else { throw ValidationError("--protocols names no protocol; use 2pc, 3pc, tcc or saga") }
+            guard chosen?.isEmpty == false else { throw ValidationError("--protocols names no protocol; use 2pc, 3pc, tcc, saga or msg") }
         }
         guard let colon = coordinatorListen.lastIndex(of: ":"), let port = Int(coordinatorListen[coordinatorListen.index(after: colon)...]),
               (0...65535).contains(port), colon > coordinatorListen.startIndex else {

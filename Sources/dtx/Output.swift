@@ -152,6 +152,7 @@ enum TransactionReport {
         var header = FieldList()
         header.append("gid", view.gid)
         header.append("protocol", view.protocol.rawValue)
+        if let service = view.service { header.append("service", "\(service) (checked back with)") }
         header.append("status", view.status)
         header.append("decision", view.decision?.rawValue ?? "-")
         header.append("interactive", Format.yesNo(view.interactive))

@@ -160,8 +160,9 @@ struct SubmitTransaction: AsyncParsableCommand {
            ]}
 
         Keys: gid (optional; submitting the same gid and spec again returns the same \
-        transaction), protocol (2pc, 3pc, tcc or saga), branches (participant, \
-        operation, optional payload), timeout in seconds, wait, interactive. \
+        transaction), protocol (2pc, 3pc, tcc, saga or msg), branches (participant, \
+        operation, optional payload), timeout in seconds, wait, interactive, and for \
+        msg the service that prepares the message (submit it with `dtx commit GID`). \
         A malformed file is reported with the place of the mistake, and nothing is \
         sent (exit status 2).
         """
@@ -205,7 +206,9 @@ private let resolveDiscussion = """
 For an interactive transaction that is still open this is the application's own \
 decision. For any other unfinished transaction it is an operator forcing the \
 outcome: dtxd logs the reason, and marks the transaction heuristic when the forced \
-outcome overrides a decision it had already logged.
+outcome overrides a decision it had already logged. For a prepared message (msg), \
+without --reason this is its service's submit (commit) or abort; with --reason an \
+operator decides in the service's place (heuristic).
 """
 
 struct CommitTransaction: AsyncParsableCommand {

@@ -4,8 +4,8 @@
 'use strict';
 
 const STATUSES = ['active', 'preparing', 'pre_committing', 'committing', 'aborting', 'trying', 'confirming',
-  'cancelling', 'running', 'compensating', 'committed', 'aborted'];
-const PROTOCOLS = ['2pc', '3pc', 'tcc', 'saga'];
+  'cancelling', 'running', 'compensating', 'prepared', 'failed', 'committed', 'aborted'];
+const PROTOCOLS = ['2pc', '3pc', 'tcc', 'saga', 'msg'];
 const AGES = [['', 'any age'], ['60', 'older than 1 min'], ['600', 'older than 10 min'],
   ['3600', 'older than 1 h'], ['86400', 'older than 1 day']];
 const FILTERS = ['status', 'protocol', 'participant', 'olderThan'];
@@ -429,7 +429,9 @@ function renderTransaction(t, page) {
         interactiveOpen ? 'abort' : 'force abort'));
   }
 
-  const canResolve = (b) => RESOLVABLE.has(t.protocol) && PHASE_TWO.has(t.status) && !BRANCH_DONE.has(b.state);
+  // A message's branch, once submitted, only as committed (its effect applied by hand).
+  const canResolve = (b) => !BRANCH_DONE.has(b.state) && (RESOLVABLE.has(t.protocol) && PHASE_TWO.has(t.status)
+    || t.protocol === 'msg' && (t.status === 'running' || t.status === 'failed'));
   const branchRows = t.branches.map((b) => h('tr', { 'data-branch': b.id },
     h('td', { class: 'num' }, b.id),
     h('td', {}, b.participant),
@@ -463,6 +465,7 @@ function renderTransaction(t, page) {
       t.stuck && badge('stuck-badge', 'stuck'), t.heuristic && badge('heuristic', 'heuristic')),
     h('dl', { class: 'facts' },
       fact('protocol', t.protocol + (t.interactive ? ' (interactive)' : '')),
+      t.service && fact('service', `${t.service} (checked back with)`),
       fact('decision', t.decision || 'none yet'),
       fact('created', `${when(t.createdAt)} (${age(t.createdAt)} ago)`),
       fact('updated', `${when(t.updatedAt)} (${age(t.updatedAt)} ago)`),
@@ -518,7 +521,7 @@ function openAction(page, action) {
     placeholder: 'why (required; kept in the audit)', required: true });
   const submit = h('button', { id: 'action-submit', type: 'submit', class: 'primary', disabled: true }, spec.verb);
   const outcome = spec.outcome && h('select', { id: 'action-outcome' },
-    h('option', { value: 'committed' }, 'committed'), h('option', { value: 'aborted' }, 'aborted'));
+    h('option', { value: 'committed' }, 'committed'), t.protocol !== 'msg' && h('option', { value: 'aborted' }, 'aborted'));
   if (outcome) outcome.value = t.decision === 'abort' ? 'aborted' : 'committed';
   const close = () => {
     page.form = null;
