@@ -156,7 +156,7 @@ final class ExampleCluster: @unchecked Sendable {
     // Safe: a test drives its cluster from one task at a time.
     let cluster: Cluster
     let postgres: PostgresServer
-    private var services: [String: (process: ChildProcess, url: String, database: String)] = [:]
+    private var services: [String: (process: ChildProcess, url: String, database: String, executable: String, arguments: [String])] = [:]
     private var started: [(label: String, process: ChildProcess)] = []
 
     var client: CoordinatorClient { cluster.client }
@@ -167,11 +167,23 @@ final class ExampleCluster: @unchecked Sendable {
         self.postgres = postgres
     }
 
-    static func start(_ name: String) async throws -> ExampleCluster {
+    /// `daemonFailpoints`: DTXD_FAILPOINTS for dtxd's first start.
+    static func start(_ name: String, daemonFailpoints: String? = nil) async throws -> ExampleCluster {
         let example = ExampleCluster(cluster: try Cluster(name), postgres: try BankPostgres.server())
-        try await example.cluster.startDaemon()
-        if let daemon = example.cluster.daemon { example.started.append(("dtxd", daemon)) }
+        try await example.startDaemon(failpoints: daemonFailpoints)
         return example
+    }
+
+    private func startDaemon(failpoints: String? = nil) async throws {
+        try await cluster.startDaemon(failpoints: failpoints)
+        if let daemon = cluster.daemon { started.append(("dtxd" + (failpoints.map { " [\($0)]" } ?? ""), daemon)) }
+    }
+
+    /// Kills dtxd if it still runs, then starts it again, without failpoints, on the
+    /// same data directory and port.
+    func restartDaemon() async throws {
+        if let daemon = cluster.daemon, daemon.process.isRunning { try await cluster.killDaemon() }
+        try await startDaemon()
     }
 
     /// A new database on the suite's server, as a `--db` value.
@@ -186,19 +198,32 @@ final class ExampleCluster: @unchecked Sendable {
     }
 
     /// Starts `executable` (which prints `EXECUTABLE NAME listening on URL`) and returns
-    /// once dtxd lists it under `name` at that URL.
-    func startService(_ executable: String, _ name: String, _ arguments: [String]) async throws {
-        let child = try ChildProcess(executable, arguments + ["--listen", "127.0.0.1:0", "--coordinator", url, "--heartbeat", "1"])
-        started.append((name, child))
+    /// once dtxd lists it under `name` at that URL. `failpoints` are armed through
+    /// DTX_PARTICIPANT_FAILPOINTS.
+    func startService(_ executable: String, _ name: String, _ arguments: [String], failpoints: String? = nil) async throws {
+        let environment = failpoints.map { ["DTX_PARTICIPANT_FAILPOINTS": $0] } ?? [:]
+        let child = try ChildProcess(executable, arguments + ["--listen", "127.0.0.1:0", "--coordinator", url, "--heartbeat", "1"], environment: environment)
+        started.append((name + (failpoints.map { " [\($0)]" } ?? ""), child))
         let serviceURL = try await child.waitForOutput(seconds: 60) { text -> String? in
             guard let range = text.range(of: "\(executable) \(name) listening on ") else { return nil }
             let rest = text[range.upperBound...]
             return rest.firstIndex(of: "\n").map { String(rest[..<$0]) }
         }
-        services[name] = (child, serviceURL, arguments[arguments.index(after: arguments.firstIndex(of: "--db")!)])
+        services[name] = (child, serviceURL, arguments[arguments.index(after: arguments.firstIndex(of: "--db")!)], executable, arguments)
         let registered = await eventually(seconds: 30) { (try? await self.client.participant(name))?.url == serviceURL }
         guard registered else { throw BankError("\(name) did not register with dtxd at \(serviceURL)\n\(logs())") }
     }
+
+    /// Kills service `name` if it still runs (a failpoint may have killed it), then starts
+    /// it again with the same arguments (its database too), without failpoints.
+    func restartService(_ name: String) async throws {
+        guard let service = services[name] else { throw BankError("\(name) was never started") }
+        if service.process.process.isRunning { service.process.kill(SIGKILL) }
+        try await service.process.waitForExit()
+        try await startService(service.executable, name, service.arguments)
+    }
+
+    func isRunning(_ name: String) -> Bool { services[name]?.process.process.isRunning ?? false }
 
     /// The OrderTCC services: inventory on SQLite with `stock` of A-1, payment on
     /// PostgreSQL with `balance` in alice's wallet.
@@ -220,12 +245,20 @@ final class ExampleCluster: @unchecked Sendable {
     }
 
     private func get(_ service: String, _ path: String) async throws -> [String: Any] {
-        guard let base = services[service]?.url else { throw BankError("\(service) was never started") }
-        let answer = try await http("GET", base + path)
-        guard answer.status == 200, let object = answer.json as? [String: Any] else {
-            throw BankError("GET \(path) on \(service) answered \(answer.status): \(String(decoding: answer.body, as: UTF8.self))")
+        guard let object = try await getJSON(service, path) as? [String: Any] else {
+            throw BankError("GET \(path) on \(service) did not answer a JSON object")
         }
         return object
+    }
+
+    /// `GET path` on the service, answered 200 with JSON.
+    func getJSON(_ service: String, _ path: String) async throws -> Any {
+        guard let base = services[service]?.url else { throw BankError("\(service) was never started") }
+        let answer = try await http("GET", base + path)
+        guard answer.status == 200, let json = answer.json else {
+            throw BankError("GET \(path) on \(service) answered \(answer.status): \(String(decoding: answer.body, as: UTF8.self))")
+        }
+        return json
     }
 
     struct Travel: Equatable {
@@ -280,6 +313,19 @@ final class ExampleCluster: @unchecked Sendable {
             let columns = line.split(separator: "|").map(String.init)
             return "\(columns[0]) \(columns[1])" + (columns[2] == "t" ? " (null)" : "")
         })
+    }
+
+    /// The `outcome` of message `gid` in the service's `dtx_messages` table, read from its
+    /// database (nil: no row).
+    func messageOutcome(_ service: String, gid: String) async throws -> String? {
+        guard let database = services[service]?.database else { throw BankError("\(service) was never started") }
+        if database.hasPrefix("sqlite:") {
+            let connection = try SQLiteConnection(path: String(database.dropFirst("sqlite:".count)))
+            return try connection.query("SELECT outcome FROM dtx_messages WHERE gid = ?", [.text(gid)]).first?["outcome"]?.textValue
+        }
+        let name = database.split(separator: " ").first { $0.hasPrefix("dbname=") }.map { String($0.dropFirst("dbname=".count)) }
+        let output = try await postgres.psql("SELECT outcome FROM dtx_messages WHERE gid = '\(gid)'", database: name)
+        return output.isEmpty ? nil : output
     }
 
     /// The output of every process started (for a failure report).
