@@ -225,6 +225,9 @@ final class ExampleCluster: @unchecked Sendable {
 
     func isRunning(_ name: String) -> Bool { services[name]?.process.process.isRunning ?? false }
 
+    /// The base URL service `name` listens on, once started.
+    func serviceURL(_ name: String) -> String? { services[name]?.url }
+
     /// The OrderTCC services: inventory on SQLite with `stock` of A-1, payment on
     /// PostgreSQL with `balance` in alice's wallet.
     func startOrderServices(stock: Int, balance: Int) async throws {
