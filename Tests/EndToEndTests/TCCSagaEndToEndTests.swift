@@ -191,6 +191,15 @@ import Testing
         #expect(action.errorCode == "already_compensated")
         #expect(try await cluster.barriers("a", gid: "direct-3") == ["1 compensate null"])
 
+        // Msg's check-back for a message never prepared here: its rollback marker is
+        // written, and the answer stays `rolled_back`; a body without gid is a 400.
+        for _ in 0..<2 {
+            let checked = try await post("/dtx/msg/query_prepared", #"{"gid":"direct-4"}"#)
+            #expect(checked.status == 200)
+            #expect((checked.json as? [String: Any])?["status"] as? String == "rolled_back")
+        }
+        #expect(try await post("/dtx/msg/query_prepared", #"{"branch":0}"#).status == 400)
+
         let report = try validate(exchanges, document: "participant-api.yaml", directory: cluster.directory)
         #expect(report.contains("validated \(exchanges.count) exchanges, 0 failures"), "\(report)")
     }
