@@ -217,13 +217,19 @@ public final class SQLiteConnection {
     /// Compiles `sql`, which must be exactly one statement.
     private func compile(_ sql: String) throws -> OpaquePointer {
         var prepared: OpaquePointer?
-        var tail: UnsafePointer<CChar>?
-        let status = sqlite3_prepare_v2(handle, sql, -1, &prepared, &tail)
+        // What follows the first statement, read while the C string `tail` points into
+        // still exists (a String passed as a pointer lives only for the call).
+        let rest = sql.withCString { text -> (status: Int32, rest: String) in
+            var tail: UnsafePointer<CChar>?
+            let status = sqlite3_prepare_v2(handle, text, -1, &prepared, &tail)
+            return (status, tail.map { String(cString: $0) } ?? "")
+        }
+        let status = rest.status
         guard status == SQLITE_OK else { throw error(status, sql: sql) }
         guard let statement = prepared else {
             throw SQLiteError(code: SQLITE_MISUSE, message: "no statement to run: the SQL is empty or only a comment", sql: sql)
         }
-        if let tail, tail.pointee != 0, !String(cString: tail).allSatisfy(\.isWhitespace) {
+        if !rest.rest.allSatisfy(\.isWhitespace) {
             sqlite3_finalize(statement)
             throw SQLiteError(code: SQLITE_MISUSE, message: "more than one statement given; run them one at a time, or use executeScript for a script without parameters", sql: sql)
         }

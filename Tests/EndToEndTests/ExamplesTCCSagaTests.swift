@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import DTXAPI
 import DTXClient
 import DTXCore
@@ -158,6 +159,10 @@ final class ExampleCluster: @unchecked Sendable {
     let postgres: PostgresServer
     private var services: [String: (process: ChildProcess, url: String, database: String, executable: String, arguments: [String])] = [:]
     private var started: [(label: String, process: ChildProcess)] = []
+    /// The services' HTTP client, this cluster's own: the shared one may keep a pooled
+    /// connection to a process another test killed, whose port a loaded machine can give
+    /// one of these services; a request on it fails (`remoteConnectionClosed`).
+    private let web = HTTPClient(eventLoopGroupProvider: .singleton)
 
     var client: CoordinatorClient { cluster.client }
     var url: String { cluster.url }
@@ -225,9 +230,6 @@ final class ExampleCluster: @unchecked Sendable {
 
     func isRunning(_ name: String) -> Bool { services[name]?.process.process.isRunning ?? false }
 
-    /// The base URL service `name` listens on, once started.
-    func serviceURL(_ name: String) -> String? { services[name]?.url }
-
     /// The OrderTCC services: inventory on SQLite with `stock` of A-1, payment on
     /// PostgreSQL with `balance` in alice's wallet.
     func startOrderServices(stock: Int, balance: Int) async throws {
@@ -240,7 +242,7 @@ final class ExampleCluster: @unchecked Sendable {
     @discardableResult
     func post(_ service: String, _ path: String, _ body: String, expect status: Int? = nil) async throws -> Exchange {
         guard let base = services[service]?.url else { throw BankError("\(service) was never started") }
-        let answer = try await http("POST", base + path, body: body)
+        let answer = try await http("POST", base + path, body: body, client: web)
         if let status, answer.status != status {
             throw BankError("POST \(path) on \(service) answered \(answer.status), not \(status): \(String(decoding: answer.body, as: UTF8.self))")
         }
@@ -257,7 +259,7 @@ final class ExampleCluster: @unchecked Sendable {
     /// `GET path` on the service, answered 200 with JSON.
     func getJSON(_ service: String, _ path: String) async throws -> Any {
         guard let base = services[service]?.url else { throw BankError("\(service) was never started") }
-        let answer = try await http("GET", base + path)
+        let answer = try await http("GET", base + path, client: web)
         guard answer.status == 200, let json = answer.json else {
             throw BankError("GET \(path) on \(service) answered \(answer.status): \(String(decoding: answer.body, as: UTF8.self))")
         }
@@ -347,6 +349,7 @@ final class ExampleCluster: @unchecked Sendable {
     func shutdown() async {
         stopProcesses()
         for (_, process) in started { _ = try? await process.waitForExit() }
+        try? await web.shutdown()
         await cluster.shutdown()
     }
 }

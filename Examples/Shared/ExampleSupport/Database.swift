@@ -67,11 +67,16 @@ public enum Database: Sendable {
         message gid: String, branches: [BranchSpec], timeout: Double? = nil, through service: ParticipantService,
         _ body: @escaping @Sendable (SQL) throws -> Value
     ) async throws -> SentMessage<Value> {
+        // Not a `switch` expression whose cases `try await`: Swift 6.3's debug build frees
+        // what such an expression returns before the caller copies it (a crash under load,
+        // every time with MALLOC_PERTURB_=165).
         switch self {
         case .sqlite:
-            try await service.transactionalMessage(gid: gid, branches: branches, timeout: timeout) { (connection: SQLiteConnection) in try body(SQL(connection)) }
+            let sent = try await service.transactionalMessage(gid: gid, branches: branches, timeout: timeout) { (connection: SQLiteConnection) in try body(SQL(connection)) }
+            return sent
         case .postgres:
-            try await service.transactionalMessage(gid: gid, branches: branches, timeout: timeout) { (connection: PostgresConnection) in try body(SQL(connection)) }
+            let sent = try await service.transactionalMessage(gid: gid, branches: branches, timeout: timeout) { (connection: PostgresConnection) in try body(SQL(connection)) }
+            return sent
         }
     }
 
@@ -79,9 +84,14 @@ public enum Database: Sendable {
     /// (schema, stocking the shelves, listing).
     @discardableResult
     public func query(_ statement: String, _ arguments: SQL.Value...) async throws -> [SQL.Row] {
+        // Statements, not a `switch` expression (see `send`).
         switch self {
-        case .sqlite(let manager): try await manager.write { try SQL($0).query(statement, arguments) }
-        case .postgres(_, let pool): try await pool.withConnection { try SQL($0).query(statement, arguments) }
+        case .sqlite(let manager):
+            let rows = try await manager.write { try SQL($0).query(statement, arguments) }
+            return rows
+        case .postgres(_, let pool):
+            let rows = try await pool.withConnection { try SQL($0).query(statement, arguments) }
+            return rows
         }
     }
 }
