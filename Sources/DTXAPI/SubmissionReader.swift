@@ -25,6 +25,16 @@ extension TransactionSubmission {
     }
 }
 
+extension ResolveRequest {
+    /// Reads a commit or abort request from its parsed JSON: the one reader of this shape
+    /// (a message's submit comes with every message). An absent or null field is nil;
+    /// unknown keys are refused first by `RequestShape.unknownProperty`.
+    public init(json document: JSONValue) throws(UnreadableJSON) {
+        let body = try Members(document, at: "")
+        self.init(reason: try body.string("reason"), wait: try body.bool("wait"), operator: try body.string("operator"))
+    }
+}
+
 extension BranchSpec {
     /// A branch (or saga step) of a submission at `path`, e.g. `branches[2]`.
     init(json: JSONValue, at path: String) throws(UnreadableJSON) {

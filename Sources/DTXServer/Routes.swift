@@ -204,7 +204,14 @@ struct CoordinatorRoutes: Sendable {
             switch served {
             case .forwarded(let answer): return answer
             case .here(let coordinator):
-                let resolution = try decodeOptional(ResolveRequest.self, .resolution, from: body) ?? ResolveRequest()
+                var resolution = ResolveRequest()
+                if body.readableBytes > 0 {
+                    do {
+                        resolution = try ResolveRequest(json: try document(.resolution, from: body))
+                    } catch let error as UnreadableJSON {
+                        throw CoordinatorError(.invalid, "invalid_json", error.message)
+                    }
+                }
                 let who = try who(resolution.operator)
                 return jsonResponse(decision == .commit ? try await coordinator.commit(gid: gid, reason: resolution.reason, wait: resolution.wait ?? false, who: who)
                                                         : try await coordinator.abort(gid: gid, reason: resolution.reason, wait: resolution.wait ?? false, who: who))
