@@ -148,6 +148,11 @@ CREATE TABLE IF NOT EXISTS dtx_barrier (    -- TCC and sagas: one row per (gid, 
     null_compensation INTEGER NOT NULL DEFAULT 0, result TEXT, created_at REAL NOT NULL,
     PRIMARY KEY (gid, branch, phase)
 );
+CREATE TABLE IF NOT EXISTS dtx_messages (   -- msg: one row per message this service sent
+    gid TEXT PRIMARY KEY,
+    outcome TEXT NOT NULL CHECK (outcome IN ('committed', 'rolled_back')),
+    created_at REAL NOT NULL
+);
 """
 
 Request = namedtuple("Request", "gid branch operation payload")
@@ -163,6 +168,7 @@ MESSAGES = {
 }
 THREE_PHASE = {"/dtx/3pc/can_commit", "/dtx/3pc/pre_commit", "/dtx/3pc/do_commit", "/dtx/3pc/rollback", "/dtx/state"}
 BATCH = "/dtx/batch"
+QUERY_PREPARED = "/dtx/msg/query_prepared"
 # barrier: the phase a phase follows, the Operation method it runs, its answer
 FOLLOWS = {"confirm": "try", "cancel": "try", "compensate": "action"}
 RUNS = {"try": "reserve", "confirm": "confirm", "cancel": "cancel", "action": "action", "compensate": "compensate"}
@@ -199,9 +205,10 @@ def ref(req):
 
 
 class Participant:
-    protocols = ["2pc", "tcc", "saga"]
+    protocols = ["2pc", "tcc", "saga", "msg"]
 
-    def __init__(self, db_path, operations=None, batch=False, callback_token=None):
+    def __init__(self, db_path, operations=None, batch=False, callback_token=None, name="py-participant"):
+        self.name = name
         self.operations = OPERATIONS if operations is None else operations
         self.batch_enabled, self.callback_token = batch, callback_token
         self.started_at = time.time()
@@ -369,6 +376,40 @@ class Participant:
             self.mark(db, phase, req, result)
         return reply(STATUS[phase], result)
 
+    # --- msg: messages this service sends, and dtxd's check-back ----------------
+
+    def query_prepared(self, gid):
+        """The check-back: the message's row, or a rollback marker written now. The local
+        transaction of send_message holds the write lock (BEGIN IMMEDIATE) while it runs,
+        so this waits for it: the answer is settled once and for all."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO dtx_messages (gid, outcome, created_at) VALUES (?, 'rolled_back', ?)", (gid, time.time()))
+            return reply(db.execute("SELECT outcome FROM dtx_messages WHERE gid = ?", (gid,)).fetchone()["outcome"])
+
+    def send_message(self, coordinator, gid, branches, work, timeout=30):
+        """A transactional message: prepare it with dtxd (this service checks back), run
+        work(db) in a local transaction with the message's row, commit, submit. Raises
+        Refused when the check-back rolled the message back first (nothing written); a
+        submit that gets no answer is left to the check-back."""
+        status, body = coordinator.call("POST", "/v1/transactions", {
+            "gid": gid, "protocol": "msg", "service": self.name, "timeout": timeout, "branches": branches})
+        if status not in (200, 201):
+            raise OSError(f"the prepare of {gid} was answered {status} {body}")
+        try:
+            with self.transaction() as db:
+                if db.execute("INSERT OR IGNORE INTO dtx_messages (gid, outcome, created_at) VALUES (?, 'committed', ?)",
+                              (gid, time.time())).rowcount == 0:
+                    raise Refused("rolled_back", f"message {gid} was already settled here (rolled back by dtxd's check-back, or sent); use a new gid")
+                result = work(db)
+        except BaseException:
+            coordinator.call("POST", f"/v1/transactions/{urllib.parse.quote(gid, safe='')}/abort")
+            raise
+        try:
+            coordinator.call("POST", f"/v1/transactions/{urllib.parse.quote(gid, safe='')}/commit", {})
+        except OSError as e:
+            log.warning("the submit of %s got no answer (%s); dtxd delivers it after checking back", gid, e)
+        return result
+
     # --- requests -------------------------------------------------------------
 
     def validate(self, body):
@@ -411,7 +452,7 @@ class Participant:
             return 401, error("unauthorized", "this participant requires 'Authorization: Bearer <token>'"), {}
         if path in THREE_PHASE:
             return 404, error("protocol_not_served", f"this participant does not serve 3pc; it serves {', '.join(self.protocols)}"), {}
-        if path not in MESSAGES and not (path == BATCH and self.batch_enabled):
+        if path not in MESSAGES and path != QUERY_PREPARED and not (path == BATCH and self.batch_enabled):
             return 404, error("not_found", f"no participant endpoint at {path}"), {}
         if method != "POST":
             return 405, error("method_not_allowed", f"{method} is not served on {path}; use POST"), {"Allow": "POST"}
@@ -419,6 +460,15 @@ class Participant:
             parsed = json.loads(body)
         except (ValueError, RecursionError):
             return 400, error("invalid_request", "the body is not JSON"), {}
+        if path == QUERY_PREPARED:
+            gid = parsed.get("gid") if isinstance(parsed, dict) else None
+            if not isinstance(gid, str) or not GID.fullmatch(gid):
+                return 400, error("invalid_request", "send {\"gid\": the message's gid}"), {}
+            try:
+                return (*self.query_prepared(gid), {})
+            except Exception as e:  # asked again later
+                log.exception("query_prepared failed")
+                return 503, error("unavailable", f"query_prepared failed: {e}; retry later"), {}
         if path != BATCH:
             return (*self.handle(path, parsed), {})
         items = parsed.get("messages") if isinstance(parsed, dict) else None
@@ -598,7 +648,7 @@ def resolve_in_doubt(participant, coordinator, stop, older_than):
 # ---------------------------------------------------------------------------
 
 def parser():
-    p = argparse.ArgumentParser(description="A dtx participant (2PC, TCC, saga) on SQLite, standard library only.")
+    p = argparse.ArgumentParser(description="A dtx participant (2PC, TCC, saga, msg's check-back) on SQLite, standard library only.")
     p.add_argument("--db", required=True, help="SQLite file holding the business tables and every branch's state")
     p.add_argument("--name", default="py-participant", help="the name to register (default py-participant)")
     p.add_argument("--coordinator", default="http://127.0.0.1:7070", help="dtxd's base URL (default http://127.0.0.1:7070)")
@@ -621,7 +671,7 @@ def main(argv=None, participant_class=Participant):
     host = host.strip("[]")
     if not host or not port.isdigit():
         sys.exit(f"--listen: cannot read {args.listen!r}; write HOST:PORT, e.g. 127.0.0.1:0")
-    participant = participant_class(args.db, batch=args.batch, callback_token=args.callback_token)
+    participant = participant_class(args.db, batch=args.batch, callback_token=args.callback_token, name=args.name)
     server = make_server(participant, host, int(port), args.backlog, args.verbose)
     bound = server.server_address[1]
     shown = f"[{host}]" if ":" in host else host

@@ -132,6 +132,13 @@ class NotDurable(P):
         self.execute("DELETE FROM dtx_branches WHERE state = 'prepared'")
 
 
+class CheckBackGuesses(P):
+    """Answers msg's check-back for a message it never prepared `committed`, a guess:
+    dtxd would deliver a message whose local transaction never ran."""
+    def query_prepared(self, gid):
+        return participant.reply("committed")
+
+
 VARIANTS = {
     "none": P,
     "prepare-not-idempotent": PrepareNotIdempotent,
@@ -148,6 +155,7 @@ VARIANTS = {
     "bad-request-accepted": BadRequestAccepted,
     "batch-out-of-order": BatchOutOfOrder,
     "not-durable": NotDurable,
+    "check-back-guesses": CheckBackGuesses,
 }
 
 
