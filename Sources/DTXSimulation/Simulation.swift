@@ -37,6 +37,8 @@ public final class Simulation: @unchecked Sendable {
     private var told: [String: Decision] = [:]
     /// Msg: the service that prepared each message.
     private var messageServices: [String: String] = [:]
+    /// Msg: branches (`gid/branch`) an operator resolved by hand after their refusal.
+    private var resolvedByHand: Set<String> = []
     /// Branches (`gid/branch`) a participant was told `aborted` for, and acted on.
     var answeredAborted: Set<String> = []
     /// Gids an operator forced an outcome on (with a reason): only these may end heuristic.
@@ -138,6 +140,7 @@ public final class Simulation: @unchecked Sendable {
         planFaults()
         _ = world.schedule(after: Self.healAt - world.time) { [self] in heal() }
         watchForQuiescence()
+        resolveRefusedMessages()
         let finished = world.run(until: Self.healAt + Self.quiescenceBound) { quiescent }
         if !finished { violation(nil, "liveness: not quiescent \(Self.quiescenceBound) after healing: \(unsettled)") }
         let committed = check()
@@ -344,9 +347,11 @@ public final class Simulation: @unchecked Sendable {
             return BranchSpec(participant: world.rng.pick(participants).name, operation: "op", payload: refuse ? .object(["refuse": .bool(true)]) : nil)
         }
         if proto == .msg {
-            // Delivered until done: a refusal would wait for an operator, so none is planned.
+            // Delivered until done; a branch refused for good waits for the operator
+            // (`resolveRefusedMessages`), who resolves it by hand.
             for id in specs.indices {
                 specs[id].payload = world.rng.chance(0.15) ? .object(["flaky": .number(Double(world.rng.int(1...2)))]) : nil
+                if world.rng.chance(0.05) { specs[id].payload = .object(["refuse": .bool(true)]) }
                 if world.rng.chance(0.3) { specs[id].retry = StepRetry(initialDelay: 0.05, maxDelay: 1) }
                 if world.rng.chance(0.2) { specs[id].timeout = 1 }
                 if id >= 2, world.rng.chance(0.3) { specs[id].dependsOn = [id - 2] }
@@ -636,6 +641,25 @@ public final class Simulation: @unchecked Sendable {
         }
     }
 
+    /// The operator of messages: every 2 s, each branch of a `failed` message is resolved
+    /// by hand as committed (its effect applied outside dtx).
+    private func resolveRefusedMessages() {
+        _ = world.schedule(after: .seconds(2)) { [self] in
+            guard !quiescent else { return }
+            for t in planned where t.proto == .msg {
+                guard let view = view(t.gid), view.status == "failed" else { continue }
+                for branch in view.branches where branch.state == "failed" {
+                    resolvedByHand.insert("\(t.gid)/\(branch.id)")
+                    world.note("operator: resolve \(t.gid)/\(branch.id) by hand")
+                    world.spawn { [self] in
+                        _ = try? await coordinatorFor(t.gid)?.resolveBranch(gid: gid(t.gid), branch: branch.id, as: .commit, reason: "simulated operator", who: "sim")
+                    }
+                }
+            }
+            resolveRefusedMessages()
+        }
+    }
+
     private func watchForQuiescence() {
         _ = world.schedule(after: .seconds(1)) { [self] in
             if healed, isQuiescent() { quiescent = true } else { watchForQuiescence() }
@@ -790,7 +814,9 @@ public final class Simulation: @unchecked Sendable {
                 if (local == .committed) != (final == .commit) {
                     violation(t.gid, "msg: the outcome is \(final.rawValue), the service's local transaction \(local?.rawValue ?? "never ran")")
                 }
-                atomic = final == .commit ? states.allSatisfy { $0 == .done } : !states.contains(.done)
+                // A branch refused for good is done only by hand.
+                let done = states.enumerated().map { id, state in state == .done || state == .refused && resolvedByHand.contains("\(t.gid)/\(id)") }
+                atomic = final == .commit ? done.allSatisfy { $0 } : !states.contains(.done)
             }
             if !atomic { violation(t.gid, "atomicity: \(t.proto.rawValue) \(final.rawValue) with branches [\(shown)]") }
         }
