@@ -34,7 +34,7 @@ struct Exchange: Sendable {
 /// Over AsyncHTTPClient, not URLSession: FoundationNetworking's async `data(for:)` blocks a
 /// cooperative thread on a dispatch queue, and cancelling such a call from another one
 /// (a test stopping its load) deadlocked the whole test process on this 2-core machine.
-func http(_ method: String, _ url: String, body: String? = nil, headers: [String: String] = [:], client: HTTPClient = .shared) async throws -> Exchange {
+func http(_ method: String, _ url: String, body: String? = nil, headers: [String: String] = [:]) async throws -> Exchange {
     var request = HTTPClientRequest(url: url)
     request.method = HTTPMethod(rawValue: method)
     if let body {
@@ -42,7 +42,7 @@ func http(_ method: String, _ url: String, body: String? = nil, headers: [String
         request.headers.add(name: "Content-Type", value: "application/json")
     }
     for (name, value) in headers { request.headers.replaceOrAdd(name: name, value: value) }
-    let response = try await client.execute(request, timeout: .seconds(60))
+    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
     let data = try await response.body.collect(upTo: 64 << 20)
     let path = String(url.drop { $0 != "/" }.dropFirst(2).drop { $0 != "/" })
     return Exchange(method: method, path: path, status: Int(response.status.code), contentType: response.headers.first(name: "Content-Type"),

@@ -1,4 +1,3 @@
-import AsyncHTTPClient
 import DTXAPI
 import DTXClient
 import DTXCore
@@ -159,10 +158,6 @@ final class ExampleCluster: @unchecked Sendable {
     let postgres: PostgresServer
     private var services: [String: (process: ChildProcess, url: String, database: String, executable: String, arguments: [String])] = [:]
     private var started: [(label: String, process: ChildProcess)] = []
-    /// The services' HTTP client, this cluster's own: the shared one may keep a pooled
-    /// connection to a process another test killed, whose port a loaded machine can give
-    /// one of these services; a request on it fails (`remoteConnectionClosed`).
-    private let web = HTTPClient(eventLoopGroupProvider: .singleton)
 
     var client: CoordinatorClient { cluster.client }
     var url: String { cluster.url }
@@ -242,7 +237,7 @@ final class ExampleCluster: @unchecked Sendable {
     @discardableResult
     func post(_ service: String, _ path: String, _ body: String, expect status: Int? = nil) async throws -> Exchange {
         guard let base = services[service]?.url else { throw BankError("\(service) was never started") }
-        let answer = try await http("POST", base + path, body: body, client: web)
+        let answer = try await http("POST", base + path, body: body)
         if let status, answer.status != status {
             throw BankError("POST \(path) on \(service) answered \(answer.status), not \(status): \(String(decoding: answer.body, as: UTF8.self))")
         }
@@ -259,7 +254,7 @@ final class ExampleCluster: @unchecked Sendable {
     /// `GET path` on the service, answered 200 with JSON.
     func getJSON(_ service: String, _ path: String) async throws -> Any {
         guard let base = services[service]?.url else { throw BankError("\(service) was never started") }
-        let answer = try await http("GET", base + path, client: web)
+        let answer = try await http("GET", base + path)
         guard answer.status == 200, let json = answer.json else {
             throw BankError("GET \(path) on \(service) answered \(answer.status): \(String(decoding: answer.body, as: UTF8.self))")
         }
@@ -349,7 +344,6 @@ final class ExampleCluster: @unchecked Sendable {
     func shutdown() async {
         stopProcesses()
         for (_, process) in started { _ = try? await process.waitForExit() }
-        try? await web.shutdown()
         await cluster.shutdown()
     }
 }
