@@ -34,6 +34,18 @@ public enum ParticipantHost {
             },
             logger: logger
         )
+        do {
+            try await run(service, app, services: services, boundPorts: boundPorts, host: host, logger: logger)
+        } catch {
+            // A server that could not start (its port taken) never ran the service, whose
+            // coordinator client must still be shut down.
+            try? await service.shutdown()
+            throw error
+        }
+    }
+
+    private static func run(_ service: ParticipantService, _ app: some Service, services: [any Service], boundPorts: AsyncStream<Int>,
+                            host: String, logger: Logger) async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
             // `services` (a trace exporter) start first and stop last, after the server.
             group.addTask {
