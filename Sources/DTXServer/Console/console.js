@@ -139,6 +139,9 @@ function handle(error, source) {
 }
 
 function askForToken(error) {
+  // A request sent without a token answers late when the form is up already, or a
+  // token was entered since: it says nothing new (it would wipe "token refused").
+  if (!error.sentToken && (auth.asking || auth.token)) return;
   // A refused token is forgotten; a request that carried none just needs one.
   const refused = error.sentToken;
   auth.token = '';
