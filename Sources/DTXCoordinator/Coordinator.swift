@@ -562,8 +562,7 @@ public final class Coordinator: Sendable {
             return try await finishWaiting(driver, wait)
         }
         let plain: CommonEvent = decision == .commit ? .commitRequested : .abortRequested(reason: reason ?? "aborted on request")
-        // A message's submit and abort are its service's: an operator's (with a reason) decides in its place.
-        let answer: RequestResult = reason != nil && driver.proto == .msg ? .rejected("the message's outcome is its service's to give") : try await driver.request(plain)
+        let answer: RequestResult = reason != nil && driver.operatorsOnlyForce ? .rejected("an operator's request is a forced outcome") : try await driver.request(plain)
         if case .rejected(let why) = answer {
             guard let reason else {
                 if driver.view().decision == decision { return try await finishWaiting(driver, wait) }

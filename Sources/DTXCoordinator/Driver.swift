@@ -44,6 +44,8 @@ protocol TransactionDriving: AnyObject, Sendable {
     /// The store failed (or the node was fenced off, or is stopping): nothing more is
     /// performed until a restart recovers it from the log.
     var isHalted: Bool { get }
+    /// `TransactionStateMachine.operatorsOnlyForce` of its protocol.
+    var operatorsOnlyForce: Bool { get }
     /// Throws `log_unavailable` when the store failed (or fenced this node off) before what
     /// the request caused was as durable as its protocol requires: nothing may be taken as done.
     func request(_ event: CommonEvent) async throws(CoordinatorError) -> RequestResult
@@ -193,6 +195,8 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
 
     var isHalted: Bool { state.withLock { $0.halted } }
 
+    var operatorsOnlyForce: Bool { Machine.operatorsOnlyForce }
+
     /// Resumes a transaction rebuilt from the log; `outcomeDurable` when the log holds its
     /// decision (or the delegation that names the branch holding it).
     /// With its latest `history` record, its view starts as the view it had then.
@@ -330,9 +334,7 @@ final class TransactionDriver<Machine: TransactionStateMachine>: TransactionDriv
                     s.decision = decision
                     s.decidedAt = now
                     record(TimelineEntry(at: now, event: "decided \(decision.rawValue)"), in: &s)
-                    // A message's decision comes before any delivery: nothing but the
-                    // prepare's timeline to keep, and a record per message saved.
-                    return (s.takeWaiters(), finishing || proto == .msg ? nil : Self.history(s))
+                    return (s.takeWaiters(), finishing ? nil : Self.history(s))
                 }
                 // A restart before the end finds the view as it was at the decision.
                 if let history { log(history) }

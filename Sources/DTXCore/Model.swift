@@ -485,6 +485,10 @@ public protocol TransactionStateMachine: Sendable {
     var terminationAnswer: ThreePhaseState? { get }
     /// Branches refused for good that wait for an operator's retry (msg); empty elsewhere.
     var waitingForAnOperator: [BranchID] { get }
+    /// An operator's commit or abort (a request with a reason) is always a forced outcome,
+    /// never taken as the application's own request: true for msg, whose submit and abort
+    /// are its service's. false: the request is tried as the application's first.
+    static var operatorsOnlyForce: Bool { get }
 }
 
 extension TransactionStateMachine {
@@ -494,6 +498,7 @@ extension TransactionStateMachine {
     public var completedCompensations: [BranchID]? { nil }
     public var terminationAnswer: ThreePhaseState? { nil }
     public var waitingForAnOperator: [BranchID] { [] }
+    public static var operatorsOnlyForce: Bool { false }
 
     /// What a participant asking how branch `branch` (nil: the transaction) ended is told,
     /// given the durable decision: nil while there is none (pending).

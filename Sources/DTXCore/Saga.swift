@@ -494,19 +494,6 @@ public struct Saga: TransactionStateMachine {
         return actions + runReadySteps()
     }
 
-    /// A message's delivery as the log shows it ended (see `ended`).
-    mutating func restoreEnded(_ replayed: TransactionLogReplay.Replayed) {
-        branches = replayed.endedBranches(replayed.withDetails(branches)) { _, decision in decision == .commit ? .done : .pending }
-        status = replayed.endedStatus
-        decision = replayed.endedDecision
-        heuristic = replayed.heuristic
-    }
-
-    /// The attempts, errors and results the history kept (see `recovering`).
-    mutating func restoreDetails(_ replayed: TransactionLogReplay.Replayed) {
-        branches = replayed.withDetails(branches)
-    }
-
     /// The steps refused for good that wait for an operator (a message's delivery).
     var refusedSteps: [BranchID] {
         status == .running ? branches.indices.filter { branches[$0].state == .failed } : []

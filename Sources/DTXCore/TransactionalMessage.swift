@@ -93,6 +93,10 @@ public struct TransactionalMessage: TransactionStateMachine {
 
     public var waitingForAnOperator: [BranchID] { status == .running ? delivery.refusedSteps : [] }
 
+    /// Only the service knows whether its local transaction committed: an operator's
+    /// commit or abort decides in its place.
+    public static var operatorsOnlyForce: Bool { true }
+
     public func retryPolicy(for id: BranchID, base: RetryPolicy) -> RetryPolicy { delivery.retryPolicy(for: id, base: base) }
     public func stepTimeout(_ id: BranchID) -> Duration? { delivery.stepTimeout(id) }
 
@@ -302,7 +306,7 @@ extension TransactionalMessage {
     /// one delivered nothing.
     public static func ended(_ replayed: TransactionLogReplay.Replayed) -> TransactionalMessage {
         var machine = TransactionalMessage(gid: replayed.gid, service: replayed.service ?? "", branches: replayed.branches)
-        machine.delivery.restoreEnded(replayed)
+        machine.delivery = Saga.ended(replayed)
         machine.status = replayed.endedStatus
         machine.operatorGaveUp = replayed.heuristic
         return machine
@@ -310,7 +314,8 @@ extension TransactionalMessage {
 
     public static func recovering(_ replayed: TransactionLogReplay.Replayed) -> (TransactionalMessage, Event) {
         var machine = TransactionalMessage(gid: replayed.gid, service: replayed.service ?? "", branches: replayed.branches)
-        machine.delivery.restoreDetails(replayed)
+        machine.delivery = Saga.recovering(replayed).0
+        machine.delivery.refusalsWaitForAnOperator = true
         return (machine, .recovered(Recovered(replayed)))
     }
 }
